@@ -191,6 +191,23 @@ def train(cfg):
     return history
 
 
+def load_trained(cfg):
+    """For the scripts after training: (config of the checkpoint, checkpoint, model, split, device)."""
+    ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    cfg = lab.config_from_checkpoint(ckpt, cfg)
+    print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
+    if ckpt["weights"].startswith("RANDOM"):
+        print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "
+              "embeddings say nothing about plankton beyond this data set.", file=sys.stderr)
+    split = dataloader.load_split(cfg)
+    if split_digest(cfg) != ckpt["split_digest"]:
+        raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
+                           "Retrain with `python train.py` so that the test set holds no training images.")
+    device = lab.select_device(cfg.device)
+    model = backbone.model_from_checkpoint(ckpt, cfg).to(device)
+    return cfg, ckpt, model, split, device
+
+
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.print_config(cfg)

@@ -1,0 +1,123 @@
+"""Average Euclidean and angular distances between classes, for the test set and the unseen classes
+(mission tasks 4-5).
+
+Reads embeddings/embeddings_test.pkl and embeddings_unseen.pkl (embed.py). Writes, for each set S in
+{test, unseen}:
+  figs/average_euclidean_distances_S.png, figs/average_angular_distances_S.png   heatmaps
+  results/average_distances_S.csv     per class pair: counts, mean Euclidean, angular and cosine distance
+Angular distance is the angle between two embeddings, arccos(cosine similarity) / pi, in [0, 1]; the cosine
+distance is 1 - cosine similarity. Within a class the averages run over distinct pairs (a sample's distance
+to itself is left out). Embeddings that are all zeros (every ReLU off) have no direction: they are left out
+of the angular and cosine averages, and counted. The computation is exact (float64) and blockwise on BLAS,
+so memory stays bounded however large a class is.
+"""
+import sys
+
+import numpy as np
+import pandas as pd
+
+import embed
+import lab
+
+BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
+
+
+def _pair_sums(a, b, same):
+    """Sums over pairs of (Euclidean, angle/pi, 1 - cos) and the pair counts, block by block."""
+    norm_a, norm_b = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
+    len_a, len_b = np.sqrt(norm_a), np.sqrt(norm_b)
+    sums = np.zeros(3)
+    for i in range(0, len(a), BLOCK):
+        for j in range(i if same else 0, len(b), BLOCK):
+            ab = a[i:i + BLOCK] @ b[j:j + BLOCK].T
+            sq = norm_a[i:i + BLOCK, None] + norm_b[None, j:j + BLOCK] - 2.0 * ab
+            np.maximum(sq, 0.0, out=sq)
+            euclid = np.sqrt(sq, out=sq)
+            denom = len_a[i:i + BLOCK, None] * len_b[None, j:j + BLOCK]
+            directed = denom > 0
+            cos = np.divide(ab, denom, out=np.zeros_like(ab), where=directed)
+            np.clip(cos, -1.0, 1.0, out=cos)
+            if same and i == j:  # leave each sample's pair with itself out
+                np.fill_diagonal(euclid, 0.0)
+                np.fill_diagonal(directed, False)
+            weight = 2.0 if same and j != i else 1.0  # an off-diagonal block stands for its mirror too
+            sums += weight * np.array([euclid.sum(), (np.arccos(cos) / np.pi)[directed].sum(),
+                                       (1.0 - cos)[directed].sum()])
+    n_dir_a, n_dir_b = int((len_a > 0).sum()), int((len_b > 0).sum())
+    pairs = len(a) * (len(a) - 1) if same else len(a) * len(b)
+    directed_pairs = n_dir_a * (n_dir_a - 1) if same else n_dir_a * n_dir_b
+    return sums, pairs, directed_pairs
+
+
+def average_distances(groups):
+    """groups: list of (n_i x d) arrays -> dict of k x k matrices: euclidean, angular, cosine."""
+    k = len(groups)
+    out = {m: np.full((k, k), np.nan) for m in ("euclidean", "angular", "cosine")}
+    for p in range(k):
+        for q in range(p, k):
+            sums, pairs, directed_pairs = _pair_sums(groups[p], groups[q], same=p == q)
+            for m, value, count in zip(out, sums, (pairs, directed_pairs, directed_pairs)):
+                out[m][p, q] = out[m][q, p] = value / count if count else np.nan
+    return out
+
+
+def distance_table(classes, groups, result):
+    rows = []
+    for p, a in enumerate(classes):
+        for q, b in enumerate(classes):
+            rows.append({"class_a": a, "class_b": b, "n_a": len(groups[p]), "n_b": len(groups[q]),
+                         "zero_embeddings_a": int((np.abs(groups[p]).sum(1) == 0).sum()),
+                         "mean_euclidean": result["euclidean"][p, q], "mean_angular": result["angular"][p, q],
+                         "mean_cosine_distance": result["cosine"][p, q]})
+    return pd.DataFrame(rows)
+
+
+def plot_heatmap(matrix, classes, title, note, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    size = 3 + 0.75 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(matrix, cmap="viridis")
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)))
+    ax.set_yticklabels(classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{matrix[i, j]:.3g}", ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] < np.nanmean(matrix) else "black")
+    ax.set_title(title + "\n" + note, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    lab.save_figure(path, fig)
+
+
+def analyse(cfg, set_name):
+    frame, vectors = embed.load_embeddings(cfg, set_name)
+    classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
+    groups = [vectors[(frame["label"] == c).to_numpy()] for c in classes]
+    result = average_distances(groups)
+    table = distance_table(classes, groups, result)
+    lab.save_csv(lab.out_path(cfg, "results", f"average_distances_{set_name}.csv"), table)
+    notes = {"euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
+             "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs"}
+    for metric, note in notes.items():
+        plot_heatmap(result[metric], classes, f"Average {metric} distance between classes ({set_name} set)", note,
+                     lab.out_path(cfg, "figs", f"average_{metric}_distances_{set_name}.png"))
+        print(f"\naverage {metric} distance, {set_name} set:")
+        print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
+    zeros = int(table.drop_duplicates("class_a")["zero_embeddings_a"].sum())
+    if zeros:
+        print(f"note: {zeros} all-zero embeddings in the {set_name} set have no direction and are left out of "
+              f"the angular averages", file=sys.stderr)
+    return result
+
+
+def main(argv=None):
+    cfg = lab.load_config(argv, __doc__)
+    lab.ensure_output_dirs(cfg, ("results", "figs"))
+    return {name: analyse(cfg, name) for name in ("test", "unseen")}
+
+
+if __name__ == "__main__":
+    lab.run_main(lambda: main(sys.argv[1:]))

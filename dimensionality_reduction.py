@@ -1,0 +1,166 @@
+"""2-D map of the embeddings and per-class image galleries (mission tasks 6-7).
+
+Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py) and the images they point to. Writes
+  figs/umap_embeddings.png         three panels (train, test, unseen) coloured by class
+  results/umap_coordinates.csv     split, label, path, x, y of every mapped point
+  figs/gallery_<class>.png         per class: the gallery_size images closest to the class centre, the
+                                   furthest, and the closest images of other classes, with class and distance
+  results/galleries.csv            every gallery tile: set, class, row, rank, path, label, distance
+Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
+reduction (reduction_method: umap, tsne or pca) is fitted once on their union. Galleries are computed in the
+128-d embedding space, not in the 2-D map: seen classes on the train split, unseen classes among themselves.
+"""
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+
+import dataloader
+import embed
+import lab
+
+SPLITS = ("train", "test", "unseen")
+ROWS = ("closest to centre", "furthest from centre", "closest of other classes")
+
+
+def sample_rows(frame, limit, rng):
+    if len(frame) <= limit:
+        return np.arange(len(frame))
+    return np.sort(rng.choice(len(frame), size=limit, replace=False))
+
+
+def reduce_to_2d(x, cfg):
+    """One fit of the chosen method on all points (standardised)."""
+    from sklearn.preprocessing import StandardScaler
+    x = StandardScaler().fit_transform(x)
+    if cfg.reduction_method == "pca":
+        from sklearn.decomposition import PCA
+        return PCA(n_components=2, random_state=cfg.seed).fit_transform(x)
+    if cfg.reduction_method == "tsne":
+        from sklearn.manifold import TSNE
+        return TSNE(n_components=2, init="pca", random_state=cfg.seed,
+                    perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
+    import umap
+    reducer = umap.UMAP(n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1), min_dist=cfg.umap_min_dist,
+                        random_state=cfg.seed, n_jobs=1)  # a seed makes UMAP single-threaded anyway
+    return reducer.fit_transform(x)
+
+
+def class_colours(seen, unseen):
+    import matplotlib
+    tab = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
+    names = list(seen) + [c for c in unseen if c not in seen]
+    return {c: tab[i % len(tab)] for i, c in enumerate(names)}
+
+
+def plot_map(coords, cfg, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    seen = list(dict.fromkeys(coords.loc[coords["split"] == "train", "label"]))
+    unseen = list(dict.fromkeys(coords.loc[coords["split"] == "unseen", "label"]))
+    colours = class_colours(seen, unseen)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharex=True, sharey=True)
+    for ax, split in zip(axes, SPLITS):
+        ax.scatter(coords["x"], coords["y"], s=2, color="0.88", zorder=0)  # all points, for orientation
+        part = coords[coords["split"] == split]
+        for c in (unseen if split == "unseen" else seen):
+            pts = part[part["label"] == c]
+            ax.scatter(pts["x"], pts["y"], s=4, color=colours[c], label=f"{c} ({len(pts)})", alpha=0.8)
+        ax.set_title(f"{split} ({len(part)} points)")
+        ax.legend(markerscale=3, fontsize=8, loc="best")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all three splits, standardised)")
+    lab.save_figure(path, fig)
+
+
+def gallery(vectors, labels, cls, k):
+    """{row: (indices, distances)} for class cls: nearest / furthest own images to its centre, nearest others."""
+    own = np.flatnonzero(labels == cls)
+    other = np.flatnonzero(labels != cls)
+    centre = vectors[own].mean(0)
+    d_own = np.linalg.norm(vectors[own] - centre, axis=1)
+    d_other = np.linalg.norm(vectors[other] - centre, axis=1)
+    order_own = np.argsort(d_own, kind="stable")
+    nearest_other = np.argsort(d_other, kind="stable")[:k]
+    return {ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
+            ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
+            ROWS[2]: (other[nearest_other], d_other[nearest_other])}
+
+
+def thumbnail(path, size=96):
+    try:
+        return dataloader.letterbox(dataloader.load_rgb(path), size)
+    except Exception:
+        return None  # a file gone since embedding: leave the tile blank rather than lose the gallery
+
+
+def plot_gallery(cls, set_name, picks, frame, k, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(3, k, figsize=(1.9 * k + 1.5, 7.2), squeeze=False)
+    for r, (row, (idx, dist)) in enumerate(picks.items()):
+        for t in range(k):
+            ax = axes[r, t]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if t < len(idx):
+                image = thumbnail(frame["path"].iloc[idx[t]])
+                if image is not None:
+                    ax.imshow(image)
+                ax.set_title(f"{frame['label'].iloc[idx[t]]}\nd = {dist[t]:.2f}", fontsize=8)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(row, fontsize=9)
+    fig.suptitle(f"{cls} ({set_name}): distances to the class centre in the 128-d embedding space")
+    lab.save_figure(path, fig)
+
+
+def safe_name(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def galleries(cfg, frames):
+    rows = []
+    for set_name, (frame, vectors) in (("train", frames["train"]), ("unseen", frames["unseen"])):
+        labels = frame["label"].to_numpy()
+        for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
+            picks = gallery(vectors, labels, cls, cfg.gallery_size)
+            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size,
+                         lab.out_path(cfg, "figs", f"gallery_{safe_name(cls)}.png"))
+            for row, (idx, dist) in picks.items():
+                rows += [{"set": set_name, "class": cls, "row": row, "rank": rank + 1, "path": frame["path"].iloc[i],
+                          "label": frame["label"].iloc[i], "distance": float(d)} for rank, (i, d) in enumerate(zip(idx, dist))]
+    table = pd.DataFrame(rows)
+    lab.save_csv(lab.out_path(cfg, "results", "galleries.csv"), table)
+    print(f"[galleries] {table['class'].nunique()} classes -> figs/gallery_<class>.png, results/galleries.csv")
+    return table
+
+
+def main(argv=None):
+    cfg = lab.load_config(argv, __doc__)
+    lab.ensure_output_dirs(cfg, ("results", "figs"))
+    lab.seed_everything(cfg.seed)
+    frames = {s: embed.load_embeddings(cfg, s) for s in SPLITS}
+    rng = np.random.default_rng(cfg.seed)
+    parts = []
+    for s in SPLITS:
+        frame, vectors = frames[s]
+        keep = sample_rows(frame, cfg.umap_samples_per_split, rng)
+        parts.append((frame.iloc[keep][["split", "label", "path"]].assign(split=s), vectors[keep]))
+    points = np.concatenate([v for _, v in parts])
+    print(f"[map] fitting {cfg.reduction_method} once on {len(points)} embeddings "
+          f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(SPLITS, parts))})")
+    xy = reduce_to_2d(points, cfg)
+    coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
+                                                                         method=cfg.reduction_method)
+    lab.save_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"), coords)
+    plot_map(coords, cfg, lab.out_path(cfg, "figs", "umap_embeddings.png"))
+    galleries(cfg, frames)
+
+
+if __name__ == "__main__":
+    lab.run_main(lambda: main(sys.argv[1:]))

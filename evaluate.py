@@ -1,0 +1,94 @@
+"""Test accuracy of the trained model, per class and in total (mission task 3).
+
+Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the test split.
+Writes:
+  results/test_metrics.json    accuracy, balanced accuracy, macro F1, per-class accuracy / precision / recall / F1
+  results/test_predictions.csv path, label, predicted, correct
+  figs/confusion_matrix.png    counts and row-normalised, class names on both axes
+"""
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+import lab
+import train
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def metrics_from_confusion(matrix, classes):
+    """Accuracy, balanced accuracy (mean recall) and macro F1, as scikit-learn defines them."""
+    tp = np.diag(matrix).astype(float)
+    support, predicted = matrix.sum(1), matrix.sum(0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    present = support > 0
+    return {"accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+            "balanced_accuracy": float(recall[present].mean()),
+            "macro_f1": float(f1[present | (predicted > 0)].mean()),
+            "n_test": int(matrix.sum()),
+            "per_class": {c: {"accuracy": float(recall[i]), "precision": float(precision[i]), "recall": float(recall[i]),
+                              "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)}}
+
+
+@torch.no_grad()
+def predict(model, data, device, batch_size):
+    model.eval()
+    preds = [model.head(x.to(device))[0].argmax(1).cpu() for x, _ in data.batches(batch_size)]
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def plot_confusion(matrix, classes, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = 3 + 0.7 * len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f")):
+        image = ax.imshow(values, cmap="Blues")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",
+               ylabel="true class", title=f"Test confusion matrix, {title}")
+        ax.set_xticklabels(classes, rotation=45, ha="right")
+        ax.set_yticklabels(classes)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > values.max() / 2 else "black")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    lab.save_figure(path, fig)
+
+
+def main(argv=None):
+    cfg = lab.load_config(argv, __doc__)
+    lab.ensure_output_dirs(cfg, ("results", "figs", "cache"))
+    cfg, ckpt, model, split, device = train.load_trained(cfg)
+    test = train.prepare(cfg, device, split, model, ckpt["weights"], names=("test",))["test"]
+    classes = ckpt["classes"]
+    y_pred, y_true = predict(model, test, device, cfg.batch_size), test.labels.numpy()
+    matrix = confusion_matrix(y_true, y_pred, len(classes))
+    metrics = metrics_from_confusion(matrix, classes)
+    metrics.update({"checkpoint_epoch": ckpt["epoch"], "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
+    rows = split[split["split"] == "test"].reset_index(drop=True).iloc[test.index]
+    lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
+        {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
+         "correct": y_pred == y_true}))
+    lab.save_json(lab.out_path(cfg, "results", "test_metrics.json"), metrics)
+    plot_confusion(matrix, classes, lab.out_path(cfg, "figs", "confusion_matrix.png"))
+    print("\nTest accuracy per class:")
+    for c, m in metrics["per_class"].items():
+        print(f"  Accuracy of {c:<30}: {100 * m['accuracy']:6.2f} %  ({m['support']} images)")
+    print(f"Accuracy of the network on the {metrics['n_test']} test images: {100 * metrics['accuracy']:.2f} %")
+    print(f"Balanced accuracy {100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.4f}")
+    return metrics
+
+
+if __name__ == "__main__":
+    lab.run_main(lambda: main(sys.argv[1:]))
