@@ -16,6 +16,7 @@ unseen_classes = ["Retaria", "Thalassionematales", "Chaetoceros"]
 val_fraction = 0.05            # share of each seen class for validation, in (0, 1)
 test_fraction = 0.20           # share of each seen class for testing, in (0, 1); val + test < 1
 min_images_per_class = 10      # classes with fewer images are refused (too few to split), >= 3
+max_images_per_class = 0       # 0: use every image; N: a seeded sample of at most N per class (quick trials)
 rebuild_split = False          # True: discard results/split.csv and draw the split anew
 
 # --- model ----------------------------------------------------------------------

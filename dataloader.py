@@ -129,6 +129,14 @@ def list_class_files(folder):
     return images, others
 
 
+def cap_images(images, cfg):
+    """At most max_images_per_class of a class's files, a seeded sample, in sorted order."""
+    if not cfg.max_images_per_class or len(images) <= cfg.max_images_per_class:
+        return images
+    keep = np.random.default_rng(cfg.seed).choice(len(images), cfg.max_images_per_class, replace=False)
+    return [images[i] for i in sorted(keep)]
+
+
 def check_data_root(cfg):
     """Clear errors for a missing root or class folder; returns the resolved root."""
     demo_data.ensure_demo_data(cfg)
@@ -152,6 +160,8 @@ def scan(cfg):
     """Check every image of the configured classes; returns (files per class, skipped rows, ignored rows)."""
     root = check_data_root(cfg)
     listing = {name: list_class_files(root / name) for name in cfg.seen_classes + cfg.unseen_classes}
+    if cfg.max_images_per_class:
+        listing = {name: (cap_images(images, cfg), others) for name, (images, others) in listing.items()}
     paths = [str(root / name / f) for name, (images, _) in listing.items() for f in images]
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
     if workers > 1 and len(paths) > 2000:
@@ -214,7 +224,8 @@ def draw_split(cfg, files):
 
 
 def split_identity(cfg):
-    return {"data_root": str(lab.resolve(cfg.data_root)), "seen_classes": cfg.seen_classes,
+    return {"data_root": str(lab.resolve(cfg.data_root)), "max_images_per_class": cfg.max_images_per_class,
+            "seen_classes": cfg.seen_classes,
             "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction, "seed": cfg.seed}
 
@@ -252,7 +263,8 @@ def verify_split(cfg, split):
                            f"the current config). Rebuild it with `{rebuild}` (then retrain: train.py), or "
                            f"restore the old settings.")
     root = check_data_root(cfg)
-    on_disk = {f"{c}/{f}" for c in cfg.seen_classes + cfg.unseen_classes for f in list_class_files(root / c)[0]}
+    on_disk = {f"{c}/{f}" for c in cfg.seen_classes + cfg.unseen_classes
+               for f in cap_images(list_class_files(root / c)[0], cfg)}
     skipped_csv = lab.out_path(cfg, "results", "skipped_files.csv")
     if skipped_csv.exists() and skipped_csv.stat().st_size > 0:
         on_disk -= set(pd.read_csv(skipped_csv)["path"])

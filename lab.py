@@ -26,7 +26,7 @@ NULLABLE = {"backbone_weights"}
 # Settings that define the data, the split and the model: later scripts take them from the
 # checkpoint so that they analyse what was trained, whatever configfile.py says today.
 MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
-              "min_images_per_class", "image_size", "backbone_weights", "dropout", "embedding_dim",
+              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout", "embedding_dim",
               "seed", "precision")
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 
@@ -118,8 +118,8 @@ def validate_config(c):
             f"and the head pools by 2 more, so it must lie in 32..1024 (the mission uses 128).")
     if not 0 <= c.dropout < 1 or not 0 <= c.umap_min_dist <= 1:
         bad("dropout must lie in [0, 1) and umap_min_dist in [0, 1].")
-    if c.num_workers < 0 or c.seed < 0 or c.min_images_per_class < 3:
-        bad("num_workers and seed must be >= 0 and min_images_per_class >= 3.")
+    if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
+        bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
     if c.reduction_method not in ("umap", "tsne", "pca"):

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny demo data set, configs pointing at temporary folders, an offline TORCH_HOME."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests never touch the user's torch cache, and never download anything.
+os.environ.setdefault("TORCH_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"plankton-lab-tests-torch-{os.getpid()}"))
+
+import demo_data  # noqa: E402
+import lab  # noqa: E402
+
+TINY_COUNTS = {c: 36 for c in demo_data.SEEN + demo_data.UNSEEN}
+# Small images and a random trunk keep every test fast; the architecture is the mission's.
+FAST = ["--backbone_weights=None", "--image_size=64", "--num_workers=0", "--batch_size=32", "--epochs=15",
+        "--patience=4", "--umap_samples_per_split=300", "--transfer_repeats=2", "--precision=fp32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    return demo_data.generate(tmp_path_factory.mktemp("demo") / "demo", counts=TINY_COUNTS)
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_demo):
+    """make_cfg(*overrides) -> config on the tiny demo set, artifacts in this test's tmp folder."""
+    def make(*overrides, data_root=None, output_dir=None):
+        argv = [f"--data_root={str(data_root or tiny_demo)!r}", f"--output_dir={str(output_dir or tmp_path / 'out')!r}",
+                *FAST, *overrides]
+        return lab.load_config(argv), argv
+    return make
+
+
+def shared_dataset(name):
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: the real-image tests need the shared data folder beside the repository "
+                    f"(../shared/data/{name}); a user's fresh clone does not have it")
+    return path
+
+
+NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
+              "chaetognath_sagitta", "hydromedusae_solmaris"]
+NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]

@@ -1,0 +1,45 @@
+import pytest
+
+import lab
+
+
+def test_defaults_are_the_mission_values():
+    cfg = lab.load_config([])
+    assert (cfg.val_fraction, cfg.test_fraction, cfg.image_size, cfg.batch_size, cfg.lr, cfg.epochs) == \
+        (0.05, 0.20, 128, 64, 0.0014, 50)
+    assert len(cfg.seen_classes) == 6 and len(cfg.unseen_classes) == 3 and cfg.device == "auto"
+
+
+@pytest.mark.parametrize("arg, name, value", [
+    ("--lr=0.001", "lr", 0.001), ("--lr=1", "lr", 1.0), ("--batch_size=32", "batch_size", 32),
+    ("--device=cpu", "device", "cpu"), ("--device='cpu'", "device", "cpu"),
+    ("--backbone_weights=None", "backbone_weights", None), ("--resume=True", "resume", True),
+    ("--seen_classes=['a','b']", "seen_classes", ["a", "b"]), ("--seen_classes=('a','b')", "seen_classes", ["a", "b"]),
+])
+def test_good_overrides(arg, name, value):
+    cfg = lab.load_config([arg, "--unseen_classes=['x','y']"] if name == "seen_classes" else [arg])
+    assert getattr(cfg, name) == value and type(getattr(cfg, name)) is type(value)
+
+
+@pytest.mark.parametrize("arg, fragment", [
+    ("--lrr=0.1", "Did you mean --lr"), ("--nonsense=1", "Unknown setting"), ("lr=0.1", "--name=value"),
+    ("--batch_size=2.5", "an integer"), ("--batch_size=True", "an integer"), ("--lr='fast'", "a number"),
+    ("--resume=1", "True or False"), ("--seen_classes='a'", "a list of strings"), ("--device=3", "a string"),
+    ("--lr=0", "positive"), ("--lr=-1", "positive"), ("--lr=float('nan')", "a number"), ("--batch_size=0", "at least 1"),
+    ("--val_fraction=0", "strictly between"), ("--test_fraction=1.5", "strictly between"),
+    ("--test_fraction=0.96", "leaves no training images"), ("--image_size=16", "cannot be taken by the architecture"),
+    ("--image_size=4096", "cannot be taken"), ("--precision='fp8'", "precision"), ("--device='tpu'", "device"),
+    ("--unseen_classes=['chainthin','Retaria']", "both seen_classes and unseen_classes"),
+    ("--seen_classes=['a']", "at least 2"), ("--reduction_method='lda'", "reduction_method"),
+])
+def test_bad_overrides_are_rejected_before_work(arg, fragment):
+    with pytest.raises(lab.LabError, match=fragment):
+        lab.load_config([arg])
+
+
+def test_every_script_rejects_an_unknown_name_in_one_paragraph(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "train.py", "--epochz=3"], cwd=lab.ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Did you mean --epochs?" in result.stderr and "Traceback" not in result.stderr

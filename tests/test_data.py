@@ -1,0 +1,157 @@
+"""Scanning, the class summary, the persisted split, and every kind of messy plankton folder."""
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import dataloader
+import lab
+from conftest import TINY_COUNTS, shared_dataset
+
+
+def copy_demo(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_split_is_stratified_seeded_and_persisted(make_cfg):
+    cfg, _ = make_cfg()
+    split = dataloader.load_split(cfg)
+    assert set(split["split"]) == {"train", "val", "test", "unseen"}
+    for c in cfg.seen_classes:
+        parts = split[split["label"] == c]["split"].value_counts()
+        n = TINY_COUNTS[c]
+        assert parts["test"] == round(n * 0.2) and parts["val"] == max(1, round(n * 0.05))
+        assert parts["train"] == n - parts["test"] - parts["val"]
+    assert (split[split["label"].isin(cfg.unseen_classes)]["split"] == "unseen").all()
+    assert not split["path"].duplicated().any()
+    again = dataloader.draw_split(cfg, dataloader.scan(cfg)[0])
+    pd.testing.assert_frame_equal(split, again)  # same seed, same split
+    other = dataloader.draw_split(lab.load_config([*_argv(cfg), "--seed=7"]), dataloader.scan(cfg)[0])
+    by_path = lambda frame: frame.set_index("path")["split"].sort_index()  # noqa: E731
+    assert (by_path(split) != by_path(other)).sum() > 10  # another seed, another split
+    on_disk = pd.read_csv(lab.out_path(cfg, "results", "split.csv"), dtype=str)
+    pd.testing.assert_frame_equal(on_disk, split.astype(str))
+    summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"))
+    seen_total = summary[(summary["group"] == "seen") & (summary["class"] == "TOTAL")]["images"].item()
+    assert seen_total == sum(TINY_COUNTS[c] for c in cfg.seen_classes)
+    assert summary[summary["class"] != "TOTAL"].groupby("group")["share"].sum().round(6).eq(1.0).all()
+
+
+def _argv(cfg):
+    return [f"--data_root={cfg.data_root!r}", f"--output_dir={cfg.output_dir!r}"]
+
+
+def test_changed_files_are_reported_with_the_rebuild_command(make_cfg, tiny_demo, tmp_path):
+    root = copy_demo(tiny_demo, tmp_path / "data")
+    cfg, argv = make_cfg(data_root=root)
+    dataloader.load_split(cfg)
+    (root / "Odontella" / "Odontella_0000.png").unlink()
+    shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
+    with pytest.raises(lab.LabError, match=r"1 image\(s\) were added and 1 removed.*--rebuild_split=True"):
+        dataloader.load_split(cfg)
+    rebuilt = dataloader.load_split(lab.load_config(argv + ["--rebuild_split=True"]))
+    assert "Odontella/new.png" in set(rebuilt["path"])
+    with pytest.raises(lab.LabError, match="other settings.*seed"):
+        dataloader.load_split(lab.load_config(argv + ["--seed=3"]))
+
+
+def test_missing_root_and_missing_class_name_the_fix(make_cfg, tmp_path):
+    cfg, argv = make_cfg(data_root=tmp_path / "nowhere")
+    with pytest.raises(lab.LabError, match="does not exist"):
+        dataloader.load_split(cfg)
+    cfg, _ = make_cfg("--seen_classes=['chainthn', 'darksphere']")
+    with pytest.raises(lab.LabError, match=r"'chainthn' is not in .*Did you mean 'chainthin'\?.*Retaria"):
+        dataloader.load_split(cfg)
+
+
+def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
+    root = copy_demo(tiny_demo, tmp_path / "data")
+    for f in (root / "Retaria").iterdir():
+        f.unlink()
+    (root / "Retaria" / "notes.txt").write_text("no images here")
+    cfg, _ = make_cfg(data_root=root)
+    with pytest.raises(lab.LabError, match="holds no readable images"):
+        dataloader.load_split(cfg)
+    shutil.rmtree(root / "Retaria")
+    shutil.copytree(tiny_demo / "Retaria", root / "Retaria")
+    for f in sorted((root / "Odontella").iterdir())[3:]:
+        f.unlink()
+    with pytest.raises(lab.LabError, match="only 3 readable images.*min_images_per_class"):
+        dataloader.load_split(cfg)
+    cfg3, _ = make_cfg("--min_images_per_class=3", data_root=root)  # documented: 3 is the floor, one per split
+    split = dataloader.load_split(cfg3)
+    assert split[split["label"] == "Odontella"]["split"].value_counts().to_dict() == {"val": 1, "test": 1, "train": 1}
+
+
+def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_demo, tmp_path):
+    root = copy_demo(tiny_demo, tmp_path / "data")
+    folder = root / "darksphere"
+    for name in (".DS_Store", "Thumbs.db", "readme.txt", "export.csv"):
+        (folder / name).write_bytes(b"junk")
+    (folder / "subfolder").mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    good = (folder / "darksphere_0000.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "text_pretending.jpg").write_text("this is not a jpeg")
+    buf = io.BytesIO()
+    Image.new("L", (40, 30), 128).save(buf, format="PNG")
+    (folder / "png_named.jpg").write_bytes(buf.getvalue())  # a real image with the wrong extension: loads
+    cfg, _ = make_cfg(data_root=root)
+    split = dataloader.load_split(cfg)
+    skipped = pd.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"))
+    assert set(skipped["path"]) == {"darksphere/empty.png", "darksphere/truncated.png", "darksphere/text_pretending.jpg"}
+    assert not set(skipped["path"]) & set(split["path"])
+    assert "darksphere/png_named.jpg" in set(split["path"])
+    summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv")).set_index("class")
+    assert summary.loc["darksphere", "ignored_non_image"] == 5 and summary.loc["darksphere", "skipped_unreadable"] == 3
+    assert summary.loc["darksphere", "images"] == TINY_COUNTS["darksphere"] + 1
+    dataloader.load_split(cfg)  # the skipped files do not count as 'changed' on the next run
+
+
+def _save(img, fmt=None):
+    fmt = fmt or ("JPEG" if img.mode == "CMYK" else "PNG")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("1", (50, 40), 1), lambda: Image.new("L", (50, 40), 200), lambda: Image.new("LA", (50, 40), (10, 0)),
+    lambda: Image.new("P", (50, 40), 3), lambda: Image.new("RGBA", (50, 40), (0, 0, 0, 0)),
+    lambda: Image.new("CMYK", (50, 40), (0, 0, 0, 0)), lambda: Image.new("RGB", (1, 1), (5, 5, 5)),
+    lambda: Image.new("RGB", (1000, 3), (5, 5, 5)), lambda: Image.new("L", (5000, 5000), 250),
+])
+def test_every_mode_and_shape_becomes_a_normalised_rgb_tensor(make):
+    tensor = dataloader.image_tensor(dataloader.to_rgb(_save(make())), 64)
+    assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
+
+
+def test_transparent_pixels_become_white_background():
+    rgb = dataloader.to_rgb(_save(Image.new("RGBA", (8, 8), (0, 0, 0, 0))))
+    assert np.asarray(rgb).min() == 255
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_are_scaled_by_their_bit_depth(fmt):
+    pixels = np.full((20, 30), 4095, dtype=np.uint16)  # a 12-bit sensor's white
+    pixels[5:10, 5:10] = 0
+    img = _save(Image.fromarray(pixels), fmt)
+    assert img.mode.startswith("I")
+    rgb = np.asarray(dataloader.to_rgb(img))
+    assert rgb.max() == 255 and rgb.min() == 0 and rgb.shape == (20, 30, 3)
+
+
+def test_real_flowcam_files_of_mixed_modes_load():
+    root = shared_dataset("flowcam-vliz-demo")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in dataloader.IMAGE_EXTENSIONS)
+    modes = {Image.open(p).mode for p in files}
+    assert len(files) == 105 and {"RGB", "L"} <= modes
+    for p in files:
+        assert dataloader.check_image(p) is None
+        tensor = dataloader.image_tensor(dataloader.load_rgb(p), 64)
+        assert tensor.shape == (3, 64, 64) and torch.isfinite(tensor).all()

@@ -1,0 +1,122 @@
+"""How well do the embeddings transfer to classes the network never saw? (mission task 8)
+
+Reads embeddings/embeddings_unseen.pkl (embed.py). Writes
+  results/transfer_learning.csv   every fit: classifier, training size, repeat, seed, accuracy, balanced accuracy
+  figs/accuracy_SVC.png, figs/accuracy_Linear.png, figs/accuracy_kNN.png, figs/accuracy_all.png
+The unseen-class embeddings are split 70/30 (stratified, seeded; transfer_test_fraction). For a grid of
+training sizes, from a few images per class up to the whole 70 %, class-stratified subsets are drawn
+transfer_repeats times (each seeded), and an RBF SVC, a logistic-regression linear classifier (both on
+standardised embeddings) and a kNN (k = knn_k, capped by the training size) are fitted and scored on the
+fixed 30 %. Curves show the mean and a +-1 sd band against the training size (log scale).
+"""
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+import embed
+import lab
+
+CLASSIFIERS = ("SVC", "Linear", "kNN")
+PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def make_classifier(name, n_train, cfg, seed):
+    if name == "SVC":
+        return make_pipeline(StandardScaler(), SVC(kernel="rbf", random_state=seed))
+    if name == "Linear":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    return KNeighborsClassifier(n_neighbors=min(cfg.knn_k, n_train))
+
+
+def per_class_sizes(train_counts):
+    """Images per class for each grid step: the grid below the smallest class, then 'all'."""
+    smallest = min(train_counts)
+    return [n for n in PER_CLASS_GRID if n < smallest] + [None]  # None: the whole training part
+
+
+def stratified_subset(y, per_class, rng):
+    if per_class is None:
+        return np.arange(len(y))
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), size=per_class, replace=False)
+                                   for c in np.unique(y)]))
+
+
+def transfer_curves(x, y, cfg):
+    """All fits as a DataFrame; x, y are the unseen embeddings and integer labels."""
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=cfg.transfer_test_fraction,
+                                                        stratify=y, random_state=cfg.seed)
+    rows = []
+    sizes = per_class_sizes(np.bincount(y_train))
+    for per_class in sizes:
+        repeats = 1 if per_class is None else cfg.transfer_repeats  # the whole set: every repeat is the same
+        for repeat in range(repeats):
+            seed = cfg.seed + 1000 * repeat + (per_class or 0)
+            chosen = stratified_subset(y_train, per_class, np.random.default_rng(seed))
+            for name in CLASSIFIERS:
+                model = make_classifier(name, len(chosen), cfg, seed)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # convergence chatter on 1-2 images per class
+                    model.fit(x_train[chosen], y_train[chosen])
+                predicted = model.predict(x_test)
+                rows.append({"classifier": name, "train_size": len(chosen),
+                             "per_class": per_class if per_class else "all", "repeat": repeat, "seed": seed,
+                             "k": min(cfg.knn_k, len(chosen)) if name == "kNN" else None,
+                             "accuracy": accuracy_score(y_test, predicted),
+                             "balanced_accuracy": balanced_accuracy_score(y_test, predicted),
+                             "n_test": len(y_test)})
+    return pd.DataFrame(rows)
+
+
+def plot_curves(table, names, path, chance):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        stats = table[table["classifier"] == name].groupby("train_size")["balanced_accuracy"].agg(["mean", "std"])
+        stats["std"] = stats["std"].fillna(0.0)
+        ax.plot(stats.index, stats["mean"], "-o", ms=4, label=name)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
+    ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.2f})")
+    ax.set_xscale("log")
+    ax.set(xlabel="training images (all unseen classes together, log scale)",
+           ylabel="balanced accuracy on the held-out 30 %", ylim=(0, 1.02),
+           title="Transfer to unseen classes: " + ", ".join(names) + " (mean +- 1 sd)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    lab.save_figure(path, fig)
+
+
+def main(argv=None):
+    cfg = lab.load_config(argv, __doc__)
+    lab.ensure_output_dirs(cfg, ("results", "figs"))
+    lab.seed_everything(cfg.seed)
+    frame, x = embed.load_embeddings(cfg, "unseen")
+    classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)
+    counts = np.bincount(y)
+    if counts.min() < 2:
+        raise lab.LabError(f"The unseen class {classes[counts.argmin()]!r} has {counts.min()} embedded image(s); "
+                           f"transfer learning needs at least 2 per class (one to train, one to test).")
+    table = transfer_curves(x, y, cfg)
+    lab.save_csv(lab.out_path(cfg, "results", "transfer_learning.csv"), table)
+    chance = 1.0 / len(classes)
+    for name in CLASSIFIERS:
+        plot_curves(table, [name], lab.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
+    plot_curves(table, CLASSIFIERS, lab.out_path(cfg, "figs", "accuracy_all.png"), chance)
+    final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
+    print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
+          f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    return table
+
+
+if __name__ == "__main__":
+    lab.run_main(lambda: main(sys.argv[1:]))
