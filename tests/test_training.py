@@ -1,0 +1,202 @@
+"""Training, evaluation, checkpoints, and the faults a long run meets (crash, Ctrl-C, divergence, full disk)."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+import backbone
+import evaluate
+import lab
+import train
+from conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
+    history = train.main(argv)
+    return lab.load_config(argv), argv, history
+
+
+def test_training_learns_well_above_chance_and_keeps_the_best_epoch(trained):
+    cfg, argv, history = trained
+    best = min(history, key=lambda h: h["val_loss"])
+    assert best["val_acc"] > 0.6  # 6 classes: chance is 0.17
+    ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    assert ckpt["epoch"] == best["epoch"] and ckpt["classes"] == cfg.seen_classes
+    assert ckpt["config"]["image_size"] == 64 and ckpt["weights"].startswith("RANDOM")
+    assert lab.out_path(cfg, "figs", "training_plot.png").stat().st_size > 1000
+    assert len(open(lab.out_path(cfg, "results", "train_history.csv")).readlines()) == len(history) + 1
+
+
+def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
+    cfg, argv = make_cfg("--epochs=1")
+    train.main(argv)
+    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
+    cfg, argv, _ = trained
+    ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    model = backbone.model_from_checkpoint(ckpt, lab.config_from_checkpoint(ckpt, cfg))
+    again = backbone.model_from_checkpoint(ckpt, lab.config_from_checkpoint(ckpt, lab.load_config([])))
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), again(x)):
+            assert torch.equal(a, b)
+    assert all(torch.equal(v, ckpt["model_state"][k]) for k, v in model.state_dict().items())
+
+
+def test_evaluation_is_above_chance_and_its_metrics_equal_sklearns(trained):
+    cfg, argv, _ = trained
+    metrics = evaluate.main(argv)
+    assert metrics["accuracy"] > 0.6 and metrics["n_test"] == 6 * round(36 * 0.2)
+    assert lab.out_path(cfg, "figs", "confusion_matrix.png").exists()
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    y_pred[y_pred == 4] = 3  # a class never predicted
+    m = evaluate.metrics_from_confusion(evaluate.confusion_matrix(y_true, y_pred, 5), list("abcde"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def test_later_scripts_use_the_checkpoints_config_and_say_so(trained, capsys):
+    cfg, argv, _ = trained
+    evaluate.main(argv + ["--image_size=128", "--seen_classes=['a', 'b']"])
+    out = capsys.readouterr().out
+    assert "using the checkpoint's image_size=64" in out and "using the checkpoint's seen_classes" in out
+
+
+def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
+    cfg, argv = make_cfg()
+    with pytest.raises(lab.LabError, match=r"does not exist yet.*python train.py"):
+        evaluate.main(argv)
+    import embed
+    with pytest.raises(lab.LabError, match=r"does not exist yet.*python embed.py"):
+        embed.load_embeddings(cfg, "test")
+    path = lab.out_path(cfg, "checkpoints", "best.pth")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(lab.LabError, match="damaged or not a file made by this lab"):
+        evaluate.main(argv)
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(lab.LabError, match="not a checkpoint made by this lab"):
+        evaluate.main(argv)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    torch.save({"format": "plankton-lab-checkpoint/1", "x": Evil()}, path)
+    with pytest.raises(lab.LabError, match="cannot be read"):  # weights_only refuses arbitrary objects
+        lab.load_checkpoint(path)
+
+
+def test_divergence_stops_with_a_message(make_cfg):
+    cfg, argv = make_cfg("--lr=1e12", "--epochs=6")
+    with pytest.raises(lab.LabError, match="diverged.*Lower the learning rate"):
+        train.main(argv)
+    best = lab.out_path(cfg, "checkpoints", "best.pth")
+    if best.exists():  # whatever was saved is a good epoch
+        state = lab.load_checkpoint(best)["model_state"]
+        assert all(torch.isfinite(v.float()).all() for v in state.values())
+
+
+def test_unwritable_output_folder_fails_before_work(make_cfg, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg, argv = make_cfg(output_dir=blocker / "out")
+    with pytest.raises(lab.LabError, match="Cannot write to the output folder"):
+        train.main(argv)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "best.pth"
+    lab.save_checkpoint(path, {"format": "plankton-lab-checkpoint/1", "v": torch.ones(3)})
+
+    def full_disk(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(lab.LabError, match="disk is full.*previous version is intact"):
+        lab.save_checkpoint(path, {"format": "plankton-lab-checkpoint/1", "v": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(lab.load_checkpoint(path)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------- subprocess faults: kill -9 and Ctrl-C
+def _start(argv):
+    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=lab.ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(cfg, epoch, proc, timeout=120):
+    last = lab.out_path(cfg, "checkpoints", "last.pth")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if last.exists():
+            try:
+                if lab.load_checkpoint(last)["epoch"] >= epoch:
+                    return
+            except lab.LabError:
+                pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, trained):
+    _, trained_argv, _ = trained
+    opts = ["--epochs=10", "--patience=100", "--batch_size=8"]
+    cfg_a, argv_a = make_cfg(*opts, output_dir=tmp_path / "a")
+    train.main(argv_a)
+    cfg_b, argv_b = make_cfg(*opts, output_dir=tmp_path / "b")
+    proc = _start(argv_b)
+    _wait_for_epoch(cfg_b, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
+    assert killed_at < 10, "the run finished before it could be killed"
+    lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "best.pth"))  # still loadable
+    train.main(argv_b + ["--resume=True"])
+    a = lab.load_checkpoint(lab.out_path(cfg_a, "checkpoints", "last.pth"))
+    b = lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "last.pth"))
+    assert a["epoch"] == b["epoch"] == 10
+    for k in a["model_state"]:
+        assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-6), k
+    assert [round(h["val_loss"], 6) for h in a["history"]] == [round(h["val_loss"], 6) for h in b["history"]]
+
+
+def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
+    cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
+    for delay in (0.0, 0.013, 0.031, 0.057):
+        proc = _start(argv)
+        _wait_for_epoch(cfg, 1, proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for name in ("best.pth", "last.pth"):
+            lab.load_checkpoint(lab.out_path(cfg, "checkpoints", name))
+    leftovers = [p.name for p in lab.out_path(cfg, "checkpoints").iterdir() if ".tmp" in p.name]
+    assert len(leftovers) <= 1  # at most the temporary of the save that was cut; never read, replaced next time
+
+
+def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg):
+    cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
+    proc = _start(argv)
+    _wait_for_epoch(cfg, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume=True" in err and "Traceback" not in err
+    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
+    assert lab.out_path(cfg, "figs", "training_plot.png").exists()
