@@ -1,0 +1,125 @@
+"""Embeddings, distances, galleries and transfer learning against brute-force references."""
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.distance import cdist
+
+import compute_average_distances as distances
+import dimensionality_reduction as reduction
+import embed
+import lab
+import train
+import transfer_learning
+
+
+def brute_force(groups):
+    k = len(groups)
+    out = {m: np.zeros((k, k)) for m in ("euclidean", "angular", "cosine")}
+    for p in range(k):
+        for q in range(k):
+            e = cdist(groups[p], groups[q])
+            c = 1 - cdist(groups[p], groups[q], "cosine")
+            mask = ~np.eye(len(groups[p]), dtype=bool) if p == q else np.ones_like(e, dtype=bool)
+            out["euclidean"][p, q] = e[mask].mean()
+            out["angular"][p, q] = (np.arccos(np.clip(c, -1, 1)) / np.pi)[mask].mean()
+            out["cosine"][p, q] = (1 - c)[mask].mean()
+    return out
+
+
+@pytest.mark.parametrize("block", [1024, 7])
+def test_distances_equal_brute_force_without_self_pairs(block, monkeypatch):
+    monkeypatch.setattr(distances, "BLOCK", block)  # 7 exercises many blocks, off-diagonal mirroring and edges
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(loc, 1.0, (n, 16)) for loc, n in ((0, 23), (2, 17), (-1, 30))]
+    ours, ref = distances.average_distances(groups), brute_force(groups)
+    for m in ours:
+        np.testing.assert_allclose(ours[m], ref[m], rtol=1e-9, atol=1e-12)
+    assert 0 <= ours["angular"].min() and ours["angular"].max() <= 1
+
+
+def test_zero_embeddings_are_left_out_of_angular_averages():
+    rng = np.random.default_rng(1)
+    a = np.abs(rng.normal(size=(10, 8)))
+    a_with_zero = np.vstack([a, np.zeros((2, 8))])
+    ours = distances.average_distances([a_with_zero])
+    assert ours["angular"][0, 0] == pytest.approx(brute_force([a])["angular"][0, 0])
+    assert np.isfinite(ours["euclidean"][0, 0])
+
+
+def test_a_20000_row_class_runs_without_an_n_by_n_matrix():
+    rng = np.random.default_rng(2)
+    groups = [rng.normal(size=(20_000, 128)), rng.normal(1, 1, size=(300, 128))]
+    tracemalloc.start()
+    result = distances.average_distances(groups)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000 * 20_000 * 8 / 20  # an N x N float64 matrix would be 3.2 GB; we stay far below
+    assert result["euclidean"][0, 0] == pytest.approx(np.sqrt(2 * 128), rel=0.01)  # E|x-y| for N(0, I)
+
+
+def test_gallery_rows_are_truly_closest_and_furthest():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(200, 128))
+    labels = np.array(["a"] * 80 + ["b"] * 70 + ["c"] * 50)
+    picks = reduction.gallery(vectors, labels, "b", 5)
+    centre = vectors[labels == "b"].mean(0)
+    d = np.linalg.norm(vectors - centre, axis=1)
+    own, other = np.flatnonzero(labels == "b"), np.flatnonzero(labels != "b")
+    assert list(picks[reduction.ROWS[0]][0]) == list(own[np.argsort(d[own])[:5]])
+    assert list(picks[reduction.ROWS[1]][0]) == list(own[np.argsort(-d[own])[:5]])
+    assert list(picks[reduction.ROWS[2]][0]) == list(other[np.argsort(d[other])[:5]])
+    np.testing.assert_allclose(picks[reduction.ROWS[2]][1], np.sort(d[other])[:5])
+
+
+def test_transfer_learning_on_separable_embeddings(make_cfg):
+    cfg, _ = make_cfg("--transfer_repeats=3")
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 6, (3, 128))
+    y = np.repeat([0, 1, 2], [60, 45, 8])  # the last class has fewer training images than k
+    x = centres[y] + rng.normal(size=(len(y), 128))
+    table = transfer_learning.transfer_curves(x, y, cfg)
+    sizes = transfer_learning.per_class_sizes(np.bincount(y[:len(y)]))
+    assert set(table["classifier"]) == {"SVC", "Linear", "kNN"}
+    assert len(table) == 3 * (3 * (len(sizes) - 1) + 1)  # every (size, repeat, classifier), 'all' once
+    full = table[table["per_class"] == "all"]
+    assert (full["balanced_accuracy"] > 0.95).all()
+    assert table[table["classifier"] == "kNN"]["k"].max() <= 10
+    assert (table[table["classifier"] == "kNN"]["k"] <= table[table["classifier"] == "kNN"]["train_size"]).all()
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_demo, tmp_path_factory):
+    from conftest import FAST
+    out = tmp_path_factory.mktemp("embedded")
+    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
+    train.main(argv)
+    embed.main(argv)
+    return lab.load_config(argv), argv
+
+
+def test_embedding_files_schema_and_rows(embedded):
+    cfg, _ = embedded
+    split = pd.read_csv(lab.out_path(cfg, "results", "split.csv"))
+    for name in ("train", "test", "unseen"):
+        frame = pd.read_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"))
+        assert list(frame.columns[:4]) == ["label", "label_idx", "split", "path"]
+        emb = [f"emb_{i}" for i in range(128)]
+        assert list(frame.columns[4:]) == emb and (frame[emb].dtypes == np.float32).all()
+        assert len(frame) == (split["split"] == name).sum() and (frame["split"] == name).all()
+        classes = cfg.unseen_classes if name == "unseen" else cfg.seen_classes
+        assert [classes[i] for i in frame["label_idx"]] == list(frame["label"])
+    assert lab.out_path(cfg, "embeddings", "embeddings_meta.json").exists()
+
+
+def test_distance_script_writes_matrices_that_match_its_csv(embedded):
+    cfg, argv = embedded
+    results = distances.main(argv)
+    table = pd.read_csv(lab.out_path(cfg, "results", "average_distances_unseen.csv"))
+    assert len(table) == 9 and results["unseen"]["euclidean"].shape == (3, 3)
+    frame, x = embed.load_embeddings(cfg, "unseen")
+    groups = [x[(frame["label"] == c).to_numpy()] for c in cfg.unseen_classes]
+    groups = [g[np.abs(g).sum(1) > 0] for g in groups]
+    ref = brute_force(groups)
+    np.testing.assert_allclose(results["unseen"]["angular"], ref["angular"], rtol=1e-9)

@@ -1,0 +1,61 @@
+"""The whole mission end to end: on a tiny demo set, and on real plankton images from ../shared."""
+import json
+import re
+
+import pandas as pd
+
+import lab
+import run_pipeline
+from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
+
+ARTIFACTS = {
+    "results": ["dataset_summary.csv", "split.csv", "split.json", "skipped_files.csv", "train_history.csv",
+                "test_metrics.json", "test_predictions.csv", "average_distances_test.csv",
+                "average_distances_unseen.csv", "umap_coordinates.csv", "galleries.csv", "transfer_learning.csv",
+                "pipeline_timings.csv", "report.html"],
+    "figs": ["training_plot.png", "confusion_matrix.png", "average_euclidean_distances_test.png",
+             "average_angular_distances_test.png", "average_euclidean_distances_unseen.png",
+             "average_angular_distances_unseen.png", "umap_embeddings.png", "accuracy_SVC.png",
+             "accuracy_Linear.png", "accuracy_kNN.png", "accuracy_all.png"],
+    "embeddings": ["embeddings_train.pkl", "embeddings_test.pkl", "embeddings_unseen.pkl", "embeddings_meta.json"],
+    "checkpoints": ["best.pth", "last.pth"],
+}
+
+
+def check_all_artifacts(cfg, classes):
+    for kind, names in ARTIFACTS.items():
+        for name in names:
+            assert lab.out_path(cfg, kind, name).stat().st_size > 0, f"{kind}/{name}"
+    for c in classes:
+        assert lab.out_path(cfg, "figs", f"gallery_{c}.png").exists()
+    page = lab.out_path(cfg, "results", "report.html").read_text()
+    refs = re.findall(r'src="([^"]+)"', page)
+    assert len(refs) >= 11 + len(classes)
+    for ref in refs:
+        assert (lab.out_path(cfg, "results") / ref).resolve().is_file(), ref
+    galleries = pd.read_csv(lab.out_path(cfg, "results", "galleries.csv"))
+    assert len(galleries) == len(classes) * 3 * cfg.gallery_size
+
+
+def test_pipeline_on_tiny_demo_makes_every_artifact_and_a_report(tiny_demo, tmp_path):
+    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(tmp_path)!r}", *FAST]
+    timings = run_pipeline.main(argv)
+    cfg = lab.load_config(argv)
+    check_all_artifacts(cfg, cfg.seen_classes + cfg.unseen_classes)
+    assert list(timings["stage"]) == [s for s, _ in run_pipeline.STAGES] + ["total"]
+    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    assert set(coords["split"]) == {"train", "test", "unseen"} and coords[["x", "y"]].notna().all().all()
+
+
+def test_pipeline_on_real_ndsb9_plankton(tmp_path):
+    root = shared_dataset("ndsb9")
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path)!r}", f"--seen_classes={NDSB9_SEEN!r}",
+            f"--unseen_classes={NDSB9_UNSEEN!r}", "--max_images_per_class=60", *FAST]
+    run_pipeline.main(argv)
+    cfg = lab.load_config(argv)
+    check_all_artifacts(cfg, NDSB9_SEEN + NDSB9_UNSEEN)
+    metrics = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())
+    assert metrics["n_test"] == 6 * 12 and metrics["accuracy"] > 2 / 6  # twice chance, even on a random trunk
+    transfer = pd.read_csv(lab.out_path(cfg, "results", "transfer_learning.csv"))
+    assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 2 / 3 * 1.0 - 0.2
+    assert not list(tmp_path.rglob("*.jpg")), "the images are read in place, never copied"
