@@ -26,7 +26,7 @@ FP16_MAX = 65504.0
 
 def cache_key(cfg, abs_paths, weights_id, dtype):
     h = hashlib.sha256()
-    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 1}).encode())
+    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 2}).encode())
     for p in abs_paths:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -41,8 +41,8 @@ def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
 
 @torch.no_grad()
 def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
-    """Feed every batch through the trunk (channels-last, autocast to dtype) and hand its output to write."""
-    trunk = trunk.to(device, memory_format=torch.channels_last).eval()
+    """Feed every batch through the trunk (BN folded, channels-last, autocast to dtype); hand its output to write."""
+    trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

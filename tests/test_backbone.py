@@ -94,3 +94,18 @@ def test_wrong_weights_name_or_file_is_a_clear_error(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(lab.LabError, match="do not fit torchvision's efficientnet_v2_s"):
         backbone.build_trunk(str(bad), 0)
+
+
+def test_inference_trunk_gives_the_same_features():
+    trunk = backbone.build_trunk(None, 3)
+    for m in trunk.modules():  # non-trivial BN statistics, as ImageNet weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref, fused = trunk(x), backbone.inference_trunk(trunk)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.inference_trunk(trunk).modules())
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trunk.modules())  # the original is untouched
