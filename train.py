@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import backbone
 import dataloader
@@ -67,13 +68,17 @@ def prepare(cfg, device, split, model, weights_id, names=("train", "val")):
     return out
 
 
-def run_epoch(model, data, device, batch_size, optimizer=None, order=None):
+def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None):
     """One pass; trains when an optimizer is given. Returns (mean loss, accuracy)."""
     criterion = nn.CrossEntropyLoss(reduction="sum")
     model.train(optimizer is not None)
     total_loss, correct = 0.0, 0
+    batches = data.batches(batch_size, order)
+    if desc:
+        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=desc, unit="batch", leave=False,
+                       disable=None)
     with torch.set_grad_enabled(optimizer is not None):
-        for x, y in data.batches(batch_size, order):
+        for x, y in batches:
             x, y = x.to(device), y.to(device)
             logits, _ = model.head(x)
             loss = criterion(logits, y)
@@ -152,7 +157,8 @@ def train(cfg):
         for epoch in range(start, cfg.epochs + 1):
             t0 = time.time()
             order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-            train_loss, train_acc = run_epoch(model, data["train"], device, cfg.batch_size, optimizer, order)
+            train_loss, train_acc = run_epoch(model, data["train"], device, cfg.batch_size, optimizer, order,
+                                              desc=f"epoch {epoch}/{cfg.epochs}")
             val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = f"{best_path} keeps the best model so far" if best_loss < math.inf else "no model was saved"

@@ -42,7 +42,7 @@ NDSB9 = ROOT.parent / "shared" / "data" / "ndsb9"
 NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
               "chaetognath_sagitta", "hydromedusae_solmaris"]
 NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
-FULL = {"trunk_images": 384, "original_batches": 6, "loader_images": 3000, "dist_small": 5000, "dist_large": 20000,
+FULL = {"trunk_images": 256, "original_batches": 6, "loader_images": 3000, "dist_small": 5000, "dist_large": 20000,
         "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64}
 QUICK = {"trunk_images": 32, "original_batches": 1, "loader_images": 64, "dist_small": 300, "dist_large": 1200,
          "cache_small": 40, "cache_large": 160, "cache_image_size": 32}
@@ -64,30 +64,35 @@ def machine():
 
 
 # --------------------------------------------------------------------------- measurements
-def trunk_throughput(trunk, batches, device, dtype):
+def trunk_throughput(trunk, batches, device, dtype, rounds=3):
+    """Best of `rounds` passes over the batches (the machine is shared: the best round is the least disturbed)."""
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-    outs = []
+    best = 0.0
     with torch.no_grad(), autocast:
         trunk(batches[0].to(device))  # warm-up: oneDNN picks and caches its kernels
-        start = time.perf_counter()
-        for x in batches:
-            outs.append(trunk(x.to(device)).float().cpu())
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return sum(len(x) for x in batches) / seconds, torch.cat(outs)
+        for _ in range(rounds):
+            outs, start = [], time.perf_counter()
+            for x in batches:
+                outs.append(trunk(x.to(device)).float().cpu())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, sum(len(x) for x in batches) / (time.perf_counter() - start))
+    return best, torch.cat(outs)
 
 
-def matmul_gflops(dtype, device, n=2048, reps=5):
+def matmul_gflops(dtype, device, n=2048, reps=5, rounds=3):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def trunk_flops(trunk, image_size):
@@ -267,7 +272,7 @@ def run(argv):
         # 2. trunk pass: reduced precision vs fp32, and our fused trunk vs the original module
         fused = backbone.inference_trunk(model.trunk).to(device)
         fp32_ips, fp32_out = trunk_throughput(fused, batches, device, None)
-        red_ips, red_out = trunk_throughput(fused, batches, device, reduced)
+        red_ips, red_out = trunk_throughput(fused, batches, device, reduced, rounds=1)  # emulated bf16 is slow
         orig_ips, _ = trunk_throughput(model.trunk.to(device), [b.contiguous() for b in batches], device, None)
         with torch.no_grad():
             e32 = model.head(fp32_out.to(device))[1].float()

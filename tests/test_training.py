@@ -200,3 +200,47 @@ def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg):
     assert "--resume=True" in err and "Traceback" not in err
     assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
     assert lab.out_path(cfg, "figs", "training_plot.png").exists()
+
+
+def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, monkeypatch):
+    cfg, argv = make_cfg("--epochs=8", "--patience=100")
+    real_epoch, calls = train.run_epoch, {"n": 0}
+
+    def diverging_from_epoch_3(model, data, device, batch_size, optimizer=None, order=None, desc=None):
+        if optimizer is not None:
+            calls["n"] += 1
+        if calls["n"] >= 3:
+            return float("nan"), 0.0
+        return real_epoch(model, data, device, batch_size, optimizer, order, desc)
+    monkeypatch.setattr(train, "run_epoch", diverging_from_epoch_3)
+    with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
+        train.main(argv)
+    best = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    assert best["epoch"] in (1, 2) and all(torch.isfinite(v.float()).all() for v in best["model_state"].values())
+    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "last.pth"))["epoch"] == 2
+
+
+def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_cfg, tiny_demo, tmp_path):
+    import shutil
+
+    import dataloader
+    import pandas as pd
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    cfg, argv = make_cfg("--epochs=1", data_root=root)
+    split = dataloader.load_split(cfg)
+    victim = split[split["split"] == "train"]["path"].iloc[0]
+    (root / victim).write_bytes(b"broken since the split was made")
+    history = train.main(argv)
+    skipped = pd.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"))
+    assert victim in set(skipped["path"])
+    assert history and "trunk pass" in skipped.set_index("path").loc[victim, "reason"]
+
+
+def test_scripts_run_out_of_order_name_the_script_to_run_first(tmp_path):
+    for script, needed in (("compute_average_distances.py", "embed.py"), ("transfer_learning.py", "embed.py"),
+                           ("dimensionality_reduction.py", "embed.py"), ("embed.py", "train.py")):
+        result = subprocess.run([sys.executable, script, f"--output_dir={str(tmp_path)!r}"], cwd=lab.ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and f"python {needed}" in result.stderr, (script, result.stderr)
+        assert "Traceback" not in result.stderr
