@@ -115,6 +115,7 @@ def analyse(cfg, set_name):
 
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
+    lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     return {name: analyse(cfg, name) for name in ("test", "unseen")}
 

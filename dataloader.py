@@ -254,6 +254,7 @@ def print_summary(summary, split):
 def verify_split(cfg, split):
     """Stop with the rebuild command if split.csv was made for other settings or other files."""
     rebuild = "python dataloader.py --rebuild_split=True"
+    root = check_data_root(cfg)  # a missing folder is the clearer message
     identity_path = lab.out_path(cfg, "results", "split.json")
     identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
     wanted = split_identity(cfg)
@@ -262,7 +263,6 @@ def verify_split(cfg, split):
         raise lab.LabError(f"results/split.csv was drawn with other settings ({', '.join(changed)} differ from "
                            f"the current config). Rebuild it with `{rebuild}` (then retrain: train.py), or "
                            f"restore the old settings.")
-    root = check_data_root(cfg)
     on_disk = {f"{c}/{f}" for c in cfg.seen_classes + cfg.unseen_classes
                for f in cap_images(list_class_files(root / c)[0], cfg)}
     skipped_csv = lab.out_path(cfg, "results", "skipped_files.csv")

@@ -142,6 +142,7 @@ def galleries(cfg, frames):
 
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
+    lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     lab.seed_everything(cfg.seed)
     frames = {s: embed.load_embeddings(cfg, s) for s in SPLITS}

@@ -51,7 +51,7 @@ def plot_confusion(matrix, classes, path):
     import matplotlib.pyplot as plt
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = 3 + 0.7 * len(classes)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 3, size), layout="constrained")
     for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f")):
         image = ax.imshow(values, cmap="Blues")
         ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -95,7 +96,8 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
     if not (path.exists() and ok_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(f"trunk_{split_name}_*.npy"):
-            stale.unlink()
+            if re.fullmatch(rf"trunk_{re.escape(split_name)}_[0-9a-f]{{16}}(\.ok)?\.npy", stale.name):
+                stale.unlink()  # an older key of this split: its images, size, weights or precision changed
         side = backbone.trunk_side(cfg.image_size)
         loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
         print(f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "

@@ -201,6 +201,7 @@ def load_trained(cfg):
     """For the scripts after training: (config of the checkpoint, checkpoint, model, split, device)."""
     ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
     cfg = lab.config_from_checkpoint(ckpt, cfg)
+    lab.print_config(cfg, "configuration (data and model settings from the checkpoint)")
     print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
     if ckpt["weights"].startswith("RANDOM"):
         print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "

@@ -7,7 +7,8 @@ The unseen-class embeddings are split 70/30 (stratified, seeded; transfer_test_f
 training sizes, from a few images per class up to the whole 70 %, class-stratified subsets are drawn
 transfer_repeats times (each seeded), and an RBF SVC, a logistic-regression linear classifier (both on
 standardised embeddings) and a kNN (k = knn_k, capped by the training size) are fitted and scored on the
-fixed 30 %. Curves show the mean and a +-1 sd band against the training size (log scale).
+fixed 30 %. (k is also capped by the smallest class of the subset, so that 1 image per class is
+1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training size (log scale).
 """
 import sys
 import warnings
@@ -29,12 +30,18 @@ CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-def make_classifier(name, n_train, cfg, seed):
+def knn_neighbours(cfg, y_subset):
+    """k = knn_k, capped by the smallest class in the training subset: with k above it, the vote of a small
+    training set is the majority class whatever the query (1 image per class gives 1-NN, not chance)."""
+    return int(min(cfg.knn_k, np.bincount(y_subset).min()))
+
+
+def make_classifier(name, k, cfg, seed):
     if name == "SVC":
         return make_pipeline(StandardScaler(), SVC(kernel="rbf", random_state=seed))
     if name == "Linear":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    return KNeighborsClassifier(n_neighbors=min(cfg.knn_k, n_train))
+    return KNeighborsClassifier(n_neighbors=k)
 
 
 def per_class_sizes(train_counts):
@@ -61,15 +68,16 @@ def transfer_curves(x, y, cfg):
         for repeat in range(repeats):
             seed = cfg.seed + 1000 * repeat + (per_class or 0)
             chosen = stratified_subset(y_train, per_class, np.random.default_rng(seed))
+            k = knn_neighbours(cfg, y_train[chosen])
             for name in CLASSIFIERS:
-                model = make_classifier(name, len(chosen), cfg, seed)
+                model = make_classifier(name, k, cfg, seed)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # convergence chatter on 1-2 images per class
                     model.fit(x_train[chosen], y_train[chosen])
                 predicted = model.predict(x_test)
                 rows.append({"classifier": name, "train_size": len(chosen),
                              "per_class": per_class if per_class else "all", "repeat": repeat, "seed": seed,
-                             "k": min(cfg.knn_k, len(chosen)) if name == "kNN" else None,
+                             "k": k if name == "kNN" else None,
                              "accuracy": accuracy_score(y_test, predicted),
                              "balanced_accuracy": balanced_accuracy_score(y_test, predicted),
                              "n_test": len(y_test)})
@@ -98,6 +106,7 @@ def plot_curves(table, names, path, chance):
 
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
+    lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     lab.seed_everything(cfg.seed)
     frame, x = embed.load_embeddings(cfg, "unseen")
