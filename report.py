@@ -69,7 +69,7 @@ def build(cfg):
                  + "".join(_figure(f"accuracy_{n}.png", n) for n in ("SVC", "Linear", "kNN")))
     for name in [p for p in ("training_plot.png", "confusion_matrix.png", "umap_embeddings.png", "accuracy_all.png")]:
         lab.require(figs / name, "run_pipeline.py", "figure")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"
              "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555}"
              ".t td,.t th{padding:2px 8px;text-align:right}.warn{background:#fee;border:1px solid #c00;padding:.5em}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>Plankton embedding lab</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
