@@ -125,3 +125,14 @@ def test_distance_script_writes_matrices_that_match_its_csv(embedded):
     groups = [g[np.abs(g).sum(1) > 0] for g in groups]
     ref = brute_force(groups)
     np.testing.assert_allclose(results["unseen"]["angular"], ref["angular"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_other_reduction_methods_give_2d_points_that_keep_clusters_apart(make_cfg, method):
+    cfg, _ = make_cfg(f"--reduction_method='{method}'")
+    rng = np.random.default_rng(5)
+    x = np.vstack([rng.normal(0, 1, (60, 128)), rng.normal(8, 1, (60, 128))])
+    xy = reduction.reduce_to_2d(x, cfg)
+    assert xy.shape == (120, 2) and np.isfinite(xy).all()
+    gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
+    assert gap > 3 * max(xy[:60].std(0).max(), xy[60:].std(0).max())

@@ -59,3 +59,17 @@ def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     transfer = pd.read_csv(lab.out_path(cfg, "results", "transfer_learning.csv"))
     assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 2 / 3 * 1.0 - 0.2
     assert not list(tmp_path.rglob("*.jpg")), "the images are read in place, never copied"
+
+
+def test_demo_offline_falls_back_to_a_random_trunk_loudly_but_real_data_does_not(tmp_path, monkeypatch, capsys):
+    import pytest
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    import torch
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known")))
+    demo_cfg = lab.load_config([])  # the default data_root is the demo set
+    assert run_pipeline.weights_overrides(demo_cfg) == ["--backbone_weights=None"]
+    assert "DEMO ON A RANDOM TRUNK" in capsys.readouterr().err
+    real_cfg = lab.load_config([f"--data_root={str(tmp_path)!r}"])
+    with pytest.raises(lab.LabError, match="seems to be offline"):
+        run_pipeline.weights_overrides(real_cfg)
