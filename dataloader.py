@@ -216,6 +216,10 @@ def draw_split(cfg, files):
         n = len(order)
         n_val = max(1, round(n * cfg.val_fraction))
         n_test = max(1, round(n * cfg.test_fraction))
+        if n - n_val - n_test < 1:
+            raise lab.LabError(f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
+                               f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
+                               f"the fractions, or raise min_images_per_class to keep such classes out.")
         names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
         rows += [{"path": files[c][i], "label": c, "split": s} for i, s in zip(order, names)]
     for c in cfg.unseen_classes:

@@ -86,6 +86,10 @@ def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
     cfg3, _ = make_cfg("--min_images_per_class=3", data_root=root)  # documented: 3 is the floor, one per split
     split = dataloader.load_split(cfg3)
     assert split[split["label"] == "Odontella"]["split"].value_counts().to_dict() == {"val": 1, "test": 1, "train": 1}
+    greedy, _ = make_cfg("--min_images_per_class=3", "--val_fraction=0.45", "--test_fraction=0.5",
+                         "--rebuild_split=True", data_root=root)
+    with pytest.raises(lab.LabError, match="none would be left for training"):
+        dataloader.load_split(greedy)
 
 
 def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_demo, tmp_path):
