@@ -57,7 +57,7 @@ def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     metrics = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())
     assert metrics["n_test"] == 6 * 12 and metrics["accuracy"] > 2 / 6  # twice chance, even on a random trunk
     transfer = pd.read_csv(lab.out_path(cfg, "results", "transfer_learning.csv"))
-    assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 2 / 3 * 1.0 - 0.2
+    assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 0.5  # 3 unseen classes: chance 1/3
     assert not list(tmp_path.rglob("*.jpg")), "the images are read in place, never copied"
 
 
