@@ -73,9 +73,7 @@ def distance_table(classes, groups, result):
 
 
 def plot_heatmap(matrix, classes, title, note, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     size = 3 + 0.75 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis")

@@ -55,9 +55,7 @@ def class_colours(seen, unseen):
 
 
 def plot_map(coords, cfg, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     seen = list(dict.fromkeys(coords.loc[coords["split"] == "train", "label"]))
     unseen = list(dict.fromkeys(coords.loc[coords["split"] == "unseen", "label"]))
     colours = class_colours(seen, unseen)
@@ -98,9 +96,7 @@ def thumbnail(path, size=96):
 
 
 def plot_gallery(cls, set_name, picks, frame, k, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     fig, axes = plt.subplots(3, k, figsize=(1.9 * k + 1.5, 7.2), squeeze=False)
     for r, (row, (idx, dist)) in enumerate(picks.items()):
         for t in range(k):

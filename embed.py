@@ -11,20 +11,12 @@ import sys
 
 import numpy as np
 import pandas as pd
-import torch
 
 import dataloader
 import lab
 import train
 
 SPLITS = ("train", "test", "unseen")
-
-
-@torch.no_grad()
-def embed_split(model, data, device, batch_size):
-    model.eval()
-    out = [model.head(x.to(device))[1].float().cpu() for x, _ in data.batches(batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.classifier.in_features), dtype=np.float32)
 
 
 def embedding_frame(cfg, rows, vectors, class_names):
@@ -52,9 +44,9 @@ def main(argv=None):
     cfg, ckpt, model, split, device = train.load_trained(cfg)
     data = train.prepare(cfg, device, split, model, ckpt["weights"], names=SPLITS)
     for name in SPLITS:
-        rows = split[split["split"] == name].reset_index(drop=True).iloc[data[name].index]
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
-        frame = embedding_frame(cfg, rows, embed_split(model, data[name], device, cfg.batch_size), names)
+        vectors = train.head_outputs(model, data[name], device, cfg.batch_size)[1]
+        frame = embedding_frame(cfg, data[name].rows, vectors, names)
         path = lab.atomic_write(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
         print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> {path}")
     lab.save_json(lab.out_path(cfg, "embeddings", "embeddings_meta.json"), {

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import torch
 
 import lab
 import train
@@ -38,17 +37,8 @@ def metrics_from_confusion(matrix, classes):
                               "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)}}
 
 
-@torch.no_grad()
-def predict(model, data, device, batch_size):
-    model.eval()
-    preds = [model.head(x.to(device))[0].argmax(1).cpu() for x, _ in data.batches(batch_size)]
-    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-
-
 def plot_confusion(matrix, classes, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = 3 + 0.7 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 3, size), layout="constrained")
@@ -72,11 +62,11 @@ def main(argv=None):
     cfg, ckpt, model, split, device = train.load_trained(cfg)
     test = train.prepare(cfg, device, split, model, ckpt["weights"], names=("test",))["test"]
     classes = ckpt["classes"]
-    y_pred, y_true = predict(model, test, device, cfg.batch_size), test.labels.numpy()
+    y_pred, y_true = train.head_outputs(model, test, device, cfg.batch_size)[0].argmax(1), test.labels.numpy()
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
     metrics.update({"checkpoint_epoch": ckpt["epoch"], "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
-    rows = split[split["split"] == "test"].reset_index(drop=True).iloc[test.index]
+    rows = test.rows
     lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
          "correct": y_pred == y_true}))

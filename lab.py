@@ -26,8 +26,8 @@ NULLABLE = {"backbone_weights"}
 # Settings that define the data, the split and the model: later scripts take them from the
 # checkpoint so that they analyse what was trained, whatever configfile.py says today.
 MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
-              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout", "embedding_dim",
-              "seed", "precision")
+              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
+              "embedding_dim", "seed", "precision")
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 
 
@@ -291,8 +291,16 @@ def save_csv(path, frame):
     return atomic_write(path, lambda p: frame.to_csv(p, index=False))
 
 
-def save_figure(path, fig):
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend: scripts run on servers without a display."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(path, fig):
+    plt = pyplot()
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path

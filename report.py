@@ -67,7 +67,7 @@ def build(cfg):
     parts.append("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"
                  + _table(final) + _figure("accuracy_all.png", "All classifiers")
                  + "".join(_figure(f"accuracy_{n}.png", n) for n in ("SVC", "Linear", "kNN")))
-    for name in [p for p in ("training_plot.png", "confusion_matrix.png", "umap_embeddings.png", "accuracy_all.png")]:
+    for name in ("training_plot.png", "confusion_matrix.png", "umap_embeddings.png", "accuracy_all.png"):
         lab.require(figs / name, "run_pipeline.py", "figure")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"
              "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555}"

@@ -35,11 +35,13 @@ def split_digest(cfg):
 
 
 class CachedSplit:
-    """Trunk features (memory-mapped float16) and labels of one split, batched as float32 tensors."""
+    """Trunk features (memory-mapped float16), labels and split.csv rows of the images that decoded,
+    batched as float32 tensors."""
 
-    def __init__(self, feats, ok, labels):
+    def __init__(self, feats, ok, labels, rows=None):
         self.index = np.flatnonzero(ok)
         self.feats, self.labels = feats, torch.as_tensor(np.asarray(labels)[self.index], dtype=torch.long)
+        self.rows = None if rows is None else rows.iloc[self.index].reset_index(drop=True)
 
     def __len__(self):
         return len(self.index)
@@ -64,8 +66,22 @@ def prepare(cfg, device, split, model, weights_id, names=("train", "val")):
     for name in names:
         rows = split[split["split"] == name].reset_index(drop=True)
         feats, ok = features.trunk_features(cfg, model.trunk, rows, name, weights_id, device, dtype)
-        out[name] = CachedSplit(feats, ok, [class_index.get(label, -1) for label in rows["label"]])
+        out[name] = CachedSplit(feats, ok, [class_index.get(label, -1) for label in rows["label"]], rows)
     return out
+
+
+@torch.no_grad()
+def head_outputs(model, data, device, batch_size):
+    """(logits, embeddings) as numpy arrays for every image of a CachedSplit, model in eval mode."""
+    model.eval()
+    logits, embeddings = [], []
+    for x, _ in data.batches(batch_size):
+        out, emb = model.head(x.to(device))
+        logits.append(out.float().cpu())
+        embeddings.append(emb.float().cpu())
+    if not logits:
+        return np.zeros((0, model.classifier.out_features), np.float32), np.zeros((0, model.classifier.in_features), np.float32)
+    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
 
 
 def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None):
@@ -100,9 +116,7 @@ def checkpoint_payload(cfg, model, weights_id, digest, **extra):
 
 
 def plot_history(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for part, style in (("train", "-o"), ("val", "-s")):
         ax_loss.plot(history["epoch"], history[f"{part}_loss"], style, ms=3, label=part)

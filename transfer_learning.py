@@ -85,9 +85,7 @@ def transfer_curves(x, y, cfg):
 
 
 def plot_curves(table, names, path, chance):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         stats = table[table["classifier"] == name].groupby("train_size")["balanced_accuracy"].agg(["mean", "std"])

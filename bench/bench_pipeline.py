@@ -117,8 +117,7 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     loader = features.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
                                    cfg.num_workers, device)
     model = model.to(device)
-    nn_train = torch.nn.Module.train
-    nn_train(model, True)  # as the original: everything in train mode, the trunk's BatchNorm included
+    torch.nn.Module.train(model, True)  # as the original: all in train mode, bypassing our override that keeps the trunk in eval
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     targets = torch.as_tensor(labels[:n_batches * cfg.batch_size])
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -312,8 +311,8 @@ def run(argv):
         red_feats, ok = features.trunk_features(cfg, model.trunk, test_rows, "test_reduced", ckpt["weights"], device,
                                                 reduced)
         red_test = train.CachedSplit(red_feats, ok, [cfg.seen_classes.index(c) for c in test_rows["label"]])
-        import evaluate
-        red_acc = float((evaluate.predict(model, red_test, device, cfg.batch_size) == red_test.labels.numpy()).mean())
+        red_pred = train.head_outputs(model, red_test, device, cfg.batch_size)[0].argmax(1)
+        red_acc = float((red_pred == red_test.labels.numpy()).mean())
         fp32_acc = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())["accuracy"]
         raw["trunk"] = {"fp32_images_per_s": fp32_ips, "reduced_dtype": str(reduced), "reduced_images_per_s": red_ips,
                         "original_module_fp32_images_per_s": orig_ips, "embedding_cosine": cosine,

@@ -44,6 +44,4 @@ def shared_dataset(name):
     return path
 
 
-NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
-              "chaetognath_sagitta", "hydromedusae_solmaris"]
-NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
+from bench.bench_pipeline import NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402,F401  (one list of the real data set's roles)

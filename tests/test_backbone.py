@@ -1,5 +1,4 @@
 """The mission's architecture, the frozen trunk, and loading ImageNet weights offline."""
-import os
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """A smoke test of the benchmark on tiny data, so that it cannot rot. No timing is asserted."""
 import json
 
-import lab
 from conftest import shared_dataset
 
 
