@@ -6,8 +6,9 @@
            dropout, FC(classes)                                                    -> logits
 
 `forward(images)` returns `(logits, embedding)`; `head(trunk_features)` does the same from cached trunk
-outputs, which is how train.py and embed.py use it. Reads the ImageNet weights through torchvision
-(`$TORCH_HOME/hub/checkpoints/`), or a state-dict file; writes nothing.
+outputs, which is how train.py and embed.py use it. Also decides the trunk pass's precision (`trunk_dtype`).
+Reads the ImageNet weights through torchvision (`$TORCH_HOME/hub/checkpoints/`), or a state-dict file;
+writes nothing.
 """
 import copy
 import math
@@ -31,6 +32,32 @@ def trunk_side(image_size):
     for _ in range(int(math.log2(TRUNK_STRIDE))):
         side = (side + 1) // 2
     return side
+
+
+def cpu_supports_bf16():
+    """bf16 pays off only on CPUs with native bf16 instructions; elsewhere oneDNN emulates it, ~6x slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+def trunk_dtype(precision, device):
+    """The autocast dtype of the frozen-trunk pass, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise lab.LabError("precision='fp16' is not supported on the CPU; use 'bf16', 'fp32' or 'auto'.")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
 
 
 def describe_weights(spec, seed):
@@ -142,17 +169,6 @@ class PlanktonNet(nn.Module):
 
 def build_model(cfg, num_classes):
     return PlanktonNet(num_classes, cfg.image_size, cfg.backbone_weights, cfg.seed, cfg.embedding_dim, cfg.dropout)
-
-
-def model_from_checkpoint(ckpt, cfg):
-    """Rebuild the trained model from the checkpoint alone (it holds the trunk too: no weights file needed)."""
-    model = PlanktonNet(len(ckpt["classes"]), cfg.image_size, None, cfg.seed, cfg.embedding_dim, cfg.dropout)
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except (RuntimeError, KeyError) as exc:
-        raise lab.LabError(f"The checkpoint's weights do not fit the model it describes ({str(exc)[:200]}); it was "
-                           f"made by another version of the lab or is damaged. Retrain with `python train.py`.") from None
-    return model.eval()
 
 
 def print_model_summary(model, image_size):

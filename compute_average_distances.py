@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-import embed
+import dataloader
 import lab
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
@@ -91,7 +91,7 @@ def plot_heatmap(matrix, classes, title, note, path):
 
 
 def analyse(cfg, set_name):
-    frame, vectors = embed.load_embeddings(cfg, set_name)
+    frame, vectors = dataloader.load_embeddings(cfg, set_name)
     classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
     groups = [vectors[(frame["label"] == c).to_numpy()] for c in classes]
     result = average_distances(groups)

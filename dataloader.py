@@ -6,7 +6,8 @@ Reads `data_root` (one sub-folder of images per class). Writes, once:
   results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; totals
   results/skipped_files.csv    unreadable image files (empty, truncated, corrupt), with the reason
 Every later script reads split.csv, so all of them use the same split; a split.csv that no longer matches
-the files on disk stops the run with the command that rebuilds it.
+the files on disk stops the run with the command that rebuilds it. Also reads and builds the embedding
+DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every script after it.
 
     python dataloader.py                      # tasks 1-2: report the classes and write the split
     python dataloader.py --rebuild_split=True
@@ -296,9 +297,35 @@ def load_split(cfg, verify=True):
     return split
 
 
+def split_digest(cfg):
+    return lab.file_digest(lab.out_path(cfg, "results", "split.csv"))
+
+
 def absolute_paths(cfg, relative_paths):
     root = lab.resolve(cfg.data_root)
     return [str(root / p) for p in relative_paths]
+
+
+# --------------------------------------------------------------------------- embedding DataFrames
+def embedding_frame(cfg, rows, vectors, class_names):
+    """label, label_idx (index in class_names), split, absolute path, emb_0 ... emb_<d-1> (float32)."""
+    index = {c: i for i, c in enumerate(class_names)}
+    frame = pd.DataFrame({"label": rows["label"].values, "label_idx": [index[c] for c in rows["label"]],
+                          "split": rows["split"].values, "path": absolute_paths(cfg, rows["path"])})
+    emb = pd.DataFrame(vectors.astype(np.float32), columns=[f"emb_{i}" for i in range(vectors.shape[1])])
+    return pd.concat([frame, emb], axis=1)
+
+
+def embedding_columns(frame):
+    return [c for c in frame.columns if c.startswith("emb_")]
+
+
+def load_embeddings(cfg, split_name):
+    """(frame, float64 vectors) of one embeddings file; a missing one names embed.py."""
+    path = lab.require(lab.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), "embed.py",
+                       "embeddings file")
+    frame = pd.read_pickle(path)
+    return frame, frame[embedding_columns(frame)].to_numpy(np.float64)
 
 
 def main(argv=None):

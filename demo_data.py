@@ -18,12 +18,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import lab
 
-SEEN = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
-UNSEEN = ["Retaria", "Thalassionematales", "Chaetoceros"]
-# Unequal class sizes, as in real plankton samples, so that the class shares mean something.
-DEFAULT_COUNTS = {"chainthin": 300, "darksphere": 260, "Rhabdonellidae": 220, "Odontella": 280,
-                  "Codonellopsis": 240, "Neoceratium": 200, "Retaria": 220, "Thalassionematales": 180,
-                  "Chaetoceros": 260}
 CANVAS = 256  # drawing canvas; each crop is cut to the organism and scaled down afterwards
 
 
@@ -136,17 +130,29 @@ def _rod_colony(draw, rng):
             x, y = nx, ny
 
 
-DRAWERS = {"chainthin": lambda d, r: _chain(d, r, setae=False), "darksphere": _sphere,
-           "Rhabdonellidae": _vase, "Odontella": _box_with_horns, "Codonellopsis": _collared_bulb,
-           "Neoceratium": _three_horns, "Retaria": _spiny_sphere, "Thalassionematales": _rod_colony,
-           "Chaetoceros": lambda d, r: _chain(d, r, setae=True)}
+# The one list of the demo's classes: FlowCamNet names, their role in configfile.py's defaults, how many
+# images (unequal, as in real plankton samples, so that the class shares mean something) and how to draw one.
+CLASSES = {
+    "chainthin": ("seen", 300, lambda d, r: _chain(d, r, setae=False)),
+    "darksphere": ("seen", 260, _sphere),
+    "Rhabdonellidae": ("seen", 220, _vase),
+    "Odontella": ("seen", 280, _box_with_horns),
+    "Codonellopsis": ("seen", 240, _collared_bulb),
+    "Neoceratium": ("seen", 200, _three_horns),
+    "Retaria": ("unseen", 220, _spiny_sphere),
+    "Thalassionematales": ("unseen", 180, _rod_colony),
+    "Chaetoceros": ("unseen", 260, lambda d, r: _chain(d, r, setae=True)),
+}
+SEEN = [name for name, (role, _, _) in CLASSES.items() if role == "seen"]
+UNSEEN = [name for name, (role, _, _) in CLASSES.items() if role == "unseen"]
+DEFAULT_COUNTS = {name: count for name, (_, count, _) in CLASSES.items()}
 
 
 def draw_crop(class_name, rng):
     """One grey-level crop: the organism, randomly rotated, cropped with a margin, scaled, blurred, noised."""
     background = int(rng.integers(205, 240))
     img = Image.new("L", (CANVAS, CANVAS), background)
-    DRAWERS[class_name](ImageDraw.Draw(img), rng)
+    CLASSES[class_name][2](ImageDraw.Draw(img), rng)
     img = img.rotate(rng.uniform(0, 360), resample=Image.BILINEAR, fillcolor=background)
     ys, xs = np.nonzero(np.asarray(img) < background - 10)
     margin = int(rng.integers(3, 12))

@@ -5,7 +5,8 @@ Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py) and the images th
   results/umap_coordinates.csv     split, label, path, x, y of every mapped point
   figs/gallery_<class>.png         per class: the gallery_size images closest to the class centre, the
                                    furthest, and the closest images of other classes, with class and distance
-  results/galleries.csv            every gallery tile: set, class, row, rank, path, label, distance
+  results/galleries.csv            every gallery tile: set, class, figure (file name), row, rank, path, label,
+                                   distance
 Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
 reduction (reduction_method: umap, tsne or pca) is fitted once on their union. Galleries are computed in the
 128-d embedding space, not in the 2-D map: seen classes on the train split, unseen classes among themselves.
@@ -17,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 import dataloader
-import embed
 import lab
 
 SPLITS = ("train", "test", "unseen")
@@ -125,11 +125,13 @@ def galleries(cfg, frames):
         labels = frame["label"].to_numpy()
         for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
-            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size,
-                         lab.out_path(cfg, "figs", f"gallery_{safe_name(cls)}.png"))
+            figure = f"gallery_{safe_name(cls)}.png"
+            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, lab.out_path(cfg, "figs", figure))
             for row, (idx, dist) in picks.items():
-                rows += [{"set": set_name, "class": cls, "row": row, "rank": rank + 1, "path": frame["path"].iloc[i],
-                          "label": frame["label"].iloc[i], "distance": float(d)} for rank, (i, d) in enumerate(zip(idx, dist))]
+                for rank, (i, d) in enumerate(zip(idx, dist)):
+                    rows.append({"set": set_name, "class": cls, "figure": figure, "row": row, "rank": rank + 1,
+                                 "path": frame["path"].iloc[i], "label": frame["label"].iloc[i],
+                                 "distance": float(d)})
     table = pd.DataFrame(rows)
     lab.save_csv(lab.out_path(cfg, "results", "galleries.csv"), table)
     print(f"[galleries] {table['class'].nunique()} classes -> figs/gallery_<class>.png, results/galleries.csv")
@@ -141,7 +143,7 @@ def main(argv=None):
     lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     lab.seed_everything(cfg.seed)
-    frames = {s: embed.load_embeddings(cfg, s) for s in SPLITS}
+    frames = {s: dataloader.load_embeddings(cfg, s) for s in SPLITS}
     rng = np.random.default_rng(cfg.seed)
     parts = []
     for s in SPLITS:

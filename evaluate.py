@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pandas as pd
 
+import checkpoint
+import features
 import lab
-import train
 
 
 def confusion_matrix(y_true, y_pred, n_classes):
@@ -29,12 +30,15 @@ def metrics_from_confusion(matrix, classes):
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
     present = support > 0
+    per_class = {}
+    for i, c in enumerate(classes):
+        per_class[c] = {"accuracy": float(recall[i]), "precision": float(precision[i]), "recall": float(recall[i]),
+                        "f1": float(f1[i]), "support": int(support[i])}
     return {"accuracy": float(tp.sum() / max(matrix.sum(), 1)),
             "balanced_accuracy": float(recall[present].mean()),
-            "macro_f1": float(f1[present | (predicted > 0)].mean()),
+            "macro_f1": float(f1[present | (predicted > 0)].mean()),  # sklearn: classes true or predicted
             "n_test": int(matrix.sum()),
-            "per_class": {c: {"accuracy": float(recall[i]), "precision": float(precision[i]), "recall": float(recall[i]),
-                              "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)}}
+            "per_class": per_class}
 
 
 def plot_confusion(matrix, classes, path):
@@ -42,7 +46,8 @@ def plot_confusion(matrix, classes, path):
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = 3 + 0.7 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 3, size), layout="constrained")
-    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f")):
+    panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f"))
+    for ax, values, title, fmt in panels:
         image = ax.imshow(values, cmap="Blues")
         ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",
                ylabel="true class", title=f"Test confusion matrix, {title}")
@@ -59,13 +64,16 @@ def plot_confusion(matrix, classes, path):
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.ensure_output_dirs(cfg, ("results", "figs", "cache"))
-    cfg, ckpt, model, split, device = train.load_trained(cfg)
-    test = train.prepare(cfg, device, split, model, ckpt["weights"], names=("test",))["test"]
+    cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
+    test = features.prepare(cfg, device, split, model, ckpt["weights"], names=("test",))["test"]
     classes = ckpt["classes"]
-    y_pred, y_true = train.head_outputs(model, test, device, cfg.batch_size)[0].argmax(1), test.labels.numpy()
+    logits = features.head_outputs(model, test, device, cfg.batch_size)[0]
+    y_pred = logits.argmax(1)
+    y_true = test.labels.numpy()
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
-    metrics.update({"checkpoint_epoch": ckpt["epoch"], "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
+    metrics.update({"checkpoint_epoch": ckpt["epoch"], "trunk_weights": ckpt["weights"],
+                    "confusion_matrix": matrix.tolist()})
     rows = test.rows
     lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],

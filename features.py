@@ -1,12 +1,14 @@
-"""The frozen trunk's output, computed once per image and cached on disk.
+"""The frozen trunk's output, computed once per image and cached on disk, and the head run on it.
 
 The trunk is frozen and deterministic, so its output for an image never changes: train.py, evaluate.py
-and embed.py share one pass. Writes `cache/trunk_<split>_<key>.npy` (float16, N x 64 x s/8 x s/8, read
+and embed.py share one pass (`prepare` -> one `CachedSplit` per split; `head_outputs` -> logits and
+embeddings). Writes `cache/trunk_<split>_<key>.npy` (float16, N x 64 x s/8 x s/8, read
 back memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (images that decoded).
 The key covers the image list (paths, sizes, modification times), the image size, the trunk weights and
 the precision, so a change to any of them recomputes; the folder can be deleted at any time.
 """
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -80,34 +82,47 @@ def _write_cache(path, ok_path, n, shape, fill):
 def record_unreadable(cfg, rel_paths, labels):
     """Images that failed to decode during the trunk pass join results/skipped_files.csv."""
     csv = lab.out_path(cfg, "results", "skipped_files.csv")
-    old = pd.read_csv(csv) if csv.exists() and csv.stat().st_size > 0 else pd.DataFrame(columns=["path", "label", "reason"])
+    columns = ["path", "label", "reason"]
+    has_rows = csv.exists() and csv.stat().st_size > 0
+    old = pd.read_csv(csv, dtype=str, keep_default_na=False) if has_rows else pd.DataFrame(columns=columns)
     new = pd.DataFrame({"path": rel_paths, "label": labels, "reason": "failed to decode during the trunk pass"})
     lab.save_csv(csv, pd.concat([old, new]).drop_duplicates("path"))
     print(f"warning: {len(rel_paths)} image(s) could not be decoded and are left out (see {csv}): "
           f"{', '.join(rel_paths[:5])}", file=sys.stderr)
 
 
+def remove_stale_caches(folder, split_name):
+    """Delete this split's cache files of older keys (its images, size, weights or precision changed); only files
+    named exactly as this module names them, so nothing else in the folder is ever touched."""
+    pattern = re.compile(rf"trunk_{re.escape(split_name)}_[0-9a-f]{{16}}(\.ok)?\.npy")
+    removed = []
+    for stale in folder.glob(f"trunk_{glob.escape(split_name)}_*.npy"):
+        if pattern.fullmatch(stale.name):
+            stale.unlink()
+            removed.append(stale.name)
+    return removed
+
+
 def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype):
-    """(features memmap float16 [N, 64, s, s], ok bool [N]) for the rows of split.csv given, cached."""
+    """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, cached."""
     abs_paths = dataloader.absolute_paths(cfg, split_rows["path"])
     key = cache_key(cfg, abs_paths, weights_id, dtype)
     folder = lab.out_path(cfg, "cache")
     path, ok_path = folder / f"trunk_{split_name}_{key}.npy", folder / f"trunk_{split_name}_{key}.ok.npy"
     if not (path.exists() and ok_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(f"trunk_{split_name}_*.npy"):
-            if re.fullmatch(rf"trunk_{re.escape(split_name)}_[0-9a-f]{{16}}(\.ok)?\.npy", stale.name):
-                stale.unlink()  # an older key of this split: its images, size, weights or precision changed
+        remove_stale_caches(folder, split_name)
         side = backbone.trunk_side(cfg.image_size)
         loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
         print(f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
               f"({'fp32' if dtype is None else str(dtype).replace('torch.', '')}, cached in {folder})")
+        shape = (backbone.TRUNK_CHANNELS, side, side)
         try:
-            _write_cache(path, ok_path, len(abs_paths), (64, side, side),
+            _write_cache(path, ok_path, len(abs_paths), shape,
                          lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"))
         except OSError as exc:
             raise lab.LabError(f"Could not write the trunk cache in {folder} ({exc.strerror or exc}). Free some "
-                               f"disk space (it needs about {len(abs_paths) * 64 * side * side * 2 / 1e6:.0f} MB) "
+                               f"disk space (it needs about {len(abs_paths) * np.prod(shape) * 2 / 1e6:.0f} MB) "
                                f"or choose another --output_dir.") from None
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
@@ -115,3 +130,55 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
         bad = np.flatnonzero(~ok)
         record_unreadable(cfg, list(split_rows["path"].iloc[bad]), list(split_rows["label"].iloc[bad]))
     return features, ok
+
+
+class CachedSplit:
+    """Trunk features (memory-mapped float16), labels and split.csv rows of the images that decoded,
+    batched as float32 tensors."""
+
+    def __init__(self, feats, ok, labels, rows=None):
+        self.index = np.flatnonzero(ok)
+        self.feats = feats
+        self.labels = torch.as_tensor(np.asarray(labels)[self.index], dtype=torch.long)
+        self.rows = None if rows is None else rows.iloc[self.index].reset_index(drop=True)
+
+    def __len__(self):
+        return len(self.index)
+
+    def batches(self, batch_size, order=None):
+        order = torch.arange(len(self)) if order is None else order
+        for start in range(0, len(self), batch_size):
+            chosen = order[start:start + batch_size].numpy()
+            rows = self.index[chosen]
+            sort = np.argsort(rows)  # ascending reads are kinder to the memory map
+            x = torch.from_numpy(np.asarray(self.feats[rows[sort]], dtype=np.float32))
+            inverse = np.empty_like(sort)
+            inverse[sort] = np.arange(len(sort))
+            yield x[inverse].contiguous(memory_format=torch.channels_last), self.labels[chosen]
+
+
+def prepare(cfg, device, split, model, weights_id, names=("train", "val")):
+    """CachedSplit per split name, computing the trunk pass where the cache misses."""
+    dtype = backbone.trunk_dtype(cfg.precision, device)
+    class_index = {c: i for i, c in enumerate(cfg.seen_classes)}
+    out = {}
+    for name in names:
+        rows = split[split["split"] == name].reset_index(drop=True)
+        feats, ok = trunk_features(cfg, model.trunk, rows, name, weights_id, device, dtype)
+        out[name] = CachedSplit(feats, ok, [class_index.get(label, -1) for label in rows["label"]], rows)
+    return out
+
+
+@torch.no_grad()
+def head_outputs(model, data, device, batch_size):
+    """(logits, embeddings) as numpy arrays for every image of a CachedSplit, model in eval mode."""
+    model.eval()
+    logits, embeddings = [], []
+    for x, _ in data.batches(batch_size):
+        out, emb = model.head(x.to(device))
+        logits.append(out.float().cpu())
+        embeddings.append(emb.float().cpu())
+    if not logits:
+        return (np.zeros((0, model.classifier.out_features), np.float32),
+                np.zeros((0, model.classifier.in_features), np.float32))
+    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()

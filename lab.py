@@ -1,8 +1,9 @@
-"""Shared plumbing of the lab's scripts: configuration, paths, device, seeding, artifact I/O.
+"""Shared plumbing of the lab's scripts: configuration, paths, device, seeding, artifact I/O, entry point.
 
 Every script does `cfg = lab.load_config(argv)` and runs its `main` through `lab.run_main`, so
-overrides, error messages and atomic writes behave the same everywhere. Nothing here knows
-about images or models.
+overrides, error messages and atomic writes behave the same everywhere. The configuration comes from
+configfile.py and `--name=value` overrides; artifacts live under `output_dir` and are written atomically.
+Nothing here knows about images, models or checkpoints (dataloader.py, backbone.py and checkpoint.py do).
 """
 import ast
 import contextlib
@@ -23,11 +24,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 NULLABLE = {"backbone_weights"}
-# Settings that define the data, the split and the model: later scripts take them from the
-# checkpoint so that they analyse what was trained, whatever configfile.py says today.
-MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
-              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
-              "embedding_dim", "seed", "precision")
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 
 
@@ -38,8 +34,9 @@ class LabError(Exception):
 # --------------------------------------------------------------------------- config
 def config_defaults():
     import configfile
+    settings = (bool, int, float, str, list, tuple, type(None))
     return {k: v for k, v in vars(configfile).items()
-            if not k.startswith("_") and k.islower() and isinstance(v, (bool, int, float, str, list, tuple, type(None)))}
+            if not k.startswith("_") and k.islower() and isinstance(v, settings)}
 
 
 def _check_type(name, value, default):
@@ -156,17 +153,6 @@ def print_config(cfg, title="configuration"):
     print(f"[{title}] " + ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
 
 
-def config_from_checkpoint(ckpt, cfg):
-    """The current config with the data/model settings replaced by those the checkpoint was made with."""
-    merged = SimpleNamespace(**vars(cfg))
-    for key in MODEL_KEYS:
-        if key in ckpt["config"]:
-            theirs, ours = ckpt["config"][key], getattr(cfg, key)
-            if theirs != ours:
-                print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
-            setattr(merged, key, theirs)
-    return merged
-
 
 # --------------------------------------------------------------------------- paths
 def resolve(path):
@@ -227,32 +213,6 @@ def select_device(name):
     return torch.device(name)
 
 
-def cpu_supports_bf16():
-    """bf16 pays off only on CPUs with native bf16 instructions; elsewhere oneDNN emulates it, ~6x slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
-
-
-def trunk_dtype(precision, device):
-    """The autocast dtype of the frozen-trunk pass, or None for plain fp32."""
-    import torch
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type == "cpu":
-            raise LabError("precision='fp16' is not supported on the CPU; use 'bf16', 'fp32' or 'auto'.")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
-
 
 # --------------------------------------------------------------------------- atomic artifact I/O
 def atomic_write(path, write):
@@ -304,26 +264,6 @@ def save_figure(path, fig):
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
-
-
-def save_checkpoint(path, payload):
-    import torch
-    return atomic_write(path, lambda p: torch.save(payload, p))
-
-
-def load_checkpoint(path, made_by="train.py"):
-    """Load one of our checkpoints safely (weights_only: no arbitrary objects are unpickled)."""
-    import torch
-    require(path, made_by, "checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise LabError(f"The checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). It is "
-                       f"damaged or not a file made by this lab; delete it and run `python {made_by}` again.") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "plankton-lab-checkpoint/1":
-        raise LabError(f"{path} is not a checkpoint made by this lab's train.py (it lacks our format tag). "
-                       f"Run `python {made_by}` to make one, or point --output_dir at the right folder.")
-    return ckpt
 
 
 def file_digest(path, chunk=1 << 20):

@@ -57,16 +57,16 @@ def build(cfg):
                     + _figure(f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
                     + _figure(f"average_angular_distances_{s}.png", f"Angular, {s}"))
     parts.append(section)
-    galleries = pd.read_csv(need("galleries.csv", "dimensionality_reduction.py"))
-    from dimensionality_reduction import safe_name
+    galleries = pd.read_csv(need("galleries.csv", "dimensionality_reduction.py"), dtype=str, keep_default_na=False)
+    gallery_figures = galleries[["class", "set", "figure"]].drop_duplicates()
     parts.append("<h2>5. 2-D map of the embeddings</h2>" + _figure("umap_embeddings.png", "2-D map: train, test, unseen")
                  + "<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other "
                    "classes (128-d embedding space).</p>"
-                 + "".join(_figure(f"gallery_{safe_name(c)}.png", f"{c} ({s})")
-                           for c, s in galleries[["class", "set"]].drop_duplicates().itertuples(index=False)))
+                 + "".join(_figure(figure, f"{c} ({s})") for c, s, figure in gallery_figures.itertuples(index=False)))
+    classifiers = list(dict.fromkeys(transfer["classifier"]))  # the names transfer_learning.py gave its figures
     parts.append("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"
                  + _table(final) + _figure("accuracy_all.png", "All classifiers")
-                 + "".join(_figure(f"accuracy_{n}.png", n) for n in ("SVC", "Linear", "kNN")))
+                 + "".join(_figure(f"accuracy_{n}.png", n) for n in classifiers))
     for name in ("training_plot.png", "confusion_matrix.png", "umap_embeddings.png", "accuracy_all.png"):
         lab.require(figs / name, "run_pipeline.py", "figure")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"

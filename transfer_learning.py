@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-import embed
+import dataloader
 import lab
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
@@ -107,7 +107,7 @@ def main(argv=None):
     lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     lab.seed_everything(cfg.seed)
-    frame, x = embed.load_embeddings(cfg, "unseen")
+    frame, x = dataloader.load_embeddings(cfg, "unseen")
     classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)
     counts = np.bincount(y)
     if counts.min() < 2:

@@ -29,10 +29,10 @@ import torch  # noqa: E402
 from scipy.spatial.distance import cdist  # noqa: E402
 
 import backbone  # noqa: E402
+import checkpoint  # noqa: E402
 import compute_average_distances  # noqa: E402
 import dataloader  # noqa: E402
 import dimensionality_reduction  # noqa: E402
-import embed  # noqa: E402
 import features  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
@@ -60,7 +60,7 @@ def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
         if os.path.exists("/proc/cpuinfo") else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "native_bf16": lab.cpu_supports_bf16(), "cuda": torch.cuda.is_available()}
+            "torch": torch.__version__, "native_bf16": backbone.cpu_supports_bf16(), "cuda": torch.cuda.is_available()}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -150,7 +150,7 @@ def umap_comparison(cfg, scratch_cfg):
     rng = np.random.default_rng(cfg.seed)
     parts = []
     for s in ("train", "test", "unseen"):
-        frame, vectors = embed.load_embeddings(scratch_cfg, s)
+        frame, vectors = dataloader.load_embeddings(scratch_cfg, s)
         parts.append(vectors[dimensionality_reduction.sample_rows(frame, cfg.umap_samples_per_split, rng)])
     union = StandardScaler().fit_transform(np.concatenate(parts))
     warm = umap.UMAP(n_neighbors=min(15, len(union) // 4), random_state=0, n_jobs=1).fit(union[:max(60, len(union) // 20)])
@@ -290,8 +290,8 @@ def run(argv):
                             total <= 300, "s", "training epochs and the single-threaded seeded UMAP dominate"))
 
         cfg = lab.load_config(scratch_argv)
-        cfg, ckpt, model, split, device = train.load_trained(cfg)
-        auto_dtype = lab.trunk_dtype(cfg.precision, device)
+        cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
+        auto_dtype = backbone.trunk_dtype(cfg.precision, device)
         reduced = auto_dtype or (torch.bfloat16 if device.type == "cpu" else torch.float16)
         test_rows = split[split["split"] == "test"].reset_index(drop=True)
         paths = dataloader.absolute_paths(cfg, split[split["split"] == "train"]["path"])
@@ -310,8 +310,8 @@ def run(argv):
         cosine = torch.nn.functional.cosine_similarity(e32, e_red, dim=1, eps=1e-12).mean().item()
         red_feats, ok = features.trunk_features(cfg, model.trunk, test_rows, "test_reduced", ckpt["weights"], device,
                                                 reduced)
-        red_test = train.CachedSplit(red_feats, ok, [cfg.seen_classes.index(c) for c in test_rows["label"]])
-        red_pred = train.head_outputs(model, red_test, device, cfg.batch_size)[0].argmax(1)
+        red_test = features.CachedSplit(red_feats, ok, [cfg.seen_classes.index(c) for c in test_rows["label"]])
+        red_pred = features.head_outputs(model, red_test, device, cfg.batch_size)[0].argmax(1)
         red_acc = float((red_pred == red_test.labels.numpy()).mean())
         fp32_acc = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())["accuracy"]
         raw["trunk"] = {"fp32_images_per_s": fp32_ips, "reduced_dtype": str(reduced), "reduced_images_per_s": red_ips,
@@ -322,7 +322,7 @@ def run(argv):
         rows.append(verdict("trunk pass", f"{str(reduced)[6:]} vs fp32, images/s ({red_ips:.0f} vs {fp32_ips:.0f})",
                             round(speedup, 2), ">= 2.5x", speedup >= 2.5, "x",
                             "this CPU has no native bf16 (no AVX512-BF16/AMX): oneDNN emulates it, so precision=auto "
-                            "keeps fp32 here" if not lab.cpu_supports_bf16() and device.type == "cpu" else "below target"))
+                            "keeps fp32 here" if not backbone.cpu_supports_bf16() and device.type == "cpu" else "below target"))
         rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
                             f"{cosine:.4f}, {100 * (red_acc - fp32_acc):+.2f}", ">= 0.99, within 0.5",
                             cosine >= 0.99 and abs(red_acc - fp32_acc) <= 0.005, "", "reduced precision changes predictions"))
@@ -343,14 +343,14 @@ def run(argv):
                             efficiency >= 0.8, "", "depthwise-free but small convolutions do not reach GEMM speed"))
 
         # 4. head training epoch: cached features vs the original kind of step
-        data = train.prepare(cfg, device, split, model, ckpt["weights"], names=("train",))
-        head_model = backbone.model_from_checkpoint(ckpt, cfg).to(device)
+        data = features.prepare(cfg, device, split, model, ckpt["weights"], names=("train",))
+        head_model = checkpoint.model_from_checkpoint(ckpt, cfg).to(device)
         optimizer = torch.optim.Adam([p for p in head_model.parameters() if p.requires_grad], lr=cfg.lr)
         epoch_s = min(timed(train.run_epoch, head_model, data["train"], device, cfg.batch_size, optimizer)[1]
                       for _ in range(2))  # the first epoch also warms up kernels and page cache
         cached_ips = len(data["train"]) / epoch_s
         labels = [cfg.seen_classes.index(c) for c in split[split["split"] == "train"]["label"]]
-        original_ips = original_training_steps(backbone.model_from_checkpoint(ckpt, cfg), paths, labels, cfg, device,
+        original_ips = original_training_steps(checkpoint.model_from_checkpoint(ckpt, cfg), paths, labels, cfg, device,
                                                sizes["original_batches"])
         raw["training"] = {"cached_epoch_images_per_s": cached_ips, "original_step_images_per_s": original_ips}
         rows.append(verdict("head training epoch", f"cached features vs original step, images/s ({cached_ips:.0f} vs "

@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.spatial.distance import cdist
+from sklearn.model_selection import train_test_split
 
 import compute_average_distances as distances
+import dataloader
 import dimensionality_reduction as reduction
 import embed
 import lab
@@ -80,9 +82,13 @@ def test_transfer_learning_on_separable_embeddings(make_cfg):
     y = np.repeat([0, 1, 2], [60, 45, 8])  # the last class has fewer training images than k
     x = centres[y] + rng.normal(size=(len(y), 128))
     table = transfer_learning.transfer_curves(x, y, cfg)
-    sizes = transfer_learning.per_class_sizes(np.bincount(y[:len(y)]))
+    # the grid is built from the training part alone (70 %): the smallest class has 6 of its 8 images there
+    y_train = train_test_split(y, test_size=0.3, stratify=y, random_state=cfg.seed)[0]
+    assert np.bincount(y_train).min() == 6
+    assert sorted(set(table["per_class"]) - {"all"}) == [1, 2, 3, 5]  # every grid size below 6, then the whole part
     assert set(table["classifier"]) == {"SVC", "Linear", "kNN"}
-    assert len(table) == 3 * (3 * (len(sizes) - 1) + 1)  # every (size, repeat, classifier), 'all' once
+    assert len(table) == 3 * (3 * 4 + 1)  # every (size, repeat, classifier), 'all' once
+    assert table[table["per_class"] == "all"]["train_size"].eq(len(y_train)).all()
     full = table[table["per_class"] == "all"]
     assert (full["balanced_accuracy"] > 0.95).all()
     knn = table[table["classifier"] == "kNN"]
@@ -120,7 +126,7 @@ def test_distance_script_writes_matrices_that_match_its_csv(embedded):
     results = distances.main(argv)
     table = pd.read_csv(lab.out_path(cfg, "results", "average_distances_unseen.csv"))
     assert len(table) == 9 and results["unseen"]["euclidean"].shape == (3, 3)
-    frame, x = embed.load_embeddings(cfg, "unseen")
+    frame, x = dataloader.load_embeddings(cfg, "unseen")
     groups = [x[(frame["label"] == c).to_numpy()] for c in cfg.unseen_classes]
     groups = [g[np.abs(g).sum(1) > 0] for g in groups]
     ref = brute_force(groups)

@@ -25,7 +25,8 @@ def test_good_overrides(arg, name, value):
     ("--lrr=0.1", "Did you mean --lr"), ("--nonsense=1", "Unknown setting"), ("lr=0.1", "--name=value"),
     ("--batch_size=2.5", "an integer"), ("--batch_size=True", "an integer"), ("--lr='fast'", "a number"),
     ("--resume=1", "True or False"), ("--seen_classes='a'", "a list of strings"), ("--device=3", "a string"),
-    ("--lr=0", "positive"), ("--lr=-1", "positive"), ("--lr=float('nan')", "a number"), ("--batch_size=0", "at least 1"),
+    ("--lr=0", "positive"), ("--lr=-1", "positive"), ("--lr=float('nan')", "a number"),
+    ("--batch_size=0", "at least 1"),
     ("--val_fraction=0", "strictly between"), ("--test_fraction=1.5", "strictly between"),
     ("--test_fraction=0.96", "leaves no training images"), ("--image_size=16", "cannot be taken by the architecture"),
     ("--image_size=4096", "cannot be taken"), ("--precision='fp8'", "precision"), ("--device='tpu'", "device"),
@@ -37,9 +38,18 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
         lab.load_config([arg])
 
 
+SCRIPTS = ["dataloader.py", "train.py", "evaluate.py", "embed.py", "compute_average_distances.py",
+           "dimensionality_reduction.py", "transfer_learning.py", "report.py", "run_pipeline.py", "demo_data.py"]
+
+
 def test_every_script_rejects_an_unknown_name_in_one_paragraph(tmp_path):
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "train.py", "--epochz=3"], cwd=lab.ROOT, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "Did you mean --epochs?" in result.stderr and "Traceback" not in result.stderr
+    scripts = sorted(p.name for p in lab.ROOT.glob("*.py") if "__main__" in p.read_text())
+    assert set(SCRIPTS) <= set(scripts)  # a new script joins this test through the glob
+    for script in scripts:
+        result = subprocess.run([sys.executable, script, "--epochz=3", f"--output_dir={str(tmp_path)!r}"],
+                                cwd=lab.ROOT, capture_output=True, text=True)
+        assert result.returncode == 2, script
+        assert "Did you mean --epochs?" in result.stderr and "Traceback" not in result.stderr, script
+    assert not any(tmp_path.iterdir())  # refused before any work

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-import backbone
+import checkpoint
 import evaluate
 import lab
 import train
@@ -30,7 +30,7 @@ def test_training_learns_well_above_chance_and_keeps_the_best_epoch(trained):
     cfg, argv, history = trained
     best = min(history, key=lambda h: h["val_loss"])
     assert best["val_acc"] > 0.6  # 6 classes: chance is 0.17
-    ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
     assert ckpt["epoch"] == best["epoch"] and ckpt["classes"] == cfg.seen_classes
     assert ckpt["config"]["image_size"] == 64 and ckpt["weights"].startswith("RANDOM")
     assert lab.out_path(cfg, "figs", "training_plot.png").stat().st_size > 1000
@@ -40,14 +40,14 @@ def test_training_learns_well_above_chance_and_keeps_the_best_epoch(trained):
 def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
     cfg, argv = make_cfg("--epochs=1")
     train.main(argv)
-    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
+    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
     cfg, argv, _ = trained
-    ckpt = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
-    model = backbone.model_from_checkpoint(ckpt, lab.config_from_checkpoint(ckpt, cfg))
-    again = backbone.model_from_checkpoint(ckpt, lab.config_from_checkpoint(ckpt, lab.load_config([])))
+    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    model = checkpoint.model_from_checkpoint(ckpt, checkpoint.config_from_checkpoint(ckpt, cfg))
+    again = checkpoint.model_from_checkpoint(ckpt, checkpoint.config_from_checkpoint(ckpt, lab.load_config([])))
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(model(x), again(x)):
@@ -80,9 +80,9 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
     cfg, argv = make_cfg()
     with pytest.raises(lab.LabError, match=r"does not exist yet.*python train.py"):
         evaluate.main(argv)
-    import embed
+    import dataloader
     with pytest.raises(lab.LabError, match=r"does not exist yet.*python embed.py"):
-        embed.load_embeddings(cfg, "test")
+        dataloader.load_embeddings(cfg, "test")
     path = lab.out_path(cfg, "checkpoints", "best.pth")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00garbage")
@@ -97,17 +97,14 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
             return (os.system, ("echo pwned",))
     torch.save({"format": "plankton-lab-checkpoint/1", "x": Evil()}, path)
     with pytest.raises(lab.LabError, match="cannot be read"):  # weights_only refuses arbitrary objects
-        lab.load_checkpoint(path)
+        checkpoint.load(path)
 
 
 def test_divergence_stops_with_a_message(make_cfg):
     cfg, argv = make_cfg("--lr=1e12", "--epochs=6")
-    with pytest.raises(lab.LabError, match="diverged.*Lower the learning rate"):
+    with pytest.raises(lab.LabError, match="diverged in epoch 1.*no model was saved.*Lower the learning rate"):
         train.main(argv)
-    best = lab.out_path(cfg, "checkpoints", "best.pth")
-    if best.exists():  # whatever was saved is a good epoch
-        state = lab.load_checkpoint(best)["model_state"]
-        assert all(torch.isfinite(v.float()).all() for v in state.values())
+    assert not lab.out_path(cfg, "checkpoints", "best.pth").exists()  # nothing diverged is ever saved as best
 
 
 def test_unwritable_output_folder_fails_before_work(make_cfg, tmp_path):
@@ -120,16 +117,16 @@ def test_unwritable_output_folder_fails_before_work(make_cfg, tmp_path):
 
 def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "best.pth"
-    lab.save_checkpoint(path, {"format": "plankton-lab-checkpoint/1", "v": torch.ones(3)})
+    checkpoint.save(path, {"format": "plankton-lab-checkpoint/1", "v": torch.ones(3)})
 
     def full_disk(obj, f, *a, **k):
         open(f, "wb").write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(lab.LabError, match="disk is full.*previous version is intact"):
-        lab.save_checkpoint(path, {"format": "plankton-lab-checkpoint/1", "v": torch.zeros(3)})
+        checkpoint.save(path, {"format": "plankton-lab-checkpoint/1", "v": torch.zeros(3)})
     monkeypatch.undo()
-    assert torch.equal(lab.load_checkpoint(path)["v"], torch.ones(3))
+    assert torch.equal(checkpoint.load(path)["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]  # no temporary left behind
 
 
@@ -145,7 +142,7 @@ def _wait_for_epoch(cfg, epoch, proc, timeout=120):
     while time.time() < deadline:
         if last.exists():
             try:
-                if lab.load_checkpoint(last)["epoch"] >= epoch:
+                if checkpoint.load(last)["epoch"] >= epoch:
                     return
             except lab.LabError:
                 pass
@@ -164,12 +161,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, t
     _wait_for_epoch(cfg_b, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
+    killed_at = checkpoint.load(lab.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
     assert killed_at < 10, "the run finished before it could be killed"
-    lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "best.pth"))  # still loadable
+    checkpoint.load(lab.out_path(cfg_b, "checkpoints", "best.pth"))  # still loadable
     train.main(argv_b + ["--resume=True"])
-    a = lab.load_checkpoint(lab.out_path(cfg_a, "checkpoints", "last.pth"))
-    b = lab.load_checkpoint(lab.out_path(cfg_b, "checkpoints", "last.pth"))
+    a = checkpoint.load(lab.out_path(cfg_a, "checkpoints", "last.pth"))
+    b = checkpoint.load(lab.out_path(cfg_b, "checkpoints", "last.pth"))
     assert a["epoch"] == b["epoch"] == 10
     for k in a["model_state"]:
         assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-6), k
@@ -185,7 +182,7 @@ def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for name in ("best.pth", "last.pth"):
-            lab.load_checkpoint(lab.out_path(cfg, "checkpoints", name))
+            checkpoint.load(lab.out_path(cfg, "checkpoints", name))
     leftovers = [p.name for p in lab.out_path(cfg, "checkpoints").iterdir() if ".tmp" in p.name]
     assert len(leftovers) <= 1  # at most the temporary of the save that was cut; never read, replaced next time
 
@@ -198,7 +195,7 @@ def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "--resume=True" in err and "Traceback" not in err
-    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
+    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
     assert lab.out_path(cfg, "figs", "training_plot.png").exists()
 
 
@@ -215,9 +212,9 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
     monkeypatch.setattr(train, "run_epoch", diverging_from_epoch_3)
     with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
         train.main(argv)
-    best = lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "best.pth"))
+    best = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
     assert best["epoch"] in (1, 2) and all(torch.isfinite(v.float()).all() for v in best["model_state"].values())
-    assert lab.load_checkpoint(lab.out_path(cfg, "checkpoints", "last.pth"))["epoch"] == 2
+    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "last.pth"))["epoch"] == 2
 
 
 def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_cfg, tiny_demo, tmp_path):

@@ -1,0 +1,104 @@
+"""Checkpoints: the one place that knows their format, how to save and load them, and what they rebuild.
+
+A checkpoint (`checkpoints/best.pth`, `checkpoints/last.pth`, written by train.py) is a dict saved with
+torch.save and loaded with `weights_only=True`, so a foreign file is never executed. It carries the resolved
+config, the class names, the split's digest and the trunk weights used, so every later script rebuilds the
+model and its settings from the checkpoint alone, whatever configfile.py says today (as nanoGPT's sample.py).
+Reads and writes nothing by itself.
+"""
+import sys
+from types import SimpleNamespace
+
+import torch
+
+import backbone
+import dataloader
+import lab
+
+FORMAT = "plankton-lab-checkpoint/1"
+# Settings that define the data, the split and the model: later scripts take them from the checkpoint so
+# that they analyse what was trained, whatever configfile.py says today.
+MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
+              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
+              "embedding_dim", "seed", "precision")
+# Settings that may differ when resuming; everything else must match the interrupted run.
+RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
+
+
+def payload(cfg, model, weights_id, split_digest, **extra):
+    return {"format": FORMAT, "model_state": model.state_dict(), "classes": list(cfg.seen_classes),
+            "config": vars(cfg).copy(), "weights": weights_id, "split_digest": split_digest,
+            "versions": lab.package_versions(), **extra}
+
+
+def save(path, content):
+    return lab.atomic_write(path, lambda p: torch.save(content, p))
+
+
+def load(path, made_by="train.py"):
+    """Load one of our checkpoints safely (weights_only: no arbitrary objects are unpickled)."""
+    lab.require(path, made_by, "checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise lab.LabError(f"The checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). It is "
+                           f"damaged or not a file made by this lab; delete it and run `python {made_by}` "
+                           f"again.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise lab.LabError(f"{path} is not a checkpoint made by this lab's train.py (it lacks our format tag). "
+                           f"Run `python {made_by}` to make one, or point --output_dir at the right folder.")
+    return ckpt
+
+
+def config_from_checkpoint(ckpt, cfg):
+    """The current config with the data/model settings replaced by those the checkpoint was made with."""
+    merged = SimpleNamespace(**vars(cfg))
+    for key in MODEL_KEYS:
+        if key in ckpt["config"]:
+            theirs, ours = ckpt["config"][key], getattr(cfg, key)
+            if theirs != ours:
+                print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
+            setattr(merged, key, theirs)
+    return merged
+
+
+def model_from_checkpoint(ckpt, cfg):
+    """Rebuild the trained model from the checkpoint alone (it holds the trunk too: no weights file needed)."""
+    model = backbone.PlanktonNet(len(ckpt["classes"]), cfg.image_size, None, cfg.seed, cfg.embedding_dim,
+                                 cfg.dropout)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as exc:
+        raise lab.LabError(f"The checkpoint's weights do not fit the model it describes ({str(exc)[:200]}); it "
+                           f"was made by another version of the lab or is damaged. Retrain with "
+                           f"`python train.py`.") from None
+    return model.eval()
+
+
+def resume_state(cfg):
+    """checkpoints/last.pth, refused when the interrupted run's settings differ from the current ones."""
+    last = load(lab.out_path(cfg, "checkpoints", "last.pth"))
+    differs = [k for k, v in last["config"].items() if k not in RESUMABLE and getattr(cfg, k, v) != v]
+    if differs:
+        raise lab.LabError(f"Cannot resume: the settings {differs} differ from those of the interrupted run in "
+                           f"checkpoints/last.pth. Resume with the same settings, or start afresh without "
+                           f"--resume=True.")
+    return last
+
+
+def load_trained(cfg):
+    """For the scripts after training: (config of the checkpoint, checkpoint, model, split, device)."""
+    ckpt = load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    cfg = config_from_checkpoint(ckpt, cfg)
+    lab.print_config(cfg, "configuration (data and model settings from the checkpoint)")
+    print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
+    if ckpt["weights"].startswith("RANDOM"):
+        print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "
+              "embeddings say nothing about plankton beyond this data set.", file=sys.stderr)
+    split = dataloader.load_split(cfg)
+    if dataloader.split_digest(cfg) != ckpt["split_digest"]:
+        raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
+                           "Retrain with `python train.py` so that the test set holds no training images.")
+    device = lab.select_device(cfg.device)
+    model = model_from_checkpoint(ckpt, cfg).to(device)
+    return cfg, ckpt, model, split, device

@@ -1,0 +1,76 @@
+"""The trunk cache: its key notices every change that alters the features, and its cleanup deletes only its own
+stale files."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import backbone
+import dataloader
+import features
+import lab
+
+
+@pytest.fixture
+def two_images(make_cfg):
+    cfg, _ = make_cfg()
+    rows = pd.DataFrame({"path": ["chainthin/chainthin_0000.png", "darksphere/darksphere_0000.png"],
+                         "label": ["chainthin", "darksphere"]})
+    return cfg, rows, dataloader.absolute_paths(cfg, rows["path"])
+
+
+def test_cache_key_changes_with_everything_that_changes_the_features(two_images, tmp_path):
+    cfg, _, paths = two_images
+    key = features.cache_key(cfg, paths, "weights A", None)
+    assert key == features.cache_key(cfg, list(paths), "weights A", None)  # stable
+    assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+    bigger = lab.load_config([f"--data_root={cfg.data_root!r}", "--image_size=96"])
+    variants = [features.cache_key(cfg, paths[:1], "weights A", None),       # another image list
+                features.cache_key(cfg, paths[::-1], "weights A", None),     # another order
+                features.cache_key(bigger, paths, "weights A", None),        # another image size
+                features.cache_key(cfg, paths, "weights B", None),           # other trunk weights
+                features.cache_key(cfg, paths, "weights A", torch.bfloat16)]  # another precision
+    assert len({key, *variants}) == 1 + len(variants)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(open(paths[0], "rb").read())
+    before = features.cache_key(cfg, [str(copy), paths[1]], "weights A", None)
+    os.utime(copy, ns=(1, 1))  # the same bytes, another modification time
+    assert features.cache_key(cfg, [str(copy), paths[1]], "weights A", None) != before
+
+
+def test_stale_cleanup_deletes_only_this_splits_older_cache_files(tmp_path):
+    names = {"trunk_train_0123456789abcdef.npy": True, "trunk_train_0123456789abcdef.ok.npy": True,
+             "trunk_train_fedcba9876543210.npy": True,
+             "trunk_test_0123456789abcdef.npy": False,        # another split's cache
+             "trunk_train_backup.npy": False,                 # a user's file that merely looks similar
+             "trunk_train_0123456789abcdef.npy.tmp123": False,
+             "trunk_train_0123456789ABCDEF.npy": False,
+             "notes.txt": False}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = features.remove_stale_caches(tmp_path, "train")
+    assert sorted(removed) == sorted(n for n, stale in names.items() if stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stale in names.items() if not stale)
+
+
+def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, monkeypatch):
+    cfg, rows, paths = two_images
+    trunk = backbone.build_trunk(None, cfg.seed)
+    device = torch.device("cpu")
+    feats, ok = features.trunk_features(cfg, trunk, rows, "train", "random", device, None)
+    side = backbone.trunk_side(cfg.image_size)
+    assert feats.shape == (2, backbone.TRUNK_CHANNELS, side, side) and feats.dtype == np.float16 and ok.all()
+    with torch.no_grad():
+        x = torch.stack([dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size) for p in paths])
+        reference = trunk(x).numpy()
+    np.testing.assert_allclose(np.asarray(feats, np.float32), reference, rtol=1e-2, atol=1e-2)  # float16 storage
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the cache was not reused")
+    monkeypatch.setattr(features, "run_trunk", must_not_run)
+    again, _ = features.trunk_features(cfg, trunk, rows, "train", "random", device, None)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(feats))
+    cached = sorted(p.name for p in lab.out_path(cfg, "cache").iterdir())
+    assert len(cached) == 2 and all(n.startswith("trunk_train_") for n in cached)
