@@ -60,6 +60,14 @@ def trunk_dtype(precision, device):
     return None
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_name(dtype):
+    """'fp32', 'bf16' or 'fp16': how checkpoints and cache files name the trunk pass's precision."""
+    return next(name for name, d in PRECISIONS.items() if d == dtype)
+
+
 def describe_weights(spec, seed):
     """What the trunk's weights are, as stored in checkpoints and printed by every later script."""
     if spec is None:

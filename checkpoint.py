@@ -7,6 +7,7 @@ model and its settings from the checkpoint alone, whatever configfile.py says to
 Reads and writes nothing by itself.
 """
 import sys
+import time
 from types import SimpleNamespace
 
 import torch
@@ -25,10 +26,26 @@ MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "te
 RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
 
 
-def payload(cfg, model, weights_id, split_digest, **extra):
+def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
     return {"format": FORMAT, "model_state": model.state_dict(), "classes": list(cfg.seen_classes),
             "config": vars(cfg).copy(), "weights": weights_id, "split_digest": split_digest,
+            "trunk_precision": trunk_precision, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "versions": lab.package_versions(), **extra}
+
+
+def trunk_dtype(ckpt, device):
+    """The trunk precision the head was trained on: later scripts must feed it the same features."""
+    name = ckpt.get("trunk_precision")
+    if name is None:  # a checkpoint of an earlier version of the lab: resolve its setting as it did
+        return backbone.trunk_dtype(ckpt["config"].get("precision", "fp32"), device)
+    if name == "fp16" and device.type == "cpu":
+        raise lab.LabError("This model's head was trained on fp16 trunk features (on a GPU), and the CPU has no "
+                           "fp16: its features here would differ from those it learned on. Run this script on a "
+                           "GPU (--device=cuda), or retrain with --precision=fp32 or bf16.")
+    if name == "bf16" and device.type == "cpu" and not backbone.cpu_supports_bf16():
+        print("[checkpoint] note: the head was trained on bf16 trunk features; this CPU has no native bf16, so "
+              "they are computed in emulation (slower, same values)", file=sys.stderr)
+    return backbone.PRECISIONS[name]
 
 
 def save(path, content):
@@ -51,15 +68,25 @@ def load(path, made_by="train.py"):
 
 
 def config_from_checkpoint(ckpt, cfg):
-    """The current config with the data/model settings replaced by those the checkpoint was made with."""
+    """The current config with the data/model settings replaced by those the checkpoint was made with; except a
+    data_root that holds the very files of the split (the data moved): that one is used, and said so."""
     merged = SimpleNamespace(**vars(cfg))
     for key in MODEL_KEYS:
         if key in ckpt["config"]:
             theirs, ours = ckpt["config"][key], getattr(cfg, key)
+            if theirs != ours and key == "data_root" and _holds_the_split(cfg):
+                print(f"[checkpoint] data_root: the split's files are in {lab.resolve(ours)}, unchanged (the "
+                      f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}")
+                continue
             if theirs != ours:
                 print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
             setattr(merged, key, theirs)
     return merged
+
+
+def _holds_the_split(cfg):
+    split = dataloader.read_split_file(cfg)
+    return split is not None and dataloader.same_files(lab.resolve(cfg.data_root), split)
 
 
 def model_from_checkpoint(ckpt, cfg):

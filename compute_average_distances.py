@@ -115,7 +115,9 @@ def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
-    return {name: analyse(cfg, name) for name in ("test", "unseen")}
+    results = {name: analyse(cfg, name) for name in ("test", "unseen")}
+    dataloader.record_embedding_inputs(cfg, "compute_average_distances")
+    return results
 
 
 if __name__ == "__main__":

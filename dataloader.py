@@ -4,7 +4,8 @@ Reads `data_root` (one sub-folder of images per class). Writes, once:
   results/split.csv            path (relative to data_root), label, split (train / val / test / unseen)
   results/split.json           what the split was drawn from (data root, classes, fractions, seed)
   results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; totals
-  results/skipped_files.csv    unreadable image files (empty, truncated, corrupt), with the reason
+  results/skipped_files.csv    unreadable image files (empty, truncated, corrupt), with the stage that found
+                               them (scan, or trunk pass for a file that broke after the split) and the reason
 Every later script reads split.csv, so all of them use the same split; a split.csv that no longer matches
 the files on disk stops the run with the command that rebuilds it. Also reads and builds the embedding
 DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every script after it.
@@ -13,6 +14,7 @@ DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every 
     python dataloader.py --rebuild_split=True
 """
 import difflib
+import hashlib
 import json
 import os
 import sys
@@ -32,7 +34,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet w
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels to learn from
 Image.MAX_IMAGE_PIXELS = 200_000_000     # plankton mosaics can be large; still refuse decompression bombs
-SPLIT_COLUMNS = ["path", "label", "split"]
+SPLIT_COLUMNS = ["path", "label", "split", "bytes"]  # bytes: to recognise the same files after a move
+SKIPPED_COLUMNS = ["path", "label", "stage", "reason"]
+TRUNK_STAGE = "trunk pass"
 
 
 # --------------------------------------------------------------------------- image decoding
@@ -174,7 +178,7 @@ def scan(cfg):
     files, skipped, ignored = {}, [], []
     for name, (images, others) in listing.items():
         files[name] = [f"{name}/{f}" for f in images if str(root / name / f) not in bad]
-        skipped += [{"path": f"{name}/{f}", "label": name, "reason": bad[str(root / name / f)]}
+        skipped += [{"path": f"{name}/{f}", "label": name, "stage": "scan", "reason": bad[str(root / name / f)]}
                     for f in images if str(root / name / f) in bad]
         ignored += [{"path": f"{name}/{o}", "label": name} for o in others]
         if not files[name]:
@@ -211,6 +215,7 @@ def summarise(cfg, files, skipped, ignored):
 def draw_split(cfg, files):
     """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train."""
     rng = np.random.default_rng(cfg.seed)
+    root = lab.resolve(cfg.data_root)
     rows = []
     for c in cfg.seen_classes:
         order = rng.permutation(len(files[c]))
@@ -225,12 +230,15 @@ def draw_split(cfg, files):
         rows += [{"path": files[c][i], "label": c, "split": s} for i, s in zip(order, names)]
     for c in cfg.unseen_classes:
         rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
+    for row in rows:
+        row["bytes"] = os.path.getsize(root / row["path"])
     return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
 
 
 def split_identity(cfg):
-    return {"data_root": str(lab.resolve(cfg.data_root)), "max_images_per_class": cfg.max_images_per_class,
-            "seen_classes": cfg.seen_classes,
+    """The settings that define a split. Where the files live is not one of them: moved data keeps its split
+    (verify_split checks that the files are the same)."""
+    return {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
             "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction, "seed": cfg.seed}
 
@@ -240,9 +248,9 @@ def make_split(cfg):
     summary = summarise(cfg, files, skipped, ignored)
     split = draw_split(cfg, files)
     lab.save_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), summary)
-    lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"),
-                 pd.DataFrame(skipped, columns=["path", "label", "reason"]))
-    lab.save_json(lab.out_path(cfg, "results", "split.json"), split_identity(cfg))
+    lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+    lab.save_json(lab.out_path(cfg, "results", "split.json"),
+                  {**split_identity(cfg), "data_root": str(lab.resolve(cfg.data_root))})
     lab.save_csv(lab.out_path(cfg, "results", "split.csv"), split)
     print_summary(summary, split)
     return split
@@ -256,42 +264,94 @@ def print_summary(summary, split):
     print("split sizes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "val", "test", "unseen")))
 
 
+def read_skipped(cfg):
+    """results/skipped_files.csv as strings (a class named 'NA' or '01' stays a name)."""
+    csv = lab.out_path(cfg, "results", "skipped_files.csv")
+    if not csv.exists() or csv.stat().st_size == 0:
+        return pd.DataFrame(columns=SKIPPED_COLUMNS)
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if "stage" not in frame:  # written by an earlier version of the lab
+        frame["stage"] = np.where(frame["reason"].str.contains("trunk pass"), TRUNK_STAGE, "scan")
+    return frame[SKIPPED_COLUMNS]
+
+
+def record_trunk_failures(cfg, split_rows, ok):
+    """Images of a split that decoded at the scan but fail in the trunk pass: listed once in skipped_files.csv
+    (and left out by every script through the cache's ok flags); a file that reads again leaves the list."""
+    skipped = read_skipped(cfg)
+    mine = (skipped["stage"] == TRUNK_STAGE) & skipped["path"].isin(set(split_rows["path"]))
+    failed = split_rows[~np.asarray(ok, dtype=bool)]
+    new = pd.DataFrame({"path": failed["path"].values, "label": failed["label"].values, "stage": TRUNK_STAGE,
+                        "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)"})
+    if set(skipped.loc[mine, "path"]) != set(new["path"]):
+        lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"),
+                     pd.concat([skipped[~mine], new], ignore_index=True))
+    if len(new):
+        print(f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
+              f"results/skipped_files.csv): {', '.join(new['path'][:5])}", file=sys.stderr)
+
+
 def verify_split(cfg, split):
-    """Stop with the rebuild command if split.csv was made for other settings or other files."""
+    """Stop with the rebuild command if the files on disk are no longer those split.csv was drawn from."""
     rebuild = "python dataloader.py --rebuild_split=True"
     root = check_data_root(cfg)  # a missing folder is the clearer message
-    identity_path = lab.out_path(cfg, "results", "split.json")
-    identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
-    wanted = split_identity(cfg)
-    changed = [k for k in wanted if identity.get(k) != wanted[k]]
-    if changed:
-        raise lab.LabError(f"results/split.csv was drawn with other settings ({', '.join(changed)} differ from "
-                           f"the current config). Rebuild it with `{rebuild}` (then retrain: train.py), or "
-                           f"restore the old settings.")
     on_disk = {f"{c}/{f}" for c in cfg.seen_classes + cfg.unseen_classes
                for f in cap_images(list_class_files(root / c)[0], cfg)}
-    skipped_csv = lab.out_path(cfg, "results", "skipped_files.csv")
-    if skipped_csv.exists() and skipped_csv.stat().st_size > 0:
-        on_disk -= set(pd.read_csv(skipped_csv)["path"])
+    skipped = read_skipped(cfg)
+    unreadable = set(skipped.loc[skipped["stage"] == "scan", "path"]) & on_disk
+    repaired = {p for p in unreadable if check_image(root / p) is None}  # fixed since: it comes back
+    on_disk -= unreadable - repaired
     in_split = set(split["path"])
     added, removed = sorted(on_disk - in_split), sorted(in_split - on_disk)
     if added or removed:
         examples = ", ".join((removed + added)[:4])
+        fixed = f" ({len(repaired)} of them unreadable before and readable now)" if repaired else ""
         raise lab.LabError(f"results/split.csv no longer matches the files in {root}: {len(added)} image(s) were "
-                           f"added and {len(removed)} removed since it was made (e.g. {examples}). Rebuild the "
-                           f"split with `{rebuild}` and retrain with `python train.py`.")
+                           f"added{fixed} and {len(removed)} removed since it was made (e.g. {examples}). Rebuild "
+                           f"the split with `{rebuild}` and retrain with `python train.py`.")
+
+
+def read_split_file(cfg):
+    """results/split.csv as written (strings, so that a class named 'NA' stays a name), or None if absent."""
+    path = lab.out_path(cfg, "results", "split.csv")
+    if not path.exists():
+        return None
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:3]):  # an earlier version had no bytes column
+        raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
+                           f"rebuild it with `python dataloader.py --rebuild_split=True`.")
+    return split
+
+
+def same_files(root, split):
+    """True when root holds every file of the split (same relative path and size): the data moved, unchanged."""
+    sizes = split["bytes"] if "bytes" in split else [None] * len(split)
+    for relative, size in zip(split["path"], sizes):
+        try:
+            actual = os.path.getsize(os.path.join(root, relative))
+        except OSError:
+            return False
+        if size is not None and actual != int(size):
+            return False
+    return True
 
 
 def load_split(cfg, verify=True):
-    """The persisted split: drawn and written on first use, checked against the disk afterwards."""
-    path = lab.out_path(cfg, "results", "split.csv")
-    if cfg.rebuild_split or not path.exists():
+    """The persisted split: drawn and written on first use or for other settings, checked against the disk."""
+    split = None if cfg.rebuild_split else read_split_file(cfg)
+    if split is not None:
+        identity_path = lab.out_path(cfg, "results", "split.json")
+        identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
+        wanted = split_identity(cfg)
+        changed = [k for k in wanted if identity.get(k) != wanted[k]]
+        if changed:
+            print(f"[split] {', '.join(changed)} differ from the settings of results/split.csv: drawing the split "
+                  f"of the current settings (a checkpoint records the split it was trained on, so the later "
+                  f"scripts stay safe)")
+            split = None
+    if split is None:
         lab.ensure_output_dirs(cfg, ("results",))
         return make_split(cfg)
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if list(split.columns) != SPLIT_COLUMNS:
-        raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
-                           f"rebuild it with `python dataloader.py --rebuild_split=True`.")
     if verify:
         verify_split(cfg, split)
     return split
@@ -320,10 +380,52 @@ def embedding_columns(frame):
     return [c for c in frame.columns if c.startswith("emb_")]
 
 
+EMBEDDINGS_META = "embeddings_meta.json"
+
+
+def save_embedding_set(cfg, frames, meta):
+    """Write embeddings_<split>.pkl for every split of frames, then embeddings_meta.json with each file's digest
+    and the digest of the checkpoint they came from. The meta is written last: a run killed in between leaves
+    files that do not match it, which load_embeddings refuses, so a set never mixes two models."""
+    digests = {}
+    for name, frame in frames.items():
+        path = lab.atomic_write(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
+        digests[name] = lab.file_digest(path)[:16]
+        print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> {path}")
+    set_id = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    lab.save_json(lab.out_path(cfg, "embeddings", EMBEDDINGS_META), {**meta, "files": digests, "set": set_id})
+    return set_id
+
+
+def embedding_set(cfg):
+    """The meta of the current embeddings, checked against the checkpoint they must come from."""
+    meta_path = lab.require(lab.out_path(cfg, "embeddings", EMBEDDINGS_META), "embed.py", "embeddings set")
+    meta = json.loads(meta_path.read_text())
+    current = lab.artifact_digest(cfg, "checkpoints", "best.pth")
+    if "set" not in meta or meta.get("checkpoint_sha256") != current:
+        made = f"epoch {meta.get('checkpoint_epoch')} of a checkpoint saved {meta.get('checkpoint_saved_at')}"
+        raise lab.LabError(f"The embeddings in {meta_path.parent} were computed from another model ({made}) than "
+                           f"checkpoints/best.pth now holds{' (none)' if current is None else ''}: using them would "
+                           f"mix two runs. Re-run `python embed.py` (it is quick: the trunk features are cached), "
+                           f"then this script.")
+    return meta
+
+
+def record_embedding_inputs(cfg, script):
+    """An analysis script's outputs belong to the embeddings set (and so the checkpoint) they were computed from."""
+    meta = embedding_set(cfg)
+    lab.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"])
+
+
 def load_embeddings(cfg, split_name):
-    """(frame, float64 vectors) of one embeddings file; a missing one names embed.py."""
+    """(frame, float64 vectors) of one embeddings file of the current set; a missing, stale or half-written set
+    names embed.py."""
+    meta = embedding_set(cfg)
     path = lab.require(lab.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), "embed.py",
                        "embeddings file")
+    if meta["files"].get(split_name) != lab.file_digest(path)[:16]:
+        raise lab.LabError(f"{path} does not belong to the embeddings set in {EMBEDDINGS_META} (embed.py was "
+                           f"interrupted while writing, or the file was replaced). Re-run `python embed.py`.")
     frame = pd.read_pickle(path)
     return frame, frame[embedding_columns(frame)].to_numpy(np.float64)
 
@@ -334,7 +436,8 @@ def main(argv=None):
     existed = lab.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
     split = load_split(cfg)
     if existed:
-        summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"))
+        summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), dtype={"group": str, "class": str},
+                              keep_default_na=False)
         print_summary(summary, split)
     print(f"split written to {lab.out_path(cfg, 'results', 'split.csv')}")
 

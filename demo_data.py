@@ -1,12 +1,13 @@
 """Generate the synthetic FlowCam-like demo data set (one folder of grey-level PNG crops per class).
 
-Reads nothing; writes `<data_root>/<class>/<class>_NNNN.png` (default `data/demo`). Deterministic:
-the same seed gives the same bytes. Each class is drawn with its real morphology, dark organisms on a
-light background, then rotated, scaled, blurred and noised. Chaetoceros (unseen) is deliberately drawn
-like chainthin (seen) with setae added, so that the analysis plots have a near neighbour to show.
+Reads nothing; writes `data/demo/<class>/<class>_NNNN.png` under the repository, and nowhere else, with a
+marker file `.plankton-lab-demo`: it replaces only a folder holding that marker, so it can never overwrite a
+user's data, whatever data_root says. Deterministic: the same seed gives the same bytes. Each class is drawn
+with its real morphology, dark organisms on a light background, then rotated, scaled, blurred and noised.
+Chaetoceros (unseen) is deliberately drawn like chainthin (seen) with setae added, so that the analysis plots
+have a near neighbour to show.
 
-    python demo_data.py                       # into data_root from configfile.py
-    python demo_data.py --data_root=/tmp/demo
+    python demo_data.py                       # (re)generates data/demo
 """
 import math
 import os
@@ -166,38 +167,63 @@ def draw_crop(class_name, rng):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
 
 
-def generate(root, counts=None, seed=0):
-    """Write the demo data set under root; counts maps class -> number of images (default: a few hundred)."""
+DEMO_ROOT = lab.ROOT / "data" / "demo"  # the one place the demo lives: never a user's data_root
+MARKER = ".plankton-lab-demo"           # written at generation; only a folder holding it is ever replaced
+
+
+def _made_by_the_lab(folder):
+    return (folder / MARKER).is_file()
+
+
+def _refuse_foreign(folder):
+    if folder.exists() and not _made_by_the_lab(folder):
+        raise lab.LabError(f"{folder} exists and was not made by demo_data.py (it has no {MARKER} file), so the "
+                           f"demo generator will not touch it: it may be your data. Move it away if it is an old "
+                           f"demo set, or leave it; the demo always lives in {DEMO_ROOT}.")
+
+
+def generate(root=DEMO_ROOT, counts=None, seed=0):
+    """Write the demo data set under root (default data/demo); counts maps class -> number of images.
+    Refuses any existing folder that it did not make itself."""
     counts = counts or DEFAULT_COUNTS
     root = lab.resolve(root)
     staging = root.with_name(root.name + ".partial")  # renamed at the end: an interrupted run leaves no half set
+    _refuse_foreign(root)
+    _refuse_foreign(staging)
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / MARKER).write_text(f"synthetic demo data written by demo_data.py (seed {seed}); safe to delete\n")
     for c_idx, name in enumerate(counts):
         folder = staging / name
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
         rng = np.random.default_rng([seed, c_idx])
         for i in range(counts[name]):
             draw_crop(name, rng).save(folder / f"{name}_{i:04d}.png")
-    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        shutil.rmtree(root)  # ours: it holds the marker
     os.replace(staging, root)
     return root
 
 
 def is_demo_root(cfg):
-    return lab.resolve(cfg.data_root) == lab.resolve(lab.config_defaults()["data_root"])
+    return lab.resolve(cfg.data_root) == DEMO_ROOT
 
 
 def ensure_demo_data(cfg):
-    """Generate the demo data on first use when data_root is the (missing) default demo folder."""
-    root = lab.resolve(cfg.data_root)
-    if is_demo_root(cfg) and not root.exists():
-        print(f"[demo] generating the synthetic demo data set in {root} (once, a few seconds) ...")
-        generate(root)
+    """Generate the demo data on first use, when data_root is the demo folder and it is missing."""
+    if is_demo_root(cfg) and not DEMO_ROOT.exists():
+        print(f"[demo] generating the synthetic demo data set in {DEMO_ROOT} (once, a few seconds) ...")
+        generate(DEMO_ROOT)
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    root = generate(cfg.data_root)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    lab.load_config(argv, __doc__)  # the same --help and checks as every script
+    if any(a.startswith("--data_root=") for a in argv):
+        raise lab.LabError(f"demo_data.py always writes into {DEMO_ROOT} and nowhere else, so that it can never "
+                           f"overwrite your data; drop --data_root. data_root only says where the other scripts "
+                           f"read images from.")
+    root = generate(DEMO_ROOT)
     print(f"wrote {sum(DEFAULT_COUNTS.values())} images of {len(DEFAULT_COUNTS)} classes to {root}")
 
 

@@ -159,6 +159,7 @@ def main(argv=None):
     lab.save_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"), coords)
     plot_map(coords, cfg, lab.out_path(cfg, "figs", "umap_embeddings.png"))
     galleries(cfg, frames)
+    dataloader.record_embedding_inputs(cfg, "dimensionality_reduction")
 
 
 if __name__ == "__main__":

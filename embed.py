@@ -1,36 +1,43 @@
-"""Embeddings of the train, test and unseen images (mission task 4).
+"""Embeddings of the train, validation, test and unseen images (mission task 4).
 
-Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features. Writes
-  embeddings/embeddings_train.pkl, embeddings_test.pkl, embeddings_unseen.pkl
+Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features (in the precision
+the checkpoint was trained on). Writes, as one set:
+  embeddings/embeddings_train.pkl, embeddings_val.pkl, embeddings_test.pkl, embeddings_unseen.pkl
       pickled pandas DataFrames, one row per image: label (class name), label_idx (index in the checkpoint's
       seen classes, or in unseen_classes for the unseen split), split, path (absolute), emb_0 ... emb_127
       (float32): the 128-d activation before the last layer, model in eval mode
-  embeddings/embeddings_meta.json   checkpoint, config, seed and package versions that made them
+  embeddings/embeddings_meta.json   the digest of the checkpoint that made them and of each file (written last:
+      later scripts refuse a set that another model made or that an interrupted run left half-written), config,
+      seed and package versions
 """
 import sys
 
+import backbone
 import checkpoint
 import dataloader
 import features
 import lab
 
-SPLITS = ("train", "test", "unseen")
+SPLITS = ("train", "val", "test", "unseen")
 
 
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
-    data = features.prepare(cfg, device, split, model, ckpt["weights"], names=SPLITS)
+    dtype = checkpoint.trunk_dtype(ckpt, device)
+    data = features.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=SPLITS)
+    frames = {}
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
         vectors = features.head_outputs(model, data[name], device, cfg.batch_size)[1]
-        frame = dataloader.embedding_frame(cfg, data[name].rows, vectors, names)
-        path = lab.atomic_write(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
-        print(f"[embed] {name}: {len(frame)} images x {len(dataloader.embedding_columns(frame))} dims -> {path}")
-    lab.save_json(lab.out_path(cfg, "embeddings", "embeddings_meta.json"), {
-        "checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_epoch": ckpt["epoch"],
-        "trunk_weights": ckpt["weights"], "seed": cfg.seed, "config": vars(cfg), "versions": lab.package_versions()})
+        frames[name] = dataloader.embedding_frame(cfg, data[name].rows, vectors, names)
+    meta = {"checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")),
+            "checkpoint_sha256": lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+            "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
+            "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
+            "config": vars(cfg), "versions": lab.package_versions()}
+    return dataloader.save_embedding_set(cfg, frames, meta)
 
 
 if __name__ == "__main__":

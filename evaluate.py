@@ -65,21 +65,24 @@ def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
-    test = features.prepare(cfg, device, split, model, ckpt["weights"], names=("test",))["test"]
+    dtype = checkpoint.trunk_dtype(ckpt, device)
+    test = features.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
     classes = ckpt["classes"]
     logits = features.head_outputs(model, test, device, cfg.batch_size)[0]
     y_pred = logits.argmax(1)
     y_true = test.labels.numpy()
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
-    metrics.update({"checkpoint_epoch": ckpt["epoch"], "trunk_weights": ckpt["weights"],
-                    "confusion_matrix": matrix.tolist()})
+    metrics.update({"checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
+                    "checkpoint_sha256": lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+                    "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
     rows = test.rows
     lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
          "correct": y_pred == y_true}))
     lab.save_json(lab.out_path(cfg, "results", "test_metrics.json"), metrics)
     plot_confusion(matrix, classes, lab.out_path(cfg, "figs", "confusion_matrix.png"))
+    lab.record_inputs(cfg, "evaluate", checkpoint=metrics["checkpoint_sha256"])
     print("\nTest accuracy per class:")
     for c, m in metrics["per_class"].items():
         print(f"  Accuracy of {c:<30}: {100 * m['accuracy']:6.2f} %  ({m['support']} images)")

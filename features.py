@@ -2,10 +2,11 @@
 
 The trunk is frozen and deterministic, so its output for an image never changes: train.py, evaluate.py
 and embed.py share one pass (`prepare` -> one `CachedSplit` per split; `head_outputs` -> logits and
-embeddings). Writes `cache/trunk_<split>_<key>.npy` (float16, N x 64 x s/8 x s/8, read
-back memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (images that decoded).
-The key covers the image list (paths, sizes, modification times), the image size, the trunk weights and
-the precision, so a change to any of them recomputes; the folder can be deleted at any time.
+embeddings). Writes `cache/trunk_<split>_<precision>_<key>.npy` (float16, N x 64 x s/8 x s/8, read back
+memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (images that decoded), and
+lists images that fail to decode here in results/skipped_files.csv. The key covers the image list (paths,
+sizes, modification times), the image size, the trunk weights and the precision, so a change to any of them
+recomputes; features of another precision are kept apart. The folder can be deleted at any time.
 """
 import contextlib
 import glob
@@ -16,7 +17,6 @@ import re
 import sys
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -79,24 +79,18 @@ def _write_cache(path, ok_path, n, shape, fill):
         raise
 
 
-def record_unreadable(cfg, rel_paths, labels):
-    """Images that failed to decode during the trunk pass join results/skipped_files.csv."""
-    csv = lab.out_path(cfg, "results", "skipped_files.csv")
-    columns = ["path", "label", "reason"]
-    has_rows = csv.exists() and csv.stat().st_size > 0
-    old = pd.read_csv(csv, dtype=str, keep_default_na=False) if has_rows else pd.DataFrame(columns=columns)
-    new = pd.DataFrame({"path": rel_paths, "label": labels, "reason": "failed to decode during the trunk pass"})
-    lab.save_csv(csv, pd.concat([old, new]).drop_duplicates("path"))
-    print(f"warning: {len(rel_paths)} image(s) could not be decoded and are left out (see {csv}): "
-          f"{', '.join(rel_paths[:5])}", file=sys.stderr)
+def cache_prefix(split_name, dtype):
+    return f"trunk_{split_name}_{backbone.precision_name(dtype)}_"
 
 
-def remove_stale_caches(folder, split_name):
-    """Delete this split's cache files of older keys (its images, size, weights or precision changed); only files
-    named exactly as this module names them, so nothing else in the folder is ever touched."""
-    pattern = re.compile(rf"trunk_{re.escape(split_name)}_[0-9a-f]{{16}}(\.ok)?\.npy")
+def remove_stale_caches(folder, split_name, dtype):
+    """Delete this split's cache files of older keys in this precision (its images, size or weights changed);
+    only files named exactly as this module names them, so nothing else in the folder is ever touched, and
+    never the features of another precision, which another checkpoint may have been trained on."""
+    prefix = cache_prefix(split_name, dtype)
+    pattern = re.compile(rf"{re.escape(prefix)}[0-9a-f]{{16}}(\.ok)?\.npy")
     removed = []
-    for stale in folder.glob(f"trunk_{glob.escape(split_name)}_*.npy"):
+    for stale in folder.glob(f"{glob.escape(prefix)}*.npy"):
         if pattern.fullmatch(stale.name):
             stale.unlink()
             removed.append(stale.name)
@@ -108,14 +102,15 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
     abs_paths = dataloader.absolute_paths(cfg, split_rows["path"])
     key = cache_key(cfg, abs_paths, weights_id, dtype)
     folder = lab.out_path(cfg, "cache")
-    path, ok_path = folder / f"trunk_{split_name}_{key}.npy", folder / f"trunk_{split_name}_{key}.ok.npy"
+    prefix = cache_prefix(split_name, dtype)
+    path, ok_path = folder / f"{prefix}{key}.npy", folder / f"{prefix}{key}.ok.npy"
     if not (path.exists() and ok_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_caches(folder, split_name)
+        remove_stale_caches(folder, split_name, dtype)
         side = backbone.trunk_side(cfg.image_size)
         loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
         print(f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
-              f"({'fp32' if dtype is None else str(dtype).replace('torch.', '')}, cached in {folder})")
+              f"({backbone.precision_name(dtype)}, cached in {folder})")
         shape = (backbone.TRUNK_CHANNELS, side, side)
         try:
             _write_cache(path, ok_path, len(abs_paths), shape,
@@ -126,9 +121,7 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
                                f"or choose another --output_dir.") from None
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
-    if not ok.all():
-        bad = np.flatnonzero(~ok)
-        record_unreadable(cfg, list(split_rows["path"].iloc[bad]), list(split_rows["label"].iloc[bad]))
+    dataloader.record_trunk_failures(cfg, split_rows, ok)
     return features, ok
 
 
@@ -157,9 +150,8 @@ class CachedSplit:
             yield x[inverse].contiguous(memory_format=torch.channels_last), self.labels[chosen]
 
 
-def prepare(cfg, device, split, model, weights_id, names=("train", "val")):
-    """CachedSplit per split name, computing the trunk pass where the cache misses."""
-    dtype = backbone.trunk_dtype(cfg.precision, device)
+def prepare(cfg, device, split, model, weights_id, dtype, names=("train", "val")):
+    """CachedSplit per split name, computing the trunk pass (in dtype) where the cache misses."""
     class_index = {c: i for i, c in enumerate(cfg.seen_classes)}
     out = {}
     for name in names:

@@ -6,6 +6,7 @@ configfile.py and `--name=value` overrides; artifacts live under `output_dir` an
 Nothing here knows about images, models or checkpoints (dataloader.py, backbone.py and checkpoint.py do).
 """
 import ast
+import atexit
 import contextlib
 import difflib
 import errno
@@ -14,8 +15,10 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,10 +36,16 @@ class LabError(Exception):
 
 # --------------------------------------------------------------------------- config
 def config_defaults():
-    import configfile
+    """The settings of configfile.py, or of the file PLANKTON_LAB_CONFIG names (the tests' frozen copy)."""
+    other = os.environ.get("PLANKTON_LAB_CONFIG")
+    if other:
+        import runpy
+        values = runpy.run_path(other)
+    else:
+        import configfile
+        values = vars(configfile)
     settings = (bool, int, float, str, list, tuple, type(None))
-    return {k: v for k, v in vars(configfile).items()
-            if not k.startswith("_") and k.islower() and isinstance(v, settings)}
+    return {k: v for k, v in values.items() if not k.startswith("_") and k.islower() and isinstance(v, settings)}
 
 
 def _check_type(name, value, default):
@@ -167,7 +176,9 @@ def out_path(cfg, kind, name=""):
 
 
 def ensure_output_dirs(cfg, kinds=ARTIFACT_DIRS):
-    """Create the artifact folders and prove they are writable, so a run never fails at its end."""
+    """Take the output folder for this run (one lab run at a time), create the artifact folders and prove they
+    are writable, so a run never fails at its end; then clear what interrupted runs left behind."""
+    claim_output_dir(cfg)
     for kind in kinds:
         folder = out_path(cfg, kind)
         try:
@@ -178,6 +189,110 @@ def ensure_output_dirs(cfg, kinds=ARTIFACT_DIRS):
             raise LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable, "
                            f"free some space, or choose another with --output_dir=/some/writable/folder; "
                            f"nothing was changed.") from None
+
+
+LOCK_NAME = ".plankton-lab.lock"
+_held_locks = set()
+
+
+def _process_start(pid):
+    """A process's start time in clock ticks since boot (Linux), to tell a live run from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner):
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    start = _process_start(owner["pid"])
+    return start is None or owner.get("process_start") in (None, start)
+
+
+def claim_output_dir(cfg):
+    """One lab run per output folder: a second run that would write the same artifacts stops, naming the first;
+    the lock of a run that was killed is recognised (its process is gone) and taken over."""
+    folder = resolve(cfg.output_dir)
+    lock = folder / LOCK_NAME
+    if lock in _held_locks:
+        return  # run_pipeline.py runs every stage in this process
+    script = Path(sys.argv[0]).name or "python"
+    me = {"pid": os.getpid(), "process_start": _process_start(os.getpid()), "script": script,
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
+                       f"--output_dir=/some/writable/folder; nothing was changed.") from None
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            if owner and _alive(owner):
+                raise LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
+                               f"{owner.get('pid')}, started {owner.get('started')}). Two runs on one output folder "
+                               f"would mix their checkpoints and results. Wait for it to finish, stop it, or give "
+                               f"this run its own --output_dir.") from None
+            if owner:
+                print(f"[lock] taking over the lock of an earlier run that is gone ({owner.get('script')}, pid "
+                      f"{owner.get('pid')}, started {owner.get('started')})", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        except OSError as exc:
+            raise LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable "
+                           f"or choose another with --output_dir=/some/writable/folder; nothing was changed.") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _held_locks.add(lock)
+        atexit.register(_release, lock)
+        remove_leftovers(cfg)
+        return
+    raise LabError(f"Could not take the lock {lock}: another run keeps taking it. Give this run its own "
+                   f"--output_dir.")
+
+
+def release_locks():
+    for lock in list(_held_locks):
+        _release(lock)
+
+
+def _release(lock):
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    _held_locks.discard(lock)
+
+
+# Temporary files of an interrupted write: `.name.tmp<pid>.ext` (atomic_write) and `name.npy.tmp<pid>` (the
+# trunk cache). Only files named so, in the lab's own artifact folders, are ever removed.
+LEFTOVER = re.compile(r"(\..+\.tmp(?P<a>\d+)(\.[^.]*)?|trunk_.+\.npy\.tmp(?P<b>\d+))")
+
+
+def remove_leftovers(cfg):
+    """Delete the temporary files that killed runs left (they can be gigabytes); called with the lock held, so no
+    other lab run is writing them."""
+    removed, size = 0, 0
+    for kind in ARTIFACT_DIRS:
+        folder = out_path(cfg, kind)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = LEFTOVER.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and int(match["a"] or match["b"]) != os.getpid():
+                size += entry.stat().st_size
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        print(f"[cleanup] removed {removed} temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted run")
+    return removed
 
 
 def require(path, made_by, what="file"):
@@ -274,6 +389,28 @@ def file_digest(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def artifact_digest(cfg, kind, name):
+    """A short sha256 of one artifact (what later artifacts record they were computed from), or None if absent."""
+    path = out_path(cfg, kind, name)
+    return file_digest(path)[:16] if path.is_file() else None
+
+
+def record_inputs(cfg, script, **inputs):
+    """results/provenance_<script>.json: the digests of what this script's outputs were computed from, so that
+    report.py (and the user) can tell results of different runs apart."""
+    return save_json(out_path(cfg, "results", f"provenance_{script}.json"),
+                     {"script": script, "inputs": inputs, "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def recorded_inputs(cfg, script):
+    """What a script's outputs were computed from, or None when it has not run in this output folder."""
+    path = out_path(cfg, "results", f"provenance_{script}.json")
+    try:
+        return json.loads(path.read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def package_versions():
     import importlib.metadata as md
     versions = {"python": sys.version.split()[0]}
@@ -288,6 +425,7 @@ def run_main(main):
     """Run a script's main: user errors become one paragraph and exit code 2, Ctrl-C exit code 130."""
     try:
         main()
+        release_locks()
     except LabError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -298,9 +436,9 @@ def run_main(main):
         print("\nerror: out of memory. Lower batch_size or num_workers (or umap_samples_per_split for the "
               "2-D map) and run again.", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as exc:  # an unexpected failure: keep the traceback, but out of the user's way
-        log = Path(tempfile.gettempdir()) / f"plankton-lab-error-{os.getpid()}.txt"
-        log.write_text(traceback.format_exc())
+    except Exception as exc:  # an unexpected failure: a researcher must see where the code failed
+        traceback.print_exc(file=sys.stderr)
         print(f"\nerror: unexpected failure ({type(exc).__name__}: {exc}). This is likely a bug in the lab, not "
-              f"in your data; the full traceback is in {log}. Please report it with that file.", file=sys.stderr)
+              f"in your data: the traceback above shows where it happened; please report it with that "
+              f"traceback.", file=sys.stderr)
         raise SystemExit(1) from None

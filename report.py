@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 
+import dataloader
 import lab
 
 
@@ -29,7 +30,29 @@ def distance_summary(table):
             f"{between['mean_angular'].mean():.3f}")
 
 
+# Which inputs each section's script records (results/provenance_<script>.json) and must share with the others.
+SECTION_INPUTS = {"train": "checkpoint", "evaluate": "checkpoint", "compute_average_distances": "embeddings",
+                  "dimensionality_reduction": "embeddings", "transfer_learning": "embeddings"}
+
+
+def check_results_belong_together(cfg):
+    """Every section must come from the current checkpoint and embeddings: never a page mixing two runs."""
+    lab.require(lab.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
+    current = {"checkpoint": lab.artifact_digest(cfg, "checkpoints", "best.pth")}
+    current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
+    stale = [script for script, needs in SECTION_INPUTS.items()
+             if (lab.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
+    if stale:
+        commands = "; ".join(f"python {script}.py" for script in stale)
+        raise lab.LabError(f"The results of {', '.join(stale)} were not computed from the current checkpoint "
+                           f"(sha256 {current['checkpoint']}) and its embeddings: a report of them would mix runs. "
+                           f"Re-run, in this order: {commands} (or the whole `python run_pipeline.py`), then "
+                           f"report.py.")
+    return current
+
+
 def build(cfg):
+    provenance = check_results_belong_together(cfg)
     results, figs = lab.out_path(cfg, "results"), lab.out_path(cfg, "figs")
     need = lambda name, script: lab.require(results / name, script)  # noqa: E731
     summary = pd.read_csv(need("dataset_summary.csv", "dataloader.py"))
@@ -42,8 +65,11 @@ def build(cfg):
             'that the code works.</p>' if weights.startswith("RANDOM") else "")
     per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
     final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
+    model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {provenance['checkpoint']}, saved "
+             f"{html.escape(str(metrics.get('checkpoint_saved_at')))} (epoch {metrics.get('checkpoint_epoch')}); "
+             f"embeddings set {provenance['embeddings']}.")
     parts = [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{html.escape(str(lab.resolve(cfg.data_root)))}</code>; "
-             f"trunk weights: {html.escape(weights)}.</p>{warn}",
+             f"trunk weights: {html.escape(weights)}.</p><p>{model}</p>{warn}",
              "<h2>1. Data</h2>" + _table(summary),
              f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at "
              f"epoch {int(best['epoch'])} of {len(history)}.</p>" + _figure("training_plot.png", "Loss and accuracy per epoch"),
@@ -78,6 +104,7 @@ def build(cfg):
 
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
+    lab.ensure_output_dirs(cfg, ("results",))
     path = build(cfg)
     print(f"[report] {path}")
     return path

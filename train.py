@@ -4,13 +4,18 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
   checkpoints/best.pth          the model with the lowest validation loss (first epoch included), with the
                                 resolved config, class names and the trunk weights used; written atomically
   checkpoints/last.pth          the state after the last finished epoch, for --resume=True
+  checkpoints/previous/         the previous run's best.pth and last.pth, set aside when a fresh run starts
   results/train_history.csv     per epoch: loss and accuracy on train and validation, seconds
   figs/training_plot.png        loss and accuracy curves
+  results/provenance_train.json the digest of the best.pth and split.csv these belong to
 Cross-entropy, Adam, batches of batch_size, at most `epochs` epochs, early stopping on the validation loss
 after `patience` epochs without improvement. Ctrl-C stops after the last finished epoch; resume with
 `python train.py --resume=True`.
 """
+import contextlib
 import math
+import os
+import signal
 import sys
 import time
 
@@ -66,6 +71,46 @@ def plot_history(history, path):
     lab.save_figure(path, fig)
 
 
+def save_summary(cfg, history):
+    """The history CSV, the loss/accuracy plot and what they (and best.pth) belong to."""
+    if not history:
+        return
+    frame = pd.DataFrame(history)
+    lab.save_csv(lab.out_path(cfg, "results", "train_history.csv"), frame)
+    plot_history(frame, lab.out_path(cfg, "figs", "training_plot.png"))
+    lab.record_inputs(cfg, "train", checkpoint=lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+                      split=dataloader.split_digest(cfg))
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold further Ctrl-C while the summary is written; say so, and act on it afterwards."""
+    pressed = []
+
+    def note(signum, frame):
+        pressed.append(signum)
+        print("\n(still saving the training summary; a moment ...)", file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def set_previous_run_aside(cfg):
+    """A fresh run starts without the last run's checkpoints, so that nothing later mistakes them for this run's
+    (e.g. when this one diverges before its first epoch); they are kept in checkpoints/previous/, not deleted."""
+    folder = lab.out_path(cfg, "checkpoints")
+    found = [folder / name for name in ("best.pth", "last.pth") if (folder / name).exists()]
+    if not found:
+        return
+    aside = folder / "previous"
+    aside.mkdir(exist_ok=True)
+    for path in found:
+        os.replace(path, aside / path.name)
+    print(f"[train] the previous run's {' and '.join(p.name for p in found)} moved to {aside}/")
+
+
 def train(cfg):
     device = lab.select_device(cfg.device)
     lab.seed_everything(cfg.seed)
@@ -74,13 +119,22 @@ def train(cfg):
     weights_id = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
     print(f"[trunk weights] {weights_id}")
     backbone.print_model_summary(model, cfg.image_size)
-    data = features.prepare(cfg, device, split, model, weights_id)
     digest = dataloader.split_digest(cfg)
+    dtype = backbone.trunk_dtype(cfg.precision, device)
+    if cfg.resume:  # refused before any trunk work when the run cannot be continued
+        last = checkpoint.resume_state(cfg)
+        if last["split_digest"] != digest:
+            raise lab.LabError("Cannot resume: results/split.csv has changed since the interrupted run (it was "
+                               "drawn anew). Continuing would train one model on two splits. Start afresh without "
+                               "--resume=True.")
+        dtype = checkpoint.trunk_dtype(last, device)  # the same features as before, whatever 'auto' says here
+    else:
+        set_previous_run_aside(cfg)
+    data = features.prepare(cfg, device, split, model, weights_id, dtype)
     model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     history, best_loss, stale, start = [], math.inf, 0, 1
     if cfg.resume:
-        last = checkpoint.resume_state(cfg)
         model.load_state_dict(last["model_state"])
         optimizer.load_state_dict(last["optimizer_state"])
         torch.set_rng_state(last["torch_rng"])
@@ -93,6 +147,7 @@ def train(cfg):
     last_path = lab.out_path(cfg, "checkpoints", "last.pth")
     print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
           f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}")
+    precision = backbone.precision_name(dtype)
     epoch = start - 1
     try:
         for epoch in range(start, cfg.epochs + 1):
@@ -103,7 +158,8 @@ def train(cfg):
                                               desc=f"epoch {epoch}/{cfg.epochs}")
             val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                kept = f"{best_path} keeps the best model so far" if best_loss < math.inf else "no model was saved"
+                kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
+                        "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")
                 raise lab.LabError(f"Training diverged in epoch {epoch}: the loss became NaN or infinite "
                                    f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the mission "
                                    f"uses 0.0014) and run train.py again.")
@@ -112,12 +168,12 @@ def train(cfg):
             improved = val_loss < best_loss
             if improved:
                 best_loss, stale = val_loss, 0
-                checkpoint.save(best_path, checkpoint.payload(cfg, model, weights_id, digest, epoch=epoch,
-                                                              val_loss=val_loss, val_acc=val_acc))
+                checkpoint.save(best_path, checkpoint.payload(cfg, model, weights_id, digest, precision,
+                                                              epoch=epoch, val_loss=val_loss, val_acc=val_acc))
             else:
                 stale += 1
             checkpoint.save(last_path, checkpoint.payload(
-                cfg, model, weights_id, digest, epoch=epoch, optimizer_state=optimizer.state_dict(),
+                cfg, model, weights_id, digest, precision, epoch=epoch, optimizer_state=optimizer.state_dict(),
                 torch_rng=torch.get_rng_state(), history=history, best_loss=best_loss, stale=stale))
             print(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
                   f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)", flush=True)
@@ -125,15 +181,16 @@ def train(cfg):
                 print(f"[train] early stop: no better validation loss for {cfg.patience} epochs")
                 break
     except KeyboardInterrupt:
+        with deferred_interrupts():  # a second Ctrl-C must not cut the summary being saved
+            save_summary(cfg, history)
         print(f"\nInterrupted during epoch {epoch}. {last_path} holds the state after the last finished epoch "
               f"and {best_path} the best model so far. Continue with `python train.py --resume=True`.",
               file=sys.stderr)
         raise SystemExit(130) from None
-    finally:
-        if history:
-            frame = pd.DataFrame(history)
-            lab.save_csv(lab.out_path(cfg, "results", "train_history.csv"), frame)
-            plot_history(frame, lab.out_path(cfg, "figs", "training_plot.png"))
+    except BaseException:
+        save_summary(cfg, history)
+        raise
+    save_summary(cfg, history)
     best = min(history, key=lambda h: h["val_loss"])
     print(f"[train] best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at epoch "
           f"{best['epoch']}, saved to {best_path}")

@@ -119,6 +119,7 @@ def main(argv=None):
     for name in CLASSIFIERS:
         plot_curves(table, [name], lab.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
     plot_curves(table, CLASSIFIERS, lab.out_path(cfg, "figs", "accuracy_all.png"), chance)
+    dataloader.record_embedding_inputs(cfg, "transfer_learning")
     final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
     print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
           f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))

@@ -343,7 +343,8 @@ def run(argv):
                             efficiency >= 0.8, "", "depthwise-free but small convolutions do not reach GEMM speed"))
 
         # 4. head training epoch: cached features vs the original kind of step
-        data = features.prepare(cfg, device, split, model, ckpt["weights"], names=("train",))
+        data = features.prepare(cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
+                                names=("train",))
         head_model = checkpoint.model_from_checkpoint(ckpt, cfg).to(device)
         optimizer = torch.optim.Adam([p for p in head_model.parameters() if p.requires_grad], lr=cfg.lr)
         epoch_s = min(timed(train.run_epoch, head_model, data["train"], device, cfg.batch_size, optimizer)[1]

@@ -13,6 +13,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TEST_TORCH_HOME = Path(os.environ.get("TMPDIR", "/tmp")) / f"plankton-lab-tests-torch-{os.getpid()}"
 os.environ.setdefault("TORCH_HOME", str(TEST_TORCH_HOME))
 
+# The tests run on the mission's settings, never on what a student put in configfile.py (inherited by the
+# scripts the tests start as subprocesses).
+MISSION_CONFIG = ROOT / "tests" / "mission_config.py"
+os.environ["PLANKTON_LAB_CONFIG"] = str(MISSION_CONFIG)
+
 import demo_data  # noqa: E402
 import lab  # noqa: E402
 
@@ -24,6 +29,13 @@ NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
 # Small images and a random trunk keep every test fast; the architecture is the mission's.
 FAST = ["--backbone_weights=None", "--image_size=64", "--num_workers=0", "--batch_size=32", "--epochs=15",
         "--patience=4", "--umap_samples_per_split=300", "--transfer_repeats=2", "--precision=fp32"]
+
+
+@pytest.fixture(autouse=True)
+def release_output_locks():
+    """Scripts run in-process keep their output folder's lock until the process ends; a test ends sooner."""
+    yield
+    lab.release_locks()
 
 
 @pytest.fixture(scope="session")

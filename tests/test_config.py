@@ -3,6 +3,39 @@ import pytest
 import lab
 
 
+def test_the_tests_run_on_a_frozen_copy_with_the_same_setting_names():
+    import runpy
+    frozen = lab.config_defaults()
+    own = {k for k in runpy.run_path(str(lab.ROOT / "configfile.py")) if k.islower() and not k.startswith("_")}
+    assert set(frozen) == own  # a new setting goes into tests/mission_config.py too
+
+
+def test_a_students_configfile_does_not_change_the_tests(tmp_path):
+    """A copy of the repository whose configfile.py holds a student's own values still passes these tests."""
+    import shutil
+    import subprocess
+    import sys
+    copy = tmp_path / "repo"
+    shutil.copytree(lab.ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "data", "results", "figs",
+                                                                  "embeddings", "cache", "checkpoints", "__pycache__"))
+    config = (copy / "configfile.py").read_text()
+    for line, student in (('data_root = "data/demo"', 'data_root = "/mnt/unmounted/FlowCamNet/imgs"'),
+                          ("lr = 0.0014", "lr = 0.05"), ("epochs = 50 ", "epochs = 2 "),
+                          ('seen_classes = ["chainthin"', 'seen_classes = ["Retaria", "chainthin"'),
+                          ('unseen_classes = ["Retaria", ', 'unseen_classes = ["Odontella", ')):
+        assert line in config, line
+        config = config.replace(line, student)
+    (copy / "configfile.py").write_text(config)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PLANKTON_LAB_CONFIG"}
+    check = subprocess.run([sys.executable, "-c", "import lab; print(lab.config_defaults()['lr'])"], cwd=copy,
+                           env=env, capture_output=True, text=True)
+    assert check.stdout.strip() == "0.05"  # the copy really holds the student's values
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
+                             "-k", "not students_configfile and not every_script"], cwd=copy, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 def test_defaults_are_the_mission_values():
     cfg = lab.load_config([])
     assert (cfg.val_fraction, cfg.test_fraction, cfg.image_size, cfg.batch_size, cfg.lr, cfg.epochs) == \

@@ -40,17 +40,18 @@ def test_cache_key_changes_with_everything_that_changes_the_features(two_images,
     assert features.cache_key(cfg, [str(copy), paths[1]], "weights A", None) != before
 
 
-def test_stale_cleanup_deletes_only_this_splits_older_cache_files(tmp_path):
-    names = {"trunk_train_0123456789abcdef.npy": True, "trunk_train_0123456789abcdef.ok.npy": True,
-             "trunk_train_fedcba9876543210.npy": True,
-             "trunk_test_0123456789abcdef.npy": False,        # another split's cache
-             "trunk_train_backup.npy": False,                 # a user's file that merely looks similar
-             "trunk_train_0123456789abcdef.npy.tmp123": False,
-             "trunk_train_0123456789ABCDEF.npy": False,
+def test_stale_cleanup_deletes_only_this_splits_older_cache_files_of_one_precision(tmp_path):
+    names = {"trunk_train_fp32_0123456789abcdef.npy": True, "trunk_train_fp32_0123456789abcdef.ok.npy": True,
+             "trunk_train_fp32_fedcba9876543210.npy": True,
+             "trunk_train_bf16_0123456789abcdef.npy": False,  # another precision: another checkpoint's features
+             "trunk_test_fp32_0123456789abcdef.npy": False,   # another split's cache
+             "trunk_train_fp32_backup.npy": False,            # a user's file that merely looks similar
+             "trunk_train_fp32_0123456789abcdef.npy.tmp123": False,
+             "trunk_train_fp32_0123456789ABCDEF.npy": False,
              "notes.txt": False}
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    removed = features.remove_stale_caches(tmp_path, "train")
+    removed = features.remove_stale_caches(tmp_path, "train", None)
     assert sorted(removed) == sorted(n for n, stale in names.items() if stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stale in names.items() if not stale)
 
@@ -73,4 +74,9 @@ def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, mon
     again, _ = features.trunk_features(cfg, trunk, rows, "train", "random", device, None)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(feats))
     cached = sorted(p.name for p in lab.out_path(cfg, "cache").iterdir())
-    assert len(cached) == 2 and all(n.startswith("trunk_train_") for n in cached)
+    assert len(cached) == 2 and all(n.startswith("trunk_train_fp32_") for n in cached)
+    monkeypatch.undo()
+    bf16, _ = features.trunk_features(cfg, trunk, rows, "train", "random", device, torch.bfloat16)
+    assert len(list(lab.out_path(cfg, "cache").iterdir())) == 4  # the fp32 features are never overwritten
+    error = np.linalg.norm(np.asarray(bf16, np.float32) - reference) / np.linalg.norm(reference)
+    assert 0 < error < 0.1  # bf16 features: close to fp32, and really computed in bf16

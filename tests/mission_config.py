@@ -1,0 +1,50 @@
+"""A frozen copy of configfile.py with the mission's values: the tests run against it (tests/conftest.py sets
+PLANKTON_LAB_CONFIG to this file), so whatever a student puts in configfile.py, `make test` stays green.
+A new setting in configfile.py must be added here too (test_config.py checks that the names agree).
+"""
+
+# --- data -----------------------------------------------------------------------
+# A folder with one sub-folder of images per class. The default is the synthetic demo
+# data set, generated on first use. For FlowCamNet use ".../FlowCamNet/imgs".
+data_root = "data/demo"
+# Classes the classifier is trained on (names of sub-folders of data_root), at least 2.
+seen_classes = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
+# Classes held out of training, used only for embeddings analysis and transfer learning.
+unseen_classes = ["Retaria", "Thalassionematales", "Chaetoceros"]
+val_fraction = 0.05            # share of each seen class for validation, in (0, 1)
+test_fraction = 0.20           # share of each seen class for testing, in (0, 1); val + test < 1
+min_images_per_class = 10      # classes with fewer images are refused (too few to split), >= 3
+max_images_per_class = 0       # 0: use every image; N: a seeded sample of at most N per class (quick trials)
+rebuild_split = False          # True: discard results/split.csv and draw the split anew
+
+# --- model ----------------------------------------------------------------------
+image_size = 128               # square input side in pixels, 32..1024 (trunk output: 64 x size/8 x size/8)
+# "IMAGENET1K_V1" (torchvision, downloaded once into $TORCH_HOME), a path to a state-dict
+# file of torchvision's efficientnet_v2_s, or None for a random trunk (for tests only).
+backbone_weights = "IMAGENET1K_V1"
+dropout = 0.2                  # dropout before the last layer, in [0, 1)
+embedding_dim = 128            # width of the embedding layer (second-to-last), >= 2
+
+# --- training -------------------------------------------------------------------
+batch_size = 64                # images per optimisation step, >= 1
+lr = 0.0014                    # Adam learning rate, > 0
+epochs = 50                    # maximum number of epochs, >= 1
+patience = 5                   # stop after this many epochs without a better validation loss, >= 1
+resume = False                 # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
+seed = 42                      # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
+
+# --- compute --------------------------------------------------------------------
+device = "auto"                # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"
+precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16"; the head trains in fp32
+num_workers = 2                # image-decoding worker processes for the trunk pass, >= 0
+output_dir = "."               # root of checkpoints/, results/, figs/, embeddings/, cache/
+
+# --- analysis -------------------------------------------------------------------
+umap_samples_per_split = 2500  # embeddings sampled from each of train, test, unseen for the 2-D map, >= 10
+reduction_method = "umap"      # "umap", "tsne" or "pca"
+umap_n_neighbors = 15          # UMAP neighbourhood size, >= 2
+umap_min_dist = 0.1            # UMAP minimum distance between embedded points, in [0, 1]
+gallery_size = 5               # images per gallery row (closest, furthest, closest of other classes), >= 1
+transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
+transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
+knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
