@@ -83,8 +83,7 @@ def record_unreadable(cfg, rel_paths, labels):
     """Images that failed to decode during the trunk pass join results/skipped_files.csv."""
     csv = lab.out_path(cfg, "results", "skipped_files.csv")
     columns = ["path", "label", "reason"]
-    has_rows = csv.exists() and csv.stat().st_size > 0
-    old = pd.read_csv(csv, dtype=str, keep_default_na=False) if has_rows else pd.DataFrame(columns=columns)
+    old = lab.read_csv(csv, columns) if csv.exists() and csv.stat().st_size > 0 else pd.DataFrame(columns=columns)
     new = pd.DataFrame({"path": rel_paths, "label": labels, "reason": "failed to decode during the trunk pass"})
     lab.save_csv(csv, pd.concat([old, new]).drop_duplicates("path"))
     print(f"warning: {len(rel_paths)} image(s) could not be decoded and are left out (see {csv}): "
