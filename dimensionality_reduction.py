@@ -91,7 +91,7 @@ def gallery(vectors, labels, cls, k):
 
 def thumbnail(path, size=96):
     try:
-        return dataloader.letterbox(dataloader.load_rgb(path), size)
+        return dataloader.letterbox(dataloader.load_rgb(path, size), size)
     except Exception:
         return None  # a file gone since embedding: leave the tile blank rather than lose the gallery
 

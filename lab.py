@@ -147,7 +147,10 @@ def load_config(argv=None, describe=None):
         print((describe or "") + "\n\n" + HELP + "\n".join(f"  --{k}={v!r}" for k, v in defaults.items()))
         raise SystemExit(0)
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
-    cfg.seen_classes, cfg.unseen_classes = list(cfg.seen_classes), list(cfg.unseen_classes)
+    # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
+    # is matched in that form too (dataloader.class_folders), and both spell the same label.
+    cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
+    cfg.unseen_classes = [unicodedata.normalize("NFC", c) for c in cfg.unseen_classes]
     validate_config(cfg)
     return cfg
 

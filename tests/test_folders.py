@@ -1,12 +1,39 @@
 """Real-world folders (issue #9): free-text class names, folders as they come, huge crops, duplicates, small
 unseen classes and a trunk cache that notices changed files."""
+import io
+import os
+import shutil
+import subprocess
+import sys
 import unicodedata
 import warnings
+import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+import dataloader
 import lab
+from conftest import FAST
+
+
+def class_root(tiny_demo, root, names, per_class=20):
+    """A data root whose class folders are named `names` (on disk exactly as given), each holding the first
+    per_class images of a demo class: different classes stay different."""
+    sources = sorted(p for p in tiny_demo.iterdir() if p.is_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in zip(names, sources):
+        (root / name).mkdir()
+        for image in sorted(source.iterdir())[:per_class]:
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+def argv_for(root, out, seen, unseen, *extra):
+    return [f"--data_root={str(root)!r}", f"--output_dir={str(out)!r}", f"--seen_classes={seen!r}",
+            f"--unseen_classes={unseen!r}", *FAST, *extra]
 
 
 def no_glyph_warnings(draw):
@@ -18,6 +45,30 @@ def no_glyph_warnings(draw):
 
 
 # --------------------------------------------------------------------------- 1. class names are free text
+def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_survive_the_whole_pipeline(
+        tiny_demo, tmp_path):
+    import run_pipeline
+    decomposed = unicodedata.normalize("NFD", "Cératium")  # as a macOS zip writes it
+    seen_on_disk = ["01", "NA", "珪藻", "渦鞭毛藻", decomposed]
+    unseen = ["None", "nan"]
+    root = class_root(tiny_demo, tmp_path / "data", seen_on_disk + unseen)
+    seen = ["01", "NA", "珪藻", "渦鞭毛藻", "Cératium"]  # typed composed, as in a config file
+    argv = argv_for(root, tmp_path / "out", seen, unseen, "--min_images_per_class=5", "--reduction_method=pca")
+    run_pipeline.main(argv)
+    cfg = lab.load_config(argv)
+    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    assert set(split["label"]) == set(seen + unseen)
+    assert split.loc[split["label"] == "Cératium", "path"].str.startswith(decomposed + "/").all()  # the disk's name
+    galleries = lab.read_csv(lab.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label"))
+    assert set(galleries["class"]) == set(seen + unseen)
+    figures = {c: lab.out_path(cfg, "figs", f"gallery_{lab.figure_slug(c)}.png") for c in seen + unseen}
+    assert len(set(figures.values())) == 7 and all(f.stat().st_size > 1000 for f in figures.values())
+    assert len(list(lab.out_path(cfg, "figs").glob("gallery_*.png"))) == 7  # no gallery overwrote another
+    page = lab.out_path(cfg, "results", "report.html").read_text()
+    for c in seen + unseen:
+        assert f'src="../figs/{figures[c].name}"' in page and f">{c} (" in page
+
+
 def test_figure_names_are_unique_stable_and_ascii():
     assert lab.figure_slug("chainthin") == "chainthin" and lab.figure_slug("01") == "01"
     assert lab.figure_slug("NA") == "NA" and lab.figure_slug("Rhabdonellidae") == "Rhabdonellidae"
@@ -83,3 +134,134 @@ def test_cjk_names_are_drawn_when_a_cjk_font_is_installed():
         assert lab.drawable_names(["珪藻"]) == ["珪藻"]
 
 
+def test_composed_and_decomposed_folders_of_one_name_are_an_ambiguity(tiny_demo, tmp_path):
+    composed = "Cératium"
+    root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", composed, unicodedata.normalize("NFD", composed)])
+    cfg = lab.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
+    with pytest.raises(lab.LabError, match="different Unicode forms"):
+        dataloader.load_split(cfg)
+
+
+# --------------------------------------------------------------------------- 2. folders as they are
+def _png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny_demo, tmp_path, capsys):
+    root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", "d"])
+    os.symlink("loop", root / "loop")                # a self-loop beside the classes
+    os.symlink(".", root / "here")                   # a folder loop beside the classes
+    folder = root / "a"
+    os.symlink("self", folder / "self")              # a self-loop inside a class
+    os.symlink("..", folder / "up")                  # a link to the data root: would pull every class in
+    os.symlink("missing.png", folder / "broken.png")
+    (folder / "notes.txt").write_text("counts")
+    (folder / ".DS_Store").write_bytes(b"junk")
+    (folder / "sub" / "deeper").mkdir(parents=True)  # images in sub-folders belong to the class
+    (folder / "sub" / "deeper" / "x.png").write_bytes(_png_bytes(Image.new("L", (30, 20), 90)))
+    os.symlink("..", folder / "sub" / "back")        # a loop from a sub-folder to the class folder
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(folder / "crop.webp")
+    frames = [Image.new("L", (30, 20), v) for v in (10, 120, 240)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
+    cfg = lab.load_config(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
+    dataloader.main(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
+    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    paths = set(split["path"])
+    assert {"a/sub/deeper/x.png", "a/crop.webp", "a/anim.gif", "a/stack.tif"} <= paths
+    assert not any(p.startswith(("a/up/", "a/self", "a/sub/back")) for p in paths)
+    assert (split["label"] == "a").sum() == 20 + 4
+    ignored = lab.read_csv(lab.out_path(cfg, "results", "ignored_files.csv"), dataloader.IGNORED_COLUMNS)
+    reasons = dict(zip(ignored["path"], ignored["reason"]))
+    assert reasons == {"a/self": dataloader.LOOP, "a/up": dataloader.LOOP, "a/sub/back": dataloader.LOOP,
+                       "a/broken.png": dataloader.BROKEN_LINK, "a/notes.txt": dataloader.NOT_IMAGE,
+                       "a/.DS_Store": dataloader.HIDDEN}
+    notes = lab.read_csv(lab.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    assert set(notes["path"]) == {"a/anim.gif", "a/stack.tif"}
+    assert (notes["note"] == "multi-frame file: first frame used").all() and set(notes["detail"]) == {"3 frames"}
+    out = capsys.readouterr().out
+    assert "ignored 6 file(s) or folder(s) in the class folders" in out
+    for reason, count in ((dataloader.LOOP, 3), (dataloader.BROKEN_LINK, 1), (dataloader.HIDDEN, 1)):
+        assert f"{count}  {reason}" in out
+    assert f"1  {dataloader.NOT_IMAGE} (.txt 1)" in out and "2  multi-frame file: first frame used" in out
+    summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+    assert summary.set_index("class").loc["a", "ignored_non_image"] == 6
+    first = np.asarray(dataloader.load_rgb(root / "a" / "anim.gif"))
+    assert (first == 10).all()  # the first frame, not the last one decoded
+
+
+def test_common_formats_are_read():
+    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"} <= dataloader.IMAGE_EXTENSIONS
+    assert not {".txt", ".csv", ".pdf", ".db"} & dataloader.IMAGE_EXTENSIONS
+
+
+@pytest.mark.parametrize("orientation, expected", [(1, (40, 20)), (6, (20, 40)), (3, (40, 20)), (8, (20, 40))])
+def test_exif_orientation_is_applied(tmp_path, orientation, expected):
+    pixels = np.full((20, 40, 3), 230, np.uint8)
+    pixels[:, :10] = 20  # a dark left edge, as stored
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[dataloader.EXIF_ORIENTATION] = orientation
+    img.save(tmp_path / "x.jpg", exif=exif, quality=95)
+    rgb = np.asarray(dataloader.load_rgb(tmp_path / "x.jpg", 64)).mean(2)
+    assert rgb.shape[::-1] == expected
+    dark_edge = {1: rgb[:, :5], 3: rgb[:, -5:], 6: rgb[:5], 8: rgb[-5:]}[orientation]
+    assert dark_edge.mean() < 60 and rgb.mean() > 120
+
+
+# --------------------------------------------------------------------------- 3. huge and extreme crops
+def write_blank_png(path, width, height):
+    """A white grey-level PNG written row by row: 20,000 x 20,000 px in 0.4 MB without holding 400 MB."""
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + (zlib.crc32(kind + data) & 0xFFFFFFFF).to_bytes(4, "big")
+    compressor, row = zlib.compressobj(9), b"\x00" + b"\xff" * width
+    data = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def run_measured(script, argv):
+    """Run a script in a child process; (completed process, its peak resident memory in MB)."""
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
+               "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, script, *argv], cwd=lab.ROOT,
+                            capture_output=True, text=True, timeout=600)
+    peak_kb = int(result.stdout.rsplit("PEAK_RSS_KB=", 1)[1])
+    return result, peak_kb / 1024
+
+
+def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, tmp_path):
+    from PIL import ImageDraw
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    folder = root / "Odontella"
+    write_blank_png(folder / "huge.png", 20_000, 20_000)  # 400 MP in 0.4 MB: refused before decoding
+    strip = Image.new("RGB", (40_000, 400), (235, 235, 235))
+    ImageDraw.Draw(strip).line([(0, 200), (40_000, 200)], fill=(30, 30, 30), width=60)
+    strip.save(folder / "strip.png")  # a 40,000 x 400 chain: used, padded only after downsizing
+    big = Image.new("L", (15_000, 15_000), 235)  # 225 MP: above Pillow's bomb-warning limit
+    ImageDraw.Draw(big).ellipse([5000, 5000, 10_000, 10_000], fill=30)
+    big.save(folder / "big.jpg", quality=85)
+    del strip, big
+    out = tmp_path / "out"
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(out)!r}", *FAST, "--epochs=1", "--num_workers=0"]
+    result, peak_mb = run_measured("train.py", argv)  # the scan and the trunk pass, decoding in this process
+    assert result.returncode == 0, result.stderr
+    assert peak_mb < 1024, f"peak resident memory {peak_mb:.0f} MB"
+    assert "DecompressionBombWarning" not in result.stdout + result.stderr  # no raw warning lines
+    cfg = lab.load_config(argv)
+    skipped = lab.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"), ("path", "label", "reason"))
+    assert list(skipped["path"]) == ["Odontella/huge.png"]
+    assert skipped["reason"].item().startswith("too large to decode within memory: 20000 x 20000 px (400 MP)")
+    notes = lab.read_csv(lab.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    assert list(notes["path"]) == ["Odontella/big.jpg"] and "decompression-bomb" in notes["note"].item()
+    assert "1  very large image (Pillow's decompression-bomb warning)" in result.stdout
+    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    assert {"Odontella/strip.png", "Odontella/big.jpg"} <= set(split["path"])
+    reduced = dataloader.load_rgb(folder / "strip.png", 64)  # reduced 208x (to >= 3 x 64 px), aspect kept
+    assert reduced.size == (193, 2) and np.asarray(dataloader.letterbox(reduced, 64)).shape == (64, 64, 3)
+    disk = np.asarray(dataloader.letterbox(dataloader.load_rgb(folder / "big.jpg", 64), 64)).mean(2)
+    assert disk[32, 32] < 80 and disk[2, 2] > 200  # the drafted JPEG still shows its dark disk
