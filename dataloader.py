@@ -7,7 +7,8 @@ Reads `data_root` (one sub-folder of images per class). Writes, once:
   results/skipped_files.csv    unreadable image files (empty, truncated, corrupt, too large), with the reason
   results/ignored_files.csv    files and folders in the class folders that are not images, with the reason
   results/image_notes.csv      images used with a remark (first frame of a multi-frame file, very large)
-Images in sub-folders of a class folder belong to the class.
+  results/duplicates.csv       byte-identical files: every copy, its label, all labels of that image
+Images in sub-folders of a class folder belong to the class. Byte-identical copies share a split.
 Every later script reads split.csv, so all of them use the same split; a split.csv that no longer matches
 the files on disk stops the run with the command that rebuilds it. Also reads and builds the embedding
 DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every script after it.
@@ -224,6 +225,7 @@ DENIED = "permission denied"
 NOT_REGULAR = "not a regular file (socket, device, pipe)"
 IGNORED_COLUMNS = ["path", "label", "reason"]
 NOTE_COLUMNS = ["path", "label", "note", "detail"]
+DUPLICATE_COLUMNS = ["path", "label", "digest", "copies", "labels", "kind"]
 
 
 def _os_reason(exc):
@@ -405,21 +407,83 @@ def summarise(cfg, files, skipped, ignored):
     return pd.DataFrame(rows)
 
 
-def draw_split(cfg, files):
-    """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train."""
+def find_duplicates(cfg, files, digests):
+    """Rows of every readable file whose bytes occur more than once among the configured classes: its
+    digest, number of copies, all the labels it is filed under, and whether they differ."""
+    by_digest = {}
+    for c in cfg.seen_classes + cfg.unseen_classes:
+        for p in files[c]:
+            by_digest.setdefault(digests[p], []).append((p, c))
+    rows = []
+    for digest, copies in by_digest.items():
+        if len(copies) > 1:
+            labels = list(dict.fromkeys(c for _, c in copies))
+            kind = "across classes" if len(labels) > 1 else "same class"
+            rows += [{"path": p, "label": c, "digest": digest, "copies": len(copies),
+                      "labels": json.dumps(labels, ensure_ascii=False), "kind": kind} for p, c in copies]
+    return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
+
+
+def report_duplicates(duplicates):
+    """One warning line naming the images filed under two or more classes; one note for copies within a class."""
+    across = duplicates[duplicates["kind"] == "across classes"].drop_duplicates("digest")
+    if len(across):
+        named = ", ".join(f"{p!r} {', '.join(json.loads(labels))}" for p, labels in
+                          zip(across["path"][:5], across["labels"][:5])) + (" ..." if len(across) > 5 else "")
+        print(f"warning: {len(across)} image(s) are byte-identical files filed under two or more classes ({named}): "
+              f"listed with all their labels in results/duplicates.csv. Each copy keeps its class and the copies of "
+              f"one image share a split (train, where two seen classes disagree); decide which label is right and "
+              f"delete the other copies.", file=sys.stderr)
+    within = duplicates[duplicates["kind"] == "same class"]
+    if len(within):
+        print(f"note: {len(within)} files are byte-identical copies within their class ({within['digest'].nunique()} "
+              f"distinct images): each image's copies are kept together in one split (results/duplicates.csv)")
+
+
+def _duplicate_groups(paths, digests):
+    """Indices of paths grouped by identical bytes, in order of first appearance."""
+    groups = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(digests.get(p) or p, []).append(i)
+    return list(groups.values())
+
+
+def draw_split(cfg, files, digests=None):
+    """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train.
+    Byte-identical copies (digests given) share a split, so no test image equals a training image; an image
+    filed under two seen classes goes to train in both, where its conflicting labels cannot distort the scores."""
+    digests = digests or {}
     rng = np.random.default_rng(cfg.seed)
+    owners = {}
+    for c in cfg.seen_classes:
+        for p in files[c]:
+            owners.setdefault(digests.get(p) or p, set()).add(c)
     rows = []
     for c in cfg.seen_classes:
-        order = rng.permutation(len(files[c]))
-        n = len(order)
+        paths = files[c]
+        groups = _duplicate_groups(paths, digests)
+        shared = [len(owners[digests.get(paths[g[0]]) or paths[g[0]]]) > 1 for g in groups]
+        free = [g for g, pinned in zip(groups, shared) if not pinned]
+        n = len(paths)
         n_val = max(1, round(n * cfg.val_fraction))
         n_test = max(1, round(n * cfg.test_fraction))
         if n - n_val - n_test < 1:
             raise lab.LabError(f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
                                f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
                                f"the fractions, or raise min_images_per_class to keep such classes out.")
-        names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
-        rows += [{"path": files[c][i], "label": c, "split": s} for i, s in zip(order, names)]
+        taken = {"val": 0, "test": 0, "train": 0}
+        for g in [free[i] for i in rng.permutation(len(free))]:
+            part = "val" if taken["val"] < n_val else "test" if taken["test"] < n_test else "train"
+            taken[part] += len(g)
+            rows += [{"path": paths[i], "label": c, "split": part} for i in g]
+        pinned = [i for g, is_shared in zip(groups, shared) if is_shared for i in g]
+        taken["train"] += len(pinned)
+        rows += [{"path": paths[i], "label": c, "split": "train"} for i in pinned]
+        if not (taken["val"] and taken["test"] and taken["train"]):
+            raise lab.LabError(f"The class {c!r} cannot be split into train, validation and test images: of its {n} "
+                               f"images, {len(pinned)} are byte-identical to images of other classes and the "
+                               f"rest are copies of too few distinct images (see results/duplicates.csv). Delete "
+                               f"the duplicates, add images, or remove the class.")
     for c in cfg.unseen_classes:
         rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
     return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
@@ -433,9 +497,12 @@ def split_identity(cfg):
 
 
 def make_split(cfg):
-    files, skipped, ignored, notes, _ = scan(cfg)
+    files, skipped, ignored, notes, digests = scan(cfg)
     summary = summarise(cfg, files, skipped, ignored)
-    split = draw_split(cfg, files)
+    duplicates = find_duplicates(cfg, files, digests)
+    lab.save_csv(lab.out_path(cfg, "results", "duplicates.csv"), duplicates)
+    report_duplicates(duplicates)
+    split = draw_split(cfg, files, digests)
     lab.save_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), summary)
     lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"),
                  pd.DataFrame(skipped, columns=["path", "label", "reason"]))

@@ -1,6 +1,7 @@
 """Real-world folders (issue #9): free-text class names, folders as they come, huge crops, duplicates, small
 unseen classes and a trunk cache that notices changed files."""
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -265,3 +266,53 @@ def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, t
     assert reduced.size == (193, 2) and np.asarray(dataloader.letterbox(reduced, 64)).shape == (64, 64, 3)
     disk = np.asarray(dataloader.letterbox(dataloader.load_rgb(folder / "big.jpg", 64), 64)).mean(2)
     assert disk[32, 32] < 80 and disk[2, 2] > 200  # the drafted JPEG still shows its dark disk
+
+
+# --------------------------------------------------------------------------- 4. duplicates do not leak
+def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(tiny_demo, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    backup = root / "Odontella" / "backup"  # a copy of the folder inside itself, as zips and syncs leave them
+    backup.mkdir()
+    for image in sorted((root / "Odontella").glob("*.png")):
+        shutil.copy(image, backup / image.name)
+    shutil.copy(root / "darksphere" / "darksphere_0003.png", root / "Neoceratium" / "misfiled.png")
+    shutil.copy(root / "Retaria" / "Retaria_0001.png", root / "chainthin" / "unseen_twin.png")
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST]
+    dataloader.main(argv)
+    cfg = lab.load_config(argv)
+    printed = capsys.readouterr()
+    err = printed.err
+    assert err.count("byte-identical files filed under two or more classes") == 1  # one warning line
+    assert "72 files are byte-identical copies within their class (36 distinct images)" in printed.out
+    assert "'darksphere/darksphere_0003.png' darksphere, Neoceratium" in err
+    twins = ("'Retaria/Retaria_0001.png' chainthin, Retaria", "'chainthin/unseen_twin.png' chainthin, Retaria")
+    assert any(twin in err for twin in twins)
+    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    digests = {p: lab.file_digest(root / p) for p in split["path"]}
+    seen = split[split["split"] != "unseen"].assign(digest=lambda f: f["path"].map(digests))
+    assert (seen.groupby("digest")["split"].nunique() == 1).all()  # no test image equals a training image
+    odontella = seen[seen["label"] == "Odontella"]
+    assert len(odontella) == 72 and set(odontella["split"]) == {"train", "val", "test"}
+    assert odontella.groupby("split").size()["test"] == 2 * round(36 * 0.2)  # whole pairs, stratified as before
+    text = ("path", "label", "digest", "labels", "kind")
+    duplicates = lab.read_csv(lab.out_path(cfg, "results", "duplicates.csv"), text)
+    across = duplicates[duplicates["kind"] == "across classes"].set_index("path")
+    assert set(across.index) == {"darksphere/darksphere_0003.png", "Neoceratium/misfiled.png",
+                                 "Retaria/Retaria_0001.png", "chainthin/unseen_twin.png"}
+    assert json.loads(across.loc["Neoceratium/misfiled.png", "labels"]) == ["darksphere", "Neoceratium"]
+    assert across.loc["Neoceratium/misfiled.png", "label"] == "Neoceratium"
+    misfiled = ["darksphere/darksphere_0003.png", "Neoceratium/misfiled.png"]
+    assert set(seen.loc[seen["path"].isin(misfiled), "split"]) == {"train"}  # two seen labels: train only
+    within = duplicates[duplicates["kind"] == "same class"]
+    assert len(within) == 72 and (within["copies"] == 2).all()
+
+
+def test_a_class_made_only_of_another_classes_images_is_a_clear_error(make_cfg):
+    cfg, _ = make_cfg("--seen_classes=['a', 'b', 'c']", "--unseen_classes=['x', 'y']")
+    files = {"a": [f"a/{i}.png" for i in range(20)], "b": [f"b/{i}.png" for i in range(20)],
+             "c": [f"c/{i}.png" for i in range(20)], "x": [], "y": []}
+    digests = {p: p.split("/")[1] for paths in files.values() for p in paths}  # c's images are a's and b's too
+    digests.update({p: f"own {p}" for p in files["b"]})
+    with pytest.raises(lab.LabError, match=r"'a' cannot be split.*20 are byte-identical to images of other classes"):
+        dataloader.draw_split(cfg, files, digests)
