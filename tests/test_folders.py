@@ -17,6 +17,7 @@ from PIL import Image
 
 import dataloader
 import lab
+import transfer_learning
 from conftest import FAST
 
 
@@ -316,3 +317,46 @@ def test_a_class_made_only_of_another_classes_images_is_a_clear_error(make_cfg):
     digests.update({p: f"own {p}" for p in files["b"]})
     with pytest.raises(lab.LabError, match=r"'a' cannot be split.*20 are byte-identical to images of other classes"):
         dataloader.draw_split(cfg, files, digests)
+
+
+# --------------------------------------------------------------------------- 7. small unseen classes
+def test_every_unseen_class_has_images_on_both_sides_of_the_held_out_split():
+    y = np.repeat(np.arange(10), 3)
+    x = np.random.default_rng(0).normal(size=(30, 8))
+    for fraction in (0.05, 0.3, 0.9):
+        train_idx, test_idx = transfer_learning.held_out_split(x, y, fraction, seed=1)
+        assert sorted(np.concatenate([train_idx, test_idx])) == list(range(30))
+        assert (np.bincount(y[test_idx], minlength=10) >= 1).all()
+        assert (np.bincount(y[train_idx], minlength=10) >= 1).all()
+    y = np.repeat([0, 1], [100, 40])
+    test_idx = transfer_learning.held_out_split(np.random.default_rng(1).normal(size=(140, 8)), y, 0.3, seed=1)[1]
+    assert np.bincount(y[test_idx]).tolist() == [30, 12]  # stratified: round(n x fraction) per class
+
+
+def test_copies_of_one_image_stay_on_one_side_of_the_held_out_split():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 8))
+    x[1] = x[2] = x[3] = x[0]  # four copies of one file: identical embeddings
+    y = np.zeros(20, dtype=int)
+    for seed in range(10):
+        train_idx, test_idx = transfer_learning.held_out_split(x, y, 0.3, seed)
+        assert {0, 1, 2, 3} <= set(train_idx) or {0, 1, 2, 3} <= set(test_idx)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.05])
+def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path, fraction):
+    classes = [f"class_{i}" for i in range(10)]
+    argv = [f"--output_dir={str(tmp_path)!r}", f"--unseen_classes={classes!r}", "--min_images_per_class=3",
+            f"--transfer_test_fraction={fraction}", *FAST]
+    cfg = lab.load_config(argv)
+    rng = np.random.default_rng(3)
+    labels = np.repeat(classes, 3)
+    rows = pd.DataFrame({"label": labels, "split": "unseen", "path": [f"{c}/{i}.png" for i, c in enumerate(labels)]})
+    vectors = rng.normal(size=(10, 128))[np.repeat(np.arange(10), 3)] * 4 + rng.normal(size=(30, 128))
+    lab.ensure_output_dirs(cfg, ("embeddings",))
+    frame = dataloader.embedding_frame(cfg, rows, vectors, classes)
+    lab.atomic_write(lab.out_path(cfg, "embeddings", "embeddings_unseen.pkl"), frame.to_pickle)
+    table = transfer_learning.main(argv)  # scikit-learn's stratified split refused this: 3 held out < 10 classes
+    assert (table["n_test"] == 10).all() and set(table["per_class"]) == {1, "all"}
+    assert table[table["per_class"] == "all"]["train_size"].eq(20).all()
+    assert lab.out_path(cfg, "figs", "accuracy_all.png").stat().st_size > 1000
