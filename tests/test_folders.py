@@ -360,3 +360,53 @@ def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path
     assert (table["n_test"] == 10).all() and set(table["per_class"]) == {1, "all"}
     assert table[table["per_class"] == "all"]["train_size"].eq(20).all()
     assert lab.out_path(cfg, "figs", "accuracy_all.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- 10. the trunk cache notices changed files
+def same_size_png(size, value):
+    """A valid PNG of exactly `size` bytes (a uniform image, padded with a text chunk)."""
+    data = _png_bytes(Image.new("L", (16, 16), value))
+    pad = size - len(data) - 12 - len(b"pad\0")
+    assert pad >= 0
+    body = b"tEXt" + b"pad\0" + b"x" * pad
+    chunk = len(body[4:]).to_bytes(4, "big") + body + (zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big")
+    return data[:-12] + chunk + data[-12:]  # before IEND
+
+
+def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_demo, tmp_path, capsys):
+    import evaluate
+    import train
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=1"]
+    train.main(argv)
+    evaluate.main(argv)
+    capsys.readouterr()
+    evaluate.main(argv)
+    assert "[trunk] computing" not in capsys.readouterr().out  # nothing changed: the cache is used
+    cfg = lab.load_config(argv)
+    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    victim = root / split.loc[split["split"] == "test", "path"].iloc[0]
+    before = victim.stat()
+    victim.write_bytes(same_size_png(before.st_size, 7))  # another image, same size ...
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and modification time: cp -p, rsync -t
+    assert (victim.stat().st_size, victim.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    evaluate.main(argv)
+    assert "[trunk] computing the frozen trunk's output for" in capsys.readouterr().out
+
+
+def test_content_fingerprint_reads_both_ends_of_a_big_file(tmp_path):
+    import features
+    path = tmp_path / "big.bin"
+    data = bytearray(os.urandom(300_000))
+    path.write_bytes(data)
+    first = features.content_fingerprint(path, len(data))
+    data[-5] ^= 1  # a change near the end of a big file
+    path.write_bytes(data)
+    assert features.content_fingerprint(path, len(data)) != first
+    data[150_000] ^= 1  # the middle of a big file is not read: size and time must catch such a change
+    path.write_bytes(data)
+    second = features.content_fingerprint(path, len(data))
+    data[150_000] ^= 1
+    path.write_bytes(data)
+    assert features.content_fingerprint(path, len(data)) == second
