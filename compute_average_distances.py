@@ -78,9 +78,9 @@ def plot_heatmap(matrix, classes, title, note, path):
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_xticklabels(lab.drawable_names(classes), rotation=45, ha="right")
     ax.set_yticks(range(len(classes)))
-    ax.set_yticklabels(classes)
+    ax.set_yticklabels(lab.drawable_names(classes))
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{matrix[i, j]:.3g}", ha="center", va="center", fontsize=8,

@@ -4,8 +4,12 @@ Reads `data_root` (one sub-folder of images per class). Writes, once:
   results/split.csv            path (relative to data_root), label, split (train / val / test / unseen)
   results/split.json           what the split was drawn from (data root, classes, fractions, seed)
   results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; totals
-  results/skipped_files.csv    unreadable image files (empty, truncated, corrupt), with the stage that found
-                               them (scan, or trunk pass for a file that broke after the split) and the reason
+  results/skipped_files.csv    unreadable image files (empty, truncated, corrupt, too large), with the stage
+                               that found them (scan, or trunk pass for a file that broke after the split)
+  results/ignored_files.csv    files and folders in the class folders that are not images, with the reason
+  results/image_notes.csv      images used with a remark (first frame of a multi-frame file, very large)
+  results/duplicates.csv       byte-identical files: every copy, its label, all labels of that image
+Images in sub-folders of a class folder belong to the class. Byte-identical copies share a split.
 Every later script reads split.csv, so all of them use the same split; a split.csv that no longer matches
 the files on disk stops the run with the command that rebuilds it. Also reads and builds the embedding
 DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every script after it.
@@ -13,11 +17,15 @@ DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every 
     python dataloader.py                      # tasks 1-2: report the classes and write the split
     python dataloader.py --rebuild_split=True
 """
+import contextlib
 import difflib
+import errno
+import functools
 import hashlib
 import json
 import os
 import sys
+import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -29,28 +37,64 @@ from PIL import Image, ImageFile
 import demo_data
 import lab
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels to learn from
-Image.MAX_IMAGE_PIXELS = 200_000_000     # plankton mosaics can be large; still refuse decompression bombs
+Image.MAX_IMAGE_PIXELS = 200_000_000     # above it Pillow warns of a decompression bomb (a note), above 2x it refuses
+# The most pixels ever decoded at full resolution: 50 MP (e.g. 7000 x 7000, or a 40,000 x 1,250 strip) stays
+# under 1 GB of memory in any mode. JPEGs above it are decoded at 1/2, 1/4 or 1/8 scale; other formats are refused.
+DECODE_PIXEL_BOUND = 50_000_000
+REDUCING_GAP = 3  # images are reduced to no less than 3x the output side before the final resize: no aliasing
 SPLIT_COLUMNS = ["path", "label", "split", "bytes"]  # bytes: to recognise the same files after a move
 SKIPPED_COLUMNS = ["path", "label", "stage", "reason"]
 TRUNK_STAGE = "trunk pass"
+# The common formats Pillow reads, by extension (any case); a format whose codec this Pillow lacks is left out.
+COMMON_FORMATS = {"JPEG": None, "PNG": None, "TIFF": None, "BMP": None, "DIB": None, "GIF": None, "PPM": None,
+                  "WEBP": "webp", "JPEG2000": "jpg_2000", "AVIF": "avif"}
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_FIX = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def readable_extensions():
+    from PIL import features as pil_features
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items()
+            if fmt in COMMON_FORMATS and fmt in Image.OPEN
+            and (COMMON_FORMATS[fmt] is None or pil_features.check(COMMON_FORMATS[fmt]))}
+
+
+IMAGE_EXTENSIONS = readable_extensions()
+
+
+class ImageTooLarge(Exception):
+    """An image that cannot be decoded within DECODE_PIXEL_BOUND."""
 
 
 # --------------------------------------------------------------------------- image decoding
-def to_rgb(img):
-    """Any PIL mode -> 8-bit RGB: transparency onto white (the crops' background), 16-bit scaled by bit depth."""
+def value_range(img):
+    """(low, high) of a 16-bit, 32-bit integer or float image, from the whole image: the scale of every band."""
+    low, high = img.getextrema()
+    if not (np.isfinite(low) and np.isfinite(high)):  # NaN pixels in a float image
+        pixels = np.asarray(img)
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+    return float(low), float(high)
+
+
+def to_rgb(img, scale=None):
+    """Any PIL mode -> 8-bit RGB: transparency onto white (the crops' background), 16-bit scaled by bit depth.
+    scale: value_range of the whole image, when img is a band of it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        pixels = np.asarray(img, dtype=np.float64)
+        low, high = scale or value_range(img)
+        pixels = np.array(img, dtype=np.float32)
         if img.mode == "F":
-            lo, hi = float(np.nanmin(pixels)), float(np.nanmax(pixels))
-            pixels = (pixels - lo) / (hi - lo or 1.0) * 255.0
+            pixels -= low
+            pixels *= 255.0 / (high - low or 1.0)
         else:  # 12- or 16-bit sensors: scale by the bit depth actually used, not by the image's own max
-            bits = max(8, int(np.ceil(np.log2(max(float(pixels.max()), 1.0) + 1))))
-            pixels = pixels / (2 ** bits - 1) * 255.0
-        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+            bits = max(8, int(np.ceil(np.log2(max(high, 1.0) + 1))))
+            pixels *= 255.0 / (2 ** bits - 1)
+        img = Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -60,14 +104,63 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def load_rgb(path):
-    with Image.open(path) as img:
-        img.load()
+def reduced_rgb(img, side):
+    """to_rgb, then reduce by a whole factor (box average) while the longer side stays >= REDUCING_GAP x side,
+    band by band: memory beyond the decoded image stays a few MB whatever its size and mode. The factor is
+    the first step Pillow's own resize would take; compositing before averaging keeps transparent edges white."""
+    factor = max(img.size) // (REDUCING_GAP * side) if side else 0
+    if factor < 2:
         return to_rgb(img)
+    scale = value_range(img) if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") else None
+    w, h = img.size
+    rows = max(1, 4_000_000 // (w * factor)) * factor  # bands of about 4 MP, whole blocks of the reduction
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for top in range(0, h, rows):
+        band = to_rgb(img.crop((0, top, w, min(h, top + rows))), scale)
+        out.paste(band.reduce(int(factor)), (0, top // factor))
+    return out
+
+
+def decode(path, side=None):
+    """(8-bit RGB image, notes) of one file, in bounded memory. side: the output side it is meant for (the
+    image is reduced toward REDUCING_GAP x side; None keeps the full size). EXIF orientation is applied; a
+    multi-frame file gives its first frame; Pillow's decompression-bomb warning becomes a note. Raises
+    ImageTooLarge, or Pillow's errors for broken files."""
+    notes = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(path) as img:
+            if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) > 1:
+                notes.append(("multi-frame file: first frame used", f"{img.n_frames} frames"))
+                img.seek(0)
+            full_size = img.size
+            if side and img.format == "JPEG" and max(img.size) >= 2 * REDUCING_GAP * side:
+                scale = REDUCING_GAP * side / max(img.size)  # libjpeg decodes at 1/2, 1/4 or 1/8 directly
+                img.draft(None, (max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))))
+            if img.size[0] * img.size[1] > DECODE_PIXEL_BOUND:
+                raise ImageTooLarge(f"too large to decode within memory: {full_size[0]} x {full_size[1]} px "
+                                    f"({full_size[0] * full_size[1] / 1e6:.0f} MP), above the lab's bound of "
+                                    f"{DECODE_PIXEL_BOUND / 1e6:.0f} MP for {img.format} files (only JPEGs are "
+                                    f"decoded at reduced size); downscale it or save it as JPEG")
+            img.load()
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            rgb = reduced_rgb(img, side)
+        if orientation in ORIENTATION_FIX:
+            rgb = rgb.transpose(ORIENTATION_FIX[orientation])
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        notes.append(("very large image (Pillow's decompression-bomb warning)",
+                      f"{full_size[0]} x {full_size[1]} px, decoded at {rgb.size[0]} x {rgb.size[1]}"))
+    return rgb, notes
+
+
+def load_rgb(path, side=None):
+    return decode(path, side)[0]
 
 
 def letterbox(img, size):
-    """Pad to a square with the border's median colour, then resize: the organism keeps its aspect ratio."""
+    """Reduce, then pad to a square with the border's median colour, then resize: the organism keeps its
+    aspect ratio, and padding happens after downsizing (a 40,000 x 400 strip is never a 40,000 px square)."""
+    img = reduced_rgb(img, size)
     w, h = img.size
     if w != h:
         pixels = np.asarray(img)
@@ -77,7 +170,7 @@ def letterbox(img, size):
         square = Image.new("RGB", (side, side), fill)
         square.paste(img, ((side - w) // 2, (side - h) // 2))
         img = square
-    return img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    return img.resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP)
 
 
 def image_tensor(img, size):
@@ -86,19 +179,27 @@ def image_tensor(img, size):
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
 
 
-def check_image(path):
-    """None if the file decodes fully, else the reason it cannot be used."""
+def inspect_file(path, side=None):
+    """(reason it cannot be used or None, notes, sha256 of its bytes) of one image file. The file is decoded
+    as the trunk pass will decode it (bounded: see decode), so what passes here loads later."""
     try:
         if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                img.load()
-                to_rgb(img)
-        return None
+            return "empty file (0 bytes)", [], None
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        notes = decode(path, side)[1]
+        return None, notes, digest
+    except ImageTooLarge as exc:
+        return str(exc), [], None
+    except Image.DecompressionBombError as exc:
+        return f"refused by Pillow as a possible decompression bomb: {str(exc)[:160]}", [], None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        return f"{type(exc).__name__}: {str(exc)[:120]}"
+        return f"{type(exc).__name__}: {str(exc)[:120]}", [], None
+
+
+def check_image(path, side=None):
+    """None if the file decodes, else the reason it cannot be used."""
+    return inspect_file(path, side)[0]
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -112,26 +213,95 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return image_tensor(load_rgb(self.paths[i]), self.image_size), True
+            return image_tensor(load_rgb(self.paths[i], self.image_size), self.image_size), True
         except Exception:
             return torch.zeros(3, self.image_size, self.image_size), False
 
 
 # --------------------------------------------------------------------------- scanning
-def _class_folders(root):
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+SYSTEM_NAMES = {"thumbs.db", "desktop.ini", "__macosx", "icon\r"}  # made by file managers, never data
+HIDDEN = "hidden or system file (.DS_Store, ._*, Thumbs.db, __MACOSX)"
+NOT_IMAGE = "not an image file type"
+LOOP = "symlink loop (a folder linked into itself)"
+BROKEN_LINK = "broken link"
+DENIED = "permission denied"
+NOT_REGULAR = "not a regular file (socket, device, pipe)"
+IGNORED_COLUMNS = ["path", "label", "reason"]
+NOTE_COLUMNS = ["path", "label", "note", "detail"]
+DUPLICATE_COLUMNS = ["path", "label", "digest", "copies", "labels", "kind"]
+
+
+def _os_reason(exc):
+    if exc.errno == errno.ELOOP:
+        return LOOP
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DENIED
+    if exc.errno == errno.ENOENT:
+        return BROKEN_LINK
+    return f"unreadable entry ({exc.strerror or exc})"
+
+
+def _is_hidden(name):
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+
+
+def class_folders(root):
+    """{name in composed Unicode (NFC): [folder names on disk]} of root's class folders. A symlink loop or an
+    unreadable entry beside the classes is left out: it is no class, and it must not stop the run."""
+    folders = {}
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir() and not _is_hidden(entry.name):
+                        folders.setdefault(unicodedata.normalize("NFC", entry.name), []).append(entry.name)
+    except OSError as exc:
+        raise lab.LabError(f"Cannot list the data root {root} ({exc.strerror or exc}). Check its permissions, or "
+                           f"point data_root at another folder.") from None
+    return folders
 
 
 def list_class_files(folder):
-    """(image files, other files) of one class folder, sorted; sub-folders count as other entries."""
-    images, others = [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS \
-                and not entry.name.startswith("._"):  # macOS resource forks look like images but are not
-            images.append(entry.name)
-        else:
-            others.append(entry.name)
-    return images, others
+    """(image files, ignored (path, reason) pairs) under one class folder, paths relative to it with '/',
+    sorted. Images in sub-folders belong to the class. Symlinked folders are followed, each real folder once,
+    except a link to the class folder itself or to a folder holding it (a loop: it would pull every class in);
+    hidden and system files, other file types, loops, broken links and unreadable folders are ignored with
+    their reason."""
+    top = os.path.realpath(folder)
+    images, ignored, visited = [], [], set()
+    stack = [(str(folder), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            real = os.path.realpath(directory, strict=True)
+            if real in visited or (prefix and (top == real or top.startswith(real.rstrip(os.sep) + os.sep))):
+                ignored.append((prefix.rstrip("/"), LOOP))
+                continue
+            visited.add(real)
+            with os.scandir(directory) as found:
+                entries = list(found)
+        except OSError as exc:
+            ignored.append((prefix.rstrip("/") or ".", _os_reason(exc)))
+            continue
+        for entry in entries:
+            relative = prefix + entry.name
+            if _is_hidden(entry.name):
+                ignored.append((relative, HIDDEN))
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as exc:
+                ignored.append((relative, _os_reason(exc)))
+                continue
+            if is_dir:
+                stack.append((entry.path, relative + "/"))
+            elif not is_file:
+                ignored.append((relative, BROKEN_LINK if entry.is_symlink() else NOT_REGULAR))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images.append(relative)
+            else:
+                ignored.append((relative, NOT_IMAGE))
+    return sorted(images), sorted(ignored)
 
 
 def cap_images(images, cfg):
@@ -142,6 +312,27 @@ def cap_images(images, cfg):
     return [images[i] for i in sorted(keep)]
 
 
+def folder_names(cfg, root):
+    """{configured class: its folder's name on disk}; a missing or ambiguous folder is a clear error. Names
+    match in composed Unicode, so a decomposed folder name (as macOS zips write it) is the same class."""
+    existing = class_folders(root)
+    names = {}
+    for name in cfg.seen_classes + cfg.unseen_classes:
+        on_disk = existing.get(unicodedata.normalize("NFC", name), [])
+        if not on_disk:
+            close = difflib.get_close_matches(name, list(existing), n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            listing = ", ".join(sorted(existing)[:40]) + (" ..." if len(existing) > 40 else "")
+            raise lab.LabError(f"The class folder {name!r} is not in {root}.{hint} The classes there are: "
+                               f"{listing or '(none)'}. Fix seen_classes / unseen_classes in configfile.py.")
+        if len(on_disk) > 1:
+            raise lab.LabError(f"{root} holds {len(on_disk)} folders spelt {name!r}, in different Unicode forms "
+                               f"(composed and decomposed: {', '.join(map(ascii, on_disk))}), so the class is "
+                               f"ambiguous. Merge them into one folder, or rename one.")
+        names[name] = on_disk[0]
+    return names
+
+
 def check_data_root(cfg):
     """Clear errors for a missing root or class folder; returns the resolved root."""
     demo_data.ensure_demo_data(cfg)
@@ -150,41 +341,49 @@ def check_data_root(cfg):
         raise lab.LabError(f"The data root {root} does not exist or is not a folder. Point data_root in "
                            f"configfile.py (or --data_root=...) at a folder with one sub-folder of images per class, "
                            f"e.g. .../FlowCamNet/imgs.")
-    existing = _class_folders(root)
-    for name in cfg.seen_classes + cfg.unseen_classes:
-        if not (root / name).is_dir():
-            close = difflib.get_close_matches(name, existing, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            listing = ", ".join(existing[:40]) + (" ..." if len(existing) > 40 else "")
-            raise lab.LabError(f"The class folder {name!r} is not in {root}.{hint} The classes there are: "
-                               f"{listing or '(none)'}. Fix seen_classes / unseen_classes in configfile.py.")
+    folder_names(cfg, root)
     return root
 
 
-def scan(cfg):
-    """Check every image of the configured classes; returns (files per class, skipped rows, ignored rows)."""
-    root = check_data_root(cfg)
-    listing = {name: list_class_files(root / name) for name in cfg.seen_classes + cfg.unseen_classes}
-    if cfg.max_images_per_class:
-        listing = {name: (cap_images(images, cfg), others) for name, (images, others) in listing.items()}
-    paths = [str(root / name / f) for name, (images, _) in listing.items() for f in images]
+def listed_images(cfg, root):
+    """{class: (image paths relative to root, capped by max_images_per_class; ignored (path, reason) pairs)}."""
+    listing = {}
+    for name, folder in folder_names(cfg, root).items():
+        images, ignored = list_class_files(root / folder)
+        listing[name] = (cap_images([f"{folder}/{f}" for f in images], cfg), [(f"{folder}/{f}", r) for f, r in ignored])
+    return listing
+
+
+def inspect_all(cfg, root, paths):
+    """inspect_file of every path (relative to root), in worker processes when there are many."""
+    check = functools.partial(inspect_file, side=cfg.image_size)
+    absolute = [str(root / p) for p in paths]
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
     if workers > 1 and len(paths) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            reasons = list(pool.map(check_image, paths, chunksize=256))
-    else:
-        reasons = [check_image(p) for p in paths]
-    bad = {p: r for p, r in zip(paths, reasons) if r}
-    files, skipped, ignored = {}, [], []
+            return list(pool.map(check, absolute, chunksize=256))
+    return [check(p) for p in absolute]
+
+
+def scan(cfg):
+    """Check every image of the configured classes. Returns (files per class, skipped rows, ignored rows,
+    note rows, sha256 per readable file)."""
+    root = check_data_root(cfg)
+    listing = listed_images(cfg, root)
+    paths = [p for images, _ in listing.values() for p in images]
+    results = dict(zip(paths, inspect_all(cfg, root, paths)))
+    files, skipped, ignored, notes, digests = {}, [], [], [], {}
     for name, (images, others) in listing.items():
-        files[name] = [f"{name}/{f}" for f in images if str(root / name / f) not in bad]
-        skipped += [{"path": f"{name}/{f}", "label": name, "stage": "scan", "reason": bad[str(root / name / f)]}
-                    for f in images if str(root / name / f) in bad]
-        ignored += [{"path": f"{name}/{o}", "label": name} for o in others]
+        files[name] = [p for p in images if results[p][0] is None]
+        skipped += [{"path": p, "label": name, "stage": "scan", "reason": results[p][0]}
+                    for p in images if results[p][0]]
+        ignored += [{"path": p, "label": name, "reason": r} for p, r in others]
+        notes += [{"path": p, "label": name, "note": n, "detail": d} for p in images for n, d in results[p][1]]
+        digests.update({p: results[p][2] for p in files[name]})
         if not files[name]:
             raise lab.LabError(f"The class folder {root / name} holds no readable images ({len(images)} image "
-                               f"files, {len(others)} other entries). Put its images there (jpg, png, tif or bmp) "
-                               f"or remove {name!r} from the class lists in configfile.py.")
+                               f"files, {len(others)} other entries). Put its images there (jpg, png, tif, bmp, "
+                               f"webp, gif...) or remove {name!r} from the class lists in configfile.py.")
         if len(files[name]) < cfg.min_images_per_class:
             raise lab.LabError(f"The class {name!r} has only {len(files[name])} readable images, fewer than "
                                f"min_images_per_class={cfg.min_images_per_class}: too few to give the train, "
@@ -194,7 +393,7 @@ def scan(cfg):
         names = ", ".join(s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         print(f"warning: skipping {len(skipped)} unreadable image file(s) (listed in results/skipped_files.csv): "
               f"{names}", file=sys.stderr)
-    return files, skipped, ignored
+    return files, skipped, ignored, notes, digests
 
 
 def summarise(cfg, files, skipped, ignored):
@@ -212,22 +411,84 @@ def summarise(cfg, files, skipped, ignored):
     return pd.DataFrame(rows)
 
 
-def draw_split(cfg, files):
-    """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train."""
+def find_duplicates(cfg, files, digests):
+    """Rows of every readable file whose bytes occur more than once among the configured classes: its
+    digest, number of copies, all the labels it is filed under, and whether they differ."""
+    by_digest = {}
+    for c in cfg.seen_classes + cfg.unseen_classes:
+        for p in files[c]:
+            by_digest.setdefault(digests[p], []).append((p, c))
+    rows = []
+    for digest, copies in by_digest.items():
+        if len(copies) > 1:
+            labels = list(dict.fromkeys(c for _, c in copies))
+            kind = "across classes" if len(labels) > 1 else "same class"
+            rows += [{"path": p, "label": c, "digest": digest, "copies": len(copies),
+                      "labels": json.dumps(labels, ensure_ascii=False), "kind": kind} for p, c in copies]
+    return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
+
+
+def report_duplicates(duplicates):
+    """One warning line naming the images filed under two or more classes; one note for copies within a class."""
+    across = duplicates[duplicates["kind"] == "across classes"].drop_duplicates("digest")
+    if len(across):
+        named = ", ".join(f"{p!r} {', '.join(json.loads(labels))}" for p, labels in
+                          zip(across["path"][:5], across["labels"][:5])) + (" ..." if len(across) > 5 else "")
+        print(f"warning: {len(across)} image(s) are byte-identical files filed under two or more classes ({named}): "
+              f"listed with all their labels in results/duplicates.csv. Each copy keeps its class and the copies of "
+              f"one image share a split (train, where two seen classes disagree); decide which label is right and "
+              f"delete the other copies.", file=sys.stderr)
+    within = duplicates[duplicates["kind"] == "same class"]
+    if len(within):
+        print(f"note: {len(within)} files are byte-identical copies within their class ({within['digest'].nunique()} "
+              f"distinct images): each image's copies are kept together in one split (results/duplicates.csv)")
+
+
+def _duplicate_groups(paths, digests):
+    """Indices of paths grouped by identical bytes, in order of first appearance."""
+    groups = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(digests.get(p) or p, []).append(i)
+    return list(groups.values())
+
+
+def draw_split(cfg, files, digests=None):
+    """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train.
+    Byte-identical copies (digests given) share a split, so no test image equals a training image; an image
+    filed under two seen classes goes to train in both, where its conflicting labels cannot distort the scores."""
+    digests = digests or {}
     rng = np.random.default_rng(cfg.seed)
     root = lab.resolve(cfg.data_root)
+    owners = {}
+    for c in cfg.seen_classes:
+        for p in files[c]:
+            owners.setdefault(digests.get(p) or p, set()).add(c)
     rows = []
     for c in cfg.seen_classes:
-        order = rng.permutation(len(files[c]))
-        n = len(order)
+        paths = files[c]
+        groups = _duplicate_groups(paths, digests)
+        shared = [len(owners[digests.get(paths[g[0]]) or paths[g[0]]]) > 1 for g in groups]
+        free = [g for g, pinned in zip(groups, shared) if not pinned]
+        n = len(paths)
         n_val = max(1, round(n * cfg.val_fraction))
         n_test = max(1, round(n * cfg.test_fraction))
         if n - n_val - n_test < 1:
             raise lab.LabError(f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
                                f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
                                f"the fractions, or raise min_images_per_class to keep such classes out.")
-        names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
-        rows += [{"path": files[c][i], "label": c, "split": s} for i, s in zip(order, names)]
+        taken = {"val": 0, "test": 0, "train": 0}
+        for g in [free[i] for i in rng.permutation(len(free))]:
+            part = "val" if taken["val"] < n_val else "test" if taken["test"] < n_test else "train"
+            taken[part] += len(g)
+            rows += [{"path": paths[i], "label": c, "split": part} for i in g]
+        pinned = [i for g, is_shared in zip(groups, shared) if is_shared for i in g]
+        taken["train"] += len(pinned)
+        rows += [{"path": paths[i], "label": c, "split": "train"} for i in pinned]
+        if not (taken["val"] and taken["test"] and taken["train"]):
+            raise lab.LabError(f"The class {c!r} cannot be split into train, validation and test images: of its {n} "
+                               f"images, {len(pinned)} are byte-identical to images of other classes and the "
+                               f"rest are copies of too few distinct images (see results/duplicates.csv). Delete "
+                               f"the duplicates, add images, or remove the class.")
     for c in cfg.unseen_classes:
         rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
     for row in rows:
@@ -244,16 +505,44 @@ def split_identity(cfg):
 
 
 def make_split(cfg):
-    files, skipped, ignored = scan(cfg)
+    files, skipped, ignored, notes, digests = scan(cfg)
     summary = summarise(cfg, files, skipped, ignored)
-    split = draw_split(cfg, files)
+    duplicates = find_duplicates(cfg, files, digests)
+    lab.save_csv(lab.out_path(cfg, "results", "duplicates.csv"), duplicates)
+    report_duplicates(duplicates)
+    split = draw_split(cfg, files, digests)
     lab.save_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), summary)
     lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+    lab.save_csv(lab.out_path(cfg, "results", "ignored_files.csv"), pd.DataFrame(ignored, columns=IGNORED_COLUMNS))
+    lab.save_csv(lab.out_path(cfg, "results", "image_notes.csv"), pd.DataFrame(notes, columns=NOTE_COLUMNS))
     lab.save_json(lab.out_path(cfg, "results", "split.json"),
                   {**split_identity(cfg), "data_root": str(lab.resolve(cfg.data_root))})
     lab.save_csv(lab.out_path(cfg, "results", "split.csv"), split)
     print_summary(summary, split)
+    print_file_report(pd.DataFrame(ignored, columns=IGNORED_COLUMNS), pd.DataFrame(notes, columns=NOTE_COLUMNS))
     return split
+
+
+def _reason_lines(reasons, examples=None):
+    lines = []
+    for reason, count in reasons.value_counts().items():
+        detail = f" ({examples[reason]})" if examples and reason in examples else ""
+        lines.append(f"  {count:>7}  {reason}{detail}")
+    return lines
+
+
+def print_file_report(ignored, notes):
+    """One line per reason a file in the class folders was ignored, and per remark on an image used."""
+    if len(ignored):
+        types = ignored.loc[ignored["reason"] == NOT_IMAGE, "path"].map(lambda p: os.path.splitext(p)[1].lower() or
+                                                                        "no extension")
+        examples = {NOT_IMAGE: ", ".join(f"{ext} {n}" for ext, n in types.value_counts().head(6).items())}
+        print(f"ignored {len(ignored)} file(s) or folder(s) in the class folders (listed in "
+              f"results/ignored_files.csv):")
+        print("\n".join(_reason_lines(ignored["reason"], examples)))
+    if len(notes):
+        print(f"note: {notes['path'].nunique()} image(s) used with a remark (listed in results/image_notes.csv):")
+        print("\n".join(_reason_lines(notes["note"])))
 
 
 def print_summary(summary, split):
@@ -269,7 +558,7 @@ def read_skipped(cfg):
     csv = lab.out_path(cfg, "results", "skipped_files.csv")
     if not csv.exists() or csv.stat().st_size == 0:
         return pd.DataFrame(columns=SKIPPED_COLUMNS)
-    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame = lab.read_csv(csv, SKIPPED_COLUMNS)
     if "stage" not in frame:  # written by an earlier version of the lab
         frame["stage"] = np.where(frame["reason"].str.contains("trunk pass"), TRUNK_STAGE, "scan")
     return frame[SKIPPED_COLUMNS]
@@ -295,8 +584,7 @@ def verify_split(cfg, split):
     """Stop with the rebuild command if the files on disk are no longer those split.csv was drawn from."""
     rebuild = "python dataloader.py --rebuild_split=True"
     root = check_data_root(cfg)  # a missing folder is the clearer message
-    on_disk = {f"{c}/{f}" for c in cfg.seen_classes + cfg.unseen_classes
-               for f in cap_images(list_class_files(root / c)[0], cfg)}
+    on_disk = {p for images, _ in listed_images(cfg, root).values() for p in images}
     skipped = read_skipped(cfg)
     unreadable = set(skipped.loc[skipped["stage"] == "scan", "path"]) & on_disk
     repaired = {p for p in unreadable if check_image(root / p) is None}  # fixed since: it comes back
@@ -436,9 +724,12 @@ def main(argv=None):
     existed = lab.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
     split = load_split(cfg)
     if existed:
-        summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), dtype={"group": str, "class": str},
-                              keep_default_na=False)
+        summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
         print_summary(summary, split)
+        ignored = lab.out_path(cfg, "results", "ignored_files.csv")
+        notes = lab.out_path(cfg, "results", "image_notes.csv")
+        if ignored.exists() and notes.exists():
+            print_file_report(lab.read_csv(ignored, IGNORED_COLUMNS), lab.read_csv(notes, NOTE_COLUMNS))
     print(f"split written to {lab.out_path(cfg, 'results', 'split.csv')}")
 
 

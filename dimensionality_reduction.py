@@ -5,13 +5,13 @@ Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py) and the images th
   results/umap_coordinates.csv     split, label, path, x, y of every mapped point
   figs/gallery_<class>.png         per class: the gallery_size images closest to the class centre, the
                                    furthest, and the closest images of other classes, with class and distance
+                                   (<class> is lab.figure_slug: the name, or ASCII + a hash where it is not ASCII)
   results/galleries.csv            every gallery tile: set, class, figure (file name), row, rank, path, label,
                                    distance
 Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
 reduction (reduction_method: umap, tsne or pca) is fitted once on their union. Galleries are computed in the
 128-d embedding space, not in the 2-D map: seen classes on the train split, unseen classes among themselves.
 """
-import re
 import sys
 
 import numpy as np
@@ -59,13 +59,14 @@ def plot_map(coords, cfg, path):
     seen = list(dict.fromkeys(coords.loc[coords["split"] == "train", "label"]))
     unseen = list(dict.fromkeys(coords.loc[coords["split"] == "unseen", "label"]))
     colours = class_colours(seen, unseen)
+    shown = dict(zip(seen + unseen, lab.drawable_names(seen + unseen)))
     fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharex=True, sharey=True)
     for ax, split in zip(axes, SPLITS):
         ax.scatter(coords["x"], coords["y"], s=2, color="0.88", zorder=0)  # all points, for orientation
         part = coords[coords["split"] == split]
         for c in (unseen if split == "unseen" else seen):
             pts = part[part["label"] == c]
-            ax.scatter(pts["x"], pts["y"], s=4, color=colours[c], label=f"{c} ({len(pts)})", alpha=0.8)
+            ax.scatter(pts["x"], pts["y"], s=4, color=colours[c], label=f"{shown[c]} ({len(pts)})", alpha=0.8)
         ax.set_title(f"{split} ({len(part)} points)")
         ax.legend(markerscale=3, fontsize=8, loc="best")
         ax.set_xticks([])
@@ -90,13 +91,15 @@ def gallery(vectors, labels, cls, k):
 
 def thumbnail(path, size=96):
     try:
-        return dataloader.letterbox(dataloader.load_rgb(path), size)
+        return dataloader.letterbox(dataloader.load_rgb(path, size), size)
     except Exception:
         return None  # a file gone since embedding: leave the tile blank rather than lose the gallery
 
 
 def plot_gallery(cls, set_name, picks, frame, k, path):
     plt = lab.pyplot()
+    names = list(dict.fromkeys([cls, *frame["label"]]))
+    shown = dict(zip(names, lab.drawable_names(names)))
     fig, axes = plt.subplots(3, k, figsize=(1.9 * k + 1.5, 7.2), squeeze=False)
     for r, (row, (idx, dist)) in enumerate(picks.items()):
         for t in range(k):
@@ -107,16 +110,12 @@ def plot_gallery(cls, set_name, picks, frame, k, path):
                 image = thumbnail(frame["path"].iloc[idx[t]])
                 if image is not None:
                     ax.imshow(image)
-                ax.set_title(f"{frame['label'].iloc[idx[t]]}\nd = {dist[t]:.2f}", fontsize=8)
+                ax.set_title(f"{shown[frame['label'].iloc[idx[t]]]}\nd = {dist[t]:.2f}", fontsize=8)
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(row, fontsize=9)
-    fig.suptitle(f"{cls} ({set_name}): distances to the class centre in the 128-d embedding space")
+    fig.suptitle(f"{shown[cls]} ({set_name}): distances to the class centre in the 128-d embedding space")
     lab.save_figure(path, fig)
-
-
-def safe_name(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def galleries(cfg, frames):
@@ -125,7 +124,7 @@ def galleries(cfg, frames):
         labels = frame["label"].to_numpy()
         for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
-            figure = f"gallery_{safe_name(cls)}.png"
+            figure = f"gallery_{lab.figure_slug(cls)}.png"
             plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, lab.out_path(cfg, "figs", figure))
             for row, (idx, dist) in picks.items():
                 for rank, (i, d) in enumerate(zip(idx, dist)):

@@ -51,8 +51,8 @@ def plot_confusion(matrix, classes, path):
         image = ax.imshow(values, cmap="Blues")
         ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",
                ylabel="true class", title=f"Test confusion matrix, {title}")
-        ax.set_xticklabels(classes, rotation=45, ha="right")
-        ax.set_yticklabels(classes)
+        ax.set_xticklabels(lab.drawable_names(classes), rotation=45, ha="right")
+        ax.set_yticklabels(lab.drawable_names(classes))
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,

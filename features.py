@@ -5,8 +5,9 @@ and embed.py share one pass (`prepare` -> one `CachedSplit` per split; `head_out
 embeddings). Writes `cache/trunk_<split>_<precision>_<key>.npy` (float16, N x 64 x s/8 x s/8, read back
 memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (images that decoded), and
 lists images that fail to decode here in results/skipped_files.csv. The key covers the image list (paths,
-sizes, modification times), the image size, the trunk weights and the precision, so a change to any of them
-recomputes; features of another precision are kept apart. The folder can be deleted at any time.
+sizes, modification times and a fingerprint of each file's content), the image size, the trunk weights and
+the precision, so a change to any of them recomputes; features of another precision are kept apart. The
+folder can be deleted at any time.
 """
 import contextlib
 import glob
@@ -25,14 +26,27 @@ import dataloader
 import lab
 
 FP16_MAX = 65504.0
+FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file: the whole of a typical crop, a sample of a big one
+
+
+def content_fingerprint(path, size):
+    """A cheap digest of a file's first and last 64 KB: notices a file replaced by one of the same size and
+    modification time (a restore with `cp -p` or `rsync -t`) without reading big files whole."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            h.update(f.read(FINGERPRINT_BYTES))
+    return h.hexdigest()
 
 
 def cache_key(cfg, abs_paths, weights_id, dtype):
     h = hashlib.sha256()
-    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 2}).encode())
+    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 3}).encode())
     for p in abs_paths:
         st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{content_fingerprint(p, st.st_size)}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ import difflib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,7 +155,10 @@ def load_config(argv=None, describe=None):
         print((describe or "") + "\n\n" + HELP + "\n".join(f"  --{k}={v!r}" for k, v in defaults.items()))
         raise SystemExit(0)
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
-    cfg.seen_classes, cfg.unseen_classes = list(cfg.seen_classes), list(cfg.unseen_classes)
+    # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
+    # is matched in that form too (dataloader.class_folders), and both spell the same label.
+    cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
+    cfg.unseen_classes = [unicodedata.normalize("NFC", c) for c in cfg.unseen_classes]
     validate_config(cfg)
     return cfg
 
@@ -366,12 +371,110 @@ def save_csv(path, frame):
     return atomic_write(path, lambda p: frame.to_csv(p, index=False))
 
 
+MISSING_NUMBERS = ["", "nan", "NaN", "NA", "N/A", "None", "null", "<NA>"]
+
+
+def read_csv(path, text_columns):
+    """A CSV artifact with its free-text columns (class names, paths) read back exactly as written: a class
+    folder named 01, NA, None or nan stays that string. The other columns are parsed as numbers, with empty
+    cells as missing values."""
+    import pandas as pd
+    header = list(pd.read_csv(path, nrows=0).columns)
+    return pd.read_csv(path, dtype={c: str for c in header if c in text_columns}, keep_default_na=False,
+                       na_values={c: MISSING_NUMBERS for c in header if c not in text_columns})
+
+
+def figure_slug(name):
+    """The part of a figure's file name that stands for a class: the name itself when it is plain ASCII
+    (letters, digits, _ . -), else its readable ASCII part plus 8 hex digits of a hash of the exact name
+    (gallery_cls-3f2a9c1b.png for a Chinese name). Unique per class and the same on every run, where
+    replacing characters alone would give two classes one file name."""
+    name = unicodedata.normalize("NFC", name)
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name):
+        return name
+    ascii_part = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_part).strip("._-")[:60]
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else f"cls-{digest}"
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend: scripts run on servers without a display."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+_FONT_CHARACTERS = {}
+_NOTED_UNDRAWABLE = set()
+
+
+def _font_characters(font_file):
+    if font_file not in _FONT_CHARACTERS:
+        from matplotlib.ft2font import FT2Font
+        try:
+            _FONT_CHARACTERS[font_file] = frozenset(FT2Font(font_file).get_charmap())
+        except (OSError, RuntimeError, ValueError):  # a damaged font file: it draws nothing for us
+            _FONT_CHARACTERS[font_file] = frozenset()
+    return _FONT_CHARACTERS[font_file]
+
+
+def _missing_characters(text):
+    """Code points of text that none of the fonts matplotlib is set to use can draw."""
+    import matplotlib
+    from matplotlib import font_manager
+    missing = {ord(ch) for ch in text if not ch.isspace()}
+    for family in matplotlib.rcParams["font.family"]:
+        with contextlib.suppress(ValueError):  # a family that is not installed
+            font = font_manager.findfont(font_manager.FontProperties(family=[family]), fallback_to_default=False)
+            missing -= _font_characters(font)
+    return missing
+
+
+def font_with(code_points):
+    """The family of an installed font that draws all these characters, or None. matplotlib's 'Last Resort'
+    font is left out: it maps every character to an empty box, the very thing to avoid."""
+    from matplotlib import font_manager
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+        if not entry.name.startswith("Last Resort") and code_points <= _font_characters(entry.fname):
+            return entry.name
+    return None
+
+
+def drawable_names(names):
+    """Class names as figures can show them. A name whose characters the current fonts lack gets an installed
+    font that has them (matplotlib falls back to it glyph by glyph); with none installed, the characters are
+    shown escaped (\\u73ea) and one note says so, instead of empty boxes. '$' is escaped so a name is never
+    read as a formula."""
+    import matplotlib
+    pyplot()
+    shown, undrawable = [], []
+    for name in names:
+        missing = _missing_characters(name)
+        if missing:
+            family = font_with(missing)
+            if family is not None:
+                matplotlib.rcParams["font.family"] = [*matplotlib.rcParams["font.family"], family]
+                # a CJK font often has only a 'medium' weight: matplotlib would log that on every figure
+                logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+                missing = set()
+            else:
+                undrawable.append(name)
+        shown.append("".join(f"\\u{ord(ch):04x}" if ord(ch) in missing else ch for ch in name).replace("$", r"\$"))
+    new = [n for n in undrawable if n not in _NOTED_UNDRAWABLE]
+    if new:
+        _NOTED_UNDRAWABLE.update(new)
+        print(f"note: no installed font has the characters of the class name(s) {', '.join(map(repr, new))}: figures "
+              f"show those characters escaped (\\uXXXX). To see them drawn, install a font that has them (e.g. "
+              f"Noto Sans CJK: `apt install fonts-noto-cjk`, or from fonts.google.com/noto) and delete "
+              f"matplotlib's font cache ({_matplotlib_cache()}).", file=sys.stderr)
+    return shown
+
+
+def _matplotlib_cache():
+    import matplotlib
+    return matplotlib.get_cachedir()
 
 
 def save_figure(path, fig):

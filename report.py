@@ -55,10 +55,10 @@ def build(cfg):
     provenance = check_results_belong_together(cfg)
     results, figs = lab.out_path(cfg, "results"), lab.out_path(cfg, "figs")
     need = lambda name, script: lab.require(results / name, script)  # noqa: E731
-    summary = pd.read_csv(need("dataset_summary.csv", "dataloader.py"))
+    summary = lab.read_csv(need("dataset_summary.csv", "dataloader.py"), ("group", "class"))
     history = pd.read_csv(need("train_history.csv", "train.py"))
     metrics = json.loads(need("test_metrics.json", "evaluate.py").read_text())
-    transfer = pd.read_csv(need("transfer_learning.csv", "transfer_learning.py"))
+    transfer = lab.read_csv(need("transfer_learning.csv", "transfer_learning.py"), ("classifier", "per_class"))
     best = history.loc[history["val_loss"].idxmin()]
     weights = metrics.get("trunk_weights", "")
     warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
@@ -78,12 +78,13 @@ def build(cfg):
              f"test images.</p>" + _table(per_class) + _figure("confusion_matrix.png", "Confusion matrix")]
     section = "<h2>4. Average distances between classes</h2>"
     for s in ("test", "unseen"):
-        table = pd.read_csv(need(f"average_distances_{s}.csv", "compute_average_distances.py"))
+        table = lab.read_csv(need(f"average_distances_{s}.csv", "compute_average_distances.py"), ("class_a", "class_b"))
         section += (f"<h3>{s} set</h3><p>{distance_summary(table)}.</p>"
                     + _figure(f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
                     + _figure(f"average_angular_distances_{s}.png", f"Angular, {s}"))
     parts.append(section)
-    galleries = pd.read_csv(need("galleries.csv", "dimensionality_reduction.py"), dtype=str, keep_default_na=False)
+    galleries = lab.read_csv(need("galleries.csv", "dimensionality_reduction.py"),
+                             ("set", "class", "figure", "row", "path", "label"))
     gallery_figures = galleries[["class", "set", "figure"]].drop_duplicates()
     parts.append("<h2>5. 2-D map of the embeddings</h2>" + _figure("umap_embeddings.png", "2-D map: train, test, unseen")
                  + "<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other "

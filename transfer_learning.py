@@ -3,7 +3,9 @@
 Reads embeddings/embeddings_unseen.pkl (embed.py). Writes
   results/transfer_learning.csv   every fit: classifier, training size, repeat, seed, accuracy, balanced accuracy
   figs/accuracy_SVC.png, figs/accuracy_Linear.png, figs/accuracy_kNN.png, figs/accuracy_all.png
-The unseen-class embeddings are split 70/30 (stratified, seeded; transfer_test_fraction). For a grid of
+The unseen-class embeddings are split 70/30 (per class, seeded; transfer_test_fraction): every class has at
+least one image on each side, however small, and identical embeddings (copies of one file) stay on one side
+where the class has others. For a grid of
 training sizes, from a few images per class up to the whole 70 %, class-stratified subsets are drawn
 transfer_repeats times (each seeded), and an RBF SVC, a logistic-regression linear classifier (both on
 standardised embeddings) and a kNN (k = knn_k, capped by the training size) are fitted and scored on the
@@ -17,7 +19,6 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -57,10 +58,34 @@ def stratified_subset(y, per_class, rng):
                                    for c in np.unique(y)]))
 
 
+def held_out_split(x, y, fraction, seed):
+    """(train indices, held-out indices): per class round(n x fraction) images held out, but at least one and
+    never all, so a class of 2 images still has one on each side (scikit-learn's stratified split refuses
+    when the held-out part is smaller than the number of classes). Copies with identical embeddings are
+    held out or kept together, as long as the class has another distinct image for the other side."""
+    rng = np.random.default_rng(seed)
+    copies = np.unique(x, axis=0, return_inverse=True)[1].reshape(-1)
+    held_out = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        wanted = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        units = [members[copies[members] == u] for u in np.unique(copies[members])]
+        if len(units) < 2:  # one image and its copies: split the copies, there is nothing else to hold out
+            units = [np.array([i]) for i in members]
+        taken = []
+        for u in (units[i] for i in rng.permutation(len(units))):
+            if len(taken) >= wanted or len(taken) + len(u) > len(members) - 1:
+                continue
+            taken.extend(u)
+        held_out.extend(taken or [units[0][0]])
+    held_out = np.sort(np.array(held_out, dtype=int))
+    return np.setdiff1d(np.arange(len(y)), held_out), held_out
+
+
 def transfer_curves(x, y, cfg):
     """All fits as a DataFrame; x, y are the unseen embeddings and integer labels."""
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=cfg.transfer_test_fraction,
-                                                        stratify=y, random_state=cfg.seed)
+    train_idx, test_idx = held_out_split(x, y, cfg.transfer_test_fraction, cfg.seed)
+    x_train, x_test, y_train, y_test = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
     rows = []
     sizes = per_class_sizes(np.bincount(y_train))
     for per_class in sizes:
@@ -112,7 +137,9 @@ def main(argv=None):
     counts = np.bincount(y)
     if counts.min() < 2:
         raise lab.LabError(f"The unseen class {classes[counts.argmin()]!r} has {counts.min()} embedded image(s); "
-                           f"transfer learning needs at least 2 per class (one to train, one to test).")
+                           f"transfer learning needs at least 2 per class (one to train, one to score). Add images "
+                           f"to it, or remove it from unseen_classes; min_images_per_class (at least 3) refuses "
+                           f"such classes at the scan unless their images fail to decode later.")
     table = transfer_curves(x, y, cfg)
     lab.save_csv(lab.out_path(cfg, "results", "transfer_learning.csv"), table)
     chance = 1.0 / len(classes)
