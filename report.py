@@ -97,48 +97,65 @@ def optional_sections(results, figs):
     return parts
 
 
-def build(cfg):
-    results, figs = lab.out_path(cfg, "results"), lab.out_path(cfg, "figs")
+def first_sections(cfg, results, figs):
+    """Title, 1. data, 2. training, 3. test set."""
     need = lambda name, script: lab.require(results / name, script)  # noqa: E731
     summary = pd.read_csv(need("dataset_summary.csv", "dataloader.py"))
     history = pd.read_csv(need("train_history.csv", "train.py"))
     metrics = json.loads(need("test_metrics.json", "evaluate.py").read_text())
-    transfer = pd.read_csv(need("transfer_learning.csv", "transfer_learning.py"))
     best = history.loc[history["val_loss"].idxmin()]
     weights = metrics.get("trunk_weights", "")
     warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
             'that the code works.</p>' if weights.startswith("RANDOM") else "")
     per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
-    final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
-    before = [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{html.escape(str(lab.resolve(cfg.data_root)))}</code>; "
-              f"trunk weights: {html.escape(weights)}.</p>{warn}",
-              "<h2>1. Data</h2>" + _table(summary),
-              f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at "
-              f"epoch {int(best['epoch'])} of {len(history)}.</p>"
-              + _figure(figs / "training_plot.png", "Loss and accuracy per epoch"),
-              f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
-              f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on {metrics['n_test']} "
-              f"test images.</p>" + _table(per_class) + _figure(figs / "confusion_matrix.png", "Confusion matrix")]
+    data_root = html.escape(str(lab.resolve(cfg.data_root)))
+    return [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{data_root}</code>; "
+            f"trunk weights: {html.escape(weights)}.</p>{warn}",
+            "<h2>1. Data</h2>" + _table(summary),
+            f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) "
+            f"at epoch {int(best['epoch'])} of {len(history)}.</p>"
+            + _figure(figs / "training_plot.png", "Loss and accuracy per epoch"),
+            f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
+            f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on "
+            f"{metrics['n_test']} test images.</p>" + _table(per_class)
+            + _figure(figs / "confusion_matrix.png", "Confusion matrix")]
+
+
+def distances_section(results, figs):
     section = "<h2>4. Average distances between classes</h2>"
     for s in ("test", "unseen"):
-        table = pd.read_csv(need(f"average_distances_{s}.csv", "compute_average_distances.py"))
+        table = pd.read_csv(lab.require(results / f"average_distances_{s}.csv", "compute_average_distances.py"))
         section += (f"<h3>{s} set</h3><p>{distance_summary(table)}.</p>"
                     + _figure(figs / f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
                     + _figure(figs / f"average_angular_distances_{s}.png", f"Angular, {s}"))
-    before.append(section)
-    intro, layout, static_map = map_section(cfg, results, figs)
-    before.append(intro)
-    galleries = pd.read_csv(need("galleries.csv", "dimensionality_reduction.py"), dtype=str, keep_default_na=False)
-    gallery_figures = galleries[["class", "set", "figure"]].drop_duplicates()
-    after = [static_map, "<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other "
-                         "classes (128-d embedding space).</p>"
-             + "".join(_figure(figs / figure, f"{c} ({s})") for c, s, figure in gallery_figures.itertuples(index=False))]
+    return section
+
+
+def galleries_section(results, figs):
+    galleries = pd.read_csv(lab.require(results / "galleries.csv", "dimensionality_reduction.py"),
+                            dtype=str, keep_default_na=False)
+    tiles = galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False)
+    return ("<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other classes "
+            "(128-d embedding space).</p>" + "".join(_figure(figs / figure, f"{c} ({s})") for c, s, figure in tiles))
+
+
+def transfer_section(results, figs):
+    transfer = pd.read_csv(lab.require(results / "transfer_learning.csv", "transfer_learning.py"))
+    final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
     classifiers = list(dict.fromkeys(transfer["classifier"]))  # the names transfer_learning.py gave its figures
-    after.append("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"
-                 + _table(final) + _figure(figs / "accuracy_all.png", "All classifiers")
-                 + "".join(_figure(figs / f"accuracy_{n}.png", n) for n in classifiers))
+    return ("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"
+            + _table(final) + _figure(figs / "accuracy_all.png", "All classifiers")
+            + "".join(_figure(figs / f"accuracy_{n}.png", n) for n in classifiers))
+
+
+def build(cfg):
+    results, figs = lab.out_path(cfg, "results"), lab.out_path(cfg, "figs")
+    before = first_sections(cfg, results, figs) + [distances_section(results, figs)]
+    intro, layout, static_map = map_section(cfg, results, figs)
+    after = [static_map, galleries_section(results, figs), transfer_section(results, figs)]
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(optional_sections(results, figs))]
-    page = interactive_map.standalone_page(layout, "Plankton embedding lab", STYLE, "".join(before), "".join(after))
+    page = interactive_map.standalone_page(layout, "Plankton embedding lab", STYLE, "".join(before + [intro]),
+                                           "".join(after))
     return lab.save_text(results / "report.html", page)
 
 

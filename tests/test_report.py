@@ -141,8 +141,8 @@ def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(
     assert any("Novelty" in t for t in titles) and any("Predict" in t for t in titles), titles
     assert "knn distance" in page and f"predict ({PREDICTED_IMAGES})" in page
     assert page.count("data:image/jpeg;base64,") == len(coords)
-    before = len(re.findall(r'<img src="data:image/png;base64,', report_page(cfg)))
-    assert before >= 11 + len(cfg.seen_classes + cfg.unseen_classes) + 2  # the two novelty figures too
+    figures = len(re.findall(r'<img src="data:image/png;base64,', page))
+    assert figures >= 11 + len(cfg.seen_classes + cfg.unseen_classes) + 2  # the two novelty figures too
 
 
 # --------------------------------------------------------------------------- the report in a real browser
@@ -170,7 +170,9 @@ SHOWN_PER_SPLIT = """() => {
     for (const renderer of Bokeh.documents[0].get_model_by_name("embedding_map").renderers) {
         const data = renderer.data_source.data
         if (data.split === undefined || !renderer.visible) continue
-        renderer.view.filter.booleans.forEach((on, i) => { if (on) shown[data.split[i]] = (shown[data.split[i]] ?? 0) + 1 })
+        renderer.view.filter.booleans.forEach((on, i) => {
+            if (on) shown[data.split[i]] = (shown[data.split[i]] ?? 0) + 1
+        })
     }
     return shown
 }"""
