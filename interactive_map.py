@@ -119,30 +119,53 @@ def class_order(points):
     return list(dict.fromkeys(names))
 
 
-def split_toggle(splits, points, class_sources):
-    """Buttons that show each split or hide it; the filters keep a class hidden by the legend hidden."""
-    from bokeh.models import CheckboxButtonGroup, CustomJS
-    labels = [f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip() for s in splits]
-    toggle = CheckboxButtonGroup(labels=labels, active=list(range(len(splits))),
-                                  button_type="primary", name="split_toggle")
-    toggle.js_on_change("active", CustomJS(args={"splits": list(splits), "pairs": class_sources}, code="""
-        const shown = new Set(cb_obj.active.map((i) => splits[i]))
-        for (const [source, filter] of pairs) {
-            filter.booleans = source.data.split.map((s) => shown.has(s))
-            source.change.emit()
-        }
-    """))
-    return toggle
+# Shows the splits whose buttons are on, and lets the hover layer see only points that are shown: of a shown split
+# and of a class the legend has not hidden.
+SHOW_POINTS = """
+    const shown = new Set(toggle.active.map((i) => splits[i]))
+    const visible = new Set(class_renderers.filter((r) => r.visible).map((r) => r.name))
+    const {split, colour_class} = source.data
+    split_filter.booleans = split.map((s) => shown.has(s))
+    hover_filter.booleans = split.map((s, i) => shown.has(s) && visible.has(colour_class[i]))
+    source.change.emit()
+"""
+# Points overlap in dense clusters: the tooltip shows the one nearest the pointer, not a column of all of them.
+NEAREST_ONLY = """
+export default (args, tool, {vars}) => {
+    const {glyph_view: glyph, indices, sx, sy, snap_sx, snap_sy} = vars
+    let nearest = Infinity
+    for (const i of indices)
+        nearest = Math.min(nearest, (glyph.sx[i] - sx) ** 2 + (glyph.sy[i] - sy) ** 2)
+    return (snap_sx - sx) ** 2 + (snap_sy - sy) ** 2 <= nearest
+}
+"""
+MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "thumbnail"]
+
+
+def map_splits(points):
+    splits = [s for s in SPLIT_ORDER if s in set(points["split"])]
+    return splits + sorted(set(points["split"]) - set(splits))
+
+
+def legend_label(cls, points, splits):
+    counts = points.loc[points["colour_class"] == cls, "split"].value_counts()
+    return f"{cls} ({', '.join(f'{s} {counts[s]}' for s in splits if s in counts)})"
 
 
 def build_map(points, method="umap", width=1100, height=700):
-    """The bokeh layout: split buttons above a scatter plot with one legend entry (and renderer) per class."""
+    """The bokeh layout: split buttons above a scatter plot with one legend entry (and renderer) per class.
+
+    All renderers share one data source, so each thumbnail is stored once; an invisible layer on top of the
+    class renderers carries the tooltip, so a point shows one tooltip whatever the number of classes under it.
+    """
     from bokeh.layouts import column
-    from bokeh.models import (BooleanFilter, CDSView, ColumnDataSource, Div, HoverTool, Legend, LegendItem)
+    from bokeh.models import (BooleanFilter, CDSView, CheckboxButtonGroup, ColumnDataSource, CustomJS, Div,
+                              GroupFilter, HoverTool, Legend, LegendItem)
     from bokeh.plotting import figure
     from bokeh.transform import factor_mark
-    splits = [s for s in SPLIT_ORDER if s in set(points["split"])]
-    splits += sorted(set(points["split"]) - set(splits))
+    splits = map_splits(points)
+    source = ColumnDataSource(points[MAP_COLUMNS])
+    split_filter, hover_filter = (BooleanFilter(booleans=[True] * len(points)) for _ in range(2))
     plot = figure(width=width, height=height, name="embedding_map", tools="pan,wheel_zoom,box_zoom,reset,save",
                   active_scroll="wheel_zoom", title=f"{method.upper()} of the 128-d embeddings",
                   match_aspect=True, toolbar_location="above")
@@ -150,27 +173,33 @@ def build_map(points, method="umap", width=1100, height=700):
     plot.grid.visible = False
     plot.scatter(points["x"], points["y"], size=3, color="#d9d9d9", level="underlay")  # all points, for orientation
     markers = factor_mark("split", [SPLIT_MARKERS.get(s, "circle") for s in splits], splits)
-    items, class_sources, renderers = [], [], []
-    for i, cls in enumerate(class_order(points)):
-        part = points[points["colour_class"] == cls]
-        source = ColumnDataSource(part[["x", "y", "split", "label", "file", "prediction", "thumbnail"]])
-        shown = BooleanFilter(booleans=[True] * len(part))
-        renderer = plot.scatter("x", "y", source=source, view=CDSView(filter=shown), marker=markers, size=8,
-                                fill_color=PALETTE[i % len(PALETTE)], line_color="white", line_width=0.5,
-                                fill_alpha=0.85, hover_line_color="black", hover_line_width=1.5)
-        counts = part["split"].value_counts()
-        groups = ", ".join(f"{s} {counts[s]}" for s in splits if s in counts)
-        items.append(LegendItem(label=f"{cls} ({groups})", renderers=[renderer]))
-        class_sources.append((source, shown))
-        renderers.append(renderer)
-    plot.add_tools(HoverTool(renderers=renderers, tooltips=TOOLTIP, point_policy="snap_to_data"))
-    legend = Legend(items=items, click_policy="hide", title="class (click to hide or show)",
-                    label_text_font_size="9pt", glyph_height=14, spacing=1)
-    plot.add_layout(legend, "right")
-    help_text = Div(text="Splits shown (click to show together or apart): grey dots are all mapped points, kept for "
+    class_renderers = [
+        plot.scatter("x", "y", source=source, marker=markers, size=8, fill_color=PALETTE[i % len(PALETTE)],
+                     line_color="white", line_width=0.5, fill_alpha=0.85, name=cls,
+                     view=CDSView(filter=GroupFilter(column_name="colour_class", group=cls) & split_filter))
+        for i, cls in enumerate(class_order(points))]
+    hover_layer = plot.scatter("x", "y", source=source, view=CDSView(filter=hover_filter), marker=markers, size=8,
+                               fill_alpha=0, line_alpha=0, hover_fill_alpha=0, hover_line_alpha=1,
+                               hover_line_color="black", hover_line_width=2, name="hover_layer")
+    plot.add_tools(HoverTool(renderers=[hover_layer], tooltips=TOOLTIP, point_policy="snap_to_data", limit=1,
+                             filters={"@x": CustomJS(code=NEAREST_ONLY)}))
+    plot.add_layout(Legend(items=[LegendItem(label=legend_label(r.name, points, splits), renderers=[r])
+                                  for r in class_renderers],
+                           click_policy="hide", title="class (click to hide or show)", label_text_font_size="9pt",
+                           glyph_height=14, spacing=1), "right")
+    toggle = CheckboxButtonGroup(labels=[f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip()
+                                         for s in splits],
+                                 active=list(range(len(splits))), button_type="primary", name="split_toggle")
+    show_points = CustomJS(args={"toggle": toggle, "splits": splits, "class_renderers": class_renderers,
+                                 "source": source, "split_filter": split_filter, "hover_filter": hover_filter},
+                           code=SHOW_POINTS)
+    toggle.js_on_change("active", show_points)
+    for renderer in class_renderers:
+        renderer.js_on_change("visible", show_points)
+    help_text = Div(text="Splits shown (click to show together or apart); grey dots are all mapped points, kept for "
                          "orientation. Drag to pan, scroll to zoom, hover a point for its image.",
                     styles={"font-size": "13px", "color": "#444"})
-    return column(help_text, split_toggle(splits, points, class_sources), plot)
+    return column(help_text, toggle, plot)
 
 
 PAGE = """<!doctype html>

@@ -150,31 +150,31 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAP_READY = """() => window.Bokeh !== undefined && Bokeh.documents.length > 0
     && [...Bokeh.index].length > 0 && [...Bokeh.index].every((view) => view.is_idle)"""
-# Screen position of the first point of a split, from the plot's own scales: hovering there must hit it.
+# Screen position of the first point of a split that can be hovered, from the plot's own scales.
 POINT_ON_SCREEN = """(split) => {
     const plot = Bokeh.documents[0].get_model_by_name("embedding_map")
+    const layer = plot.renderers.find((r) => r.name === "hover_layer")
     const view = Bokeh.index.find_one(plot)
     view.canvas_view.el.scrollIntoView({block: "center"})
     const box = view.canvas_view.el.getBoundingClientRect()
-    for (const renderer of plot.renderers) {
-        const data = renderer.data_source.data
-        const i = data.split === undefined ? -1 : data.split.indexOf(split)
-        if (i >= 0 && renderer.visible)
-            return {x: box.left + view.frame.x_scale.compute(data.x[i]),
-                    y: box.top + view.frame.y_scale.compute(data.y[i]), file: data.file[i]}
-    }
-    return null
+    const data = layer.data_source.data
+    const i = data.split.findIndex((s, i) => s === split && layer.view.filter.booleans[i])
+    return i < 0 ? null : {x: box.left + view.frame.x_scale.compute(data.x[i]),
+                           y: box.top + view.frame.y_scale.compute(data.y[i]), file: data.file[i]}
 }"""
+# Points per split that are drawn (split button on, class not hidden) and that can be hovered.
 SHOWN_PER_SPLIT = """() => {
-    const shown = {}
-    for (const renderer of Bokeh.documents[0].get_model_by_name("embedding_map").renderers) {
-        const data = renderer.data_source.data
-        if (data.split === undefined || !renderer.visible) continue
-        renderer.view.filter.booleans.forEach((on, i) => {
-            if (on) shown[data.split[i]] = (shown[data.split[i]] ?? 0) + 1
-        })
+    const plot = Bokeh.documents[0].get_model_by_name("embedding_map")
+    const count = (renderers) => {
+        const shown = {}
+        for (const r of renderers.filter((r) => r.visible)) {
+            const {split} = r.data_source.data
+            for (const i of r.view.indices.ones()) shown[split[i]] = (shown[split[i]] ?? 0) + 1
+        }
+        return shown
     }
-    return shown
+    const classes = plot.renderers.filter((r) => r.name && r.name !== "hover_layer")
+    return {drawn: count(classes), hoverable: count([plot.renderers.find((r) => r.name === "hover_layer")])}
 }"""
 
 
@@ -206,7 +206,7 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
     from playwright.sync_api import sync_playwright
     cfg, _ = report_with_predictions
     coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
-    screenshot = tmp_path / "report.png"
+    screenshots = tmp_path
     requests, errors = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
@@ -227,28 +227,33 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
             page.wait_for_function(MAP_READY, timeout=60_000)
             canvas = page.locator("canvas").first.bounding_box()
             assert canvas and canvas["width"] > 300 and canvas["height"] > 300, canvas
-            assert page.evaluate(SHOWN_PER_SPLIT) == coords["split"].value_counts().to_dict()
+            per_split = coords["split"].value_counts().to_dict()
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": per_split, "hoverable": per_split}
 
+            # One tooltip, of the point under the pointer (test points lie over train points of their class).
             texts, images, file = hover_tooltip(page, "test")
-            assert images and all(src.startswith("data:image/jpeg;base64,") for src in images)
-            assert any(file in t and "test" in t and "predicted" in t and "p = " in t for t in texts), texts
-            page.screenshot(path=screenshot, full_page=True)
+            assert len(texts) == 1 and len(images) == 1 and images[0].startswith("data:image/jpeg;base64,"), texts
+            assert file in texts[0] and "test" in texts[0] and "predicted" in texts[0] and "p = " in texts[0], texts
+            page.screenshot(path=screenshots / "map-tooltip.png")
+            page.screenshot(path=screenshots / "report.png", full_page=True)
             texts, images, file = hover_tooltip(page, "predict")
-            assert images and any(file in t and "predict" in t and "p = " in t for t in texts), texts
+            assert len(images) == 1 and file in texts[0] and "predict" in texts[0] and "p = " in texts[0], texts
 
             page.get_by_role("button", name="train").click()  # show the splits apart
             page.get_by_role("button", name="test").click()
-            shown = page.evaluate(SHOWN_PER_SPLIT)
-            assert set(shown) == {"unseen", "predict"} and shown["predict"] == PREDICTED_IMAGES, shown
+            apart = {s: per_split[s] for s in ("unseen", "predict")}
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": apart, "hoverable": apart}
             page.get_by_role("button", name="train").click()
-            unseen_class = cfg.unseen_classes[0]
-            page.locator(".bk-label", has_text=f"{unseen_class} (unseen").click()  # its legend entry hides the class
-            hidden = page.evaluate("""(name) => Bokeh.documents[0].get_model_by_name("embedding_map").renderers
-                .filter((r) => !r.visible).map((r) => r.data_source.data.label[0])""", unseen_class)
-            assert hidden == [unseen_class]
+            page.get_by_role("button", name="test").click()
+            hidden_class = cfg.unseen_classes[0]
+            page.locator(".bk-label", has_text=f"{hidden_class} (unseen").click()  # its legend entry hides it
+            hidden = page.evaluate("""() => Bokeh.documents[0].get_model_by_name("embedding_map").renderers
+                .filter((r) => !r.visible).map((r) => r.name)""")
+            assert hidden == [hidden_class]
+            left = dict(per_split, unseen=per_split["unseen"] - int((coords["label"] == hidden_class).sum()))
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": left, "hoverable": left}
         finally:
             browser.close()
-    print(f"screenshot of the report with a tooltip: {screenshot}")
-    print(f"tooltip seen: {texts}")
+    print(f"screenshots of the map with a tooltip and of the whole report: {screenshots}/map-tooltip.png, report.png")
     assert not errors, errors
     assert not requests, f"the report asked the network for {requests}"
