@@ -90,8 +90,9 @@ def optional_sections(results, figs):
         text = ""
         if (results / "predictions.csv").exists():
             predictions = pd.read_csv(results / "predictions.csv")
-            text = (f"<p>{len(predictions)} new images classified (mean probability of the predicted class "
-                    f"{predictions['probability'].mean():.2f}); they are in the 2-D map as the split "
+            mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
+                    if "probability" in predictions else "")
+            text = (f"<p>{len(predictions)} new images classified{mean}; they are in the 2-D map as the split "
                     f"\u201cpredict\u201d, coloured by their predicted class.</p>")
         parts.append("<h2>Predictions for new images</h2>" + text + _short_table(counts, "prediction_counts.csv"))
     return parts
