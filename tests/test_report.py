@@ -178,15 +178,17 @@ SHOWN_PER_SPLIT = """() => {
 }"""
 
 
-def find_chromium():
+@pytest.fixture(scope="session")
+def chromium():
+    """The Chromium binary; session-scoped so a machine without one skips before the pipeline fixture runs."""
     candidates = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome", "chrome"]
     for name in filter(None, candidates):
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome): the "
-                "report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run does so when "
-                "the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary.")
+    pytest.skip("No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
+                "chrome): the report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run "
+                "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary.")
 
 
 def hover_tooltip(page, split):
@@ -200,16 +202,16 @@ def hover_tooltip(page, split):
     return tooltip.all_inner_texts(), images, point["file"]
 
 
-def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(report_with_predictions,
+def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(chromium,
+                                                                                        report_with_predictions,
                                                                                         tmp_path):
-    executable = find_chromium()
     from playwright.sync_api import sync_playwright
     cfg, _ = report_with_predictions
     coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
     screenshots = tmp_path
     requests, errors = [], []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
             page = context.new_page()
