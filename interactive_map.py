@@ -17,7 +17,7 @@ import pandas as pd
 import dataloader
 
 THUMBNAIL_PX = 64
-THUMBNAIL_JPEG_QUALITY = 80  # ~2-3 kB a thumbnail: 10,000 points stay well under 30 MB
+THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
 SPLIT_ORDER = ("train", "test", "unseen", "predict")
 SPLIT_MARKERS = {"train": "circle", "test": "triangle", "unseen": "square", "predict": "diamond"}
 SPLIT_SYMBOLS = {"train": "\u25cf", "test": "\u25b2", "unseen": "\u25a0", "predict": "\u25c6"}
@@ -92,7 +92,7 @@ def attach_predictions(points, split, table):
     return points
 
 
-def map_points(coords, test_predictions=None, predictions=None, thumbnails=True):
+def map_points(coords, test_predictions=None, predictions=None):
     """One row per mapped point: x, y, split, label, colour_class, file, prediction, thumbnail (data: URI)."""
     points = coords[["x", "y", "split", "label", "path"]].copy().reset_index(drop=True)
     points["label"] = points["label"].astype(object).where(points["label"].notna() & (points["label"] != ""), None)
@@ -105,7 +105,7 @@ def map_points(coords, test_predictions=None, predictions=None, thumbnails=True)
     points["label"] = points["label"].fillna(NO_LABEL)
     points["prediction"] = [prediction_text(row) for row in points.to_dict("records")]
     points["file"] = [PurePath(str(p)).name for p in points["path"]]
-    points["thumbnail"] = [thumbnail_uri(p) for p in points["path"]] if thumbnails else ""
+    points["thumbnail"] = [thumbnail_uri(p) for p in points["path"]]
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     order = points["split"].map(rank).fillna(len(rank)).to_numpy()
     return points.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)  # test drawn over train
@@ -142,7 +142,7 @@ export default (args, tool, {vars}) => {
 MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "thumbnail"]
 
 
-def map_splits(points):
+def splits_present(points):
     splits = [s for s in SPLIT_ORDER if s in set(points["split"])]
     return splits + sorted(set(points["split"]) - set(splits))
 
@@ -163,7 +163,7 @@ def build_map(points, method="umap", width=1100, height=700):
                               GroupFilter, HoverTool, Legend, LegendItem)
     from bokeh.plotting import figure
     from bokeh.transform import factor_mark
-    splits = map_splits(points)
+    splits = splits_present(points)
     source = ColumnDataSource(points[MAP_COLUMNS])
     split_filter, hover_filter = (BooleanFilter(booleans=[True] * len(points)) for _ in range(2))
     plot = figure(width=width, height=height, name="embedding_map", tools="pan,wheel_zoom,box_zoom,reset,save",
