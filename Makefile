@@ -15,10 +15,11 @@ demo: $(VENV)/.installed
 	$(PY) run_pipeline.py
 
 test: $(VENV)/.installed
+	bash .ci/chromium.sh
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_pipeline.py
 
 clean-artifacts:
-	rm -rf results figs embeddings cache checkpoints/*.pth data/demo
+	rm -rf results figs embeddings cache checkpoints/*.pth checkpoints/previous data/demo

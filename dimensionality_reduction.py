@@ -1,6 +1,7 @@
 """2-D map of the embeddings and per-class image galleries (mission tasks 6-7).
 
-Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py) and the images they point to. Writes
+Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py), embeddings/embeddings_predict.pkl (predict.py)
+when it exists, and the images they point to. Writes
   figs/umap_embeddings.png         three panels (train, test, unseen) coloured by class
   results/umap_coordinates.csv     split, label, path, x, y of every mapped point
   figs/gallery_<class>.png         per class: the gallery_size images closest to the class centre, the
@@ -11,6 +12,8 @@ Reads embeddings/embeddings_{train,test,unseen}.pkl (embed.py) and the images th
 Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
 reduction (reduction_method: umap, tsne or pca) is fitted once on their union. Galleries are computed in the
 128-d embedding space, not in the 2-D map: seen classes on the train split, unseen classes among themselves.
+Images predict.py classified join the map as a fourth split, "predict" (in the interactive map of the report; the
+static figure shows them as grey context points).
 """
 import sys
 
@@ -21,6 +24,7 @@ import dataloader
 import lab
 
 SPLITS = ("train", "test", "unseen")
+PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
 ROWS = ("closest to centre", "furthest from centre", "closest of other classes")
 
 
@@ -71,7 +75,8 @@ def plot_map(coords, cfg, path):
         ax.legend(markerscale=3, fontsize=8, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all three splits, standardised)")
+    fig.suptitle(f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all "
+                 f"{coords['split'].nunique()} splits, standardised)")
     lab.save_figure(path, fig)
 
 
@@ -137,21 +142,28 @@ def galleries(cfg, frames):
     return table
 
 
+def map_splits(cfg):
+    """train, test and unseen; and predict when predict.py has embedded new images."""
+    has_predict = lab.out_path(cfg, "embeddings", f"embeddings_{PREDICT}.pkl").exists()
+    return SPLITS + ((PREDICT,) if has_predict else ())
+
+
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.print_config(cfg)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
     lab.seed_everything(cfg.seed)
-    frames = {s: dataloader.load_embeddings(cfg, s) for s in SPLITS}
+    splits = map_splits(cfg)
+    frames = {s: dataloader.load_embeddings(cfg, s) for s in splits}
     rng = np.random.default_rng(cfg.seed)
     parts = []
-    for s in SPLITS:
+    for s in splits:
         frame, vectors = frames[s]
         keep = sample_rows(frame, cfg.umap_samples_per_split, rng)
         parts.append((frame.iloc[keep][["split", "label", "path"]].assign(split=s), vectors[keep]))
     points = np.concatenate([v for _, v in parts])
     print(f"[map] fitting {cfg.reduction_method} once on {len(points)} embeddings "
-          f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(SPLITS, parts))})")
+          f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(splits, parts))})")
     xy = reduce_to_2d(points, cfg)
     coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
                                                                          method=cfg.reduction_method)

@@ -3,13 +3,14 @@
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the test split.
 Writes:
   results/test_metrics.json    accuracy, balanced accuracy, macro F1, per-class accuracy / precision / recall / F1
-  results/test_predictions.csv path, label, predicted, correct
+  results/test_predictions.csv path, label, predicted, probability (softmax of the predicted class), correct
   figs/confusion_matrix.png    counts and row-normalised, class names on both axes
 """
 import sys
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 import checkpoint
 import features
@@ -69,7 +70,8 @@ def main(argv=None):
     test = features.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
     classes = ckpt["classes"]
     logits = features.head_outputs(model, test, device, cfg.batch_size)[0]
-    y_pred = logits.argmax(1)
+    probabilities = softmax(logits.astype(np.float64), axis=1)
+    y_pred = probabilities.argmax(1)
     y_true = test.labels.numpy()
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
@@ -79,7 +81,7 @@ def main(argv=None):
     rows = test.rows
     lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
-         "correct": y_pred == y_true}))
+         "probability": probabilities[np.arange(len(y_pred)), y_pred], "correct": y_pred == y_true}))
     lab.save_json(lab.out_path(cfg, "results", "test_metrics.json"), metrics)
     plot_confusion(matrix, classes, lab.out_path(cfg, "figs", "confusion_matrix.png"))
     lab.record_inputs(cfg, "evaluate", checkpoint=metrics["checkpoint_sha256"])

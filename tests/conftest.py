@@ -43,6 +43,16 @@ def tiny_demo(tmp_path_factory):
     return demo_data.generate(tmp_path_factory.mktemp("demo") / "demo", counts=TINY_COUNTS)
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_demo, tmp_path_factory):
+    """The whole pipeline, run once on the tiny demo set: (config, argv, stage timings). Copy its output folder
+    before changing anything in it: other tests read it."""
+    import run_pipeline
+    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(tmp_path_factory.mktemp('pipeline'))!r}", *FAST]
+    timings = run_pipeline.main(argv)
+    return lab.load_config(argv), argv, timings
+
+
 @pytest.fixture
 def make_cfg(tmp_path, tiny_demo):
     """make_cfg(*overrides) -> config on the tiny demo set, artifacts in this test's tmp folder."""

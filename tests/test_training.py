@@ -61,6 +61,11 @@ def test_evaluation_is_above_chance_and_its_metrics_equal_sklearns(trained):
     metrics = evaluate.main(argv)
     assert metrics["accuracy"] > 0.6 and metrics["n_test"] == 6 * round(36 * 0.2)
     assert lab.out_path(cfg, "figs", "confusion_matrix.png").exists()
+    predictions = pd.read_csv(lab.out_path(cfg, "results", "test_predictions.csv"))
+    assert list(predictions.columns) == ["path", "label", "predicted", "probability", "correct"]
+    # the softmax of the predicted (most likely) class: never below 1 / classes, never above 1
+    assert predictions["probability"].between(1 / 6, 1).all() and predictions["probability"].nunique() > 1
+    assert predictions.loc[predictions["correct"], "probability"].mean() > 1 / 6 + 0.1
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
     y_pred[y_pred == 4] = 3  # a class never predicted

@@ -1,0 +1,225 @@
+"""The report's interactive 2-D map: every mapped point with its image, in one HTML file that opens offline.
+
+Turns the points of results/umap_coordinates.csv (plus the classifier's predictions, where there are any) into a
+bokeh figure: pan and zoom, a tooltip with the point's thumbnail, class, split, file name and prediction, a legend
+whose entries hide or show a class, and buttons that show the splits together or apart. `standalone_page` writes it
+into one HTML page with bokeh's JavaScript and every thumbnail inlined: no server, no network, no files beside it.
+Reads the image files the points name (for the thumbnails); writes nothing itself.
+"""
+import base64
+import html
+import io
+from pathlib import PurePath
+
+import numpy as np
+import pandas as pd
+
+import dataloader
+
+THUMBNAIL_PX = 64
+THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
+SPLIT_ORDER = ("train", "test", "unseen", "predict")
+SPLIT_MARKERS = {"train": "circle", "test": "triangle", "unseen": "square", "predict": "diamond"}
+SPLIT_SYMBOLS = {"train": "\u25cf", "test": "\u25b2", "unseen": "\u25a0", "predict": "\u25c6"}
+# The colours of figs/umap_embeddings.png (matplotlib's tab10 then Dark2), so both maps agree.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+NO_LABEL = "no label"
+TOOLTIP = """
+<div style="display:flex;gap:8px;align-items:flex-start;max-width:340px;font:12px sans-serif">
+  <img src="@thumbnail" width="64" height="64" alt="@file" style="border:1px solid #bbb;flex:none">
+  <div>
+    <div style="font-size:13px"><b>@label</b> &middot; @split</div>
+    <div style="color:#555;word-break:break-all">@file</div>
+    <div>@{prediction}{safe}</div>
+  </div>
+</div>
+"""
+
+
+def thumbnail_uri(path, size=THUMBNAIL_PX):
+    """A small JPEG of the image as a data: URI, or "" when the file can no longer be read."""
+    try:
+        image = dataloader.letterbox(dataloader.load_rgb(path), size)
+    except Exception:  # a file moved or damaged since it was embedded: the point stays, without its picture
+        return ""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMBNAIL_JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def match_by_path_suffix(paths, table):
+    """Row of `table` (whose `path` is relative) for each absolute path in `paths`, or None.
+
+    Relative paths are relative to a root this module does not know (data_root, predict_dir), so a row matches
+    when its path is the longest trailing part of the absolute path that is in the table.
+    """
+    rows = {PurePath(p).parts: i for i, p in enumerate(table["path"].astype(str))}
+    longest = max((len(k) for k in rows), default=0)
+    matched = []
+    for path in paths:
+        parts = PurePath(str(path)).parts
+        hit = None
+        for n in range(min(longest, len(parts)), 0, -1):
+            hit = rows.get(parts[-n:])
+            if hit is not None:
+                break
+        matched.append(hit)
+    return matched
+
+
+def prediction_text(row):
+    if pd.isna(row.get("predicted")):
+        return ""
+    text = f"predicted <b>{html.escape(str(row['predicted']))}</b>"  # shown as HTML: names are escaped
+    if pd.notna(row.get("probability")):
+        text += f", p = {row['probability']:.2f}"
+    if row.get("split") == "test" and pd.notna(row.get("label")):
+        text += " \u2713" if row["predicted"] == row["label"] else " \u2717"
+    return text
+
+
+def attach_predictions(points, split, table):
+    """Copy `predicted` and `probability` from a predictions table onto the points of one split."""
+    if table is None or table.empty:
+        return points
+    chosen = np.flatnonzero(points["split"].to_numpy() == split)
+    matches = match_by_path_suffix(points["path"].iloc[chosen], table)
+    for column in ("predicted", "probability"):
+        if column in table.columns:
+            values = [table[column].iloc[m] if m is not None else None for m in matches]
+            points.loc[points.index[chosen], column] = pd.Series(values, index=points.index[chosen], dtype=object)
+    return points
+
+
+def map_points(coords, test_predictions=None, predictions=None):
+    """One row per mapped point: x, y, split, label, colour_class, file, prediction, thumbnail (data: URI)."""
+    points = coords[["x", "y", "split", "label", "path"]].copy().reset_index(drop=True)
+    points["label"] = points["label"].astype(object).where(points["label"].notna() & (points["label"] != ""), None)
+    points["predicted"], points["probability"] = None, None
+    points = attach_predictions(points, "test", test_predictions)
+    points = attach_predictions(points, "predict", predictions)
+    # Unlabelled images (predict) take the colour of the class they were predicted as.
+    points["colour_class"] = points["label"].where(points["split"] != "predict", points["predicted"])
+    points["colour_class"] = points["colour_class"].fillna(points["label"]).fillna(NO_LABEL)
+    points["label"] = points["label"].fillna(NO_LABEL)
+    points["prediction"] = [prediction_text(row) for row in points.to_dict("records")]
+    points["file"] = [PurePath(str(p)).name for p in points["path"]]
+    points["thumbnail"] = [thumbnail_uri(p) for p in points["path"]]
+    rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    order = points["split"].map(rank).fillna(len(rank)).to_numpy()
+    return points.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)  # test drawn over train
+
+
+def class_order(points):
+    """Seen classes in the order the static map lists them (train first), then the unseen ones, then the rest."""
+    names = []
+    for split in SPLIT_ORDER + tuple(sorted(set(points["split"]) - set(SPLIT_ORDER))):
+        names += list(dict.fromkeys(points.loc[points["split"] == split, "colour_class"]))
+    return list(dict.fromkeys(names))
+
+
+# Shows the splits whose buttons are on, and lets the hover layer see only points that are shown: of a shown split
+# and of a class the legend has not hidden.
+SHOW_POINTS = """
+    const shown = new Set(toggle.active.map((i) => splits[i]))
+    const visible = new Set(class_renderers.filter((r) => r.visible).map((r) => r.name))
+    const {split, colour_class} = source.data
+    split_filter.booleans = split.map((s) => shown.has(s))
+    hover_filter.booleans = split.map((s, i) => shown.has(s) && visible.has(colour_class[i]))
+    source.change.emit()
+"""
+# Points overlap in dense clusters: the tooltip shows the one nearest the pointer, not a column of all of them.
+NEAREST_ONLY = """
+export default (args, tool, {vars}) => {
+    const {glyph_view: glyph, indices, sx, sy, snap_sx, snap_sy} = vars
+    let nearest = Infinity
+    for (const i of indices)
+        nearest = Math.min(nearest, (glyph.sx[i] - sx) ** 2 + (glyph.sy[i] - sy) ** 2)
+    return (snap_sx - sx) ** 2 + (snap_sy - sy) ** 2 <= nearest
+}
+"""
+MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "thumbnail"]
+
+
+def splits_present(points):
+    splits = [s for s in SPLIT_ORDER if s in set(points["split"])]
+    return splits + sorted(set(points["split"]) - set(splits))
+
+
+def legend_label(cls, points, splits):
+    counts = points.loc[points["colour_class"] == cls, "split"].value_counts()
+    return f"{cls} ({', '.join(f'{s} {counts[s]}' for s in splits if s in counts)})"
+
+
+def build_map(points, method="umap", width=1100, height=700):
+    """The bokeh layout: split buttons above a scatter plot with one legend entry (and renderer) per class.
+
+    All renderers share one data source, so each thumbnail is stored once; an invisible layer on top of the
+    class renderers carries the tooltip, so a point shows one tooltip whatever the number of classes under it.
+    """
+    from bokeh.layouts import column
+    from bokeh.models import (BooleanFilter, CDSView, CheckboxButtonGroup, ColumnDataSource, CustomJS, Div,
+                              GroupFilter, HoverTool, Legend, LegendItem)
+    from bokeh.plotting import figure
+    from bokeh.transform import factor_mark
+    splits = splits_present(points)
+    source = ColumnDataSource(points[MAP_COLUMNS])
+    split_filter, hover_filter = (BooleanFilter(booleans=[True] * len(points)) for _ in range(2))
+    plot = figure(width=width, height=height, name="embedding_map", tools="pan,wheel_zoom,box_zoom,reset,save",
+                  active_scroll="wheel_zoom", title=f"{method.upper()} of the 128-d embeddings",
+                  match_aspect=True, toolbar_location="above")
+    plot.xaxis.visible = plot.yaxis.visible = False
+    plot.grid.visible = False
+    plot.scatter(points["x"], points["y"], size=3, color="#d9d9d9", level="underlay")  # all points, for orientation
+    markers = factor_mark("split", [SPLIT_MARKERS.get(s, "circle") for s in splits], splits)
+    class_renderers = [
+        plot.scatter("x", "y", source=source, marker=markers, size=8, fill_color=PALETTE[i % len(PALETTE)],
+                     line_color="white", line_width=0.5, fill_alpha=0.85, name=cls,
+                     view=CDSView(filter=GroupFilter(column_name="colour_class", group=cls) & split_filter))
+        for i, cls in enumerate(class_order(points))]
+    hover_layer = plot.scatter("x", "y", source=source, view=CDSView(filter=hover_filter), marker=markers, size=8,
+                               fill_alpha=0, line_alpha=0, hover_fill_alpha=0, hover_line_alpha=1,
+                               hover_line_color="black", hover_line_width=2, name="hover_layer")
+    plot.add_tools(HoverTool(renderers=[hover_layer], tooltips=TOOLTIP, point_policy="snap_to_data", limit=1,
+                             filters={"@x": CustomJS(code=NEAREST_ONLY)}))
+    plot.add_layout(Legend(items=[LegendItem(label=legend_label(r.name, points, splits), renderers=[r])
+                                  for r in class_renderers],
+                           click_policy="hide", title="class (click to hide or show)", label_text_font_size="9pt",
+                           glyph_height=14, spacing=1), "right")
+    toggle = CheckboxButtonGroup(labels=[f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip()
+                                         for s in splits],
+                                 active=list(range(len(splits))), button_type="primary", name="split_toggle")
+    show_points = CustomJS(args={"toggle": toggle, "splits": splits, "class_renderers": class_renderers,
+                                 "source": source, "split_filter": split_filter, "hover_filter": hover_filter},
+                           code=SHOW_POINTS)
+    toggle.js_on_change("active", show_points)
+    for renderer in class_renderers:
+        renderer.js_on_change("visible", show_points)
+    help_text = Div(text="Splits shown (click to show together or apart); grey dots are all mapped points, kept for "
+                         "orientation. Drag to pan, scroll to zoom, hover a point for its image.",
+                    styles={"font-size": "13px", "color": "#444"})
+    return column(help_text, toggle, plot)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title | e }}</title>
+<style>{{ style }}</style>
+{{ bokeh_css }}
+{{ bokeh_js }}
+</head><body>
+{{ before }}
+{{ plot_div }}
+{{ after }}
+{{ plot_script }}
+</body></html>
+"""
+
+
+def standalone_page(layout, title, style, before, after):
+    """One HTML page: `before`, the bokeh layout, `after`; bokeh's JavaScript and the data inlined."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+    from jinja2 import Template
+    return file_html(layout, INLINE, title, template=Template(PAGE),
+                     template_variables={"style": style, "before": before, "after": after})

@@ -1,0 +1,261 @@
+"""The report: its interactive map's points and thumbnails, its optional sections, and the page in a real browser."""
+import base64
+import io
+import os
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import dimensionality_reduction
+import interactive_map
+import lab
+import report
+
+
+def class_images(root, cls, n):
+    return sorted(p for p in (root / cls).iterdir())[:n]
+
+
+def test_relative_paths_match_the_longest_trailing_part_of_absolute_paths():
+    table = pd.DataFrame({"path": ["a/x.jpg", "b/x.jpg", "y.jpg"]})
+    paths = ["/data/b/x.jpg", "/data/a/x.jpg", "/data/c/y.jpg", "/data/c/z.jpg", "/other/x.jpg"]
+    assert interactive_map.match_by_path_suffix(paths, table) == [1, 0, 2, None, None]
+
+
+def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo, tmp_path):
+    seen, unseen = "darksphere", "Retaria"
+    train, test = class_images(tiny_demo, seen, 3), class_images(tiny_demo, seen, 5)[3:]
+    new_image = tmp_path / "new" / "sample_1.png"
+    new_image.parent.mkdir()
+    Image.open(train[0]).save(new_image)
+    coords = pd.DataFrame(
+        [{"split": "train", "label": seen, "path": str(p)} for p in train]
+        + [{"split": "test", "label": seen, "path": str(p)} for p in test]
+        + [{"split": "unseen", "label": unseen, "path": str(class_images(tiny_demo, unseen, 1)[0])},
+           {"split": "predict", "label": None, "path": str(new_image)},
+           {"split": "unseen", "label": unseen, "path": str(tmp_path / "gone.png")}])
+    coords["x"], coords["y"] = range(len(coords)), 0.0
+    test_predictions = pd.DataFrame({"path": [f"{seen}/{p.name}" for p in test], "label": seen,
+                                     "predicted": [seen, "chainthin"], "probability": [0.91, 0.55]})
+    predictions = pd.DataFrame({"path": ["sample_1.png"], "predicted": ["Odontella"], "probability": [0.75]})
+
+    points = interactive_map.map_points(coords, test_predictions, predictions).set_index("file")
+
+    assert points.loc[test[0].name, "prediction"] == "predicted <b>darksphere</b>, p = 0.91 \u2713"
+    assert points.loc[test[1].name, "prediction"] == "predicted <b>chainthin</b>, p = 0.55 \u2717"
+    assert points.loc[train[0].name, "prediction"] == ""  # the classifier trained on it: no prediction shown
+    new = points.loc["sample_1.png"]
+    assert (new["colour_class"], new["label"], new["prediction"]) == ("Odontella", "no label",
+                                                                     "predicted <b>Odontella</b>, p = 0.75")
+    assert points.loc["gone.png", "thumbnail"] == ""  # a file gone since the map: the point stays, without image
+    for uri in points.drop(index="gone.png")["thumbnail"]:
+        assert uri.startswith("data:image/jpeg;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
+            assert thumb.format == "JPEG" and thumb.size == (64, 64)
+    assert list(points["split"]) == ["train"] * 3 + ["test"] * 2 + ["unseen"] * 2 + ["predict"]  # test over train
+    assert interactive_map.class_order(points.reset_index()) == [seen, unseen, "Odontella"]
+
+
+# --------------------------------------------------------------------------- the report on a pipeline run
+PREDICTED_IMAGES = 12
+
+
+def fabricate_predict_and_novelty_results(cfg, incoming, figure):
+    """What predict.py and the novelty script will write, made up from the tiny run's unseen images."""
+    unseen = pd.read_pickle(lab.out_path(cfg, "embeddings", "embeddings_unseen.pkl")).iloc[:PREDICTED_IMAGES].copy()
+    incoming.mkdir()
+    names = []
+    for i, path in enumerate(unseen["path"]):
+        names.append(f"haul_{i:02d}.png")
+        shutil.copy(path, incoming / names[-1])
+    columns = [c for c in unseen.columns if c.startswith("emb_")]
+    rng = np.random.default_rng(0)  # near their unseen twins in the map, not on top of them
+    unseen[columns] = unseen[columns] + rng.normal(0, 0.05, (len(unseen), len(columns))).astype(np.float32)
+    unseen = unseen.assign(label=None, label_idx=-1, split="predict", path=[str(incoming / n) for n in names])
+    unseen.to_pickle(lab.out_path(cfg, "embeddings", "embeddings_predict.pkl"))
+    predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
+    lab.save_csv(lab.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
+        {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
+    lab.save_csv(lab.out_path(cfg, "results", "prediction_counts.csv"),
+                 pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
+    lab.save_csv(lab.out_path(cfg, "results", "novelty.csv"), pd.DataFrame(
+        {"method": ["knn distance", "max softmax"], "auroc": [0.91, 0.74]}))
+    for name in ("novelty_roc.png", "novelty_scores.png"):
+        shutil.copy(figure, lab.out_path(cfg, "figs", name))
+
+
+@pytest.fixture(scope="module")
+def report_with_predictions(tiny_pipeline, tmp_path_factory):
+    """The tiny pipeline's output plus predicted images and novelty results; map and report made again."""
+    cfg, argv, _ = tiny_pipeline
+    out = tmp_path_factory.mktemp("with-predictions") / "out"
+    shutil.copytree(lab.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    cfg = lab.load_config(argv)
+    fabricate_predict_and_novelty_results(cfg, out.parent / "incoming",
+                                          lab.out_path(cfg, "figs", "training_plot.png"))
+    dimensionality_reduction.main(argv + ["--reduction_method=pca"])  # PCA: fast, and the map is not under test
+    report.main(argv)
+    return cfg, argv
+
+
+def report_page(cfg):
+    return lab.out_path(cfg, "results", "report.html").read_text()
+
+
+def headings(page):
+    return re.findall(r"<h2>([^<]+)</h2>", page)
+
+
+def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pipeline, capsys):
+    cfg, argv, _ = tiny_pipeline
+    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    page = report_page(cfg)
+    assert not any("Novelty" in h or "Predict" in h for h in headings(page)), headings(page)
+    assert page.count("data:image/jpeg;base64,") == len(coords)  # one thumbnail per mapped point
+    assert (coords["split"].value_counts() <= cfg.umap_samples_per_split).all()
+
+
+def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp_path, capsys):
+    cfg, argv, _ = tiny_pipeline
+    out = tmp_path / "out"
+    shutil.copytree(lab.resolve(cfg.output_dir), out)
+    path = report.main([a for a in argv if not a.startswith("--output_dir=")]
+                       + [f"--output_dir={str(out)!r}", "--umap_samples_per_split=10"])
+    size_mb = path.stat().st_size / 1e6
+    assert f"({size_mb:.1f} MB" in capsys.readouterr().out
+    splits = pd.read_csv(out / "results" / "umap_coordinates.csv")["split"].nunique()
+    assert path.read_text().count("data:image/jpeg;base64,") == 10 * splits
+
+
+def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(report_with_predictions):
+    cfg, _ = report_with_predictions
+    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    assert (coords["split"] == "predict").sum() == PREDICTED_IMAGES
+    page = report_page(cfg)
+    titles = headings(page)
+    assert any("Novelty" in t for t in titles) and any("Predict" in t for t in titles), titles
+    assert "knn distance" in page and f"predict ({PREDICTED_IMAGES})" in page
+    assert page.count("data:image/jpeg;base64,") == len(coords)
+    figures = len(re.findall(r'<img src="data:image/png;base64,', page))
+    assert figures >= 11 + len(cfg.seen_classes + cfg.unseen_classes) + 2  # the two novelty figures too
+
+
+# --------------------------------------------------------------------------- the report in a real browser
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAP_READY = """() => window.Bokeh !== undefined && Bokeh.documents.length > 0
+    && [...Bokeh.index].length > 0 && [...Bokeh.index].every((view) => view.is_idle)"""
+# Screen position of the first point of a split that can be hovered, from the plot's own scales.
+POINT_ON_SCREEN = """(split) => {
+    const plot = Bokeh.documents[0].get_model_by_name("embedding_map")
+    const layer = plot.renderers.find((r) => r.name === "hover_layer")
+    const view = Bokeh.index.find_one(plot)
+    view.canvas_view.el.scrollIntoView({block: "center"})
+    const box = view.canvas_view.el.getBoundingClientRect()
+    const data = layer.data_source.data
+    const i = data.split.findIndex((s, i) => s === split && layer.view.filter.booleans[i])
+    return i < 0 ? null : {x: box.left + view.frame.x_scale.compute(data.x[i]),
+                           y: box.top + view.frame.y_scale.compute(data.y[i]), file: data.file[i]}
+}"""
+# Points per split that are drawn (split button on, class not hidden) and that can be hovered.
+SHOWN_PER_SPLIT = """() => {
+    const plot = Bokeh.documents[0].get_model_by_name("embedding_map")
+    const count = (renderers) => {
+        const shown = {}
+        for (const r of renderers.filter((r) => r.visible)) {
+            const {split} = r.data_source.data
+            for (const i of r.view.indices.ones()) shown[split[i]] = (shown[split[i]] ?? 0) + 1
+        }
+        return shown
+    }
+    const classes = plot.renderers.filter((r) => r.name && r.name !== "hover_layer")
+    return {drawn: count(classes), hoverable: count([plot.renderers.find((r) => r.name === "hover_layer")])}
+}"""
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The Chromium binary; session-scoped so a machine without one skips before the pipeline fixture runs."""
+    candidates = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome", "chrome"]
+    for name in filter(None, candidates):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
+                "chrome): the report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run "
+                "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary.")
+
+
+def hover_tooltip(page, split):
+    """Move the mouse onto the first point of `split`; the tooltip's text and image sources, and the file."""
+    point = page.evaluate(POINT_ON_SCREEN, split)
+    assert point is not None, f"no {split} point in the map"
+    page.mouse.move(point["x"], point["y"])
+    tooltip = page.locator(".bk-tooltip-content")
+    tooltip.first.wait_for(state="visible", timeout=5000)
+    images = page.locator(".bk-tooltip-content img").evaluate_all("elements => elements.map((e) => e.src)")
+    return tooltip.all_inner_texts(), images, point["file"]
+
+
+def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(chromium,
+                                                                                        report_with_predictions,
+                                                                                        tmp_path):
+    from playwright.sync_api import sync_playwright
+    cfg, _ = report_with_predictions
+    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    screenshots = tmp_path
+    requests, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
+            page = context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+
+            def only_the_file(route):  # the network is off: anything but the file itself is an error
+                if route.request.url.startswith("file:"):
+                    route.continue_()
+                else:
+                    requests.append(route.request.url)
+                    route.abort()
+            page.route("**/*", only_the_file)
+            page.goto(lab.out_path(cfg, "results", "report.html").as_uri())
+            page.wait_for_function(MAP_READY, timeout=60_000)
+            canvas = page.locator("canvas").first.bounding_box()
+            assert canvas and canvas["width"] > 300 and canvas["height"] > 300, canvas
+            per_split = coords["split"].value_counts().to_dict()
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": per_split, "hoverable": per_split}
+
+            # One tooltip, of the point under the pointer (test points lie over train points of their class).
+            texts, images, file = hover_tooltip(page, "test")
+            assert len(texts) == 1 and len(images) == 1 and images[0].startswith("data:image/jpeg;base64,"), texts
+            assert file in texts[0] and "test" in texts[0] and "predicted" in texts[0] and "p = " in texts[0], texts
+            page.screenshot(path=screenshots / "map-tooltip.png")
+            page.screenshot(path=screenshots / "report.png", full_page=True)
+            texts, images, file = hover_tooltip(page, "predict")
+            assert len(images) == 1 and file in texts[0] and "predict" in texts[0] and "p = " in texts[0], texts
+
+            page.get_by_role("button", name="train").click()  # show the splits apart
+            page.get_by_role("button", name="test").click()
+            apart = {s: per_split[s] for s in ("unseen", "predict")}
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": apart, "hoverable": apart}
+            page.get_by_role("button", name="train").click()
+            page.get_by_role("button", name="test").click()
+            hidden_class = cfg.unseen_classes[0]
+            page.locator(".bk-label", has_text=f"{hidden_class} (unseen").click()  # its legend entry hides it
+            hidden = page.evaluate("""() => Bokeh.documents[0].get_model_by_name("embedding_map").renderers
+                .filter((r) => !r.visible).map((r) => r.name)""")
+            assert hidden == [hidden_class]
+            left = dict(per_split, unseen=per_split["unseen"] - int((coords["label"] == hidden_class).sum()))
+            assert page.evaluate(SHOWN_PER_SPLIT) == {"drawn": left, "hoverable": left}
+        finally:
+            browser.close()
+    print(f"screenshots of the map with a tooltip and of the whole report: {screenshots}/map-tooltip.png, report.png")
+    assert not errors, errors
+    assert not requests, f"the report asked the network for {requests}"
