@@ -668,10 +668,15 @@ def embedding_columns(frame):
     return [c for c in frame.columns if c.startswith("emb_")]
 
 
-EMBEDDINGS_META = "embeddings_meta.json"
+EMBEDDINGS_META = "embeddings_meta.json"            # embed.py's set: train, val, test, unseen
+PREDICT_META = "embeddings_predict_meta.json"        # predict.py's set: the new images it classified
 
 
-def save_embedding_set(cfg, frames, meta):
+def meta_name_of(split_name):
+    return PREDICT_META if split_name == "predict" else EMBEDDINGS_META
+
+
+def save_embedding_set(cfg, frames, meta, meta_name=EMBEDDINGS_META):
     """Write embeddings_<split>.pkl for every split of frames, then embeddings_meta.json with each file's digest
     and the digest of the checkpoint they came from. The meta is written last: a run killed in between leaves
     files that do not match it, which load_embeddings refuses, so a set never mixes two models."""
@@ -681,20 +686,21 @@ def save_embedding_set(cfg, frames, meta):
         digests[name] = lab.file_digest(path)[:16]
         print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> {path}")
     set_id = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-    lab.save_json(lab.out_path(cfg, "embeddings", EMBEDDINGS_META), {**meta, "files": digests, "set": set_id})
+    lab.save_json(lab.out_path(cfg, "embeddings", meta_name), {**meta, "files": digests, "set": set_id})
     return set_id
 
 
-def embedding_set(cfg):
+def embedding_set(cfg, meta_name=EMBEDDINGS_META):
     """The meta of the current embeddings, checked against the checkpoint they must come from."""
-    meta_path = lab.require(lab.out_path(cfg, "embeddings", EMBEDDINGS_META), "embed.py", "embeddings set")
+    made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
+    meta_path = lab.require(lab.out_path(cfg, "embeddings", meta_name), made_by, "embeddings set")
     meta = json.loads(meta_path.read_text())
     current = lab.artifact_digest(cfg, "checkpoints", "best.pth")
     if "set" not in meta or meta.get("checkpoint_sha256") != current:
         made = f"epoch {meta.get('checkpoint_epoch')} of a checkpoint saved {meta.get('checkpoint_saved_at')}"
         raise lab.LabError(f"The embeddings in {meta_path.parent} were computed from another model ({made}) than "
                            f"checkpoints/best.pth now holds{' (none)' if current is None else ''}: using them would "
-                           f"mix two runs. Re-run `python embed.py` (it is quick: the trunk features are cached), "
+                           f"mix two runs. Re-run `python {made_by}` (it is quick: the trunk features are cached), "
                            f"then this script.")
     return meta
 
@@ -708,12 +714,13 @@ def record_embedding_inputs(cfg, script):
 def load_embeddings(cfg, split_name):
     """(frame, float64 vectors) of one embeddings file of the current set; a missing, stale or half-written set
     names embed.py."""
-    meta = embedding_set(cfg)
-    path = lab.require(lab.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), "embed.py",
-                       "embeddings file")
+    meta_name = meta_name_of(split_name)
+    meta = embedding_set(cfg, meta_name)
+    made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
+    path = lab.require(lab.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), made_by, "embeddings file")
     if meta["files"].get(split_name) != lab.file_digest(path)[:16]:
-        raise lab.LabError(f"{path} does not belong to the embeddings set in {EMBEDDINGS_META} (embed.py was "
-                           f"interrupted while writing, or the file was replaced). Re-run `python embed.py`.")
+        raise lab.LabError(f"{path} does not belong to the embeddings set in {meta_name} ({made_by} was "
+                           f"interrupted while writing, or the file was replaced). Re-run `python {made_by}`.")
     frame = pd.read_pickle(path)
     return frame, frame[embedding_columns(frame)].to_numpy(np.float64)
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import dimensionality_reduction
 import interactive_map
+import dataloader
 import lab
 import report
 
@@ -76,7 +77,7 @@ def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     rng = np.random.default_rng(0)  # near their unseen twins in the map, not on top of them
     unseen[columns] = unseen[columns] + rng.normal(0, 0.05, (len(unseen), len(columns))).astype(np.float32)
     unseen = unseen.assign(label=None, label_idx=-1, split="predict", path=[str(incoming / n) for n in names])
-    unseen.to_pickle(lab.out_path(cfg, "embeddings", "embeddings_predict.pkl"))
+    dataloader.save_embedding_set(cfg, {"predict": unseen}, dataloader.embedding_set(cfg), dataloader.PREDICT_META)
     predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
     lab.save_csv(lab.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
         {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
