@@ -1,11 +1,12 @@
-"""Embeddings of the train, test and unseen images (mission task 4).
+"""Embeddings of the train, validation, test and unseen images (mission task 4).
 
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features. Writes
-  embeddings/embeddings_train.pkl, embeddings_test.pkl, embeddings_unseen.pkl
+  embeddings/embeddings_train.pkl, embeddings_val.pkl, embeddings_test.pkl, embeddings_unseen.pkl
       pickled pandas DataFrames, one row per image: label (class name), label_idx (index in the checkpoint's
       seen classes, or in unseen_classes for the unseen split), split, path (absolute), emb_0 ... emb_127
       (float32): the 128-d activation before the last layer, model in eval mode
-  embeddings/embeddings_meta.json   checkpoint, config, seed and package versions that made them
+  embeddings/embeddings_meta.json   checkpoint (and its sha256), config, seed and package versions that made them
+The validation embeddings are what novelty.py chooses its thresholds on, so that the test split stays unseen.
 """
 import sys
 
@@ -14,7 +15,7 @@ import dataloader
 import features
 import lab
 
-SPLITS = ("train", "test", "unseen")
+SPLITS = ("train", "val", "test", "unseen")
 
 
 def main(argv=None):
@@ -30,6 +31,7 @@ def main(argv=None):
         print(f"[embed] {name}: {len(frame)} images x {len(dataloader.embedding_columns(frame))} dims -> {path}")
     lab.save_json(lab.out_path(cfg, "embeddings", "embeddings_meta.json"), {
         "checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_epoch": ckpt["epoch"],
+        "checkpoint_sha256": lab.file_digest(lab.out_path(cfg, "checkpoints", "best.pth")),
         "trunk_weights": ckpt["weights"], "seed": cfg.seed, "config": vars(cfg), "versions": lab.package_versions()})
 
 
