@@ -32,6 +32,9 @@ batch_size = 64                # images per optimisation step, >= 1
 lr = 0.0014                    # Adam learning rate, > 0
 epochs = 50                    # maximum number of epochs, >= 1
 patience = 5                   # stop after this many epochs without a better validation loss, >= 1
+# "none" (the mission: plain cross-entropy) or "balanced" (each class weighted n / (classes x n_class) in the
+# training and validation loss, so a rare class counts as much as a common one; for strongly imbalanced data).
+class_weighting = "none"
 resume = False                 # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
 seed = 42                      # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
 

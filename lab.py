@@ -119,6 +119,9 @@ def validate_config(c):
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
+    if c.class_weighting not in ("none", "balanced"):
+        bad(f"class_weighting={c.class_weighting!r} must be 'none' (plain cross-entropy, the mission's) or 'balanced' "
+            f"(inverse-frequency class weights, for imbalanced data).")
     if c.reduction_method not in ("umap", "tsne", "pca"):
         bad(f"reduction_method={c.reduction_method!r} must be one of 'umap', 'tsne', 'pca'.")
     if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):
