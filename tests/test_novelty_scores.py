@@ -18,7 +18,8 @@ def test_msp_and_energy_by_hand():
 
 def test_logits_are_the_last_layer_applied_to_the_embedding():
     weight, bias = np.array([[1.0, 2.0], [0.0, -1.0], [3.0, 0.5]]), np.array([0.5, 0.0, -1.0])
-    assert ns.logits_from_embeddings(np.array([[2.0, 1.0]]), weight, bias) == pytest.approx(np.array([[4.5, -1.0, 5.5]]))
+    expected = np.array([[2 * 1 + 1 * 2 + 0.5, 1 * -1 + 0.0, 2 * 3 + 1 * 0.5 - 1]])  # [[4.5, -1.0, 5.5]]
+    assert ns.logits_from_embeddings(np.array([[2.0, 1.0]]), weight, bias) == pytest.approx(expected)
 
 
 def test_knn_distance_after_normalisation_by_hand():
@@ -40,7 +41,7 @@ def test_knn_equals_brute_force_across_blocks(monkeypatch):
 
 
 def test_mahalanobis_by_hand_where_shrinkage_changes_nothing():
-    # residuals (+-1, 0), (0, +-1) around each mean: covariance 0.5 I, already a multiple of I, so any shrinkage keeps it
+    # residuals (+-1, 0), (0, +-1) around each mean: covariance 0.5 I, a multiple of I, which any shrinkage keeps
     pattern = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     train = np.vstack([pattern, pattern + [10.0, 0.0]])
     labels = np.repeat([0, 1], 4)
