@@ -8,13 +8,14 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
   figs/training_plot.png        loss and accuracy curves
 Cross-entropy (with class_weighting="balanced", each class weighted n / (classes x n_class) by its training
 count, in the training and the validation loss), Adam, batches of batch_size, at most `epochs` epochs, early
-stopping on the validation loss after `patience` epochs without improvement. Ctrl-C stops after the last finished epoch; resume with
-`python train.py --resume=True`.
+stopping on the validation loss after `patience` epochs without improvement. Ctrl-C stops after the last
+finished epoch; resume with `python train.py --resume=True`.
 """
 import math
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+import checkpoint
 import evaluate
 import lab
 import train
@@ -35,7 +36,7 @@ def test_balanced_weighting_raises_the_rare_classes_recall_on_imbalanced_real_pl
     recall = {}
     for weighting in ("none", "balanced"):
         train.main(argv + [f"--class_weighting={weighting!r}"])
-        ckpt = lab.load_checkpoint(lab.out_path(lab.load_config(argv), "checkpoints", "best.pth"))
+        ckpt = checkpoint.load(lab.out_path(lab.load_config(argv), "checkpoints", "best.pth"))
         assert ckpt["config"]["class_weighting"] == weighting
         metrics = evaluate.main(argv)
         recall[weighting] = np.mean([metrics["per_class"][c]["recall"] for c in rare])
