@@ -53,3 +53,11 @@ gallery_size = 5               # images per gallery row (closest, furthest, clos
 transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
 transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
+
+# --- novelty and prediction (novelty.py, predict.py) -------------------------------
+novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
+# The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
+# "energy", "knn" or "mahalanobis".
+novelty_score = "mahalanobis_knn"
+predict_dir = None             # folder of new images to classify with predict.py (searched recursively)
+ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import

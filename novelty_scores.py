@@ -1,7 +1,6 @@
 """Novelty scores: how likely an image is of a taxon the classifier was never trained on.
 
-Pure numpy / scikit-learn; reads and writes nothing. Every score is oriented so that a HIGHER value means
-MORE LIKELY NEW. The four standard scores:
+Every score is oriented so that a HIGHER value means MORE LIKELY NEW. The four standard scores:
   msp             1 - maximum softmax probability (Hendrycks & Gimpel 2017)
   energy          -logsumexp(logits), the free energy at temperature 1 (Liu et al. 2020)
   knn             Euclidean distance to the k-th nearest training embedding, both L2-normalised (Sun et al. 2022)
@@ -17,16 +16,26 @@ Evaluation, with "known" images (seen classes) and "new" images (unseen classes)
   auroc                   probability that a random new image scores above a random known one (ties count half)
   fpr_at_tpr              share of new images that pass as known when the threshold keeps 95 % of the known ones
   threshold_keeping       that threshold, chosen on known (validation) images only
+
+Everything above is pure numpy / scikit-learn. The last section builds the scorer of a trained model from the
+lab's artifacts (checkpoints/best.pth, embeddings/embeddings_{train,val}.pkl, results/novelty_thresholds.json)
+for novelty.py and predict.py; it reads them and writes nothing.
 """
+import json
+
 import numpy as np
 from scipy.special import logsumexp, softmax
 from scipy.stats import rankdata
 from sklearn.covariance import LedoitWolf
 
+import dataloader
+import lab
+
 STANDARD_SCORES = ("msp", "energy", "knn", "mahalanobis")
 COMBINED_SCORES = ("mahalanobis_knn",)
 SCORES = STANDARD_SCORES + COMBINED_SCORES
 COMBINED_PARTS = {"mahalanobis_knn": ("mahalanobis", "knn")}
+KEEP_KNOWN = 0.95  # a threshold keeps 95 % of the known validation images, the usual operating point (FPR95)
 BLOCK = 2048  # query rows per block: the kNN distance block is BLOCK x n_train floats, whatever the query count
 
 
@@ -152,7 +161,7 @@ def auroc(known, new):
     return float(u / (len(known) * len(new)))
 
 
-def threshold_keeping(known, keep=0.95):
+def threshold_keeping(known, keep=KEEP_KNOWN):
     """The smallest score t with at least `keep` of the known images at or below it (they pass as known);
     an image scoring above t is flagged as possibly new."""
     known = np.sort(np.asarray(known, np.float64))
@@ -161,7 +170,7 @@ def threshold_keeping(known, keep=0.95):
     return float(known[int(np.ceil(keep * len(known))) - 1])
 
 
-def fpr_at_tpr(known, new, tpr=0.95):
+def fpr_at_tpr(known, new, tpr=KEEP_KNOWN):
     """Share of new images scoring at or below the threshold that keeps `tpr` of the known ones: the new
     images that would pass as known (the FPR95 of Liu et al. 2020 and Sun et al. 2022; lower is better)."""
     known, new = _check(known, new)
@@ -185,3 +194,41 @@ def roc_points(known, new):
     tp = np.cumsum(is_new)[last_of_tie]
     fp = (last_of_tie + 1) - tp
     return np.r_[0.0, fp / len(known)], np.r_[0.0, tp / len(new)]
+
+
+# --------------------------------------------------------------------------- from the lab's artifacts
+def classifier_layer(ckpt):
+    """(weight, bias) of the checkpoint's last layer, the one that turns an embedding into logits."""
+    state = ckpt["model_state"]
+    return state["classifier.weight"].double().numpy(), state["classifier.bias"].double().numpy()
+
+
+def check_embeddings_match(cfg, checkpoint_digest):
+    """Stop when the embeddings on disk were made from another checkpoint than best.pth (retrained since)."""
+    meta_path = lab.require(lab.out_path(cfg, "embeddings", "embeddings_meta.json"), "embed.py", "embeddings file")
+    made_from = json.loads(meta_path.read_text()).get("checkpoint_sha256")
+    if made_from != checkpoint_digest:
+        raise lab.LabError(f"The embeddings in {meta_path.parent} were not made from the current "
+                           f"checkpoints/best.pth (it was retrained since, or they come from an older version of "
+                           f"embed.py). Run `python embed.py` and then `python novelty.py` again.")
+
+
+def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
+    """The NoveltyScorer of a trained model: its last layer, its training embeddings (the reference of the
+    Mahalanobis and kNN scores) and its validation embeddings (the standardisation of the combined score)."""
+    check_embeddings_match(cfg, checkpoint_digest)
+    train, x_train = dataloader.load_embeddings(cfg, "train")
+    _, x_val = dataloader.load_embeddings(cfg, "val")
+    weight, bias = classifier_layer(ckpt)
+    return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val)
+
+
+def load_thresholds(cfg, checkpoint_digest):
+    """results/novelty_thresholds.json, refused when made for another checkpoint or another novelty_knn_k."""
+    path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
+    saved = json.loads(path.read_text())
+    if saved.get("checkpoint_sha256") != checkpoint_digest or saved.get("novelty_knn_k") != cfg.novelty_knn_k:
+        raise lab.LabError(f"{path} was made for another checkpoint or another novelty_knn_k (it says "
+                           f"{saved.get('novelty_knn_k')}, the config {cfg.novelty_knn_k}). Run `python novelty.py` "
+                           f"again with the current checkpoint and settings.")
+    return saved
