@@ -87,8 +87,9 @@ def plot_roc(scores, table, default, path):
                               f"FPR95 {row['fpr_at_95_tpr']:.2f}")
         ax.plot(row["flagged_test"], row["flagged_unseen"], "o", color=line.get_color(), ms=6)
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlabel="known test images flagged (false-positive rate)", ylabel="unseen images flagged (true-positive rate)",
-           xlim=(0, 1), ylim=(0, 1.01), title="Telling new taxa from known ones\n(dot: the validation threshold)")
+    ax.set(xlabel="known test images flagged (false-positive rate)",
+           ylabel="unseen images flagged (true-positive rate)", xlim=(0, 1), ylim=(0, 1.01),
+           title="Telling new taxa from known ones\n(dot: the validation threshold)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     lab.save_figure(path, fig)

@@ -7,21 +7,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import embed
 import lab
 import novelty
 import novelty_scores as ns
-import train
-from conftest import FAST
 
 
-@pytest.fixture(scope="module")
-def embedded(tiny_demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("novelty")
-    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
-    train.main(argv)
-    embed.main(argv)
-    return lab.load_config(argv), argv
+@pytest.fixture
+def embedded(novelty_ready):
+    return novelty_ready
 
 
 def test_novelty_table_equals_sklearn_on_its_own_scores(embedded):
@@ -55,7 +48,8 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
     val = scores[scores["split"] == "val"]
     for name in ns.SCORES:
         assert first["thresholds"][name] == pytest.approx(np.sort(val[name])[int(np.ceil(0.95 * len(val))) - 1])
-    originals = {s: pd.read_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{s}.pkl")) for s in ("test", "unseen", "val")}
+    originals = {split: pd.read_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
+                 for split in ("test", "unseen", "val")}
     try:
         for split in ("test", "unseen"):  # other test and unseen images: not one threshold moves
             changed = originals[split].copy()
@@ -74,6 +68,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
     finally:
         for split, frame in originals.items():
             frame.to_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
+        novelty.main(argv)  # the shared fixture's thresholds as they were
 
 
 def test_embeddings_of_another_checkpoint_are_refused(embedded):
