@@ -118,16 +118,33 @@ def _class_folders(root):
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def is_image_name(name):
+    """An image extension (any case), and not a macOS resource fork (`._x.jpg` looks like an image but is not)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith("._")
+
+
 def list_class_files(folder):
     """(image files, other files) of one class folder, sorted; sub-folders count as other entries."""
     images, others = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS \
-                and not entry.name.startswith("._"):  # macOS resource forks look like images but are not
+        if entry.is_file() and is_image_name(entry.name):
             images.append(entry.name)
         else:
             others.append(entry.name)
     return images, others
+
+
+def list_images_recursive(folder):
+    """(image files, other files) under folder and all its sub-folders, as sorted posix paths relative to it;
+    hidden folders (.git, .ipynb_checkpoints) are not entered, as the scan ignores them."""
+    images, others = [], []
+    for here, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(here, folder)
+        for name in sorted(names):
+            path = name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
+            (images if is_image_name(name) else others).append(path)
+    return sorted(images), sorted(others)
 
 
 def cap_images(images, cfg):
