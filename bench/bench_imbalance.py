@@ -5,10 +5,12 @@ folder, an imbalanced subset of it made of symbolic links (the images are read i
 seen classes keep 800, 400, 200, 100, 50 and 25 images (a 32-fold span, as FlowCamNet's classes span orders of
 magnitude), two unseen classes 20 each. Trains and evaluates once with class_weighting="none" and once with
 "balanced" on the same split, prints per-class recall and balanced accuracy, and writes
-results/imbalance.json under output_dir.
+results/imbalance.json under output_dir. With --repeats=N it does so for N seeds (seed, seed + 1, ...: each
+draws its own subset, split, initialisation and, offline, random trunk), since five test images of the rarest
+class make a single run's recall move in steps of 0.2.
 
     python bench/bench_imbalance.py                         # ndsb9 at 128 px, about 3 minutes on 2 cores
-    python bench/bench_imbalance.py --image_size=64         # any setting of configfile.py
+    python bench/bench_imbalance.py --repeats=3 --image_size=64   # and any setting of configfile.py
 """
 import os
 import shutil
@@ -18,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 import dataloader  # noqa: E402
 import evaluate  # noqa: E402
@@ -32,7 +36,6 @@ UNSEEN_COUNT = 20
 def build_imbalanced_root(source, dest, seen, unseen, counts=SEEN_COUNTS, unseen_count=UNSEEN_COUNT, seed=0):
     """dest/<class>/ of symbolic links to a seeded sample of source's images: counts[i] images for the i-th largest
     seen class, unseen_count for each unseen class. Returns {class: images}."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     available = {c: dataloader.list_class_files(Path(source) / c)[0] for c in seen + unseen}
     by_size = sorted(seen, key=lambda c: -len(available[c]))
@@ -53,6 +56,26 @@ def train_and_evaluate(argv, weighting):
 
 
 def run(argv):
+    repeats = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--repeats=")] or [1]
+    argv = [a for a in argv if not a.startswith("--repeats=")]
+    base = lab.load_config(argv)
+    results = [run_once(argv + [f"--seed={base.seed + i}"]) for i in range(repeats[0])]
+    summary = {"repeats": results, "mean_balanced_accuracy": {
+        w: float(np.mean([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")},
+        "sd_balanced_accuracy": {w: float(np.std([r["balanced_accuracy"][w] for r in results]))
+                                 for w in ("none", "balanced")}}
+    lab.ensure_output_dirs(base, ("results",))
+    path = lab.save_json(lab.out_path(base, "results", "imbalance.json"), summary)
+    for result in results:
+        print_table(result)
+    print(f"\nbalanced accuracy over {len(results)} seed(s), mean (sd): " + ", ".join(
+        f"{w} {summary['mean_balanced_accuracy'][w]:.3f} ({summary['sd_balanced_accuracy'][w]:.3f})"
+        for w in ("none", "balanced")))
+    print(f"written to {path}")
+    return summary
+
+
+def run_once(argv):
     names = {a.split("=", 1)[0] for a in argv}
     base = lab.load_config(argv)
     source = lab.resolve(base.data_root) if "--data_root" in names else NDSB9
@@ -70,22 +93,18 @@ def run(argv):
         metrics = {w: train_and_evaluate(run_argv, w) for w in ("none", "balanced")}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = {"source": str(source), "train_images_per_class": counts, "argv": argv,
-              "balanced_accuracy": {w: m["balanced_accuracy"] for w, m in metrics.items()},
-              "accuracy": {w: m["accuracy"] for w, m in metrics.items()},
-              "recall": {w: {c: m["per_class"][c]["recall"] for c in seen} for w, m in metrics.items()},
-              "test_support": {c: metrics["none"]["per_class"][c]["support"] for c in seen}}
-    lab.ensure_output_dirs(base, ("results",))
-    path = lab.save_json(lab.out_path(base, "results", "imbalance.json"), result)
-    print_table(result, seen)
-    print(f"\nwritten to {path}")
-    return result
+    return {"source": str(source), "seed": base.seed, "seen": seen, "images_per_class": counts, "argv": argv,
+            "balanced_accuracy": {w: m["balanced_accuracy"] for w, m in metrics.items()},
+            "accuracy": {w: m["accuracy"] for w, m in metrics.items()},
+            "recall": {w: {c: m["per_class"][c]["recall"] for c in seen} for w, m in metrics.items()},
+            "test_support": {c: metrics["none"]["per_class"][c]["support"] for c in seen}}
 
 
-def print_table(result, seen):
-    print(f"\n{'class':<28} {'images':>7} {'test':>5}  {'recall none':>11}  {'recall balanced':>15}")
-    for c in sorted(seen, key=lambda c: -result["train_images_per_class"][c]):
-        print(f"{c:<28} {result['train_images_per_class'][c]:>7} {result['test_support'][c]:>5}  "
+def print_table(result):
+    print(f"\nseed {result['seed']}\n{'class':<28} {'images':>7} {'test':>5}  {'recall none':>11}  "
+          f"{'recall balanced':>15}")
+    for c in sorted(result["seen"], key=lambda c: -result["images_per_class"][c]):
+        print(f"{c:<28} {result['images_per_class'][c]:>7} {result['test_support'][c]:>5}  "
               f"{result['recall']['none'][c]:>11.3f}  {result['recall']['balanced'][c]:>15.3f}")
     print(f"{'balanced accuracy':<42}  {result['balanced_accuracy']['none']:>11.3f}  "
           f"{result['balanced_accuracy']['balanced']:>15.3f}")
