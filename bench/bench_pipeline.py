@@ -449,7 +449,7 @@ def run(argv):
                             f"images at {cfg.image_size} px ({small['peak_rss_mb']:.0f} vs "
                             f"{large['peak_rss_mb']:.0f} MB; {large['images'] / large['seconds']:.0f} images/s)",
                             round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
-                            "more than the embeddings file (0.5 KB per image) grows with the sample"))
+                            "more than file names and embeddings (about 2.4 KB per image) grows with the sample"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     raw["rows"] = rows
