@@ -29,7 +29,8 @@ SPLITS = ("val", "test", "unseen")
 
 
 def load_inputs(cfg):
-    """(config of the checkpoint, checkpoint, its sha256, {split: frame}, {split: {score name: values}})."""
+    """(config of the checkpoint, checkpoint, its sha256, {split: path, split, label, predicted},
+    {split: {score name: values}})."""
     path = lab.out_path(cfg, "checkpoints", "best.pth")
     ckpt = checkpoint.load(path)
     cfg = checkpoint.config_from_checkpoint(ckpt, cfg)
@@ -39,7 +40,8 @@ def load_inputs(cfg):
     for split in SPLITS:
         frame, x = dataloader.load_embeddings(cfg, split)
         scores[split] = scorer.scores(x)
-        frames[split] = frame.assign(predicted=[ckpt["classes"][i] for i in scorer.logits(x).argmax(1)])
+        predicted = [ckpt["classes"][i] for i in scorer.logits(x).argmax(1)]
+        frames[split] = frame[["path", "split", "label"]].assign(predicted=predicted)
     return cfg, ckpt, digest, frames, scores
 
 
