@@ -59,5 +59,7 @@ novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-t
 # The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
 # "energy", "knn" or "mahalanobis".
 novelty_score = "mahalanobis_knn"
-predict_dir = None             # folder of new images to classify with predict.py (searched recursively)
+# Folder of new images to classify with predict.py, searched recursively; a relative path is taken relative to
+# the repository, like data_root. None: predict.py asks for it.
+predict_dir = None
 ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
