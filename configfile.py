@@ -32,6 +32,9 @@ batch_size = 64                # images per optimisation step, >= 1
 lr = 0.0014                    # Adam learning rate, > 0
 epochs = 50                    # maximum number of epochs, >= 1
 patience = 5                   # stop after this many epochs without a better validation loss, >= 1
+# "none" (the mission: plain cross-entropy) or "balanced" (each class weighted n / (classes x n_class) in the
+# training and validation loss, so a rare class counts as much as a common one; for strongly imbalanced data).
+class_weighting = "none"
 resume = False                 # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
 seed = 42                      # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
 
@@ -50,3 +53,13 @@ gallery_size = 5               # images per gallery row (closest, furthest, clos
 transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
 transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
+
+# --- novelty and prediction (novelty.py, predict.py) -------------------------------
+novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
+# The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
+# "energy", "knn" or "mahalanobis".
+novelty_score = "mahalanobis_knn"
+# Folder of new images to classify with predict.py, searched recursively; a relative path is taken relative to
+# the repository, like data_root. None: predict.py asks for it.
+predict_dir = None
+ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import

@@ -9,6 +9,7 @@ the checkpoint was trained on). Writes, as one set:
   embeddings/embeddings_meta.json   the digest of the checkpoint that made them and of each file (written last:
       later scripts refuse a set that another model made or that an interrupted run left half-written), config,
       seed and package versions
+The validation embeddings are what novelty.py chooses its thresholds on, so that the test split stays unseen.
 """
 import sys
 

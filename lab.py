@@ -28,8 +28,9 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-NULLABLE = {"backbone_weights"}
+NULLABLE = {"backbone_weights", "predict_dir"}
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
+NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
 
 
 class LabError(Exception):
@@ -108,7 +109,7 @@ def validate_config(c):
     if not (isinstance(c.lr, float) and math.isfinite(c.lr) and c.lr > 0):
         bad(f"lr={c.lr} must be a positive finite number (the mission uses 0.0014).")
     for name in ("batch_size", "epochs", "patience", "embedding_dim", "gallery_size", "transfer_repeats",
-                 "knn_k", "umap_samples_per_split"):
+                 "knn_k", "umap_samples_per_split", "novelty_knn_k"):
         if getattr(c, name) < 1:
             bad(f"{name}={getattr(c, name)} must be at least 1.")
     if c.embedding_dim < 2:
@@ -130,6 +131,14 @@ def validate_config(c):
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
+    if c.class_weighting not in ("none", "balanced"):
+        bad(f"class_weighting={c.class_weighting!r} must be 'none' (plain cross-entropy, the mission's) or 'balanced' "
+            f"(inverse-frequency class weights, for imbalanced data).")
+    if c.novelty_score not in NOVELTY_SCORES:
+        bad(f"novelty_score={c.novelty_score!r} must be one of {', '.join(map(repr, NOVELTY_SCORES))} (the lab's "
+            f"default, 'mahalanobis_knn', told new taxa best on ndsb9).")
+    if c.predict_dir is not None and not c.predict_dir.strip():
+        bad("predict_dir='' names no folder: give the folder of new images, e.g. --predict_dir=/data/cruise42.")
     if c.reduction_method not in ("umap", "tsne", "pca"):
         bad(f"reduction_method={c.reduction_method!r} must be one of 'umap', 'tsne', 'pca'.")
     if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):
@@ -240,7 +249,7 @@ def claim_output_dir(cfg):
                 owner = json.loads(lock.read_text() or "{}")
             except (OSError, ValueError):
                 owner = {}
-            if owner and _alive(owner):
+            if owner and _alive(owner) and owner.get("pid") != os.getpid():
                 raise LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
                                f"{owner.get('pid')}, started {owner.get('started')}). Two runs on one output folder "
                                f"would mix their checkpoints and results. Wait for it to finish, stop it, or give "

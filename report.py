@@ -67,7 +67,12 @@ def check_results_belong_together(cfg):
     lab.require(lab.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
     current = {"checkpoint": lab.artifact_digest(cfg, "checkpoints", "best.pth")}
     current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
-    stale = [script for script, needs in SECTION_INPUTS.items()
+    sections = dict(SECTION_INPUTS)
+    if lab.out_path(cfg, "results", "novelty.csv").exists():
+        sections["novelty"] = "embeddings"
+    if lab.out_path(cfg, "results", "predictions.csv").exists():
+        dataloader.embedding_set(cfg, dataloader.PREDICT_META)  # predict.py's images, from this checkpoint too
+    stale = [script for script, needs in sections.items()
              if (lab.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
     if stale:
         commands = "; ".join(f"python {script}.py" for script in stale)

@@ -1,5 +1,6 @@
 """Run the whole mission in order: demo data, split, train, evaluate, embed, distances, 2-D map and galleries,
-transfer learning, report.
+transfer learning, novelty (telling unseen taxa from seen ones), report. predict.py is not a stage: it needs a
+folder of new images (`python predict.py --predict_dir=...` after this).
 
 Reads what configfile.py and `--name=value` overrides say (the same overrides reach every stage). Writes every
 artifact of every script (see each script's docstring) and results/pipeline_timings.csv; ends with
@@ -22,13 +23,14 @@ import dimensionality_reduction
 import embed
 import evaluate
 import lab
+import novelty
 import report
 import train
 import transfer_learning
 
 STAGES = (("split", dataloader), ("train", train), ("evaluate", evaluate), ("embed", embed),
           ("distances", compute_average_distances), ("reduction", dimensionality_reduction),
-          ("transfer", transfer_learning), ("report", report))
+          ("transfer", transfer_learning), ("novelty", novelty), ("report", report))
 ONCE = {"split": "--rebuild_split=", "train": "--resume="}  # acted on by that stage alone, not by the later ones
 
 

@@ -8,9 +8,10 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
   results/train_history.csv     per epoch: loss and accuracy on train and validation, seconds
   figs/training_plot.png        loss and accuracy curves
   results/provenance_train.json the digest of the best.pth and split.csv these belong to
-Cross-entropy, Adam, batches of batch_size, at most `epochs` epochs, early stopping on the validation loss
-after `patience` epochs without improvement. Ctrl-C stops after the last finished epoch; resume with
-`python train.py --resume=True`.
+Cross-entropy (with class_weighting="balanced", each class weighted n / (classes x n_class) by its training
+count, in the training and the validation loss), Adam, batches of batch_size, at most `epochs` epochs, early
+stopping on the validation loss after `patience` epochs without improvement. Ctrl-C stops after the last
+finished epoch; resume with `python train.py --resume=True`.
 """
 import contextlib
 import math
@@ -19,6 +20,7 @@ import signal
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -31,9 +33,19 @@ import features
 import lab
 
 
-def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None):
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy)."""
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+def class_weights(labels, n_classes, weighting):
+    """None for plain cross-entropy; for "balanced", n / (classes x n_class) per class, as scikit-learn's
+    compute_class_weight: the weights average 1 over the training images, so the loss keeps its scale."""
+    if weighting == "none":
+        return None
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
+    weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy); weights: per-class loss weights."""
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="sum")
     model.train(optimizer is not None)
     total_loss, correct = 0.0, 0
     batches = data.batches(batch_size, order)
@@ -148,6 +160,10 @@ def train(cfg):
     print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
           f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}")
     precision = backbone.precision_name(dtype)
+    weights = class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
+    if weights is not None:
+        print("[train] class_weighting='balanced': loss weights " + ", ".join(
+            f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist())))
     epoch = start - 1
     try:
         for epoch in range(start, cfg.epochs + 1):
@@ -155,8 +171,8 @@ def train(cfg):
             shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # resumable: one seed per epoch
             order = torch.randperm(len(data["train"]), generator=shuffle)
             train_loss, train_acc = run_epoch(model, data["train"], device, cfg.batch_size, optimizer, order,
-                                              desc=f"epoch {epoch}/{cfg.epochs}")
-            val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size)
+                                              desc=f"epoch {epoch}/{cfg.epochs}", weights=weights)
+            val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size, weights=weights)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
                         "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")

@@ -3,7 +3,8 @@
 Reads a data root (default ../shared/data/ndsb9, the 5,665 real plankton images beside the repository)
 and runs the whole pipeline on it in a scratch folder (your own artifacts are not touched). Prints a table
 of ratios and writes results/benchmark.json under output_dir. Targets are the ones of issue #4; each is
-reported as met or missed with its figure and, if missed, a one-line reason.
+reported as met or missed with its figure and, if missed, a one-line reason. The last row runs predict.py
+(issue #11) on new samples of 5,000 and 20,000 images (symbolic links cycling through the data, never copies).
 
     python bench/bench_pipeline.py                                   # ndsb9, about 10 minutes on 2 cores
     python bench/bench_pipeline.py --data_root=/data/imgs --seen_classes="[...]" --unseen_classes="[...]"
@@ -43,9 +44,10 @@ NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", 
               "chaetognath_sagitta", "hydromedusae_solmaris"]
 NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
 FULL = {"trunk_images": 256, "original_batches": 7, "loader_images": 3000, "dist_small": 5000, "dist_large": 20000,
-        "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64}
+        "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64, "predict_small": 5000,
+        "predict_large": 20000}
 QUICK = {"trunk_images": 32, "original_batches": 2, "loader_images": 64, "dist_small": 300, "dist_large": 1200,
-         "cache_small": 40, "cache_large": 160, "cache_image_size": 32}
+         "cache_small": 40, "cache_large": 160, "cache_image_size": 32, "predict_small": 40, "predict_large": 160}
 QUICK_OVERRIDES = ["--max_images_per_class=24", "--image_size=64", "--epochs=2", "--umap_samples_per_split=60",
                    "--transfer_repeats=1", "--num_workers=0"]
 
@@ -212,6 +214,46 @@ def cache_child(n, image_size, data_root, classes, out):
     print(json.dumps({"n": n, "peak_rss_mb": rss_mb("VmHWM"), "before_mb": before}))
 
 
+def sample_of_links(n, data_root, classes, folder):
+    """A folder of n symbolic links to the data's images, cycling through them, in sub-folders of 1,000 (as a
+    cruise's export): a large new sample without copying one image."""
+    root = Path(data_root)
+    files = sorted(root / c / f for c in classes for f in dataloader.list_class_files(root / c)[0])
+    for i in range(n):
+        target = files[i % len(files)]
+        link = Path(folder) / f"part{i // 1000:03d}" / f"{i:06d}_{target.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, link)
+    return folder
+
+
+def predict_child(argv):
+    """In a fresh process: predict.py over a sample folder -> its peak resident memory and wall time."""
+    import predict
+    reset_peak_rss()  # imports peak above what predict itself holds: measure predict's own high-water mark
+    before = rss_mb("VmRSS")
+    start = time.perf_counter()
+    table = predict.main(argv)
+    print(json.dumps({"images": int(table["images"].sum()), "peak_rss_mb": rss_mb("VmHWM"), "before_mb": before,
+                      "seconds": time.perf_counter() - start}))
+
+
+def predict_memory(sizes, scratch_argv, data_root, classes, scratch):
+    """Peak RSS of predict.py on samples of each size (made of links), run on the pipeline's trained model."""
+    result = {}
+    for n in sizes:
+        folder = sample_of_links(n, data_root, classes, Path(scratch) / f"sample{n}")
+        argv = scratch_argv + [f"--predict_dir={str(folder)!r}"]
+        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv=['x']; "
+                f"from bench.bench_pipeline import predict_child; predict_child({argv!r})")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+        result[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
 def reset_peak_rss():
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
@@ -284,6 +326,7 @@ def run(argv):
     try:
         # 1. the whole pipeline, per stage
         timings = run_pipeline.run(scratch_argv)
+        lab.release_locks()  # the measurements below run scripts in child processes on the same scratch folder
         raw["pipeline_seconds"] = dict(zip(timings["stage"], timings["seconds"]))
         total = raw["pipeline_seconds"]["total"]
         rows.append(verdict("end to end", "full pipeline, per stage and total", round(total, 1), "<= 300 s",
@@ -397,6 +440,18 @@ def run(argv):
                             f"{sizes['cache_large']} images at {sizes['cache_image_size']} px "
                             f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)", round(growth, 1),
                             "<= 100 MB growth", growth <= 100, "MB", "features held in memory"))
+
+        # 9. predict.py memory: peak RSS on a new sample of 5,000 and of 20,000 images
+        predicted = predict_memory((sizes["predict_small"], sizes["predict_large"]), scratch_argv,
+                                   lab.resolve(cfg.data_root), cfg.seen_classes + cfg.unseen_classes, scratch)
+        small, large = predicted[sizes["predict_small"]], predicted[sizes["predict_large"]]
+        growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+        raw["predict_memory"] = predicted
+        rows.append(verdict("predict memory", f"peak RSS of predict.py, {small['images']} vs {large['images']} "
+                            f"images at {cfg.image_size} px ({small['peak_rss_mb']:.0f} vs "
+                            f"{large['peak_rss_mb']:.0f} MB; {large['images'] / large['seconds']:.0f} images/s)",
+                            round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
+                            "more than file names and embeddings (about 2.4 KB per image) grows with the sample"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     raw["rows"] = rows

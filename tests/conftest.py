@@ -53,6 +53,20 @@ def tiny_pipeline(tiny_demo, tmp_path_factory):
     return lab.load_config(argv), argv, timings
 
 
+@pytest.fixture(scope="session")
+def novelty_ready(tiny_demo, tmp_path_factory):
+    """(config, argv) of a model trained on the tiny demo, with its embeddings and novelty thresholds."""
+    import embed
+    import novelty
+    import train
+    out = tmp_path_factory.mktemp("novelty-ready")
+    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
+    train.main(argv)
+    embed.main(argv)
+    novelty.main(argv)
+    return lab.load_config(argv), argv
+
+
 @pytest.fixture
 def make_cfg(tmp_path, tiny_demo):
     """make_cfg(*overrides) -> config on the tiny demo set, artifacts in this test's tmp folder."""

@@ -11,7 +11,7 @@ def test_benchmark_quick_run_writes_every_row(tmp_path):
     saved = json.loads((tmp_path / "results" / "benchmark.json").read_text())
     names = [r["what"] for r in saved["rows"]]
     for expected in ("end to end", "trunk pass", "trunk efficiency", "head training epoch", "data loading", "UMAP",
-                     "average distances", "distance memory", "cache memory"):
+                     "average distances", "distance memory", "cache memory", "predict memory"):
         assert expected in names
     assert all(r["met"] or r["reason"] for r in saved["rows"])  # a missed target always says why
     assert saved["distances"]["agree_with_cdist"] and raw["trunk"]["embedding_cosine"] > 0.9

@@ -15,12 +15,13 @@ ARTIFACTS = {
     "results": ["dataset_summary.csv", "split.csv", "split.json", "skipped_files.csv", "train_history.csv",
                 "test_metrics.json", "test_predictions.csv", "average_distances_test.csv",
                 "average_distances_unseen.csv", "umap_coordinates.csv", "galleries.csv", "transfer_learning.csv",
-                "pipeline_timings.csv", "report.html"],
+                "novelty.csv", "novelty_scores.csv", "novelty_thresholds.json", "pipeline_timings.csv", "report.html"],
     "figs": ["training_plot.png", "confusion_matrix.png", "average_euclidean_distances_test.png",
              "average_angular_distances_test.png", "average_euclidean_distances_unseen.png",
              "average_angular_distances_unseen.png", "umap_embeddings.png", "accuracy_SVC.png",
-             "accuracy_Linear.png", "accuracy_kNN.png", "accuracy_all.png"],
-    "embeddings": ["embeddings_train.pkl", "embeddings_test.pkl", "embeddings_unseen.pkl", "embeddings_meta.json"],
+             "accuracy_Linear.png", "accuracy_kNN.png", "accuracy_all.png", "novelty_roc.png", "novelty_scores.png"],
+    "embeddings": ["embeddings_train.pkl", "embeddings_val.pkl", "embeddings_test.pkl", "embeddings_unseen.pkl",
+                   "embeddings_meta.json"],
     "checkpoints": ["best.pth", "last.pth"],
 }
 
@@ -63,6 +64,9 @@ def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     assert metrics["n_test"] == 6 * 12 and metrics["accuracy"] > 2 / 6  # twice chance, even on a random trunk
     transfer = pd.read_csv(lab.out_path(cfg, "results", "transfer_learning.csv"))
     assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 0.5  # 3 unseen classes: chance 1/3
+    novelty = pd.read_csv(lab.out_path(cfg, "results", "novelty.csv"))
+    default = novelty[novelty["default"] & (novelty["unseen_class"] == "all")]
+    assert default["auroc"].item() > 0.6  # unseen taxa score above seen ones (chance 0.5), even on a random trunk
     assert not list(tmp_path.rglob("*.jpg")), "the images are read in place, never copied"
 
 

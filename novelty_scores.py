@@ -1,0 +1,223 @@
+"""Novelty scores: how likely an image is of a taxon the classifier was never trained on.
+
+Every score is oriented so that a HIGHER value means MORE LIKELY NEW. The four standard scores:
+  msp             1 - maximum softmax probability (Hendrycks & Gimpel 2017)
+  energy          -logsumexp(logits), the free energy at temperature 1 (Liu et al. 2020)
+  knn             Euclidean distance to the k-th nearest training embedding, both L2-normalised (Sun et al. 2022)
+  mahalanobis     Mahalanobis distance to the nearest class mean under one shared covariance, shrunk by
+                  Ledoit-Wolf (Lee et al. 2018)
+and one combination, kept because it beats all four on ndsb9 (README, "Novelty"):
+  mahalanobis_knn mean of the mahalanobis and knn scores, each standardised by its mean and standard deviation
+                  on the known validation images: the class-Gaussian view (global shape of each class) and the
+                  nearest-neighbour view (local density, no shape assumed) err on different images
+The logits are the last layer applied to the embedding, so every score needs only embeddings and that layer.
+
+Evaluation, with "known" images (seen classes) and "new" images (unseen classes):
+  auroc                   probability that a random new image scores above a random known one (ties count half)
+  fpr_at_tpr              share of new images that pass as known when the threshold keeps 95 % of the known ones
+  threshold_keeping       that threshold, chosen on known (validation) images only
+
+Everything above is pure numpy / scikit-learn. The last section builds the scorer of a trained model from the
+lab's artifacts (checkpoints/best.pth, embeddings/embeddings_{train,val}.pkl, results/novelty_thresholds.json)
+for novelty.py and predict.py; it reads them and writes nothing.
+"""
+import json
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+from scipy.stats import rankdata
+from sklearn.covariance import LedoitWolf
+
+import dataloader
+import lab
+
+STANDARD_SCORES = ("msp", "energy", "knn", "mahalanobis")
+COMBINED_SCORES = ("mahalanobis_knn",)
+SCORES = STANDARD_SCORES + COMBINED_SCORES
+COMBINED_PARTS = {"mahalanobis_knn": ("mahalanobis", "knn")}
+KEEP_KNOWN = 0.95  # a threshold keeps 95 % of the known validation images, the usual operating point (FPR95)
+BLOCK = 2048  # query rows per block: the kNN distance block is BLOCK x n_train floats, whatever the query count
+
+
+# --------------------------------------------------------------------------- scores
+def logits_from_embeddings(embeddings, weight, bias):
+    """The classifier's last layer (weight: classes x dims, bias: classes) applied to embeddings (n x dims)."""
+    return np.asarray(embeddings, np.float64) @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64)
+
+
+def msp_score(logits):
+    return 1.0 - softmax(np.asarray(logits, np.float64), axis=1).max(axis=1)
+
+
+def energy_score(logits):
+    return -logsumexp(np.asarray(logits, np.float64), axis=1)
+
+
+def l2_normalise(x):
+    """Rows scaled to unit length; an all-zero row (every ReLU off) has no direction and stays zero."""
+    x = np.asarray(x, np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def kth_neighbour_distance(bank, queries, k):
+    """Euclidean distance from each query to its k-th nearest row of bank, computed in blocks of queries."""
+    bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
+    k = min(k, len(bank))
+    bank_sq = (bank ** 2).sum(1)
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), BLOCK):
+        q = queries[start:start + BLOCK]
+        squared = (q ** 2).sum(1)[:, None] + bank_sq[None, :] - 2.0 * q @ bank.T
+        out[start:start + BLOCK] = np.partition(np.maximum(squared, 0.0), k - 1, axis=1)[:, k - 1]
+    return np.sqrt(out)
+
+
+def knn_score(train_embeddings, embeddings, k):
+    return kth_neighbour_distance(l2_normalise(train_embeddings), l2_normalise(embeddings), k)
+
+
+class Gaussians:
+    """Class means and one shared Ledoit-Wolf-shrunk covariance of the training embeddings (Lee et al. 2018).
+
+    Shrinkage keeps the precision matrix finite when some embedding dimensions never fire (dead ReLUs) or
+    when a class has fewer images than dimensions."""
+
+    def __init__(self, embeddings, labels):
+        x, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
+        self.classes = np.unique(labels)
+        self.means = np.stack([x[labels == c].mean(0) for c in self.classes])
+        residuals = x - self.means[np.searchsorted(self.classes, labels)]
+        self.precision = LedoitWolf(assume_centered=True).fit(residuals).precision_
+
+    def mahalanobis(self, embeddings):
+        """Distance to the nearest class mean: min over classes of sqrt((x - mean)' precision (x - mean))."""
+        x = np.asarray(embeddings, np.float64)
+        squared = [((x - m) @ self.precision * (x - m)).sum(1) for m in self.means]
+        return np.sqrt(np.maximum(np.min(squared, axis=0), 0.0))
+
+
+class NoveltyScorer:
+    """Everything the scores need, fitted once: class Gaussians and the kNN bank on the training embeddings, the
+    standardisation of the combined score on the known validation embeddings. Scores any number of images."""
+
+    def __init__(self, train_embeddings, train_labels, weight, bias, knn_k, val_embeddings):
+        train_embeddings = np.asarray(train_embeddings, np.float64)
+        self.bank = l2_normalise(train_embeddings)
+        self.weight, self.bias, self.knn_k = np.asarray(weight), np.asarray(bias), knn_k
+        self.gaussians = Gaussians(train_embeddings, train_labels)
+        self.standardise = {}
+        parts = sorted({p for ps in COMBINED_PARTS.values() for p in ps})
+        for name, values in self.scores(val_embeddings, parts).items():
+            self.standardise[name] = (float(values.mean()), float(values.std()) or 1.0)
+
+    def logits(self, embeddings):
+        return logits_from_embeddings(embeddings, self.weight, self.bias)
+
+    def _single(self, name, embeddings, logits):
+        if name == "msp":
+            return msp_score(logits)
+        if name == "energy":
+            return energy_score(logits)
+        if name == "knn":
+            return kth_neighbour_distance(self.bank, l2_normalise(embeddings), self.knn_k)
+        if name == "mahalanobis":
+            return self.gaussians.mahalanobis(embeddings)
+        raise ValueError(f"unknown novelty score {name!r}; known: {SCORES}")
+
+    def scores(self, embeddings, names=SCORES):
+        """{score name: array (n,)} for embeddings (n x dims); a combined score reuses its parts."""
+        embeddings = np.asarray(embeddings, np.float64)
+        logits, done = self.logits(embeddings), {}
+
+        def get(name):
+            if name not in done:
+                if name in COMBINED_PARTS:
+                    done[name] = np.mean([standardised(get(part), *self.standardise[part])
+                                          for part in COMBINED_PARTS[name]], axis=0)
+                else:
+                    done[name] = self._single(name, embeddings, logits)
+            return done[name]
+        return {name: get(name) for name in names}
+
+
+def standardised(values, mean, sd):
+    return (np.asarray(values, np.float64) - mean) / sd
+
+
+# --------------------------------------------------------------------------- evaluation
+def _check(known, new):
+    known, new = np.asarray(known, np.float64), np.asarray(new, np.float64)
+    if len(known) == 0 or len(new) == 0:
+        raise ValueError("AUROC and FPR need at least one known and one new image")
+    return known, new
+
+
+def auroc(known, new):
+    """Area under the ROC curve with 'new' as the positive class (Mann-Whitney U / (n_known n_new))."""
+    known, new = _check(known, new)
+    ranks = rankdata(np.concatenate([known, new]))  # ties get their average rank: a tie counts one half
+    u = ranks[len(known):].sum() - len(new) * (len(new) + 1) / 2.0
+    return float(u / (len(known) * len(new)))
+
+
+def threshold_keeping(known, keep=KEEP_KNOWN):
+    """The smallest score t with at least `keep` of the known images at or below it (they pass as known);
+    an image scoring above t is flagged as possibly new."""
+    known = np.sort(np.asarray(known, np.float64))
+    if len(known) == 0:
+        raise ValueError("a threshold needs at least one known image")
+    return float(known[int(np.ceil(keep * len(known))) - 1])
+
+
+def fpr_at_tpr(known, new, tpr=KEEP_KNOWN):
+    """Share of new images scoring at or below the threshold that keeps `tpr` of the known ones: the new
+    images that would pass as known (the FPR95 of Liu et al. 2020 and Sun et al. 2022; lower is better)."""
+    known, new = _check(known, new)
+    return float(np.mean(new <= threshold_keeping(known, tpr)))
+
+
+def flagged_share(scores, threshold):
+    """Share of images flagged as possibly new (score above the threshold)."""
+    scores = np.asarray(scores, np.float64)
+    return float(np.mean(scores > threshold)) if len(scores) else float("nan")
+
+
+def roc_points(known, new):
+    """(false-positive rate, true-positive rate) of flagging 'new' at every distinct threshold, from (0, 0)."""
+    known, new = _check(known, new)
+    values = np.concatenate([known, new])
+    is_new = np.concatenate([np.zeros(len(known)), np.ones(len(new))])
+    order = np.argsort(-values, kind="mergesort")
+    values, is_new = values[order], is_new[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(values)), len(values) - 1]
+    tp = np.cumsum(is_new)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    return np.r_[0.0, fp / len(known)], np.r_[0.0, tp / len(new)]
+
+
+# --------------------------------------------------------------------------- from the lab's artifacts
+def classifier_layer(ckpt):
+    """(weight, bias) of the checkpoint's last layer, the one that turns an embedding into logits."""
+    state = ckpt["model_state"]
+    return state["classifier.weight"].double().numpy(), state["classifier.bias"].double().numpy()
+
+
+def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
+    """The NoveltyScorer of a trained model: its last layer, its training embeddings (the reference of the
+    Mahalanobis and kNN scores) and its validation embeddings (the standardisation of the combined score)."""
+    train, x_train = dataloader.load_embeddings(cfg, "train")  # refused if made from another checkpoint
+    _, x_val = dataloader.load_embeddings(cfg, "val")
+    weight, bias = classifier_layer(ckpt)
+    return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val)
+
+
+def load_thresholds(cfg, checkpoint_digest):
+    """results/novelty_thresholds.json, refused when made for another checkpoint or another novelty_knn_k."""
+    path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
+    saved = json.loads(path.read_text())
+    if saved.get("checkpoint_sha256") != checkpoint_digest or saved.get("novelty_knn_k") != cfg.novelty_knn_k:
+        raise lab.LabError(f"{path} was made for another checkpoint or another novelty_knn_k (it says "
+                           f"{saved.get('novelty_knn_k')}, the config {cfg.novelty_knn_k}). Run `python novelty.py` "
+                           f"again with the current checkpoint and settings.")
+    return saved

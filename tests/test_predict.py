@@ -1,0 +1,155 @@
+"""predict.py: a nested folder with junk in it, its predictions equal evaluate.py's, the EcoTaxa layout, and an
+interrupted run that continues where it stopped."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.special import softmax
+
+import checkpoint
+import evaluate
+import features
+import lab
+import predict
+
+
+def threshold_of(cfg):
+    saved = json.loads(lab.out_path(cfg, "results", "novelty_thresholds.json").read_text())
+    return saved["thresholds"][cfg.novelty_score]
+
+
+@pytest.fixture
+def messy_sample(tiny_demo, tmp_path):
+    """sample/<station>/<depth>/ of demo images, a corrupt .jpg, a text file, a 16-bit PNG and a hidden folder."""
+    sample = tmp_path / "sample"
+    sources = sorted((tiny_demo / "Retaria").iterdir())[:4] + sorted((tiny_demo / "chainthin").iterdir())[:3]
+    for i, src in enumerate(sources):
+        folder = sample / f"station{i % 2}" / ("10m" if i < 4 else "50m")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, folder / src.name)
+    grey = np.asarray(Image.open(sources[0]).convert("L"), dtype=np.uint16) * 16  # a 12-bit sensor's range
+    Image.fromarray(grey).save(sample / "station0" / "deep16bit.png")
+    assert Image.open(sample / "station0" / "deep16bit.png").mode.startswith("I")
+    (sample / "station1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (sample / "notes.txt").write_text("CTD cast 42, Niskin 3\n")
+    (sample / ".thumbnails").mkdir()
+    shutil.copy(sources[0], sample / ".thumbnails" / "hidden.jpg")
+    return sample
+
+
+def test_a_nested_folder_with_junk_is_classified_and_the_junk_listed(novelty_ready, messy_sample):
+    cfg, argv = novelty_ready
+    counts = predict.main(argv + [f"--predict_dir={str(messy_sample)!r}"])
+    rows = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
+    assert len(rows) == 8 and "station0/deep16bit.png" in set(rows["path"])
+    assert all(p.count("/") >= 1 and not p.startswith(".") for p in rows["path"])
+    p_columns = [f"p_{c}" for c in cfg.seen_classes]
+    assert rows[p_columns].sum(axis=1).to_numpy() == pytest.approx(np.ones(8), abs=1e-9)
+    assert (rows["predicted"] == rows["top1_class"]).all() and (rows["probability"] == rows["top1_probability"]).all()
+    assert (rows["top1_probability"] >= rows["top2_probability"]).all()
+    assert (rows["top2_probability"] >= rows["top3_probability"]).all()
+    assert (rows[p_columns].to_numpy().argmax(1) == [cfg.seen_classes.index(c) for c in rows["predicted"]]).all()
+    score = f"novelty_{cfg.novelty_score}"
+    assert (rows["possibly_new"] == (rows[score] > threshold_of(cfg))).all()
+    skipped = pd.read_csv(lab.out_path(cfg, "results", "predict_skipped.csv")).set_index("path")["reason"]
+    assert set(skipped.index) == {"station1/broken.jpg", "notes.txt", ".thumbnails"}  # as the scan ignores them
+    assert "not an image" in skipped["notes.txt"] and "not an image" not in skipped["station1/broken.jpg"]
+    assert "hidden" in skipped[".thumbnails"]
+    table = pd.read_csv(lab.out_path(cfg, "results", "prediction_counts.csv"))
+    assert table.equals(counts) and list(table["class"]) == cfg.seen_classes
+    assert table["images"].sum() == 8 and table["possibly_new"].sum() == rows["possibly_new"].sum()
+    assert table.set_index("class")["images"].to_dict() == {c: (rows["predicted"] == c).sum() for c in cfg.seen_classes}
+    embeddings = pd.read_pickle(lab.out_path(cfg, "embeddings", "embeddings_predict.pkl"))
+    assert (embeddings["split"] == "predict").all() and len(embeddings) == 8
+    assert list(embeddings["label"]) == list(rows["predicted"])
+    assert list(embeddings["path"]) == [str(messy_sample / p) for p in rows["path"]]
+
+
+def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo):
+    cfg, argv = novelty_ready
+    evaluate.main(argv)
+    predict.main(argv + [f"--predict_dir={str(tiny_demo)!r}"])  # the whole data root: every split, unseen too
+    ours = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv")).set_index("path")
+    theirs = pd.read_csv(lab.out_path(cfg, "results", "test_predictions.csv"))
+    assert len(ours) == 9 * 36 and len(theirs) == 6 * 7
+    assert list(ours.loc[theirs["path"], "predicted"]) == list(theirs["predicted"])
+    trained_cfg, _, model, split, device = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
+    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    test = features.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
+                            names=("test",))["test"]
+    probabilities = softmax(features.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
+    p_columns = [f"p_{c}" for c in cfg.seen_classes]
+    assert ours.loc[test.rows["path"], p_columns].to_numpy() == pytest.approx(probabilities, abs=1e-5)
+
+
+def test_ecotaxa_table_layout(novelty_ready, messy_sample):
+    cfg, argv = novelty_ready
+    predict.main(argv + [f"--predict_dir={str(messy_sample)!r}", "--ecotaxa=True"])
+    lines = lab.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()
+    header, types = lines[0].split("\t"), lines[1].split("\t")
+    assert header[:5] == ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status",
+                          "object_probability"]
+    assert types == ["[t]"] * 4 + ["[f]"] * (len(header) - 4)
+    assert all(h == h.lower() and h.split("_", 1)[0] in ("img", "object") for h in header)
+    table = pd.read_csv(lab.out_path(cfg, "results", "ecotaxa_predictions.tsv"), sep="\t", skiprows=[1])
+    rows = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
+    assert len(table) == len(rows) == 8 and table["object_id"].is_unique
+    assert (table["object_annotation_status"] == "predicted").all()
+    assert list(table["object_annotation_category"]) == list(rows["predicted"])
+    assert all((messy_sample / name).is_file() for name in table["img_file_name"])  # relative to the sample folder
+    p_columns = [h for h in header if h.startswith("object_p_")]
+    assert len(p_columns) == len(cfg.seen_classes)
+    assert table[p_columns].sum(axis=1).to_numpy() == pytest.approx(np.ones(8), abs=1e-9)
+    assert set(table["object_possibly_new"]) <= {0, 1}
+
+
+def test_an_interrupted_run_continues_where_it_stopped(novelty_ready, tiny_demo, monkeypatch):
+    cfg, argv = novelty_ready
+    argv = argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"]  # 36 images: 5 chunks of 8
+    monkeypatch.setattr(predict, "CHUNK", 8)
+    real_run_trunk, calls = features.run_trunk, []
+
+    def failing_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_trunk(*args, **kwargs)
+    for stale in lab.out_path(cfg, "cache").glob("predict_*.npz"):
+        stale.unlink()
+    monkeypatch.setattr(features, "run_trunk", failing_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict.main(argv)
+    assert len(list(lab.out_path(cfg, "cache").glob("predict_*.npz"))) == 2  # two finished chunks, nothing half
+    calls.clear()
+    monkeypatch.setattr(features, "run_trunk", lambda *a, **k: (calls.append(1), real_run_trunk(*a, **k))[1])
+    predict.main(argv)
+    assert len(calls) == 3  # only the three unfinished chunks
+    resumed = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
+    for done in lab.out_path(cfg, "cache").glob("predict_*.npz"):
+        done.unlink()
+    calls.clear()
+    predict.main(argv)
+    assert len(calls) == 5
+    pd.testing.assert_frame_equal(resumed, pd.read_csv(lab.out_path(cfg, "results", "predictions.csv")))
+
+
+def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tiny_demo, tmp_path):
+    cfg, argv = novelty_ready
+    with pytest.raises(lab.LabError, match="--predict_dir=/path/to/sample"):
+        predict.main(argv)
+    with pytest.raises(lab.LabError, match="is not a folder"):
+        predict.main(argv + [f"--predict_dir={str(tmp_path / 'nowhere')!r}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(lab.LabError, match="No image files"):
+        predict.main(argv + [f"--predict_dir={str(tmp_path / 'empty')!r}"])
+    thresholds = lab.out_path(cfg, "results", "novelty_thresholds.json")
+    saved = thresholds.read_text()
+    try:
+        thresholds.write_text(json.dumps({**json.loads(saved), "novelty_knn_k": 3}))
+        with pytest.raises(lab.LabError, match="Run `python novelty.py`"):
+            predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+    finally:
+        thresholds.write_text(saved)
