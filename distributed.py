@@ -12,8 +12,8 @@ The ranks exchange only small messages, over gloo: which shard to compute, and w
 themselves travel through the cache folder, so gloo serves on GPUs too (no tensor ever crosses between ranks,
 which is what NCCL is for), and output_dir and data_root must be visible at the same path on every machine.
 A rank whose shard fails reports why, and rank 0 stops the run with one message naming it; a rank that dies
-(killed, crashed) is noticed by gloo or torchrun at once; a rank that hangs stops the run after
-PLANKTON_LAB_RANK_TIMEOUT_MINUTES (120) of waiting for it.
+(killed, crashed) is noticed by gloo or torchrun at once; a rank whose shard is not done
+PLANKTON_LAB_RANK_TIMEOUT_MINUTES (120) after the others' stops the run as stuck.
 
 Reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, TORCHELASTIC_ERROR_FILE).
 Writes nothing of the lab's; on rank 0, when the run fails, torchrun's error file, so that torchrun's closing
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import lab
 
+# Machines of one job can start minutes apart (a scheduler, a slow file system at import).
+START_WAIT = datetime.timedelta(minutes=30)
 # Waiting for the next shard is no sign of trouble (rank 0 may be scanning a folder or training the head for
 # hours); a dead rank 0 is noticed by gloo (closed connection) or torchrun (which stops every rank).
 JOB_WAIT = datetime.timedelta(days=7)
@@ -39,7 +41,7 @@ JOB_WAIT = datetime.timedelta(days=7)
 TIMEOUT_VARIABLE = "PLANKTON_LAB_RANK_TIMEOUT_MINUTES"
 DEFAULT_TIMEOUT_MINUTES = 120
 
-_state = {"started": False, "jobs": None, "broken": False, "released": False, "stopping": False}
+_state = {"started": False, "jobs": None, "shards": None, "broken": False, "released": False, "stopping": False}
 
 
 class Terminated(BaseException):
@@ -111,8 +113,9 @@ def start():
     import torch.distributed as dist
     wait = timeout()
     signal.signal(signal.SIGTERM, _terminate)
-    dist.init_process_group("gloo", timeout=wait)
+    dist.init_process_group("gloo", timeout=START_WAIT)
     _state["jobs"] = dist.new_group(backend="gloo", timeout=JOB_WAIT)
+    _state["shards"] = dist.new_group(backend="gloo", timeout=wait)
     _state["started"] = True
     if is_main():
         print(f"[torchrun] {world_size()} ranks: each computes a shard of every trunk pass; rank 0 (this one) runs "
@@ -191,15 +194,11 @@ def map_shards(task, n, what, **kwargs):
         dist.broadcast_object_list([job], src=0, group=_state["jobs"])
         mine = _attempt(task, n, kwargs)
         outcomes = [None] * world_size()
-        dist.gather_object(mine, outcomes, dst=0)
+        dist.gather_object(mine, outcomes, dst=0, group=_state["shards"])
     except RuntimeError as exc:  # gloo: a rank died, or did not answer within the timeout
         _state["broken"] = True
         stopping()
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise lab.LabError(f"A rank stopped answering during {what} ({first_line}). A rank that is killed (e.g. by "
-                           f"the out-of-memory killer: lower batch_size or num_workers) or crashes ends a run like "
-                           f"this; torchrun's report names it and how it ended. Nothing of {what} was kept as "
-                           f"complete; run the same command again once the cause is fixed.") from None
+        raise lab.LabError(_lost_rank(exc, what)) from None
     failed = [o for o in outcomes if not o.ok]
     if failed:
         stopping()
@@ -208,6 +207,19 @@ def map_shards(task, n, what, **kwargs):
                            f"Nothing of it was kept as complete (the next run computes it again); fix the cause on "
                            f"that machine and run the same command again.")
     return [o.result for o in outcomes]
+
+
+def _lost_rank(exc, what):
+    first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if "timed out" in first_line.lower():
+        cause = (f"A rank did not finish its shard within {TIMEOUT_VARIABLE}={timeout().total_seconds() / 60:g} "
+                 f"minutes of the others: it is stuck (e.g. on an unreachable file system), or merely slower (then "
+                 f"raise {TIMEOUT_VARIABLE}).")
+    else:
+        cause = ("A rank that is killed (e.g. by the out-of-memory killer: lower batch_size or num_workers) or "
+                 "crashes ends a run like this; torchrun's report names it and how it ended.")
+    return (f"A rank stopped answering during {what} ({first_line}). {cause} Nothing of {what} was kept as "
+            f"complete; run the same command again once the cause is fixed.")
 
 
 def serve():
@@ -222,7 +234,7 @@ def serve():
                 stopping()
                 return
             task, n, kwargs = box[0]
-            dist.gather_object(_attempt(task, n, kwargs), None, dst=0)
+            dist.gather_object(_attempt(task, n, kwargs), None, dst=0, group=_state["shards"])
         except RuntimeError as exc:  # gloo: rank 0 is gone
             _state["broken"] = True
             stopping()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ import features
 import lab
 from conftest import FAST
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]  # torchrun's module form
+# torchrun's module form; --standalone takes a free port, so that other torchrun runs on this machine do not clash
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 SCRIPTS = ("train.py", "evaluate.py", "embed.py")
 
 
@@ -89,7 +91,7 @@ def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
 # A realistic failure of one rank, injected without a hook in the lab's code: Python imports sitecustomize from
 # PYTHONPATH at start-up, and an audit hook there sees every file rank 1 opens.
 FAULTS = textwrap.dedent("""
-    import errno, os, signal, sys
+    import errno, os, signal, sys, time
     if os.environ.get("RANK") == "1":
         opened = []
         def fault(event, args):
@@ -98,6 +100,8 @@ FAULTS = textwrap.dedent("""
             if args[0].endswith(".part1"):
                 if os.environ["FAULT"] == "disk full":
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), args[0])
+                if os.environ["FAULT"] == "stuck":
+                    time.sleep(3600)  # as on a file system that stopped answering
                 opened.append(args[0])
             elif opened and args[0].endswith(".png") and len(opened) == 40:
                 os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would, mid-way through its part
@@ -107,12 +111,13 @@ FAULTS = textwrap.dedent("""
 """)
 
 
-def run_with_fault(tiny_demo, tmp_path, fault):
+def run_with_fault(tiny_demo, tmp_path, fault, **env):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(FAULTS)
     out = tmp_path / "out"
-    result = run([*TORCHRUN, "train.py", *argv(tiny_demo, out)], env=environment(PYTHONPATH=str(hooks), FAULT=fault))
+    result = run([*TORCHRUN, "train.py", *argv(tiny_demo, out)],
+                 env=environment(PYTHONPATH=str(hooks), FAULT=fault, **env))
     return out, result
 
 
@@ -140,6 +145,15 @@ def test_a_rank_that_is_killed_stops_the_run_and_leaves_nothing_that_looks_compl
     assert "Signal 9 (SIGKILL)" in result.stderr and "rank      : 1" in result.stderr  # torchrun's report
     ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and ("another rank failed" in ours[0] or "stopped answering" in ours[0]), result.stderr
+    assert_nothing_looks_complete(out)
+
+
+def test_a_rank_that_is_stuck_stops_the_run_after_the_timeout(tiny_demo, tmp_path):
+    started = time.monotonic()
+    out, result = run_with_fault(tiny_demo, tmp_path, "stuck", PLANKTON_LAB_RANK_TIMEOUT_MINUTES="0.1")
+    assert result.returncode != 0 and time.monotonic() - started < 300  # not the hour rank 1 would sleep
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "did not finish its shard within PLANKTON_LAB_RANK_TIMEOUT_MINUTES=0.1" in ours[0]
     assert_nothing_looks_complete(out)
 
 
