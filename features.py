@@ -7,15 +7,21 @@ memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (im
 lists images that fail to decode here in results/skipped_files.csv. The key covers the image list (paths,
 sizes, modification times and a fingerprint of each file's content), the image size, the trunk weights and
 the precision, so a change to any of them recomputes; features of another precision are kept apart. The
-folder can be deleted at any time.
+folder can be deleted at any time. Both files are written under temporary names (`.npy.tmp<pid>`) and renamed
+when whole. Under torchrun (distributed.py) each rank writes its contiguous shard to `..._<key>.npy.part<rank>`
+and rank 0 assembles them, in order, into the same two files.
 """
 import contextlib
+import copy
 import glob
 import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import sys
+import time
 
 import numpy as np
 import torch
@@ -23,6 +29,7 @@ from tqdm import tqdm
 
 import backbone
 import dataloader
+import distributed
 import lab
 
 FP16_MAX = 65504.0
@@ -68,28 +75,130 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
         write(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16), ok.numpy())
 
 
-def _write_cache(path, ok_path, n, shape, fill):
-    """Stream the features into an .npy file (no memory map while writing: resident memory stays flat)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+def _stream_features(target, n, shape, fill):
+    """Stream fill's batches into target as an .npy of n rows (no memory map while writing: resident memory stays
+    flat); returns the ok flags of the rows."""
     ok = np.zeros(n, dtype=bool)
     position = [0]
-    try:
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                     "shape": (n, *shape)})
+    with open(target, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                 "shape": (n, *shape)})
 
-            def write(batch, batch_ok):
-                f.write(np.ascontiguousarray(batch).tobytes())
-                ok[position[0]:position[0] + len(batch)] = batch_ok
-                position[0] += len(batch)
-            fill(write)
-            f.flush()
-            os.fsync(f.fileno())
-        np.save(ok_path, ok)
-        os.replace(tmp, path)
+        def write(batch, batch_ok):
+            f.write(np.ascontiguousarray(batch).tobytes())
+            ok[position[0]:position[0] + len(batch)] = batch_ok
+            position[0] += len(batch)
+        fill(write)
+        if position[0] != n:  # a loader that ended early must not leave a file that looks whole
+            raise RuntimeError(f"the trunk pass gave {position[0]} rows, {n} were expected")
+        f.flush()
+        os.fsync(f.fileno())
+    return ok
+
+
+def _temporary(path):
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def _publish(tmp, path, ok_path, ok):
+    """The ok flags, then the features, each renamed into place whole: the cache is complete only once both are."""
+    ok_tmp = _temporary(ok_path)
+    try:
+        with open(ok_tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, ok)
+        os.replace(ok_tmp, ok_path)
+    finally:
+        with contextlib.suppress(OSError):
+            ok_tmp.unlink()
+    os.replace(tmp, path)
+
+
+def _write_cache(path, ok_path, n, shape, fill):
+    """One process: stream the features into a temporary file, then publish it."""
+    tmp = _temporary(path)
+    try:
+        _publish(tmp, path, ok_path, _stream_features(tmp, n, shape, fill))
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+def part_path(path, rank):
+    """Where a torchrun rank writes its shard of the cache file path (a leftover for lab.remove_leftovers)."""
+    return path.with_name(f"{path.name}.part{rank}")
+
+
+def trunk_shard(rank, start, stop, *, cache_path, abs_paths, image_size, batch_size, num_workers, trunk, precision,
+                device_type, data_root, desc):
+    """On one torchrun rank: the trunk's output for abs_paths[start:stop], written to part_path(cache_path, rank);
+    returns their ok flags. The part is removed if this fails."""
+    if not os.path.isdir(data_root):
+        raise lab.LabError(f"data_root {data_root} is not a folder on this machine. Every machine of the run must see "
+                           f"the images at the same path (a shared or identically mounted file system).")
+    if not cache_path.parent.is_dir():
+        raise lab.LabError(f"the cache folder {cache_path.parent} does not exist on this machine. output_dir must be "
+                           f"on a file system every machine of the run sees at the same path.")
+    paths = abs_paths[start:stop]
+    if not paths:
+        return np.zeros(0, dtype=bool)
+    device = lab.select_device(device_type)  # this rank's own GPU under torchrun
+    dtype = backbone.PRECISIONS[precision]
+    side = backbone.trunk_side(image_size)
+    loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
+    part = part_path(cache_path, rank)
+    try:
+        return _stream_features(part, len(paths), (backbone.TRUNK_CHANNELS, side, side),
+                                lambda write: run_trunk(trunk, loader, device, dtype, write, desc))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
+def assemble_parts(path, ok_path, n, shape, oks):
+    """Rank 0: the ranks' parts, in rank order, copied into one file (streamed: memory stays flat), published as a
+    single process publishes its file; each part is deleted once copied."""
+    tmp = _temporary(path)
+    row_bytes = int(np.prod(shape)) * 2
+    with open(tmp, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                   "shape": (n, *shape)})
+        for rank, ok in enumerate(oks):
+            if not len(ok):
+                continue
+            part = part_path(path, rank)
+            if not part.exists():
+                raise lab.LabError(f"Rank {rank} wrote its part of the trunk cache to {part}, which this machine "
+                                   f"({socket.gethostname()}) does not see. output_dir must be on a file system every "
+                                   f"machine of the run shares, at the same path.")
+            with open(part, "rb") as source:
+                np.lib.format.read_magic(source)
+                part_shape, _, _ = np.lib.format.read_array_header_1_0(source)
+                whole = os.fstat(source.fileno()).st_size == source.tell() + len(ok) * row_bytes
+                if part_shape != (len(ok), *shape) or not whole:
+                    raise RuntimeError(f"{part} holds {part_shape}, not the {(len(ok), *shape)} rank {rank} reported")
+                shutil.copyfileobj(source, out, 16 << 20)
+            part.unlink()
+        out.flush()
+        os.fsync(out.fileno())
+    _publish(tmp, path, ok_path, np.concatenate(oks))
+
+
+def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name):
+    """torchrun: every rank computes a contiguous shard and writes it beside the cache file; rank 0 assembles the
+    file a single process would write. On any failure, no part and no temporary file is left behind."""
+    job = {"cache_path": path, "abs_paths": abs_paths, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
+           "num_workers": cfg.num_workers, "trunk": copy.deepcopy(trunk).cpu(), "device_type": device.type,
+           "precision": backbone.precision_name(dtype), "data_root": str(lab.resolve(cfg.data_root)),
+           "desc": f"trunk {split_name}"}
+    try:
+        oks = distributed.map_shards(trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split", **job)
+        assemble_parts(path, ok_path, len(abs_paths), shape, oks)
+    except BaseException:
+        for leftover in (*path.parent.glob(glob.escape(path.name) + ".part*"), _temporary(path)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         raise
 
 
@@ -112,7 +221,8 @@ def remove_stale_caches(folder, split_name, dtype):
 
 
 def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype):
-    """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, cached."""
+    """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, cached; under
+    torchrun the pass is shared by every rank and the file is the same."""
     abs_paths = dataloader.absolute_paths(cfg, split_rows["path"])
     key = cache_key(cfg, abs_paths, weights_id, dtype)
     folder = lab.out_path(cfg, "cache")
@@ -122,17 +232,25 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_caches(folder, split_name, dtype)
         side = backbone.trunk_side(cfg.image_size)
-        loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
+        shared = f", shared by {distributed.world_size()} ranks" if distributed.active() else ""
         print(f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
-              f"({backbone.precision_name(dtype)}, cached in {folder})")
+              f"({backbone.precision_name(dtype)}{shared}, cached in {folder})")
         shape = (backbone.TRUNK_CHANNELS, side, side)
+        started = time.perf_counter()
         try:
-            _write_cache(path, ok_path, len(abs_paths), shape,
-                         lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"))
+            if distributed.active():
+                _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name)
+            else:
+                loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
+                _write_cache(path, ok_path, len(abs_paths), shape,
+                             lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"))
         except OSError as exc:
             raise lab.LabError(f"Could not write the trunk cache in {folder} ({exc.strerror or exc}). Free some "
                                f"disk space (it needs about {len(abs_paths) * np.prod(shape) * 2 / 1e6:.0f} MB) "
                                f"or choose another --output_dir.") from None
+        seconds = time.perf_counter() - started
+        print(f"[trunk] {split_name}: {len(abs_paths)} images in {seconds:.1f} s "
+              f"({len(abs_paths) / max(seconds, 1e-9):.0f} images/s)")
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
     dataloader.record_trunk_failures(cfg, split_rows, ok)

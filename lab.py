@@ -285,9 +285,10 @@ def _release(lock):
     _held_locks.discard(lock)
 
 
-# Temporary files of an interrupted write: `.name.tmp<pid>.ext` (atomic_write) and `name.npy.tmp<pid>` (the
-# trunk cache). Only files named so, in the lab's own artifact folders, are ever removed.
-LEFTOVER = re.compile(r"(\..+\.tmp(?P<a>\d+)(\.[^.]*)?|trunk_.+\.npy\.tmp(?P<b>\d+))")
+# Temporary files of an interrupted write: `.name.tmp<pid>.ext` (atomic_write), `name.npy.tmp<pid>` (the trunk
+# cache) and `name.npy.part<rank>` (a torchrun rank's shard of it). Only files named so, in the lab's own artifact
+# folders, are ever removed.
+LEFTOVER = re.compile(r"(\..+\.tmp(?P<a>\d+)(\.[^.]*)?|trunk_.+\.npy\.tmp(?P<b>\d+)|trunk_.+\.npy\.part\d+)")
 
 
 def remove_leftovers(cfg):
@@ -300,7 +301,8 @@ def remove_leftovers(cfg):
             continue
         for entry in os.scandir(folder):
             match = LEFTOVER.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and int(match["a"] or match["b"]) != os.getpid():
+            pid = match and (match["a"] or match["b"])  # a torchrun rank's part has no pid: never in use here
+            if match and entry.is_file(follow_symlinks=False) and (pid is None or int(pid) != os.getpid()):
                 size += entry.stat().st_size
                 os.unlink(entry.path)
                 removed += 1
@@ -327,10 +329,12 @@ def seed_everything(seed):
 
 
 def select_device(name):
+    """The device the setting names; under torchrun, a GPU is this rank's own (cuda:LOCAL_RANK)."""
     import torch
+    import distributed
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return distributed.rank_device(torch.device("cuda"))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -339,7 +343,7 @@ def select_device(name):
                        f"use --device=auto or --device=cpu.")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise LabError("device='mps' was asked for but MPS is not available; use --device=auto or --device=cpu.")
-    return torch.device(name)
+    return distributed.rank_device(torch.device(name))
 
 
 
@@ -534,23 +538,41 @@ def package_versions():
 
 # --------------------------------------------------------------------------- entry point
 def run_main(main):
-    """Run a script's main: user errors become one paragraph and exit code 2, Ctrl-C exit code 130."""
+    """Run a script's main: user errors become one paragraph and exit code 2, Ctrl-C exit code 130. Under torchrun
+    (distributed.py) rank 0 runs main and the other ranks compute the trunk-pass shards it hands out."""
+    import distributed  # under torchrun: rank 0 runs main, the other ranks compute trunk-pass shards for it
     try:
-        main()
+        distributed.start()
+        if distributed.is_main():
+            main()
+        else:
+            distributed.serve()
         release_locks()
     except LabError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(f"error: {exc}", 2)
     except KeyboardInterrupt:
-        print("\nInterrupted by the user (Ctrl-C); finished artifacts are intact.", file=sys.stderr)
-        raise SystemExit(130) from None
+        _fail("Interrupted by the user (Ctrl-C); finished artifacts are intact.", 130)
+    except distributed.Terminated:
+        _fail("error: torchrun stopped this run because another rank failed: its report below names the rank and "
+              "how it ended. Nothing half-written was kept as complete; run the same command again once the cause "
+              "is fixed.", 143)
     except MemoryError:
-        print("\nerror: out of memory. Lower batch_size or num_workers (or umap_samples_per_split for the "
-              "2-D map) and run again.", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail("error: out of memory. Lower batch_size or num_workers (or umap_samples_per_split for the 2-D map) "
+              "and run again.", 2)
     except Exception as exc:  # an unexpected failure: a researcher must see where the code failed
         traceback.print_exc(file=sys.stderr)
-        print(f"\nerror: unexpected failure ({type(exc).__name__}: {exc}). This is likely a bug in the lab, not "
-              f"in your data: the traceback above shows where it happened; please report it with that "
-              f"traceback.", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(f"error: unexpected failure ({type(exc).__name__}: {exc}). This is likely a bug in the lab, not in "
+              f"your data: the traceback above shows where it happened; please report it with that traceback.", 1)
+    finally:
+        distributed.stop()
+
+
+def _fail(message, code):
+    """One message on stderr, then the exit code. Under torchrun, only rank 0 speaks for a run that it stops (the
+    other ranks' failures reach it as reasons); a SIGTERM from torchrun must not cut the message short."""
+    import distributed
+    distributed.stopping()
+    if distributed.is_main() or code not in (130, 143):  # Ctrl-C and torchrun's stop reach every rank at once
+        print("\n" + distributed.report_failure(message), file=sys.stderr)
+    distributed.stop()
+    raise SystemExit(code) from None

@@ -1,0 +1,217 @@
+"""torchrun (issue #13): train.py, evaluate.py and embed.py under `torchrun --nproc_per_node=2` (gloo, CPU) write
+the single-process run's files; a rank that fails or is killed stops the whole run, with one message, and leaves
+nothing that looks complete. The shards themselves are checked in-process against the single-process writer."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import backbone
+import dataloader
+import distributed
+import features
+import lab
+from conftest import FAST
+
+# torchrun's module form; --standalone takes a free port, so that other torchrun runs on this machine do not clash
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+SCRIPTS = ("train.py", "evaluate.py", "embed.py")
+
+
+def environment(**extra):
+    # One thread per process on both sides, as torchrun gives each rank: the head's training sums floats in
+    # another order with another thread count, which alone would change its weights in the last digits.
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run(command, env=None):
+    return subprocess.run(command, cwd=lab.ROOT, capture_output=True, text=True, env=env or environment(),
+                          timeout=600)
+
+
+def argv(data_root, output_dir):
+    return [f"--data_root={str(data_root)!r}", f"--output_dir={str(output_dir)!r}", *FAST, "--epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def both_runs(tiny_demo, tmp_path_factory):
+    """The same three scripts, once as single processes and once under torchrun with 2 ranks: (single, torchrun)."""
+    single, shared = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("torchrun")
+    for script in SCRIPTS:
+        alone = run([sys.executable, script, *argv(tiny_demo, single)])
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        ranks = run([*TORCHRUN, script, *argv(tiny_demo, shared)])
+        assert ranks.returncode == 0, ranks.stderr[-3000:]
+        assert "shared by 2 ranks" in ranks.stdout  # each script computed at least one split's trunk pass
+    return single, shared
+
+
+def files(folder, pattern):
+    return sorted(p.name for p in folder.glob(pattern))
+
+
+def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
+    single, shared = both_runs
+    assert (shared / "results" / "split.csv").read_bytes() == (single / "results" / "split.csv").read_bytes()
+    names = files(single / "cache", "*")
+    assert len(names) == 8 and files(shared / "cache", "*") == names  # 4 splits x (features, ok flags), same keys
+    for name in names:
+        mine, theirs = np.load(shared / "cache" / name), np.load(single / "cache" / name)
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        # float16 features, within one unit in the last place: oneDNN's result for an image may differ in the last
+        # bit with the size of the batch around it, and a rank's batches start elsewhere (identical on our machine)
+        np.testing.assert_allclose(mine.astype(np.float32), theirs.astype(np.float32), rtol=1e-3, atol=1e-3)
+    heads = [torch.load(folder / "checkpoints" / "best.pth", weights_only=True) for folder in (single, shared)]
+    assert heads[0]["epoch"] == heads[1]["epoch"] and heads[0]["trunk_precision"] == heads[1]["trunk_precision"]
+    for key, value in heads[0]["model_state"].items():
+        torch.testing.assert_close(heads[1]["model_state"][key], value, rtol=1e-2, atol=1e-3, msg=key)
+    for split in ("train", "val", "test", "unseen"):
+        mine = pd.read_pickle(shared / "embeddings" / f"embeddings_{split}.pkl")
+        theirs = pd.read_pickle(single / "embeddings" / f"embeddings_{split}.pkl")
+        assert len(mine) > 0 and list(mine.columns) == list(theirs.columns)
+        pd.testing.assert_frame_equal(mine[["label", "label_idx", "split", "path"]],
+                                      theirs[["label", "label_idx", "split", "path"]])  # same rows, same order
+        columns = dataloader.embedding_columns(theirs)
+        np.testing.assert_allclose(mine[columns].to_numpy(), theirs[columns].to_numpy(), rtol=1e-2, atol=1e-3)
+    predictions = [lab.read_csv(folder / "results" / "test_predictions.csv", ("path", "label", "predicted"))
+                   for folder in (single, shared)]
+    assert predictions[1][["path", "label", "predicted"]].equals(predictions[0][["path", "label", "predicted"]])
+    metrics = [json.loads((folder / "results" / "test_metrics.json").read_text()) for folder in (single, shared)]
+    assert metrics[1]["accuracy"] == metrics[0]["accuracy"] and metrics[1]["n_test"] == metrics[0]["n_test"]
+    assert not (shared / lab.LOCK_NAME).exists()  # rank 0 took the folder's lock, and gave it back
+
+
+# A realistic failure of one rank, injected without a hook in the lab's code: Python imports sitecustomize from
+# PYTHONPATH at start-up, and an audit hook there sees every file rank 1 opens.
+FAULTS = textwrap.dedent("""
+    import errno, os, signal, sys, time
+    if os.environ.get("RANK") == "1":
+        opened = []
+        def fault(event, args):
+            if event != "open" or not isinstance(args[0], str):
+                return
+            if args[0].endswith(".part1"):
+                if os.environ["FAULT"] == "disk full":
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), args[0])
+                if os.environ["FAULT"] == "stuck":
+                    time.sleep(3600)  # as on a file system that stopped answering
+                opened.append(args[0])
+            elif opened and args[0].endswith(".png") and len(opened) == 40:
+                os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would, mid-way through its part
+            elif opened and args[0].endswith(".png"):
+                opened.append(args[0])
+        sys.addaudithook(fault)
+""")
+
+
+def run_with_fault(tiny_demo, tmp_path, fault, **env):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAULTS)
+    out = tmp_path / "out"
+    result = run([*TORCHRUN, "train.py", *argv(tiny_demo, out)],
+                 env=environment(PYTHONPATH=str(hooks), FAULT=fault, **env))
+    return out, result
+
+
+def assert_nothing_looks_complete(out):
+    left = files(out / "cache", "*")
+    assert all(lab.LEFTOVER.fullmatch(name) for name in left), left  # removed by the next run, if any
+    assert not (out / "checkpoints" / "best.pth").exists() and not (out / "results" / "train_history.csv").exists()
+    assert not (out / lab.LOCK_NAME).exists()
+
+
+def test_a_rank_that_fails_stops_the_run_with_one_message_naming_it(tiny_demo, tmp_path):
+    out, result = run_with_fault(tiny_demo, tmp_path, "disk full")
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "Traceback" not in result.stderr.split(ours[0])[0], result.stderr[-3000:]
+    assert "Rank 1 of 2" in ours[0] and "No space left on device" in ours[0] and ".part1" in ours[0]
+    assert "traceback : " + ours[0] in result.stderr  # torchrun's closing report carries it too
+    assert files(out / "cache", "*") == []  # rank 0 removed every part of the failed pass
+    assert_nothing_looks_complete(out)
+
+
+def test_a_rank_that_is_killed_stops_the_run_and_leaves_nothing_that_looks_complete(tiny_demo, tmp_path):
+    out, result = run_with_fault(tiny_demo, tmp_path, "killed")
+    assert result.returncode != 0
+    assert "Signal 9 (SIGKILL)" in result.stderr and "rank      : 1" in result.stderr  # torchrun's report
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and ("another rank failed" in ours[0] or "stopped answering" in ours[0]), result.stderr
+    assert_nothing_looks_complete(out)
+
+
+def test_a_rank_that_is_stuck_stops_the_run_after_the_timeout(tiny_demo, tmp_path):
+    started = time.monotonic()
+    out, result = run_with_fault(tiny_demo, tmp_path, "stuck", PLANKTON_LAB_RANK_TIMEOUT_MINUTES="0.1")
+    assert result.returncode != 0 and time.monotonic() - started < 300  # not the hour rank 1 would sleep
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "did not finish its shard within PLANKTON_LAB_RANK_TIMEOUT_MINUTES=0.1" in ours[0]
+    assert_nothing_looks_complete(out)
+
+
+# ---------------------------------------------------------------- the shards, in one process
+@pytest.mark.parametrize(("n", "shards"), [(10, 3), (2, 3), (0, 2), (162, 2)])
+def test_shards_are_contiguous_in_order_and_cover_every_item(n, shards):
+    bounds = [distributed.shard_bounds(n, r, shards) for r in range(shards)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(stop == start for (_, stop), (start, _) in zip(bounds, bounds[1:]))
+    assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
+    """Every rank's task and rank 0's assembly, run here one after the other for 3 and 7 ranks (some with no
+    images): the file is byte for byte the one a single process writes, and no part is left. One image per batch on
+    both sides: oneDNN's result for an image may differ in the last bit with the size of the batch around it."""
+    cfg, _ = make_cfg("--batch_size=1")
+    split = dataloader.load_split(cfg)
+    rows = split[split["split"] == "val"].reset_index(drop=True).iloc[:5]
+    paths = dataloader.absolute_paths(cfg, rows["path"])
+    trunk = backbone.build_trunk(None, cfg.seed)
+    device = torch.device("cpu")
+    single, _ = features.trunk_features(cfg, trunk, rows, "val", "random", device, None)
+    single_path = next(lab.out_path(cfg, "cache").glob("trunk_val_fp32_*[0-9a-f].npy"))
+    single_bytes = single_path.read_bytes()
+    ok_bytes = single_path.with_name(single_path.stem + ".ok.npy").read_bytes()
+    for shards in (3, 7):  # 7 ranks for 5 images: two ranks have nothing to do
+        target = lab.out_path(cfg, "cache") / f"assembled_{shards}.npy"
+        oks = [features.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards), cache_path=target,
+                                    abs_paths=paths, image_size=cfg.image_size, batch_size=1, num_workers=0,
+                                    trunk=trunk, precision="fp32", device_type="cpu",
+                                    data_root=str(lab.resolve(cfg.data_root)), desc="test")
+               for r in range(shards)]
+        assert sum(len(ok) for ok in oks) == len(paths)
+        side = backbone.trunk_side(cfg.image_size)
+        ok_path = target.with_name(f"assembled_{shards}.ok.npy")
+        features.assemble_parts(target, ok_path, len(paths), (backbone.TRUNK_CHANNELS, side, side), oks)
+        assert target.read_bytes() == single_bytes and ok_path.read_bytes() == ok_bytes
+        assert not list(target.parent.glob("*.part*")) and not list(target.parent.glob("*.tmp*"))
+    assert single.shape[0] == len(paths)
+
+
+def test_leftover_parts_of_a_killed_run_are_removed_and_nothing_else(make_cfg):
+    cfg, _ = make_cfg()
+    lab.ensure_output_dirs(cfg)
+    cache = lab.out_path(cfg, "cache")
+    names = {"trunk_train_fp32_0123456789abcdef.npy.part0": True, "trunk_train_fp32_0123456789abcdef.npy.part12": True,
+             "trunk_train_fp32_0123456789abcdef.npy": False, "my.part1": False, "trunk_train_fp32_x.npy.partial": False}
+    for name in names:
+        (cache / name).write_bytes(b"x")
+    assert lab.remove_leftovers(cfg) == 2
+    assert files(cache, "*") == sorted(n for n, leftover in names.items() if not leftover)
+
+
+def test_without_torchrun_nothing_is_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.active() and distributed.is_main()
+    assert distributed.map_shards(lambda rank, start, stop: (rank, start, stop), 7, "a test") == [(0, 0, 7)]
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: one process, as without torchrun
+    assert not distributed.active()
+    assert lab.select_device("cpu") == torch.device("cpu")
