@@ -95,7 +95,8 @@ def _imagenet_state_dict(name):
             f"seems to be offline. On a machine with internet, download {weights.url} and copy the file to "
             f"{cached} (set the TORCH_HOME environment variable to use another folder than "
             f"{Path(torch.hub.get_dir()).parent}), or set backbone_weights to the path of that file. Only for "
-            f"testing the code, backbone_weights=None trains on a random, untrained trunk.") from None
+            f"testing the code (the offline demo does this), --backbone_weights=None trains on a random, "
+            f"untrained trunk.") from None
 
 
 def _state_dict_from_file(path):

@@ -705,10 +705,29 @@ def embedding_set(cfg, meta_name=EMBEDDINGS_META):
     return meta
 
 
+def current_predict_set(cfg):
+    """predict.py's embeddings set when it exists and comes from the current checkpoint, else None (with a note:
+    an older sample's predictions are optional, they never block the pipeline)."""
+    if not lab.out_path(cfg, "embeddings", PREDICT_META).exists():
+        return None
+    try:
+        meta = embedding_set(cfg, PREDICT_META)
+    except lab.LabError:
+        meta = json.loads(lab.out_path(cfg, "embeddings", PREDICT_META).read_text())
+        print(f"note: leaving out the predictions of {meta.get('predict_dir')}: predict.py made them with another "
+              f"model. Run `python predict.py --predict_dir={meta.get('predict_dir')!r}` again to have them with "
+              f"this one.", file=sys.stderr)
+        return None
+    path = lab.out_path(cfg, "embeddings", "embeddings_predict.pkl")
+    return meta if path.exists() and meta["files"].get("predict") == lab.file_digest(path)[:16] else None
+
+
 def record_embedding_inputs(cfg, script):
     """An analysis script's outputs belong to the embeddings set (and so the checkpoint) they were computed from."""
     meta = embedding_set(cfg)
-    lab.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"])
+    predict = current_predict_set(cfg) if script == "dimensionality_reduction" else None
+    lab.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"],
+                      predict=predict and predict["set"])
 
 
 def load_embeddings(cfg, split_name):
@@ -737,7 +756,7 @@ def main(argv=None):
         notes = lab.out_path(cfg, "results", "image_notes.csv")
         if ignored.exists() and notes.exists():
             print_file_report(lab.read_csv(ignored, IGNORED_COLUMNS), lab.read_csv(notes, NOTE_COLUMNS))
-    print(f"split written to {lab.out_path(cfg, 'results', 'split.csv')}")
+    print(f"split {'read from' if existed else 'written to'} {lab.out_path(cfg, 'results', 'split.csv')}")
 
 
 if __name__ == "__main__":

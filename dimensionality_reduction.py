@@ -143,9 +143,8 @@ def galleries(cfg, frames):
 
 
 def map_splits(cfg):
-    """train, test and unseen; and predict when predict.py has embedded new images."""
-    has_predict = lab.out_path(cfg, "embeddings", f"embeddings_{PREDICT}.pkl").exists()
-    return SPLITS + ((PREDICT,) if has_predict else ())
+    """train, test and unseen; and predict when predict.py has embedded new images with the current model."""
+    return SPLITS + ((PREDICT,) if dataloader.current_predict_set(cfg) else ())
 
 
 def main(argv=None):

@@ -202,6 +202,39 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
         raise
 
 
+def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device, dtype, desc="images"):
+    """Logits, embeddings and decoded flags of images that have no trunk cache (predict.py's new sample): the
+    trunk's float16 output goes through the head exactly as it does from the cache, so the results equal
+    evaluate.py's and embed.py's. Under torchrun every rank computes a contiguous shard; rank 0 joins them."""
+    job = {"model": copy.deepcopy(model).cpu(), "abs_paths": abs_paths, "image_size": image_size,
+           "batch_size": batch_size, "num_workers": num_workers, "device_type": device.type,
+           "precision": backbone.precision_name(dtype), "desc": desc}
+    parts = distributed.map_shards(image_outputs_shard, len(abs_paths), f"the pass over {desc}", **job)
+    return {name: np.concatenate([part[name] for part in parts]) for name in ("logits", "embeddings", "ok")}
+
+
+def image_outputs_shard(rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type,
+                        precision, desc):
+    """On one rank (or the single process): image_outputs of abs_paths[start:stop]."""
+    device = lab.select_device(device_type)  # this rank's own GPU under torchrun
+    model = model.to(device).eval()
+    outputs = {"logits": [np.zeros((0, model.classifier.out_features), np.float32)],
+               "embeddings": [np.zeros((0, model.classifier.in_features), np.float32)], "ok": [np.zeros(0, bool)]}
+
+    def head(trunk_out, ok):
+        x = torch.from_numpy(trunk_out.astype(np.float32)).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            logits, embedding = model.head(x)
+        outputs["logits"].append(logits.float().cpu().numpy())
+        outputs["embeddings"].append(embedding.float().cpu().numpy())
+        outputs["ok"].append(ok)
+    paths = abs_paths[start:stop]
+    if paths:
+        loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
+        run_trunk(model.trunk, loader, device, backbone.PRECISIONS[precision], head, desc)
+    return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
 def cache_prefix(split_name, dtype):
     return f"trunk_{split_name}_{backbone.precision_name(dtype)}_"
 

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -218,6 +219,8 @@ def _process_start(pid):
 
 
 def _alive(owner):
+    if owner.get("host", socket.gethostname()) != socket.gethostname():
+        return True  # another machine's run (a shared file system): its process cannot be checked from here
     try:
         os.kill(int(owner["pid"]), 0)
     except (OSError, ValueError, KeyError):
@@ -235,7 +238,7 @@ def claim_output_dir(cfg):
         return  # run_pipeline.py runs every stage in this process
     script = Path(sys.argv[0]).name or "python"
     me = {"pid": os.getpid(), "process_start": _process_start(os.getpid()), "script": script,
-          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+          "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -251,9 +254,11 @@ def claim_output_dir(cfg):
                 owner = {}
             if owner and _alive(owner) and owner.get("pid") != os.getpid():
                 raise LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
-                               f"{owner.get('pid')}, started {owner.get('started')}). Two runs on one output folder "
-                               f"would mix their checkpoints and results. Wait for it to finish, stop it, or give "
-                               f"this run its own --output_dir.") from None
+                               f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started "
+                               f"{owner.get('started')}). Two runs on one output folder would mix their checkpoints "
+                               f"and results. Wait for it to finish, stop it, or give this run its own "
+                               f"--output_dir. (If that run is gone for good, e.g. its machine crashed, delete "
+                               f"{lock}.)") from None
             if owner:
                 print(f"[lock] taking over the lock of an earlier run that is gone ({owner.get('script')}, pid "
                       f"{owner.get('pid')}, started {owner.get('started')})", file=sys.stderr)

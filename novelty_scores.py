@@ -217,7 +217,9 @@ def load_thresholds(cfg, checkpoint_digest):
     path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
     saved = json.loads(path.read_text())
     if saved.get("checkpoint_sha256") != checkpoint_digest or saved.get("novelty_knn_k") != cfg.novelty_knn_k:
-        raise lab.LabError(f"{path} was made for another checkpoint or another novelty_knn_k (it says "
-                           f"{saved.get('novelty_knn_k')}, the config {cfg.novelty_knn_k}). Run `python novelty.py` "
-                           f"again with the current checkpoint and settings.")
+        which = ("another checkpoint than checkpoints/best.pth now holds"
+                 if saved.get("checkpoint_sha256") != checkpoint_digest else
+                 f"novelty_knn_k={saved.get('novelty_knn_k')} (the config says {cfg.novelty_knn_k})")
+        raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint "
+                           f"and settings, then this script.")
     return saved

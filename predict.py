@@ -5,8 +5,8 @@
 
 Reads checkpoints/best.pth (train.py), embeddings/embeddings_{train,val}.pkl (embed.py: the reference of the
 novelty score), results/novelty_thresholds.json (novelty.py) and every image under predict_dir, recursively, by
-the scan's rules (jpg, jpeg, png, tif, tiff, bmp in any case, any mode and bit depth; hidden folders are not
-entered; a file that does not decode is skipped). The training images themselves are not needed. Writes
+the scan's rules (the formats dataloader.IMAGE_EXTENSIONS lists, any case, mode and bit depth; hidden entries are
+not entered; a file that does not decode is skipped). The training images themselves are not needed. Writes
   results/predictions.csv            one row per image: path (relative to predict_dir), predicted, probability,
                                      top1_class, top1_probability ... top3_*, p_<class> for every seen class
                                      (they sum to 1), novelty_<score> (the novelty_score setting; higher = more
@@ -28,7 +28,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import softmax
 from tqdm import tqdm
 
@@ -84,21 +83,9 @@ def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
 
 
 def compute_chunk(cfg, model, device, dtype, abs_paths):
-    """Logits, embeddings and decoded flags of a chunk: the trunk's float16 output goes through the head exactly
-    as evaluate.py and embed.py read it from the trunk cache, so the results are the same."""
-    parts = {"logits": [], "embeddings": [], "ok": []}
-
-    def head(trunk_out, ok):
-        x = torch.from_numpy(trunk_out.astype(np.float32)).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            logits, embedding = model.head(x)
-        parts["logits"].append(logits.float().cpu().numpy())
-        parts["embeddings"].append(embedding.float().cpu().numpy())
-        parts["ok"].append(ok)
-    model.eval()
-    loader = features.trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
-    features.run_trunk(model.trunk, loader, device, dtype, head, desc="chunk")
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    """Logits, embeddings and decoded flags of a chunk (shared by every rank under torchrun)."""
+    return features.image_outputs(model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype,
+                                  desc="chunk")
 
 
 def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_paths):
@@ -234,7 +221,8 @@ def write_ecotaxa(cfg, classes, score_name):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             first = True
-            for block in pd.read_csv(source, chunksize=CHUNK, dtype={"path": str}, keep_default_na=False):
+            text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
+            for block in pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False):
                 frame = ecotaxa_frame(block, classes, score_name, used_ids)
                 if first:
                     f.write("\t".join(frame.columns) + "\n")

@@ -22,7 +22,7 @@ import lab
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
                    ("novelty_scores.png", "Novelty scores of seen and unseen images"))
 # Free-text columns (class names, paths) of the optional tables, read back exactly as written.
-PREDICTION_TEXT = ("path", "predicted", "class", "top1", "top2", "top3", "possibly_new")
+PREDICTION_TEXT = ("path", "predicted", "class", "top1_class", "top2_class", "top3_class")
 NOVELTY_TEXT = ("score", "unseen_class", "group", "class")
 TABLE_ROWS = 30  # longer optional tables are cut in the page; the CSV holds them all
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"
@@ -63,23 +63,25 @@ SECTION_INPUTS = {"train": "checkpoint", "evaluate": "checkpoint", "compute_aver
 
 
 def check_results_belong_together(cfg):
-    """Every section must come from the current checkpoint and embeddings: never a page mixing two runs."""
+    """Every section must come from the current checkpoint and embeddings: never a page mixing two runs. Says
+    at once everything that must be re-run, in order."""
     lab.require(lab.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
-    current = {"checkpoint": lab.artifact_digest(cfg, "checkpoints", "best.pth")}
-    current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
+    current = {"checkpoint": lab.artifact_digest(cfg, "checkpoints", "best.pth"), "embeddings": None}
+    stale = []
+    try:
+        current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
+    except lab.LabError:
+        stale.append("embed")
     sections = dict(SECTION_INPUTS)
     if lab.out_path(cfg, "results", "novelty.csv").exists():
         sections["novelty"] = "embeddings"
-    if lab.out_path(cfg, "results", "predictions.csv").exists():
-        dataloader.embedding_set(cfg, dataloader.PREDICT_META)  # predict.py's images, from this checkpoint too
-    stale = [script for script, needs in sections.items()
-             if (lab.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
+    stale += [script for script, needs in sections.items()
+              if current[needs] is None or (lab.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
     if stale:
         commands = "; ".join(f"python {script}.py" for script in stale)
         raise lab.LabError(f"The results of {', '.join(stale)} were not computed from the current checkpoint "
                            f"(sha256 {current['checkpoint']}) and its embeddings: a report of them would mix runs. "
-                           f"Re-run, in this order: {commands} (or the whole `python run_pipeline.py`), then "
-                           f"report.py.")
+                           f"Re-run, in this order, with the settings of this model: {commands}; then report.py.")
     return current
 
 
@@ -111,22 +113,26 @@ def map_section(cfg, results, figs):
     return intro, layout, _figure(figs / "umap_embeddings.png", "Static map: train, test, unseen")
 
 
-def optional_sections(results, figs):
-    """Novelty and prediction results, each only when its script has run."""
+def optional_sections(cfg, results, figs):
+    """Novelty and prediction results, each only when its script has run (predictions: with this model)."""
     parts = []
     if (results / "novelty.csv").exists():
         figures = "".join(_figure(figs / name, caption) for name, caption in NOVELTY_FIGURES if (figs / name).exists())
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(lab.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
-    if (results / "prediction_counts.csv").exists():
+    predict_set = dataloader.current_predict_set(cfg)
+    if (results / "prediction_counts.csv").exists() and predict_set:
         counts = lab.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
         text = ""
         if (results / "predictions.csv").exists():
             predictions = lab.read_csv(results / "predictions.csv", PREDICTION_TEXT)
             mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
                     if "probability" in predictions else "")
-            text = (f"<p>{len(predictions)} new images classified{mean}; they are in the 2-D map as the split "
-                    f"\u201cpredict\u201d, coloured by their predicted class.</p>")
+            mapped = (lab.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict_set["set"]
+            where = ("they are in the 2-D map as the split \u201cpredict\u201d, coloured by their predicted class"
+                     if mapped else "run <code>python dimensionality_reduction.py</code> to add them to the 2-D map")
+            text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
+                    f"</code> classified{mean}; {where}.</p>")
         parts.append("<h2>Predictions for new images</h2>" + text + _short_table(counts, "prediction_counts.csv"))
     return parts
 
@@ -193,7 +199,8 @@ def build(cfg):
     before = first_sections(cfg, results, figs, provenance) + [distances_section(results, figs)]
     intro, layout, static_map = map_section(cfg, results, figs)
     after = [static_map, galleries_section(results, figs), transfer_section(results, figs)]
-    after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(optional_sections(results, figs))]
+    extra = optional_sections(cfg, results, figs)
+    after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]
     page = interactive_map.standalone_page(layout, "Plankton embedding lab", STYLE, "".join(before + [intro]),
                                            "".join(after))
     return lab.save_text(results / "report.html", page)

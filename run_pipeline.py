@@ -45,7 +45,8 @@ def weights_overrides(cfg):
         if not demo_data.is_demo_root(cfg):
             raise
         print("\n" + "!" * 100 + f"\nDEMO ON A RANDOM TRUNK: {exc}\nThe demo goes on with backbone_weights=None: the "
-              "pipeline runs end to end, but the embeddings are not ImageNet features.\n" + "!" * 100 + "\n",
+              "pipeline runs end to end, but the embeddings are not ImageNet features. To run the scripts one by "
+              "one on the demo offline, add --backbone_weights=None to each, as this run does.\n" + "!" * 100 + "\n",
               file=sys.stderr)
         return ["--backbone_weights=None"]
 

@@ -140,9 +140,9 @@ def train(cfg):
                                "drawn anew). Continuing would train one model on two splits. Start afresh without "
                                "--resume=True.")
         dtype = checkpoint.trunk_dtype(last, device)  # the same features as before, whatever 'auto' says here
-    else:
-        set_previous_run_aside(cfg)
     data = features.prepare(cfg, device, split, model, weights_id, dtype)
+    if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
+        set_previous_run_aside(cfg)
     model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     history, best_loss, stale, start = [], math.inf, 0, 1

@@ -84,3 +84,22 @@ def shared_dataset(name):
                     f"(../shared/data/{name}); a user's fresh clone does not have it")
     return path
 
+
+
+def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine is slow, never wrong
+    """Wait until the train.py process proc has saved checkpoints/last.pth of this epoch."""
+    import time
+
+    import checkpoint
+    last = lab.out_path(cfg, "checkpoints", "last.pth")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if last.exists():
+            try:
+                if checkpoint.load(last)["epoch"] >= epoch:
+                    return
+            except lab.LabError:
+                pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    raise AssertionError("training did not reach the epoch in time")

@@ -1,6 +1,6 @@
-"""torchrun (issue #13): train.py, evaluate.py and embed.py under `torchrun --nproc_per_node=2` (gloo, CPU) write
-the single-process run's files; a rank that fails or is killed stops the whole run, with one message, and leaves
-nothing that looks complete. The shards themselves are checked in-process against the single-process writer."""
+"""torchrun (issue #13): train.py, evaluate.py, embed.py and predict.py under `torchrun --nproc_per_node=2` (gloo,
+CPU) write the single-process run's files; a rank that fails or is killed stops the whole run, with one message,
+and leaves nothing that looks complete. The shards themselves are checked in-process against the single-process writer."""
 import json
 import os
 import subprocess
@@ -50,6 +50,11 @@ def both_runs(tiny_demo, tmp_path_factory):
         ranks = run([*TORCHRUN, script, *argv(tiny_demo, shared)])
         assert ranks.returncode == 0, ranks.stderr[-3000:]
         assert "shared by 2 ranks" in ranks.stdout  # each script computed at least one split's trunk pass
+    sample = [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"]  # new images: no trunk cache, sharded chunks
+    for folder, launcher in ((single, [sys.executable]), (shared, TORCHRUN)):
+        for script, extra in (("novelty.py", []), ("predict.py", sample)):
+            result = run([*launcher, script, *argv(tiny_demo, folder), *extra])
+            assert result.returncode == 0, result.stderr[-3000:]
     return single, shared
 
 
@@ -57,11 +62,21 @@ def files(folder, pattern):
     return sorted(p.name for p in folder.glob(pattern))
 
 
+def test_torchrun_predicts_as_the_single_process(both_runs):
+    single, shared = both_runs
+    mine = pd.read_csv(shared / "results" / "predictions.csv")
+    theirs = pd.read_csv(single / "results" / "predictions.csv")
+    assert len(mine) == 36 and list(mine["path"]) == list(theirs["path"])
+    assert list(mine["predicted"]) == list(theirs["predicted"])
+    p_columns = [c for c in theirs.columns if c.startswith("p_")]
+    np.testing.assert_allclose(mine[p_columns].to_numpy(), theirs[p_columns].to_numpy(), atol=1e-3)
+
+
 def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
     single, shared = both_runs
     assert (shared / "results" / "split.csv").read_bytes() == (single / "results" / "split.csv").read_bytes()
-    names = files(single / "cache", "*")
-    assert len(names) == 8 and files(shared / "cache", "*") == names  # 4 splits x (features, ok flags), same keys
+    names = files(single / "cache", "trunk_*")
+    assert len(names) == 8 and files(shared / "cache", "trunk_*") == names  # 4 splits x (features, ok flags)
     for name in names:
         mine, theirs = np.load(shared / "cache" / name), np.load(single / "cache" / name)
         assert mine.shape == theirs.shape and mine.dtype == theirs.dtype

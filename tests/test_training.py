@@ -16,7 +16,7 @@ import checkpoint
 import evaluate
 import lab
 import train
-from conftest import FAST
+from conftest import FAST, wait_for_epoch
 
 
 @pytest.fixture(scope="module")
@@ -148,21 +148,6 @@ def _start(argv):
                             stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
 
 
-def _wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine is slow, never wrong
-    last = lab.out_path(cfg, "checkpoints", "last.pth")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if last.exists():
-            try:
-                if checkpoint.load(last)["epoch"] >= epoch:
-                    return
-            except lab.LabError:
-                pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.005)
-    raise AssertionError("training did not reach the epoch in time")
-
-
 def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, trained):
     _, trained_argv, _ = trained
     opts = ["--epochs=10", "--patience=100", "--batch_size=8"]
@@ -170,7 +155,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, t
     train.main(argv_a)
     cfg_b, argv_b = make_cfg(*opts, output_dir=tmp_path / "b")
     proc = _start(argv_b)
-    _wait_for_epoch(cfg_b, 2, proc)
+    wait_for_epoch(cfg_b, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = checkpoint.load(lab.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
@@ -189,7 +174,7 @@ def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
     for delay in (0.0, 0.013, 0.031, 0.057):
         proc = _start(argv)
-        _wait_for_epoch(cfg, 1, proc)
+        wait_for_epoch(cfg, 1, proc)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -203,7 +188,7 @@ def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
 def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg, presses):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
     proc = _start(argv)
-    _wait_for_epoch(cfg, 1, proc)
+    wait_for_epoch(cfg, 1, proc)
     for _ in range(presses):  # an impatient user presses twice: the second must not cut the summary
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
