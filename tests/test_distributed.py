@@ -1,6 +1,7 @@
 """torchrun (issue #13): train.py, evaluate.py, embed.py and predict.py under `torchrun --nproc_per_node=2` (gloo,
 CPU) write the single-process run's files; a rank that fails or is killed stops the whole run, with one message,
-and leaves nothing that looks complete. The shards themselves are checked in-process against the single-process writer."""
+and leaves nothing that looks complete. The shards themselves are checked in-process against the single-process
+writer."""
 import json
 import os
 import subprocess
