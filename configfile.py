@@ -37,7 +37,8 @@ seed = 42                      # seeds random, numpy, torch, scikit-learn and UM
 
 # --- compute --------------------------------------------------------------------
 device = "auto"                # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"
-precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16"; the head trains in fp32
+precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
+head_precision = "auto"        # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
 num_workers = 2                # image-decoding worker processes for the trunk pass, >= 0
 output_dir = "."               # root of checkpoints/, results/, figs/, embeddings/, cache/
 

@@ -130,6 +130,9 @@ def validate_config(c):
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
+    if c.head_precision not in ("auto", "fp32", "bf16"):
+        bad(f"head_precision={c.head_precision!r} must be one of 'auto', 'fp32', 'bf16' (fp16 would need loss "
+            f"scaling).")
     if c.reduction_method not in ("umap", "tsne", "pca"):
         bad(f"reduction_method={c.reduction_method!r} must be one of 'umap', 'tsne', 'pca'.")
     if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):
