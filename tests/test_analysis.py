@@ -141,3 +141,30 @@ def test_other_reduction_methods_give_2d_points_that_keep_clusters_apart(make_cf
     assert xy.shape == (120, 2) and np.isfinite(xy).all()
     gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
     assert gap > 3 * max(xy[:60].std(0).max(), xy[60:].std(0).max())
+
+
+def test_the_map_gets_exact_neighbours_each_point_first_copies_included():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 16))
+    x[11] = x[10]  # a copy: its twin is its nearest other point, at distance 0
+    indices, dist = reduction.exact_neighbours(x, 6)
+    assert indices.shape == dist.shape == (200, 6)
+    assert (indices[:, 0] == np.arange(200)).all() and (dist[:, 0] == 0).all()  # as UMAP's precomputed_knn expects
+    brute = cdist(x, x)
+    np.fill_diagonal(brute, np.inf)
+    np.testing.assert_allclose(dist[:, 1:], np.sort(brute, axis=1)[:, :5], rtol=1e-5, atol=1e-6)
+    assert indices[10, 1] == 11 and indices[11, 1] == 10
+
+
+def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
+    from sklearn.manifold import trustworthiness
+    from sklearn.preprocessing import StandardScaler
+    cfg, _ = make_cfg()
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.normal(8 * c, 1, (80, 32)) for c in range(3)])
+    xy = reduction.reduce_to_2d(x, cfg)
+    assert xy.shape == (240, 2) and np.isfinite(xy).all()
+    centres = [xy[80 * c:80 * (c + 1)].mean(0) for c in range(3)]
+    spread = max(xy[80 * c:80 * (c + 1)].std(0).max() for c in range(3))
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3 * spread
+    assert trustworthiness(StandardScaler().fit_transform(x), xy, n_neighbors=cfg.umap_n_neighbors) > 0.9
