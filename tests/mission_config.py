@@ -45,7 +45,9 @@ umap_samples_per_split = 2500  # embeddings sampled from each of train, test, un
 reduction_method = "umap"      # "umap", "tsne" or "pca"
 umap_n_neighbors = 15          # UMAP neighbourhood size, >= 2
 umap_min_dist = 0.1            # UMAP minimum distance between embedded points, in [0, 1]
+distance_max_per_class = 1000  # images per class in the average distances; a seeded sample above (0: all), >= 2
 gallery_size = 5               # images per gallery row (closest, furthest, closest of other classes), >= 1
 transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
 transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
+transfer_max_images = 10000   # most images on each side of transfer learning: a seeded per-class sample above it
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
