@@ -6,7 +6,8 @@
            dropout, FC(classes)                                                    -> logits
 
 `forward(images)` returns `(logits, embedding)`; `head(trunk_features)` does the same from cached trunk
-outputs, which is how train.py and embed.py use it. Also decides the trunk pass's precision (`trunk_dtype`).
+outputs, which is how train.py and embed.py use it. Also decides the precision of the trunk pass
+(`trunk_dtype`) and of the head's training (`head_dtype`).
 Reads the ImageNet weights through torchvision (`$TORCH_HOME/hub/checkpoints/`), or a state-dict file;
 writes nothing.
 """
@@ -56,6 +57,19 @@ def trunk_dtype(precision, device):
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def head_dtype(precision, device):
+    """The autocast dtype of the head's training, or None for plain fp32: "auto" is bf16 where the hardware has
+    it natively (the trunk's rule: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere. The
+    weights and Adam's state stay fp32 either way; only the forward and backward passes run in bf16."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or (device.type == "cpu" and cpu_supports_bf16()):
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
 

@@ -9,7 +9,10 @@ Angular distance is the angle between two embeddings, arccos(cosine similarity) 
 distance is 1 - cosine similarity. Within a class the averages run over distinct pairs (a sample's distance
 to itself is left out). Embeddings that are all zeros (every ReLU off) have no direction: they are left out
 of the angular and cosine averages, and counted. The computation is exact (float64) and blockwise on BLAS,
-so memory stays bounded however large a class is.
+so memory stays bounded however large a class is. A class of more than distance_max_per_class images is
+represented by a seeded sample of that many (the CSV's used_a says how many): the pairs grow with the square of
+the class sizes, the sample keeps the time bounded (README, Performance) at a sampling error well below the
+differences the heatmaps show.
 """
 import sys
 
@@ -49,6 +52,13 @@ def _pair_sums(a, b, same):
     return sums, pairs, directed_pairs
 
 
+def sampled_groups(groups, limit, seed):
+    """Each group, or a seeded sample of `limit` of its rows where it has more (limit 0: every row)."""
+    rng = np.random.default_rng(seed)
+    return [g if not limit or len(g) <= limit else g[np.sort(rng.choice(len(g), size=limit, replace=False))]
+            for g in groups]
+
+
 def average_distances(groups):
     """groups: list of (n_i x d) arrays -> dict of k x k matrices: euclidean, angular, cosine."""
     k = len(groups)
@@ -61,11 +71,12 @@ def average_distances(groups):
     return out
 
 
-def distance_table(classes, groups, result):
+def distance_table(classes, groups, result, used):
     rows = []
     for p, a in enumerate(classes):
         for q, b in enumerate(classes):
             rows.append({"class_a": a, "class_b": b, "n_a": len(groups[p]), "n_b": len(groups[q]),
+                         "used_a": len(used[p]), "used_b": len(used[q]),
                          "zero_embeddings_a": int((np.abs(groups[p]).sum(1) == 0).sum()),
                          "mean_euclidean": result["euclidean"][p, q], "mean_angular": result["angular"][p, q],
                          "mean_cosine_distance": result["cosine"][p, q]})
@@ -94,8 +105,9 @@ def analyse(cfg, set_name):
     frame, vectors = dataloader.load_embeddings(cfg, set_name)
     classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
     groups = [vectors[(frame["label"] == c).to_numpy()] for c in classes]
-    result = average_distances(groups)
-    table = distance_table(classes, groups, result)
+    used = sampled_groups(groups, cfg.distance_max_per_class, cfg.seed)
+    result = average_distances(used)
+    table = distance_table(classes, groups, result, used)
     lab.save_csv(lab.out_path(cfg, "results", f"average_distances_{set_name}.csv"), table)
     notes = {"euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
              "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs"}
@@ -104,6 +116,11 @@ def analyse(cfg, set_name):
                      lab.out_path(cfg, "figs", f"average_{metric}_distances_{set_name}.png"))
         print(f"\naverage {metric} distance, {set_name} set:")
         print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
+    sampled = [c for c, g, u in zip(classes, groups, used) if len(u) < len(g)]
+    if sampled:
+        print(f"note: {len(sampled)} class(es) of the {set_name} set have more than distance_max_per_class="
+              f"{cfg.distance_max_per_class} images and are represented by a seeded sample of that many: "
+              f"{', '.join(sampled[:5])}{' ...' if len(sampled) > 5 else ''}")
     zeros = int(table.drop_duplicates("class_a")["zero_embeddings_a"].sum())
     if zeros:
         print(f"note: {zeros} all-zero embeddings in the {set_name} set have no direction and are left out of "

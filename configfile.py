@@ -40,7 +40,8 @@ seed = 42                      # seeds random, numpy, torch, scikit-learn and UM
 
 # --- compute --------------------------------------------------------------------
 device = "auto"                # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"
-precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16"; the head trains in fp32
+precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
+head_precision = "auto"        # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
 num_workers = 2                # image-decoding worker processes for the trunk pass, >= 0
 output_dir = "."               # root of checkpoints/, results/, figs/, embeddings/, cache/
 
@@ -49,9 +50,11 @@ umap_samples_per_split = 2500  # embeddings sampled from each of train, test, un
 reduction_method = "umap"      # "umap", "tsne" or "pca"
 umap_n_neighbors = 15          # UMAP neighbourhood size, >= 2
 umap_min_dist = 0.1            # UMAP minimum distance between embedded points, in [0, 1]
+distance_max_per_class = 1000  # images per class in the average distances; a seeded sample above (0: all), >= 2
 gallery_size = 5               # images per gallery row (closest, furthest, closest of other classes), >= 1
 transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
 transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
+transfer_max_images = 10000   # most images on each side of transfer learning: a seeded per-class sample above it
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------

@@ -16,6 +16,7 @@ Images predict.py classified join the map as a fourth split, "predict" (in the i
 static figure shows them as grey context points).
 """
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,33 @@ def sample_rows(frame, limit, rng):
     return np.sort(rng.choice(len(frame), size=limit, replace=False))
 
 
+def exact_neighbours(x, k):
+    """(indices int32, distances float32), N x k: each point itself first, then its k - 1 nearest others, exact
+    (scikit-learn), in the form umap.UMAP(precomputed_knn=...) takes."""
+    from sklearn.neighbors import NearestNeighbors
+    distances, indices = NearestNeighbors(n_neighbors=k - 1).fit(x).kneighbors()  # no argument: self left out
+    own = np.arange(len(x))[:, None]
+    return (np.hstack([own, indices]).astype(np.int32),
+            np.hstack([np.zeros_like(own, dtype=float), distances]).astype(np.float32))
+
+
+def cache_umap_compilation():
+    """Switch on numba's on-disk cache for UMAP's compiled functions, which UMAP leaves off: otherwise numba
+    compiles its graph and layout code in every new process (about 8 s of this stage on 2 cores). The cache lies
+    beside UMAP's code (or in NUMBA_CACHE_DIR) and is renewed when UMAP changes; where it cannot be written,
+    UMAP compiles as before."""
+    import numba
+    from umap import layouts, umap_
+    for module in (umap_, layouts):
+        for function in vars(module).values():
+            if isinstance(function, numba.core.registry.CPUDispatcher) \
+                    and function.py_func.__module__ == module.__name__:
+                try:
+                    function.enable_caching()
+                except (AttributeError, RuntimeError):  # another numba, or no writable cache location
+                    return
+
+
 def reduce_to_2d(x, cfg):
     """One fit of the chosen method on all points (standardised)."""
     from sklearn.preprocessing import StandardScaler
@@ -46,9 +74,15 @@ def reduce_to_2d(x, cfg):
         return TSNE(n_components=2, init="pca", random_state=cfg.seed,
                     perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
     import umap
-    reducer = umap.UMAP(n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1), min_dist=cfg.umap_min_dist,
-                        random_state=cfg.seed, n_jobs=1)  # a seed makes UMAP single-threaded anyway
-    return reducer.fit_transform(x)
+    cache_umap_compilation()
+    k = min(cfg.umap_n_neighbors, len(x) - 1)
+    # Exact neighbours from scikit-learn: UMAP's own search is compiled by numba in every new process, which
+    # cost most of this stage (README, Performance); exact is also at least as good a graph as approximate.
+    reducer = umap.UMAP(n_neighbors=k, min_dist=cfg.umap_min_dist, random_state=cfg.seed, n_jobs=1,
+                        precomputed_knn=exact_neighbours(x, k))  # a seed makes UMAP single-threaded anyway
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # we never transform new points
+        return reducer.fit_transform(x)
 
 
 def class_colours(seen, unseen):

@@ -128,6 +128,8 @@ def validate_config(c):
             f"and the head pools by 2 more, so it must lie in 32..1024 (the mission uses 128).")
     if not 0 <= c.dropout < 1 or not 0 <= c.umap_min_dist <= 1:
         bad("dropout must lie in [0, 1) and umap_min_dist in [0, 1].")
+    if c.distance_max_per_class == 1 or c.distance_max_per_class < 0 or c.transfer_max_images < 2:
+        bad("distance_max_per_class must be 0 (every image) or at least 2, and transfer_max_images at least 2.")
     if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -140,6 +142,9 @@ def validate_config(c):
             f"default, 'mahalanobis_knn', told new taxa best on ndsb9).")
     if c.predict_dir is not None and not c.predict_dir.strip():
         bad("predict_dir='' names no folder: give the folder of new images, e.g. --predict_dir=/data/cruise42.")
+    if c.head_precision not in ("auto", "fp32", "bf16"):
+        bad(f"head_precision={c.head_precision!r} must be one of 'auto', 'fp32', 'bf16' (fp16 would need loss "
+            f"scaling).")
     if c.reduction_method not in ("umap", "tsne", "pca"):
         bad(f"reduction_method={c.reduction_method!r} must be one of 'umap', 'tsne', 'pca'.")
     if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):

@@ -10,8 +10,10 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
   results/provenance_train.json the digest of the best.pth and split.csv these belong to
 Cross-entropy (with class_weighting="balanced", each class weighted n / (classes x n_class) by its training
 count, in the training and the validation loss), Adam, batches of batch_size, at most `epochs` epochs, early
-stopping on the validation loss after `patience` epochs without improvement. Ctrl-C stops after the last
-finished epoch; resume with `python train.py --resume=True`.
+stopping on the validation loss after `patience` epochs without improvement. The head's forward and backward
+passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32 elsewhere),
+recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
+`python train.py --resume=True`.
 """
 import contextlib
 import math
@@ -43,9 +45,11 @@ def class_weights(labels, n_classes, weighting):
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None):
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy); weights: per-class loss weights."""
+def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy). weights: per-class loss weights;
+    dtype: the head's autocast dtype (backbone.head_dtype), or None for fp32."""
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="sum")
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     model.train(optimizer is not None)
     total_loss, correct = 0.0, 0
     batches = data.batches(batch_size, order)
@@ -55,8 +59,9 @@ def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=
     with torch.set_grad_enabled(optimizer is not None):
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            logits, _ = model.head(x)
-            loss = criterion(logits, y)
+            with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
+                logits, _ = model.head(x)
+                loss = criterion(logits, y)
             if not torch.isfinite(loss):
                 return float("nan"), 0.0
             if optimizer is not None:
@@ -133,6 +138,7 @@ def train(cfg):
     backbone.print_model_summary(model, cfg.image_size)
     digest = dataloader.split_digest(cfg)
     dtype = backbone.trunk_dtype(cfg.precision, device)
+    head = backbone.head_dtype(cfg.head_precision, device)
     if cfg.resume:  # refused before any trunk work when the run cannot be continued
         last = checkpoint.resume_state(cfg)
         if last["split_digest"] != digest:
@@ -140,6 +146,7 @@ def train(cfg):
                                "drawn anew). Continuing would train one model on two splits. Start afresh without "
                                "--resume=True.")
         dtype = checkpoint.trunk_dtype(last, device)  # the same features as before, whatever 'auto' says here
+        head = backbone.PRECISIONS[last.get("head_precision", "fp32")]  # and the same arithmetic
     data = features.prepare(cfg, device, split, model, weights_id, dtype)
     if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
         set_previous_run_aside(cfg)
@@ -158,12 +165,14 @@ def train(cfg):
     best_path = lab.out_path(cfg, "checkpoints", "best.pth")
     last_path = lab.out_path(cfg, "checkpoints", "last.pth")
     print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
-          f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}")
+          f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in "
+          f"{backbone.precision_name(head)}")
     precision = backbone.precision_name(dtype)
     weights = class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
         print("[train] class_weighting='balanced': loss weights " + ", ".join(
             f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist())))
+    head_precision = backbone.precision_name(head)
     epoch = start - 1
     try:
         for epoch in range(start, cfg.epochs + 1):
@@ -171,8 +180,8 @@ def train(cfg):
             shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # resumable: one seed per epoch
             order = torch.randperm(len(data["train"]), generator=shuffle)
             train_loss, train_acc = run_epoch(model, data["train"], device, cfg.batch_size, optimizer, order,
-                                              desc=f"epoch {epoch}/{cfg.epochs}", weights=weights)
-            val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size, weights=weights)
+                                              desc=f"epoch {epoch}/{cfg.epochs}", weights=weights, dtype=head)
+            val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size, weights=weights, dtype=head)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
                         "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")
@@ -185,12 +194,14 @@ def train(cfg):
             if improved:
                 best_loss, stale = val_loss, 0
                 checkpoint.save(best_path, checkpoint.payload(cfg, model, weights_id, digest, precision,
-                                                              epoch=epoch, val_loss=val_loss, val_acc=val_acc))
+                                                              epoch=epoch, val_loss=val_loss, val_acc=val_acc,
+                                                              head_precision=head_precision))
             else:
                 stale += 1
             checkpoint.save(last_path, checkpoint.payload(
                 cfg, model, weights_id, digest, precision, epoch=epoch, optimizer_state=optimizer.state_dict(),
-                torch_rng=torch.get_rng_state(), history=history, best_loss=best_loss, stale=stale))
+                torch_rng=torch.get_rng_state(), history=history, best_loss=best_loss, stale=stale,
+                head_precision=head_precision))
             print(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
                   f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)", flush=True)
             if stale >= cfg.patience:

@@ -9,8 +9,10 @@ where the class has others. For a grid of
 training sizes, from a few images per class up to the whole 70 %, class-stratified subsets are drawn
 transfer_repeats times (each seeded), and an RBF SVC, a logistic-regression linear classifier (both on
 standardised embeddings) and a kNN (k = knn_k, capped by the training size) are fitted and scored on the
-fixed 30 %. (k is also capped by the smallest class of the subset, so that 1 image per class is
-1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training size (log scale).
+fixed 30 %. Each side holds at most transfer_max_images images (a seeded sample of at most
+transfer_max_images // classes per class), so that a large unseen set costs no more than that (an SVC's
+training grows faster than its data). (k is also capped by the smallest class of the subset, so that 1 image
+per class is 1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training size (log scale).
 """
 import sys
 import warnings
@@ -69,7 +71,7 @@ def held_out_split(x, y, fraction, seed):
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         wanted = min(max(1, round(len(members) * fraction)), len(members) - 1)
-        units = [members[copies[members] == u] for u in np.unique(copies[members])]
+        units = copy_units(members, copies[members])
         if len(units) < 2:  # one image and its copies: split the copies, there is nothing else to hold out
             units = [np.array([i]) for i in members]
         taken = []
@@ -82,9 +84,26 @@ def held_out_split(x, y, fraction, seed):
     return np.setdiff1d(np.arange(len(y)), held_out), held_out
 
 
+def copy_units(members, copy_ids):
+    """members grouped by copy id, in the order of the ids, each group in the members' order (one sort: a
+    class of thousands of images is grouped in milliseconds, not a pass over the class per group)."""
+    order = np.argsort(copy_ids, kind="stable")
+    return np.split(members[order], np.flatnonzero(np.diff(copy_ids[order])) + 1)
+
+
+def capped(indices, y, per_class, rng):
+    """indices, with at most per_class of each class (a seeded sample where a class has more), sorted."""
+    kept = [part if len(part) <= per_class else rng.choice(part, size=per_class, replace=False)
+            for part in (indices[y[indices] == c] for c in np.unique(y[indices]))]
+    return np.sort(np.concatenate(kept))
+
+
 def transfer_curves(x, y, cfg):
     """All fits as a DataFrame; x, y are the unseen embeddings and integer labels."""
     train_idx, test_idx = held_out_split(x, y, cfg.transfer_test_fraction, cfg.seed)
+    per_class = max(1, cfg.transfer_max_images // len(np.unique(y)))
+    rng = np.random.default_rng(cfg.seed)
+    train_idx, test_idx = capped(train_idx, y, per_class, rng), capped(test_idx, y, per_class, rng)
     x_train, x_test, y_train, y_test = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
     rows = []
     sizes = per_class_sizes(np.bincount(y_train))

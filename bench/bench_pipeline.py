@@ -1,217 +1,490 @@
-"""Benchmark: the lab's fast paths against the original approach, measured side by side in one run.
+"""Benchmark: the lab's fast paths against the original approach, measured side by side in one run, and the
+lab's stages at FlowCamNet size.
 
-Reads a data root (default ../shared/data/ndsb9, the 5,665 real plankton images beside the repository)
-and runs the whole pipeline on it in a scratch folder (your own artifacts are not touched). Prints a table
-of ratios and writes results/benchmark.json under output_dir. Targets are the ones of issue #4; each is
-reported as met or missed with its figure and, if missed, a one-line reason. The last row runs predict.py
-(issue #11) on new samples of 5,000 and 20,000 images (symbolic links cycling through the data, never copies).
+Reads a data root (default ../shared/data/ndsb9, the 5,665 real plankton images beside the repository) and runs
+the pipeline on it in a scratch folder (your own artifacts are not touched); the scale section writes synthetic
+files there too (bench/scale.py). Prints a table and writes results/benchmark.json under output_dir. The
+machine's CPU features (AVX2, AVX512-BF16, AMX) are named, and each target is applied where it holds: a row
+reads met, MISSED (with its reason), n/a here (with the reason it does not apply) or info.
 
-    python bench/bench_pipeline.py                                   # ndsb9, about 10 minutes on 2 cores
+    python bench/bench_pipeline.py                                   # ndsb9, about 25 minutes on 2 cores
     python bench/bench_pipeline.py --data_root=/data/imgs --seen_classes="[...]" --unseen_classes="[...]"
+    python bench/bench_pipeline.py --only=map,head_precision         # some measurements (names: MEASUREMENTS)
     python bench/bench_pipeline.py --quick                           # tiny sizes: a smoke test, not a benchmark
 """
+import contextlib
+import functools
 import json
+import math
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.spatial.distance import cdist  # noqa: E402
 
 import backbone  # noqa: E402
 import checkpoint  # noqa: E402
 import compute_average_distances  # noqa: E402
 import dataloader  # noqa: E402
-import dimensionality_reduction  # noqa: E402
 import features  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
 import train  # noqa: E402
+from bench import common, legacy, scale  # noqa: E402
+from bench.common import information, not_here, verdict  # noqa: E402
 
 NDSB9 = ROOT.parent / "shared" / "data" / "ndsb9"
 NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
               "chaetognath_sagitta", "hydromedusae_solmaris"]
 NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
-FULL = {"trunk_images": 256, "original_batches": 7, "loader_images": 3000, "dist_small": 5000, "dist_large": 20000,
-        "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64, "predict_small": 5000,
-        "predict_large": 20000}
-QUICK = {"trunk_images": 32, "original_batches": 2, "loader_images": 64, "dist_small": 300, "dist_large": 1200,
+FULL = {"trunk_images": 256, "rounds": 5, "batch_sizes": (32, 64, 128, 256), "original_batches": 7,
+        "head_epochs": 15, "loader_images": 3000, "map_samples_per_split": 700, "dist_small": 5000,
+        "dist_large": 20000, "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64,
+        "predict_small": 5000, "predict_large": 20000}
+QUICK = {"trunk_images": 32, "rounds": 1, "batch_sizes": (8, 16), "original_batches": 2, "head_epochs": 2,
+         "loader_images": 64, "map_samples_per_split": 60, "dist_small": 300, "dist_large": 1200,
          "cache_small": 40, "cache_large": 160, "cache_image_size": 32, "predict_small": 40, "predict_large": 160}
 QUICK_OVERRIDES = ["--max_images_per_class=24", "--image_size=64", "--epochs=2", "--umap_samples_per_split=60",
                    "--transfer_repeats=1", "--num_workers=0"]
+TRAINED_STAGES = ("split", "train", "evaluate", "embed")  # what the measurements need; --quick runs only these
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+# --------------------------------------------------------------------------- what the measurements share
+class Run:
+    """The benchmark's settings and scratch folder, and (made on first use) the trained model."""
+
+    def __init__(self, argv, quick, scratch):
+        self.quick, self.scratch, self.sizes = quick, Path(scratch), QUICK if quick else FULL
+        self.argv = argv + [f"--output_dir={str(scratch)!r}"]
+        self.pipeline_seconds = None
+        self.measured = {}  # raw results of earlier measurements, for the extrapolation
+
+    def run_stages(self, names):
+        seconds = {}
+        for name, module in run_pipeline.STAGES:
+            if name in names:
+                print(f"\n=== [bench] {name}", flush=True)
+                seconds[name] = common.timed(module.main, self.argv)[1]
+        lab.release_locks()  # fresh processes that time a stage must be able to take the output folder
+        return seconds
+
+    @functools.cached_property
+    def trained(self):
+        if self.pipeline_seconds is None:
+            self.run_stages(TRAINED_STAGES)
+        cfg, ckpt, model, split, device = checkpoint.load_trained(lab.load_config(self.argv))
+        paths = dataloader.absolute_paths(cfg, split[split["split"] == "train"]["path"])
+        images = [dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size)
+                  for p in paths[:self.sizes["trunk_images"]]]
+        batches = [torch.stack(images[i:i + cfg.batch_size]).contiguous(memory_format=torch.channels_last)
+                   for i in range(0, len(images), cfg.batch_size)]
+        return SimpleNamespace(cfg=cfg, ckpt=ckpt, model=model, split=split, device=device, paths=paths,
+                               batches=batches, auto_dtype=backbone.trunk_dtype(cfg.precision, device))
 
 
-def machine():
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "native_bf16": backbone.cpu_supports_bf16(), "cuda": torch.cuda.is_available()}
+def native_bf16(device):
+    """Whether bf16 arithmetic is native here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else backbone.cpu_supports_bf16()
 
 
-# --------------------------------------------------------------------------- measurements
-def trunk_throughput(trunk, batches, device, dtype, rounds=3):
-    """Best of `rounds` passes over the batches (the machine is shared: the best round is the least disturbed)."""
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-    best = 0.0
-    with torch.no_grad(), autocast:
-        trunk(batches[0].to(device))  # warm-up: oneDNN picks and caches its kernels
-        for _ in range(rounds):
-            outs, start = [], time.perf_counter()
-            for x in batches:
-                outs.append(trunk(x.to(device)).float().cpu())
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, sum(len(x) for x in batches) / (time.perf_counter() - start))
-    return best, torch.cat(outs)
+def trunk_pass(trunk, batches, device, dtype):
+    """A callable: the trunk over every batch (autocast to dtype, or fp32); its outputs kept in `last`."""
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def work():
+        with torch.no_grad(), autocast:
+            work.last = torch.cat([trunk(x.to(device)).float().cpu() for x in batches])
+    return work
 
 
-def matmul_gflops(dtype, device, n=3072, reps=4, rounds=3):
+def sync_for(device):
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+# --------------------------------------------------------------------------- 1. the pipeline
+def measure_pipeline(run):
+    if run.quick:
+        run.pipeline_seconds = run.run_stages(TRAINED_STAGES)
+        return run.pipeline_seconds, [not_here("end to end", "split, train, evaluate, embed only", None, "<= 300 s",
+                                               "s", "--quick runs only the stages the measurements need")]
+    timings = run_pipeline.run(run.argv)
+    lab.release_locks()
+    run.pipeline_seconds = dict(zip(timings["stage"], timings["seconds"]))
+    total = run.pipeline_seconds["total"]
+    return run.pipeline_seconds, [verdict("end to end", "full pipeline, per stage and total", round(total, 1),
+                                          "<= 300 s", total <= 300, "s", "training epochs dominate")]
+
+
+# --------------------------------------------------------------------------- 2. the trunk pass
+def measure_trunk(run):
+    """Reduced precision vs fp32 (wall clock on the pipeline's threads, and CPU time on one thread), accuracy,
+    and the BN-folded channels-last trunk vs the original module."""
+    t = run.trained
+    reduced = t.auto_dtype or (torch.bfloat16 if t.device.type == "cpu" else torch.float16)
+    fused = backbone.inference_trunk(t.model.trunk).to(t.device)
+    n = sum(len(b) for b in t.batches)
+    passes = {"fp32": trunk_pass(fused, t.batches, t.device, None),
+              "reduced": trunk_pass(fused, t.batches, t.device, reduced),
+              "original": trunk_pass(t.model.trunk.to(t.device), [b.contiguous() for b in t.batches], t.device, None)}
+    native = native_bf16(t.device) or reduced == torch.float16
+    rounds = run.sizes["rounds"] if native else 1  # emulated bf16 is ~8x slower: one round says enough
+    wall = common.best_rates(passes, n, rounds, sync=sync_for(t.device))
+    cpu = (common.best_rates({k: passes[k] for k in ("fp32", "reduced")}, n, rounds, single_thread=True)
+           if t.device.type == "cpu" and native else {})
+    with torch.no_grad():
+        e32 = t.model.head(passes["fp32"].last.to(t.device))[1].float()
+        e_red = t.model.head(passes["reduced"].last.to(t.device))[1].float()
+    cosine = torch.nn.functional.cosine_similarity(e32, e_red, dim=1, eps=1e-12).mean().item()
+    acc_red, acc_32 = reduced_test_accuracy(t, reduced)
+    raw = {"reduced_dtype": str(reduced), "wall_images_per_s": wall, "one_thread_cpu_images_per_s": cpu,
+           "embedding_cosine": cosine, "test_accuracy_fp32": acc_32, "test_accuracy_reduced": acc_red,
+           "auto_precision_here": backbone.precision_name(t.auto_dtype)}
+    name = str(reduced)[6:]
+    wall_ratio = wall["reduced"] / wall["fp32"]
+    compared = f"{name} vs fp32, images/s, wall on {torch.get_num_threads()} threads ({wall['reduced']:.0f} vs " \
+               f"{wall['fp32']:.0f}: {wall_ratio:.2f}x)"
+    if cpu:
+        ratio = cpu["reduced"] / cpu["fp32"]
+        compared += f"; CPU time on 1 thread ({cpu['reduced']:.0f} vs {cpu['fp32']:.0f}): {ratio:.2f}x"
+        rows = [verdict("trunk pass", compared, round(ratio, 2), ">= 2.5x (1 thread, CPU time)", ratio >= 2.5, "x",
+                        "below target")]
+    elif native:
+        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), ">= 2.5x", wall_ratio >= 2.5, "x",
+                        "below target")]
+    else:
+        rows = [not_here("trunk pass", compared, round(wall_ratio, 2), ">= 2.5x", "x",
+                         "no native bf16 (no AVX512-BF16/AMX): oneDNN emulates it, so precision=auto keeps fp32")]
+    rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
+                        f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}", ">= 0.99, within 0.5",
+                        cosine >= 0.99 and abs(acc_red - acc_32) <= 0.005, "", "reduced precision changes predictions"))
+    rows.append(information("trunk module", f"BN-folded channels-last vs original module, fp32 images/s "
+                            f"({wall['fp32']:.0f} vs {wall['original']:.0f})",
+                            round(wall["fp32"] / wall["original"], 2), "x"))
+    run.measured["trunk_images_per_s"] = wall["reduced" if t.auto_dtype else "fp32"]
+    return raw, rows
+
+
+def reduced_test_accuracy(t, reduced):
+    """(test accuracy of the head on trunk features computed in `reduced`, the pipeline's fp32-or-auto one)."""
+    test_rows = t.split[t.split["split"] == "test"].reset_index(drop=True)
+    feats, ok = features.trunk_features(t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device,
+                                        reduced)
+    data = features.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
+    predicted = features.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
+    reference = json.loads(lab.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
+    return float((predicted == data.labels.numpy()).mean()), reference
+
+
+# --------------------------------------------------------------------------- 3. trunk efficiency
+def matmul(dtype, device, n=3072, reps=4):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
-    return best
+    return lambda: [a @ b for _ in range(reps)], 2 * n ** 3 * reps
 
 
-def efficiency_pair(trunk, batches, device, dtype, rounds=3):
-    """Trunk images/s and matmul GFLOP/s measured in alternation, best of each: both see the same machine load."""
-    mm_dtype = dtype or torch.float32
-    trunk_best, mm_best = 0.0, 0.0
-    for _ in range(rounds):
-        trunk_best = max(trunk_best, trunk_throughput(trunk, batches, device, dtype, rounds=1)[0])
-        mm_best = max(mm_best, matmul_gflops(mm_dtype, device, rounds=1))
-    return trunk_best, mm_best
-
-
-def trunk_flops(trunk, image_size):
+def measure_efficiency(run):
+    """Achieved GFLOP/s of the trunk against a large matmul of the same dtype, measured in turn. Where that
+    matmul runs on AMX (bf16 on a CPU with AMX), it is information only: a 3x3 convolution on 16 x 16 maps
+    cannot reach AMX GEMM speed."""
     from torch.utils.flop_counter import FlopCounterMode
+    t = run.trained
+    fused = backbone.inference_trunk(t.model.trunk)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        trunk(torch.randn(1, 3, image_size, image_size))
-    return counter.get_total_flops()
+        fused(torch.randn(1, 3, t.cfg.image_size, t.cfg.image_size))
+    flops = counter.get_total_flops()
+    fused.to(t.device)
+    dtype = t.auto_dtype or torch.float32
+    mm, mm_flops = matmul(dtype, t.device)
+    n = sum(len(b) for b in t.batches)
+    rates = common.best_rates({"trunk": trunk_pass(fused, t.batches, t.device, t.auto_dtype), "matmul": mm}, 1,
+                              run.sizes["rounds"], sync=sync_for(t.device))
+    achieved, peak = flops * n * rates["trunk"] / 1e9, mm_flops * rates["matmul"] / 1e9
+    raw = {"gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_gflops": peak, "dtype": str(dtype)}
+    compared = f"achieved GFLOP/s / matmul GFLOP/s ({str(dtype)[6:]}: {achieved:.0f} / {peak:.0f})"
+    on_amx = t.device.type == "cpu" and dtype == torch.bfloat16 and common.cpu_features()["amx_bf16"]
+    if on_amx:
+        return raw, [information("trunk efficiency", compared, round(achieved / peak, 2), "",
+                                 "the bf16 matmul runs on AMX, which small 3x3 convolutions cannot match")]
+    return raw, [verdict("trunk efficiency", compared, round(achieved / peak, 2), ">= 0.8", achieved / peak >= 0.8,
+                         "", "small convolutions do not reach GEMM speed")]
 
 
-def original_training_steps(model, paths, labels, cfg, device, n_batches):
-    """The original kind of step: images decoded, the trunk recomputed in train mode, then the head."""
-    loader = features.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
-                                   cfg.num_workers, device)
-    model = model.to(device)
-    torch.nn.Module.train(model, True)  # as the original: all in train mode, bypassing our override that keeps the trunk in eval
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    targets = torch.as_tensor(labels[:n_batches * cfg.batch_size])
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    seen, start = 0, None
-    for i, (x, _) in enumerate(loader):
-        logits, _ = model(x.to(device))
-        loss = torch.nn.functional.cross_entropy(logits, targets[i * cfg.batch_size:i * cfg.batch_size + len(x)].to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if start is None:  # the first batch warms up workers and kernels: steady state only, as for ours
-            start = time.perf_counter()
-        else:
-            seen += len(x)
-    seconds = time.perf_counter() - start
-    model.load_state_dict(state)  # leave the trained model as it was
-    return seen / seconds
+# --------------------------------------------------------------------------- 4. trunk settings (the bf16 gap)
+def measure_trunk_settings(run):
+    """What layout, batch size and oneDNN ISA do to fp32 and bf16, on one thread in CPU time (information)."""
+    t = run.trained
+    if t.device.type != "cpu" or not backbone.cpu_supports_bf16():
+        return {}, [not_here("trunk settings", "bf16 vs fp32 by layout and batch size", None, "(information)", "",
+                             "measured only on a CPU with native bf16")]
+    images = torch.cat(t.batches)
+    fused = backbone.inference_trunk(t.model.trunk)
+    plain = backbone.inference_trunk(t.model.trunk).to(memory_format=torch.contiguous_format)
+    variants = {}
+    for size in run.sizes["batch_sizes"]:
+        for layout, trunk in (("channels_last", fused), ("contiguous", plain)):
+            shaped = [b.contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                                   torch.contiguous_format) for b in images.split(size)]
+            for dtype in (None, torch.bfloat16):
+                variants[(layout, size, backbone.precision_name(dtype))] = trunk_pass(trunk, shaped, t.device, dtype)
+    rates = common.best_rates(variants, len(images), max(1, run.sizes["rounds"] // 2), single_thread=True)
+    table = {f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
+             for layout, size, _ in variants}
+    amx = common.cpu_features()["amx_bf16"] and not run.quick  # --quick: no fresh process for it
+    without_amx = bf16_ratio_without_amx(len(images), t.cfg.image_size) if amx else None
+    best = max(table, key=lambda k: table[k]["bf16"])
+    summary = "; ".join(f"{k}: {v['bf16'] / v['fp32']:.2f}x" for k, v in table.items())
+    rows = [information("trunk settings", f"bf16/fp32 by layout and batch, 1 thread, CPU time: {summary}; fastest "
+                        f"bf16: {best} ({table[best]['bf16']:.0f} images/s)", round(table[best]["bf16"] /
+                                                                                    table[best]["fp32"], 2), "x")]
+    if without_amx:
+        rows.append(information("bf16 without AMX", f"oneDNN limited to AVX512-BF16 (ONEDNN_MAX_CPU_ISA), bf16 vs fp32 "
+                                f"({without_amx['bf16']:.0f} vs {without_amx['fp32']:.0f} images/s, 1 thread)",
+                                round(without_amx["bf16"] / without_amx["fp32"], 2), "x"))
+    return {"one_thread_cpu_images_per_s": table, "without_amx": without_amx}, rows
 
 
-def loader_throughput(paths, cfg, device):
-    loader = features.trunk_loader(paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
-    start = time.perf_counter()
-    seen = sum(len(x) for x, _ in loader)
-    return seen / (time.perf_counter() - start)
+def bf16_ratio_without_amx(n, image_size):
+    return common.run_child(f"from bench.bench_pipeline import isa_child; isa_child({n}, {image_size})",
+                            env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
 
 
-def umap_comparison(cfg, scratch_cfg):
-    import umap
-    from sklearn.preprocessing import StandardScaler
-    rng = np.random.default_rng(cfg.seed)
-    parts = []
-    for s in ("train", "test", "unseen"):
-        frame, vectors = dataloader.load_embeddings(scratch_cfg, s)
-        parts.append(vectors[dimensionality_reduction.sample_rows(frame, cfg.umap_samples_per_split, rng)])
-    union = StandardScaler().fit_transform(np.concatenate(parts))
-    warm = umap.UMAP(n_neighbors=min(15, len(union) // 4), random_state=0, n_jobs=1).fit(union[:max(60, len(union) // 20)])
-    warm.transform(union[:30])  # numba compiles once per process: keep compilation out of both timings
-    _, ours = timed(dimensionality_reduction.reduce_to_2d, np.concatenate(parts), cfg)
-
-    def original():
-        reducer = umap.UMAP(n_neighbors=min(cfg.umap_n_neighbors, len(union) - 1), min_dist=cfg.umap_min_dist,
-                            random_state=cfg.seed, n_jobs=1).fit(union)
-        bounds = np.cumsum([0] + [len(p) for p in parts])
-        return [reducer.transform(union[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    _, theirs = timed(original)
-    return {"points": len(union), "ours_s": ours, "original_s": theirs}
+def isa_child(n, image_size):
+    """In a fresh process (oneDNN's ISA is fixed at start): fp32 and bf16 images/s of a random trunk, 1 thread."""
+    trunk = backbone.inference_trunk(backbone.build_trunk(None, 0))
+    batches = list(torch.randn(n, 3, image_size, image_size).contiguous(memory_format=torch.channels_last).split(64))
+    cpu = torch.device("cpu")
+    print(json.dumps(common.best_rates({"fp32": trunk_pass(trunk, batches, cpu, None),
+                                        "bf16": trunk_pass(trunk, batches, cpu, torch.bfloat16)}, n, 2,
+                                       single_thread=True)))
 
 
-def brute_force_distances(groups):
-    k = len(groups)
-    out = np.zeros((2, k, k))
-    for p in range(k):
-        for q in range(k):
-            e, c = cdist(groups[p], groups[q]), cdist(groups[p], groups[q], "cosine")
-            mask = ~np.eye(len(e), dtype=bool) if p == q else np.ones(e.shape, dtype=bool)
-            out[0, p, q] = e[mask].mean()
-            out[1, p, q] = (np.arccos(np.clip(1 - c, -1, 1)) / np.pi)[mask].mean()
+# --------------------------------------------------------------------------- 5. head training
+def measure_head_training(run):
+    """An epoch on cached features (the head in its automatic precision) vs the original kind of step."""
+    t = run.trained
+    data = cached_train(t)
+    head = backbone.head_dtype(t.cfg.head_precision, t.device)
+    model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+    epoch = (lambda: train.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head))
+    ours = common.best_rates({"cached": epoch}, len(data), 2)["cached"]
+    labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
+    original = legacy.original_training_steps(checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg,
+                                              t.device, run.sizes["original_batches"])
+    name = backbone.precision_name(head)
+    run.measured["head_epoch_images_per_s"] = ours
+    return {"cached_epoch_images_per_s": ours, "head_precision": name, "original_step_images_per_s": original}, [
+        verdict("head training epoch", f"cached features ({name} head) vs original step, images/s ({ours:.0f} vs "
+                f"{original:.0f})", round(ours / original, 1), ">= 15x", ours / original >= 15, "x",
+                "the head's two 64-channel convolutions cost ~0.1 GFLOP per image against ~1 for the trunk")]
+
+
+def cached_train(t, names=("train",)):
+    dtype = checkpoint.trunk_dtype(t.ckpt, t.device)
+    data = features.prepare(t.cfg, t.device, t.split, t.model, t.ckpt["weights"], dtype, names=names)
+    return data[names[0]] if len(names) == 1 else data
+
+
+def fresh_head(t):
+    torch.manual_seed(t.cfg.seed)
+    model = backbone.PlanktonNet(len(t.ckpt["classes"]), t.cfg.image_size, None, t.cfg.seed, t.cfg.embedding_dim,
+                                 t.cfg.dropout)
+    model.trunk.load_state_dict(t.model.trunk.state_dict())
+    model.to(t.device)
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+
+
+def train_heads_side_by_side(t, dtypes, epochs, data):
+    """A fresh head per dtype, trained epoch by epoch in turn (both meet the same machine load) on the same
+    shuffles, each keeping its best validation epoch as train.py does. Returns {name: (test accuracy, images/s of
+    its fastest epoch)}."""
+    heads = {name: fresh_head(t) for name in dtypes}
+    best = {name: (math.inf, None, 0.0) for name in dtypes}
+    for epoch in range(1, epochs + 1):
+        for name, dtype in dtypes.items():
+            model, optimizer = heads[name]
+            order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(t.cfg.seed + epoch))
+            _, took = common.timed(train.run_epoch, model, data["train"], t.device, t.cfg.batch_size, optimizer,
+                                   order, dtype=dtype)
+            val_loss, _ = train.run_epoch(model, data["val"], t.device, t.cfg.batch_size, dtype=dtype)
+            loss, state, rate = best[name]
+            if val_loss < loss:
+                loss, state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
+            best[name] = (loss, state, max(rate, len(data["train"]) / took))
+    out = {}
+    for name, (_, state, rate) in best.items():
+        model = heads[name][0]
+        model.load_state_dict(state)
+        predicted = features.head_outputs(model, data["test"], t.device, t.cfg.batch_size)[0].argmax(1)
+        out[name] = (float((predicted == data["test"].labels.numpy()).mean()), rate)
     return out
 
 
-def distance_comparison(n_small, n_large, seed):
-    rng = np.random.default_rng(seed)
-    small = [np.abs(rng.normal(m, 1, (n_small, 128))) for m in range(3)]
-    ours_result, ours = timed(compute_average_distances.average_distances, small)
-    reference, theirs = timed(brute_force_distances, small)
+def measure_head_precision(run):
+    """The head trained in bf16 autocast vs fp32, side by side: epoch speed and test accuracy."""
+    t = run.trained
+    if not native_bf16(t.device):
+        return {}, [not_here("head bf16", "bf16 vs fp32 head epoch and test accuracy", None, "> 1x, within 0.5", "",
+                             "no native bf16 (no AVX512-BF16/AMX): head_precision=auto trains the head in fp32")]
+    epochs = run.sizes["head_epochs"]
+    result = train_heads_side_by_side(t, {"fp32": None, "bf16": torch.bfloat16}, epochs,
+                                      cached_train(t, ("train", "val", "test")))
+    (acc_32, ips_32), (acc_16, ips_16) = result["fp32"], result["bf16"]
+    speed, points = ips_16 / ips_32, 100 * (acc_16 - acc_32)
+    raw = {"epochs": epochs, "test_accuracy": {"fp32": acc_32, "bf16": acc_16},
+           "epoch_images_per_s": {"fp32": ips_32, "bf16": ips_16}}
+    return raw, [
+        verdict("head bf16 speed", f"bf16 vs fp32 head epoch on cached features, images/s ({ips_16:.0f} vs "
+                f"{ips_32:.0f})", round(speed, 2), "> 1x", speed > 1, "x", "bf16 does not pay here"),
+        verdict("head bf16 accuracy", f"test accuracy after {epochs} epochs, bf16 vs fp32 head ({100 * acc_16:.2f} vs "
+                f"{100 * acc_32:.2f} %)", f"{points:+.2f}", "within 0.5 point", abs(points) <= 0.5, "points",
+                "bf16 rounding changes what the head learns")]
+
+
+# --------------------------------------------------------------------------- 6. data loading
+def measure_loader(run):
+    t = run.trained
+    loader = features.trunk_loader(t.paths[:run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size,
+                                   t.cfg.num_workers, t.device)
+    seen, seconds = common.timed(lambda: sum(len(x) for x, _ in loader))
+    loader_ips, trunk_ips = seen / seconds, run.measured.get("trunk_images_per_s")
+    if trunk_ips is None:
+        return {"loader_images_per_s": loader_ips}, [information("data loading", "loader alone, images/s",
+                                                                 round(loader_ips), "images/s")]
+    return {"loader_images_per_s": loader_ips}, [
+        verdict("data loading", f"loader alone vs trunk, images/s ({loader_ips:.0f} vs {trunk_ips:.0f})",
+                round(loader_ips / trunk_ips, 1), ">= 3x", loader_ips / trunk_ips >= 3, "x",
+                "decoding is slower than the trunk here: raise num_workers")]
+
+
+# --------------------------------------------------------------------------- 7. the 2-D map stage
+LEGACY_MAP = "UMAP's own search"
+MAP_VARIANTS = {  # how the fresh process runs dimensionality_reduction.py
+    "ours": "import dimensionality_reduction as d",
+    "ours, first run": "import dimensionality_reduction as d; d.cache_umap_compilation = lambda: None",
+    LEGACY_MAP: "import dimensionality_reduction as d; from bench import legacy; d.reduce_to_2d = legacy.reduce_to_2d",
+}
+
+
+def map_stage(run, variant, samples):
+    """(seconds of the whole stage in a fresh process, trustworthiness of its map, points mapped)."""
+    argv = run.argv + [f"--umap_samples_per_split={samples}"]
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); {MAP_VARIANTS[variant]}; d.main({argv!r})"
+    seconds = common.wall_of_child(["-c", code])
+    score, points = map_trustworthiness(lab.load_config(argv))
+    return {"seconds": seconds, "trustworthiness": score, "points": points}
+
+
+def map_trustworthiness(cfg):
+    """sklearn's trustworthiness of results/umap_coordinates.csv against the standardised embeddings it maps."""
+    from sklearn.manifold import trustworthiness
+    from sklearn.preprocessing import StandardScaler
+    coords = lab.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"), ("split", "label", "path"))
+    vectors = {}
+    for s in coords["split"].unique():
+        frame, x = dataloader.load_embeddings(cfg, s)
+        vectors.update({(s, p): v for p, v in zip(frame["path"], x)})
+    x = StandardScaler().fit_transform(np.stack([vectors[k] for k in zip(coords["split"], coords["path"])]))
+    k = min(cfg.umap_n_neighbors, len(x) // 2 - 1)
+    return float(trustworthiness(x, coords[["x", "y"]].to_numpy(), n_neighbors=k)), len(x)
+
+
+def measure_map(run):
+    """dimensionality_reduction.py as a user runs it (a fresh process), at the demo's size: ours with numba's
+    cache warm (every run after the first), ours compiling (the first run), and UMAP's own neighbour search;
+    at the pipeline's full sample size too (--quick: ours only)."""
+    run.trained
+    demo, full = run.sizes["map_samples_per_split"], run.trained.cfg.umap_samples_per_split
+    if run.quick:
+        ours = map_stage(run, "ours", demo)
+        compared = f"fresh process, {ours['points']} points: {ours['seconds']:.1f} s"
+        return {"demo_size": {"ours": ours}}, [not_here("2-D map stage", compared, round(ours["seconds"], 1), "<= 20 s",
+                                                        "s", "--quick maps a few points and skips the original")]
+    map_stage(run, "ours", demo)  # fills numba's cache, as any earlier run would have
+    at_demo = {v: map_stage(run, v, demo) for v in ("ours", "ours, first run", LEGACY_MAP)}
+    at_full = {v: map_stage(run, v, full) for v in ("ours", LEGACY_MAP)}
+    ours, first, old = at_demo["ours"], at_demo["ours, first run"], at_demo[LEGACY_MAP]
+    big_ours, big_old = at_full["ours"], at_full[LEGACY_MAP]
+    drop = old["trustworthiness"] - ours["trustworthiness"]
+    full_drop = big_old["trustworthiness"] - big_ours["trustworthiness"]
+    return {"demo_size": at_demo, "full_size": at_full}, [
+        verdict("2-D map stage", f"whole stage, fresh process, {ours['points']} points (the demo's size): ours "
+                f"{ours['seconds']:.1f} s (first run, numba compiling: {first['seconds']:.1f} s) vs UMAP's own "
+                f"search {old['seconds']:.1f} s", round(ours["seconds"], 1), "<= 20 s", ours["seconds"] <= 20, "s",
+                "numba compilation or the galleries' figures"),
+        verdict("2-D map quality", f"trustworthiness, ours vs UMAP's own search, {ours['points']} points "
+                f"({ours['trustworthiness']:.4f} vs {old['trustworthiness']:.4f}); at {big_ours['points']} points "
+                f"{big_ours['trustworthiness']:.4f} vs {big_old['trustworthiness']:.4f} "
+                f"(stage {big_ours['seconds']:.1f} s vs {big_old['seconds']:.1f} s)",
+                f"{-drop:+.4f}", "within 0.01", abs(drop) <= 0.01 and full_drop <= 0.01, "",
+                "the exact neighbours change the map")]
+
+
+# --------------------------------------------------------------------------- 8. distances
+def measure_distances(run):
+    """Blockwise BLAS vs brute-force cdist (equal results), and the memory added at 20,000 per class."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    small = [np.abs(rng.normal(m, 1, (run.sizes["dist_small"], 128))) for m in range(3)]
+    ours_result, ours = common.timed(compute_average_distances.average_distances, small)
+    reference, theirs = common.timed(legacy.brute_force_distances, small)
     agree = bool(np.allclose(ours_result["euclidean"], reference[0], rtol=1e-9)
                  and np.allclose(ours_result["angular"], reference[1], rtol=1e-7))
-    large = [np.abs(rng.normal(m, 1, (n_large, 128))) for m in range(2)]
-    inputs = sum(g.nbytes for g in large)
+    large = [np.abs(rng.normal(m, 1, (run.sizes["dist_large"], 128))) for m in range(2)]
     tracemalloc.start()
-    _, large_s = timed(compute_average_distances.average_distances, large)
-    peak = tracemalloc.get_traced_memory()[1]
+    _, large_s = common.timed(compute_average_distances.average_distances, large)
+    peak = tracemalloc.get_traced_memory()[1] / 1e6
     tracemalloc.stop()
-    return {"n_small": n_small, "ours_s": ours, "cdist_s": theirs, "agree_with_cdist": agree, "n_large": n_large,
-            "large_s": large_s, "large_peak_added_mb": peak / 1e6, "large_inputs_mb": inputs / 1e6}
+    raw = {"n_small": len(small[0]), "ours_s": ours, "cdist_s": theirs, "agree_with_cdist": agree,
+           "n_large": len(large[0]), "large_s": large_s, "large_peak_added_mb": peak}
+    return raw, [
+        verdict("average distances", f"ours vs brute-force cdist, {len(small[0])} per class x 3 classes ({ours:.2f} s "
+                f"vs {theirs:.2f} s; equal: {agree})", round(theirs / ours, 2), ">= 2x", theirs / ours >= 2 and agree,
+                "x", "below target"),
+        verdict("distance memory", f"peak memory added at {len(large[0])} per class x 2 classes ({large_s:.1f} s)",
+                round(peak, 1), "<= 1000 MB", peak <= 1000, "MB", "blocks too large")]
 
 
+# --------------------------------------------------------------------------- 9. trunk-cache memory
 def cache_child(n, image_size, data_root, classes, out):
     """In a fresh process: the trunk pass over n images (cycling the data) -> its peak resident memory."""
     import pandas as pd
-    argv = [f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
-            "--backbone_weights=None", "--precision=fp32", f"--seen_classes={classes[:2]!r}",
-            f"--unseen_classes={classes[2:4]!r}"]
-    cfg = lab.load_config(argv)
+    cfg = lab.load_config([f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
+                           "--backbone_weights=None", "--precision='fp32'", f"--seen_classes={classes[:2]!r}",
+                           f"--unseen_classes={classes[2:4]!r}"])
     files = sorted(f"{c}/{f}" for c in classes for f in dataloader.list_class_files(Path(data_root) / c)[0])
     rows = pd.DataFrame({"path": [files[i % len(files)] for i in range(n)], "label": "x"})
     trunk = backbone.build_trunk(None, 0)
-    reset_peak_rss()  # importing torch peaks above the trunk pass: measure the pass's own high-water mark
-    before = rss_mb("VmRSS")
+    common.reset_peak_rss()  # importing torch peaks above the trunk pass: measure the pass's own high-water mark
+    before = common.rss_mb("VmRSS")
     feats, ok = features.trunk_features(cfg, trunk, rows, "bench", "random", torch.device("cpu"), None)
     assert feats.shape[0] == n and ok.all()
-    print(json.dumps({"n": n, "peak_rss_mb": rss_mb("VmHWM"), "before_mb": before}))
+    print(json.dumps({"n": n, "peak_rss_mb": common.rss_mb("VmHWM"), "before_mb": before}))
+
+
+def measure_cache_memory(run):
+    t, sizes = run.trained, run.sizes
+    classes = t.cfg.seen_classes + t.cfg.unseen_classes
+    result = {}
+    for n in (sizes["cache_small"], sizes["cache_large"]):
+        out = run.scratch / f"cache{n}"
+        args = (n, sizes["cache_image_size"], str(lab.resolve(t.cfg.data_root)), classes, str(out))
+        result[n] = common.run_child(f"from bench.bench_pipeline import cache_child; cache_child(*{args!r})")
+        shutil.rmtree(out, ignore_errors=True)
+    small, large = result[sizes["cache_small"]], result[sizes["cache_large"]]
+    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+    compared = (f"peak RSS of the trunk pass, {sizes['cache_small']} vs {sizes['cache_large']} images at "
+                f"{sizes['cache_image_size']} px ({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)")
+    return result, [verdict("cache memory", compared, round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
+                            "features held in memory")]
 
 
 def sample_of_links(n, data_root, classes, folder):
@@ -230,71 +503,80 @@ def sample_of_links(n, data_root, classes, folder):
 def predict_child(argv):
     """In a fresh process: predict.py over a sample folder -> its peak resident memory and wall time."""
     import predict
-    reset_peak_rss()  # imports peak above what predict itself holds: measure predict's own high-water mark
-    before = rss_mb("VmRSS")
+    common.reset_peak_rss()  # imports peak above what predict itself holds: measure predict's own high-water mark
+    before = common.rss_mb("VmRSS")
     start = time.perf_counter()
     table = predict.main(argv)
-    print(json.dumps({"images": int(table["images"].sum()), "peak_rss_mb": rss_mb("VmHWM"), "before_mb": before,
-                      "seconds": time.perf_counter() - start}))
+    print(json.dumps({"images": int(table["images"].sum()), "peak_rss_mb": common.rss_mb("VmHWM"),
+                      "before_mb": before, "seconds": time.perf_counter() - start}))
 
 
-def predict_memory(sizes, scratch_argv, data_root, classes, scratch):
-    """Peak RSS of predict.py on samples of each size (made of links), run on the pipeline's trained model."""
+def measure_predict_memory(run):
+    """Peak RSS of predict.py on new samples of two sizes (made of links), with the trained model (issue #11)."""
+    t, sizes = run.trained, run.sizes
+    run.run_stages(("novelty",))  # predict.py's possibly_new flag needs the validation thresholds
+    classes = t.cfg.seen_classes + t.cfg.unseen_classes
     result = {}
-    for n in sizes:
-        folder = sample_of_links(n, data_root, classes, Path(scratch) / f"sample{n}")
-        argv = scratch_argv + [f"--predict_dir={str(folder)!r}"]
-        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv=['x']; "
-                f"from bench.bench_pipeline import predict_child; predict_child({argv!r})")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-2000:])
-        result[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for n in (sizes["predict_small"], sizes["predict_large"]):
+        folder = sample_of_links(n, lab.resolve(t.cfg.data_root), classes, run.scratch / f"sample{n}")
+        argv = run.argv + [f"--predict_dir={str(folder)!r}"]
+        result[n] = common.run_child(f"from bench.bench_pipeline import predict_child; predict_child({argv!r})")
         shutil.rmtree(folder, ignore_errors=True)
-    return result
+    small, large = result[sizes["predict_small"]], result[sizes["predict_large"]]
+    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+    compared = (f"peak RSS of predict.py, {small['images']} vs {large['images']} images at {t.cfg.image_size} px "
+                f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB; "
+                f"{large['images'] / large['seconds']:.0f} images/s)")
+    return result, [verdict("predict memory", compared, round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
+                            "more than file names and embeddings (about 2.4 KB per image) grows with the sample")]
 
 
-def reset_peak_rss():
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
-    except OSError:
-        pass
+# --------------------------------------------------------------------------- 10. FlowCamNet size
+def measure_scale(run):
+    results = scale.measure(run.scratch / "scale", run.quick, lab.load_config(run.argv).num_workers)
+    run.measured["scale"] = results
+    return {stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()}, \
+        scale.rows(results, run.quick)
 
 
-def rss_mb(field):
-    """VmRSS or VmHWM of this process in MB (Linux), else the lifetime peak from getrusage."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def measure_flowcamnet(run):
+    """A full FlowCamNet run (301,247 images) on this machine, extrapolated from the rates measured above: the
+    scan, the trunk pass (once per image, cached), the head's epochs (at most `epochs`; early stopping ends most
+    runs sooner) and the analysis stages at 300,000 embeddings."""
+    t, measured, n = run.trained, run.measured, scale.FLOWCAMNET_IMAGES
+    if not {"trunk_images_per_s", "head_epoch_images_per_s", "scale"} <= set(measured):
+        return {}, [not_here("FlowCamNet run", "extrapolation", None, "(information)", "",
+                             "needs the trunk, head_training and scale measurements")]
+    files = max(measured["scale"]["scan and split"])
+    embeddings = max(measured["scale"]["distances"])
+    seconds = {"scan and split": n / files * measured["scale"]["scan and split"][files]["seconds"],
+               "trunk pass": n / measured["trunk_images_per_s"],
+               f"head ({t.cfg.epochs} epochs at most)": n * (1 - t.cfg.val_fraction - t.cfg.test_fraction)
+               * t.cfg.epochs / measured["head_epoch_images_per_s"],
+               "analysis": n / embeddings * sum(measured["scale"][stage][embeddings]["seconds"]
+                                                for stage in scale.EMBEDDING_STAGES)}
+    summary = ", ".join(f"{k} {v / 3600:.2f} h" for k, v in seconds.items())
+    return seconds, [information("FlowCamNet run", f"{n:,} images on this machine, from the rates measured here: "
+                                 f"{summary}", round(sum(seconds.values()) / 3600, 1), "h")]
 
 
-def cache_memory(sizes, image_size, data_root, classes, scratch):
-    result = {}
-    for n in sizes:
-        out = Path(scratch) / f"cache{n}"
-        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv=['x']; from bench.bench_pipeline import cache_child; "
-                f"cache_child({n}, {image_size}, {str(data_root)!r}, {classes!r}, {str(out)!r})")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-2000:])
-        result[n] = json.loads(proc.stdout.strip().splitlines()[-1])
-        shutil.rmtree(out, ignore_errors=True)
-    return result
+MEASUREMENTS = (("pipeline", measure_pipeline), ("trunk", measure_trunk), ("efficiency", measure_efficiency),
+                ("trunk_settings", measure_trunk_settings), ("head_training", measure_head_training),
+                ("head_precision", measure_head_precision), ("loader", measure_loader), ("map", measure_map),
+                ("distances", measure_distances), ("cache_memory", measure_cache_memory),
+                ("predict_memory", measure_predict_memory), ("scale", measure_scale),
+                ("flowcamnet", measure_flowcamnet))
 
 
 # --------------------------------------------------------------------------- the run
-def verdict(name, compared, value, target, ok, unit, reason=""):
-    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": target,
-            "met": bool(ok), "reason": "" if ok else reason}
-
-
 def configure(argv):
     quick = "--quick" in argv
-    argv = [a for a in argv if a != "--quick"]
+    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), None)
+    argv = [a for a in argv if a != "--quick" and not a.startswith("--only=")]
+    unknown = set(only or ()) - {name for name, _ in MEASUREMENTS}
+    if unknown:
+        raise lab.LabError(f"--only names unknown measurements {sorted(unknown)}; choose from "
+                           f"{[name for name, _ in MEASUREMENTS]}.")
     names = {a.split("=", 1)[0] for a in argv}
     base = lab.load_config(argv)
     if "--data_root" not in names:
@@ -311,149 +593,21 @@ def configure(argv):
             print("[bench] ImageNet weights unavailable (offline): timing a random trunk, which costs exactly the "
                   "same; accuracies are those of a random trunk.", file=sys.stderr)
             argv += ["--backbone_weights=None"]
-    if quick:
-        argv += QUICK_OVERRIDES
-    return quick, argv, base
+    return quick, only, argv + (QUICK_OVERRIDES if quick else []), base
 
 
 def run(argv):
-    quick, argv, base = configure(argv)
-    sizes = QUICK if quick else FULL
-    scratch = tempfile.mkdtemp(prefix="plankton-bench-")
-    scratch_argv = argv + [f"--output_dir={scratch!r}"]
-    rows, raw = [], {"machine": machine(), "quick": quick, "argv": argv}
-    print(f"[bench] machine: {raw['machine']}\n[bench] scratch folder {scratch}")
-    try:
-        # 1. the whole pipeline, per stage
-        timings = run_pipeline.run(scratch_argv)
-        lab.release_locks()  # the measurements below run scripts in child processes on the same scratch folder
-        raw["pipeline_seconds"] = dict(zip(timings["stage"], timings["seconds"]))
-        total = raw["pipeline_seconds"]["total"]
-        rows.append(verdict("end to end", "full pipeline, per stage and total", round(total, 1), "<= 300 s",
-                            total <= 300, "s", "training epochs and the single-threaded seeded UMAP dominate"))
-
-        cfg = lab.load_config(scratch_argv)
-        cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
-        auto_dtype = backbone.trunk_dtype(cfg.precision, device)
-        reduced = auto_dtype or (torch.bfloat16 if device.type == "cpu" else torch.float16)
-        test_rows = split[split["split"] == "test"].reset_index(drop=True)
-        paths = dataloader.absolute_paths(cfg, split[split["split"] == "train"]["path"])
-        images = [dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size) for p in paths[:sizes["trunk_images"]]]
-        batches = [torch.stack(images[i:i + cfg.batch_size]).contiguous(memory_format=torch.channels_last)
-                   for i in range(0, len(images), cfg.batch_size)]
-
-        # 2. trunk pass: reduced precision vs fp32, and our fused trunk vs the original module
-        fused = backbone.inference_trunk(model.trunk).to(device)
-        fp32_ips, fp32_out = trunk_throughput(fused, batches, device, None)
-        red_ips, red_out = trunk_throughput(fused, batches, device, reduced, rounds=1)  # emulated bf16 is slow
-        orig_ips, _ = trunk_throughput(model.trunk.to(device), [b.contiguous() for b in batches], device, None)
-        with torch.no_grad():
-            e32 = model.head(fp32_out.to(device))[1].float()
-            e_red = model.head(red_out.to(device))[1].float()
-        cosine = torch.nn.functional.cosine_similarity(e32, e_red, dim=1, eps=1e-12).mean().item()
-        red_feats, ok = features.trunk_features(cfg, model.trunk, test_rows, "test_reduced", ckpt["weights"], device,
-                                                reduced)
-        red_test = features.CachedSplit(red_feats, ok, [cfg.seen_classes.index(c) for c in test_rows["label"]])
-        red_pred = features.head_outputs(model, red_test, device, cfg.batch_size)[0].argmax(1)
-        red_acc = float((red_pred == red_test.labels.numpy()).mean())
-        fp32_acc = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())["accuracy"]
-        raw["trunk"] = {"fp32_images_per_s": fp32_ips, "reduced_dtype": str(reduced), "reduced_images_per_s": red_ips,
-                        "original_module_fp32_images_per_s": orig_ips, "embedding_cosine": cosine,
-                        "test_accuracy_fp32": fp32_acc, "test_accuracy_reduced": red_acc,
-                        "auto_precision_here": str(auto_dtype or "fp32")}
-        speedup = red_ips / fp32_ips
-        rows.append(verdict("trunk pass", f"{str(reduced)[6:]} vs fp32, images/s ({red_ips:.0f} vs {fp32_ips:.0f})",
-                            round(speedup, 2), ">= 2.5x", speedup >= 2.5, "x",
-                            "this CPU has no native bf16 (no AVX512-BF16/AMX): oneDNN emulates it, so precision=auto "
-                            "keeps fp32 here" if not backbone.cpu_supports_bf16() and device.type == "cpu" else "below target"))
-        rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
-                            f"{cosine:.4f}, {100 * (red_acc - fp32_acc):+.2f}", ">= 0.99, within 0.5",
-                            cosine >= 0.99 and abs(red_acc - fp32_acc) <= 0.005, "", "reduced precision changes predictions"))
-        rows.append(verdict("trunk module", "BN-folded channels-last vs original module, fp32 images/s",
-                            round(fp32_ips / orig_ips, 2), "(information)", True, "x"))
-
-        # 3. trunk efficiency: achieved GFLOP/s against a matmul in the same dtype, same run
-        best_dtype = auto_dtype or torch.float32
-        flops = trunk_flops(fused.cpu(), cfg.image_size)
-        fused.to(device)
-        best_ips, mm = efficiency_pair(fused, batches, device, auto_dtype)
-        best_ips = max(best_ips, fp32_ips if auto_dtype is None else red_ips)
-        efficiency = flops * best_ips / 1e9 / mm
-        raw["efficiency"] = {"gflop_per_image": flops / 1e9, "achieved_gflops": flops * best_ips / 1e9,
-                             "matmul_gflops": mm, "dtype": str(best_dtype)}
-        rows.append(verdict("trunk efficiency", f"achieved GFLOP/s / matmul GFLOP/s ({str(best_dtype)[6:]}: "
-                            f"{flops * best_ips / 1e9:.0f} / {mm:.0f})", round(efficiency, 2), ">= 0.8",
-                            efficiency >= 0.8, "", "depthwise-free but small convolutions do not reach GEMM speed"))
-
-        # 4. head training epoch: cached features vs the original kind of step
-        data = features.prepare(cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
-                                names=("train",))
-        head_model = checkpoint.model_from_checkpoint(ckpt, cfg).to(device)
-        optimizer = torch.optim.Adam([p for p in head_model.parameters() if p.requires_grad], lr=cfg.lr)
-        epoch_s = min(timed(train.run_epoch, head_model, data["train"], device, cfg.batch_size, optimizer)[1]
-                      for _ in range(2))  # the first epoch also warms up kernels and page cache
-        cached_ips = len(data["train"]) / epoch_s
-        labels = [cfg.seen_classes.index(c) for c in split[split["split"] == "train"]["label"]]
-        original_ips = original_training_steps(checkpoint.model_from_checkpoint(ckpt, cfg), paths, labels, cfg, device,
-                                               sizes["original_batches"])
-        raw["training"] = {"cached_epoch_images_per_s": cached_ips, "original_step_images_per_s": original_ips}
-        rows.append(verdict("head training epoch", f"cached features vs original step, images/s ({cached_ips:.0f} vs "
-                            f"{original_ips:.0f})", round(cached_ips / original_ips, 1), ">= 15x",
-                            cached_ips / original_ips >= 15, "x",
-                            "the head's two 64-channel convolutions cost ~0.1 GFLOP per image against ~1 for the trunk"))
-
-        # 5. data loading vs the trunk
-        loader_ips = loader_throughput(paths[:sizes["loader_images"]], cfg, device)
-        raw["loader_images_per_s"] = loader_ips
-        rows.append(verdict("data loading", f"loader alone vs trunk, images/s ({loader_ips:.0f} vs {best_ips:.0f})",
-                            round(loader_ips / best_ips, 1), ">= 3x", loader_ips / best_ips >= 3, "x",
-                            "decoding is slower than the trunk here: raise num_workers"))
-
-        # 6. UMAP: one fit vs fit then transform of each part
-        if cfg.reduction_method == "umap":
-            umap_times = umap_comparison(cfg, lab.load_config(scratch_argv))
-            raw["umap"] = umap_times
-            ratio = umap_times["original_s"] / umap_times["ours_s"]
-            rows.append(verdict("UMAP", f"one fit vs fit + transform of each part, {umap_times['points']} points "
-                                f"({umap_times['ours_s']:.1f} s vs {umap_times['original_s']:.1f} s)", round(ratio, 2),
-                                ">= 3x", ratio >= 3, "x", "with numba's compiled code warm, transforming every point costs under a fit; "
-                                "the original's first run also compiles the transform (~90 s here), which one fit never pays"))
-
-        # 7. distances: blockwise BLAS vs brute-force cdist, and memory at 20,000 per class
-        dist = distance_comparison(sizes["dist_small"], sizes["dist_large"], cfg.seed)
-        raw["distances"] = dist
-        rows.append(verdict("average distances", f"ours vs brute-force cdist, {dist['n_small']} per class x 3 classes "
-                            f"({dist['ours_s']:.2f} s vs {dist['cdist_s']:.2f} s; equal: {dist['agree_with_cdist']})",
-                            round(dist["cdist_s"] / dist["ours_s"], 2), ">= 2x",
-                            dist["cdist_s"] / dist["ours_s"] >= 2 and dist["agree_with_cdist"], "x", "below target"))
-        rows.append(verdict("distance memory", f"peak memory added at {dist['n_large']} per class x 2 classes "
-                            f"({dist['large_s']:.1f} s)", round(dist["large_peak_added_mb"], 1), "<= 1000 MB",
-                            dist["large_peak_added_mb"] <= 1000, "MB", "blocks too large"))
-
-        # 8. trunk-cache memory: peak RSS at a small and a large image count
-        cache = cache_memory((sizes["cache_small"], sizes["cache_large"]), sizes["cache_image_size"],
-                             lab.resolve(cfg.data_root), cfg.seen_classes + cfg.unseen_classes, scratch)
-        small, large = cache[sizes["cache_small"]], cache[sizes["cache_large"]]
-        growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-        raw["cache_memory"] = cache
-        rows.append(verdict("cache memory", f"peak RSS of the trunk pass, {sizes['cache_small']} vs "
-                            f"{sizes['cache_large']} images at {sizes['cache_image_size']} px "
-                            f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)", round(growth, 1),
-                            "<= 100 MB growth", growth <= 100, "MB", "features held in memory"))
-
-        # 9. predict.py memory: peak RSS on a new sample of 5,000 and of 20,000 images
-        predicted = predict_memory((sizes["predict_small"], sizes["predict_large"]), scratch_argv,
-                                   lab.resolve(cfg.data_root), cfg.seen_classes + cfg.unseen_classes, scratch)
-        small, large = predicted[sizes["predict_small"]], predicted[sizes["predict_large"]]
-        growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-        raw["predict_memory"] = predicted
-        rows.append(verdict("predict memory", f"peak RSS of predict.py, {small['images']} vs {large['images']} "
-                            f"images at {cfg.image_size} px ({small['peak_rss_mb']:.0f} vs "
-                            f"{large['peak_rss_mb']:.0f} MB; {large['images'] / large['seconds']:.0f} images/s)",
-                            round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
-                            "more than file names and embeddings (about 2.4 KB per image) grows with the sample"))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    quick, only, argv, base = configure(argv)
+    raw, rows = {"machine": common.machine(), "quick": quick, "argv": argv}, []
+    print(f"[bench] machine: {raw['machine']}")
+    with tempfile.TemporaryDirectory(prefix="plankton-bench-") as scratch:
+        bench = Run(argv, quick, scratch)
+        raw["seconds"] = {}
+        for name, measure in MEASUREMENTS:
+            if only is None or name in only:
+                (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
+                rows += new_rows
+        lab.release_locks()
     raw["rows"] = rows
     lab.ensure_output_dirs(base, ("results",))
     path = lab.save_json(lab.out_path(base, "results", "benchmark.json"), raw)
@@ -463,16 +617,18 @@ def run(argv):
 
 
 def print_table(rows, raw):
-    print(f"\nBenchmark on {raw['machine']['cpu']} ({raw['machine']['cores']} cores, torch {raw['machine']['torch']})"
+    m = raw["machine"]
+    print(f"\nBenchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads; CPU "
+          f"features: {common.feature_summary(m['cpu_features'])})"
           + ("  [--quick: tiny sizes, the figures mean nothing]" if raw["quick"] else ""))
-    print(f"{'what':<22} {'measured':>16}  {'target':<18} {'':<7} compared")
+    print(f"{'what':<28} {'measured':>20}  {'target':<30} {'':<7} compared")
     for r in rows:
-        value = f"{r['measured']}{r['unit'] if r['unit'] in ('x', 's') else ' ' + r['unit'] if r['unit'] else ''}"
-        status = "met" if r["met"] else "MISSED"
-        print(f"{r['what']:<22} {value:>16}  {r['target']:<18} {status:<7} {r['compared']}"
-              + (f"\n{'':<22} reason: {r['reason']}" if r["reason"] else ""))
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in raw.get("pipeline_seconds", {}).items())
+        unit = r["unit"] if r["unit"] in ("x", "s", "") else " " + r["unit"]
+        print(f"{r['what']:<28} {str(r['measured']) + unit:>20}  {r['target']:<30} {r['status']:<7} {r['compared']}"
+              + (f"\n{'':<28} {r['reason']}" if r["reason"] else ""))
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in (raw.get("pipeline") or {}).items())
     print(f"pipeline stages (s): {stages}")
+    print("benchmark sections (s): " + ", ".join(f"{k} {v:.0f}" for k, v in raw["seconds"].items()))
 
 
 def main(argv=None):

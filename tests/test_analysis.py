@@ -60,6 +60,18 @@ def test_a_20000_row_class_runs_without_an_n_by_n_matrix():
     assert result["euclidean"][0, 0] == pytest.approx(np.sqrt(2 * 128), rel=0.01)  # E|x-y| for N(0, I)
 
 
+def test_a_class_above_distance_max_per_class_is_a_seeded_sample_of_that_many():
+    rng = np.random.default_rng(6)
+    big, small = rng.normal(size=(50, 8)), rng.normal(size=(10, 8))
+    used = distances.sampled_groups([big, small], 20, seed=1)
+    assert [len(g) for g in used] == [20, 10] and used[1] is small
+    rows = {tuple(r) for r in big}
+    assert all(tuple(r) in rows for r in used[0]) and len({tuple(r) for r in used[0]}) == 20  # distinct rows of big
+    np.testing.assert_array_equal(used[0], distances.sampled_groups([big, small], 20, seed=1)[0])  # seeded
+    assert not np.array_equal(used[0], distances.sampled_groups([big, small], 20, seed=2)[0])
+    assert distances.sampled_groups([big], 0, seed=1)[0] is big  # 0: every image, exact
+
+
 def test_gallery_rows_are_truly_closest_and_furthest():
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(200, 128))
@@ -94,6 +106,27 @@ def test_transfer_learning_on_separable_embeddings(make_cfg):
     assert knn["k"].max() <= 10 and (knn["k"] * 3 <= knn["train_size"]).all()  # capped by the smallest class
     one_each = knn[knn["train_size"] == 3]
     assert (one_each["balanced_accuracy"] > 0.9).all()  # 1-NN on separable classes, not a majority vote
+
+
+def test_transfer_learning_caps_each_side_at_transfer_max_images(make_cfg):
+    cfg, _ = make_cfg("--transfer_repeats=1", "--transfer_max_images=60")
+    rng = np.random.default_rng(7)
+    y = np.repeat([0, 1, 2], [200, 100, 12])
+    x = rng.normal(0, 6, (3, 16))[y] + rng.normal(size=(len(y), 16))
+    table = transfer_learning.transfer_curves(x, y, cfg)
+    assert (table["n_test"] <= 60).all() and (table["train_size"] <= 60).all()
+    full = table[table["per_class"] == "all"]
+    assert full["train_size"].eq(20 + 20 + 8).all()  # 60 // 3 = 20 per class; the small class keeps its 8 of 12
+    assert full["n_test"].eq(20 + 20 + 4).all()
+
+
+def test_copy_units_group_members_as_a_pass_per_unit_would():
+    rng = np.random.default_rng(8)
+    members = np.sort(rng.choice(1000, size=300, replace=False))
+    copy_ids = rng.integers(0, 40, size=300)
+    expected = [members[copy_ids == u] for u in np.unique(copy_ids)]  # the former, quadratic grouping
+    got = transfer_learning.copy_units(members, copy_ids)
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +174,30 @@ def test_other_reduction_methods_give_2d_points_that_keep_clusters_apart(make_cf
     assert xy.shape == (120, 2) and np.isfinite(xy).all()
     gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
     assert gap > 3 * max(xy[:60].std(0).max(), xy[60:].std(0).max())
+
+
+def test_the_map_gets_exact_neighbours_each_point_first_copies_included():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 16))
+    x[11] = x[10]  # a copy: its twin is its nearest other point, at distance 0
+    indices, dist = reduction.exact_neighbours(x, 6)
+    assert indices.shape == dist.shape == (200, 6)
+    assert (indices[:, 0] == np.arange(200)).all() and (dist[:, 0] == 0).all()  # as UMAP's precomputed_knn expects
+    brute = cdist(x, x)
+    np.fill_diagonal(brute, np.inf)
+    np.testing.assert_allclose(dist[:, 1:], np.sort(brute, axis=1)[:, :5], rtol=1e-5, atol=1e-6)
+    assert indices[10, 1] == 11 and indices[11, 1] == 10
+
+
+def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
+    from sklearn.manifold import trustworthiness
+    from sklearn.preprocessing import StandardScaler
+    cfg, _ = make_cfg()
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.normal(8 * c, 1, (80, 32)) for c in range(3)])
+    xy = reduction.reduce_to_2d(x, cfg)
+    assert xy.shape == (240, 2) and np.isfinite(xy).all()
+    centres = [xy[80 * c:80 * (c + 1)].mean(0) for c in range(3)]
+    spread = max(xy[80 * c:80 * (c + 1)].std(0).max() for c in range(3))
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3 * spread
+    assert trustworthiness(StandardScaler().fit_transform(x), xy, n_neighbors=cfg.umap_n_neighbors) > 0.9

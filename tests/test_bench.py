@@ -1,17 +1,51 @@
-"""A smoke test of the benchmark on tiny data, so that it cannot rot. No timing is asserted."""
+"""Smoke tests of the benchmark on tiny inputs, so that it cannot rot. No timing is asserted: what is asserted is
+that every measurement runs and reports, and that each target is applied only where it holds. The quick run trains
+on 24 images per class and runs only the pipeline stages its measurements need."""
 import json
 
+import backbone
+from bench import common, scale
 from conftest import shared_dataset
 
 
-def test_benchmark_quick_run_writes_every_row(tmp_path):
+def test_cpu_features_name_what_decides_native_bf16():
+    features = common.cpu_features()
+    assert set(features) == set(common.CPU_FLAGS)
+    assert (features["avx512_bf16"] or features["amx_bf16"]) == backbone.cpu_supports_bf16()
+
+
+def test_scale_rows_apply_the_growth_and_memory_targets():
+    def stage(small_s, large_s, peak_mb=500):
+        return {1000: {"seconds": small_s, "peak_rss_mb": 400, "workers_peak_mb": 0},
+                10000: {"seconds": large_s, "peak_rss_mb": peak_mb, "workers_peak_mb": 0}}
+    results = {"linear": stage(1.0, 10.0), "better": stage(2.0, 3.0), "quadratic": stage(1.0, 100.0),
+               "tiny": stage(0.01, 0.5), "too big": stage(1.0, 9.0, peak_mb=5000)}
+    status = {row["what"]: row["status"] for row in scale.rows(results, quick=False)}
+    assert status == {"scale: linear": "met", "scale: better": "met", "scale: quadratic": "MISSED",
+                      "scale: tiny": "met", "scale: too big": "MISSED"}
+    assert {row["status"] for row in scale.rows(results, quick=True)} == {"n/a"}
+
+
+def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hold(tmp_path):
     shared_dataset("ndsb9")
     from bench import bench_pipeline
     raw = bench_pipeline.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
     saved = json.loads((tmp_path / "results" / "benchmark.json").read_text())
-    names = [r["what"] for r in saved["rows"]]
-    for expected in ("end to end", "trunk pass", "trunk efficiency", "head training epoch", "data loading", "UMAP",
-                     "average distances", "distance memory", "cache memory", "predict memory"):
-        assert expected in names
-    assert all(r["met"] or r["reason"] for r in saved["rows"])  # a missed target always says why
+    rows = {r["what"]: r for r in saved["rows"]}
+    for expected in ("end to end", "trunk pass", "trunk pass accuracy", "trunk efficiency", "head training epoch",
+                     "data loading", "2-D map stage", "average distances", "distance memory", "cache memory",
+                     "FlowCamNet run", "predict memory",
+                     *(f"scale: {stage}" for stage in ("scan and split", *scale.EMBEDDING_STAGES))):
+        assert expected in rows, expected
+    assert all(r["status"] in ("met", "MISSED", "n/a", "info") for r in rows.values())
+    assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))  # always says why
+    assert saved["machine"]["cpu_features"] == common.cpu_features()
+    native = backbone.cpu_supports_bf16()
+    assert (rows["trunk pass"]["status"] == "n/a") == (not native)
+    assert ("head bf16 accuracy" in rows) == native and ("head bf16" in rows) == (not native)
+    assert (rows["trunk efficiency"]["status"] == "info") == common.cpu_features()["amx_bf16"]
     assert saved["distances"]["agree_with_cdist"] and raw["trunk"]["embedding_cosine"] > 0.9
+    assert saved["map"]["demo_size"]["ours"]["points"] > 0 and 0 < saved["map"]["demo_size"]["ours"]["seconds"]
+    for stage, by_size in saved["scale"].items():
+        assert len(by_size) == 2 and all(m["seconds"] > 0 and m["peak_rss_mb"] > 100 for m in by_size.values())
+    assert set(saved["pipeline"]) == {"split", "train", "evaluate", "embed"}  # not the whole pipeline

@@ -65,6 +65,8 @@ def test_good_overrides(arg, name, value):
     ("--image_size=4096", "cannot be taken"), ("--precision='fp8'", "precision"), ("--device='tpu'", "device"),
     ("--unseen_classes=['chainthin','Retaria']", "both seen_classes and unseen_classes"),
     ("--seen_classes=['a']", "at least 2"), ("--reduction_method='lda'", "reduction_method"),
+    ("--head_precision='fp16'", "head_precision"), ("--distance_max_per_class=1", "distance_max_per_class"),
+    ("--transfer_max_images=1", "transfer_max_images"),
 ])
 def test_bad_overrides_are_rejected_before_work(arg, fragment):
     with pytest.raises(lab.LabError, match=fragment):

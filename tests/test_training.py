@@ -44,6 +44,35 @@ def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
     assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_head_trains_in_bf16_only_where_the_hardware_has_it(native, monkeypatch):
+    import backbone
+    monkeypatch.setattr(backbone, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert backbone.head_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert backbone.head_dtype("fp32", cpu) is None and backbone.head_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_a_bf16_head_learns_as_well_and_the_checkpoint_says_so(make_cfg, monkeypatch):
+    seen = []
+    real_autocast = torch.autocast
+
+    def recording_autocast(device_type, dtype=None, **kwargs):
+        seen.append(dtype)
+        return real_autocast(device_type, dtype=dtype, **kwargs)
+    monkeypatch.setattr(train.torch, "autocast", recording_autocast)
+    cfg, argv = make_cfg("--head_precision='bf16'", "--epochs=6")
+    history = train.main(argv)
+    assert seen and set(seen) == {torch.bfloat16}  # every training and validation batch ran under bf16 autocast
+    assert max(h["val_acc"] for h in history) > 0.6  # 6 classes: chance is 0.17
+    for name in ("best.pth", "last.pth"):
+        assert checkpoint.load(lab.out_path(cfg, "checkpoints", name))["head_precision"] == "bf16"
+    cfg32, argv32 = make_cfg("--head_precision='fp32'", "--epochs=1", output_dir=cfg.output_dir + "-fp32")
+    seen.clear()
+    train.main(argv32)
+    assert not seen and checkpoint.load(lab.out_path(cfg32, "checkpoints", "best.pth"))["head_precision"] == "fp32"
+
+
 def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
     cfg, argv, _ = trained
     ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
@@ -206,12 +235,13 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
     cfg, argv = make_cfg("--epochs=8", "--patience=100")
     real_epoch, calls = train.run_epoch, {"n": 0}
 
-    def diverging_from_epoch_3(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None):
+    def diverging_from_epoch_3(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None,
+                               dtype=None):
         if optimizer is not None:
             calls["n"] += 1
         if calls["n"] >= 3:
             return float("nan"), 0.0
-        return real_epoch(model, data, device, batch_size, optimizer, order, desc, weights)
+        return real_epoch(model, data, device, batch_size, optimizer, order, desc, weights, dtype)
     monkeypatch.setattr(train, "run_epoch", diverging_from_epoch_3)
     with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
         train.main(argv)

@@ -1,0 +1,141 @@
+"""What the benchmark's modules share: the CPU's features, rates measured side by side, peak memory, child
+processes and the rows of the table. Reads /proc/cpuinfo and /proc/self/status; writes nothing.
+"""
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+# --------------------------------------------------------------------------- the machine
+def cpu_features():
+    """{flag: present} for the instruction sets the targets depend on (Linux /proc/cpuinfo; all False elsewhere)."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def machine():
+    import torch
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": cpu_features(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available()}
+
+
+def feature_summary(features):
+    present = [flag for flag, on in features.items() if on]
+    return ", ".join(present) or "none of " + ", ".join(features)
+
+
+# --------------------------------------------------------------------------- rates, side by side
+def best_rates(variants, items, rounds, single_thread=False, sync=None):
+    """{name: best items per second} of each variant (a callable doing the work on `items` items), measured in
+    turn round after round, so that every variant meets the same machine load; the best round is the least
+    disturbed. single_thread: on one torch thread, timed in that thread's CPU time, which other processes on a
+    shared machine cannot inflate (they take turns on the core, not work from this thread)."""
+    import torch
+    threads = torch.get_num_threads()
+    clock = time.thread_time if single_thread else time.perf_counter
+    if single_thread:
+        torch.set_num_threads(1)
+    best = dict.fromkeys(variants, 0.0)
+    try:
+        for fn in variants.values():
+            fn()  # warm-up: oneDNN picks and caches its kernels
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                start = clock()
+                fn()
+                if sync:
+                    sync()
+                best[name] = max(best[name], items / max(clock() - start, 1e-9))
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- memory
+def reset_peak_rss():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
+    except OSError:
+        pass
+
+
+def rss_mb(field):
+    """VmRSS or VmHWM of this process in MB (Linux), else the lifetime peak from getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_mb():
+    """The largest peak resident memory of this process's finished children (e.g. decoding workers), in MB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- child processes
+def run_child(code, env=None):
+    """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON."""
+    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    if proc.returncode:
+        raise RuntimeError(f"benchmark child failed ({code[:120]}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def wall_of_child(args, env=None):
+    """Seconds a fresh process running `python args...` at the repository root takes, start to exit."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"benchmark child failed ({' '.join(args)[:200]}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+# --------------------------------------------------------------------------- rows of the table
+def verdict(name, compared, value, target, ok, unit, reason=""):
+    """A target measured here: met, or missed with its reason."""
+    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": target,
+            "status": "met" if ok else "MISSED", "met": bool(ok), "reason": "" if ok else reason}
+
+
+def not_here(name, compared, value, target, unit, reason):
+    """A target that does not apply on this machine (or in --quick): the figure is shown, the verdict is not."""
+    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": target,
+            "status": "n/a", "met": None, "reason": f"n/a here: {reason}"}
+
+
+def information(name, compared, value, unit, note=""):
+    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": "(information)",
+            "status": "info", "met": None, "reason": note}
