@@ -12,7 +12,8 @@ standardised embeddings) and a kNN (k = knn_k, capped by the training size) are 
 fixed 30 %. Each side holds at most transfer_max_images images (a seeded sample of at most
 transfer_max_images // classes per class), so that a large unseen set costs no more than that (an SVC's
 training grows faster than its data). (k is also capped by the smallest class of the subset, so that 1 image
-per class is 1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training size (log scale).
+per class is 1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training
+size (log scale).
 """
 import sys
 import warnings
