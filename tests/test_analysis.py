@@ -9,9 +9,7 @@ from scipy.spatial.distance import cdist
 import compute_average_distances as distances
 import dataloader
 import dimensionality_reduction as reduction
-import embed
 import lab
-import train
 import transfer_learning
 
 
@@ -130,13 +128,9 @@ def test_copy_units_group_members_as_a_pass_per_unit_would():
 
 
 @pytest.fixture(scope="module")
-def embedded(tiny_demo, tmp_path_factory):
-    from conftest import FAST
-    out = tmp_path_factory.mktemp("embedded")
-    argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
-    train.main(argv)
-    embed.main(argv)
-    return lab.load_config(argv), argv
+def embedded(novelty_ready):
+    """A model trained on the tiny demo and its embeddings (the session's, shared with the novelty tests)."""
+    return novelty_ready
 
 
 def test_embedding_files_schema_and_rows(embedded):
