@@ -86,6 +86,20 @@ def test_gallery_rows_are_truly_closest_and_furthest():
     np.testing.assert_allclose(picks[reduction.ROWS[2]][1], np.sort(d[other])[:5])
 
 
+def test_gallery_ties_and_blocks_give_a_stable_sorts_picks():
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(500, 8))
+    vectors[[7, 40, 41, 42]] = vectors[:7].mean(0) + 0.01  # copies nearest to a's centre: equal distances, to be
+    labels = np.array(["a"] * 7 + ["b"] * 493)  # taken in index order, as a stable sort would
+    d = np.linalg.norm(vectors - vectors[:7].mean(0), axis=1)
+    np.testing.assert_allclose(reduction.distances_to(vectors, vectors[:7].mean(0), block=64), d, rtol=1e-12)
+    for k in (1, 3, 5, 600):
+        assert list(reduction.k_smallest(d[7:], k)) == list(np.argsort(d[7:], kind="stable")[:k])
+    picks = reduction.gallery(vectors, labels, "a", 5)
+    assert list(picks[reduction.ROWS[2]][0])[:4] == [7, 40, 41, 42]
+    assert list(picks[reduction.ROWS[2]][0]) == list(7 + np.argsort(d[7:], kind="stable")[:5])
+
+
 def test_transfer_learning_on_separable_embeddings(make_cfg):
     cfg, _ = make_cfg("--transfer_repeats=3")
     rng = np.random.default_rng(4)
