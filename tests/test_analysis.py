@@ -49,6 +49,19 @@ def test_zero_embeddings_are_left_out_of_angular_averages():
     assert np.isfinite(ours["euclidean"][0, 0])
 
 
+@pytest.mark.parametrize("block", [1024, 3])
+def test_zero_embeddings_leave_the_angular_and_cosine_averages_across_blocks_and_classes(block, monkeypatch):
+    monkeypatch.setattr(distances, "BLOCK", block)
+    rng = np.random.default_rng(11)
+    directed = [np.abs(rng.normal(c, 1, size=(n, 8))) for c, n in ((0, 9), (1, 7))]
+    with_zeros = [np.insert(directed[0], [0, 4, 4], 0.0, axis=0), np.insert(directed[1], [6], 0.0, axis=0)]
+    ours, on_directed, on_all = (distances.average_distances(with_zeros), brute_force(directed),
+                                 brute_force(with_zeros))
+    np.testing.assert_allclose(ours["angular"], on_directed["angular"], rtol=1e-9)
+    np.testing.assert_allclose(ours["cosine"], on_directed["cosine"], rtol=1e-9)
+    np.testing.assert_allclose(ours["euclidean"], on_all["euclidean"], rtol=1e-9)  # zeros keep their distances
+
+
 def test_a_20000_row_class_runs_without_an_n_by_n_matrix():
     rng = np.random.default_rng(2)
     groups = [rng.normal(size=(20_000, 128)), rng.normal(1, 1, size=(300, 128))]
