@@ -26,27 +26,37 @@ BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
 
 def _pair_sums(a, b, same):
-    """Sums over pairs of (Euclidean, angle/pi, 1 - cos) and the pair counts, block by block."""
+    """Sums over pairs of (Euclidean, angle/pi, 1 - cos) and the pair counts, block by block. In place and without
+    masks (about twice as fast as masking, measured): an all-zero embedding gets cosine 0 with everything, i.e.
+    exactly 1/2 and 1 in the sums, which are then taken out by count; a sample with itself gets cosine 1, i.e. 0."""
     norm_a, norm_b = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
     len_a, len_b = np.sqrt(norm_a), np.sqrt(norm_b)
+    inv_a = np.divide(1.0, len_a, out=np.zeros_like(len_a), where=len_a > 0)
+    inv_b = np.divide(1.0, len_b, out=np.zeros_like(len_b), where=len_b > 0)
+    directed_a, directed_b = len_a > 0, len_b > 0
     sums = np.zeros(3)
     for i in range(0, len(a), BLOCK):
         for j in range(i if same else 0, len(b), BLOCK):
             ab = a[i:i + BLOCK] @ b[j:j + BLOCK].T
-            sq = norm_a[i:i + BLOCK, None] + norm_b[None, j:j + BLOCK] - 2.0 * ab
-            np.maximum(sq, 0.0, out=sq)
-            euclid = np.sqrt(sq, out=sq)
-            denom = len_a[i:i + BLOCK, None] * len_b[None, j:j + BLOCK]
-            directed = denom > 0
-            cos = np.divide(ab, denom, out=np.zeros_like(ab), where=directed)
+            cos = ab * inv_a[i:i + BLOCK, None]
+            cos *= inv_b[None, j:j + BLOCK]
             np.clip(cos, -1.0, 1.0, out=cos)
+            ab *= -2.0  # from here on ab becomes the squared distance, then the distance
+            ab += norm_a[i:i + BLOCK, None]
+            ab += norm_b[None, j:j + BLOCK]
+            np.maximum(ab, 0.0, out=ab)
+            euclid = np.sqrt(ab, out=ab)
+            rows, cols = int(directed_a[i:i + BLOCK].sum()), int(directed_b[j:j + BLOCK].sum())
+            undirected = cos.size - rows * cols  # pairs with an all-zero embedding
             if same and i == j:  # leave each sample's pair with itself out
                 np.fill_diagonal(euclid, 0.0)
-                np.fill_diagonal(directed, False)
+                np.fill_diagonal(cos, 1.0)
+                undirected -= len(cos) - rows  # those of a zero embedding with itself were counted above
+            cos_sum = cos.sum()
+            angle_sum = np.arccos(cos, out=cos).sum() / np.pi
             weight = 2.0 if same and j != i else 1.0  # an off-diagonal block stands for its mirror too
-            sums += weight * np.array([euclid.sum(), (np.arccos(cos) / np.pi)[directed].sum(),
-                                       (1.0 - cos)[directed].sum()])
-    n_dir_a, n_dir_b = int((len_a > 0).sum()), int((len_b > 0).sum())
+            sums += weight * np.array([euclid.sum(), angle_sum - 0.5 * undirected, cos.size - cos_sum - undirected])
+    n_dir_a, n_dir_b = int(directed_a.sum()), int(directed_b.sum())
     pairs = len(a) * (len(a) - 1) if same else len(a) * len(b)
     directed_pairs = n_dir_a * (n_dir_a - 1) if same else n_dir_a * n_dir_b
     return sums, pairs, directed_pairs

@@ -114,15 +114,33 @@ def plot_map(coords, cfg, path):
     lab.save_figure(path, fig)
 
 
+def distances_to(vectors, centre, block=8192):
+    """Euclidean distance of every row to centre, a block of rows at a time: the temporaries stay in the CPU's
+    cache, so 300,000 embeddings cost ten times 30,000, not more (README, Performance)."""
+    out = np.empty(len(vectors))
+    for start in range(0, len(vectors), block):
+        diff = vectors[start:start + block] - centre
+        out[start:start + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
+
+
+def k_smallest(values, k):
+    """Indices of the k smallest values, ascending, ties by position: a stable argsort's first k, in linear time."""
+    if k >= len(values):
+        return np.argsort(values, kind="stable")
+    kth = np.partition(values, k - 1)[k - 1]
+    candidates = np.flatnonzero(values <= kth)
+    return candidates[np.argsort(values[candidates], kind="stable")][:k]
+
+
 def gallery(vectors, labels, cls, k):
     """{row: (indices, distances)} for class cls: nearest / furthest own images to its centre, nearest others."""
-    own = np.flatnonzero(labels == cls)
-    other = np.flatnonzero(labels != cls)
-    centre = vectors[own].mean(0)
-    d_own = np.linalg.norm(vectors[own] - centre, axis=1)
-    d_other = np.linalg.norm(vectors[other] - centre, axis=1)
+    is_own = labels == cls
+    own, other = np.flatnonzero(is_own), np.flatnonzero(~is_own)
+    distance = distances_to(vectors, vectors[own].mean(0))
+    d_own, d_other = distance[own], distance[other]
     order_own = np.argsort(d_own, kind="stable")
-    nearest_other = np.argsort(d_other, kind="stable")[:k]
+    nearest_other = k_smallest(d_other, k)
     return {ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
             ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
             ROWS[2]: (other[nearest_other], d_other[nearest_other])}

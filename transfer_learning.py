@@ -9,11 +9,10 @@ where the class has others. For a grid of
 training sizes, from a few images per class up to the whole 70 %, class-stratified subsets are drawn
 transfer_repeats times (each seeded), and an RBF SVC, a logistic-regression linear classifier (both on
 standardised embeddings) and a kNN (k = knn_k, capped by the training size) are fitted and scored on the
-fixed 30 %. Each side holds at most transfer_max_images images (a seeded sample of at most
-transfer_max_images // classes per class), so that a large unseen set costs no more than that (an SVC's
-training grows faster than its data). (k is also capped by the smallest class of the subset, so that 1 image
-per class is 1-NN rather than a majority vote.) Curves show the mean and a +-1 sd band against the training
-size (log scale).
+fixed 30 %. (k is also capped by the smallest class of the subset, so that 1 image per class is 1-NN rather than a
+majority vote.) Each side holds at most transfer_max_images images (a seeded sample of at most
+transfer_max_images // classes per class), so that a large unseen set costs no more than that: an SVC's training
+grows faster than its data. Curves show the mean and a +-1 sd band against the training size (log scale).
 """
 import sys
 import warnings

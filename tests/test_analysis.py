@@ -47,6 +47,19 @@ def test_zero_embeddings_are_left_out_of_angular_averages():
     assert np.isfinite(ours["euclidean"][0, 0])
 
 
+@pytest.mark.parametrize("block", [1024, 3])
+def test_zero_embeddings_leave_the_angular_and_cosine_averages_across_blocks_and_classes(block, monkeypatch):
+    monkeypatch.setattr(distances, "BLOCK", block)
+    rng = np.random.default_rng(11)
+    directed = [np.abs(rng.normal(c, 1, size=(n, 8))) for c, n in ((0, 9), (1, 7))]
+    with_zeros = [np.insert(directed[0], [0, 4, 4], 0.0, axis=0), np.insert(directed[1], [6], 0.0, axis=0)]
+    ours, on_directed, on_all = (distances.average_distances(with_zeros), brute_force(directed),
+                                 brute_force(with_zeros))
+    np.testing.assert_allclose(ours["angular"], on_directed["angular"], rtol=1e-9)
+    np.testing.assert_allclose(ours["cosine"], on_directed["cosine"], rtol=1e-9)
+    np.testing.assert_allclose(ours["euclidean"], on_all["euclidean"], rtol=1e-9)  # zeros keep their distances
+
+
 def test_a_20000_row_class_runs_without_an_n_by_n_matrix():
     rng = np.random.default_rng(2)
     groups = [rng.normal(size=(20_000, 128)), rng.normal(1, 1, size=(300, 128))]
@@ -82,6 +95,20 @@ def test_gallery_rows_are_truly_closest_and_furthest():
     assert list(picks[reduction.ROWS[1]][0]) == list(own[np.argsort(-d[own])[:5]])
     assert list(picks[reduction.ROWS[2]][0]) == list(other[np.argsort(d[other])[:5]])
     np.testing.assert_allclose(picks[reduction.ROWS[2]][1], np.sort(d[other])[:5])
+
+
+def test_gallery_ties_and_blocks_give_a_stable_sorts_picks():
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(500, 8))
+    vectors[[7, 40, 41, 42]] = vectors[:7].mean(0) + 0.01  # copies nearest to a's centre: equal distances, to be
+    labels = np.array(["a"] * 7 + ["b"] * 493)  # taken in index order, as a stable sort would
+    d = np.linalg.norm(vectors - vectors[:7].mean(0), axis=1)
+    np.testing.assert_allclose(reduction.distances_to(vectors, vectors[:7].mean(0), block=64), d, rtol=1e-12)
+    for k in (1, 3, 5, 600):
+        assert list(reduction.k_smallest(d[7:], k)) == list(np.argsort(d[7:], kind="stable")[:k])
+    picks = reduction.gallery(vectors, labels, "a", 5)
+    assert list(picks[reduction.ROWS[2]][0])[:4] == [7, 40, 41, 42]
+    assert list(picks[reduction.ROWS[2]][0]) == list(7 + np.argsort(d[7:], kind="stable")[:5])
 
 
 def test_transfer_learning_on_separable_embeddings(make_cfg):
