@@ -35,9 +35,17 @@ def machine():
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": cpu_features(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": cpu_features(), "load_average": load_average(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages: above the core count, other processes share the machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def feature_summary(features):

@@ -13,7 +13,9 @@ folder it is given, and deletes nothing else. Measures, at a small and a ten tim
                        issue #11, whose module is not on this branch): scikit-learn's NearestNeighbors, queries
                        = a quarter of the embeddings, bank = the rest
 on 30,000 and 300,000 synthetic 128-d embeddings in 93 classes (sizes from 1 to 10 x, as real classes are uneven).
-Returns seconds and peak resident memory per stage and size, and how each grows.
+Returns seconds and peak resident memory per stage and size, and how each grows. The children run on one thread
+and growth is judged on CPU seconds (the stage's own and its workers'): the work a stage does, which the other load
+of a shared machine cannot distort as it distorts wall time; wall seconds are reported beside them.
 
     python -m bench.scale [--quick]    # alone; bench/bench_pipeline.py runs it as its last section
 """
@@ -38,7 +40,7 @@ EMBEDDING_STAGES = ("distances", "map sample", "galleries", "transfer", "novelty
 MEMORY_LIMIT_MB = 4096
 REASONS = {"novelty (stand-in)": "every query meets every training embedding, so the time grows with the square of "
                                  "the data: issue #11's novelty score needs a bounded bank (e.g. a sample per class)"}
-GROWTH_SLACK = 1.15  # a growth exponent up to 1.15 counts as linear: timings on a shared machine wobble
+GROWTH_SLACK = 1.15  # a growth exponent up to 1.15 counts as linear: caches and allocators wobble
 FAST_ENOUGH_S = 1.0  # a stage under a second at the larger size is fast whatever its exponent
 
 
@@ -124,13 +126,20 @@ STAGE_FUNCTIONS = {"distances": distances, "map sample": map_sample, "galleries"
 
 
 # --------------------------------------------------------------------------- children: one process, its stages
+def cpu_seconds():
+    """CPU seconds of this process and of its finished children (decoding workers)."""
+    import resource
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def measured(fn, *args):
-    """(seconds, peak resident MB of this process during fn, of its workers) of fn(*args)."""
+    """Wall and CPU seconds of fn(*args), the peak resident MB of this process during it, and of its workers."""
     common.reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     fn(*args)
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": common.rss_mb("VmHWM"),
-            "workers_peak_mb": common.children_peak_mb()}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
+            "peak_rss_mb": common.rss_mb("VmHWM"), "workers_peak_mb": common.children_peak_mb()}
 
 
 def import_stages():
@@ -169,8 +178,11 @@ def files_child(folder, output_dir, num_workers, classes, embeddings=None):
     print(json.dumps(results))
 
 
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
 def in_child(function, *args):
-    return common.run_child(f"from bench import scale; scale.{function}(*{args!r})")
+    return common.run_child(f"from bench import scale; scale.{function}(*{args!r})", env=ONE_THREAD)
 
 
 # --------------------------------------------------------------------------- the section
@@ -201,11 +213,12 @@ def rows(results, quick):
     out = []
     for stage, by_size in results.items():
         (n_small, small), (n_large, large) = sorted(by_size.items())
-        exponent = growth(small["seconds"], large["seconds"], n_small, n_large)
+        exponent = growth(small["cpu_seconds"], large["cpu_seconds"], n_small, n_large)
         workers = large.get("workers", 0) * large["workers_peak_mb"]  # each worker's peak counts pages it shares
         peak = max(large["peak_rss_mb"], small["peak_rss_mb"]) + workers
         what = "files" if stage == "scan and split" else "embeddings"
-        compared = (f"{n_small:,} -> {n_large:,} {what}: {small['seconds']:.2f} s -> {large['seconds']:.2f} s, "
+        compared = (f"{n_small:,} -> {n_large:,} {what}: {small['cpu_seconds']:.2f} -> {large['cpu_seconds']:.2f} "
+                    f"CPU s on 1 thread (wall {small['seconds']:.2f} -> {large['seconds']:.2f} s), "
                     f"peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB"
                     + (f" (+ {large['workers']} decoding workers, {large['workers_peak_mb']:.0f} MB each)" if workers
                        else ""))
@@ -215,7 +228,7 @@ def rows(results, quick):
             out.append(common.not_here(name, compared, round(exponent, 2), target, "",
                                        "--quick sizes are too small to show growth"))
             continue
-        linear = exponent <= GROWTH_SLACK or large["seconds"] < FAST_ENOUGH_S
+        linear = exponent <= GROWTH_SLACK or large["cpu_seconds"] < FAST_ENOUGH_S
         reason = ("needs more memory" if linear else REASONS.get(stage, "grows faster than its data"))
         out.append(common.verdict(name, compared, f"n^{exponent:.2f}, {peak:.0f} MB", target,
                                   linear and peak <= MEMORY_LIMIT_MB, "", reason))
