@@ -130,6 +130,8 @@ def validate_config(c):
         bad("dropout must lie in [0, 1) and umap_min_dist in [0, 1].")
     if c.distance_max_per_class == 1 or c.distance_max_per_class < 0 or c.transfer_max_images < 2:
         bad("distance_max_per_class must be 0 (every image) or at least 2, and transfer_max_images at least 2.")
+    if c.novelty_bank_max < 0:
+        bad(f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or a positive count.")
     if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -128,7 +128,7 @@ def main(argv=None):
     lab.save_csv(lab.out_path(cfg, "results", "novelty_scores.csv"), score_table(frames, scores))
     lab.save_json(lab.out_path(cfg, "results", "novelty_thresholds.json"), {
         "checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
-        "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), "novelty_knn_k": cfg.novelty_knn_k,
+        "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg),
         "default_score": cfg.novelty_score, "thresholds": thresholds})
     plot_roc(scores, table, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_roc.png"))
     plot_distributions(scores, thresholds, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_scores.png"))

@@ -3,7 +3,10 @@
 Every score is oriented so that a HIGHER value means MORE LIKELY NEW. The four standard scores:
   msp             1 - maximum softmax probability (Hendrycks & Gimpel 2017)
   energy          -logsumexp(logits), the free energy at temperature 1 (Liu et al. 2020)
-  knn             Euclidean distance to the k-th nearest training embedding, both L2-normalised (Sun et al. 2022)
+  knn             Euclidean distance to the k-th nearest training embedding, both L2-normalised (Sun et al. 2022);
+                  the reference ("bank") holds at most novelty_bank_max training embeddings: every image of the
+                  smaller classes and a seeded sample of the larger ones (bank_rows), so scoring an image costs
+                  the same however large the training set is (Sun et al. sample their bank too)
   mahalanobis     Mahalanobis distance to the nearest class mean under one shared covariance, shrunk by
                   Ledoit-Wolf (Lee et al. 2018)
 and one combination, kept because it beats all four on ndsb9 (README, "Novelty"):
@@ -73,6 +76,32 @@ def kth_neighbour_distance(bank, queries, k):
     return np.sqrt(out)
 
 
+def class_quota(counts, total):
+    """Images kept per class so that at most `total` are kept: every image of a class up to one quota, the largest
+    quota that fits (water-filling), so small classes stay whole and large ones are cut to the same size."""
+    counts = np.asarray(counts, int)
+    if not total or counts.sum() <= total:
+        return counts.copy()
+    low, high = 0, int(counts.max())  # the largest quota q with sum(min(counts, q)) <= total
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if np.minimum(counts, middle).sum() <= total else (low, middle - 1)
+    return np.minimum(counts, max(low, 1))
+
+
+def bank_rows(labels, bank_max, seed):
+    """Row indices (sorted) of the kNN bank: all rows when bank_max is 0 or not exceeded, else class_quota's
+    share of each class, a seeded sample where a class has more."""
+    labels = np.asarray(labels)
+    if not bank_max or len(labels) <= bank_max:
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    kept = [rows if len(rows) <= quota else rng.choice(rows, size=quota, replace=False)
+            for rows, quota in zip((np.flatnonzero(labels == c) for c in classes), class_quota(counts, bank_max))]
+    return np.sort(np.concatenate(kept))
+
+
 def knn_score(train_embeddings, embeddings, k):
     return kth_neighbour_distance(l2_normalise(train_embeddings), l2_normalise(embeddings), k)
 
@@ -89,21 +118,30 @@ class Gaussians:
         self.means = np.stack([x[labels == c].mean(0) for c in self.classes])
         residuals = x - self.means[np.searchsorted(self.classes, labels)]
         self.precision = LedoitWolf(assume_centered=True).fit(residuals).precision_
+        # precision = L L', so (x - m)' precision (x - m) = |L'x - L'm|^2: a Euclidean distance after one linear map,
+        # which costs one matrix product per block of images instead of one per class
+        self.whiten = np.linalg.cholesky(self.precision)
+        self.white_means = self.means @ self.whiten
+        self.white_means_sq = (self.white_means ** 2).sum(1)
 
     def mahalanobis(self, embeddings):
         """Distance to the nearest class mean: min over classes of sqrt((x - mean)' precision (x - mean))."""
-        x = np.asarray(embeddings, np.float64)
-        squared = [((x - m) @ self.precision * (x - m)).sum(1) for m in self.means]
-        return np.sqrt(np.maximum(np.min(squared, axis=0), 0.0))
+        out = np.empty(len(embeddings))
+        for start in range(0, len(embeddings), BLOCK):
+            z = np.asarray(embeddings[start:start + BLOCK], np.float64) @ self.whiten
+            squared = (z ** 2).sum(1)[:, None] + self.white_means_sq[None, :] - 2.0 * z @ self.white_means.T
+            out[start:start + BLOCK] = squared.min(axis=1)
+        return np.sqrt(np.maximum(out, 0.0))
 
 
 class NoveltyScorer:
-    """Everything the scores need, fitted once: class Gaussians and the kNN bank on the training embeddings, the
-    standardisation of the combined score on the known validation embeddings. Scores any number of images."""
+    """Everything the scores need, fitted once: class Gaussians on every training embedding, the kNN bank on at
+    most bank_max of them (0: all), the standardisation of the combined score on the known validation embeddings.
+    Scores any number of images, each at a cost that does not grow with the training set beyond bank_max."""
 
-    def __init__(self, train_embeddings, train_labels, weight, bias, knn_k, val_embeddings):
+    def __init__(self, train_embeddings, train_labels, weight, bias, knn_k, val_embeddings, bank_max=0, seed=0):
         train_embeddings = np.asarray(train_embeddings, np.float64)
-        self.bank = l2_normalise(train_embeddings)
+        self.bank = l2_normalise(train_embeddings[bank_rows(train_labels, bank_max, seed)])
         self.weight, self.bias, self.knn_k = np.asarray(weight), np.asarray(bias), knn_k
         self.gaussians = Gaussians(train_embeddings, train_labels)
         self.standardise = {}
@@ -209,17 +247,27 @@ def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
     train, x_train = dataloader.load_embeddings(cfg, "train")  # refused if made from another checkpoint
     _, x_val = dataloader.load_embeddings(cfg, "val")
     weight, bias = classifier_layer(ckpt)
-    return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val)
+    return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val,
+                         cfg.novelty_bank_max, cfg.seed)
+
+
+# Settings that change the scores: thresholds chosen under other values are not valid for the current ones.
+SCORE_SETTINGS = ("novelty_knn_k", "novelty_bank_max", "seed")
+
+
+def score_settings(cfg):
+    return {name: getattr(cfg, name) for name in SCORE_SETTINGS}
 
 
 def load_thresholds(cfg, checkpoint_digest):
-    """results/novelty_thresholds.json, refused when made for another checkpoint or another novelty_knn_k."""
+    """results/novelty_thresholds.json, refused when made for another checkpoint or other score settings."""
     path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
     saved = json.loads(path.read_text())
-    if saved.get("checkpoint_sha256") != checkpoint_digest or saved.get("novelty_knn_k") != cfg.novelty_knn_k:
+    changed = [f"{name}={saved.get(name)} (the config says {value})" for name, value in score_settings(cfg).items()
+               if saved.get(name) != value]
+    if saved.get("checkpoint_sha256") != checkpoint_digest or changed:
         which = ("another checkpoint than checkpoints/best.pth now holds"
-                 if saved.get("checkpoint_sha256") != checkpoint_digest else
-                 f"novelty_knn_k={saved.get('novelty_knn_k')} (the config says {cfg.novelty_knn_k})")
+                 if saved.get("checkpoint_sha256") != checkpoint_digest else ", ".join(changed))
         raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint "
                            f"and settings, then this script.")
     return saved

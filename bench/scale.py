@@ -9,9 +9,9 @@ folder it is given, and deletes nothing else. Measures, at a small and a ten tim
                        at most 3 x umap_samples_per_split points, whatever the data size)
   galleries            the 128-d nearest and furthest images of every class (dimensionality_reduction.gallery)
   transfer             transfer learning (transfer_learning.transfer_curves) with all 93 classes unseen
-  novelty (stand-in)   the k-th nearest-neighbour distance of L2-normalised embeddings (the kNN novelty score of
-                       issue #11, whose module is not on this branch): scikit-learn's NearestNeighbors, queries
-                       = a quarter of the embeddings, bank = the rest
+  novelty              novelty.py's scorer (novelty_scores.NoveltyScorer: class Gaussians, the kNN bank of at most
+                       novelty_bank_max embeddings, the validation standardisation) fitted on 70 % of the
+                       embeddings as the training set and 5 % as validation, then every score of the other 25 %
 on 30,000 and 300,000 synthetic 128-d embeddings in 93 classes (sizes from 1 to 10 x, as real classes are uneven).
 Returns seconds and peak resident memory per stage and size, and how each grows. The children run on one thread
 and growth is judged on CPU seconds (the stage's own and its workers'): the work a stage does, which the other load
@@ -36,10 +36,9 @@ from bench import common  # noqa: E402
 FLOWCAMNET_IMAGES = 301_247
 FULL = {"files": (5_000, 50_000), "embeddings": (30_000, 300_000), "classes": 93, "overrides": []}
 QUICK = {"files": (90, 180), "embeddings": (900, 1_800), "classes": 9, "overrides": ["--transfer_repeats=1"]}
-EMBEDDING_STAGES = ("distances", "map sample", "galleries", "transfer", "novelty (stand-in)")
+EMBEDDING_STAGES = ("distances", "map sample", "galleries", "transfer", "novelty")
 MEMORY_LIMIT_MB = 4096
-REASONS = {"novelty (stand-in)": "every query meets every training embedding, so the time grows with the square of "
-                                 "the data: issue #11's novelty score needs a bounded bank (e.g. a sample per class)"}
+REASONS = {"novelty": "every image meets every training embedding: is novelty_bank_max 0 (no bound)?"}
 GROWTH_SLACK = 1.15  # a growth exponent up to 1.15 counts as linear: caches and allocators wobble
 FAST_ENOUGH_S = 1.0  # a stage under a second at the larger size is fast whatever its exponent
 
@@ -114,15 +113,18 @@ def transfer(x, y, cfg):
     transfer_learning.transfer_curves(x, y, cfg)
 
 
-def novelty_stand_in(x, y, cfg, k=10):
-    from sklearn.neighbors import NearestNeighbors
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    queries = np.random.default_rng(cfg.seed).random(len(x)) < 0.25
-    NearestNeighbors(n_neighbors=k).fit(unit[~queries]).kneighbors(unit[queries])
+def novelty(x, y, cfg):
+    import novelty_scores
+    part = np.random.default_rng(cfg.seed).random(len(x))
+    train, val, scored = part < 0.70, (part >= 0.70) & (part < 0.75), part >= 0.75
+    weight = np.random.default_rng(cfg.seed).normal(size=(len(np.unique(y)), x.shape[1]))
+    scorer = novelty_scores.NoveltyScorer(x[train], y[train], weight, np.zeros(len(weight)), cfg.novelty_knn_k,
+                                          x[val], cfg.novelty_bank_max, cfg.seed)
+    scorer.scores(x[scored])
 
 
 STAGE_FUNCTIONS = {"distances": distances, "map sample": map_sample, "galleries": galleries, "transfer": transfer,
-                   "novelty (stand-in)": novelty_stand_in}
+                   "novelty": novelty}
 
 
 # --------------------------------------------------------------------------- children: one process, its stages

@@ -57,6 +57,7 @@ knn_k = 10                     # neighbours of the kNN transfer classifier (capp
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------
 novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
+novelty_bank_max = 20000       # most training embeddings in the kNN score's reference (big classes sampled); 0: all
 # The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
 # "energy", "knn" or "mahalanobis".
 novelty_score = "mahalanobis_knn"

@@ -40,6 +40,35 @@ def test_knn_equals_brute_force_across_blocks(monkeypatch):
     assert ns.knn_score(bank, query, 5) == pytest.approx(expected, abs=1e-9)
 
 
+def test_class_quota_keeps_small_classes_whole_and_cuts_large_ones_to_one_size():
+    counts = np.array([5, 400, 30, 1000])
+    kept = ns.class_quota(counts, 300)
+    assert list(kept) == [5, 132, 30, 132] and kept.sum() <= 300  # 5 + 30 whole, 265 left: 132 each
+    assert list(ns.class_quota(counts, 0)) == list(counts) and list(ns.class_quota(counts, 5000)) == list(counts)
+    for total in range(4, 1500, 37):  # brute force: the largest quota whose kept images fit
+        best = max(q for q in range(1, 1001) if np.minimum(counts, q).sum() <= total)
+        assert list(ns.class_quota(counts, total)) == list(np.minimum(counts, best))
+
+
+def test_knn_bank_is_a_seeded_per_class_sample_and_scores_equal_brute_force_on_it():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2], [4, 300, 120])
+    train = np.abs(rng.normal(size=(len(labels), 6)) + labels[:, None])
+    val, query = np.abs(rng.normal(size=(20, 6))), np.abs(rng.normal(size=(15, 6)) * 2)
+    weight, bias = rng.normal(size=(3, 6)), rng.normal(size=3)
+    rows = ns.bank_rows(labels, 100, seed=7)
+    assert np.bincount(labels[rows]).tolist() == [4, 48, 48] and len(set(rows)) == len(rows)
+    assert (rows == ns.bank_rows(labels, 100, seed=7)).all() and not (rows == ns.bank_rows(labels, 100, 8)).all()
+    assert (ns.bank_rows(labels, 0, 7) == np.arange(len(labels))).all()
+    scorer = ns.NoveltyScorer(train, labels, weight, bias, knn_k=3, val_embeddings=val, bank_max=100, seed=7)
+    assert scorer.scores(query, ["knn"])["knn"] == pytest.approx(ns.knn_score(train[rows], query, 3), abs=1e-12)
+    everything = ns.NoveltyScorer(train, labels, weight, bias, knn_k=3, val_embeddings=val)
+    assert everything.scores(query, ["knn"])["knn"] == pytest.approx(ns.knn_score(train, query, 3), abs=1e-12)
+    # the Gaussians use every training image whatever the bank holds
+    assert scorer.scores(query, ["mahalanobis"])["mahalanobis"] == pytest.approx(
+        everything.scores(query, ["mahalanobis"])["mahalanobis"])
+
+
 def test_mahalanobis_by_hand_where_shrinkage_changes_nothing():
     # residuals (+-1, 0), (0, +-1) around each mean: covariance 0.5 I, a multiple of I, which any shrinkage keeps
     pattern = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])

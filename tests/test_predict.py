@@ -148,8 +148,9 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
     thresholds = lab.out_path(cfg, "results", "novelty_thresholds.json")
     saved = thresholds.read_text()
     try:
-        thresholds.write_text(json.dumps({**json.loads(saved), "novelty_knn_k": 3}))
-        with pytest.raises(lab.LabError, match="Run `python novelty.py`"):
-            predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+        for changed in ({"novelty_knn_k": 3}, {"novelty_bank_max": 7}):
+            thresholds.write_text(json.dumps({**json.loads(saved), **changed}))
+            with pytest.raises(lab.LabError, match=f"{next(iter(changed))}=.*Run `python novelty.py`"):
+                predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
     finally:
         thresholds.write_text(saved)
