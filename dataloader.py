@@ -3,7 +3,8 @@
 Reads `data_root` (one sub-folder of images per class). Writes, once:
   results/split.csv            path (relative to data_root), label, split (train / val / test / unseen)
   results/split.json           what the split was drawn from (data root, classes, fractions, seed)
-  results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; totals
+  results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; a total row
+                               per group (group 'seen total' / 'unseen total')
   results/skipped_files.csv    unreadable image files (empty, truncated, corrupt, too large), with the stage
                                that found them (scan, or trunk pass for a file that broke after the split)
   results/ignored_files.csv    files and folders in the class folders that are not images, with the reason
@@ -405,7 +406,8 @@ def summarise(cfg, files, skipped, ignored):
             rows.append({"group": group, "class": c, "images": len(files[c]), "share": len(files[c]) / total,
                          "skipped_unreadable": sum(s["label"] == c for s in skipped),
                          "ignored_non_image": sum(i["label"] == c for i in ignored)})
-        rows.append({"group": group, "class": "TOTAL", "images": total, "share": 1.0,
+        # the total's own group, so that no class name (a class may be called TOTAL) can be mistaken for it
+        rows.append({"group": f"{group} total", "class": f"all {group} classes", "images": total, "share": 1.0,
                      "skipped_unreadable": sum(r["skipped_unreadable"] for r in rows if r["group"] == group),
                      "ignored_non_image": sum(r["ignored_non_image"] for r in rows if r["group"] == group)})
     return pd.DataFrame(rows)
@@ -548,7 +550,7 @@ def print_file_report(ignored, notes):
 def print_summary(summary, split):
     print("\nclasses (images, share of their group):")
     for _, r in summary.iterrows():
-        print(f"  {r['group']:<7} {r['class']:<32} {r['images']:>7}  {100 * r['share']:6.2f} %")
+        print(f"  {r['group']:<12} {r['class']:<32} {r['images']:>7}  {100 * r['share']:6.2f} %")
     counts = split.groupby(["split"]).size().to_dict()
     print("split sizes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "val", "test", "unseen")))
 

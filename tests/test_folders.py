@@ -54,7 +54,7 @@ def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_surviv
     import run_pipeline
     decomposed = unicodedata.normalize("NFD", "Cératium")  # as a macOS zip writes it
     seen_on_disk = ["01", "NA", "珪藻", "渦鞭毛藻", decomposed]
-    unseen = ["None", "nan"]
+    unseen = ["None", "nan", "TOTAL"]
     root = class_root(tiny_demo, tmp_path / "data", seen_on_disk + unseen)
     seen = ["01", "NA", "珪藻", "渦鞭毛藻", "Cératium"]  # typed composed, as in a config file
     argv = argv_for(root, tmp_path / "out", seen, unseen, "--min_images_per_class=5", "--reduction_method=pca")
@@ -66,8 +66,12 @@ def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_surviv
     galleries = lab.read_csv(lab.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label"))
     assert set(galleries["class"]) == set(seen + unseen)
     figures = {c: lab.out_path(cfg, "figs", f"gallery_{lab.figure_slug(c)}.png") for c in seen + unseen}
-    assert len(set(figures.values())) == 7 and all(f.stat().st_size > 1000 for f in figures.values())
-    assert len(list(lab.out_path(cfg, "figs").glob("gallery_*.png"))) == 7  # no gallery overwrote another
+    assert len(set(figures.values())) == 8 and all(f.stat().st_size > 1000 for f in figures.values())
+    assert len(list(lab.out_path(cfg, "figs").glob("gallery_*.png"))) == 8  # no gallery overwrote another
+    summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+    by_group = summary.groupby("group")["images"].sum()
+    assert summary.set_index("class").loc["TOTAL", "images"] == 20  # a class, not the total of its group
+    assert by_group["unseen total"] == by_group["unseen"] == 60 and by_group["seen total"] == by_group["seen"]
     page = lab.out_path(cfg, "results", "report.html").read_text()
     for c in seen + unseen:  # each class's own gallery, inlined under its own caption
         data = base64.b64encode(figures[c].read_bytes()).decode("ascii")
