@@ -176,12 +176,12 @@ def plot_gallery(cls, set_name, picks, frame, k, path):
 
 
 def galleries(cfg, frames):
-    rows = []
+    rows, every_class = [], [c for name in ("train", "unseen") for c in frames[name][0]["label"].unique()]
     for set_name, (frame, vectors) in (("train", frames["train"]), ("unseen", frames["unseen"])):
         labels = frame["label"].to_numpy()
         for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
-            figure = f"gallery_{lab.figure_slug(cls)}.png"
+            figure = f"gallery_{lab.figure_slug(cls, every_class)}.png"
             plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, lab.out_path(cfg, "figs", figure))
             for row, (idx, dist) in picks.items():
                 for rank, (i, d) in enumerate(zip(idx, dist)):

@@ -409,13 +409,17 @@ def read_csv(path, text_columns):
                        na_values={c: MISSING_NUMBERS for c in header if c not in text_columns})
 
 
-def figure_slug(name):
+def figure_slug(name, class_names=()):
     """The part of a figure's file name that stands for a class: the name itself when it is plain ASCII
     (letters, digits, _ . -), else its readable ASCII part plus 8 hex digits of a hash of the exact name
     (gallery_cls-3f2a9c1b.png for a Chinese name). Unique per class and the same on every run, where
-    replacing characters alone would give two classes one file name."""
+    replacing characters alone would give two classes one file name. class_names: the other classes of the
+    same figures; a name that differs from one of them only in letter case gets the hash too, as macOS and
+    Windows disks take Odontella.png and odontella.png for one file."""
     name = unicodedata.normalize("NFC", name)
-    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name):
+    case_twin = any(name != other and name.casefold() == unicodedata.normalize("NFC", other).casefold()
+                    for other in class_names)
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name) and not case_twin:
         return name
     ascii_part = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", ascii_part).strip("._-")[:60]

@@ -89,6 +89,10 @@ def test_figure_names_are_unique_stable_and_ascii():
     assert lab.figure_slug("Cératium") == lab.figure_slug(unicodedata.normalize("NFD", "Cératium"))
     assert all(lab.figure_slug(n).isascii() for n in ("珪藻", "Cératium", "a/b", "x" * 300))
     assert len(lab.figure_slug("x" * 300)) < 80
+    twins = ["Odontella", "odontella", "Chaetoceros"]  # one file on a case-insensitive disk (macOS, Windows)
+    slugs = [lab.figure_slug(n, twins) for n in twins]
+    assert len({s.casefold() for s in slugs}) == 3 and slugs[2] == "Chaetoceros"
+    assert slugs[0].startswith("Odontella-") and slugs == [lab.figure_slug(n, twins) for n in twins]
 
 
 def test_csv_text_columns_read_back_exactly(tmp_path):
