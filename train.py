@@ -4,7 +4,8 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
   checkpoints/best.pth          the model with the lowest validation loss (first epoch included), with the
                                 resolved config, class names and the trunk weights used; written atomically
   checkpoints/last.pth          the state after the last finished epoch, for --resume=True
-  checkpoints/previous/         the previous run's best.pth and last.pth, set aside when a fresh run starts
+  checkpoints/previous/         the previous run's best.pth, last.pth, history, plot and provenance, set aside
+                                when a fresh run starts
   results/train_history.csv     per epoch: loss and accuracy on train and validation, seconds
   figs/training_plot.png        loss and accuracy curves
   results/provenance_train.json the digest of the best.pth and split.csv these belong to
@@ -114,18 +115,22 @@ def deferred_interrupts():
         signal.signal(signal.SIGINT, previous)
 
 
+PREVIOUS_RUN = (("checkpoints", "best.pth"), ("checkpoints", "last.pth"), ("results", "train_history.csv"),
+                ("figs", "training_plot.png"), ("results", "provenance_train.json"))
+
+
 def set_previous_run_aside(cfg):
-    """A fresh run starts without the last run's checkpoints, so that nothing later mistakes them for this run's
-    (e.g. when this one diverges before its first epoch); they are kept in checkpoints/previous/, not deleted."""
-    folder = lab.out_path(cfg, "checkpoints")
-    found = [folder / name for name in ("best.pth", "last.pth") if (folder / name).exists()]
+    """A fresh run starts without the last run's checkpoints and training summary, so that nothing later mistakes
+    them for this run's (e.g. when this one diverges before its first epoch); they are kept together in
+    checkpoints/previous/ (each replacing the one of the run before), not deleted."""
+    found = [lab.out_path(cfg, *where) for where in PREVIOUS_RUN if lab.out_path(cfg, *where).exists()]
     if not found:
         return
-    aside = folder / "previous"
+    aside = lab.out_path(cfg, "checkpoints", "previous")
     aside.mkdir(exist_ok=True)
     for path in found:
         os.replace(path, aside / path.name)
-    print(f"[train] the previous run's {' and '.join(p.name for p in found)} moved to {aside}/")
+    print(f"[train] the previous run's {', '.join(p.name for p in found)} moved to {aside}/")
 
 
 def train(cfg):

@@ -270,5 +270,8 @@ def test_a_retrain_that_diverges_at_once_does_not_leave_the_previous_model_as_it
         train.main(argv + ["--lr=1e12"])
     assert not lab.out_path(cfg, "checkpoints", "best.pth").exists()
     assert (lab.out_path(cfg, "checkpoints") / "previous" / "best.pth").read_bytes() == previous  # kept, not lost
+    for where in (("results", "train_history.csv"), ("figs", "training_plot.png")):  # no stale summary either
+        assert not lab.out_path(cfg, *where).exists()
+        assert (lab.out_path(cfg, "checkpoints") / "previous" / where[1]).stat().st_size > 0
     with pytest.raises(lab.LabError, match="does not exist yet.*python train.py"):
         evaluate.main(argv)
