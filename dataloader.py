@@ -174,10 +174,26 @@ def letterbox(img, size):
     return img.resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP)
 
 
+def image_pixels(img, size):
+    """The letterboxed image as a uint8 tensor (3 x size x size): what decoding workers hand over (a quarter of the
+    bytes of float32, and no arithmetic in the workers); `normalise` turns a batch of them into the trunk's input."""
+    return torch.from_numpy(np.array(letterbox(img, size), dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+# x / 255 then (x - mean) / std, as one multiply-add per pixel: x * _SCALE + _SHIFT
+_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32).view(1, 3, 1, 1)
+_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def normalise(pixels):
+    """uint8 batch (n x 3 x h x w, on any device) -> float32, scaled to [0, 1] and standardised by the ImageNet
+    statistics the trunk was trained with; done on the trunk's device, in one pass over the batch."""
+    return torch.addcmul(_SHIFT.to(pixels.device), pixels.float(), _SCALE.to(pixels.device))
+
+
 def image_tensor(img, size):
-    pixels = np.asarray(letterbox(img, size), dtype=np.float32) / 255.0
-    pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
+    """One image as the trunk sees it (float32, normalised): image_pixels then normalise."""
+    return normalise(image_pixels(img, size)[None])[0]
 
 
 def inspect_file(path, side=None):
@@ -204,7 +220,8 @@ def check_image(path, side=None):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images by absolute path -> (normalised tensor, ok flag); a file that fails to decode gives ok=False."""
+    """Images by absolute path -> (uint8 pixels, see image_pixels; ok flag); a file that fails to decode gives
+    ok=False. Batches go through `normalise` on the trunk's device."""
 
     def __init__(self, paths, image_size):
         self.paths, self.image_size = list(paths), image_size
@@ -214,9 +231,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return image_tensor(load_rgb(self.paths[i], self.image_size), self.image_size), True
+            return image_pixels(load_rgb(self.paths[i], self.image_size), self.image_size), True
         except Exception:
-            return torch.zeros(3, self.image_size, self.image_size), False
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False
 
 
 # --------------------------------------------------------------------------- scanning

