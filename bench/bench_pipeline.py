@@ -372,10 +372,13 @@ def measure_loader(run):
     if trunk_ips is None:
         return {"loader_images_per_s": loader_ips}, [information("data loading", "loader alone, images/s",
                                                                  round(loader_ips), "images/s")]
+    workers = max(t.cfg.num_workers, 1)
     return {"loader_images_per_s": loader_ips}, [
         verdict("data loading", f"loader alone vs trunk, images/s ({loader_ips:.0f} vs {trunk_ips:.0f})",
                 round(loader_ips / trunk_ips, 1), ">= 3x", loader_ips / trunk_ips >= 3, "x",
-                "decoding is slower than the trunk here: raise num_workers")]
+                f"{loader_ips / workers:.0f} images/s per decoding worker ({t.cfg.num_workers} on {os.cpu_count()} "
+                f"cores): 3x this trunk needs {3 * trunk_ips * workers / loader_ips:.1f} workers; raise num_workers "
+                f"where the cores allow")]
 
 
 # --------------------------------------------------------------------------- 7. the 2-D map stage
