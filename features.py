@@ -58,9 +58,13 @@ def cache_key(cfg, abs_paths, weights_id, dtype):
 
 
 def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
+    """Batches of uint8 pixels and ok flags, in order. The loader has a generator of its own: iterating a
+    DataLoader draws its workers' base seed from the generator it is given, by default torch's global one, and
+    a draw there would make a run whose trunk cache was cold train another model than one whose cache was warm."""
     dataset = dataloader.ImageDataset(abs_paths, image_size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda", persistent_workers=False)
+                                       pin_memory=device.type == "cuda", persistent_workers=False,
+                                       generator=torch.Generator())
 
 
 @torch.no_grad()

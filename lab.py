@@ -108,7 +108,7 @@ def validate_config(c):
     def bad(msg):
         raise LabError(f"Invalid configuration: {msg} Fix it in configfile.py or with a --name=value override.")
     if not (isinstance(c.lr, float) and math.isfinite(c.lr) and c.lr > 0):
-        bad(f"lr={c.lr} must be a positive finite number (the mission uses 0.0014).")
+        bad(f"lr={c.lr} must be a positive finite number (the default is 0.0014).")
     for name in ("batch_size", "epochs", "patience", "embedding_dim", "gallery_size", "transfer_repeats",
                  "knn_k", "umap_samples_per_split", "novelty_knn_k"):
         if getattr(c, name) < 1:
@@ -122,22 +122,24 @@ def validate_config(c):
             bad(f"{name}={getattr(c, name)} must lie strictly between 0 and 1.")
     if c.val_fraction + c.test_fraction >= 1:
         bad(f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
-            f"their sum must be below 1 (the mission uses 0.05 + 0.20).")
+            f"their sum must be below 1 (the defaults are 0.05 + 0.20).")
     if not 32 <= c.image_size <= 1024:
         bad(f"image_size={c.image_size} cannot be taken by the architecture: the frozen trunk divides it by 8 "
-            f"and the head pools by 2 more, so it must lie in 32..1024 (the mission uses 128).")
+            f"and the head pools by 2 more, so it must lie in 32..1024 (the default is 128).")
     if not 0 <= c.dropout < 1 or not 0 <= c.umap_min_dist <= 1:
         bad("dropout must lie in [0, 1) and umap_min_dist in [0, 1].")
     if c.distance_max_per_class == 1 or c.distance_max_per_class < 0 or c.transfer_max_images < 2:
         bad("distance_max_per_class must be 0 (every image) or at least 2, and transfer_max_images at least 2.")
-    if c.novelty_bank_max < 0:
-        bad(f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or a positive count.")
+    if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < c.novelty_knn_k * len(c.seen_classes):
+        bad(f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least novelty_knn_k x "
+            f"the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {c.novelty_knn_k * len(c.seen_classes)}): "
+            f"the kNN score needs novelty_knn_k neighbours of each class in its reference (default 20000).")
     if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
     if c.class_weighting not in ("none", "balanced"):
-        bad(f"class_weighting={c.class_weighting!r} must be 'none' (plain cross-entropy, the mission's) or 'balanced' "
+        bad(f"class_weighting={c.class_weighting!r} must be 'none' (plain cross-entropy, the default) or 'balanced' "
             f"(inverse-frequency class weights, for imbalanced data).")
     if c.novelty_score not in NOVELTY_SCORES:
         bad(f"novelty_score={c.novelty_score!r} must be one of {', '.join(map(repr, NOVELTY_SCORES))} (the lab's "

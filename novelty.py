@@ -29,7 +29,7 @@ SPLITS = ("val", "test", "unseen")
 
 
 def load_inputs(cfg):
-    """(config of the checkpoint, checkpoint, its sha256, {split: path, split, label, predicted},
+    """(config of the checkpoint, checkpoint, its sha256, the scorer, {split: path, split, label, predicted},
     {split: {score name: values}})."""
     path = lab.out_path(cfg, "checkpoints", "best.pth")
     ckpt = checkpoint.load(path)
@@ -42,7 +42,7 @@ def load_inputs(cfg):
         scores[split] = scorer.scores(x)
         predicted = [ckpt["classes"][i] for i in scorer.logits(x).argmax(1)]
         frames[split] = frame[["path", "split", "label"]].assign(predicted=predicted)
-    return cfg, ckpt, digest, frames, scores
+    return cfg, ckpt, digest, scorer, frames, scores
 
 
 def check_enough(frames):
@@ -119,7 +119,7 @@ def plot_distributions(scores, thresholds, default, path):
 def main(argv=None):
     cfg = lab.load_config(argv, __doc__)
     lab.ensure_output_dirs(cfg, ("results", "figs"))
-    cfg, ckpt, digest, frames, scores = load_inputs(cfg)
+    cfg, ckpt, digest, scorer, frames, scores = load_inputs(cfg)
     check_enough(frames)
     thresholds = {name: ns.threshold_keeping(scores["val"][name]) for name in ns.SCORES}
     table = evaluate_scores(scores, frames["unseen"]["label"].to_numpy(), thresholds)
@@ -128,7 +128,7 @@ def main(argv=None):
     lab.save_csv(lab.out_path(cfg, "results", "novelty_scores.csv"), score_table(frames, scores))
     lab.save_json(lab.out_path(cfg, "results", "novelty_thresholds.json"), {
         "checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
-        "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg),
+        "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg, scorer),
         "default_score": cfg.novelty_score, "thresholds": thresholds})
     plot_roc(scores, table, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_roc.png"))
     plot_distributions(scores, thresholds, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_scores.png"))

@@ -24,6 +24,7 @@ Everything above is pure numpy / scikit-learn. The last section builds the score
 lab's artifacts (checkpoints/best.pth, embeddings/embeddings_{train,val}.pkl, results/novelty_thresholds.json)
 for novelty.py and predict.py; it reads them and writes nothing.
 """
+import hashlib
 import json
 
 import numpy as np
@@ -78,7 +79,9 @@ def kth_neighbour_distance(bank, queries, k):
 
 def class_quota(counts, total):
     """Images kept per class so that at most `total` are kept: every image of a class up to one quota, the largest
-    quota that fits (water-filling), so small classes stay whole and large ones are cut to the same size."""
+    quota that fits (water-filling), so small classes stay whole and large ones are cut to the same size. The quota
+    is at least one image, so a total below the number of classes keeps one of each (the lab refuses such totals:
+    novelty_bank_max must leave novelty_knn_k images per class)."""
     counts = np.asarray(counts, int)
     if not total or counts.sum() <= total:
         return counts.copy()
@@ -141,7 +144,11 @@ class NoveltyScorer:
 
     def __init__(self, train_embeddings, train_labels, weight, bias, knn_k, val_embeddings, bank_max=0, seed=0):
         train_embeddings = np.asarray(train_embeddings, np.float64)
-        self.bank = l2_normalise(train_embeddings[bank_rows(train_labels, bank_max, seed)])
+        rows = bank_rows(train_labels, bank_max, seed)
+        self.bank = l2_normalise(train_embeddings[rows])
+        # which training rows the kNN score is measured against: thresholds are valid for this reference only
+        self.bank_id = {"knn_bank_size": len(rows),
+                        "knn_bank_digest": hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]}
         self.weight, self.bias, self.knn_k = np.asarray(weight), np.asarray(bias), knn_k
         self.gaussians = Gaussians(train_embeddings, train_labels)
         self.standardise = {}
@@ -251,23 +258,29 @@ def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
                          cfg.novelty_bank_max, cfg.seed)
 
 
-# Settings that change the scores: thresholds chosen under other values are not valid for the current ones.
-SCORE_SETTINGS = ("novelty_knn_k", "novelty_bank_max", "seed")
+def score_settings(cfg, scorer):
+    """What the scores depend on beyond the checkpoint and its embeddings: k and the kNN reference actually used
+    (its size and which rows: another novelty_bank_max or seed that keeps the same rows changes nothing)."""
+    return {"novelty_knn_k": cfg.novelty_knn_k, "novelty_bank_max": cfg.novelty_bank_max, **scorer.bank_id}
 
 
-def score_settings(cfg):
-    return {name: getattr(cfg, name) for name in SCORE_SETTINGS}
-
-
-def load_thresholds(cfg, checkpoint_digest):
-    """results/novelty_thresholds.json, refused when made for another checkpoint or other score settings."""
+def load_thresholds(cfg, checkpoint_digest, scorer):
+    """results/novelty_thresholds.json, refused when made for another checkpoint, another k or another kNN
+    reference than `scorer` (the current settings') uses."""
     path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
     saved = json.loads(path.read_text())
-    changed = [f"{name}={saved.get(name)} (the config says {value})" for name, value in score_settings(cfg).items()
-               if saved.get(name) != value]
-    if saved.get("checkpoint_sha256") != checkpoint_digest or changed:
-        which = ("another checkpoint than checkpoints/best.pth now holds"
-                 if saved.get("checkpoint_sha256") != checkpoint_digest else ", ".join(changed))
-        raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint "
-                           f"and settings, then this script.")
-    return saved
+    now = score_settings(cfg, scorer)
+    if saved.get("checkpoint_sha256") != checkpoint_digest:
+        which = "another checkpoint than checkpoints/best.pth now holds"
+    elif "knn_bank_digest" not in saved:
+        which = "an earlier version of the lab, which did not record its kNN reference"
+    elif saved["novelty_knn_k"] != now["novelty_knn_k"]:
+        which = f"novelty_knn_k={saved['novelty_knn_k']} (the config says {now['novelty_knn_k']})"
+    elif saved["knn_bank_digest"] != now["knn_bank_digest"]:
+        which = (f"a kNN reference of {saved['knn_bank_size']} training embeddings (novelty_bank_max="
+                 f"{saved['novelty_bank_max']}), not the {now['knn_bank_size']} that novelty_bank_max="
+                 f"{now['novelty_bank_max']} keeps (pass --novelty_bank_max={saved['novelty_bank_max']} to use them)")
+    else:
+        return saved
+    raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint and "
+                       f"settings, then this script.")

@@ -240,7 +240,7 @@ def main(argv=None):
     cfg, ckpt, digest, model, device = load_model(cfg)
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
-    threshold = ns.load_thresholds(cfg, digest)["thresholds"][score_name]
+    threshold = ns.load_thresholds(cfg, digest, scorer)["thresholds"][score_name]
     print(f"[predict] {len(images)} images under {folder} ({len(others)} other files ignored); possibly_new: "
           f"{score_name} above {threshold:.4g}, its validation threshold")
     dtype = checkpoint.trunk_dtype(ckpt, device)

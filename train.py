@@ -122,12 +122,15 @@ PREVIOUS_RUN = (("checkpoints", "best.pth"), ("checkpoints", "last.pth"), ("resu
 def set_previous_run_aside(cfg):
     """A fresh run starts without the last run's checkpoints and training summary, so that nothing later mistakes
     them for this run's (e.g. when this one diverges before its first epoch); they are kept together in
-    checkpoints/previous/ (each replacing the one of the run before), not deleted."""
+    checkpoints/previous/, which holds one run: the files of the run before it are removed first, so that a run
+    killed before its summary never leaves its checkpoints beside an older run's history."""
     found = [lab.out_path(cfg, *where) for where in PREVIOUS_RUN if lab.out_path(cfg, *where).exists()]
     if not found:
         return
     aside = lab.out_path(cfg, "checkpoints", "previous")
     aside.mkdir(exist_ok=True)
+    for _, name in PREVIOUS_RUN:  # the run before: none of its files may stay beside the previous run's
+        (aside / name).unlink(missing_ok=True)
     for path in found:
         os.replace(path, aside / path.name)
     print(f"[train] the previous run's {', '.join(p.name for p in found)} moved to {aside}/")
@@ -191,8 +194,8 @@ def train(cfg):
                 kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
                         "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")
                 raise lab.LabError(f"Training diverged in epoch {epoch}: the loss became NaN or infinite "
-                                   f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the mission "
-                                   f"uses 0.0014) and run train.py again.")
+                                   f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the default "
+                                   f"is 0.0014) and run train.py again.")
             history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                             "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0})
             improved = val_loss < best_loss

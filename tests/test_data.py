@@ -138,6 +138,19 @@ def test_every_mode_and_shape_becomes_a_normalised_rgb_tensor(make):
     assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
 
 
+def test_uint8_pixels_normalised_on_the_device_equal_the_imagenet_formula():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8))
+    pixels = dataloader.image_pixels(img, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 32, 32)
+    expected = (np.asarray(dataloader.letterbox(img, 32), np.float64) / 255.0 - (0.485, 0.456, 0.406)) \
+        / (0.229, 0.224, 0.225)  # torchvision's ImageNet statistics, written out
+    batch = dataloader.normalise(torch.stack([pixels, pixels]))
+    assert batch.dtype == torch.float32 and batch.shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(batch[1].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
+    assert torch.equal(dataloader.image_tensor(img, 32), batch[0])
+
+
 def test_transparent_pixels_become_white_background():
     rgb = dataloader.to_rgb(_save(Image.new("RGBA", (8, 8), (0, 0, 0, 0))))
     assert np.asarray(rgb).min() == 255

@@ -90,6 +90,7 @@ def test_novelty_settings_are_validated():
     for bad, fragment in (("--novelty_score='odin'", "novelty_score='odin' must be one of"),
                           ("--novelty_knn_k=0", "novelty_knn_k=0 must be at least 1"),
                           ("--novelty_bank_max=-1", "novelty_bank_max=-1 must be 0"),
+                          ("--novelty_bank_max=59", r"at least novelty_knn_k x the seen classes \(10 x 6 = 60\)"),
                           ("--predict_dir=''", "names no folder")):
         with pytest.raises(lab.LabError, match=fragment):
             lab.load_config([bad])

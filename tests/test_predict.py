@@ -147,10 +147,21 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
         predict.main(argv + [f"--predict_dir={str(tmp_path / 'empty')!r}"])
     thresholds = lab.out_path(cfg, "results", "novelty_thresholds.json")
     saved = thresholds.read_text()
+    retaria = f"--predict_dir={str(tiny_demo / 'Retaria')!r}"
     try:
-        for changed in ({"novelty_knn_k": 3}, {"novelty_bank_max": 7}):
+        for changed, message in (({"novelty_knn_k": 3}, "novelty_knn_k=3"),
+                                 ({"knn_bank_digest": "0" * 16}, "kNN reference of"),
+                                 ({"knn_bank_digest": None}, "earlier version")):
             thresholds.write_text(json.dumps({**json.loads(saved), **changed}))
-            with pytest.raises(lab.LabError, match=f"{next(iter(changed))}=.*Run `python novelty.py`"):
-                predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+            if changed.get("knn_bank_digest", "") is None:  # a file from before the reference was recorded
+                older = {k: v for k, v in json.loads(saved).items() if k != "knn_bank_digest"}
+                thresholds.write_text(json.dumps(older))
+            with pytest.raises(lab.LabError, match=f"{message}.*Run `python novelty.py`"):
+                predict.main(argv + [retaria])
+        thresholds.write_text(saved)
+        with pytest.raises(lab.LabError, match=r"not the 60 that novelty_bank_max=60 keeps \(pass --novelty_bank_max"):
+            predict.main(argv + [retaria, "--novelty_bank_max=60"])  # a smaller reference than novelty.py's
+        lab.release_locks()
+        predict.main(argv + [retaria, "--novelty_bank_max=100000"])  # another cap that keeps the same reference
     finally:
         thresholds.write_text(saved)

@@ -179,6 +179,34 @@ def _start(argv):
                             stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
 
 
+def test_the_same_seed_trains_the_same_model_whether_the_trunk_cache_was_cold_or_warm(make_cfg):
+    cfg, argv = make_cfg("--epochs=3", "--patience=100", "--num_workers=1")
+    train.main(argv)  # cold: computes the trunk cache (a DataLoader with a worker)
+    lab.release_locks()
+    train.main(argv)  # warm: reads it; the first run's checkpoints go to checkpoints/previous/
+    cold = checkpoint.load(lab.out_path(cfg, "checkpoints") / "previous" / "last.pth")
+    warm = checkpoint.load(lab.out_path(cfg, "checkpoints", "last.pth"))
+    assert cold["epoch"] == warm["epoch"] == 3
+    for k in cold["model_state"]:
+        assert torch.equal(cold["model_state"][k], warm["model_state"][k]), k
+
+
+def test_previous_run_folder_never_mixes_two_runs(make_cfg):
+    cfg, _ = make_cfg()
+    folder = {name: lab.out_path(cfg, name) for name in ("checkpoints", "results", "figs")}
+    for path in folder.values():
+        path.mkdir(parents=True)
+    aside = folder["checkpoints"] / "previous"
+    aside.mkdir()
+    for name in ("best.pth", "train_history.csv", "training_plot.png"):
+        (aside / name).write_text("run A")  # the run before last, complete
+    for name in ("best.pth", "last.pth"):
+        (folder["checkpoints"] / name).write_text("run B")  # last run: killed before its summary was written
+    train.set_previous_run_aside(cfg)
+    assert {p.name: p.read_text() for p in aside.iterdir()} == {"best.pth": "run B", "last.pth": "run B"}
+    assert not list(folder["checkpoints"].glob("*.pth"))
+
+
 def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, trained):
     _, trained_argv, _ = trained
     opts = ["--epochs=10", "--patience=100", "--batch_size=8"]
