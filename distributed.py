@@ -3,7 +3,7 @@
 Under `torchrun --nproc_per_node=N script.py ...` (and `--nnodes=M` for several machines) every rank starts the
 same script. Rank 0 runs it exactly as a single process would: it alone takes the output folder's lock and writes
 results/, checkpoints/, embeddings/, figs/ and the cache. The other ranks serve (`serve`): each trunk pass rank 0
-meets is split into one contiguous shard per rank (`map_shards`; rank r takes items [r*N/W, (r+1)*N/W)), which
+meets is split into one contiguous shard per rank (`map_shards`; whole batches, about N/W items each), which
 every rank computes on its own device (cuda:LOCAL_RANK on GPUs) and writes into the shared cache folder; rank 0
 then assembles the parts into the very file a single process writes (features.py). Without torchrun (no
 WORLD_SIZE above 1 in the environment) nothing here does anything.
@@ -74,9 +74,13 @@ def whoami():
     return f"rank {rank()} of {world_size()} (host {socket.gethostname()}, pid {os.getpid()})"
 
 
-def shard_bounds(n, shard, shards):
-    """[start, stop) of shard `shard` of `shards` over n items: contiguous, in order, sizes differing by one at most."""
-    return n * shard // shards, n * (shard + 1) // shards
+def shard_bounds(n, shard, shards, align=1):
+    """[start, stop) of shard `shard` of `shards` over n items: contiguous, in order, starting on a multiple of
+    `align`. With align = the batch size, every item falls in the same batch as in one process (batch b holds
+    items [b*align, (b+1)*align) either way), so a rank computes it with the same kernels on the same batch
+    shape, and the shards equal the single process's output byte for byte. Shards differ by one batch at most."""
+    batches = -(-n // align)
+    return min(n, batches * shard // shards * align), min(n, batches * (shard + 1) // shards * align)
 
 
 def rank_device(device):
@@ -163,9 +167,9 @@ class Outcome:
     reason: str = ""
 
 
-def _attempt(task, n, kwargs):
+def _attempt(task, n, align, kwargs):
     """Run this rank's shard of task; any failure becomes a reason for rank 0 to report."""
-    start_, stop_ = shard_bounds(n, rank(), world_size())
+    start_, stop_ = shard_bounds(n, rank(), world_size(), align)
     host = socket.gethostname()
     try:
         return Outcome(rank(), host, True, task(rank(), start_, stop_, **kwargs))
@@ -181,18 +185,19 @@ def _attempt(task, n, kwargs):
                                                    f"printed by that rank")
 
 
-def map_shards(task, n, what, **kwargs):
-    """On rank 0: run task(rank, start, stop, **kwargs) on every rank, each on its shard of n items, and return
-    the results in rank order (so in item order). Single-process: task(0, 0, n, **kwargs) alone. A rank that fails
-    stops the run with one LabError naming it; tasks clean up after themselves."""
+def map_shards(task, n, what, align=1, **kwargs):
+    """On rank 0: run task(rank, start, stop, **kwargs) on every rank, each on its shard of n items (shard_bounds,
+    aligned to `align` items), and return the results in rank order (so in item order). Single-process:
+    task(0, 0, n, **kwargs) alone. A rank that fails stops the run with one LabError naming it; tasks clean up
+    after themselves."""
     if not _state["started"]:
         return [task(0, 0, n, **kwargs)]
     import torch.distributed as dist
     assert is_main(), "only rank 0 hands out shards"
-    job = (task, n, kwargs)
+    job = (task, n, align, kwargs)
     try:
         dist.broadcast_object_list([job], src=0, group=_state["jobs"])
-        mine = _attempt(task, n, kwargs)
+        mine = _attempt(task, n, align, kwargs)
         outcomes = [None] * world_size()
         dist.gather_object(mine, outcomes, dst=0, group=_state["shards"])
     except RuntimeError as exc:  # gloo: a rank died, or did not answer within the timeout
@@ -233,8 +238,8 @@ def serve():
                 _state["released"] = True
                 stopping()
                 return
-            task, n, kwargs = box[0]
-            dist.gather_object(_attempt(task, n, kwargs), None, dst=0, group=_state["shards"])
+            task, n, align, kwargs = box[0]
+            dist.gather_object(_attempt(task, n, align, kwargs), None, dst=0, group=_state["shards"])
         except RuntimeError as exc:  # gloo: rank 0 is gone
             _state["broken"] = True
             stopping()

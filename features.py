@@ -198,7 +198,8 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
            "precision": backbone.precision_name(dtype), "data_root": str(lab.resolve(cfg.data_root)),
            "desc": f"trunk {split_name}"}
     try:
-        oks = distributed.map_shards(trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split", **job)
+        oks = distributed.map_shards(trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split",
+                                     align=cfg.batch_size, **job)
         assemble_parts(path, ok_path, len(abs_paths), shape, oks)
     except BaseException:
         for leftover in (*path.parent.glob(glob.escape(path.name) + ".part*"), _temporary(path)):
@@ -214,7 +215,8 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
     job = {"model": copy.deepcopy(model).cpu(), "abs_paths": abs_paths, "image_size": image_size,
            "batch_size": batch_size, "num_workers": num_workers, "device_type": device.type,
            "precision": backbone.precision_name(dtype), "desc": desc}
-    parts = distributed.map_shards(image_outputs_shard, len(abs_paths), f"the pass over {desc}", **job)
+    parts = distributed.map_shards(image_outputs_shard, len(abs_paths), f"the pass over {desc}", align=batch_size,
+                                   **job)
     return {name: np.concatenate([part[name] for part in parts]) for name in ("logits", "embeddings", "ok")}
 
 
