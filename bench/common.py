@@ -10,22 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import hardware
+
 ROOT = Path(__file__).resolve().parents[1]
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 # --------------------------------------------------------------------------- the machine
-def cpu_features():
-    """{flag: present} for the instruction sets the targets depend on (Linux /proc/cpuinfo; all False elsewhere)."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {flag: flag in flags for flag in CPU_FLAGS}
 
 
 def machine():
@@ -35,7 +25,7 @@ def machine():
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": cpu_features(), "load_average": load_average(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": hardware.cpu_features(), "precision_rule": hardware.describe(), "load_average": load_average(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
 

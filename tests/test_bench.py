@@ -1,17 +1,18 @@
 """Smoke tests of the benchmark on tiny inputs, so that it cannot rot. No timing is asserted: what is asserted is
 that every measurement runs and reports, and that each target is applied only where it holds. The quick run trains
 on 24 images per class and runs only the pipeline stages its measurements need."""
+import pytest
 import json
 
 import backbone
-from bench import common, scale
+import hardware
+from bench import bench_pipeline, scale
 from conftest import shared_dataset
 
 
-def test_cpu_features_name_what_decides_native_bf16():
-    features = common.cpu_features()
-    assert set(features) == set(common.CPU_FLAGS)
-    assert (features["avx512_bf16"] or features["amx_bf16"]) == backbone.cpu_supports_bf16()
+def test_trunk_bf16_target_follows_the_cpu_kind():
+    assert bench_pipeline.TRUNK_BF16_TARGET["avx2"] is None  # emulated bf16: auto keeps fp32, nothing to meet
+    assert bench_pipeline.TRUNK_BF16_TARGET["avx512_bf16"] < bench_pipeline.TRUNK_BF16_TARGET["amx"]
 
 
 def test_scale_rows_apply_the_growth_and_memory_targets():
@@ -26,6 +27,7 @@ def test_scale_rows_apply_the_growth_and_memory_targets():
     assert {row["status"] for row in scale.rows(results, quick=True)} == {"n/a"}
 
 
+@pytest.mark.slow
 def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hold(tmp_path):
     shared_dataset("ndsb9")
     from bench import bench_pipeline
@@ -39,11 +41,11 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
         assert expected in rows, expected
     assert all(r["status"] in ("met", "MISSED", "n/a", "info") for r in rows.values())
     assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))  # always says why
-    assert saved["machine"]["cpu_features"] == common.cpu_features()
+    assert saved["machine"]["cpu_features"] == hardware.cpu_features()
     native = backbone.cpu_supports_bf16()
     assert (rows["trunk pass"]["status"] == "n/a") == (not native)
     assert ("head bf16 accuracy" in rows) == native and ("head bf16" in rows) == (not native)
-    assert (rows["trunk efficiency"]["status"] == "info") == common.cpu_features()["amx_bf16"]
+    assert (rows["trunk efficiency"]["status"] == "info") == hardware.cpu_features()["amx_bf16"]
     assert saved["distances"]["agree_with_cdist"] and raw["trunk"]["embedding_cosine"] > 0.9
     assert saved["map"]["demo_size"]["ours"]["points"] > 0 and 0 < saved["map"]["demo_size"]["ours"]["seconds"]
     for stage, by_size in saved["scale"].items():
