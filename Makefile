@@ -1,25 +1,49 @@
 # Two commands do all set-up: `make demo` (whole pipeline on the demo data) and `make test`.
-# Both create .venv and install requirements.txt on first use (torch comes as the pinned pair).
+# Both create .venv and install requirements.txt into it on first use, under the exact versions of constraints.txt
+# (the set the suite passed with); .venv is brought up to date whenever either file changes.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test bench clean-artifacts
+.PHONY: demo test test-fast bench constraints clean-artifacts
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt constraints.txt
+	@echo "make: installing the lab's packages into $(VENV) (torch, torchvision, umap-learn, bokeh, ... from"
+	@echo "      requirements.txt at the versions of constraints.txt): about 2-3 minutes the first time"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt -c constraints.txt \
+		| grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR)' || true
+	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas" \
+		|| { echo "make: the install failed (see above)"; exit 1; }
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py
 
+# The full suite (what .ci/run calls): every skip says why, and the 15 slowest tests are listed.
 test: $(VENV)/.installed
 	bash .ci/chromium.sh
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs --durations=15 tests
+
+# The edit-and-test loop: no subprocess, torchrun, Chromium or ../shared (tests marked slow are left out).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_pipeline.py
+
+# Re-resolve requirements.txt in a fresh environment and write the exact versions to constraints.txt; then run
+# `make test` and commit both files. Do it whenever a package is added to requirements.txt.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --disable-pip-version-check --progress-bar off -q -r requirements.txt
+	{ echo "# The exact versions the test suite passed with (python 3.11, x86_64, pip); make installs requirements.txt"; \
+	  echo "# under these constraints. Refresh: \`make constraints\`, then \`make test\`, then commit both files (README)."; \
+	  .venv-constraints/bin/python -m pip freeze --disable-pip-version-check 2>/dev/null | grep -v '^WARNING'; \
+	} > constraints.txt
+	rm -rf .venv-constraints
+	@echo "make: constraints.txt rewritten; now run make test and commit requirements.txt and constraints.txt"
 
 clean-artifacts:
 	rm -rf results figs embeddings cache checkpoints/*.pth checkpoints/previous data/demo

@@ -18,6 +18,12 @@ os.environ.setdefault("TORCH_HOME", str(TEST_TORCH_HOME))
 MISSION_CONFIG = ROOT / "tests" / "mission_config.py"
 os.environ["PLANKTON_LAB_CONFIG"] = str(MISSION_CONFIG)
 
+# scikit-learn asks joblib's loky for the number of physical cores, which it finds with a subprocess (lscpu) once
+# per process: asked here, before any test, so that the subprocess guard below never sees it.
+from joblib.externals.loky import cpu_count  # noqa: E402
+
+cpu_count(only_physical_cores=True)
+
 import demo_data  # noqa: E402
 import lab  # noqa: E402
 
@@ -29,6 +35,27 @@ NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
 # Small images and a random trunk keep every test fast; the architecture is the mission's.
 FAST = ["--backbone_weights=None", "--image_size=64", "--num_workers=0", "--batch_size=32", "--epochs=15",
         "--patience=4", "--umap_samples_per_split=300", "--transfer_repeats=2", "--precision=fp32"]
+
+
+SLOW = ("slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs the whole pipeline, or a stage at scale; "
+        "`make test-fast` leaves it out (-m 'not slow')")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", SLOW)
+
+
+@pytest.fixture(autouse=True)
+def slow_tests_are_marked(request, monkeypatch):
+    """A test that starts a subprocess must carry the slow marker, or it fails here: `make test-fast` stays fast
+    and honest. (Worker processes of a DataLoader or a process pool are not subprocesses of this kind.)"""
+    if request.node.get_closest_marker("slow") is None:
+        import subprocess
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -60,6 +60,7 @@ def test_zero_embeddings_leave_the_angular_and_cosine_averages_across_blocks_and
     np.testing.assert_allclose(ours["euclidean"], on_all["euclidean"], rtol=1e-9)  # zeros keep their distances
 
 
+@pytest.mark.slow
 def test_a_20000_row_class_runs_without_an_n_by_n_matrix():
     rng = np.random.default_rng(2)
     groups = [rng.normal(size=(20_000, 128)), rng.normal(1, 1, size=(300, 128))]
@@ -210,6 +211,7 @@ def test_the_map_gets_exact_neighbours_each_point_first_copies_included():
     assert indices[10, 1] == 11 and indices[11, 1] == 10
 
 
+@pytest.mark.slow
 def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
     from sklearn.manifold import trustworthiness
     from sklearn.preprocessing import StandardScaler

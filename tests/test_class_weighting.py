@@ -25,6 +25,7 @@ def test_an_unknown_weighting_is_refused_before_work():
         lab.load_config(["--class_weighting=inverse"])
 
 
+@pytest.mark.slow
 def test_balanced_weighting_raises_the_rare_classes_recall_on_imbalanced_real_plankton(tmp_path):
     source = shared_dataset("ndsb9")
     seen, unseen = NDSB9_SEEN, NDSB9_UNSEEN[:2]

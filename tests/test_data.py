@@ -166,6 +166,7 @@ def test_16_bit_images_are_scaled_by_their_bit_depth(fmt):
     assert rgb.max() == 255 and rgb.min() == 0 and rgb.shape == (20, 30, 3)
 
 
+@pytest.mark.slow
 def test_real_flowcam_files_of_mixed_modes_load():
     root = shared_dataset("flowcam-vliz-demo")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in dataloader.IMAGE_EXTENSIONS)

@@ -49,6 +49,7 @@ def no_glyph_warnings(draw):
 
 
 # --------------------------------------------------------------------------- 1. class names are free text
+@pytest.mark.slow
 def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_survive_the_whole_pipeline(
         tiny_demo, tmp_path):
     import run_pipeline
@@ -246,6 +247,7 @@ def run_measured(script, argv):
     return result, peak_kb / 1024
 
 
+@pytest.mark.slow
 def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, tmp_path):
     from PIL import ImageDraw
     root = tmp_path / "data"

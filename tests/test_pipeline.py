@@ -5,6 +5,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 import lab
@@ -45,6 +46,7 @@ def check_all_artifacts(cfg, classes):
     assert len(galleries) == len(classes) * 3 * cfg.gallery_size
 
 
+@pytest.mark.slow
 def test_pipeline_on_tiny_demo_makes_every_artifact_and_a_report(tiny_pipeline):
     cfg, _, timings = tiny_pipeline
     check_all_artifacts(cfg, cfg.seen_classes + cfg.unseen_classes)
@@ -53,6 +55,7 @@ def test_pipeline_on_tiny_demo_makes_every_artifact_and_a_report(tiny_pipeline):
     assert set(coords["split"]) == {"train", "test", "unseen"} and coords[["x", "y"]].notna().all().all()
 
 
+@pytest.mark.slow
 def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     root = shared_dataset("ndsb9")
     argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path)!r}", f"--seen_classes={NDSB9_SEEN!r}",

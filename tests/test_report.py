@@ -112,6 +112,7 @@ def headings(page):
     return re.findall(r"<h2>([^<]+)</h2>", page)
 
 
+@pytest.mark.slow
 def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pipeline, tmp_path):
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
@@ -126,6 +127,7 @@ def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pi
     assert (coords["split"].value_counts() <= cfg.umap_samples_per_split).all()
 
 
+@pytest.mark.slow
 def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp_path, capsys):
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
@@ -138,6 +140,7 @@ def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp
     assert path.read_text().count("data:image/jpeg;base64,") == 10 * splits
 
 
+@pytest.mark.slow
 def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(report_with_predictions):
     cfg, _ = report_with_predictions
     coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
@@ -208,6 +211,7 @@ def hover_tooltip(page, split):
     return tooltip.all_inner_texts(), images, point["file"]
 
 
+@pytest.mark.slow
 def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(chromium,
                                                                                         report_with_predictions,
                                                                                         tmp_path):

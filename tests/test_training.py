@@ -209,6 +209,7 @@ def test_previous_run_folder_never_mixes_two_runs(make_cfg):
     assert not list(folder["checkpoints"].glob("*.pth"))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, trained):
     _, trained_argv, _ = trained
     opts = ["--epochs=10", "--patience=100", "--batch_size=8"]
@@ -231,6 +232,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, t
     assert [round(h["val_loss"], 6) for h in a["history"]] == [round(h["val_loss"], 6) for h in b["history"]]
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
     for delay in (0.0, 0.013, 0.031, 0.057):
@@ -245,6 +247,7 @@ def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
     assert len(leftovers) <= 1  # at most the temporary of the save that was cut; never read, replaced next time
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg, presses):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
@@ -299,6 +302,7 @@ def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_c
     assert history and "trunk pass" in skipped.set_index("path").loc[victim, "reason"]
 
 
+@pytest.mark.slow
 def test_scripts_run_out_of_order_name_the_script_to_run_first(tmp_path):
     for script, needed in (("compute_average_distances.py", "embed.py"), ("transfer_learning.py", "embed.py"),
                            ("dimensionality_reduction.py", "embed.py"), ("embed.py", "train.py")):

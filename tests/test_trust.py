@@ -43,6 +43,7 @@ def own_data(tiny_demo, tmp_path):
 
 
 # ---------------------------------------------------------------- 1. never delete or write into a user's folder
+@pytest.mark.slow
 def test_demo_generator_never_touches_a_folder_it_did_not_make(own_data):
     before = snapshot(own_data)
     result = run_script("demo_data.py", f"--data_root={str(own_data)!r}")
@@ -62,6 +63,7 @@ def test_the_demo_generator_replaces_only_its_own_folder(tmp_path):
     assert len(list((again / "chainthin").iterdir())) == 3 and not (tmp_path / "demo.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_data_root_is_an_error_naming_it_and_nothing_is_created(tmp_path):
     missing = tmp_path / "unmounted" / "FlowCamNet" / "imgs"
     result = run_script("run_pipeline.py", f"--data_root={str(missing)!r}", f"--output_dir={str(tmp_path / 'o')!r}",
@@ -93,6 +95,7 @@ def analyse_all(argv):
 
 
 # ---------------------------------------------------------------- 2. a file that breaks after the split
+@pytest.mark.slow
 def test_a_file_broken_after_the_split_is_left_out_everywhere_and_listed_once(trained_copy):
     cfg, argv, root = trained_copy
     split = dataloader.read_split_file(cfg)
@@ -117,6 +120,7 @@ def test_a_file_broken_after_the_split_is_left_out_everywhere_and_listed_once(tr
 
 
 # ---------------------------------------------------------------- 3. no stale result, no mixed set
+@pytest.mark.slow
 def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_rerun(trained_copy, capsys):
     cfg, argv, _ = trained_copy
     evaluate.main(argv)
@@ -199,6 +203,7 @@ def test_other_settings_draw_their_own_split_but_changed_files_are_refused(train
 
 
 # ---------------------------------------------------------------- 8. unexpected errors show their traceback
+@pytest.mark.slow
 def test_unexpected_errors_show_their_traceback_and_user_errors_one_paragraph(tmp_path):
     code = "import lab; lab.run_main(lambda: {}['missing'])"
     result = subprocess.run([sys.executable, "-c", code], cwd=lab.ROOT, capture_output=True, text=True)
@@ -239,6 +244,7 @@ def test_moved_data_is_found_where_the_user_says_when_its_files_match(trained_co
 
 
 # ---------------------------------------------------------------- #9.8 two runs on one output folder
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_taken_over(make_cfg):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
     first = subprocess.Popen([sys.executable, "train.py", *argv], cwd=lab.ROOT, stdout=subprocess.DEVNULL,
