@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-import hardware
+from lab import hardware
 import lab
 
 TRUNK_BLOCKS = 4

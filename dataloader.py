@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageFile
 
-import demo_data
+from lab import demo_data
 import lab
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with

@@ -14,9 +14,9 @@ The validation embeddings are what novelty.py chooses its thresholds on, so that
 import sys
 
 import backbone
-import checkpoint
+from lab import checkpoint
 import dataloader
-import features
+from lab import trunk_cache
 import lab
 
 SPLITS = ("train", "val", "test", "unseen")
@@ -27,11 +27,11 @@ def main(argv=None):
     lab.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
     dtype = checkpoint.trunk_dtype(ckpt, device)
-    data = features.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=SPLITS)
+    data = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=SPLITS)
     frames = {}
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
-        vectors = features.head_outputs(model, data[name], device, cfg.batch_size)[1]
+        vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
         frames[name] = dataloader.embedding_frame(cfg, data[name].rows, vectors, names)
     meta = {"checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")),
             "checkpoint_sha256": lab.artifact_digest(cfg, "checkpoints", "best.pth"),

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-import checkpoint
-import features
+from lab import checkpoint
+from lab import trunk_cache
 import lab
 
 
@@ -67,9 +67,9 @@ def main(argv=None):
     lab.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
     dtype = checkpoint.trunk_dtype(ckpt, device)
-    test = features.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
+    test = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
     classes = ckpt["classes"]
-    logits = features.head_outputs(model, test, device, cfg.batch_size)[0]
+    logits = trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0]
     probabilities = softmax(logits.astype(np.float64), axis=1)
     y_pred = probabilities.argmax(1)
     y_true = test.labels.numpy()

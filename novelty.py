@@ -20,10 +20,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-import checkpoint
+from lab import checkpoint
 import dataloader
 import lab
-import novelty_scores as ns
+from lab import novelty_scores as ns
 
 SPLITS = ("val", "test", "unseen")
 

@@ -31,11 +31,11 @@ import pandas as pd
 from scipy.special import softmax
 from tqdm import tqdm
 
-import checkpoint
+from lab import checkpoint
 import dataloader
-import features
+from lab import trunk_cache
 import lab
-import novelty_scores as ns
+from lab import novelty_scores as ns
 
 CHUNK = 1000  # images per cached chunk: an interruption loses at most this much work
 TOP = 3
@@ -77,14 +77,14 @@ def load_model(cfg):
 # --------------------------------------------------------------------------- the chunked, cached pass
 def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
     """The trunk-cache key of these files, extended by the checkpoint (the head's outputs depend on it)."""
-    trunk_key = features.cache_key(cfg, abs_paths, weights_id, dtype)
+    trunk_key = trunk_cache.cache_key(cfg, abs_paths, weights_id, dtype)
     key = hashlib.sha256(f"{trunk_key}:{checkpoint_digest}".encode()).hexdigest()[:16]
     return lab.out_path(cfg, "cache", f"predict_{key}.npz")
 
 
 def compute_chunk(cfg, model, device, dtype, abs_paths):
     """Logits, embeddings and decoded flags of a chunk (shared by every rank under torchrun)."""
-    return features.image_outputs(model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype,
+    return trunk_cache.image_outputs(model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype,
                                   desc="chunk")
 
 

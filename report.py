@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 import dataloader
-import interactive_map
+from lab import interactive_map
 import lab
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),

@@ -18,7 +18,7 @@ import pandas as pd
 import backbone
 import compute_average_distances
 import dataloader
-import demo_data
+from lab import demo_data
 import dimensionality_reduction
 import embed
 import evaluate

@@ -30,9 +30,9 @@ from torch import nn
 from tqdm import tqdm
 
 import backbone
-import checkpoint
+from lab import checkpoint
 import dataloader
-import features
+from lab import trunk_cache
 import lab
 
 
@@ -155,7 +155,7 @@ def train(cfg):
                                "--resume=True.")
         dtype = checkpoint.trunk_dtype(last, device)  # the same features as before, whatever 'auto' says here
         head = backbone.PRECISIONS[last.get("head_precision", "fp32")]  # and the same arithmetic
-    data = features.prepare(cfg, device, split, model, weights_id, dtype)
+    data = trunk_cache.prepare(cfg, device, split, model, weights_id, dtype)
     if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
         set_previous_run_aside(cfg)
     model.to(device)

@@ -31,11 +31,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import backbone  # noqa: E402
-import checkpoint  # noqa: E402
+from lab import checkpoint  # noqa: E402
 import compute_average_distances  # noqa: E402
 import dataloader  # noqa: E402
-import hardware  # noqa: E402
-import features  # noqa: E402
+from lab import hardware  # noqa: E402
+from lab import trunk_cache  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
 import train  # noqa: E402
@@ -194,10 +194,10 @@ def measure_trunk(run):
 def reduced_test_accuracy(t, reduced):
     """(test accuracy of the head on trunk features computed in `reduced`, the pipeline's fp32-or-auto one)."""
     test_rows = t.split[t.split["split"] == "test"].reset_index(drop=True)
-    feats, ok = features.trunk_features(t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device,
+    feats, ok = trunk_cache.trunk_features(t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device,
                                         reduced)
-    data = features.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
-    predicted = features.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
+    data = trunk_cache.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
+    predicted = trunk_cache.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
     reference = json.loads(lab.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
     return float((predicted == data.labels.numpy()).mean()), reference
 
@@ -308,7 +308,7 @@ def measure_head_training(run):
 
 def cached_train(t, names=("train",)):
     dtype = checkpoint.trunk_dtype(t.ckpt, t.device)
-    data = features.prepare(t.cfg, t.device, t.split, t.model, t.ckpt["weights"], dtype, names=names)
+    data = trunk_cache.prepare(t.cfg, t.device, t.split, t.model, t.ckpt["weights"], dtype, names=names)
     return data[names[0]] if len(names) == 1 else data
 
 
@@ -348,7 +348,7 @@ def train_heads_side_by_side(t, dtypes, epochs, data, seed):
     for name, (_, state, rate) in best.items():
         model = heads[name][0]
         model.load_state_dict(state)
-        predicted = features.head_outputs(model, data["test"], t.device, t.cfg.batch_size)[0].argmax(1)
+        predicted = trunk_cache.head_outputs(model, data["test"], t.device, t.cfg.batch_size)[0].argmax(1)
         out[name] = (float((predicted == data["test"].labels.numpy()).mean()), rate)
     return out
 
@@ -396,7 +396,7 @@ def loader_pass(loader):
 def measure_loader(run):
     """The decoding workers alone vs the trunk: both in steady state and at their best of the same rounds."""
     t = run.trained
-    loader = features.trunk_loader(t.paths[:run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size,
+    loader = trunk_cache.trunk_loader(t.paths[:run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size,
                                    t.cfg.num_workers, t.device)
     passes = [loader_pass(loader) for _ in range(run.sizes["rounds"])]
     whole_ips, loader_ips = max(p[0] for p in passes), max(p[1] for p in passes)
@@ -515,7 +515,7 @@ def cache_child(n, image_size, data_root, classes, out):
     trunk = backbone.build_trunk(None, 0)
     common.reset_peak_rss()  # importing torch peaks above the trunk pass: measure the pass's own high-water mark
     before = common.rss_mb("VmRSS")
-    feats, ok = features.trunk_features(cfg, trunk, rows, "bench", "random", torch.device("cpu"), None)
+    feats, ok = trunk_cache.trunk_features(cfg, trunk, rows, "bench", "random", torch.device("cpu"), None)
     assert feats.shape[0] == n and ok.all()
     print(json.dumps({"n": n, "peak_rss_mb": common.rss_mb("VmHWM"), "before_mb": before}))
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import hardware
+from lab import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     the head; steady state (the first batch, which warms up workers and kernels, is not counted)."""
     import torch
     import dataloader
-    import features
-    loader = features.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
+    from lab import trunk_cache
+    loader = trunk_cache.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
                                    cfg.num_workers, device)
     model = model.to(device)
     torch.nn.Module.train(model, True)  # as the original: all in train mode (not PlanktonNet.train's frozen trunk)

@@ -114,7 +114,7 @@ def transfer(x, y, cfg):
 
 
 def novelty(x, y, cfg):
-    import novelty_scores
+    from lab import novelty_scores
     part = np.random.default_rng(cfg.seed).random(len(x))
     train, val, scored = part < 0.70, (part >= 0.70) & (part < 0.75), part >= 0.75
     weight = np.random.default_rng(cfg.seed).normal(size=(len(np.unique(y)), x.shape[1]))

@@ -24,7 +24,7 @@ from joblib.externals.loky import cpu_count  # noqa: E402
 
 cpu_count(only_physical_cores=True)
 
-import demo_data  # noqa: E402
+from lab import demo_data  # noqa: E402
 import lab  # noqa: E402
 
 TINY_COUNTS = {c: 36 for c in demo_data.CLASSES}
@@ -117,7 +117,7 @@ def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine i
     """Wait until the train.py process proc has saved checkpoints/last.pth of this epoch."""
     import time
 
-    import checkpoint
+    from lab import checkpoint
     last = lab.out_path(cfg, "checkpoints", "last.pth")
     deadline = time.time() + timeout
     while time.time() < deadline:

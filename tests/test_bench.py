@@ -5,7 +5,7 @@ import pytest
 import json
 
 import backbone
-import hardware
+from lab import hardware
 from bench import bench_pipeline, scale
 from conftest import shared_dataset
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-import checkpoint
+from lab import checkpoint
 import evaluate
 import lab
 import train

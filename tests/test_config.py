@@ -70,7 +70,7 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
 
 
 SCRIPTS = ["dataloader.py", "train.py", "evaluate.py", "embed.py", "compute_average_distances.py",
-           "dimensionality_reduction.py", "transfer_learning.py", "report.py", "run_pipeline.py", "demo_data.py"]
+           "dimensionality_reduction.py", "transfer_learning.py", "report.py", "run_pipeline.py"]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import backbone
-import hardware
+from lab import hardware
 import lab
 
 HELD = {  # setting -> (environment, the precision "auto" must pick there)

@@ -16,8 +16,8 @@ import torch
 
 import backbone
 import dataloader
-import distributed
-import features
+from lab import distributed
+from lab import trunk_cache
 import lab
 from conftest import FAST
 
@@ -222,13 +222,13 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     paths = dataloader.absolute_paths(cfg, rows["path"])
     trunk = backbone.build_trunk(None, cfg.seed)
     device = torch.device("cpu")
-    single, _ = features.trunk_features(cfg, trunk, rows, "val", "random", device, None)
+    single, _ = trunk_cache.trunk_features(cfg, trunk, rows, "val", "random", device, None)
     single_path = next(lab.out_path(cfg, "cache").glob("trunk_val_fp32_*[0-9a-f].npy"))
     single_bytes = single_path.read_bytes()
     ok_bytes = single_path.with_name(single_path.stem + ".ok.npy").read_bytes()
     for shards in (3, 7):  # 7 ranks for 5 images: two ranks have nothing to do
         target = lab.out_path(cfg, "cache") / f"assembled_{shards}.npy"
-        oks = [features.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
+        oks = [trunk_cache.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
                                     cache_path=target, abs_paths=paths, image_size=cfg.image_size,
                                     batch_size=cfg.batch_size, num_workers=0,
                                     trunk=trunk, precision="fp32", device_type="cpu",
@@ -237,7 +237,7 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
         assert sum(len(ok) for ok in oks) == len(paths)
         side = backbone.trunk_side(cfg.image_size)
         ok_path = target.with_name(f"assembled_{shards}.ok.npy")
-        features.assemble_parts(target, ok_path, len(paths), (backbone.TRUNK_CHANNELS, side, side), oks)
+        trunk_cache.assemble_parts(target, ok_path, len(paths), (backbone.TRUNK_CHANNELS, side, side), oks)
         assert target.read_bytes() == single_bytes and ok_path.read_bytes() == ok_bytes
         assert not list(target.parent.glob("*.part*")) and not list(target.parent.glob("*.tmp*"))
     assert single.shape[0] == len(paths)

@@ -9,7 +9,7 @@ import torch
 
 import backbone
 import dataloader
-import features
+from lab import trunk_cache
 import lab
 
 
@@ -23,21 +23,21 @@ def two_images(make_cfg):
 
 def test_cache_key_changes_with_everything_that_changes_the_features(two_images, tmp_path):
     cfg, _, paths = two_images
-    key = features.cache_key(cfg, paths, "weights A", None)
-    assert key == features.cache_key(cfg, list(paths), "weights A", None)  # stable
+    key = trunk_cache.cache_key(cfg, paths, "weights A", None)
+    assert key == trunk_cache.cache_key(cfg, list(paths), "weights A", None)  # stable
     assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
     bigger = lab.load_config([f"--data_root={cfg.data_root!r}", "--image_size=96"])
-    variants = [features.cache_key(cfg, paths[:1], "weights A", None),       # another image list
-                features.cache_key(cfg, paths[::-1], "weights A", None),     # another order
-                features.cache_key(bigger, paths, "weights A", None),        # another image size
-                features.cache_key(cfg, paths, "weights B", None),           # other trunk weights
-                features.cache_key(cfg, paths, "weights A", torch.bfloat16)]  # another precision
+    variants = [trunk_cache.cache_key(cfg, paths[:1], "weights A", None),       # another image list
+                trunk_cache.cache_key(cfg, paths[::-1], "weights A", None),     # another order
+                trunk_cache.cache_key(bigger, paths, "weights A", None),        # another image size
+                trunk_cache.cache_key(cfg, paths, "weights B", None),           # other trunk weights
+                trunk_cache.cache_key(cfg, paths, "weights A", torch.bfloat16)]  # another precision
     assert len({key, *variants}) == 1 + len(variants)
     copy = tmp_path / "copy.png"
     copy.write_bytes(open(paths[0], "rb").read())
-    before = features.cache_key(cfg, [str(copy), paths[1]], "weights A", None)
+    before = trunk_cache.cache_key(cfg, [str(copy), paths[1]], "weights A", None)
     os.utime(copy, ns=(1, 1))  # the same bytes, another modification time
-    assert features.cache_key(cfg, [str(copy), paths[1]], "weights A", None) != before
+    assert trunk_cache.cache_key(cfg, [str(copy), paths[1]], "weights A", None) != before
 
 
 def test_stale_cleanup_deletes_only_this_splits_older_cache_files_of_one_precision(tmp_path):
@@ -51,7 +51,7 @@ def test_stale_cleanup_deletes_only_this_splits_older_cache_files_of_one_precisi
              "notes.txt": False}
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    removed = features.remove_stale_caches(tmp_path, "train", None)
+    removed = trunk_cache.remove_stale_caches(tmp_path, "train", None)
     assert sorted(removed) == sorted(n for n, stale in names.items() if stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stale in names.items() if not stale)
 
@@ -60,7 +60,7 @@ def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, mon
     cfg, rows, paths = two_images
     trunk = backbone.build_trunk(None, cfg.seed)
     device = torch.device("cpu")
-    feats, ok = features.trunk_features(cfg, trunk, rows, "train", "random", device, None)
+    feats, ok = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, None)
     side = backbone.trunk_side(cfg.image_size)
     assert feats.shape == (2, backbone.TRUNK_CHANNELS, side, side) and feats.dtype == np.float16 and ok.all()
     with torch.no_grad():
@@ -70,13 +70,13 @@ def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, mon
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the cache was not reused")
-    monkeypatch.setattr(features, "run_trunk", must_not_run)
-    again, _ = features.trunk_features(cfg, trunk, rows, "train", "random", device, None)
+    monkeypatch.setattr(trunk_cache, "run_trunk", must_not_run)
+    again, _ = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, None)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(feats))
     cached = sorted(p.name for p in lab.out_path(cfg, "cache").iterdir())
     assert len(cached) == 2 and all(n.startswith("trunk_train_fp32_") for n in cached)
     monkeypatch.undo()
-    bf16, _ = features.trunk_features(cfg, trunk, rows, "train", "random", device, torch.bfloat16)
+    bf16, _ = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, torch.bfloat16)
     assert len(list(lab.out_path(cfg, "cache").iterdir())) == 4  # the fp32 features are never overwritten
     error = np.linalg.norm(np.asarray(bf16, np.float32) - reference) / np.linalg.norm(reference)
     assert 0 < error < 0.1  # bf16 features: close to fp32, and really computed in bf16

@@ -415,17 +415,17 @@ def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_dem
 
 
 def test_content_fingerprint_reads_both_ends_of_a_big_file(tmp_path):
-    import features
+    from lab import trunk_cache
     path = tmp_path / "big.bin"
     data = bytearray(os.urandom(300_000))
     path.write_bytes(data)
-    first = features.content_fingerprint(path, len(data))
+    first = trunk_cache.content_fingerprint(path, len(data))
     data[-5] ^= 1  # a change near the end of a big file
     path.write_bytes(data)
-    assert features.content_fingerprint(path, len(data)) != first
+    assert trunk_cache.content_fingerprint(path, len(data)) != first
     data[150_000] ^= 1  # the middle of a big file is not read: size and time must catch such a change
     path.write_bytes(data)
-    second = features.content_fingerprint(path, len(data))
+    second = trunk_cache.content_fingerprint(path, len(data))
     data[150_000] ^= 1
     path.write_bytes(data)
-    assert features.content_fingerprint(path, len(data)) == second
+    assert trunk_cache.content_fingerprint(path, len(data)) == second

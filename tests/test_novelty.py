@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 import dataloader
 import lab
 import novelty
-import novelty_scores as ns
+from lab import novelty_scores as ns
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score, roc_curve
 
-import novelty_scores as ns
+from lab import novelty_scores as ns
 
 
 def test_msp_and_energy_by_hand():

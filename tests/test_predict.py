@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from scipy.special import softmax
 
-import checkpoint
+from lab import checkpoint
 import evaluate
-import features
+from lab import trunk_cache
 import lab
 import predict
 
@@ -78,9 +78,9 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     assert list(ours.loc[theirs["path"], "predicted"]) == list(theirs["predicted"])
     trained_cfg, _, model, split, device = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
     ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
-    test = features.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
+    test = trunk_cache.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
                             names=("test",))["test"]
-    probabilities = softmax(features.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
+    probabilities = softmax(trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
     assert ours.loc[test.rows["path"], p_columns].to_numpy() == pytest.approx(probabilities, abs=1e-5)
 
@@ -110,7 +110,7 @@ def test_an_interrupted_run_continues_where_it_stopped(novelty_ready, tiny_demo,
     cfg, argv = novelty_ready
     argv = argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"]  # 36 images: 5 chunks of 8
     monkeypatch.setattr(predict, "CHUNK", 8)
-    real_run_trunk, calls = features.run_trunk, []
+    real_run_trunk, calls = trunk_cache.run_trunk, []
 
     def failing_third(*args, **kwargs):
         calls.append(1)
@@ -119,12 +119,12 @@ def test_an_interrupted_run_continues_where_it_stopped(novelty_ready, tiny_demo,
         return real_run_trunk(*args, **kwargs)
     for stale in lab.out_path(cfg, "cache").glob("predict_*.npz"):
         stale.unlink()
-    monkeypatch.setattr(features, "run_trunk", failing_third)
+    monkeypatch.setattr(trunk_cache, "run_trunk", failing_third)
     with pytest.raises(KeyboardInterrupt):
         predict.main(argv)
     assert len(list(lab.out_path(cfg, "cache").glob("predict_*.npz"))) == 2  # two finished chunks, nothing half
     calls.clear()
-    monkeypatch.setattr(features, "run_trunk", lambda *a, **k: (calls.append(1), real_run_trunk(*a, **k))[1])
+    monkeypatch.setattr(trunk_cache, "run_trunk", lambda *a, **k: (calls.append(1), real_run_trunk(*a, **k))[1])
     predict.main(argv)
     assert len(calls) == 3  # only the three unfinished chunks
     resumed = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))

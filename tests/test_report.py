@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import dimensionality_reduction
-import interactive_map
+from lab import interactive_map
 import dataloader
 import lab
 import report

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-import checkpoint
+from lab import checkpoint
 import evaluate
 import lab
 import train

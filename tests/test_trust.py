@@ -10,14 +10,14 @@ import sys
 import pandas as pd
 import pytest
 
-import checkpoint
+from lab import checkpoint
 import compute_average_distances
 import dataloader
-import demo_data
+from lab import demo_data
 import dimensionality_reduction
 import embed
 import evaluate
-import features
+from lab import trunk_cache
 import lab
 import report
 import train
@@ -46,12 +46,12 @@ def own_data(tiny_demo, tmp_path):
 @pytest.mark.slow
 def test_demo_generator_never_touches_a_folder_it_did_not_make(own_data):
     before = snapshot(own_data)
-    result = run_script("demo_data.py", f"--data_root={str(own_data)!r}")
+    result = run_script("-m", "lab.demo_data", f"--data_root={str(own_data)!r}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "always writes into" in result.stderr and "drop --data_root" in result.stderr
-    with pytest.raises(lab.LabError, match="was not made by demo_data.py"):
+    with pytest.raises(lab.LabError, match=r"was not made by the lab \(lab/demo_data.py\)"):
         demo_data.generate(own_data)
-    with pytest.raises(lab.LabError, match="was not made by demo_data.py"):
+    with pytest.raises(lab.LabError, match=r"was not made by the lab \(lab/demo_data.py\)"):
         demo_data.generate(own_data.parent)  # nor any folder above it
     assert snapshot(own_data) == before
 
@@ -162,11 +162,11 @@ def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
 def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data, tmp_path, monkeypatch):
     argv = [f"--data_root={str(own_data)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=2",
             "--precision='auto'"]
-    monkeypatch.setattr(features.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
+    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
     cfg = lab.load_config(argv)
     assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
-    monkeypatch.setattr(features.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
+    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
     evaluate.main(argv)
     embed.main(argv)
     cached = sorted(p.name for p in lab.out_path(cfg, "cache").glob("*.npy"))
@@ -182,7 +182,7 @@ def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monk
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
-    monkeypatch.setattr(features, "run_trunk", no_trunk)
+    monkeypatch.setattr(trunk_cache, "run_trunk", no_trunk)
     with pytest.raises(lab.LabError, match="Cannot resume: results/split.csv has changed"):
         train.main(argv + ["--resume=True", "--epochs=6"])
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import backbone
 import dataloader
-import distributed
+from lab import distributed
 import lab
 
 FP16_MAX = 65504.0

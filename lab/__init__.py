@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: every relative path hangs on it
 NULLABLE = {"backbone_weights", "predict_dir"}
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
@@ -345,7 +345,7 @@ def seed_everything(seed):
 def select_device(name):
     """The device the setting names; under torchrun, a GPU is this rank's own (cuda:LOCAL_RANK)."""
     import torch
-    import distributed
+    from lab import distributed
     if name == "auto":
         if torch.cuda.is_available():
             return distributed.rank_device(torch.device("cuda"))
@@ -558,7 +558,7 @@ def package_versions():
 def run_main(main):
     """Run a script's main: user errors become one paragraph and exit code 2, Ctrl-C exit code 130. Under torchrun
     (distributed.py) rank 0 runs main and the other ranks compute the trunk-pass shards it hands out."""
-    import distributed  # under torchrun: rank 0 runs main, the other ranks compute trunk-pass shards for it
+    from lab import distributed  # under torchrun: rank 0 runs main, the other ranks compute trunk-pass shards for it
     try:
         distributed.start()
         if distributed.is_main():
@@ -588,7 +588,7 @@ def run_main(main):
 def _fail(message, code):
     """One message on stderr, then the exit code. Under torchrun, only rank 0 speaks for a run that it stops (the
     other ranks' failures reach it as reasons); a SIGTERM from torchrun must not cut the message short."""
-    import distributed
+    from lab import distributed
     distributed.stopping()
     if distributed.is_main() or code not in (130, 143):  # Ctrl-C and torchrun's stop reach every rank at once
         print("\n" + distributed.report_failure(message), file=sys.stderr)

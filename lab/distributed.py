@@ -5,7 +5,7 @@ same script. Rank 0 runs it exactly as a single process would: it alone takes th
 results/, checkpoints/, embeddings/, figs/ and the cache. The other ranks serve (`serve`): each trunk pass rank 0
 meets is split into one contiguous shard per rank (`map_shards`; whole batches, about N/W items each), which
 every rank computes on its own device (cuda:LOCAL_RANK on GPUs) and writes into the shared cache folder; rank 0
-then assembles the parts into the very file a single process writes (features.py). Without torchrun (no
+then assembles the parts into the very file a single process writes (lab/trunk_cache.py). Without torchrun (no
 WORLD_SIZE above 1 in the environment) nothing here does anything.
 
 The ranks exchange only small messages, over gloo: which shard to compute, and whether it worked. The features

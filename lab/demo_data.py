@@ -7,7 +7,7 @@ with its real morphology, dark organisms on a light background, then rotated, sc
 Chaetoceros (unseen) is deliberately drawn like chainthin (seen) with setae added, so that the analysis plots
 have a near neighbour to show.
 
-    python demo_data.py                       # (re)generates data/demo
+    python -m lab.demo_data                   # (re)generates data/demo
 """
 import math
 import os
@@ -177,8 +177,8 @@ def _made_by_the_lab(folder):
 
 def _refuse_foreign(folder):
     if folder.exists() and not _made_by_the_lab(folder):
-        raise lab.LabError(f"{folder} exists and was not made by demo_data.py (it has no {MARKER} file), so the "
-                           f"demo generator will not touch it: it may be your data. Move it away if it is an old "
+        raise lab.LabError(f"{folder} exists and was not made by the lab (lab/demo_data.py): it has no {MARKER} "
+                           f"file, so the demo generator will not touch it: it may be your data. Move it away if it is an old "
                            f"demo set, or leave it; the demo always lives in {DEMO_ROOT}.")
 
 
@@ -192,7 +192,7 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
     _refuse_foreign(staging)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / MARKER).write_text(f"synthetic demo data written by demo_data.py (seed {seed}); safe to delete\n")
+    (staging / MARKER).write_text(f"synthetic demo data written by the lab (lab/demo_data.py, seed {seed}); safe to delete\n")
     for c_idx, name in enumerate(counts):
         folder = staging / name
         folder.mkdir()
@@ -220,7 +220,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     lab.load_config(argv, __doc__)  # the same --help and checks as every script
     if any(a.startswith("--data_root=") for a in argv):
-        raise lab.LabError(f"demo_data.py always writes into {DEMO_ROOT} and nowhere else, so that it can never "
+        raise lab.LabError(f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and nowhere else, so that it can never "
                            f"overwrite your data; drop --data_root. data_root only says where the other scripts "
                            f"read images from.")
     root = generate(DEMO_ROOT)
