@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from lab import hardware
+from lab import artifacts, hardware
 import lab
 
 TRUNK_BLOCKS = 4
@@ -84,9 +84,9 @@ def describe_weights(spec, seed):
     """What the trunk's weights are, as stored in checkpoints and printed by every later script."""
     if spec is None:
         return f"RANDOM trunk (seed {seed}), not ImageNet-pretrained: embeddings are only for testing the code"
-    path = lab.resolve(spec)
+    path = artifacts.resolve(spec)
     if path.is_file():
-        return f"state dict {path} (sha256 {lab.file_digest(path)[:16]})"
+        return f"state dict {path} (sha256 {artifacts.file_digest(path)[:16]})"
     return f"torchvision EfficientNet_V2_S_Weights.{spec}"
 
 
@@ -129,7 +129,7 @@ def build_trunk(spec, seed):
         torch.manual_seed(seed)  # a random trunk must be the same in every script that rebuilds it
         full = torchvision.models.efficientnet_v2_s(weights=None)
     if spec is not None:
-        path = lab.resolve(spec)
+        path = artifacts.resolve(spec)
         state = _state_dict_from_file(path) if path.is_file() else _imagenet_state_dict(spec)
         try:
             full.load_state_dict(state)

@@ -21,6 +21,7 @@ import pandas as pd
 
 import dataloader
 import lab
+from lab import artifacts, config, output_lock, plotting, runtime
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
@@ -94,21 +95,21 @@ def distance_table(classes, groups, result, used):
 
 
 def plot_heatmap(matrix, classes, title, note, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     size = 3 + 0.75 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels(lab.drawable_names(classes), rotation=45, ha="right")
+    ax.set_xticklabels(plotting.drawable_names(classes), rotation=45, ha="right")
     ax.set_yticks(range(len(classes)))
-    ax.set_yticklabels(lab.drawable_names(classes))
+    ax.set_yticklabels(plotting.drawable_names(classes))
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{matrix[i, j]:.3g}", ha="center", va="center", fontsize=8,
                     color="white" if matrix[i, j] < np.nanmean(matrix) else "black")
     ax.set_title(title + "\n" + note, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def analyse(cfg, set_name):
@@ -118,12 +119,12 @@ def analyse(cfg, set_name):
     used = sampled_groups(groups, cfg.distance_max_per_class, cfg.seed)
     result = average_distances(used)
     table = distance_table(classes, groups, result, used)
-    lab.save_csv(lab.out_path(cfg, "results", f"average_distances_{set_name}.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", f"average_distances_{set_name}.csv"), table)
     notes = {"euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
              "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs"}
     for metric, note in notes.items():
         plot_heatmap(result[metric], classes, f"Average {metric} distance between classes ({set_name} set)", note,
-                     lab.out_path(cfg, "figs", f"average_{metric}_distances_{set_name}.png"))
+                     artifacts.out_path(cfg, "figs", f"average_{metric}_distances_{set_name}.png"))
         print(f"\naverage {metric} distance, {set_name} set:")
         print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
     sampled = [c for c, g, u in zip(classes, groups, used) if len(u) < len(g)]
@@ -139,13 +140,13 @@ def analyse(cfg, set_name):
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.print_config(cfg)
-    lab.ensure_output_dirs(cfg, ("results", "figs"))
+    cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)
+    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     results = {name: analyse(cfg, name) for name in ("test", "unseen")}
     dataloader.record_embedding_inputs(cfg, "compute_average_distances")
     return results
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

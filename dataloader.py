@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageFile
 
-from lab import demo_data
+from lab import artifacts, config, demo_data, output_lock, provenance, runtime
 import lab
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
@@ -354,7 +354,7 @@ def folder_names(cfg, root):
 def check_data_root(cfg):
     """Clear errors for a missing root or class folder; returns the resolved root."""
     demo_data.ensure_demo_data(cfg)
-    root = lab.resolve(cfg.data_root)
+    root = artifacts.resolve(cfg.data_root)
     if not root.is_dir():
         raise lab.LabError(f"The data root {root} does not exist or is not a folder. Point data_root in "
                            f"configfile.py (or --data_root=...) at a folder with one sub-folder of images per class, "
@@ -477,7 +477,7 @@ def draw_split(cfg, files, digests=None):
     filed under two seen classes goes to train in both, where its conflicting labels cannot distort the scores."""
     digests = digests or {}
     rng = np.random.default_rng(cfg.seed)
-    root = lab.resolve(cfg.data_root)
+    root = artifacts.resolve(cfg.data_root)
     owners = {}
     for c in cfg.seen_classes:
         for p in files[c]:
@@ -527,16 +527,16 @@ def make_split(cfg):
     files, skipped, ignored, notes, digests = scan(cfg)
     summary = summarise(cfg, files, skipped, ignored)
     duplicates = find_duplicates(cfg, files, digests)
-    lab.save_csv(lab.out_path(cfg, "results", "duplicates.csv"), duplicates)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), duplicates)
     report_duplicates(duplicates)
     split = draw_split(cfg, files, digests)
-    lab.save_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), summary)
-    lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
-    lab.save_csv(lab.out_path(cfg, "results", "ignored_files.csv"), pd.DataFrame(ignored, columns=IGNORED_COLUMNS))
-    lab.save_csv(lab.out_path(cfg, "results", "image_notes.csv"), pd.DataFrame(notes, columns=NOTE_COLUMNS))
-    lab.save_json(lab.out_path(cfg, "results", "split.json"),
-                  {**split_identity(cfg), "data_root": str(lab.resolve(cfg.data_root))})
-    lab.save_csv(lab.out_path(cfg, "results", "split.csv"), split)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), summary)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), pd.DataFrame(ignored, columns=IGNORED_COLUMNS))
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), pd.DataFrame(notes, columns=NOTE_COLUMNS))
+    artifacts.save_json(artifacts.out_path(cfg, "results", "split.json"),
+                  {**split_identity(cfg), "data_root": str(artifacts.resolve(cfg.data_root))})
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), split)
     print_summary(summary, split)
     print_file_report(pd.DataFrame(ignored, columns=IGNORED_COLUMNS), pd.DataFrame(notes, columns=NOTE_COLUMNS))
     return split
@@ -574,10 +574,10 @@ def print_summary(summary, split):
 
 def read_skipped(cfg):
     """results/skipped_files.csv as strings (a class named 'NA' or '01' stays a name)."""
-    csv = lab.out_path(cfg, "results", "skipped_files.csv")
+    csv = artifacts.out_path(cfg, "results", "skipped_files.csv")
     if not csv.exists() or csv.stat().st_size == 0:
         return pd.DataFrame(columns=SKIPPED_COLUMNS)
-    frame = lab.read_csv(csv, SKIPPED_COLUMNS)
+    frame = artifacts.read_csv(csv, SKIPPED_COLUMNS)
     if "stage" not in frame:  # written by an earlier version of the lab
         frame["stage"] = np.where(frame["reason"].str.contains("trunk pass"), TRUNK_STAGE, "scan")
     return frame[SKIPPED_COLUMNS]
@@ -592,7 +592,7 @@ def record_trunk_failures(cfg, split_rows, ok):
     new = pd.DataFrame({"path": failed["path"].values, "label": failed["label"].values, "stage": TRUNK_STAGE,
                         "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)"})
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
-        lab.save_csv(lab.out_path(cfg, "results", "skipped_files.csv"),
+        artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"),
                      pd.concat([skipped[~mine], new], ignore_index=True))
     if len(new):
         print(f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
@@ -620,7 +620,7 @@ def verify_split(cfg, split):
 
 def read_split_file(cfg):
     """results/split.csv as written (strings, so that a class named 'NA' stays a name), or None if absent."""
-    path = lab.out_path(cfg, "results", "split.csv")
+    path = artifacts.out_path(cfg, "results", "split.csv")
     if not path.exists():
         return None
     split = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -647,7 +647,7 @@ def load_split(cfg, verify=True):
     """The persisted split: drawn and written on first use or for other settings, checked against the disk."""
     split = None if cfg.rebuild_split else read_split_file(cfg)
     if split is not None:
-        identity_path = lab.out_path(cfg, "results", "split.json")
+        identity_path = artifacts.out_path(cfg, "results", "split.json")
         identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
         wanted = split_identity(cfg)
         changed = [k for k in wanted if identity.get(k) != wanted[k]]
@@ -657,7 +657,7 @@ def load_split(cfg, verify=True):
                   f"scripts stay safe)")
             split = None
     if split is None:
-        lab.ensure_output_dirs(cfg, ("results",))
+        output_lock.ensure_output_dirs(cfg, ("results",))
         return make_split(cfg)
     if verify:
         verify_split(cfg, split)
@@ -665,11 +665,11 @@ def load_split(cfg, verify=True):
 
 
 def split_digest(cfg):
-    return lab.file_digest(lab.out_path(cfg, "results", "split.csv"))
+    return artifacts.file_digest(artifacts.out_path(cfg, "results", "split.csv"))
 
 
 def absolute_paths(cfg, relative_paths):
-    root = lab.resolve(cfg.data_root)
+    root = artifacts.resolve(cfg.data_root)
     return [str(root / p) for p in relative_paths]
 
 
@@ -701,20 +701,20 @@ def save_embedding_set(cfg, frames, meta, meta_name=EMBEDDINGS_META):
     files that do not match it, which load_embeddings refuses, so a set never mixes two models."""
     digests = {}
     for name, frame in frames.items():
-        path = lab.atomic_write(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
-        digests[name] = lab.file_digest(path)[:16]
+        path = artifacts.atomic_write(artifacts.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
+        digests[name] = artifacts.file_digest(path)[:16]
         print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> {path}")
     set_id = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-    lab.save_json(lab.out_path(cfg, "embeddings", meta_name), {**meta, "files": digests, "set": set_id})
+    artifacts.save_json(artifacts.out_path(cfg, "embeddings", meta_name), {**meta, "files": digests, "set": set_id})
     return set_id
 
 
 def embedding_set(cfg, meta_name=EMBEDDINGS_META):
     """The meta of the current embeddings, checked against the checkpoint they must come from."""
     made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
-    meta_path = lab.require(lab.out_path(cfg, "embeddings", meta_name), made_by, "embeddings set")
+    meta_path = artifacts.require(artifacts.out_path(cfg, "embeddings", meta_name), made_by, "embeddings set")
     meta = json.loads(meta_path.read_text())
-    current = lab.artifact_digest(cfg, "checkpoints", "best.pth")
+    current = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
     if "set" not in meta or meta.get("checkpoint_sha256") != current:
         made = f"epoch {meta.get('checkpoint_epoch')} of a checkpoint saved {meta.get('checkpoint_saved_at')}"
         raise lab.LabError(f"The embeddings in {meta_path.parent} were computed from another model ({made}) than "
@@ -727,25 +727,25 @@ def embedding_set(cfg, meta_name=EMBEDDINGS_META):
 def current_predict_set(cfg):
     """predict.py's embeddings set when it exists and comes from the current checkpoint, else None (with a note:
     an older sample's predictions are optional, they never block the pipeline)."""
-    if not lab.out_path(cfg, "embeddings", PREDICT_META).exists():
+    if not artifacts.out_path(cfg, "embeddings", PREDICT_META).exists():
         return None
     try:
         meta = embedding_set(cfg, PREDICT_META)
     except lab.LabError:
-        meta = json.loads(lab.out_path(cfg, "embeddings", PREDICT_META).read_text())
+        meta = json.loads(artifacts.out_path(cfg, "embeddings", PREDICT_META).read_text())
         print(f"note: leaving out the predictions of {meta.get('predict_dir')}: predict.py made them with another "
               f"model. Run `python predict.py --predict_dir={meta.get('predict_dir')!r}` again to have them with "
               f"this one.", file=sys.stderr)
         return None
-    path = lab.out_path(cfg, "embeddings", "embeddings_predict.pkl")
-    return meta if path.exists() and meta["files"].get("predict") == lab.file_digest(path)[:16] else None
+    path = artifacts.out_path(cfg, "embeddings", "embeddings_predict.pkl")
+    return meta if path.exists() and meta["files"].get("predict") == artifacts.file_digest(path)[:16] else None
 
 
 def record_embedding_inputs(cfg, script):
     """An analysis script's outputs belong to the embeddings set (and so the checkpoint) they were computed from."""
     meta = embedding_set(cfg)
     predict = current_predict_set(cfg) if script == "dimensionality_reduction" else None
-    lab.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"],
+    provenance.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"],
                       predict=predict and predict["set"])
 
 
@@ -755,8 +755,8 @@ def load_embeddings(cfg, split_name):
     meta_name = meta_name_of(split_name)
     meta = embedding_set(cfg, meta_name)
     made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
-    path = lab.require(lab.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), made_by, "embeddings file")
-    if meta["files"].get(split_name) != lab.file_digest(path)[:16]:
+    path = artifacts.require(artifacts.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), made_by, "embeddings file")
+    if meta["files"].get(split_name) != artifacts.file_digest(path)[:16]:
         raise lab.LabError(f"{path} does not belong to the embeddings set in {meta_name} ({made_by} was "
                            f"interrupted while writing, or the file was replaced). Re-run `python {made_by}`.")
     frame = pd.read_pickle(path)
@@ -764,19 +764,19 @@ def load_embeddings(cfg, split_name):
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.print_config(cfg)
-    existed = lab.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
+    cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)
+    existed = artifacts.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
     split = load_split(cfg)
     if existed:
-        summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+        summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
         print_summary(summary, split)
-        ignored = lab.out_path(cfg, "results", "ignored_files.csv")
-        notes = lab.out_path(cfg, "results", "image_notes.csv")
+        ignored = artifacts.out_path(cfg, "results", "ignored_files.csv")
+        notes = artifacts.out_path(cfg, "results", "image_notes.csv")
         if ignored.exists() and notes.exists():
-            print_file_report(lab.read_csv(ignored, IGNORED_COLUMNS), lab.read_csv(notes, NOTE_COLUMNS))
-    print(f"split {'read from' if existed else 'written to'} {lab.out_path(cfg, 'results', 'split.csv')}")
+            print_file_report(artifacts.read_csv(ignored, IGNORED_COLUMNS), artifacts.read_csv(notes, NOTE_COLUMNS))
+    print(f"split {'read from' if existed else 'written to'} {artifacts.out_path(cfg, 'results', 'split.csv')}")
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

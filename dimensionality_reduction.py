@@ -6,7 +6,7 @@ when it exists, and the images they point to. Writes
   results/umap_coordinates.csv     split, label, path, x, y of every mapped point
   figs/gallery_<class>.png         per class: the gallery_size images closest to the class centre, the
                                    furthest, and the closest images of other classes, with class and distance
-                                   (<class> is lab.figure_slug: the name, or ASCII + a hash where it is not ASCII)
+                                   (<class> is plotting.figure_slug: the name, or ASCII + a hash where it is not ASCII)
   results/galleries.csv            every gallery tile: set, class, figure (file name), row, rank, path, label,
                                    distance
 Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
@@ -23,6 +23,7 @@ import pandas as pd
 
 import dataloader
 import lab
+from lab import artifacts, config, output_lock, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -93,11 +94,11 @@ def class_colours(seen, unseen):
 
 
 def plot_map(coords, cfg, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     seen = list(dict.fromkeys(coords.loc[coords["split"] == "train", "label"]))
     unseen = list(dict.fromkeys(coords.loc[coords["split"] == "unseen", "label"]))
     colours = class_colours(seen, unseen)
-    shown = dict(zip(seen + unseen, lab.drawable_names(seen + unseen)))
+    shown = dict(zip(seen + unseen, plotting.drawable_names(seen + unseen)))
     fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharex=True, sharey=True)
     for ax, split in zip(axes, SPLITS):
         ax.scatter(coords["x"], coords["y"], s=2, color="0.88", zorder=0)  # all points, for orientation
@@ -111,7 +112,7 @@ def plot_map(coords, cfg, path):
         ax.set_yticks([])
     fig.suptitle(f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all "
                  f"{coords['split'].nunique()} splits, standardised)")
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def distances_to(vectors, centre, block=8192):
@@ -154,9 +155,9 @@ def thumbnail(path, size=96):
 
 
 def plot_gallery(cls, set_name, picks, frame, k, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     names = list(dict.fromkeys([cls, *frame["label"]]))
-    shown = dict(zip(names, lab.drawable_names(names)))
+    shown = dict(zip(names, plotting.drawable_names(names)))
     fig, axes = plt.subplots(3, k, figsize=(1.9 * k + 1.5, 7.2), squeeze=False)
     for r, (row, (idx, dist)) in enumerate(picks.items()):
         for t in range(k):
@@ -172,7 +173,7 @@ def plot_gallery(cls, set_name, picks, frame, k, path):
                 ax.axis("off")
         axes[r, 0].set_ylabel(row, fontsize=9)
     fig.suptitle(f"{shown[cls]} ({set_name}): distances to the class centre in the 128-d embedding space")
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def galleries(cfg, frames):
@@ -181,15 +182,15 @@ def galleries(cfg, frames):
         labels = frame["label"].to_numpy()
         for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
-            figure = f"gallery_{lab.figure_slug(cls, every_class)}.png"
-            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, lab.out_path(cfg, "figs", figure))
+            figure = f"gallery_{plotting.figure_slug(cls, every_class)}.png"
+            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, artifacts.out_path(cfg, "figs", figure))
             for row, (idx, dist) in picks.items():
                 for rank, (i, d) in enumerate(zip(idx, dist)):
                     rows.append({"set": set_name, "class": cls, "figure": figure, "row": row, "rank": rank + 1,
                                  "path": frame["path"].iloc[i], "label": frame["label"].iloc[i],
                                  "distance": float(d)})
     table = pd.DataFrame(rows)
-    lab.save_csv(lab.out_path(cfg, "results", "galleries.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "galleries.csv"), table)
     print(f"[galleries] {table['class'].nunique()} classes -> figs/gallery_<class>.png, results/galleries.csv")
     return table
 
@@ -200,10 +201,10 @@ def map_splits(cfg):
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.print_config(cfg)
-    lab.ensure_output_dirs(cfg, ("results", "figs"))
-    lab.seed_everything(cfg.seed)
+    cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)
+    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    runtime.seed_everything(cfg.seed)
     splits = map_splits(cfg)
     frames = {s: dataloader.load_embeddings(cfg, s) for s in splits}
     rng = np.random.default_rng(cfg.seed)
@@ -218,11 +219,11 @@ def main(argv=None):
     xy = reduce_to_2d(points, cfg)
     coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
                                                                          method=cfg.reduction_method)
-    lab.save_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"), coords)
-    plot_map(coords, cfg, lab.out_path(cfg, "figs", "umap_embeddings.png"))
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), coords)
+    plot_map(coords, cfg, artifacts.out_path(cfg, "figs", "umap_embeddings.png"))
     galleries(cfg, frames)
     dataloader.record_embedding_inputs(cfg, "dimensionality_reduction")
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

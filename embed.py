@@ -14,7 +14,7 @@ The validation embeddings are what novelty.py chooses its thresholds on, so that
 import sys
 
 import backbone
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
 import dataloader
 from lab import trunk_cache
 import lab
@@ -23,8 +23,8 @@ SPLITS = ("train", "val", "test", "unseen")
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
+    cfg = config.load_config(argv, __doc__)
+    output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
     dtype = checkpoint.trunk_dtype(ckpt, device)
     data = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=SPLITS)
@@ -33,13 +33,13 @@ def main(argv=None):
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
         vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
         frames[name] = dataloader.embedding_frame(cfg, data[name].rows, vectors, names)
-    meta = {"checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")),
-            "checkpoint_sha256": lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+    meta = {"checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
+            "checkpoint_sha256": provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
             "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
-            "config": vars(cfg), "versions": lab.package_versions()}
+            "config": vars(cfg), "versions": provenance.package_versions()}
     return dataloader.save_embedding_set(cfg, frames, meta)
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

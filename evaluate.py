@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
 from lab import trunk_cache
 import lab
 
@@ -43,7 +43,7 @@ def metrics_from_confusion(matrix, classes):
 
 
 def plot_confusion(matrix, classes, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = 3 + 0.7 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 3, size), layout="constrained")
@@ -52,19 +52,19 @@ def plot_confusion(matrix, classes, path):
         image = ax.imshow(values, cmap="Blues")
         ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",
                ylabel="true class", title=f"Test confusion matrix, {title}")
-        ax.set_xticklabels(lab.drawable_names(classes), rotation=45, ha="right")
-        ax.set_yticklabels(lab.drawable_names(classes))
+        ax.set_xticklabels(plotting.drawable_names(classes), rotation=45, ha="right")
+        ax.set_yticklabels(plotting.drawable_names(classes))
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
                         color="white" if values[i, j] > values.max() / 2 else "black")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.ensure_output_dirs(cfg, ("results", "figs", "cache"))
+    cfg = config.load_config(argv, __doc__)
+    output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
     dtype = checkpoint.trunk_dtype(ckpt, device)
     test = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
@@ -76,15 +76,15 @@ def main(argv=None):
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
     metrics.update({"checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-                    "checkpoint_sha256": lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+                    "checkpoint_sha256": provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
                     "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
     rows = test.rows
-    lab.save_csv(lab.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
          "probability": probabilities[np.arange(len(y_pred)), y_pred], "correct": y_pred == y_true}))
-    lab.save_json(lab.out_path(cfg, "results", "test_metrics.json"), metrics)
-    plot_confusion(matrix, classes, lab.out_path(cfg, "figs", "confusion_matrix.png"))
-    lab.record_inputs(cfg, "evaluate", checkpoint=metrics["checkpoint_sha256"])
+    artifacts.save_json(artifacts.out_path(cfg, "results", "test_metrics.json"), metrics)
+    plot_confusion(matrix, classes, artifacts.out_path(cfg, "figs", "confusion_matrix.png"))
+    provenance.record_inputs(cfg, "evaluate", checkpoint=metrics["checkpoint_sha256"])
     print("\nTest accuracy per class:")
     for c, m in metrics["per_class"].items():
         print(f"  Accuracy of {c:<30}: {100 * m['accuracy']:6.2f} %  ({m['support']} images)")
@@ -94,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

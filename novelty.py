@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
 import dataloader
 import lab
 from lab import novelty_scores as ns
@@ -31,10 +31,10 @@ SPLITS = ("val", "test", "unseen")
 def load_inputs(cfg):
     """(config of the checkpoint, checkpoint, its sha256, the scorer, {split: path, split, label, predicted},
     {split: {score name: values}})."""
-    path = lab.out_path(cfg, "checkpoints", "best.pth")
+    path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     ckpt = checkpoint.load(path)
     cfg = checkpoint.config_from_checkpoint(ckpt, cfg)
-    digest = lab.artifact_digest(cfg, "checkpoints", "best.pth")
+    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     frames, scores = {}, {}
     for split in SPLITS:
@@ -78,7 +78,7 @@ def score_table(frames, scores):
 
 
 def plot_roc(scores, table, default, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     overall = table[table["unseen_class"] == "all"].set_index("score")
     for name in ns.SCORES:
@@ -94,11 +94,11 @@ def plot_roc(scores, table, default, path):
            title="Telling new taxa from known ones\n(dot: the validation threshold)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def plot_distributions(scores, thresholds, default, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     columns = 3
     rows = -(-len(ns.SCORES) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.3 * rows), layout="constrained")
@@ -113,25 +113,25 @@ def plot_distributions(scores, thresholds, default, path):
     axes.flat[0].legend(fontsize=7)
     for ax in list(axes.flat)[len(ns.SCORES):]:
         ax.set_visible(False)
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.ensure_output_dirs(cfg, ("results", "figs"))
+    cfg = config.load_config(argv, __doc__)
+    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     cfg, ckpt, digest, scorer, frames, scores = load_inputs(cfg)
     check_enough(frames)
     thresholds = {name: ns.threshold_keeping(scores["val"][name]) for name in ns.SCORES}
     table = evaluate_scores(scores, frames["unseen"]["label"].to_numpy(), thresholds)
     table["default"] = table["score"] == cfg.novelty_score
-    lab.save_csv(lab.out_path(cfg, "results", "novelty.csv"), table)
-    lab.save_csv(lab.out_path(cfg, "results", "novelty_scores.csv"), score_table(frames, scores))
-    lab.save_json(lab.out_path(cfg, "results", "novelty_thresholds.json"), {
-        "checkpoint": str(lab.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty_scores.csv"), score_table(frames, scores))
+    artifacts.save_json(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), {
+        "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
         "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg, scorer),
         "default_score": cfg.novelty_score, "thresholds": thresholds})
-    plot_roc(scores, table, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_roc.png"))
-    plot_distributions(scores, thresholds, cfg.novelty_score, lab.out_path(cfg, "figs", "novelty_scores.png"))
+    plot_roc(scores, table, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_roc.png"))
+    plot_distributions(scores, thresholds, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_scores.png"))
     dataloader.record_embedding_inputs(cfg, "novelty")
     print_summary(table, frames)
     return table
@@ -147,4 +147,4 @@ def print_summary(table, frames):
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

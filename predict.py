@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.special import softmax
 from tqdm import tqdm
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
 import dataloader
 from lab import trunk_cache
 import lab
@@ -48,7 +48,7 @@ def sample_images(cfg):
         raise lab.LabError("predict.py needs the folder of new images to classify: run it as `python predict.py "
                            "--predict_dir=/path/to/sample` (every image under it, in sub-folders too, is "
                            "classified), or set predict_dir in configfile.py.")
-    folder = lab.resolve(cfg.predict_dir)
+    folder = artifacts.resolve(cfg.predict_dir)
     if not folder.is_dir():
         raise lab.LabError(f"predict_dir={cfg.predict_dir!r} is not a folder ({folder} does not exist or is a "
                            f"file). Give the folder that holds the sample's image files.")
@@ -62,15 +62,15 @@ def sample_images(cfg):
 
 def load_model(cfg):
     """(config of the checkpoint, checkpoint, its sha256, model, device): no split and no training images."""
-    path = lab.out_path(cfg, "checkpoints", "best.pth")
+    path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     ckpt = checkpoint.load(path)
     cfg = checkpoint.config_from_checkpoint(ckpt, cfg)
     print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
     if ckpt["weights"].startswith("RANDOM"):
         print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
               "predictions only show that the code runs.", file=sys.stderr)
-    device = lab.select_device(cfg.device)
-    digest = lab.artifact_digest(cfg, "checkpoints", "best.pth")
+    device = runtime.select_device(cfg.device)
+    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
     return cfg, ckpt, digest, checkpoint.model_from_checkpoint(ckpt, cfg).to(device), device
 
 
@@ -79,7 +79,7 @@ def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
     """The trunk-cache key of these files, extended by the checkpoint (the head's outputs depend on it)."""
     trunk_key = trunk_cache.cache_key(cfg, abs_paths, weights_id, dtype)
     key = hashlib.sha256(f"{trunk_key}:{checkpoint_digest}".encode()).hexdigest()[:16]
-    return lab.out_path(cfg, "cache", f"predict_{key}.npz")
+    return artifacts.out_path(cfg, "cache", f"predict_{key}.npz")
 
 
 def compute_chunk(cfg, model, device, dtype, abs_paths):
@@ -100,7 +100,7 @@ def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_pat
                 reused += 1
             else:
                 outputs = compute_chunk(cfg, model, device, dtype, paths)
-                lab.atomic_write(path, lambda p, o=outputs: np.savez(p, **o))
+                artifacts.atomic_write(path, lambda p, o=outputs: np.savez(p, **o))
             files.append(path)
             bar.update(len(paths))
     if reused:
@@ -111,7 +111,7 @@ def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_pat
 def remove_stale_chunks(cfg, keep):
     """Chunk caches of other folders or checkpoints: only files named exactly as this script names them."""
     keep = {p.name for p in keep}
-    for stale in lab.out_path(cfg, "cache").glob("predict_*.npz"):
+    for stale in artifacts.out_path(cfg, "cache").glob("predict_*.npz"):
         if re.fullmatch(r"predict_[0-9a-f]{16}\.npz", stale.name) and stale.name not in keep:
             stale.unlink()
 
@@ -168,7 +168,7 @@ def write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name
                 embedding_parts.append(dataloader.embedding_frame(cfg, pd.DataFrame(
                     {"label": rows["predicted"], "split": "predict", "path": [str(folder / p) for p in rows["path"]]}),
                     embeddings, classes))
-    lab.atomic_write(lab.out_path(cfg, "results", "predictions.csv"), write)
+    artifacts.atomic_write(artifacts.out_path(cfg, "results", "predictions.csv"), write)
     return embedding_parts, counts, unreadable
 
 
@@ -215,7 +215,7 @@ def ecotaxa_frame(predictions, classes, score_name, used_ids):
 
 def write_ecotaxa(cfg, classes, score_name):
     """results/ecotaxa_predictions.tsv: header row, then EcoTaxa's type row ([t] text, [f] number), then data."""
-    source = lab.out_path(cfg, "results", "predictions.csv")
+    source = artifacts.out_path(cfg, "results", "predictions.csv")
     used_ids = set()
 
     def write(tmp):
@@ -229,14 +229,14 @@ def write_ecotaxa(cfg, classes, score_name):
                     f.write("\t".join("[t]" if i < 4 else "[f]" for i in range(len(frame.columns))) + "\n")
                     first = False
                 frame.to_csv(f, sep="\t", header=False, index=False)
-    return lab.atomic_write(lab.out_path(cfg, "results", "ecotaxa_predictions.tsv"), write)
+    return artifacts.atomic_write(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), write)
 
 
 # --------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
+    cfg = config.load_config(argv, __doc__)
     folder, images, others = sample_images(cfg)
-    lab.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
+    output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     cfg, ckpt, digest, model, device = load_model(cfg)
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
@@ -248,18 +248,18 @@ def main(argv=None):
     parts, counts, unreadable = write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name,
                                                   threshold)
     ignored = [{"path": p, "reason": reason} for p, reason in others]
-    lab.save_csv(lab.out_path(cfg, "results", "predict_skipped.csv"),
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "predict_skipped.csv"),
                  pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
     table = count_table(counts)
-    lab.save_csv(lab.out_path(cfg, "results", "prediction_counts.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"), table)
     frame = pd.concat(parts, ignore_index=True)
     meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-            "predict_dir": str(folder), "trunk_weights": ckpt["weights"], "versions": lab.package_versions()}
+            "predict_dir": str(folder), "trunk_weights": ckpt["weights"], "versions": provenance.package_versions()}
     dataloader.save_embedding_set(cfg, {"predict": frame}, meta, dataloader.PREDICT_META)
     if cfg.ecotaxa:
         print(f"[predict] EcoTaxa table: {write_ecotaxa(cfg, ckpt['classes'], score_name)}")
     remove_stale_chunks(cfg, chunk_files)
-    print_summary(table, unreadable, others, lab.out_path(cfg, "results", "predictions.csv"))
+    print_summary(table, unreadable, others, artifacts.out_path(cfg, "results", "predictions.csv"))
     return table
 
 
@@ -276,4 +276,4 @@ def print_summary(table, unreadable, others, path):
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 import dataloader
-from lab import interactive_map
+from lab import artifacts, config, interactive_map, output_lock, provenance, runtime
 import lab
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
@@ -37,7 +37,7 @@ def _table(frame, floats="{:.3f}"):
 
 def _figure(path, caption, made_by="run_pipeline.py"):
     """The PNG inlined as a data: URI, so the page needs no file beside it."""
-    data = base64.b64encode(lab.require(path, made_by, "figure").read_bytes()).decode("ascii")
+    data = base64.b64encode(artifacts.require(path, made_by, "figure").read_bytes()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
 
@@ -65,18 +65,18 @@ SECTION_INPUTS = {"train": "checkpoint", "evaluate": "checkpoint", "compute_aver
 def check_results_belong_together(cfg):
     """Every section must come from the current checkpoint and embeddings: never a page mixing two runs. Says
     at once everything that must be re-run, in order."""
-    lab.require(lab.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
-    current = {"checkpoint": lab.artifact_digest(cfg, "checkpoints", "best.pth"), "embeddings": None}
+    artifacts.require(artifacts.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
+    current = {"checkpoint": provenance.artifact_digest(cfg, "checkpoints", "best.pth"), "embeddings": None}
     stale = []
     try:
         current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
     except lab.LabError:
         stale.append("embed")
     sections = dict(SECTION_INPUTS)
-    if lab.out_path(cfg, "results", "novelty.csv").exists():
+    if artifacts.out_path(cfg, "results", "novelty.csv").exists():
         sections["novelty"] = "embeddings"
     stale += [script for script, needs in sections.items()
-              if current[needs] is None or (lab.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
+              if current[needs] is None or (provenance.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
     if stale:
         commands = "; ".join(f"python {script}.py" for script in stale)
         raise lab.LabError(f"The results of {', '.join(stale)} were not computed from the current checkpoint "
@@ -95,12 +95,12 @@ def cap_per_split(coords, limit, seed):
 
 def map_section(cfg, results, figs):
     """The interactive map (a bokeh layout) and the static figure below it."""
-    coords = lab.read_csv(lab.require(results / "umap_coordinates.csv", "dimensionality_reduction.py"),
+    coords = artifacts.read_csv(artifacts.require(results / "umap_coordinates.csv", "dimensionality_reduction.py"),
                           ("split", "label", "path", "method"))
     coords = cap_per_split(coords, cfg.umap_samples_per_split, cfg.seed)
-    test_predictions = lab.read_csv(lab.require(results / "test_predictions.csv", "evaluate.py"),
+    test_predictions = artifacts.read_csv(artifacts.require(results / "test_predictions.csv", "evaluate.py"),
                                     ("path", "label", "predicted"))
-    predictions = (lab.read_csv(results / "predictions.csv", PREDICTION_TEXT)
+    predictions = (artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
                    if (results / "predictions.csv").exists() else None)
     points = interactive_map.map_points(coords, test_predictions, predictions)
     method = str(coords["method"].iloc[0]) if "method" in coords and len(coords) else cfg.reduction_method
@@ -119,16 +119,16 @@ def optional_sections(cfg, results, figs):
     if (results / "novelty.csv").exists():
         figures = "".join(_figure(figs / name, caption) for name, caption in NOVELTY_FIGURES if (figs / name).exists())
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
-                     + _short_table(lab.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
+                     + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
     predict_set = dataloader.current_predict_set(cfg)
     if (results / "prediction_counts.csv").exists() and predict_set:
-        counts = lab.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
+        counts = artifacts.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
         text = ""
         if (results / "predictions.csv").exists():
-            predictions = lab.read_csv(results / "predictions.csv", PREDICTION_TEXT)
+            predictions = artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
             mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
                     if "probability" in predictions else "")
-            mapped = (lab.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict_set["set"]
+            mapped = (provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict_set["set"]
             where = ("they are in the 2-D map as the split \u201cpredict\u201d, coloured by their predicted class"
                      if mapped else "run <code>python dimensionality_reduction.py</code> to add them to the 2-D map")
             text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
@@ -137,10 +137,10 @@ def optional_sections(cfg, results, figs):
     return parts
 
 
-def first_sections(cfg, results, figs, provenance):
+def first_sections(cfg, results, figs, inputs_by_script):
     """Title, 1. data, 2. training, 3. test set."""
-    need = lambda name, script: lab.require(results / name, script)  # noqa: E731
-    summary = lab.read_csv(need("dataset_summary.csv", "dataloader.py"), ("group", "class"))
+    need = lambda name, script: artifacts.require(results / name, script)  # noqa: E731
+    summary = artifacts.read_csv(need("dataset_summary.csv", "dataloader.py"), ("group", "class"))
     history = pd.read_csv(need("train_history.csv", "train.py"))
     metrics = json.loads(need("test_metrics.json", "evaluate.py").read_text())
     best = history.loc[history["val_loss"].idxmin()]
@@ -148,10 +148,10 @@ def first_sections(cfg, results, figs, provenance):
     warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
             'that the code works.</p>' if weights.startswith("RANDOM") else "")
     per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
-    data_root = html.escape(str(lab.resolve(cfg.data_root)))
-    model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {provenance['checkpoint']}, saved "
+    data_root = html.escape(str(artifacts.resolve(cfg.data_root)))
+    model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {inputs_by_script['checkpoint']}, saved "
              f"{html.escape(str(metrics.get('checkpoint_saved_at')))} (epoch {metrics.get('checkpoint_epoch')}); "
-             f"embeddings set {provenance['embeddings']}.")
+             f"embeddings set {inputs_by_script['embeddings']}.")
     return [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{data_root}</code>; "
             f"trunk weights: {html.escape(weights)}.</p><p>{model}</p>{warn}",
             "<h2>1. Data</h2>" + _table(summary),
@@ -167,7 +167,7 @@ def first_sections(cfg, results, figs, provenance):
 def distances_section(results, figs):
     section = "<h2>4. Average distances between classes</h2>"
     for s in ("test", "unseen"):
-        table = lab.read_csv(lab.require(results / f"average_distances_{s}.csv", "compute_average_distances.py"),
+        table = artifacts.read_csv(artifacts.require(results / f"average_distances_{s}.csv", "compute_average_distances.py"),
                              ("class_a", "class_b"))
         section += (f"<h3>{s} set</h3><p>{distance_summary(table)}.</p>"
                     + _figure(figs / f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
@@ -176,7 +176,7 @@ def distances_section(results, figs):
 
 
 def galleries_section(results, figs):
-    galleries = lab.read_csv(lab.require(results / "galleries.csv", "dimensionality_reduction.py"),
+    galleries = artifacts.read_csv(artifacts.require(results / "galleries.csv", "dimensionality_reduction.py"),
                              ("set", "class", "figure", "row", "path", "label"))
     tiles = galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False)
     return ("<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other classes "
@@ -184,7 +184,7 @@ def galleries_section(results, figs):
 
 
 def transfer_section(results, figs):
-    transfer = lab.read_csv(lab.require(results / "transfer_learning.csv", "transfer_learning.py"),
+    transfer = artifacts.read_csv(artifacts.require(results / "transfer_learning.csv", "transfer_learning.py"),
                             ("classifier", "per_class"))
     final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
     classifiers = list(dict.fromkeys(transfer["classifier"]))  # the names transfer_learning.py gave its figures
@@ -194,25 +194,25 @@ def transfer_section(results, figs):
 
 
 def build(cfg):
-    provenance = check_results_belong_together(cfg)
-    results, figs = lab.out_path(cfg, "results"), lab.out_path(cfg, "figs")
-    before = first_sections(cfg, results, figs, provenance) + [distances_section(results, figs)]
+    inputs_by_script = check_results_belong_together(cfg)
+    results, figs = artifacts.out_path(cfg, "results"), artifacts.out_path(cfg, "figs")
+    before = first_sections(cfg, results, figs, inputs_by_script) + [distances_section(results, figs)]
     intro, layout, static_map = map_section(cfg, results, figs)
     after = [static_map, galleries_section(results, figs), transfer_section(results, figs)]
     extra = optional_sections(cfg, results, figs)
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]
     page = interactive_map.standalone_page(layout, "Plankton embedding lab", STYLE, "".join(before + [intro]),
                                            "".join(after))
-    return lab.save_text(results / "report.html", page)
+    return artifacts.save_text(results / "report.html", page)
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.ensure_output_dirs(cfg, ("results",))
+    cfg = config.load_config(argv, __doc__)
+    output_lock.ensure_output_dirs(cfg, ("results",))
     path = build(cfg)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")
     return path
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

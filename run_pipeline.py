@@ -18,7 +18,7 @@ import pandas as pd
 import backbone
 import compute_average_distances
 import dataloader
-from lab import demo_data
+from lab import artifacts, config, demo_data, runtime
 import dimensionality_reduction
 import embed
 import evaluate
@@ -52,7 +52,7 @@ def weights_overrides(cfg):
 
 
 def run(argv):
-    cfg = lab.load_config(argv, __doc__)
+    cfg = config.load_config(argv, __doc__)
     demo_data.ensure_demo_data(cfg)
     argv = list(argv) + weights_overrides(cfg)
     timings = []
@@ -65,9 +65,9 @@ def run(argv):
             argv = [a for a in argv if not a.startswith(ONCE[name])]
     timings.append({"stage": "total", "seconds": round(sum(t["seconds"] for t in timings), 2)})
     frame = pd.DataFrame(timings)
-    lab.save_csv(lab.out_path(cfg, "results", "pipeline_timings.csv"), frame)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "pipeline_timings.csv"), frame)
     print("\nstage timings (s): " + ", ".join(f"{t['stage']} {t['seconds']}" for t in timings))
-    print(f"Done. Open {lab.out_path(cfg, 'results', 'report.html')} in a browser.")
+    print(f"Done. Open {artifacts.out_path(cfg, 'results', 'report.html')} in a browser.")
     return frame
 
 
@@ -76,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(main)
+    runtime.run_main(main)

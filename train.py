@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 import backbone
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
 import dataloader
 from lab import trunk_cache
 import lab
@@ -75,7 +75,7 @@ def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=
 
 
 def plot_history(history, path):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for part, style in (("train", "-o"), ("val", "-s")):
         ax_loss.plot(history["epoch"], history[f"{part}_loss"], style, ms=3, label=part)
@@ -86,7 +86,7 @@ def plot_history(history, path):
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     ax_loss.legend()
     ax_acc.legend()
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def save_summary(cfg, history):
@@ -94,9 +94,9 @@ def save_summary(cfg, history):
     if not history:
         return
     frame = pd.DataFrame(history)
-    lab.save_csv(lab.out_path(cfg, "results", "train_history.csv"), frame)
-    plot_history(frame, lab.out_path(cfg, "figs", "training_plot.png"))
-    lab.record_inputs(cfg, "train", checkpoint=lab.artifact_digest(cfg, "checkpoints", "best.pth"),
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "train_history.csv"), frame)
+    plot_history(frame, artifacts.out_path(cfg, "figs", "training_plot.png"))
+    provenance.record_inputs(cfg, "train", checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
                       split=dataloader.split_digest(cfg))
 
 
@@ -124,10 +124,10 @@ def set_previous_run_aside(cfg):
     them for this run's (e.g. when this one diverges before its first epoch); they are kept together in
     checkpoints/previous/, which holds one run: the files of the run before it are removed first, so that a run
     killed before its summary never leaves its checkpoints beside an older run's history."""
-    found = [lab.out_path(cfg, *where) for where in PREVIOUS_RUN if lab.out_path(cfg, *where).exists()]
+    found = [artifacts.out_path(cfg, *where) for where in PREVIOUS_RUN if artifacts.out_path(cfg, *where).exists()]
     if not found:
         return
-    aside = lab.out_path(cfg, "checkpoints", "previous")
+    aside = artifacts.out_path(cfg, "checkpoints", "previous")
     aside.mkdir(exist_ok=True)
     for _, name in PREVIOUS_RUN:  # the run before: none of its files may stay beside the previous run's
         (aside / name).unlink(missing_ok=True)
@@ -137,8 +137,8 @@ def set_previous_run_aside(cfg):
 
 
 def train(cfg):
-    device = lab.select_device(cfg.device)
-    lab.seed_everything(cfg.seed)
+    device = runtime.select_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
     split = dataloader.load_split(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
     weights_id = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
@@ -170,8 +170,8 @@ def train(cfg):
         if stale >= cfg.patience or start > cfg.epochs:
             print("[resume] that run had already finished; nothing to do.")
             return history
-    best_path = lab.out_path(cfg, "checkpoints", "best.pth")
-    last_path = lab.out_path(cfg, "checkpoints", "last.pth")
+    best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
+    last_path = artifacts.out_path(cfg, "checkpoints", "last.pth")
     print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
           f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in "
           f"{backbone.precision_name(head)}")
@@ -233,11 +233,11 @@ def train(cfg):
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.print_config(cfg)
-    lab.ensure_output_dirs(cfg)
+    cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)
+    output_lock.ensure_output_dirs(cfg)
     return train(cfg)
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

@@ -28,6 +28,7 @@ from sklearn.svm import SVC
 
 import dataloader
 import lab
+from lab import artifacts, config, output_lock, plotting, runtime
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -129,7 +130,7 @@ def transfer_curves(x, y, cfg):
 
 
 def plot_curves(table, names, path, chance):
-    plt = lab.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         stats = table[table["classifier"] == name].groupby("train_size")["balanced_accuracy"].agg(["mean", "std"])
@@ -143,14 +144,14 @@ def plot_curves(table, names, path, chance):
            title="Transfer to unseen classes: " + ", ".join(names) + " (mean +- 1 sd)")
     ax.legend()
     ax.grid(alpha=0.3)
-    lab.save_figure(path, fig)
+    plotting.save_figure(path, fig)
 
 
 def main(argv=None):
-    cfg = lab.load_config(argv, __doc__)
-    lab.print_config(cfg)
-    lab.ensure_output_dirs(cfg, ("results", "figs"))
-    lab.seed_everything(cfg.seed)
+    cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)
+    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    runtime.seed_everything(cfg.seed)
     frame, x = dataloader.load_embeddings(cfg, "unseen")
     classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)
     counts = np.bincount(y)
@@ -160,11 +161,11 @@ def main(argv=None):
                            f"to it, or remove it from unseen_classes; min_images_per_class (at least 3) refuses "
                            f"such classes at the scan unless their images fail to decode later.")
     table = transfer_curves(x, y, cfg)
-    lab.save_csv(lab.out_path(cfg, "results", "transfer_learning.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "transfer_learning.csv"), table)
     chance = 1.0 / len(classes)
     for name in CLASSIFIERS:
-        plot_curves(table, [name], lab.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
-    plot_curves(table, CLASSIFIERS, lab.out_path(cfg, "figs", "accuracy_all.png"), chance)
+        plot_curves(table, [name], artifacts.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
+    plot_curves(table, CLASSIFIERS, artifacts.out_path(cfg, "figs", "accuracy_all.png"), chance)
     dataloader.record_embedding_inputs(cfg, "transfer_learning")
     final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
     print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
@@ -173,4 +174,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

@@ -28,6 +28,7 @@ import evaluate  # noqa: E402
 import lab  # noqa: E402
 import train  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
+from lab import artifacts, config, output_lock, runtime  # noqa: E402
 
 SEEN_COUNTS = (800, 400, 200, 100, 50, 25)  # images per seen class, most common first
 UNSEEN_COUNT = 20
@@ -58,14 +59,14 @@ def train_and_evaluate(argv, weighting):
 def run(argv):
     repeats = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--repeats=")] or [1]
     argv = [a for a in argv if not a.startswith("--repeats=")]
-    base = lab.load_config(argv)
+    base = config.load_config(argv)
     results = [run_once(argv + [f"--seed={base.seed + i}"]) for i in range(repeats[0])]
     summary = {"repeats": results, "mean_balanced_accuracy": {
         w: float(np.mean([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")},
         "sd_balanced_accuracy": {w: float(np.std([r["balanced_accuracy"][w] for r in results]))
                                  for w in ("none", "balanced")}}
-    lab.ensure_output_dirs(base, ("results",))
-    path = lab.save_json(lab.out_path(base, "results", "imbalance.json"), summary)
+    output_lock.ensure_output_dirs(base, ("results",))
+    path = artifacts.save_json(artifacts.out_path(base, "results", "imbalance.json"), summary)
     for result in results:
         print_table(result)
     print(f"\nbalanced accuracy over {len(results)} seed(s), mean (sd): " + ", ".join(
@@ -77,8 +78,8 @@ def run(argv):
 
 def run_once(argv):
     names = {a.split("=", 1)[0] for a in argv}
-    base = lab.load_config(argv)
-    source = lab.resolve(base.data_root) if "--data_root" in names else NDSB9
+    base = config.load_config(argv)
+    source = artifacts.resolve(base.data_root) if "--data_root" in names else NDSB9
     seen, unseen = (base.seen_classes, base.unseen_classes) if "--seen_classes" in names else (NDSB9_SEEN, NDSB9_UNSEEN)
     if not source.is_dir():
         raise lab.LabError(f"The benchmark data {source} is absent. Pass --data_root=... with --seen_classes=[...] "
@@ -116,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(main)
+    runtime.run_main(main)

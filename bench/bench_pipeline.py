@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import backbone  # noqa: E402
-from lab import checkpoint  # noqa: E402
+from lab import artifacts, checkpoint, config, output_lock, runtime  # noqa: E402
 import compute_average_distances  # noqa: E402
 import dataloader  # noqa: E402
 from lab import hardware  # noqa: E402
@@ -74,14 +74,14 @@ class Run:
             if name in names:
                 print(f"\n=== [bench] {name}", flush=True)
                 seconds[name] = common.timed(module.main, self.argv)[1]
-        lab.release_locks()  # fresh processes that time a stage must be able to take the output folder
+        output_lock.release_locks()  # fresh processes that time a stage must be able to take the output folder
         return seconds
 
     @functools.cached_property
     def trained(self):
         if self.pipeline_seconds is None:
             self.run_stages(TRAINED_STAGES)
-        cfg, ckpt, model, split, device = checkpoint.load_trained(lab.load_config(self.argv))
+        cfg, ckpt, model, split, device = checkpoint.load_trained(config.load_config(self.argv))
         paths = dataloader.absolute_paths(cfg, split[split["split"] == "train"]["path"])
         images = [dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size)
                   for p in paths[:self.sizes["trunk_images"]]]
@@ -128,10 +128,10 @@ def measure_pipeline(run):
         return run.pipeline_seconds, [not_here("end to end", "split, train, evaluate, embed only", None, "<= 300 s",
                                                "s", "--quick runs only the stages the measurements need")]
     timings = run_pipeline.run(run.argv)
-    lab.release_locks()
+    output_lock.release_locks()
     run.pipeline_seconds = dict(zip(timings["stage"], timings["seconds"]))
     total = run.pipeline_seconds["total"]
-    epochs = lab.read_csv(lab.out_path(lab.load_config(run.argv), "results", "train_history.csv"), ())["seconds"]
+    epochs = artifacts.read_csv(artifacts.out_path(config.load_config(run.argv), "results", "train_history.csv"), ())["seconds"]
     reason = (f"train took {run.pipeline_seconds['train']:.0f} s: {len(epochs)} epochs of {epochs.min():.1f} to "
               f"{epochs.max():.1f} s (median {epochs.median():.1f}); an epoch far above the fastest is the machine's "
               f"other load stalling torch's threads (load average {common.load_average()})")
@@ -198,7 +198,7 @@ def reduced_test_accuracy(t, reduced):
                                         reduced)
     data = trunk_cache.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
     predicted = trunk_cache.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
-    reference = json.loads(lab.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
+    reference = json.loads(artifacts.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
     return float((predicted == data.labels.numpy()).mean()), reference
 
 
@@ -429,7 +429,7 @@ def map_stage(run, variant, samples):
     argv = run.argv + [f"--umap_samples_per_split={samples}"]
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); {MAP_VARIANTS[variant]}; d.main({argv!r})"
     seconds = common.wall_of_child(["-c", code])
-    score, points = map_trustworthiness(lab.load_config(argv))
+    score, points = map_trustworthiness(config.load_config(argv))
     return {"seconds": seconds, "trustworthiness": score, "points": points}
 
 
@@ -437,7 +437,7 @@ def map_trustworthiness(cfg):
     """sklearn's trustworthiness of results/umap_coordinates.csv against the standardised embeddings it maps."""
     from sklearn.manifold import trustworthiness
     from sklearn.preprocessing import StandardScaler
-    coords = lab.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"), ("split", "label", "path"))
+    coords = artifacts.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), ("split", "label", "path"))
     vectors = {}
     for s in coords["split"].unique():
         frame, x = dataloader.load_embeddings(cfg, s)
@@ -507,7 +507,7 @@ def measure_distances(run):
 def cache_child(n, image_size, data_root, classes, out):
     """In a fresh process: the trunk pass over n images (cycling the data) -> its peak resident memory."""
     import pandas as pd
-    cfg = lab.load_config([f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
+    cfg = config.load_config([f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
                            "--backbone_weights=None", "--precision='fp32'", f"--seen_classes={classes[:2]!r}",
                            f"--unseen_classes={classes[2:4]!r}"])
     files = sorted(f"{c}/{f}" for c in classes for f in dataloader.list_class_files(Path(data_root) / c)[0])
@@ -526,7 +526,7 @@ def measure_cache_memory(run):
     result = {}
     for n in (sizes["cache_small"], sizes["cache_large"]):
         out = run.scratch / f"cache{n}"
-        args = (n, sizes["cache_image_size"], str(lab.resolve(t.cfg.data_root)), classes, str(out))
+        args = (n, sizes["cache_image_size"], str(artifacts.resolve(t.cfg.data_root)), classes, str(out))
         result[n] = common.run_child(f"from bench.bench_pipeline import cache_child; cache_child(*{args!r})")
         shutil.rmtree(out, ignore_errors=True)
     small, large = result[sizes["cache_small"]], result[sizes["cache_large"]]
@@ -568,7 +568,7 @@ def measure_predict_memory(run):
     classes = t.cfg.seen_classes + t.cfg.unseen_classes
     result = {}
     for n in (sizes["predict_small"], sizes["predict_large"]):
-        folder = sample_of_links(n, lab.resolve(t.cfg.data_root), classes, run.scratch / f"sample{n}")
+        folder = sample_of_links(n, artifacts.resolve(t.cfg.data_root), classes, run.scratch / f"sample{n}")
         argv = run.argv + [f"--predict_dir={str(folder)!r}"]
         result[n] = common.run_child(f"from bench.bench_pipeline import predict_child; predict_child({argv!r})")
         shutil.rmtree(folder, ignore_errors=True)
@@ -583,7 +583,7 @@ def measure_predict_memory(run):
 
 # --------------------------------------------------------------------------- 10. FlowCamNet size
 def measure_scale(run):
-    results = scale.measure(run.scratch / "scale", run.quick, lab.load_config(run.argv).num_workers)
+    results = scale.measure(run.scratch / "scale", run.quick, config.load_config(run.argv).num_workers)
     run.measured["scale"] = results
     return {stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()}, \
         scale.rows(results, run.quick)
@@ -628,7 +628,7 @@ def configure(argv):
         raise lab.LabError(f"--only names unknown measurements {sorted(unknown)}; choose from "
                            f"{[name for name, _ in MEASUREMENTS]}.")
     names = {a.split("=", 1)[0] for a in argv}
-    base = lab.load_config(argv)
+    base = config.load_config(argv)
     if "--data_root" not in names:
         if not NDSB9.is_dir():
             raise lab.LabError(f"The default benchmark data {NDSB9} is absent. Pass --data_root=... with "
@@ -657,10 +657,10 @@ def run(argv):
             if only is None or name in only:
                 (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
                 rows += new_rows
-        lab.release_locks()
+        output_lock.release_locks()
     raw["rows"] = rows
-    lab.ensure_output_dirs(base, ("results",))
-    path = lab.save_json(lab.out_path(base, "results", "benchmark.json"), raw)
+    output_lock.ensure_output_dirs(base, ("results",))
+    path = artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
     print_table(rows, raw)
     print(f"\nwritten to {path}")
     return raw
@@ -686,4 +686,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(main)
+    runtime.run_main(main)

@@ -32,6 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from lab import config, output_lock  # noqa: E402
 
 FLOWCAMNET_IMAGES = 301_247
 FULL = {"files": (5_000, 50_000), "embeddings": (30_000, 300_000), "classes": 93, "overrides": []}
@@ -155,7 +156,7 @@ def import_stages():
 
 def embedding_stages(n, classes, stages, overrides):
     import lab
-    cfg = lab.load_config(overrides)
+    cfg = config.load_config(overrides)
     x, y = synthetic_embeddings(n, classes)
     return {stage: measured(STAGE_FUNCTIONS[stage], x, y, cfg) for stage in stages}
 
@@ -173,7 +174,7 @@ def files_child(folder, output_dir, num_workers, classes, embeddings=None):
     import_stages()
     results = {"scan and split": {**measured(scan_and_split, folder, output_dir, num_workers, classes),
                                   "workers": num_workers}}
-    lab.release_locks()
+    output_lock.release_locks()
     if embeddings:
         n, stages, overrides = embeddings
         results.update(embedding_stages(n, classes, stages, overrides))

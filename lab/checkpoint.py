@@ -15,6 +15,7 @@ import torch
 import backbone
 import dataloader
 import lab
+from lab import artifacts, config, provenance, runtime
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -30,7 +31,7 @@ def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
     return {"format": FORMAT, "model_state": model.state_dict(), "classes": list(cfg.seen_classes),
             "config": vars(cfg).copy(), "weights": weights_id, "split_digest": split_digest,
             "trunk_precision": trunk_precision, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "versions": lab.package_versions(), **extra}
+            "versions": provenance.package_versions(), **extra}
 
 
 def trunk_dtype(ckpt, device):
@@ -49,12 +50,12 @@ def trunk_dtype(ckpt, device):
 
 
 def save(path, content):
-    return lab.atomic_write(path, lambda p: torch.save(content, p))
+    return artifacts.atomic_write(path, lambda p: torch.save(content, p))
 
 
 def load(path, made_by="train.py"):
     """Load one of our checkpoints safely (weights_only: no arbitrary objects are unpickled)."""
-    lab.require(path, made_by, "checkpoint")
+    artifacts.require(path, made_by, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
@@ -75,7 +76,7 @@ def config_from_checkpoint(ckpt, cfg):
         if key in ckpt["config"]:
             theirs, ours = ckpt["config"][key], getattr(cfg, key)
             if theirs != ours and key == "data_root" and _holds_the_split(cfg):
-                print(f"[checkpoint] data_root: the split's files are in {lab.resolve(ours)}, unchanged (the "
+                print(f"[checkpoint] data_root: the split's files are in {artifacts.resolve(ours)}, unchanged (the "
                       f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}")
                 continue
             if theirs != ours:
@@ -86,7 +87,7 @@ def config_from_checkpoint(ckpt, cfg):
 
 def _holds_the_split(cfg):
     split = dataloader.read_split_file(cfg)
-    return split is not None and dataloader.same_files(lab.resolve(cfg.data_root), split)
+    return split is not None and dataloader.same_files(artifacts.resolve(cfg.data_root), split)
 
 
 def model_from_checkpoint(ckpt, cfg):
@@ -104,7 +105,7 @@ def model_from_checkpoint(ckpt, cfg):
 
 def resume_state(cfg):
     """checkpoints/last.pth, refused when the interrupted run's settings differ from the current ones."""
-    last = load(lab.out_path(cfg, "checkpoints", "last.pth"))
+    last = load(artifacts.out_path(cfg, "checkpoints", "last.pth"))
     differs = [k for k, v in last["config"].items() if k not in RESUMABLE and getattr(cfg, k, v) != v]
     if differs:
         raise lab.LabError(f"Cannot resume: the settings {differs} differ from those of the interrupted run in "
@@ -115,9 +116,9 @@ def resume_state(cfg):
 
 def load_trained(cfg):
     """For the scripts after training: (config of the checkpoint, checkpoint, model, split, device)."""
-    ckpt = load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    ckpt = load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     cfg = config_from_checkpoint(ckpt, cfg)
-    lab.print_config(cfg, "configuration (data and model settings from the checkpoint)")
+    config.print_config(cfg, "configuration (data and model settings from the checkpoint)")
     print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
     if ckpt["weights"].startswith("RANDOM"):
         print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "
@@ -126,6 +127,6 @@ def load_trained(cfg):
     if dataloader.split_digest(cfg) != ckpt["split_digest"]:
         raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
                            "Retrain with `python train.py` so that the test set holds no training images.")
-    device = lab.select_device(cfg.device)
+    device = runtime.select_device(cfg.device)
     model = model_from_checkpoint(ckpt, cfg).to(device)
     return cfg, ckpt, model, split, device

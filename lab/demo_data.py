@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 import lab
+from lab import artifacts, config, runtime
 
 CANVAS = 256  # drawing canvas; each crop is cut to the organism and scaled down afterwards
 
@@ -186,7 +187,7 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
     """Write the demo data set under root (default data/demo); counts maps class -> number of images.
     Refuses any existing folder that it did not make itself."""
     counts = counts or DEFAULT_COUNTS
-    root = lab.resolve(root)
+    root = artifacts.resolve(root)
     staging = root.with_name(root.name + ".partial")  # renamed at the end: an interrupted run leaves no half set
     _refuse_foreign(root)
     _refuse_foreign(staging)
@@ -206,7 +207,7 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
 
 
 def is_demo_root(cfg):
-    return lab.resolve(cfg.data_root) == DEMO_ROOT
+    return artifacts.resolve(cfg.data_root) == DEMO_ROOT
 
 
 def ensure_demo_data(cfg):
@@ -218,7 +219,7 @@ def ensure_demo_data(cfg):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    lab.load_config(argv, __doc__)  # the same --help and checks as every script
+    config.load_config(argv, __doc__)  # the same --help and checks as every script
     if any(a.startswith("--data_root=") for a in argv):
         raise lab.LabError(f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and nowhere else, so that it can never "
                            f"overwrite your data; drop --data_root. data_root only says where the other scripts "
@@ -228,4 +229,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lab.run_main(lambda: main(sys.argv[1:]))
+    runtime.run_main(lambda: main(sys.argv[1:]))

@@ -34,6 +34,7 @@ from sklearn.covariance import LedoitWolf
 
 import dataloader
 import lab
+from lab import artifacts
 
 STANDARD_SCORES = ("msp", "energy", "knn", "mahalanobis")
 COMBINED_SCORES = ("mahalanobis_knn",)
@@ -267,7 +268,7 @@ def score_settings(cfg, scorer):
 def load_thresholds(cfg, checkpoint_digest, scorer):
     """results/novelty_thresholds.json, refused when made for another checkpoint, another k or another kNN
     reference than `scorer` (the current settings') uses."""
-    path = lab.require(lab.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
+    path = artifacts.require(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
     saved = json.loads(path.read_text())
     now = score_settings(cfg, scorer)
     if saved.get("checkpoint_sha256") != checkpoint_digest:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
 
 import numpy as np
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 import backbone
 import dataloader
-from lab import distributed
+from lab import artifacts, distributed, output_lock, runtime
 import lab
 
 FP16_MAX = 65504.0
@@ -130,7 +129,7 @@ def _write_cache(path, ok_path, n, shape, fill):
 
 
 def part_path(path, rank):
-    """Where a torchrun rank writes its shard of the cache file path (a leftover for lab.remove_leftovers)."""
+    """Where a torchrun rank writes its shard of the cache file path (a leftover for output_lock.remove_leftovers)."""
     return path.with_name(f"{path.name}.part{rank}")
 
 
@@ -147,7 +146,7 @@ def trunk_shard(rank, start, stop, *, cache_path, abs_paths, image_size, batch_s
     paths = abs_paths[start:stop]
     if not paths:
         return np.zeros(0, dtype=bool)
-    device = lab.select_device(device_type)  # this rank's own GPU under torchrun
+    device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
     dtype = backbone.PRECISIONS[precision]
     side = backbone.trunk_side(image_size)
     loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
@@ -195,7 +194,7 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
     file a single process would write. On any failure, no part and no temporary file is left behind."""
     job = {"cache_path": path, "abs_paths": abs_paths, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
            "num_workers": cfg.num_workers, "trunk": copy.deepcopy(trunk).cpu(), "device_type": device.type,
-           "precision": backbone.precision_name(dtype), "data_root": str(lab.resolve(cfg.data_root)),
+           "precision": backbone.precision_name(dtype), "data_root": str(artifacts.resolve(cfg.data_root)),
            "desc": f"trunk {split_name}"}
     try:
         oks = distributed.map_shards(trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split",
@@ -223,7 +222,7 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
 def image_outputs_shard(rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type,
                         precision, desc):
     """On one rank (or the single process): image_outputs of abs_paths[start:stop]."""
-    device = lab.select_device(device_type)  # this rank's own GPU under torchrun
+    device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
     model = model.to(device).eval()
     outputs = {"logits": [np.zeros((0, model.classifier.out_features), np.float32)],
                "embeddings": [np.zeros((0, model.classifier.in_features), np.float32)], "ok": [np.zeros(0, bool)]}
@@ -265,7 +264,7 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
     torchrun the pass is shared by every rank and the file is the same."""
     abs_paths = dataloader.absolute_paths(cfg, split_rows["path"])
     key = cache_key(cfg, abs_paths, weights_id, dtype)
-    folder = lab.out_path(cfg, "cache")
+    folder = artifacts.out_path(cfg, "cache")
     prefix = cache_prefix(split_name, dtype)
     path, ok_path = folder / f"{prefix}{key}.npy", folder / f"{prefix}{key}.ok.npy"
     if not (path.exists() and ok_path.exists()):

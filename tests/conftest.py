@@ -24,7 +24,7 @@ from joblib.externals.loky import cpu_count  # noqa: E402
 
 cpu_count(only_physical_cores=True)
 
-from lab import demo_data  # noqa: E402
+from lab import artifacts, config, demo_data, output_lock  # noqa: E402
 import lab  # noqa: E402
 
 TINY_COUNTS = {c: 36 for c in demo_data.CLASSES}
@@ -62,7 +62,7 @@ def slow_tests_are_marked(request, monkeypatch):
 def release_output_locks():
     """Scripts run in-process keep their output folder's lock until the process ends; a test ends sooner."""
     yield
-    lab.release_locks()
+    output_lock.release_locks()
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ def tiny_pipeline(tiny_demo, tmp_path_factory):
     import run_pipeline
     argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(tmp_path_factory.mktemp('pipeline'))!r}", *FAST]
     timings = run_pipeline.main(argv)
-    return lab.load_config(argv), argv, timings
+    return config.load_config(argv), argv, timings
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def novelty_ready(tiny_demo, tmp_path_factory):
     train.main(argv)
     embed.main(argv)
     novelty.main(argv)
-    return lab.load_config(argv), argv
+    return config.load_config(argv), argv
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def make_cfg(tmp_path, tiny_demo):
     def make(*overrides, data_root=None, output_dir=None):
         argv = [f"--data_root={str(data_root or tiny_demo)!r}", f"--output_dir={str(output_dir or tmp_path / 'out')!r}",
                 *FAST, *overrides]
-        return lab.load_config(argv), argv
+        return config.load_config(argv), argv
     return make
 
 
@@ -118,7 +118,7 @@ def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine i
     import time
 
     from lab import checkpoint
-    last = lab.out_path(cfg, "checkpoints", "last.pth")
+    last = artifacts.out_path(cfg, "checkpoints", "last.pth")
     deadline = time.time() + timeout
     while time.time() < deadline:
         if last.exists():

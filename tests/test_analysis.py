@@ -11,6 +11,7 @@ import dataloader
 import dimensionality_reduction as reduction
 import lab
 import transfer_learning
+from lab import artifacts
 
 
 def brute_force(groups):
@@ -163,22 +164,22 @@ def embedded(novelty_ready):
 
 def test_embedding_files_schema_and_rows(embedded):
     cfg, _ = embedded
-    split = pd.read_csv(lab.out_path(cfg, "results", "split.csv"))
+    split = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"))
     for name in ("train", "test", "unseen"):
-        frame = pd.read_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"))
+        frame = pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"))
         assert list(frame.columns[:4]) == ["label", "label_idx", "split", "path"]
         emb = [f"emb_{i}" for i in range(128)]
         assert list(frame.columns[4:]) == emb and (frame[emb].dtypes == np.float32).all()
         assert len(frame) == (split["split"] == name).sum() and (frame["split"] == name).all()
         classes = cfg.unseen_classes if name == "unseen" else cfg.seen_classes
         assert [classes[i] for i in frame["label_idx"]] == list(frame["label"])
-    assert lab.out_path(cfg, "embeddings", "embeddings_meta.json").exists()
+    assert artifacts.out_path(cfg, "embeddings", "embeddings_meta.json").exists()
 
 
 def test_distance_script_writes_matrices_that_match_its_csv(embedded):
     cfg, argv = embedded
     results = distances.main(argv)
-    table = pd.read_csv(lab.out_path(cfg, "results", "average_distances_unseen.csv"))
+    table = pd.read_csv(artifacts.out_path(cfg, "results", "average_distances_unseen.csv"))
     assert len(table) == 9 and results["unseen"]["euclidean"].shape == (3, 3)
     frame, x = dataloader.load_embeddings(cfg, "unseen")
     groups = [x[(frame["label"] == c).to_numpy()] for c in cfg.unseen_classes]

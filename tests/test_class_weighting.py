@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config
 import evaluate
 import lab
 import train
@@ -22,7 +22,7 @@ def test_balanced_weights_equal_sklearns_and_none_means_plain_cross_entropy():
 
 def test_an_unknown_weighting_is_refused_before_work():
     with pytest.raises(lab.LabError, match="class_weighting='inverse' must be 'none'"):
-        lab.load_config(["--class_weighting=inverse"])
+        config.load_config(["--class_weighting=inverse"])
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_balanced_weighting_raises_the_rare_classes_recall_on_imbalanced_real_pl
     recall = {}
     for weighting in ("none", "balanced"):
         train.main(argv + [f"--class_weighting={weighting!r}"])
-        ckpt = checkpoint.load(lab.out_path(lab.load_config(argv), "checkpoints", "best.pth"))
+        ckpt = checkpoint.load(artifacts.out_path(config.load_config(argv), "checkpoints", "best.pth"))
         assert ckpt["config"]["class_weighting"] == weighting
         metrics = evaluate.main(argv)
         recall[weighting] = np.mean([metrics["per_class"][c]["recall"] for c in rare])

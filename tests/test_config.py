@@ -1,11 +1,12 @@
 import pytest
 
 import lab
+from lab import config
 
 
 def test_the_tests_run_on_a_frozen_copy_with_the_same_setting_names():
     import runpy
-    frozen = lab.config_defaults()
+    frozen = config.config_defaults()
     own = {k for k in runpy.run_path(str(lab.ROOT / "configfile.py")) if k.islower() and not k.startswith("_")}
     assert set(frozen) == own  # a new setting goes into tests/mission_config.py too
 
@@ -21,16 +22,17 @@ def test_a_students_configfile_does_not_change_the_tests(tmp_path):
                                                                   "embeddings", "cache", "checkpoints", "__pycache__"))
     # The student's file is made from the tests' frozen copy, not from the live configfile.py, which may already
     # be a student's own (this test must pass after a real student's edit too).
-    config = (lab.ROOT / "tests" / "mission_config.py").read_text()
+    student_config = (lab.ROOT / "tests" / "mission_config.py").read_text()
     for line, student in (('data_root = "data/demo"', 'data_root = "/mnt/unmounted/FlowCamNet/imgs"'),
                           ("lr = 0.0014", "lr = 0.05"), ("epochs = 50 ", "epochs = 2 "),
                           ('seen_classes = ["chainthin"', 'seen_classes = ["Retaria", "chainthin"'),
                           ('unseen_classes = ["Retaria", ', 'unseen_classes = ["Odontella", ')):
-        assert line in config, line
-        config = config.replace(line, student)
-    (copy / "configfile.py").write_text(config)
+        assert line in student_config, line
+        student_config = student_config.replace(line, student)
+    (copy / "configfile.py").write_text(student_config)
     env = {k: v for k, v in __import__("os").environ.items() if k != "PLANKTON_LAB_CONFIG"}
-    check = subprocess.run([sys.executable, "-c", "import lab; print(lab.config_defaults()['lr'])"], cwd=copy,
+    check = subprocess.run([sys.executable, "-c", "from lab import config; print(config.config_defaults()['lr'])"],
+                           cwd=copy,
                            env=env, capture_output=True, text=True)
     assert check.stdout.strip() == "0.05"  # the copy really holds the student's values
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
@@ -46,7 +48,7 @@ def test_a_students_configfile_does_not_change_the_tests(tmp_path):
     ("--seen_classes=['a','b']", "seen_classes", ["a", "b"]), ("--seen_classes=('a','b')", "seen_classes", ["a", "b"]),
 ])
 def test_good_overrides(arg, name, value):
-    cfg = lab.load_config([arg, "--unseen_classes=['x','y']"] if name == "seen_classes" else [arg])
+    cfg = config.load_config([arg, "--unseen_classes=['x','y']"] if name == "seen_classes" else [arg])
     assert getattr(cfg, name) == value and type(getattr(cfg, name)) is type(value)
 
 
@@ -66,7 +68,7 @@ def test_good_overrides(arg, name, value):
 ])
 def test_bad_overrides_are_rejected_before_work(arg, fragment):
     with pytest.raises(lab.LabError, match=fragment):
-        lab.load_config([arg])
+        config.load_config([arg])
 
 
 SCRIPTS = ["dataloader.py", "train.py", "evaluate.py", "embed.py", "compute_average_distances.py",

@@ -11,6 +11,7 @@ from PIL import Image
 import dataloader
 import lab
 from conftest import TINY_COUNTS, shared_dataset
+from lab import artifacts, config
 
 
 def copy_demo(src, dst):
@@ -31,12 +32,12 @@ def test_split_is_stratified_seeded_and_persisted(make_cfg):
     assert not split["path"].duplicated().any()
     again = dataloader.draw_split(cfg, dataloader.scan(cfg)[0])
     pd.testing.assert_frame_equal(split, again)  # same seed, same split
-    other = dataloader.draw_split(lab.load_config([*_argv(cfg), "--seed=7"]), dataloader.scan(cfg)[0])
+    other = dataloader.draw_split(config.load_config([*_argv(cfg), "--seed=7"]), dataloader.scan(cfg)[0])
     by_path = lambda frame: frame.set_index("path")["split"].sort_index()  # noqa: E731
     assert (by_path(split) != by_path(other)).sum() > 10  # another seed, another split
-    on_disk = pd.read_csv(lab.out_path(cfg, "results", "split.csv"), dtype=str)
+    on_disk = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dtype=str)
     pd.testing.assert_frame_equal(on_disk, split.astype(str))
-    summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"))
+    summary = pd.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"))
     seen_total = summary[summary["group"] == "seen total"]["images"].item()
     assert seen_total == sum(TINY_COUNTS[c] for c in cfg.seen_classes)
     assert summary[~summary["group"].str.endswith(" total")].groupby("group")["share"].sum().round(6).eq(1.0).all()
@@ -54,9 +55,9 @@ def test_changed_files_are_reported_with_the_rebuild_command(make_cfg, tiny_demo
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
     with pytest.raises(lab.LabError, match=r"1 image\(s\) were added and 1 removed.*--rebuild_split=True"):
         dataloader.load_split(cfg)
-    rebuilt = dataloader.load_split(lab.load_config(argv + ["--rebuild_split=True"]))
+    rebuilt = dataloader.load_split(config.load_config(argv + ["--rebuild_split=True"]))
     assert "Odontella/new.png" in set(rebuilt["path"])
-    other_seed = dataloader.load_split(lab.load_config(argv + ["--seed=3"]))  # other settings: their own split
+    other_seed = dataloader.load_split(config.load_config(argv + ["--seed=3"]))  # other settings: their own split
     assert set(other_seed["path"]) == set(rebuilt["path"]) and not other_seed.equals(rebuilt)
 
 
@@ -107,12 +108,12 @@ def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_dem
     (folder / "png_named.jpg").write_bytes(buf.getvalue())  # a real image with the wrong extension: loads
     cfg, _ = make_cfg(data_root=root)
     split = dataloader.load_split(cfg)
-    skipped = pd.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"))
+    skipped = pd.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"))
     broken = {"darksphere/empty.png", "darksphere/truncated.png", "darksphere/text_pretending.jpg"}
     assert set(skipped["path"]) == broken
     assert not set(skipped["path"]) & set(split["path"])
     assert "darksphere/png_named.jpg" in set(split["path"])
-    summary = pd.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv")).set_index("class")
+    summary = pd.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv")).set_index("class")
     # 4: the empty sub-folder holds nothing to ignore (sub-folders belong to their class: tests/test_folders.py)
     assert summary.loc["darksphere", "ignored_non_image"] == 4 and summary.loc["darksphere", "skipped_unreadable"] == 3
     assert summary.loc["darksphere", "images"] == TINY_COUNTS["darksphere"] + 1

@@ -16,7 +16,7 @@ import torch
 
 import backbone
 import dataloader
-from lab import distributed
+from lab import artifacts, distributed, output_lock, runtime
 from lab import trunk_cache
 import lab
 from conftest import FAST
@@ -94,12 +94,12 @@ def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
         theirs = pd.read_pickle(single / "embeddings" / f"embeddings_{split}.pkl")
         assert len(mine) > 0
         pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
-    predictions = [lab.read_csv(folder / "results" / "test_predictions.csv", ("path", "label", "predicted"))
+    predictions = [artifacts.read_csv(folder / "results" / "test_predictions.csv", ("path", "label", "predicted"))
                    for folder in (single, shared)]
     assert predictions[1][["path", "label", "predicted"]].equals(predictions[0][["path", "label", "predicted"]])
     metrics = [json.loads((folder / "results" / "test_metrics.json").read_text()) for folder in (single, shared)]
     assert metrics[1]["accuracy"] == metrics[0]["accuracy"] and metrics[1]["n_test"] == metrics[0]["n_test"]
-    assert not (shared / lab.LOCK_NAME).exists()  # rank 0 took the folder's lock, and gave it back
+    assert not (shared / output_lock.LOCK_NAME).exists()  # rank 0 took the folder's lock, and gave it back
 
 
 @pytest.mark.slow
@@ -162,9 +162,9 @@ def run_with_fault(tiny_demo, tmp_path, fault, **env):
 
 def assert_nothing_looks_complete(out):
     left = files(out / "cache", "*")
-    assert all(lab.LEFTOVER.fullmatch(name) for name in left), left  # removed by the next run, if any
+    assert all(output_lock.LEFTOVER.fullmatch(name) for name in left), left  # removed by the next run, if any
     assert not (out / "checkpoints" / "best.pth").exists() and not (out / "results" / "train_history.csv").exists()
-    assert not (out / lab.LOCK_NAME).exists()
+    assert not (out / output_lock.LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -223,16 +223,16 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     trunk = backbone.build_trunk(None, cfg.seed)
     device = torch.device("cpu")
     single, _ = trunk_cache.trunk_features(cfg, trunk, rows, "val", "random", device, None)
-    single_path = next(lab.out_path(cfg, "cache").glob("trunk_val_fp32_*[0-9a-f].npy"))
+    single_path = next(artifacts.out_path(cfg, "cache").glob("trunk_val_fp32_*[0-9a-f].npy"))
     single_bytes = single_path.read_bytes()
     ok_bytes = single_path.with_name(single_path.stem + ".ok.npy").read_bytes()
     for shards in (3, 7):  # 7 ranks for 5 images: two ranks have nothing to do
-        target = lab.out_path(cfg, "cache") / f"assembled_{shards}.npy"
+        target = artifacts.out_path(cfg, "cache") / f"assembled_{shards}.npy"
         oks = [trunk_cache.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
                                     cache_path=target, abs_paths=paths, image_size=cfg.image_size,
                                     batch_size=cfg.batch_size, num_workers=0,
                                     trunk=trunk, precision="fp32", device_type="cpu",
-                                    data_root=str(lab.resolve(cfg.data_root)), desc="test")
+                                    data_root=str(artifacts.resolve(cfg.data_root)), desc="test")
                for r in range(shards)]
         assert sum(len(ok) for ok in oks) == len(paths)
         side = backbone.trunk_side(cfg.image_size)
@@ -245,13 +245,13 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
 
 def test_leftover_parts_of_a_killed_run_are_removed_and_nothing_else(make_cfg):
     cfg, _ = make_cfg()
-    lab.ensure_output_dirs(cfg)
-    cache = lab.out_path(cfg, "cache")
+    output_lock.ensure_output_dirs(cfg)
+    cache = artifacts.out_path(cfg, "cache")
     names = {"trunk_train_fp32_0123456789abcdef.npy.part0": True, "trunk_train_fp32_0123456789abcdef.npy.part12": True,
              "trunk_train_fp32_0123456789abcdef.npy": False, "my.part1": False, "trunk_train_fp32_x.npy.partial": False}
     for name in names:
         (cache / name).write_bytes(b"x")
-    assert lab.remove_leftovers(cfg) == 2
+    assert output_lock.remove_leftovers(cfg) == 2
     assert files(cache, "*") == sorted(n for n, leftover in names.items() if not leftover)
 
 
@@ -261,4 +261,4 @@ def test_without_torchrun_nothing_is_distributed(monkeypatch):
     assert distributed.map_shards(lambda rank, start, stop: (rank, start, stop), 7, "a test") == [(0, 0, 7)]
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: one process, as without torchrun
     assert not distributed.active()
-    assert lab.select_device("cpu") == torch.device("cpu")
+    assert runtime.select_device("cpu") == torch.device("cpu")

@@ -9,7 +9,7 @@ import torch
 
 import backbone
 import dataloader
-from lab import trunk_cache
+from lab import artifacts, config, trunk_cache
 import lab
 
 
@@ -26,7 +26,7 @@ def test_cache_key_changes_with_everything_that_changes_the_features(two_images,
     key = trunk_cache.cache_key(cfg, paths, "weights A", None)
     assert key == trunk_cache.cache_key(cfg, list(paths), "weights A", None)  # stable
     assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
-    bigger = lab.load_config([f"--data_root={cfg.data_root!r}", "--image_size=96"])
+    bigger = config.load_config([f"--data_root={cfg.data_root!r}", "--image_size=96"])
     variants = [trunk_cache.cache_key(cfg, paths[:1], "weights A", None),       # another image list
                 trunk_cache.cache_key(cfg, paths[::-1], "weights A", None),     # another order
                 trunk_cache.cache_key(bigger, paths, "weights A", None),        # another image size
@@ -73,10 +73,10 @@ def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, mon
     monkeypatch.setattr(trunk_cache, "run_trunk", must_not_run)
     again, _ = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, None)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(feats))
-    cached = sorted(p.name for p in lab.out_path(cfg, "cache").iterdir())
+    cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").iterdir())
     assert len(cached) == 2 and all(n.startswith("trunk_train_fp32_") for n in cached)
     monkeypatch.undo()
     bf16, _ = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, torch.bfloat16)
-    assert len(list(lab.out_path(cfg, "cache").iterdir())) == 4  # the fp32 features are never overwritten
+    assert len(list(artifacts.out_path(cfg, "cache").iterdir())) == 4  # the fp32 features are never overwritten
     error = np.linalg.norm(np.asarray(bf16, np.float32) - reference) / np.linalg.norm(reference)
     assert 0 < error < 0.1  # bf16 features: close to fp32, and really computed in bf16

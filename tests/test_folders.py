@@ -21,6 +21,7 @@ import dataloader
 import lab
 import transfer_learning
 from conftest import FAST
+from lab import artifacts, config, output_lock, plotting
 
 
 def class_root(tiny_demo, root, names, per_class=20):
@@ -60,61 +61,61 @@ def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_surviv
     seen = ["01", "NA", "珪藻", "渦鞭毛藻", "Cératium"]  # typed composed, as in a config file
     argv = argv_for(root, tmp_path / "out", seen, unseen, "--min_images_per_class=5", "--reduction_method=pca")
     run_pipeline.main(argv)
-    cfg = lab.load_config(argv)
-    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    cfg = config.load_config(argv)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
     assert set(split["label"]) == set(seen + unseen)
     assert split.loc[split["label"] == "Cératium", "path"].str.startswith(decomposed + "/").all()  # the disk's name
-    galleries = lab.read_csv(lab.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label"))
+    galleries = artifacts.read_csv(artifacts.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label"))
     assert set(galleries["class"]) == set(seen + unseen)
-    figures = {c: lab.out_path(cfg, "figs", f"gallery_{lab.figure_slug(c)}.png") for c in seen + unseen}
+    figures = {c: artifacts.out_path(cfg, "figs", f"gallery_{plotting.figure_slug(c)}.png") for c in seen + unseen}
     assert len(set(figures.values())) == 8 and all(f.stat().st_size > 1000 for f in figures.values())
-    assert len(list(lab.out_path(cfg, "figs").glob("gallery_*.png"))) == 8  # no gallery overwrote another
-    summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+    assert len(list(artifacts.out_path(cfg, "figs").glob("gallery_*.png"))) == 8  # no gallery overwrote another
+    summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
     by_group = summary.groupby("group")["images"].sum()
     assert summary.set_index("class").loc["TOTAL", "images"] == 20  # a class, not the total of its group
     assert by_group["unseen total"] == by_group["unseen"] == 60 and by_group["seen total"] == by_group["seen"]
-    page = lab.out_path(cfg, "results", "report.html").read_text()
+    page = artifacts.out_path(cfg, "results", "report.html").read_text()
     for c in seen + unseen:  # each class's own gallery, inlined under its own caption
         data = base64.b64encode(figures[c].read_bytes()).decode("ascii")
         assert f'<img src="data:image/png;base64,{data}" alt="{html.escape(c)} (' in page
 
 
 def test_figure_names_are_unique_stable_and_ascii():
-    assert lab.figure_slug("chainthin") == "chainthin" and lab.figure_slug("01") == "01"
-    assert lab.figure_slug("NA") == "NA" and lab.figure_slug("Rhabdonellidae") == "Rhabdonellidae"
-    diatom, dinoflagellate = lab.figure_slug("珪藻"), lab.figure_slug("渦鞭毛藻")
+    assert plotting.figure_slug("chainthin") == "chainthin" and plotting.figure_slug("01") == "01"
+    assert plotting.figure_slug("NA") == "NA" and plotting.figure_slug("Rhabdonellidae") == "Rhabdonellidae"
+    diatom, dinoflagellate = plotting.figure_slug("珪藻"), plotting.figure_slug("渦鞭毛藻")
     assert diatom != dinoflagellate and diatom.startswith("cls-") and len(diatom) == 12
     assert diatom == "cls-" + __import__("hashlib").sha256("珪藻".encode()).hexdigest()[:8]  # stable across runs
-    assert lab.figure_slug("Ceratium furca").startswith("Ceratium_furca-")
-    assert lab.figure_slug("Ceratium furca") != lab.figure_slug("Ceratium_furca")  # lossy slugs never collide
-    assert lab.figure_slug("Cératium") == lab.figure_slug(unicodedata.normalize("NFD", "Cératium"))
-    assert all(lab.figure_slug(n).isascii() for n in ("珪藻", "Cératium", "a/b", "x" * 300))
-    assert len(lab.figure_slug("x" * 300)) < 80
+    assert plotting.figure_slug("Ceratium furca").startswith("Ceratium_furca-")
+    assert plotting.figure_slug("Ceratium furca") != plotting.figure_slug("Ceratium_furca")  # lossy slugs never collide
+    assert plotting.figure_slug("Cératium") == plotting.figure_slug(unicodedata.normalize("NFD", "Cératium"))
+    assert all(plotting.figure_slug(n).isascii() for n in ("珪藻", "Cératium", "a/b", "x" * 300))
+    assert len(plotting.figure_slug("x" * 300)) < 80
     twins = ["Odontella", "odontella", "Chaetoceros"]  # one file on a case-insensitive disk (macOS, Windows)
-    slugs = [lab.figure_slug(n, twins) for n in twins]
+    slugs = [plotting.figure_slug(n, twins) for n in twins]
     assert len({s.casefold() for s in slugs}) == 3 and slugs[2] == "Chaetoceros"
-    assert slugs[0].startswith("Odontella-") and slugs == [lab.figure_slug(n, twins) for n in twins]
+    assert slugs[0].startswith("Odontella-") and slugs == [plotting.figure_slug(n, twins) for n in twins]
 
 
 def test_csv_text_columns_read_back_exactly(tmp_path):
     path = tmp_path / "t.csv"
-    lab.save_csv(path, pd.DataFrame({"class": ["01", "NA", "None", "nan"], "mean": [1.5, float("nan"), 2.0, 3.0]}))
-    table = lab.read_csv(path, ("class",))
+    artifacts.save_csv(path, pd.DataFrame({"class": ["01", "NA", "None", "nan"], "mean": [1.5, float("nan"), 2.0, 3.0]}))
+    table = artifacts.read_csv(path, ("class",))
     assert list(table["class"]) == ["01", "NA", "None", "nan"]
     assert table["mean"].dtype == float and table["mean"].isna().tolist() == [False, True, False, False]
 
 
 def test_names_no_installed_font_can_draw_are_escaped_with_one_note(monkeypatch, capsys):
-    monkeypatch.setattr(lab, "font_with", lambda code_points: None)  # a machine without any CJK font
-    monkeypatch.setattr(lab, "_NOTED_UNDRAWABLE", set())
-    shown = lab.drawable_names(["珪藻", "chainthin", "Cératium"])
+    monkeypatch.setattr(plotting, "font_with", lambda code_points: None)  # a machine without any CJK font
+    monkeypatch.setattr(plotting, "_NOTED_UNDRAWABLE", set())
+    shown = plotting.drawable_names(["珪藻", "chainthin", "Cératium"])
     assert shown == ["\\u73ea\\u85fb", "chainthin", "Cératium"]  # DejaVu Sans has the accented Latin
-    lab.drawable_names(["珪藻"])
+    plotting.drawable_names(["珪藻"])
     err = capsys.readouterr().err
     assert err.count("note: no installed font has the characters") == 1 and "'珪藻'" in err
 
     def draw():
-        plt = lab.pyplot()
+        plt = plotting.pyplot()
         fig, ax = plt.subplots()
         ax.set_title(shown[0])
         fig.canvas.draw()
@@ -126,12 +127,12 @@ def test_an_installed_font_that_has_the_glyphs_is_used():
     import matplotlib
     name = "Ceratium ᶁ"  # U+1D81: not in DejaVu Sans, but in the STIX fonts matplotlib ships
     with matplotlib.rc_context():
-        assert lab.drawable_names([name]) == [name]
+        assert plotting.drawable_names([name]) == [name]
         fallback = matplotlib.rcParams["font.family"][-1]
         assert fallback not in ("sans-serif", "DejaVu Sans") and not fallback.startswith("Last Resort")
 
         def draw():
-            plt = lab.pyplot()
+            plt = plotting.pyplot()
             fig, ax = plt.subplots()
             ax.set_title(name)
             fig.canvas.draw()
@@ -141,17 +142,17 @@ def test_an_installed_font_that_has_the_glyphs_is_used():
 
 def test_cjk_names_are_drawn_when_a_cjk_font_is_installed():
     import matplotlib
-    if lab.font_with({ord("珪"), ord("藻")}) is None:
+    if plotting.font_with({ord("珪"), ord("藻")}) is None:
         pytest.skip("no installed font has CJK glyphs (e.g. apt install fonts-noto-cjk); the escaped fallback is "
                     "tested above")
     with matplotlib.rc_context():
-        assert lab.drawable_names(["珪藻"]) == ["珪藻"]
+        assert plotting.drawable_names(["珪藻"]) == ["珪藻"]
 
 
 def test_composed_and_decomposed_folders_of_one_name_are_an_ambiguity(tiny_demo, tmp_path):
     composed = "Cératium"
     root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", composed, unicodedata.normalize("NFD", composed)])
-    cfg = lab.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
+    cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
     with pytest.raises(lab.LabError, match="different Unicode forms"):
         dataloader.load_split(cfg)
 
@@ -180,19 +181,19 @@ def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny
     frames = [Image.new("L", (30, 20), v) for v in (10, 120, 240)]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
     frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
-    cfg = lab.load_config(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
+    cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
     dataloader.main(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
-    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
     paths = set(split["path"])
     assert {"a/sub/deeper/x.png", "a/crop.webp", "a/anim.gif", "a/stack.tif"} <= paths
     assert not any(p.startswith(("a/up/", "a/self", "a/sub/back")) for p in paths)
     assert (split["label"] == "a").sum() == 20 + 4
-    ignored = lab.read_csv(lab.out_path(cfg, "results", "ignored_files.csv"), dataloader.IGNORED_COLUMNS)
+    ignored = artifacts.read_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), dataloader.IGNORED_COLUMNS)
     reasons = dict(zip(ignored["path"], ignored["reason"]))
     assert reasons == {"a/self": dataloader.LOOP, "a/up": dataloader.LOOP, "a/sub/back": dataloader.LOOP,
                        "a/broken.png": dataloader.BROKEN_LINK, "a/notes.txt": dataloader.NOT_IMAGE,
                        "a/.DS_Store": dataloader.HIDDEN}
-    notes = lab.read_csv(lab.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
     assert set(notes["path"]) == {"a/anim.gif", "a/stack.tif"}
     assert (notes["note"] == "multi-frame file: first frame used").all() and set(notes["detail"]) == {"3 frames"}
     out = capsys.readouterr().out
@@ -200,7 +201,7 @@ def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny
     for reason, count in ((dataloader.LOOP, 3), (dataloader.BROKEN_LINK, 1), (dataloader.HIDDEN, 1)):
         assert f"{count}  {reason}" in out
     assert f"1  {dataloader.NOT_IMAGE} (.txt 1)" in out and "2  multi-frame file: first frame used" in out
-    summary = lab.read_csv(lab.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+    summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
     assert summary.set_index("class").loc["a", "ignored_non_image"] == 6
     first = np.asarray(dataloader.load_rgb(root / "a" / "anim.gif"))
     assert (first == 10).all()  # the first frame, not the last one decoded
@@ -273,14 +274,14 @@ def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, t
     # torch and the model alone take about 1 GB in train.py; decoding the images must add little to that
     assert train_mb - control_mb < 200, f"trunk pass: {train_mb:.0f} MB against {control_mb:.0f} MB without them"
     assert "DecompressionBombWarning" not in scan.stdout + scan.stderr + result.stdout + result.stderr
-    cfg = lab.load_config(argv)
-    skipped = lab.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"), ("path", "label", "reason"))
+    cfg = config.load_config(argv)
+    skipped = artifacts.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"), ("path", "label", "reason"))
     assert list(skipped["path"]) == ["Odontella/huge.png"]
     assert skipped["reason"].item().startswith("too large to decode within memory: 20000 x 20000 px (400 MP)")
-    notes = lab.read_csv(lab.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
     assert list(notes["path"]) == ["Odontella/big.jpg"] and "decompression-bomb" in notes["note"].item()
     assert "1  very large image (Pillow's decompression-bomb warning)" in scan.stdout
-    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
     assert {"Odontella/strip.png", "Odontella/big.jpg"} <= set(split["path"])
     reduced = dataloader.load_rgb(folder / "strip.png", 64)  # reduced 208x (to >= 3 x 64 px), aspect kept
     assert reduced.size == (193, 2) and np.asarray(dataloader.letterbox(reduced, 64)).shape == (64, 64, 3)
@@ -300,7 +301,7 @@ def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(ti
     shutil.copy(root / "Retaria" / "Retaria_0001.png", root / "chainthin" / "unseen_twin.png")
     argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST]
     dataloader.main(argv)
-    cfg = lab.load_config(argv)
+    cfg = config.load_config(argv)
     printed = capsys.readouterr()
     err = printed.err
     assert err.count("byte-identical files filed under two or more classes") == 1  # one warning line
@@ -308,15 +309,15 @@ def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(ti
     assert "'darksphere/darksphere_0003.png' darksphere, Neoceratium" in err
     twins = ("'Retaria/Retaria_0001.png' chainthin, Retaria", "'chainthin/unseen_twin.png' chainthin, Retaria")
     assert any(twin in err for twin in twins)
-    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
-    digests = {p: lab.file_digest(root / p) for p in split["path"]}
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    digests = {p: artifacts.file_digest(root / p) for p in split["path"]}
     seen = split[split["split"] != "unseen"].assign(digest=lambda f: f["path"].map(digests))
     assert (seen.groupby("digest")["split"].nunique() == 1).all()  # no test image equals a training image
     odontella = seen[seen["label"] == "Odontella"]
     assert len(odontella) == 72 and set(odontella["split"]) == {"train", "val", "test"}
     assert odontella.groupby("split").size()["test"] == 2 * round(36 * 0.2)  # whole pairs, stratified as before
     text = ("path", "label", "digest", "labels", "kind")
-    duplicates = lab.read_csv(lab.out_path(cfg, "results", "duplicates.csv"), text)
+    duplicates = artifacts.read_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), text)
     across = duplicates[duplicates["kind"] == "across classes"].set_index("path")
     assert set(across.index) == {"darksphere/darksphere_0003.png", "Neoceratium/misfiled.png",
                                  "Retaria/Retaria_0001.png", "chainthin/unseen_twin.png"}
@@ -367,18 +368,18 @@ def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path
     classes = [f"class_{i}" for i in range(10)]
     argv = [f"--output_dir={str(tmp_path)!r}", f"--unseen_classes={classes!r}", "--min_images_per_class=3",
             f"--transfer_test_fraction={fraction}", *FAST]
-    cfg = lab.load_config(argv)
+    cfg = config.load_config(argv)
     rng = np.random.default_rng(3)
     labels = np.repeat(classes, 3)
     rows = pd.DataFrame({"label": labels, "split": "unseen", "path": [f"{c}/{i}.png" for i, c in enumerate(labels)]})
     vectors = rng.normal(size=(10, 128))[np.repeat(np.arange(10), 3)] * 4 + rng.normal(size=(30, 128))
-    lab.ensure_output_dirs(cfg, ("embeddings",))
+    output_lock.ensure_output_dirs(cfg, ("embeddings",))
     frame = dataloader.embedding_frame(cfg, rows, vectors, classes)
     dataloader.save_embedding_set(cfg, {"unseen": frame}, {"checkpoint_sha256": None})  # no checkpoint here
     table = transfer_learning.main(argv)  # scikit-learn's stratified split refused this: 3 held out < 10 classes
     assert (table["n_test"] == 10).all() and set(table["per_class"]) == {1, "all"}
     assert table[table["per_class"] == "all"]["train_size"].eq(20).all()
-    assert lab.out_path(cfg, "figs", "accuracy_all.png").stat().st_size > 1000
+    assert artifacts.out_path(cfg, "figs", "accuracy_all.png").stat().st_size > 1000
 
 
 # --------------------------------------------------------------------------- 10. the trunk cache notices changed files
@@ -403,8 +404,8 @@ def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_dem
     capsys.readouterr()
     evaluate.main(argv)
     assert "[trunk] computing" not in capsys.readouterr().out  # nothing changed: the cache is used
-    cfg = lab.load_config(argv)
-    split = lab.read_csv(lab.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    cfg = config.load_config(argv)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
     victim = root / split.loc[split["split"] == "test", "path"].iloc[0]
     before = victim.stat()
     victim.write_bytes(same_size_png(before.st_size, 7))  # another image, same size ...

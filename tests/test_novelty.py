@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 import dataloader
 import lab
 import novelty
-from lab import novelty_scores as ns
+from lab import artifacts, config, novelty_scores as ns, provenance
 
 
 @pytest.fixture
@@ -21,10 +21,10 @@ def embedded(novelty_ready):
 def test_novelty_table_equals_sklearn_on_its_own_scores(embedded):
     cfg, argv = embedded
     table = novelty.main(argv)
-    scores = pd.read_csv(lab.out_path(cfg, "results", "novelty_scores.csv"))
+    scores = pd.read_csv(artifacts.out_path(cfg, "results", "novelty_scores.csv"))
     assert scores["split"].value_counts().to_dict() == {"unseen": 3 * 36, "test": 6 * 7, "val": 6 * 2}
     known, new = scores[scores["split"] == "test"], scores[scores["split"] == "unseen"]
-    saved = pd.read_csv(lab.out_path(cfg, "results", "novelty.csv"))
+    saved = pd.read_csv(artifacts.out_path(cfg, "results", "novelty.csv"))
     assert set(saved["unseen_class"]) == {"all", *cfg.unseen_classes} and set(saved["score"]) == set(ns.SCORES)
     for _, row in saved.iterrows():
         chosen = new if row["unseen_class"] == "all" else new[new["label"] == row["unseen_class"]]
@@ -36,20 +36,20 @@ def test_novelty_table_equals_sklearn_on_its_own_scores(embedded):
     assert saved[saved["default"]]["score"].unique().tolist() == [cfg.novelty_score]
     assert len(table) == len(saved)
     for name in ("novelty_roc.png", "novelty_scores.png"):
-        assert lab.out_path(cfg, "figs", name).stat().st_size > 10_000
+        assert artifacts.out_path(cfg, "figs", name).stat().st_size > 10_000
 
 
 def test_thresholds_come_from_the_validation_images_only(embedded):
     cfg, argv = embedded
     novelty.main(argv)
-    path = lab.out_path(cfg, "results", "novelty_thresholds.json")
+    path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
     first = json.loads(path.read_text())
-    assert first["checkpoint_sha256"] == lab.artifact_digest(cfg, "checkpoints", "best.pth")
-    scores = pd.read_csv(lab.out_path(cfg, "results", "novelty_scores.csv"))
+    assert first["checkpoint_sha256"] == provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    scores = pd.read_csv(artifacts.out_path(cfg, "results", "novelty_scores.csv"))
     val = scores[scores["split"] == "val"]
     for name in ns.SCORES:
         assert first["thresholds"][name] == pytest.approx(np.sort(val[name])[int(np.ceil(0.95 * len(val))) - 1])
-    originals = {split: pd.read_pickle(lab.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
+    originals = {split: pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
                  for split in ("train", "val", "test", "unseen")}
     meta = dataloader.embedding_set(cfg)
 
@@ -75,7 +75,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
 
 def test_embeddings_of_another_checkpoint_are_refused(embedded):
     cfg, argv = embedded
-    meta_path = lab.out_path(cfg, "embeddings", "embeddings_meta.json")
+    meta_path = artifacts.out_path(cfg, "embeddings", "embeddings_meta.json")
     original = meta_path.read_text()
     try:
         meta_path.write_text(json.dumps({**json.loads(original), "checkpoint_sha256": "0" * 64}))
@@ -86,12 +86,12 @@ def test_embeddings_of_another_checkpoint_are_refused(embedded):
 
 
 def test_novelty_settings_are_validated():
-    assert lab.NOVELTY_SCORES == ns.SCORES
+    assert config.NOVELTY_SCORES == ns.SCORES
     for bad, fragment in (("--novelty_score='odin'", "novelty_score='odin' must be one of"),
                           ("--novelty_knn_k=0", "novelty_knn_k=0 must be at least 1"),
                           ("--novelty_bank_max=-1", "novelty_bank_max=-1 must be 0"),
                           ("--novelty_bank_max=59", r"at least novelty_knn_k x the seen classes \(10 x 6 = 60\)"),
                           ("--predict_dir=''", "names no folder")):
         with pytest.raises(lab.LabError, match=fragment):
-            lab.load_config([bad])
-    assert lab.load_config(["--predict_dir=None"]).predict_dir is None
+            config.load_config([bad])
+    assert config.load_config(["--predict_dir=None"]).predict_dir is None

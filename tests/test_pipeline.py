@@ -11,6 +11,7 @@ from PIL import Image
 import lab
 import run_pipeline
 from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
+from lab import artifacts, config
 
 ARTIFACTS = {
     "results": ["dataset_summary.csv", "split.csv", "split.json", "skipped_files.csv", "train_history.csv",
@@ -30,10 +31,10 @@ ARTIFACTS = {
 def check_all_artifacts(cfg, classes):
     for kind, names in ARTIFACTS.items():
         for name in names:
-            assert lab.out_path(cfg, kind, name).stat().st_size > 0, f"{kind}/{name}"
+            assert artifacts.out_path(cfg, kind, name).stat().st_size > 0, f"{kind}/{name}"
     for c in classes:
-        assert lab.out_path(cfg, "figs", f"gallery_{c}.png").exists()
-    page = lab.out_path(cfg, "results", "report.html").read_text()
+        assert artifacts.out_path(cfg, "figs", f"gallery_{c}.png").exists()
+    page = artifacts.out_path(cfg, "results", "report.html").read_text()
     markup = re.sub(r"<script\b.*?</script>", "", page, flags=re.S)  # bokeh's inlined code holds URLs in strings
     refs = re.findall(r'<img src="([^"]+)"', markup)
     assert len(refs) >= 11 + len(classes)
@@ -42,7 +43,7 @@ def check_all_artifacts(cfg, classes):
         with Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[1]))) as figure:
             assert figure.format == "PNG" and min(figure.size) > 100
     assert not re.search(r'(src|href)="(?!data:|#)', markup), "the report refers to a file or URL beside it"
-    galleries = pd.read_csv(lab.out_path(cfg, "results", "galleries.csv"))
+    galleries = pd.read_csv(artifacts.out_path(cfg, "results", "galleries.csv"))
     assert len(galleries) == len(classes) * 3 * cfg.gallery_size
 
 
@@ -51,7 +52,7 @@ def test_pipeline_on_tiny_demo_makes_every_artifact_and_a_report(tiny_pipeline):
     cfg, _, timings = tiny_pipeline
     check_all_artifacts(cfg, cfg.seen_classes + cfg.unseen_classes)
     assert list(timings["stage"]) == [s for s, _ in run_pipeline.STAGES] + ["total"]
-    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
     assert set(coords["split"]) == {"train", "test", "unseen"} and coords[["x", "y"]].notna().all().all()
 
 
@@ -61,13 +62,13 @@ def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path)!r}", f"--seen_classes={NDSB9_SEEN!r}",
             f"--unseen_classes={NDSB9_UNSEEN!r}", "--max_images_per_class=60", *FAST]
     run_pipeline.main(argv)
-    cfg = lab.load_config(argv)
+    cfg = config.load_config(argv)
     check_all_artifacts(cfg, NDSB9_SEEN + NDSB9_UNSEEN)
-    metrics = json.loads(lab.out_path(cfg, "results", "test_metrics.json").read_text())
+    metrics = json.loads(artifacts.out_path(cfg, "results", "test_metrics.json").read_text())
     assert metrics["n_test"] == 6 * 12 and metrics["accuracy"] > 2 / 6  # twice chance, even on a random trunk
-    transfer = pd.read_csv(lab.out_path(cfg, "results", "transfer_learning.csv"))
+    transfer = pd.read_csv(artifacts.out_path(cfg, "results", "transfer_learning.csv"))
     assert transfer[transfer["per_class"] == "all"]["balanced_accuracy"].max() > 0.5  # 3 unseen classes: chance 1/3
-    novelty = pd.read_csv(lab.out_path(cfg, "results", "novelty.csv"))
+    novelty = pd.read_csv(artifacts.out_path(cfg, "results", "novelty.csv"))
     default = novelty[novelty["default"] & (novelty["unseen_class"] == "all")]
     assert default["auroc"].item() > 0.6  # unseen taxa score above seen ones (chance 0.5), even on a random trunk
     assert not list(tmp_path.rglob("*.jpg")), "the images are read in place, never copied"
@@ -79,9 +80,9 @@ def test_demo_offline_falls_back_to_a_random_trunk_loudly_but_real_data_does_not
     import torch
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known")))
-    demo_cfg = lab.load_config([])  # the default data_root is the demo set
+    demo_cfg = config.load_config([])  # the default data_root is the demo set
     assert run_pipeline.weights_overrides(demo_cfg) == ["--backbone_weights=None"]
     assert "DEMO ON A RANDOM TRUNK" in capsys.readouterr().err
-    real_cfg = lab.load_config([f"--data_root={str(tmp_path)!r}"])
+    real_cfg = config.load_config([f"--data_root={str(tmp_path)!r}"])
     with pytest.raises(lab.LabError, match="seems to be offline"):
         run_pipeline.weights_overrides(real_cfg)

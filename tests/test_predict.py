@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.special import softmax
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, output_lock
 import evaluate
 from lab import trunk_cache
 import lab
@@ -17,7 +17,7 @@ import predict
 
 
 def threshold_of(cfg):
-    saved = json.loads(lab.out_path(cfg, "results", "novelty_thresholds.json").read_text())
+    saved = json.loads(artifacts.out_path(cfg, "results", "novelty_thresholds.json").read_text())
     return saved["thresholds"][cfg.novelty_score]
 
 
@@ -43,7 +43,7 @@ def messy_sample(tiny_demo, tmp_path):
 def test_a_nested_folder_with_junk_is_classified_and_the_junk_listed(novelty_ready, messy_sample):
     cfg, argv = novelty_ready
     counts = predict.main(argv + [f"--predict_dir={str(messy_sample)!r}"])
-    rows = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
+    rows = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))
     assert len(rows) == 8 and "station0/deep16bit.png" in set(rows["path"])
     assert all(p.count("/") >= 1 and not p.startswith(".") for p in rows["path"])
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
@@ -54,15 +54,15 @@ def test_a_nested_folder_with_junk_is_classified_and_the_junk_listed(novelty_rea
     assert (rows[p_columns].to_numpy().argmax(1) == [cfg.seen_classes.index(c) for c in rows["predicted"]]).all()
     score = f"novelty_{cfg.novelty_score}"
     assert (rows["possibly_new"] == (rows[score] > threshold_of(cfg))).all()
-    skipped = pd.read_csv(lab.out_path(cfg, "results", "predict_skipped.csv")).set_index("path")["reason"]
+    skipped = pd.read_csv(artifacts.out_path(cfg, "results", "predict_skipped.csv")).set_index("path")["reason"]
     assert set(skipped.index) == {"station1/broken.jpg", "notes.txt", ".thumbnails"}  # as the scan ignores them
     assert "not an image" in skipped["notes.txt"] and "not an image" not in skipped["station1/broken.jpg"]
     assert "hidden" in skipped[".thumbnails"]
-    table = pd.read_csv(lab.out_path(cfg, "results", "prediction_counts.csv"))
+    table = pd.read_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"))
     assert table.equals(counts) and list(table["class"]) == cfg.seen_classes
     assert table["images"].sum() == 8 and table["possibly_new"].sum() == rows["possibly_new"].sum()
     assert table.set_index("class")["images"].to_dict() == {c: (rows["predicted"] == c).sum() for c in cfg.seen_classes}
-    embeddings = pd.read_pickle(lab.out_path(cfg, "embeddings", "embeddings_predict.pkl"))
+    embeddings = pd.read_pickle(artifacts.out_path(cfg, "embeddings", "embeddings_predict.pkl"))
     assert (embeddings["split"] == "predict").all() and len(embeddings) == 8
     assert list(embeddings["label"]) == list(rows["predicted"])
     assert list(embeddings["path"]) == [str(messy_sample / p) for p in rows["path"]]
@@ -72,12 +72,12 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     cfg, argv = novelty_ready
     evaluate.main(argv)
     predict.main(argv + [f"--predict_dir={str(tiny_demo)!r}"])  # the whole data root: every split, unseen too
-    ours = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv")).set_index("path")
-    theirs = pd.read_csv(lab.out_path(cfg, "results", "test_predictions.csv"))
+    ours = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv")).set_index("path")
+    theirs = pd.read_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"))
     assert len(ours) == 9 * 36 and len(theirs) == 6 * 7
     assert list(ours.loc[theirs["path"], "predicted"]) == list(theirs["predicted"])
     trained_cfg, _, model, split, device = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
-    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     test = trunk_cache.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
                             names=("test",))["test"]
     probabilities = softmax(trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
@@ -88,14 +88,14 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
 def test_ecotaxa_table_layout(novelty_ready, messy_sample):
     cfg, argv = novelty_ready
     predict.main(argv + [f"--predict_dir={str(messy_sample)!r}", "--ecotaxa=True"])
-    lines = lab.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()
+    lines = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()
     header, types = lines[0].split("\t"), lines[1].split("\t")
     assert header[:5] == ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status",
                           "object_probability"]
     assert types == ["[t]"] * 4 + ["[f]"] * (len(header) - 4)
     assert all(h == h.lower() and h.split("_", 1)[0] in ("img", "object") for h in header)
-    table = pd.read_csv(lab.out_path(cfg, "results", "ecotaxa_predictions.tsv"), sep="\t", skiprows=[1])
-    rows = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
+    table = pd.read_csv(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), sep="\t", skiprows=[1])
+    rows = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))
     assert len(table) == len(rows) == 8 and table["object_id"].is_unique
     assert (table["object_annotation_status"] == "predicted").all()
     assert list(table["object_annotation_category"]) == list(rows["predicted"])
@@ -117,23 +117,23 @@ def test_an_interrupted_run_continues_where_it_stopped(novelty_ready, tiny_demo,
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_run_trunk(*args, **kwargs)
-    for stale in lab.out_path(cfg, "cache").glob("predict_*.npz"):
+    for stale in artifacts.out_path(cfg, "cache").glob("predict_*.npz"):
         stale.unlink()
     monkeypatch.setattr(trunk_cache, "run_trunk", failing_third)
     with pytest.raises(KeyboardInterrupt):
         predict.main(argv)
-    assert len(list(lab.out_path(cfg, "cache").glob("predict_*.npz"))) == 2  # two finished chunks, nothing half
+    assert len(list(artifacts.out_path(cfg, "cache").glob("predict_*.npz"))) == 2  # two finished chunks, nothing half
     calls.clear()
     monkeypatch.setattr(trunk_cache, "run_trunk", lambda *a, **k: (calls.append(1), real_run_trunk(*a, **k))[1])
     predict.main(argv)
     assert len(calls) == 3  # only the three unfinished chunks
-    resumed = pd.read_csv(lab.out_path(cfg, "results", "predictions.csv"))
-    for done in lab.out_path(cfg, "cache").glob("predict_*.npz"):
+    resumed = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))
+    for done in artifacts.out_path(cfg, "cache").glob("predict_*.npz"):
         done.unlink()
     calls.clear()
     predict.main(argv)
     assert len(calls) == 5
-    pd.testing.assert_frame_equal(resumed, pd.read_csv(lab.out_path(cfg, "results", "predictions.csv")))
+    pd.testing.assert_frame_equal(resumed, pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv")))
 
 
 def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tiny_demo, tmp_path):
@@ -145,7 +145,7 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
     (tmp_path / "empty").mkdir()
     with pytest.raises(lab.LabError, match="No image files"):
         predict.main(argv + [f"--predict_dir={str(tmp_path / 'empty')!r}"])
-    thresholds = lab.out_path(cfg, "results", "novelty_thresholds.json")
+    thresholds = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
     saved = thresholds.read_text()
     retaria = f"--predict_dir={str(tiny_demo / 'Retaria')!r}"
     try:
@@ -161,7 +161,7 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
         thresholds.write_text(saved)
         with pytest.raises(lab.LabError, match=r"not the 60 that novelty_bank_max=60 keeps \(pass --novelty_bank_max"):
             predict.main(argv + [retaria, "--novelty_bank_max=60"])  # a smaller reference than novelty.py's
-        lab.release_locks()
+        output_lock.release_locks()
         predict.main(argv + [retaria, "--novelty_bank_max=100000"])  # another cap that keeps the same reference
     finally:
         thresholds.write_text(saved)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import dimensionality_reduction
-from lab import interactive_map
+from lab import artifacts, config, interactive_map
 import dataloader
 import lab
 import report
@@ -67,7 +67,7 @@ PREDICTED_IMAGES = 12
 
 def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     """What predict.py and the novelty script will write, made up from the tiny run's unseen images."""
-    unseen = pd.read_pickle(lab.out_path(cfg, "embeddings", "embeddings_unseen.pkl")).iloc[:PREDICTED_IMAGES].copy()
+    unseen = pd.read_pickle(artifacts.out_path(cfg, "embeddings", "embeddings_unseen.pkl")).iloc[:PREDICTED_IMAGES].copy()
     incoming.mkdir()
     names = []
     for i, path in enumerate(unseen["path"]):
@@ -79,14 +79,14 @@ def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     unseen = unseen.assign(label=None, label_idx=-1, split="predict", path=[str(incoming / n) for n in names])
     dataloader.save_embedding_set(cfg, {"predict": unseen}, dataloader.embedding_set(cfg), dataloader.PREDICT_META)
     predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
-    lab.save_csv(lab.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
         {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
-    lab.save_csv(lab.out_path(cfg, "results", "prediction_counts.csv"),
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"),
                  pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
-    lab.save_csv(lab.out_path(cfg, "results", "novelty.csv"), pd.DataFrame(
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty.csv"), pd.DataFrame(
         {"method": ["knn distance", "max softmax"], "auroc": [0.91, 0.74]}))
     for name in ("novelty_roc.png", "novelty_scores.png"):
-        shutil.copy(figure, lab.out_path(cfg, "figs", name))
+        shutil.copy(figure, artifacts.out_path(cfg, "figs", name))
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +94,18 @@ def report_with_predictions(tiny_pipeline, tmp_path_factory):
     """The tiny pipeline's output plus predicted images and novelty results; map and report made again."""
     cfg, argv, _ = tiny_pipeline
     out = tmp_path_factory.mktemp("with-predictions") / "out"
-    shutil.copytree(lab.resolve(cfg.output_dir), out)
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
     argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
-    cfg = lab.load_config(argv)
+    cfg = config.load_config(argv)
     fabricate_predict_and_novelty_results(cfg, out.parent / "incoming",
-                                          lab.out_path(cfg, "figs", "training_plot.png"))
+                                          artifacts.out_path(cfg, "figs", "training_plot.png"))
     dimensionality_reduction.main(argv + ["--reduction_method=pca"])  # PCA: fast, and the map is not under test
     report.main(argv)
     return cfg, argv
 
 
 def report_page(cfg):
-    return lab.out_path(cfg, "results", "report.html").read_text()
+    return artifacts.out_path(cfg, "results", "report.html").read_text()
 
 
 def headings(page):
@@ -116,11 +116,11 @@ def headings(page):
 def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pipeline, tmp_path):
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
-    shutil.copytree(lab.resolve(cfg.output_dir), out)
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
     (out / "results" / "novelty.csv").unlink()  # as before novelty.py ran
-    cfg = lab.load_config([a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"])
+    cfg = config.load_config([a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"])
     report.main([a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"])
-    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
     page = report_page(cfg)
     assert not any("Novelty" in h or "Predict" in h for h in headings(page)), headings(page)
     assert page.count("data:image/jpeg;base64,") == len(coords)  # one thumbnail per mapped point
@@ -131,7 +131,7 @@ def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pi
 def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp_path, capsys):
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
-    shutil.copytree(lab.resolve(cfg.output_dir), out)
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
     path = report.main([a for a in argv if not a.startswith("--output_dir=")]
                        + [f"--output_dir={str(out)!r}", "--umap_samples_per_split=10"])
     size_mb = path.stat().st_size / 1e6
@@ -143,7 +143,7 @@ def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp
 @pytest.mark.slow
 def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(report_with_predictions):
     cfg, _ = report_with_predictions
-    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
     assert (coords["split"] == "predict").sum() == PREDICTED_IMAGES
     page = report_page(cfg)
     titles = headings(page)
@@ -217,7 +217,7 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
                                                                                         tmp_path):
     from playwright.sync_api import sync_playwright
     cfg, _ = report_with_predictions
-    coords = pd.read_csv(lab.out_path(cfg, "results", "umap_coordinates.csv"))
+    coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
     screenshots = tmp_path
     requests, errors = [], []
     with sync_playwright() as playwright:
@@ -235,7 +235,7 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
                     requests.append(route.request.url)
                     route.abort()
             page.route("**/*", only_the_file)
-            page.goto(lab.out_path(cfg, "results", "report.html").as_uri())
+            page.goto(artifacts.out_path(cfg, "results", "report.html").as_uri())
             page.wait_for_function(MAP_READY, timeout=60_000)
             canvas = page.locator("canvas").first.bounding_box()
             assert canvas and canvas["width"] > 300 and canvas["height"] > 300, canvas

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock
 import evaluate
 import lab
 import train
@@ -24,7 +24,7 @@ def trained(tiny_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
     history = train.main(argv)
-    return lab.load_config(argv), argv, history
+    return config.load_config(argv), argv, history
 
 
 def test_training_learns_well_above_chance_and_keeps_the_best_epoch(trained):
@@ -33,17 +33,17 @@ def test_training_learns_well_above_chance_and_keeps_the_best_epoch(trained):
     # 6 classes, chance 1/6. Training accuracy on ~160 images is the firm check (0.6 by chance: p < 1e-36); the 12
     # validation images only confirm it (6 right by chance: p < 0.01), as their accuracy moves with every seed
     assert best["train_acc"] > 0.6 and best["val_acc"] >= 0.5
-    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     assert ckpt["epoch"] == best["epoch"] and ckpt["classes"] == cfg.seen_classes
     assert ckpt["config"]["image_size"] == 64 and ckpt["weights"].startswith("RANDOM")
-    assert lab.out_path(cfg, "figs", "training_plot.png").stat().st_size > 1000
-    assert len(open(lab.out_path(cfg, "results", "train_history.csv")).readlines()) == len(history) + 1
+    assert artifacts.out_path(cfg, "figs", "training_plot.png").stat().st_size > 1000
+    assert len(open(artifacts.out_path(cfg, "results", "train_history.csv")).readlines()) == len(history) + 1
 
 
 def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
     cfg, argv = make_cfg("--epochs=1")
     train.main(argv)
-    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
+    assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"] == 1
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -68,18 +68,18 @@ def test_a_bf16_head_learns_as_well_and_the_checkpoint_says_so(make_cfg, monkeyp
     assert seen and set(seen) == {torch.bfloat16}  # every training and validation batch ran under bf16 autocast
     assert max(h["train_acc"] for h in history) > 0.6 and max(h["val_acc"] for h in history) >= 0.5  # as above
     for name in ("best.pth", "last.pth"):
-        assert checkpoint.load(lab.out_path(cfg, "checkpoints", name))["head_precision"] == "bf16"
+        assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", name))["head_precision"] == "bf16"
     cfg32, argv32 = make_cfg("--head_precision='fp32'", "--epochs=1", output_dir=cfg.output_dir + "-fp32")
     seen.clear()
     train.main(argv32)
-    assert not seen and checkpoint.load(lab.out_path(cfg32, "checkpoints", "best.pth"))["head_precision"] == "fp32"
+    assert not seen and checkpoint.load(artifacts.out_path(cfg32, "checkpoints", "best.pth"))["head_precision"] == "fp32"
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
     cfg, argv, _ = trained
-    ckpt = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     model = checkpoint.model_from_checkpoint(ckpt, checkpoint.config_from_checkpoint(ckpt, cfg))
-    again = checkpoint.model_from_checkpoint(ckpt, checkpoint.config_from_checkpoint(ckpt, lab.load_config([])))
+    again = checkpoint.model_from_checkpoint(ckpt, checkpoint.config_from_checkpoint(ckpt, config.load_config([])))
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(model(x), again(x)):
@@ -93,8 +93,8 @@ def test_evaluation_is_above_chance_and_its_metrics_equal_sklearns(trained):
     # chance is 1/6; 21 or more of 42 right by chance has p < 1e-6 (binomial). Not higher: on this tiny random-trunk
     # set the accuracy moves with the seed and the last bits of arithmetic (0.57 to 0.93 over seeds 0-3 and 42)
     assert metrics["accuracy"] >= 0.5 and metrics["n_test"] == 6 * round(36 * 0.2)
-    assert lab.out_path(cfg, "figs", "confusion_matrix.png").exists()
-    predictions = pd.read_csv(lab.out_path(cfg, "results", "test_predictions.csv"))
+    assert artifacts.out_path(cfg, "figs", "confusion_matrix.png").exists()
+    predictions = pd.read_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"))
     assert list(predictions.columns) == ["path", "label", "predicted", "probability", "correct"]
     # the softmax of the predicted (most likely) class: never below 1 / classes, never above 1
     assert predictions["probability"].between(1 / 6, 1).all() and predictions["probability"].nunique() > 1
@@ -122,7 +122,7 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
     import dataloader
     with pytest.raises(lab.LabError, match=r"does not exist yet.*python embed.py"):
         dataloader.load_embeddings(cfg, "test")
-    path = lab.out_path(cfg, "checkpoints", "best.pth")
+    path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00garbage")
     with pytest.raises(lab.LabError, match="damaged or not a file made by this lab"):
@@ -143,7 +143,7 @@ def test_divergence_stops_with_a_message(make_cfg):
     cfg, argv = make_cfg("--lr=1e12", "--epochs=6")
     with pytest.raises(lab.LabError, match="diverged in epoch 1.*no model was saved.*Lower the learning rate"):
         train.main(argv)
-    assert not lab.out_path(cfg, "checkpoints", "best.pth").exists()  # nothing diverged is ever saved as best
+    assert not artifacts.out_path(cfg, "checkpoints", "best.pth").exists()  # nothing diverged is ever saved as best
 
 
 def test_unwritable_output_folder_fails_before_work(make_cfg, tmp_path):
@@ -184,10 +184,10 @@ def _start(argv):
 def test_the_same_seed_trains_the_same_model_whether_the_trunk_cache_was_cold_or_warm(make_cfg):
     cfg, argv = make_cfg("--epochs=3", "--patience=100", "--num_workers=1")
     train.main(argv)  # cold: computes the trunk cache (a DataLoader with a worker)
-    lab.release_locks()
+    output_lock.release_locks()
     train.main(argv)  # warm: reads it; the first run's checkpoints go to checkpoints/previous/
-    cold = checkpoint.load(lab.out_path(cfg, "checkpoints") / "previous" / "last.pth")
-    warm = checkpoint.load(lab.out_path(cfg, "checkpoints", "last.pth"))
+    cold = checkpoint.load(artifacts.out_path(cfg, "checkpoints") / "previous" / "last.pth")
+    warm = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "last.pth"))
     assert cold["epoch"] == warm["epoch"] == 3
     for k in cold["model_state"]:
         assert torch.equal(cold["model_state"][k], warm["model_state"][k]), k
@@ -195,7 +195,7 @@ def test_the_same_seed_trains_the_same_model_whether_the_trunk_cache_was_cold_or
 
 def test_previous_run_folder_never_mixes_two_runs(make_cfg):
     cfg, _ = make_cfg()
-    folder = {name: lab.out_path(cfg, name) for name in ("checkpoints", "results", "figs")}
+    folder = {name: artifacts.out_path(cfg, name) for name in ("checkpoints", "results", "figs")}
     for path in folder.values():
         path.mkdir(parents=True)
     aside = folder["checkpoints"] / "previous"
@@ -220,12 +220,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, t
     wait_for_epoch(cfg_b, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = checkpoint.load(lab.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
+    killed_at = checkpoint.load(artifacts.out_path(cfg_b, "checkpoints", "last.pth"))["epoch"]
     assert killed_at < 10, "the run finished before it could be killed"
-    checkpoint.load(lab.out_path(cfg_b, "checkpoints", "best.pth"))  # still loadable
+    checkpoint.load(artifacts.out_path(cfg_b, "checkpoints", "best.pth"))  # still loadable
     train.main(argv_b + ["--resume=True"])
-    a = checkpoint.load(lab.out_path(cfg_a, "checkpoints", "last.pth"))
-    b = checkpoint.load(lab.out_path(cfg_b, "checkpoints", "last.pth"))
+    a = checkpoint.load(artifacts.out_path(cfg_a, "checkpoints", "last.pth"))
+    b = checkpoint.load(artifacts.out_path(cfg_b, "checkpoints", "last.pth"))
     assert a["epoch"] == b["epoch"] == 10
     for k in a["model_state"]:
         assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-6), k
@@ -242,8 +242,8 @@ def test_kill_9_at_any_moment_leaves_best_pth_loadable(make_cfg):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for name in ("best.pth", "last.pth"):
-            checkpoint.load(lab.out_path(cfg, "checkpoints", name))
-    leftovers = [p.name for p in lab.out_path(cfg, "checkpoints").iterdir() if ".tmp" in p.name]
+            checkpoint.load(artifacts.out_path(cfg, "checkpoints", name))
+    leftovers = [p.name for p in artifacts.out_path(cfg, "checkpoints").iterdir() if ".tmp" in p.name]
     assert len(leftovers) <= 1  # at most the temporary of the save that was cut; never read, replaced next time
 
 
@@ -259,10 +259,10 @@ def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg, presses):
     _, err = proc.communicate(timeout=600)  # a busy machine may be slow to save; it is never lost
     assert proc.returncode == 130, err
     assert "--resume=True" in err and "Traceback" not in err
-    last = checkpoint.load(lab.out_path(cfg, "checkpoints", "last.pth"))
-    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
-    assert lab.out_path(cfg, "figs", "training_plot.png").exists()
-    history = pd.read_csv(lab.out_path(cfg, "results", "train_history.csv"))
+    last = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "last.pth"))
+    assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"] >= 1
+    assert artifacts.out_path(cfg, "figs", "training_plot.png").exists()
+    history = pd.read_csv(artifacts.out_path(cfg, "results", "train_history.csv"))
     assert list(history["epoch"]) == list(range(1, last["epoch"] + 1))  # every finished epoch, in the summary
 
 
@@ -280,9 +280,9 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
     monkeypatch.setattr(train, "run_epoch", diverging_from_epoch_3)
     with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
         train.main(argv)
-    best = checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))
+    best = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     assert best["epoch"] in (1, 2) and all(torch.isfinite(v.float()).all() for v in best["model_state"].values())
-    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "last.pth"))["epoch"] == 2
+    assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "last.pth"))["epoch"] == 2
 
 
 def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_cfg, tiny_demo, tmp_path):
@@ -297,7 +297,7 @@ def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_c
     victim = split[split["split"] == "train"]["path"].iloc[0]
     (root / victim).write_bytes(b"broken since the split was made")
     history = train.main(argv)
-    skipped = pd.read_csv(lab.out_path(cfg, "results", "skipped_files.csv"))
+    skipped = pd.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"))
     assert victim in set(skipped["path"])
     assert history and "trunk pass" in skipped.set_index("path").loc[victim, "reason"]
 

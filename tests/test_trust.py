@@ -1,7 +1,6 @@
 """Trust: no command loses a user's data, no result is silently stale or mixed, through the scripts as a user
 runs them (issue #8, and the folder issues #9.5, #9.6, #9.8 and #9.9)."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lab import checkpoint
+from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
 import compute_average_distances
 import dataloader
 from lab import demo_data
@@ -73,9 +72,9 @@ def test_a_missing_data_root_is_an_error_naming_it_and_nothing_is_created(tmp_pa
 
 
 def test_the_random_trunk_fallback_is_for_the_demo_folder_alone(tmp_path):
-    lookalike = lab.load_config([f"--data_root={str(tmp_path / 'data' / 'demo')!r}"])
+    lookalike = config.load_config([f"--data_root={str(tmp_path / 'data' / 'demo')!r}"])
     assert not demo_data.is_demo_root(lookalike)
-    assert demo_data.is_demo_root(lab.load_config([f"--data_root={str(demo_data.DEMO_ROOT)!r}"]))
+    assert demo_data.is_demo_root(config.load_config([f"--data_root={str(demo_data.DEMO_ROOT)!r}"]))
 
 
 # ---------------------------------------------------------------- a trained run on a user's copy of the data
@@ -84,7 +83,7 @@ def trained_copy(own_data, tmp_path):
     argv = [f"--data_root={str(own_data)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=3",
             "--reduction_method='pca'"]
     train.main(argv)
-    return lab.load_config(argv), argv, own_data
+    return config.load_config(argv), argv, own_data
 
 
 def analyse_all(argv):
@@ -126,10 +125,10 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     analyse_all(argv)
     page = report.main(argv).read_text()
-    digest = lab.artifact_digest(cfg, "checkpoints", "best.pth")
+    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
     assert digest in page
     train.main(argv + ["--lr=0.003"])  # a retrain: every later result is now stale
-    assert lab.artifact_digest(cfg, "checkpoints", "best.pth") != digest
+    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") != digest
     for script in (compute_average_distances, dimensionality_reduction, transfer_learning):
         with pytest.raises(lab.LabError, match=r"another model.*python embed.py"):
             script.main(argv)
@@ -143,13 +142,13 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     dimensionality_reduction.main(argv)
     transfer_learning.main(argv)
-    assert lab.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
+    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
 
 
 def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
     cfg, argv, _ = trained_copy
     embed.main(argv)
-    test_file = lab.out_path(cfg, "embeddings", "embeddings_test.pkl")
+    test_file = artifacts.out_path(cfg, "embeddings", "embeddings_test.pkl")
     frame = pd.read_pickle(test_file)
     frame.iloc[:3].to_pickle(test_file)  # as if embed.py was killed after writing this file of a new set
     with pytest.raises(lab.LabError, match=r"does not belong to the embeddings set.*python embed.py"):
@@ -164,21 +163,21 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
             "--precision='auto'"]
     monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
-    cfg = lab.load_config(argv)
-    assert checkpoint.load(lab.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
+    cfg = config.load_config(argv)
+    assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
     monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
     evaluate.main(argv)
     embed.main(argv)
-    cached = sorted(p.name for p in lab.out_path(cfg, "cache").glob("*.npy"))
+    cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
     assert cached and all("_bf16_" in name for name in cached), cached  # no fp32 features, nothing rewritten
-    assert json.loads(lab.out_path(cfg, "embeddings", "embeddings_meta.json").read_text())["trunk_precision"] == "bf16"
+    assert json.loads(artifacts.out_path(cfg, "embeddings", "embeddings_meta.json").read_text())["trunk_precision"] == "bf16"
 
 
 # ---------------------------------------------------------------- 5. resume refuses a changed split
 def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monkeypatch):
     cfg, argv, root = trained_copy
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
-    dataloader.load_split(lab.load_config(argv + ["--rebuild_split=True"]))
+    dataloader.load_split(config.load_config(argv + ["--rebuild_split=True"]))
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
@@ -205,7 +204,7 @@ def test_other_settings_draw_their_own_split_but_changed_files_are_refused(train
 # ---------------------------------------------------------------- 8. unexpected errors show their traceback
 @pytest.mark.slow
 def test_unexpected_errors_show_their_traceback_and_user_errors_one_paragraph(tmp_path):
-    code = "import lab; lab.run_main(lambda: {}['missing'])"
+    code = "from lab import runtime; runtime.run_main(lambda: {}['missing'])"
     result = subprocess.run([sys.executable, "-c", code], cwd=lab.ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'missing'" in result.stderr
@@ -226,7 +225,7 @@ def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, o
     with pytest.raises(lab.LabError, match=r"1 image\(s\) were added \(1 of them unreadable before and readable "
                                            r"now\).*--rebuild_split=True"):
         dataloader.load_split(cfg)
-    rebuilt = dataloader.load_split(lab.load_config(argv + ["--rebuild_split=True"]))
+    rebuilt = dataloader.load_split(config.load_config(argv + ["--rebuild_split=True"]))
     assert "darksphere/broken.png" in set(rebuilt["path"])
 
 
@@ -258,26 +257,26 @@ def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    (lab.out_path(cfg, "cache") / "trunk_train_fp32_0123456789abcdef.npy.tmp999999").write_bytes(b"x" * 1000)
-    (lab.out_path(cfg, "results") / ".split.tmp999999.csv").write_text("half")
+    (artifacts.out_path(cfg, "cache") / "trunk_train_fp32_0123456789abcdef.npy.tmp999999").write_bytes(b"x" * 1000)
+    (artifacts.out_path(cfg, "results") / ".split.tmp999999.csv").write_text("half")
     third = run_script("evaluate.py", *argv)
     assert third.returncode == 0, third.stderr
     assert "taking over the lock of an earlier run that is gone" in third.stderr
     assert "temporary file(s)" in third.stdout and "left by an interrupted run" in third.stdout
-    assert not list(lab.out_path(cfg, "cache").glob("*.tmp*")) and not list(lab.out_path(cfg, "results").glob(".*tmp*"))
-    assert not (lab.resolve(cfg.output_dir) / lab.LOCK_NAME).exists()  # released at the end of the run
+    assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*")) and not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
+    assert not (artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME).exists()  # released at the end of the run
 
 
 # ---------------------------------------------------------------- #9.9 a retrain that diverges at once
 def test_a_retrain_that_diverges_at_once_does_not_leave_the_previous_model_as_its_own(trained_copy):
     cfg, argv, _ = trained_copy
-    previous = lab.out_path(cfg, "checkpoints", "best.pth").read_bytes()
+    previous = artifacts.out_path(cfg, "checkpoints", "best.pth").read_bytes()
     with pytest.raises(lab.LabError, match=r"no model was saved \(the previous run's checkpoints.*previous/"):
         train.main(argv + ["--lr=1e12"])
-    assert not lab.out_path(cfg, "checkpoints", "best.pth").exists()
-    assert (lab.out_path(cfg, "checkpoints") / "previous" / "best.pth").read_bytes() == previous  # kept, not lost
+    assert not artifacts.out_path(cfg, "checkpoints", "best.pth").exists()
+    assert (artifacts.out_path(cfg, "checkpoints") / "previous" / "best.pth").read_bytes() == previous  # kept, not lost
     for where in (("results", "train_history.csv"), ("figs", "training_plot.png")):  # no stale summary either
-        assert not lab.out_path(cfg, *where).exists()
-        assert (lab.out_path(cfg, "checkpoints") / "previous" / where[1]).stat().st_size > 0
+        assert not artifacts.out_path(cfg, *where).exists()
+        assert (artifacts.out_path(cfg, "checkpoints") / "previous" / where[1]).stat().st_size > 0
     with pytest.raises(lab.LabError, match="does not exist yet.*python train.py"):
         evaluate.main(argv)

@@ -1,0 +1,94 @@
+"""Where artifacts live and how they are written: paths under output_dir, atomic writes (a crash or a full disk
+never leaves half a file), CSV and JSON read exactly as written, file digests, and the loud failure that
+names the script making a missing artifact.
+"""
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import lab
+
+
+ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
+
+
+# --------------------------------------------------------------------------- paths
+def resolve(path):
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else lab.ROOT / path
+
+
+def out_path(cfg, kind, name=""):
+    """Where an artifact lives: out_path(cfg, "checkpoints", "best.pth")."""
+    assert kind in ARTIFACT_DIRS, kind
+    return resolve(cfg.output_dir) / kind / name if name else resolve(cfg.output_dir) / kind
+
+
+def require(path, made_by, what="file"):
+    """Fail loudly, naming the script that makes a missing input artifact."""
+    path = Path(path)
+    if not path.exists():
+        raise lab.LabError(f"The {what} {path} does not exist yet. It is made by `python {made_by}`: run that first "
+                       f"(with the same --output_dir), or run the whole pipeline with `python run_pipeline.py`.")
+    return path
+
+
+# --------------------------------------------------------------------------- atomic artifact I/O
+def atomic_write(path, write):
+    """Call write(tmp_path), then move tmp over path: a crash or a full disk never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        kept = "The previous version is intact." if path.exists() else "Nothing was written."
+        raise lab.LabError(f"Could not save {path}: {reason}. {kept} Free some space or choose another "
+                       f"--output_dir, then run the script again.") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def save_text(path, text):
+    return atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def save_json(path, obj):
+    return save_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def save_csv(path, frame):
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+MISSING_NUMBERS = ["", "nan", "NaN", "NA", "N/A", "None", "null", "<NA>"]
+
+
+def read_csv(path, text_columns):
+    """A CSV artifact with its free-text columns (class names, paths) read back exactly as written: a class
+    folder named 01, NA, None or nan stays that string. The other columns are parsed as numbers, with empty
+    cells as missing values."""
+    import pandas as pd
+    header = list(pd.read_csv(path, nrows=0).columns)
+    return pd.read_csv(path, dtype={c: str for c in header if c in text_columns}, keep_default_na=False,
+                       na_values={c: MISSING_NUMBERS for c in header if c not in text_columns})
+
+
+def file_digest(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
