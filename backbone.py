@@ -20,8 +20,8 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from lab import artifacts, hardware
 import lab
+from lab import artifacts, hardware
 
 TRUNK_BLOCKS = 4
 TRUNK_CHANNELS = 64

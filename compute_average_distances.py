@@ -19,9 +19,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-import dataloader
-import lab
-from lab import artifacts, config, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, output_lock, plotting, runtime
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
@@ -113,7 +111,7 @@ def plot_heatmap(matrix, classes, title, note, path):
 
 
 def analyse(cfg, set_name):
-    frame, vectors = dataloader.load_embeddings(cfg, set_name)
+    frame, vectors = embedding_files.load_embeddings(cfg, set_name)
     classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
     groups = [vectors[(frame["label"] == c).to_numpy()] for c in classes]
     used = sampled_groups(groups, cfg.distance_max_per_class, cfg.seed)
@@ -144,7 +142,7 @@ def main(argv=None):
     config.print_config(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     results = {name: analyse(cfg, name) for name in ("test", "unseen")}
-    dataloader.record_embedding_inputs(cfg, "compute_average_distances")
+    embedding_files.record_embedding_inputs(cfg, "compute_average_distances")
     return results
 
 

@@ -21,9 +21,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-import dataloader
-import lab
-from lab import artifacts, config, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, image_io, output_lock, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -149,7 +147,7 @@ def gallery(vectors, labels, cls, k):
 
 def thumbnail(path, size=96):
     try:
-        return dataloader.letterbox(dataloader.load_rgb(path, size), size)
+        return image_io.letterbox(image_io.load_rgb(path, size), size)
     except Exception:
         return None  # a file gone since embedding: leave the tile blank rather than lose the gallery
 
@@ -197,7 +195,7 @@ def galleries(cfg, frames):
 
 def map_splits(cfg):
     """train, test and unseen; and predict when predict.py has embedded new images with the current model."""
-    return SPLITS + ((PREDICT,) if dataloader.current_predict_set(cfg) else ())
+    return SPLITS + ((PREDICT,) if embedding_files.current_predict_set(cfg) else ())
 
 
 def main(argv=None):
@@ -206,7 +204,7 @@ def main(argv=None):
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     splits = map_splits(cfg)
-    frames = {s: dataloader.load_embeddings(cfg, s) for s in splits}
+    frames = {s: embedding_files.load_embeddings(cfg, s) for s in splits}
     rng = np.random.default_rng(cfg.seed)
     parts = []
     for s in splits:
@@ -218,11 +216,11 @@ def main(argv=None):
           f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(splits, parts))})")
     xy = reduce_to_2d(points, cfg)
     coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
-                                                                         method=cfg.reduction_method)
+                                                                        method=cfg.reduction_method)
     artifacts.save_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), coords)
     plot_map(coords, cfg, artifacts.out_path(cfg, "figs", "umap_embeddings.png"))
     galleries(cfg, frames)
-    dataloader.record_embedding_inputs(cfg, "dimensionality_reduction")
+    embedding_files.record_embedding_inputs(cfg, "dimensionality_reduction")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,7 @@ The validation embeddings are what novelty.py chooses its thresholds on, so that
 import sys
 
 import backbone
-from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
-import dataloader
-from lab import trunk_cache
-import lab
+from lab import artifacts, checkpoint, config, embedding_files, output_lock, provenance, runtime, trunk_cache
 
 SPLITS = ("train", "val", "test", "unseen")
 
@@ -32,13 +29,13 @@ def main(argv=None):
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
         vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
-        frames[name] = dataloader.embedding_frame(cfg, data[name].rows, vectors, names)
+        frames[name] = embedding_files.embedding_frame(cfg, data[name].rows, vectors, names)
     meta = {"checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
             "checkpoint_sha256": provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
             "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
             "config": vars(cfg), "versions": provenance.package_versions()}
-    return dataloader.save_embedding_set(cfg, frames, meta)
+    return embedding_files.save_embedding_set(cfg, frames, meta)
 
 
 if __name__ == "__main__":

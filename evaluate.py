@@ -12,9 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
-from lab import trunk_cache
-import lab
+from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime, trunk_cache
 
 
 def confusion_matrix(y_true, y_pred, n_classes):

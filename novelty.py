@@ -20,9 +20,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
-import dataloader
 import lab
+from lab import artifacts, checkpoint, config, embedding_files, output_lock, plotting, provenance, runtime
 from lab import novelty_scores as ns
 
 SPLITS = ("val", "test", "unseen")
@@ -38,7 +37,7 @@ def load_inputs(cfg):
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     frames, scores = {}, {}
     for split in SPLITS:
-        frame, x = dataloader.load_embeddings(cfg, split)
+        frame, x = embedding_files.load_embeddings(cfg, split)
         scores[split] = scorer.scores(x)
         predicted = [ckpt["classes"][i] for i in scorer.logits(x).argmax(1)]
         frames[split] = frame[["path", "split", "label"]].assign(predicted=predicted)
@@ -132,7 +131,7 @@ def main(argv=None):
         "default_score": cfg.novelty_score, "thresholds": thresholds})
     plot_roc(scores, table, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_roc.png"))
     plot_distributions(scores, thresholds, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_scores.png"))
-    dataloader.record_embedding_inputs(cfg, "novelty")
+    embedding_files.record_embedding_inputs(cfg, "novelty")
     print_summary(table, frames)
     return table
 

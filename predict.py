@@ -5,7 +5,7 @@
 
 Reads checkpoints/best.pth (train.py), embeddings/embeddings_{train,val}.pkl (embed.py: the reference of the
 novelty score), results/novelty_thresholds.json (novelty.py) and every image under predict_dir, recursively, by
-the scan's rules (the formats dataloader.IMAGE_EXTENSIONS lists, any case, mode and bit depth; hidden entries are
+the scan's rules (the formats image_io.IMAGE_EXTENSIONS lists, any case, mode and bit depth; hidden entries are
 not entered; a file that does not decode is skipped). The training images themselves are not needed. Writes
   results/predictions.csv            one row per image: path (relative to predict_dir), predicted, probability,
                                      top1_class, top1_probability ... top3_*, p_<class> for every seen class
@@ -31,10 +31,19 @@ import pandas as pd
 from scipy.special import softmax
 from tqdm import tqdm
 
-from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
-import dataloader
-from lab import trunk_cache
 import lab
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    data_folders,
+    embedding_files,
+    image_io,
+    output_lock,
+    provenance,
+    runtime,
+    trunk_cache,
+)
 from lab import novelty_scores as ns
 
 CHUNK = 1000  # images per cached chunk: an interruption loses at most this much work
@@ -52,7 +61,7 @@ def sample_images(cfg):
     if not folder.is_dir():
         raise lab.LabError(f"predict_dir={cfg.predict_dir!r} is not a folder ({folder} does not exist or is a "
                            f"file). Give the folder that holds the sample's image files.")
-    images, ignored = dataloader.list_class_files(folder)  # the scan's rules: sub-folders, loops, hidden files
+    images, ignored = data_folders.list_class_files(folder)  # the scan's rules: sub-folders, loops, hidden files
     if not images:
         raise lab.LabError(f"No image files under {folder} (searched recursively for the formats the scan reads: "
                            f"jpg, png, tif, bmp, gif, webp...; {len(ignored)} other entries). Point --predict_dir "
@@ -85,7 +94,7 @@ def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
 def compute_chunk(cfg, model, device, dtype, abs_paths):
     """Logits, embeddings and decoded flags of a chunk (shared by every rank under torchrun)."""
     return trunk_cache.image_outputs(model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype,
-                                  desc="chunk")
+                                     desc="chunk")
 
 
 def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_paths):
@@ -142,7 +151,7 @@ def prediction_rows(rel_paths, logits, novelty, threshold, classes, score_name):
 
 
 def skipped_reason(abs_path):
-    return dataloader.check_image(abs_path) or "failed to decode during the trunk pass"
+    return image_io.check_image(abs_path) or "failed to decode during the trunk pass"
 
 
 def write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold):
@@ -165,7 +174,7 @@ def write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name
                 counts["images"] += rows["predicted"].value_counts().reindex(classes, fill_value=0)
                 counts["possibly_new"] += rows[rows["possibly_new"]]["predicted"].value_counts().reindex(
                     classes, fill_value=0)
-                embedding_parts.append(dataloader.embedding_frame(cfg, pd.DataFrame(
+                embedding_parts.append(embedding_files.embedding_frame(cfg, pd.DataFrame(
                     {"label": rows["predicted"], "split": "predict", "path": [str(folder / p) for p in rows["path"]]}),
                     embeddings, classes))
     artifacts.atomic_write(artifacts.out_path(cfg, "results", "predictions.csv"), write)
@@ -249,13 +258,13 @@ def main(argv=None):
                                                   threshold)
     ignored = [{"path": p, "reason": reason} for p, reason in others]
     artifacts.save_csv(artifacts.out_path(cfg, "results", "predict_skipped.csv"),
-                 pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
+                       pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
     table = count_table(counts)
     artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"), table)
     frame = pd.concat(parts, ignore_index=True)
     meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "predict_dir": str(folder), "trunk_weights": ckpt["weights"], "versions": provenance.package_versions()}
-    dataloader.save_embedding_set(cfg, {"predict": frame}, meta, dataloader.PREDICT_META)
+    embedding_files.save_embedding_set(cfg, {"predict": frame}, meta, embedding_files.PREDICT_META)
     if cfg.ecotaxa:
         print(f"[predict] EcoTaxa table: {write_ecotaxa(cfg, ckpt['classes'], score_name)}")
     remove_stale_chunks(cfg, chunk_files)

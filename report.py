@@ -15,9 +15,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-import dataloader
-from lab import artifacts, config, interactive_map, output_lock, provenance, runtime
 import lab
+from lab import artifacts, config, embedding_files, interactive_map, output_lock, provenance, runtime
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
                    ("novelty_scores.png", "Novelty scores of seen and unseen images"))
@@ -69,7 +68,7 @@ def check_results_belong_together(cfg):
     current = {"checkpoint": provenance.artifact_digest(cfg, "checkpoints", "best.pth"), "embeddings": None}
     stale = []
     try:
-        current["embeddings"] = dataloader.embedding_set(cfg)["set"]  # itself checked against the checkpoint
+        current["embeddings"] = embedding_files.embedding_set(cfg)["set"]  # itself checked against the checkpoint
     except lab.LabError:
         stale.append("embed")
     sections = dict(SECTION_INPUTS)
@@ -96,10 +95,10 @@ def cap_per_split(coords, limit, seed):
 def map_section(cfg, results, figs):
     """The interactive map (a bokeh layout) and the static figure below it."""
     coords = artifacts.read_csv(artifacts.require(results / "umap_coordinates.csv", "dimensionality_reduction.py"),
-                          ("split", "label", "path", "method"))
+                                ("split", "label", "path", "method"))
     coords = cap_per_split(coords, cfg.umap_samples_per_split, cfg.seed)
     test_predictions = artifacts.read_csv(artifacts.require(results / "test_predictions.csv", "evaluate.py"),
-                                    ("path", "label", "predicted"))
+                                          ("path", "label", "predicted"))
     predictions = (artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
                    if (results / "predictions.csv").exists() else None)
     points = interactive_map.map_points(coords, test_predictions, predictions)
@@ -120,7 +119,7 @@ def optional_sections(cfg, results, figs):
         figures = "".join(_figure(figs / name, caption) for name, caption in NOVELTY_FIGURES if (figs / name).exists())
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
-    predict_set = dataloader.current_predict_set(cfg)
+    predict_set = embedding_files.current_predict_set(cfg)
     if (results / "prediction_counts.csv").exists() and predict_set:
         counts = artifacts.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
         text = ""
@@ -128,7 +127,8 @@ def optional_sections(cfg, results, figs):
             predictions = artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
             mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
                     if "probability" in predictions else "")
-            mapped = (provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict_set["set"]
+            mapped = ((provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict")
+                      == predict_set["set"])
             where = ("they are in the 2-D map as the split \u201cpredict\u201d, coloured by their predicted class"
                      if mapped else "run <code>python dimensionality_reduction.py</code> to add them to the 2-D map")
             text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
@@ -167,8 +167,8 @@ def first_sections(cfg, results, figs, inputs_by_script):
 def distances_section(results, figs):
     section = "<h2>4. Average distances between classes</h2>"
     for s in ("test", "unseen"):
-        table = artifacts.read_csv(artifacts.require(results / f"average_distances_{s}.csv", "compute_average_distances.py"),
-                             ("class_a", "class_b"))
+        csv = artifacts.require(results / f"average_distances_{s}.csv", "compute_average_distances.py")
+        table = artifacts.read_csv(csv, ("class_a", "class_b"))
         section += (f"<h3>{s} set</h3><p>{distance_summary(table)}.</p>"
                     + _figure(figs / f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
                     + _figure(figs / f"average_angular_distances_{s}.png", f"Angular, {s}"))
@@ -177,7 +177,7 @@ def distances_section(results, figs):
 
 def galleries_section(results, figs):
     galleries = artifacts.read_csv(artifacts.require(results / "galleries.csv", "dimensionality_reduction.py"),
-                             ("set", "class", "figure", "row", "path", "label"))
+                                   ("set", "class", "figure", "row", "path", "label"))
     tiles = galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False)
     return ("<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other classes "
             "(128-d embedding space).</p>" + "".join(_figure(figs / figure, f"{c} ({s})") for c, s, figure in tiles))
@@ -185,7 +185,7 @@ def galleries_section(results, figs):
 
 def transfer_section(results, figs):
     transfer = artifacts.read_csv(artifacts.require(results / "transfer_learning.csv", "transfer_learning.py"),
-                            ("classifier", "per_class"))
+                                  ("classifier", "per_class"))
     final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
     classifiers = list(dict.fromkeys(transfer["classifier"]))  # the names transfer_learning.py gave its figures
     return ("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"

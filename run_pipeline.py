@@ -18,7 +18,6 @@ import pandas as pd
 import backbone
 import compute_average_distances
 import dataloader
-from lab import artifacts, config, demo_data, runtime
 import dimensionality_reduction
 import embed
 import evaluate
@@ -27,6 +26,7 @@ import novelty
 import report
 import train
 import transfer_learning
+from lab import artifacts, config, demo_data, runtime
 
 STAGES = (("split", dataloader), ("train", train), ("evaluate", evaluate), ("embed", embed),
           ("distances", compute_average_distances), ("reduction", dimensionality_reduction),

@@ -30,10 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 import backbone
-from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime
-import dataloader
-from lab import trunk_cache
 import lab
+from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime, splitting, trunk_cache
 
 
 def class_weights(labels, n_classes, weighting):
@@ -97,7 +95,7 @@ def save_summary(cfg, history):
     artifacts.save_csv(artifacts.out_path(cfg, "results", "train_history.csv"), frame)
     plot_history(frame, artifacts.out_path(cfg, "figs", "training_plot.png"))
     provenance.record_inputs(cfg, "train", checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
-                      split=dataloader.split_digest(cfg))
+                             split=splitting.split_digest(cfg))
 
 
 @contextlib.contextmanager
@@ -139,12 +137,12 @@ def set_previous_run_aside(cfg):
 def train(cfg):
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    split = dataloader.load_split(cfg)
+    split = splitting.load_split(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
     weights_id = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
     print(f"[trunk weights] {weights_id}")
     backbone.print_model_summary(model, cfg.image_size)
-    digest = dataloader.split_digest(cfg)
+    digest = splitting.split_digest(cfg)
     dtype = backbone.trunk_dtype(cfg.precision, device)
     head = backbone.head_dtype(cfg.head_precision, device)
     if cfg.resume:  # refused before any trunk work when the run cannot be continued

@@ -26,9 +26,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-import dataloader
 import lab
-from lab import artifacts, config, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, output_lock, plotting, runtime
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -152,7 +151,7 @@ def main(argv=None):
     config.print_config(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
-    frame, x = dataloader.load_embeddings(cfg, "unseen")
+    frame, x = embedding_files.load_embeddings(cfg, "unseen")
     classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)
     counts = np.bincount(y)
     if counts.min() < 2:
@@ -166,7 +165,7 @@ def main(argv=None):
     for name in CLASSIFIERS:
         plot_curves(table, [name], artifacts.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
     plot_curves(table, CLASSIFIERS, artifacts.out_path(cfg, "figs", "accuracy_all.png"), chance)
-    dataloader.record_embedding_inputs(cfg, "transfer_learning")
+    embedding_files.record_embedding_inputs(cfg, "transfer_learning")
     final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
     print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
           f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))

@@ -23,12 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-import dataloader  # noqa: E402
 import evaluate  # noqa: E402
 import lab  # noqa: E402
 import train  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
-from lab import artifacts, config, output_lock, runtime  # noqa: E402
+from lab import artifacts, config, data_folders, output_lock, runtime  # noqa: E402
 
 SEEN_COUNTS = (800, 400, 200, 100, 50, 25)  # images per seen class, most common first
 UNSEEN_COUNT = 20
@@ -38,7 +37,7 @@ def build_imbalanced_root(source, dest, seen, unseen, counts=SEEN_COUNTS, unseen
     """dest/<class>/ of symbolic links to a seeded sample of source's images: counts[i] images for the i-th largest
     seen class, unseen_count for each unseen class. Returns {class: images}."""
     rng = np.random.default_rng(seed)
-    available = {c: dataloader.list_class_files(Path(source) / c)[0] for c in seen + unseen}
+    available = {c: data_folders.list_class_files(Path(source) / c)[0] for c in seen + unseen}
     by_size = sorted(seen, key=lambda c: -len(available[c]))
     wanted = {**dict(zip(by_size, counts)), **{c: unseen_count for c in unseen}}
     for c, n in wanted.items():
@@ -88,7 +87,7 @@ def run_once(argv):
     try:
         counts = build_imbalanced_root(source, scratch / "data", seen, unseen[:2], seed=base.seed)
         run_argv = [a for a in argv if a.split("=", 1)[0] not in ("--data_root", "--seen_classes", "--unseen_classes",
-                                                                   "--output_dir", "--class_weighting")]
+                                                                  "--output_dir", "--class_weighting")]
         run_argv += [f"--data_root={str(scratch / 'data')!r}", f"--output_dir={str(scratch / 'out')!r}",
                      f"--seen_classes={seen!r}", f"--unseen_classes={unseen[:2]!r}"]
         metrics = {w: train_and_evaluate(run_argv, w) for w in ("none", "balanced")}

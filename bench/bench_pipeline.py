@@ -31,16 +31,25 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import backbone  # noqa: E402
-from lab import artifacts, checkpoint, config, output_lock, runtime  # noqa: E402
 import compute_average_distances  # noqa: E402
-import dataloader  # noqa: E402
-from lab import hardware  # noqa: E402
-from lab import trunk_cache  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
 import train  # noqa: E402
 from bench import common, legacy, scale  # noqa: E402
 from bench.common import information, not_here, verdict  # noqa: E402
+from lab import (  # noqa: E402
+    artifacts,
+    checkpoint,
+    config,
+    data_folders,
+    embedding_files,
+    hardware,  # noqa: E402
+    image_io,
+    output_lock,
+    runtime,
+    splitting,
+    trunk_cache,  # noqa: E402
+)
 
 NDSB9 = ROOT.parent / "shared" / "data" / "ndsb9"
 NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
@@ -82,8 +91,8 @@ class Run:
         if self.pipeline_seconds is None:
             self.run_stages(TRAINED_STAGES)
         cfg, ckpt, model, split, device = checkpoint.load_trained(config.load_config(self.argv))
-        paths = dataloader.absolute_paths(cfg, split[split["split"] == "train"]["path"])
-        images = [dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size)
+        paths = splitting.absolute_paths(cfg, split[split["split"] == "train"]["path"])
+        images = [image_io.image_tensor(image_io.load_rgb(p), cfg.image_size)
                   for p in paths[:self.sizes["trunk_images"]]]
         batches = [torch.stack(images[i:i + cfg.batch_size]).contiguous(memory_format=torch.channels_last)
                    for i in range(0, len(images), cfg.batch_size)]
@@ -131,7 +140,8 @@ def measure_pipeline(run):
     output_lock.release_locks()
     run.pipeline_seconds = dict(zip(timings["stage"], timings["seconds"]))
     total = run.pipeline_seconds["total"]
-    epochs = artifacts.read_csv(artifacts.out_path(config.load_config(run.argv), "results", "train_history.csv"), ())["seconds"]
+    history = artifacts.out_path(config.load_config(run.argv), "results", "train_history.csv")
+    epochs = artifacts.read_csv(history, ())["seconds"]
     reason = (f"train took {run.pipeline_seconds['train']:.0f} s: {len(epochs)} epochs of {epochs.min():.1f} to "
               f"{epochs.max():.1f} s (median {epochs.median():.1f}); an epoch far above the fastest is the machine's "
               f"other load stalling torch's threads (load average {common.load_average()})")
@@ -195,7 +205,7 @@ def reduced_test_accuracy(t, reduced):
     """(test accuracy of the head on trunk features computed in `reduced`, the pipeline's fp32-or-auto one)."""
     test_rows = t.split[t.split["split"] == "test"].reset_index(drop=True)
     feats, ok = trunk_cache.trunk_features(t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device,
-                                        reduced)
+                                           reduced)
     data = trunk_cache.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
     predicted = trunk_cache.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
     reference = json.loads(artifacts.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
@@ -397,7 +407,7 @@ def measure_loader(run):
     """The decoding workers alone vs the trunk: both in steady state and at their best of the same rounds."""
     t = run.trained
     loader = trunk_cache.trunk_loader(t.paths[:run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size,
-                                   t.cfg.num_workers, t.device)
+                                      t.cfg.num_workers, t.device)
     passes = [loader_pass(loader) for _ in range(run.sizes["rounds"])]
     whole_ips, loader_ips = max(p[0] for p in passes), max(p[1] for p in passes)
     trunk_ips = run.measured.get("trunk_images_per_s")
@@ -440,7 +450,7 @@ def map_trustworthiness(cfg):
     coords = artifacts.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), ("split", "label", "path"))
     vectors = {}
     for s in coords["split"].unique():
-        frame, x = dataloader.load_embeddings(cfg, s)
+        frame, x = embedding_files.load_embeddings(cfg, s)
         vectors.update({(s, p): v for p, v in zip(frame["path"], x)})
     x = StandardScaler().fit_transform(np.stack([vectors[k] for k in zip(coords["split"], coords["path"])]))
     k = min(cfg.umap_n_neighbors, len(x) // 2 - 1)
@@ -508,9 +518,9 @@ def cache_child(n, image_size, data_root, classes, out):
     """In a fresh process: the trunk pass over n images (cycling the data) -> its peak resident memory."""
     import pandas as pd
     cfg = config.load_config([f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
-                           "--backbone_weights=None", "--precision='fp32'", f"--seen_classes={classes[:2]!r}",
-                           f"--unseen_classes={classes[2:4]!r}"])
-    files = sorted(f"{c}/{f}" for c in classes for f in dataloader.list_class_files(Path(data_root) / c)[0])
+                              "--backbone_weights=None", "--precision='fp32'", f"--seen_classes={classes[:2]!r}",
+                              f"--unseen_classes={classes[2:4]!r}"])
+    files = sorted(f"{c}/{f}" for c in classes for f in data_folders.list_class_files(Path(data_root) / c)[0])
     rows = pd.DataFrame({"path": [files[i % len(files)] for i in range(n)], "label": "x"})
     trunk = backbone.build_trunk(None, 0)
     common.reset_peak_rss()  # importing torch peaks above the trunk pass: measure the pass's own high-water mark
@@ -541,7 +551,7 @@ def sample_of_links(n, data_root, classes, folder):
     """A folder of n symbolic links to the data's images, cycling through them, in sub-folders of 1,000 (as a
     cruise's export): a large new sample without copying one image."""
     root = Path(data_root)
-    files = sorted(root / c / f for c in classes for f in dataloader.list_class_files(root / c)[0])
+    files = sorted(root / c / f for c in classes for f in data_folders.list_class_files(root / c)[0])
     for i in range(n):
         target = files[i % len(files)]
         link = Path(folder) / f"part{i // 1000:03d}" / f"{i:06d}_{target.name}"

@@ -25,7 +25,8 @@ def machine():
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": hardware.cpu_features(), "precision_rule": hardware.describe(), "load_average": load_average(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": hardware.cpu_features(),
+            "precision_rule": hardware.describe(), "load_average": load_average(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}
 

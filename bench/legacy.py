@@ -10,11 +10,13 @@ import time
 
 import numpy as np
 
+from lab import image_io
+
 
 def reduce_to_2d(x, cfg):
     """dimensionality_reduction.reduce_to_2d as it was: UMAP finds the neighbours itself."""
-    from sklearn.preprocessing import StandardScaler
     import umap
+    from sklearn.preprocessing import StandardScaler
     x = StandardScaler().fit_transform(x)
     reducer = umap.UMAP(n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1), min_dist=cfg.umap_min_dist,
                         random_state=cfg.seed, n_jobs=1)
@@ -25,17 +27,17 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     """Images per second of the original kind of step: images decoded, the trunk recomputed in train mode, then
     the head; steady state (the first batch, which warms up workers and kernels, is not counted)."""
     import torch
-    import dataloader
+
     from lab import trunk_cache
     loader = trunk_cache.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
-                                   cfg.num_workers, device)
+                                      cfg.num_workers, device)
     model = model.to(device)
     torch.nn.Module.train(model, True)  # as the original: all in train mode (not PlanktonNet.train's frozen trunk)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     targets = torch.as_tensor(labels[:n_batches * cfg.batch_size])
     seen, start = 0, None
     for i, (x, _) in enumerate(loader):
-        logits, _ = model(dataloader.normalise(x.to(device)))
+        logits, _ = model(image_io.normalise(x.to(device)))
         batch_targets = targets[i * cfg.batch_size:i * cfg.batch_size + len(x)].to(device)
         loss = torch.nn.functional.cross_entropy(logits, batch_targets)
         optimizer.zero_grad()

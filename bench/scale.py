@@ -95,8 +95,9 @@ def distances(x, y, cfg):
 
 
 def map_sample(x, y, cfg):
-    import dimensionality_reduction
     from sklearn.preprocessing import StandardScaler
+
+    import dimensionality_reduction
     rng = np.random.default_rng(cfg.seed)
     parts = np.array_split(np.arange(len(x)), 3)  # as train, test and unseen
     kept = [part[dimensionality_reduction.sample_rows(part, cfg.umap_samples_per_split, rng)] for part in parts]
@@ -155,7 +156,6 @@ def import_stages():
 
 
 def embedding_stages(n, classes, stages, overrides):
-    import lab
     cfg = config.load_config(overrides)
     x, y = synthetic_embeddings(n, classes)
     return {stage: measured(STAGE_FUNCTIONS[stage], x, y, cfg) for stage in stages}
@@ -170,7 +170,6 @@ def embeddings_child(n, classes, stages, overrides):
 def files_child(folder, output_dir, num_workers, classes, embeddings=None):
     """In a fresh process: the scan and split of the files in folder (and, given (n, stages, overrides), the
     embedding stages after it); prints {stage: measurement}."""
-    import lab
     import_stages()
     results = {"scan and split": {**measured(scan_and_split, folder, output_dir, num_workers, classes),
                                   "workers": num_workers}}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lab
 
-
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 
 
@@ -32,7 +31,7 @@ def require(path, made_by, what="file"):
     path = Path(path)
     if not path.exists():
         raise lab.LabError(f"The {what} {path} does not exist yet. It is made by `python {made_by}`: run that first "
-                       f"(with the same --output_dir), or run the whole pipeline with `python run_pipeline.py`.")
+                           f"(with the same --output_dir), or run the whole pipeline with `python run_pipeline.py`.")
     return path
 
 
@@ -53,7 +52,7 @@ def atomic_write(path, write):
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         kept = "The previous version is intact." if path.exists() else "Nothing was written."
         raise lab.LabError(f"Could not save {path}: {reason}. {kept} Free some space or choose another "
-                       f"--output_dir, then run the script again.") from None
+                           f"--output_dir, then run the script again.") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import torch
 
 import backbone
-import dataloader
 import lab
-from lab import artifacts, config, provenance, runtime
+from lab import artifacts, config, provenance, runtime, splitting
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -86,8 +85,8 @@ def config_from_checkpoint(ckpt, cfg):
 
 
 def _holds_the_split(cfg):
-    split = dataloader.read_split_file(cfg)
-    return split is not None and dataloader.same_files(artifacts.resolve(cfg.data_root), split)
+    split = splitting.read_split_file(cfg)
+    return split is not None and splitting.same_files(artifacts.resolve(cfg.data_root), split)
 
 
 def model_from_checkpoint(ckpt, cfg):
@@ -123,8 +122,8 @@ def load_trained(cfg):
     if ckpt["weights"].startswith("RANDOM"):
         print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "
               "embeddings say nothing about plankton beyond this data set.", file=sys.stderr)
-    split = dataloader.load_split(cfg)
-    if dataloader.split_digest(cfg) != ckpt["split_digest"]:
+    split = splitting.load_split(cfg)
+    if splitting.split_digest(cfg) != ckpt["split_digest"]:
         raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
                            "Retrain with `python train.py` so that the test set holds no training images.")
     device = runtime.select_device(cfg.device)

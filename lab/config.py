@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import lab
 
-
 NULLABLE = {"backbone_weights", "predict_dir"}
 
 
@@ -36,8 +35,8 @@ def config_defaults():
 def _check_type(name, value, default):
     def fail(expected):
         raise lab.LabError(f"--{name}={value!r} has the wrong type: expected {expected} (the default is "
-                       f"{default!r}). Strings need quotes inside the shell, e.g. --{name}=\"'text'\" "
-                       f"or a bare word, lists look like --{name}=\"['a', 'b']\".")
+                           f"{default!r}). Strings need quotes inside the shell, e.g. --{name}=\"'text'\" "
+                           f"or a bare word, lists look like --{name}=\"['a', 'b']\".")
     if name in NULLABLE and value is None:
         return None
     if isinstance(default, bool):
@@ -69,13 +68,13 @@ def parse_overrides(argv, defaults):
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise lab.LabError(f"Cannot read the argument {arg!r}: every argument must look like --name=value, "
-                           f"with a name from configfile.py (e.g. --lr=0.001).")
+                               f"with a name from configfile.py (e.g. --lr=0.001).")
         name, text = arg[2:].split("=", 1)
         if name not in defaults:
             close = difflib.get_close_matches(name, defaults, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
             raise lab.LabError(f"Unknown setting --{name}: it is not a name in configfile.py.{hint} "
-                           f"Run the script with --help to list the settings.")
+                               f"Run the script with --help to list the settings.")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -156,7 +155,7 @@ def load_config(argv=None, describe=None):
         raise SystemExit(0)
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
     # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
-    # is matched in that form too (dataloader.class_folders), and both spell the same label.
+    # is matched in that form too (data_folders.class_folders), and both spell the same label.
     cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
     cfg.unseen_classes = [unicodedata.normalize("NFC", c) for c in cfg.unseen_classes]
     validate_config(cfg)

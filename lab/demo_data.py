@@ -179,8 +179,8 @@ def _made_by_the_lab(folder):
 def _refuse_foreign(folder):
     if folder.exists() and not _made_by_the_lab(folder):
         raise lab.LabError(f"{folder} exists and was not made by the lab (lab/demo_data.py): it has no {MARKER} "
-                           f"file, so the demo generator will not touch it: it may be your data. Move it away if it is an old "
-                           f"demo set, or leave it; the demo always lives in {DEMO_ROOT}.")
+                           f"file, so the demo generator will not touch it: it may be your data. Move it away if it is "
+                           f"an old demo set, or leave it; the demo always lives in {DEMO_ROOT}.")
 
 
 def generate(root=DEMO_ROOT, counts=None, seed=0):
@@ -193,7 +193,8 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
     _refuse_foreign(staging)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / MARKER).write_text(f"synthetic demo data written by the lab (lab/demo_data.py, seed {seed}); safe to delete\n")
+    (staging / MARKER).write_text(f"synthetic demo data written by the lab (lab/demo_data.py, seed {seed}); safe to "
+                                  f"delete\n")
     for c_idx, name in enumerate(counts):
         folder = staging / name
         folder.mkdir()
@@ -221,9 +222,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     config.load_config(argv, __doc__)  # the same --help and checks as every script
     if any(a.startswith("--data_root=") for a in argv):
-        raise lab.LabError(f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and nowhere else, so that it can never "
-                           f"overwrite your data; drop --data_root. data_root only says where the other scripts "
-                           f"read images from.")
+        raise lab.LabError(f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and "
+                           f"nowhere else, so that it can never overwrite your data; drop --data_root. data_root only "
+                           f"says where the other scripts read images from.")
     root = generate(DEMO_ROOT)
     print(f"wrote {sum(DEFAULT_COUNTS.values())} images of {len(DEFAULT_COUNTS)} classes to {root}")
 

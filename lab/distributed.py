@@ -260,7 +260,7 @@ def report_failure(message):
         try:
             with open(error_file, "w") as f:
                 json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
-                                                                        "timestamp": str(int(time.time()))}}}, f)
+                                                                         "timestamp": str(int(time.time()))}}}, f)
         except OSError:
             pass  # torchrun's report then points at its documentation, and the message above stands alone
     return message

@@ -14,7 +14,7 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-import dataloader
+from lab import image_io
 
 THUMBNAIL_PX = 64
 THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
@@ -40,7 +40,7 @@ TOOLTIP = """
 def thumbnail_uri(path, size=THUMBNAIL_PX):
     """A small JPEG of the image as a data: URI, or "" when the file can no longer be read."""
     try:
-        image = dataloader.letterbox(dataloader.load_rgb(path), size)
+        image = image_io.letterbox(image_io.load_rgb(path), size)
     except Exception:  # a file moved or damaged since it was embedded: the point stays, without its picture
         return ""
     buffer = io.BytesIO()
@@ -159,8 +159,18 @@ def build_map(points, method="umap", width=1100, height=700):
     class renderers carries the tooltip, so a point shows one tooltip whatever the number of classes under it.
     """
     from bokeh.layouts import column
-    from bokeh.models import (BooleanFilter, CDSView, CheckboxButtonGroup, ColumnDataSource, CustomJS, Div,
-                              GroupFilter, HoverTool, Legend, LegendItem)
+    from bokeh.models import (
+        BooleanFilter,
+        CDSView,
+        CheckboxButtonGroup,
+        ColumnDataSource,
+        CustomJS,
+        Div,
+        GroupFilter,
+        HoverTool,
+        Legend,
+        LegendItem,
+    )
     from bokeh.plotting import figure
     from bokeh.transform import factor_mark
     splits = splits_present(points)

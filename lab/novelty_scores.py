@@ -32,9 +32,8 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import rankdata
 from sklearn.covariance import LedoitWolf
 
-import dataloader
 import lab
-from lab import artifacts
+from lab import artifacts, embedding_files
 
 STANDARD_SCORES = ("msp", "energy", "knn", "mahalanobis")
 COMBINED_SCORES = ("mahalanobis_knn",)
@@ -252,8 +251,8 @@ def classifier_layer(ckpt):
 def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
     """The NoveltyScorer of a trained model: its last layer, its training embeddings (the reference of the
     Mahalanobis and kNN scores) and its validation embeddings (the standardisation of the combined score)."""
-    train, x_train = dataloader.load_embeddings(cfg, "train")  # refused if made from another checkpoint
-    _, x_val = dataloader.load_embeddings(cfg, "val")
+    train, x_train = embedding_files.load_embeddings(cfg, "train")  # refused if made from another checkpoint
+    _, x_val = embedding_files.load_embeddings(cfg, "val")
     weight, bias = classifier_layer(ckpt)
     return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val,
                          cfg.novelty_bank_max, cfg.seed)
@@ -268,7 +267,8 @@ def score_settings(cfg, scorer):
 def load_thresholds(cfg, checkpoint_digest, scorer):
     """results/novelty_thresholds.json, refused when made for another checkpoint, another k or another kNN
     reference than `scorer` (the current settings') uses."""
-    path = artifacts.require(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file")
+    path = artifacts.require(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py",
+                             "thresholds file")
     saved = json.loads(path.read_text())
     now = score_settings(cfg, scorer)
     if saved.get("checkpoint_sha256") != checkpoint_digest:

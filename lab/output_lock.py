@@ -28,8 +28,8 @@ def ensure_output_dirs(cfg, kinds=artifacts.ARTIFACT_DIRS):
                 pass
         except OSError as exc:
             raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable, "
-                           f"free some space, or choose another with --output_dir=/some/writable/folder; "
-                           f"nothing was changed.") from None
+                               f"free some space, or choose another with --output_dir=/some/writable/folder; "
+                               f"nothing was changed.") from None
 
 
 LOCK_NAME = ".plankton-lab.lock"
@@ -71,7 +71,7 @@ def claim_output_dir(cfg):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
-                       f"--output_dir=/some/writable/folder; nothing was changed.") from None
+                           f"--output_dir=/some/writable/folder; nothing was changed.") from None
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -82,11 +82,11 @@ def claim_output_dir(cfg):
                 owner = {}
             if owner and _alive(owner) and owner.get("pid") != os.getpid():
                 raise lab.LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
-                               f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started "
-                               f"{owner.get('started')}). Two runs on one output folder would mix their checkpoints "
-                               f"and results. Wait for it to finish, stop it, or give this run its own "
-                               f"--output_dir. (If that run is gone for good, e.g. its machine crashed, delete "
-                               f"{lock}.)") from None
+                                   f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started "
+                                   f"{owner.get('started')}). Two runs on one output folder would mix their "
+                                   f"checkpoints and results. Wait for it to finish, stop it, or give this run its own "
+                                   f"--output_dir. (If that run is gone for good, e.g. its machine crashed, delete "
+                                   f"{lock}.)") from None
             if owner:
                 print(f"[lock] taking over the lock of an earlier run that is gone ({owner.get('script')}, pid "
                       f"{owner.get('pid')}, started {owner.get('started')})", file=sys.stderr)
@@ -94,8 +94,9 @@ def claim_output_dir(cfg):
                 lock.unlink()
             continue
         except OSError as exc:
-            raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable "
-                           f"or choose another with --output_dir=/some/writable/folder; nothing was changed.") from None
+            raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it "
+                               f"writable or choose another with --output_dir=/some/writable/folder; nothing was "
+                               f"changed.") from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         _held_locks.add(lock)
@@ -103,7 +104,7 @@ def claim_output_dir(cfg):
         remove_leftovers(cfg)
         return
     raise lab.LabError(f"Could not take the lock {lock}: another run keeps taking it. Give this run its own "
-                   f"--output_dir.")
+                       f"--output_dir.")
 
 
 def release_locks():

@@ -8,7 +8,6 @@ import re
 import sys
 import unicodedata
 
-import lab
 from lab import artifacts
 
 

@@ -6,7 +6,6 @@ import json
 import sys
 import time
 
-import lab
 from lab import artifacts
 
 
@@ -20,7 +19,7 @@ def record_inputs(cfg, script, **inputs):
     """results/provenance_<script>.json: the digests of what this script's outputs were computed from, so that
     report.py (and the user) can tell results of different runs apart."""
     return artifacts.save_json(artifacts.out_path(cfg, "results", f"provenance_{script}.json"),
-                     {"script": script, "inputs": inputs, "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+                               {"script": script, "inputs": inputs, "written": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def recorded_inputs(cfg, script):

@@ -4,6 +4,7 @@ seeding and the choice of device.
 import random
 import sys
 import traceback
+
 import numpy as np
 
 import lab
@@ -21,6 +22,7 @@ def seed_everything(seed):
 def select_device(name):
     """The device the setting names; under torchrun, a GPU is this rank's own (cuda:LOCAL_RANK)."""
     import torch
+
     from lab import distributed
     if name == "auto":
         if torch.cuda.is_available():
@@ -30,7 +32,7 @@ def select_device(name):
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise lab.LabError(f"device={name!r} was asked for but CUDA is not available on this machine; "
-                       f"use --device=auto or --device=cpu.")
+                           f"use --device=auto or --device=cpu.")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise lab.LabError("device='mps' was asked for but MPS is not available; use --device=auto or --device=cpu.")
     return distributed.rank_device(torch.device(name))

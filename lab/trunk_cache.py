@@ -27,9 +27,8 @@ import torch
 from tqdm import tqdm
 
 import backbone
-import dataloader
-from lab import artifacts, distributed, output_lock, runtime
 import lab
+from lab import artifacts, distributed, image_io, runtime, splitting
 
 FP16_MAX = 65504.0
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file: the whole of a typical crop, a sample of a big one
@@ -60,7 +59,7 @@ def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
     """Batches of uint8 pixels and ok flags, in order. The loader has a generator of its own: iterating a
     DataLoader draws its workers' base seed from the generator it is given, by default torch's global one, and
     a draw there would make a run whose trunk cache was cold train another model than one whose cache was warm."""
-    dataset = dataloader.ImageDataset(abs_paths, image_size)
+    dataset = image_io.ImageDataset(abs_paths, image_size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
                                        generator=torch.Generator())
@@ -72,7 +71,7 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        images = dataloader.normalise(images.to(device, non_blocking=True)).contiguous(
+        images = image_io.normalise(images.to(device, non_blocking=True)).contiguous(
             memory_format=torch.channels_last)
         with autocast:
             out = trunk(images)
@@ -262,7 +261,7 @@ def remove_stale_caches(folder, split_name, dtype):
 def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype):
     """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, cached; under
     torchrun the pass is shared by every rank and the file is the same."""
-    abs_paths = dataloader.absolute_paths(cfg, split_rows["path"])
+    abs_paths = splitting.absolute_paths(cfg, split_rows["path"])
     key = cache_key(cfg, abs_paths, weights_id, dtype)
     folder = artifacts.out_path(cfg, "cache")
     prefix = cache_prefix(split_name, dtype)
@@ -292,7 +291,7 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
               f"({len(abs_paths) / max(seconds, 1e-9):.0f} images/s)")
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
-    dataloader.record_trunk_failures(cfg, split_rows, ok)
+    splitting.record_trunk_failures(cfg, split_rows, ok)
     return features, ok
 
 

@@ -24,8 +24,8 @@ from joblib.externals.loky import cpu_count  # noqa: E402
 
 cpu_count(only_physical_cores=True)
 
-from lab import artifacts, config, demo_data, output_lock  # noqa: E402
 import lab  # noqa: E402
+from lab import artifacts, config, demo_data, output_lock  # noqa: E402
 
 TINY_COUNTS = {c: 36 for c in demo_data.CLASSES}
 # ../shared/data/ndsb9's roles, as its README gives them: 6 seen classes and 3 unseen.
@@ -37,7 +37,8 @@ FAST = ["--backbone_weights=None", "--image_size=64", "--num_workers=0", "--batc
         "--patience=4", "--umap_samples_per_split=300", "--transfer_repeats=2", "--precision=fp32"]
 
 
-SLOW = ("slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs the whole pipeline, or a stage at scale; "
+SLOW = ("slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs the whole pipeline, or a stage at "
+        "scale; "
         "`make test-fast` leaves it out (-m 'not slow')")
 
 

@@ -7,11 +7,9 @@ import pytest
 from scipy.spatial.distance import cdist
 
 import compute_average_distances as distances
-import dataloader
 import dimensionality_reduction as reduction
-import lab
 import transfer_learning
-from lab import artifacts
+from lab import artifacts, embedding_files
 
 
 def brute_force(groups):
@@ -181,7 +179,7 @@ def test_distance_script_writes_matrices_that_match_its_csv(embedded):
     results = distances.main(argv)
     table = pd.read_csv(artifacts.out_path(cfg, "results", "average_distances_unseen.csv"))
     assert len(table) == 9 and results["unseen"]["euclidean"].shape == (3, 3)
-    frame, x = dataloader.load_embeddings(cfg, "unseen")
+    frame, x = embedding_files.load_embeddings(cfg, "unseen")
     groups = [x[(frame["label"] == c).to_numpy()] for c in cfg.unseen_classes]
     groups = [g[np.abs(g).sum(1) > 0] for g in groups]
     ref = brute_force(groups)

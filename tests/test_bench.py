@@ -1,13 +1,14 @@
 """Smoke tests of the benchmark on tiny inputs, so that it cannot rot. No timing is asserted: what is asserted is
 that every measurement runs and reports, and that each target is applied only where it holds. The quick run trains
 on 24 images per class and runs only the pipeline stages its measurements need."""
-import pytest
 import json
 
+import pytest
+
 import backbone
-from lab import hardware
 from bench import bench_pipeline, scale
 from conftest import shared_dataset
+from lab import hardware
 
 
 def test_trunk_bf16_target_follows_the_cpu_kind():

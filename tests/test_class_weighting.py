@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from lab import artifacts, checkpoint, config
 import evaluate
 import lab
 import train
 from bench.bench_imbalance import build_imbalanced_root
 from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
+from lab import artifacts, checkpoint, config
 
 
 def test_balanced_weights_equal_sklearns_and_none_means_plain_cross_entropy():

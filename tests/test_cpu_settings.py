@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import backbone
-from lab import hardware
 import lab
+from lab import hardware
 
 HELD = {  # setting -> (environment, the precision "auto" must pick there)
     "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}, "fp32"),

@@ -15,11 +15,9 @@ import pytest
 import torch
 
 import backbone
-import dataloader
-from lab import artifacts, distributed, output_lock, runtime
-from lab import trunk_cache
 import lab
 from conftest import FAST
+from lab import artifacts, distributed, output_lock, runtime, splitting, trunk_cache
 
 # torchrun's module form; --standalone takes a free port, so that other torchrun runs on this machine do not clash
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -217,9 +215,9 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     to the batch size, so each image is computed in the same batch as in one process (oneDNN's result for an image
     may differ in the last bit with the size of the batch around it)."""
     cfg, _ = make_cfg("--batch_size=2")
-    split = dataloader.load_split(cfg)
+    split = splitting.load_split(cfg)
     rows = split[split["split"] == "val"].reset_index(drop=True).iloc[:5]
-    paths = dataloader.absolute_paths(cfg, rows["path"])
+    paths = splitting.absolute_paths(cfg, rows["path"])
     trunk = backbone.build_trunk(None, cfg.seed)
     device = torch.device("cpu")
     single, _ = trunk_cache.trunk_features(cfg, trunk, rows, "val", "random", device, None)
@@ -229,10 +227,10 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     for shards in (3, 7):  # 7 ranks for 5 images: two ranks have nothing to do
         target = artifacts.out_path(cfg, "cache") / f"assembled_{shards}.npy"
         oks = [trunk_cache.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
-                                    cache_path=target, abs_paths=paths, image_size=cfg.image_size,
-                                    batch_size=cfg.batch_size, num_workers=0,
-                                    trunk=trunk, precision="fp32", device_type="cpu",
-                                    data_root=str(artifacts.resolve(cfg.data_root)), desc="test")
+                                       cache_path=target, abs_paths=paths, image_size=cfg.image_size,
+                                       batch_size=cfg.batch_size, num_workers=0,
+                                       trunk=trunk, precision="fp32", device_type="cpu",
+                                       data_root=str(artifacts.resolve(cfg.data_root)), desc="test")
                for r in range(shards)]
         assert sum(len(ok) for ok in oks) == len(paths)
         side = backbone.trunk_side(cfg.image_size)

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import backbone
-import dataloader
-from lab import artifacts, config, trunk_cache
-import lab
+from lab import artifacts, config, image_io, splitting, trunk_cache
 
 
 @pytest.fixture
@@ -18,7 +16,7 @@ def two_images(make_cfg):
     cfg, _ = make_cfg()
     rows = pd.DataFrame({"path": ["chainthin/chainthin_0000.png", "darksphere/darksphere_0000.png"],
                          "label": ["chainthin", "darksphere"]})
-    return cfg, rows, dataloader.absolute_paths(cfg, rows["path"])
+    return cfg, rows, splitting.absolute_paths(cfg, rows["path"])
 
 
 def test_cache_key_changes_with_everything_that_changes_the_features(two_images, tmp_path):
@@ -64,7 +62,7 @@ def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, mon
     side = backbone.trunk_side(cfg.image_size)
     assert feats.shape == (2, backbone.TRUNK_CHANNELS, side, side) and feats.dtype == np.float16 and ok.all()
     with torch.no_grad():
-        x = torch.stack([dataloader.image_tensor(dataloader.load_rgb(p), cfg.image_size) for p in paths])
+        x = torch.stack([image_io.image_tensor(image_io.load_rgb(p), cfg.image_size) for p in paths])
         reference = trunk(x).numpy()
     np.testing.assert_allclose(np.asarray(feats, np.float32), reference, rtol=1e-2, atol=1e-2)  # float16 storage
 

@@ -21,7 +21,7 @@ import dataloader
 import lab
 import transfer_learning
 from conftest import FAST
-from lab import artifacts, config, output_lock, plotting
+from lab import artifacts, config, data_folders, embedding_files, image_io, output_lock, plotting, splitting
 
 
 def class_root(tiny_demo, root, names, per_class=20):
@@ -62,10 +62,11 @@ def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_surviv
     argv = argv_for(root, tmp_path / "out", seen, unseen, "--min_images_per_class=5", "--reduction_method=pca")
     run_pipeline.main(argv)
     cfg = config.load_config(argv)
-    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     assert set(split["label"]) == set(seen + unseen)
     assert split.loc[split["label"] == "Cératium", "path"].str.startswith(decomposed + "/").all()  # the disk's name
-    galleries = artifacts.read_csv(artifacts.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label"))
+    galleries = artifacts.read_csv(artifacts.out_path(cfg, "results", "galleries.csv"),
+                                   ("set", "class", "row", "path", "label"))
     assert set(galleries["class"]) == set(seen + unseen)
     figures = {c: artifacts.out_path(cfg, "figs", f"gallery_{plotting.figure_slug(c)}.png") for c in seen + unseen}
     assert len(set(figures.values())) == 8 and all(f.stat().st_size > 1000 for f in figures.values())
@@ -99,7 +100,8 @@ def test_figure_names_are_unique_stable_and_ascii():
 
 def test_csv_text_columns_read_back_exactly(tmp_path):
     path = tmp_path / "t.csv"
-    artifacts.save_csv(path, pd.DataFrame({"class": ["01", "NA", "None", "nan"], "mean": [1.5, float("nan"), 2.0, 3.0]}))
+    artifacts.save_csv(path, pd.DataFrame({"class": ["01", "NA", "None", "nan"],
+                                           "mean": [1.5, float("nan"), 2.0, 3.0]}))
     table = artifacts.read_csv(path, ("class",))
     assert list(table["class"]) == ["01", "NA", "None", "nan"]
     assert table["mean"].dtype == float and table["mean"].isna().tolist() == [False, True, False, False]
@@ -154,7 +156,7 @@ def test_composed_and_decomposed_folders_of_one_name_are_an_ambiguity(tiny_demo,
     root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", composed, unicodedata.normalize("NFD", composed)])
     cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
     with pytest.raises(lab.LabError, match="different Unicode forms"):
-        dataloader.load_split(cfg)
+        splitting.load_split(cfg)
 
 
 # --------------------------------------------------------------------------- 2. folders as they are
@@ -183,33 +185,33 @@ def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny
     frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
     cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
     dataloader.main(argv_for(root, tmp_path / "out", ["a", "b"], ["c", "d"], "--min_images_per_class=5"))
-    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     paths = set(split["path"])
     assert {"a/sub/deeper/x.png", "a/crop.webp", "a/anim.gif", "a/stack.tif"} <= paths
     assert not any(p.startswith(("a/up/", "a/self", "a/sub/back")) for p in paths)
     assert (split["label"] == "a").sum() == 20 + 4
-    ignored = artifacts.read_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), dataloader.IGNORED_COLUMNS)
+    ignored = artifacts.read_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), data_folders.IGNORED_COLUMNS)
     reasons = dict(zip(ignored["path"], ignored["reason"]))
-    assert reasons == {"a/self": dataloader.LOOP, "a/up": dataloader.LOOP, "a/sub/back": dataloader.LOOP,
-                       "a/broken.png": dataloader.BROKEN_LINK, "a/notes.txt": dataloader.NOT_IMAGE,
-                       "a/.DS_Store": dataloader.HIDDEN}
-    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    assert reasons == {"a/self": data_folders.LOOP, "a/up": data_folders.LOOP, "a/sub/back": data_folders.LOOP,
+                       "a/broken.png": data_folders.BROKEN_LINK, "a/notes.txt": data_folders.NOT_IMAGE,
+                       "a/.DS_Store": data_folders.HIDDEN}
+    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), data_folders.NOTE_COLUMNS)
     assert set(notes["path"]) == {"a/anim.gif", "a/stack.tif"}
     assert (notes["note"] == "multi-frame file: first frame used").all() and set(notes["detail"]) == {"3 frames"}
     out = capsys.readouterr().out
     assert "ignored 6 file(s) or folder(s) in the class folders" in out
-    for reason, count in ((dataloader.LOOP, 3), (dataloader.BROKEN_LINK, 1), (dataloader.HIDDEN, 1)):
+    for reason, count in ((data_folders.LOOP, 3), (data_folders.BROKEN_LINK, 1), (data_folders.HIDDEN, 1)):
         assert f"{count}  {reason}" in out
-    assert f"1  {dataloader.NOT_IMAGE} (.txt 1)" in out and "2  multi-frame file: first frame used" in out
+    assert f"1  {data_folders.NOT_IMAGE} (.txt 1)" in out and "2  multi-frame file: first frame used" in out
     summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
     assert summary.set_index("class").loc["a", "ignored_non_image"] == 6
-    first = np.asarray(dataloader.load_rgb(root / "a" / "anim.gif"))
+    first = np.asarray(image_io.load_rgb(root / "a" / "anim.gif"))
     assert (first == 10).all()  # the first frame, not the last one decoded
 
 
 def test_common_formats_are_read():
-    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"} <= dataloader.IMAGE_EXTENSIONS
-    assert not {".txt", ".csv", ".pdf", ".db"} & dataloader.IMAGE_EXTENSIONS
+    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"} <= image_io.IMAGE_EXTENSIONS
+    assert not {".txt", ".csv", ".pdf", ".db"} & image_io.IMAGE_EXTENSIONS
 
 
 @pytest.mark.parametrize("orientation, expected", [(1, (40, 20)), (6, (20, 40)), (3, (40, 20)), (8, (20, 40))])
@@ -218,9 +220,9 @@ def test_exif_orientation_is_applied(tmp_path, orientation, expected):
     pixels[:, :10] = 20  # a dark left edge, as stored
     img = Image.fromarray(pixels)
     exif = img.getexif()
-    exif[dataloader.EXIF_ORIENTATION] = orientation
+    exif[image_io.EXIF_ORIENTATION] = orientation
     img.save(tmp_path / "x.jpg", exif=exif, quality=95)
-    rgb = np.asarray(dataloader.load_rgb(tmp_path / "x.jpg", 64)).mean(2)
+    rgb = np.asarray(image_io.load_rgb(tmp_path / "x.jpg", 64)).mean(2)
     assert rgb.shape[::-1] == expected
     dark_edge = {1: rgb[:, :5], 3: rgb[:, -5:], 6: rgb[:5], 8: rgb[-5:]}[orientation]
     assert dark_edge.mean() < 60 and rgb.mean() > 120
@@ -278,14 +280,14 @@ def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, t
     skipped = artifacts.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"), ("path", "label", "reason"))
     assert list(skipped["path"]) == ["Odontella/huge.png"]
     assert skipped["reason"].item().startswith("too large to decode within memory: 20000 x 20000 px (400 MP)")
-    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), dataloader.NOTE_COLUMNS)
+    notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), data_folders.NOTE_COLUMNS)
     assert list(notes["path"]) == ["Odontella/big.jpg"] and "decompression-bomb" in notes["note"].item()
     assert "1  very large image (Pillow's decompression-bomb warning)" in scan.stdout
-    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     assert {"Odontella/strip.png", "Odontella/big.jpg"} <= set(split["path"])
-    reduced = dataloader.load_rgb(folder / "strip.png", 64)  # reduced 208x (to >= 3 x 64 px), aspect kept
-    assert reduced.size == (193, 2) and np.asarray(dataloader.letterbox(reduced, 64)).shape == (64, 64, 3)
-    disk = np.asarray(dataloader.letterbox(dataloader.load_rgb(folder / "big.jpg", 64), 64)).mean(2)
+    reduced = image_io.load_rgb(folder / "strip.png", 64)  # reduced 208x (to >= 3 x 64 px), aspect kept
+    assert reduced.size == (193, 2) and np.asarray(image_io.letterbox(reduced, 64)).shape == (64, 64, 3)
+    disk = np.asarray(image_io.letterbox(image_io.load_rgb(folder / "big.jpg", 64), 64)).mean(2)
     assert disk[32, 32] < 80 and disk[2, 2] > 200  # the drafted JPEG still shows its dark disk
 
 
@@ -309,7 +311,7 @@ def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(ti
     assert "'darksphere/darksphere_0003.png' darksphere, Neoceratium" in err
     twins = ("'Retaria/Retaria_0001.png' chainthin, Retaria", "'chainthin/unseen_twin.png' chainthin, Retaria")
     assert any(twin in err for twin in twins)
-    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     digests = {p: artifacts.file_digest(root / p) for p in split["path"]}
     seen = split[split["split"] != "unseen"].assign(digest=lambda f: f["path"].map(digests))
     assert (seen.groupby("digest")["split"].nunique() == 1).all()  # no test image equals a training image
@@ -336,7 +338,7 @@ def test_a_class_made_only_of_another_classes_images_is_a_clear_error(make_cfg):
     digests = {p: p.split("/")[1] for paths in files.values() for p in paths}  # c's images are a's and b's too
     digests.update({p: f"own {p}" for p in files["b"]})
     with pytest.raises(lab.LabError, match=r"'a' cannot be split.*20 are byte-identical to images of other classes"):
-        dataloader.draw_split(cfg, files, digests)
+        splitting.draw_split(cfg, files, digests)
 
 
 # --------------------------------------------------------------------------- 7. small unseen classes
@@ -374,8 +376,8 @@ def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path
     rows = pd.DataFrame({"label": labels, "split": "unseen", "path": [f"{c}/{i}.png" for i, c in enumerate(labels)]})
     vectors = rng.normal(size=(10, 128))[np.repeat(np.arange(10), 3)] * 4 + rng.normal(size=(30, 128))
     output_lock.ensure_output_dirs(cfg, ("embeddings",))
-    frame = dataloader.embedding_frame(cfg, rows, vectors, classes)
-    dataloader.save_embedding_set(cfg, {"unseen": frame}, {"checkpoint_sha256": None})  # no checkpoint here
+    frame = embedding_files.embedding_frame(cfg, rows, vectors, classes)
+    embedding_files.save_embedding_set(cfg, {"unseen": frame}, {"checkpoint_sha256": None})  # no checkpoint here
     table = transfer_learning.main(argv)  # scikit-learn's stratified split refused this: 3 held out < 10 classes
     assert (table["n_test"] == 10).all() and set(table["per_class"]) == {1, "all"}
     assert table[table["per_class"] == "all"]["train_size"].eq(20).all()
@@ -405,7 +407,7 @@ def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_dem
     evaluate.main(argv)
     assert "[trunk] computing" not in capsys.readouterr().out  # nothing changed: the cache is used
     cfg = config.load_config(argv)
-    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dataloader.SPLIT_COLUMNS)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     victim = root / split.loc[split["split"] == "test", "path"].iloc[0]
     before = victim.stat()
     victim.write_bytes(same_size_png(before.st_size, 7))  # another image, same size ...

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import dataloader
 import lab
 import novelty
-from lab import artifacts, config, novelty_scores as ns, provenance
+from lab import artifacts, config, embedding_files, provenance
+from lab import novelty_scores as ns
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
         assert first["thresholds"][name] == pytest.approx(np.sort(val[name])[int(np.ceil(0.95 * len(val))) - 1])
     originals = {split: pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
                  for split in ("train", "val", "test", "unseen")}
-    meta = dataloader.embedding_set(cfg)
+    meta = embedding_files.embedding_set(cfg)
 
     def embed_as(changed_splits):
         """The embeddings set with these splits' vectors changed (as embed.py would write it)."""
@@ -59,7 +59,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
         for split in changed_splits:
             emb = [c for c in frames[split].columns if c.startswith("emb_")]
             frames[split][emb] = frames[split][emb] * 3.0 + 1.0
-        dataloader.save_embedding_set(cfg, frames, meta)
+        embedding_files.save_embedding_set(cfg, frames, meta)
     try:
         embed_as(("test", "unseen"))  # other test and unseen images: not one threshold moves
         novelty.main(argv)

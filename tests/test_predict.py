@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 from scipy.special import softmax
 
-from lab import artifacts, checkpoint, output_lock
 import evaluate
-from lab import trunk_cache
 import lab
 import predict
+from lab import artifacts, checkpoint, output_lock, trunk_cache
 
 
 def threshold_of(cfg):
@@ -79,7 +78,7 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     trained_cfg, _, model, split, device = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
     ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     test = trunk_cache.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
-                            names=("test",))["test"]
+                               names=("test",))["test"]
     probabilities = softmax(trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
     assert ours.loc[test.rows["path"], p_columns].to_numpy() == pytest.approx(probabilities, abs=1e-5)

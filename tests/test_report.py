@@ -11,10 +11,8 @@ import pytest
 from PIL import Image
 
 import dimensionality_reduction
-from lab import artifacts, config, interactive_map
-import dataloader
-import lab
 import report
+from lab import artifacts, config, embedding_files, interactive_map
 
 
 def class_images(root, cls, n):
@@ -51,7 +49,7 @@ def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo,
     assert points.loc[train[0].name, "prediction"] == ""  # the classifier trained on it: no prediction shown
     new = points.loc["sample_1.png"]
     assert (new["colour_class"], new["label"], new["prediction"]) == ("Odontella", "no label",
-                                                                     "predicted <b>Odontella</b>, p = 0.75")
+                                                                      "predicted <b>Odontella</b>, p = 0.75")
     assert points.loc["gone.png", "thumbnail"] == ""  # a file gone since the map: the point stays, without image
     for uri in points.drop(index="gone.png")["thumbnail"]:
         assert uri.startswith("data:image/jpeg;base64,")
@@ -67,7 +65,8 @@ PREDICTED_IMAGES = 12
 
 def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     """What predict.py and the novelty script will write, made up from the tiny run's unseen images."""
-    unseen = pd.read_pickle(artifacts.out_path(cfg, "embeddings", "embeddings_unseen.pkl")).iloc[:PREDICTED_IMAGES].copy()
+    unseen = pd.read_pickle(artifacts.out_path(cfg, "embeddings", "embeddings_unseen.pkl"))
+    unseen = unseen.iloc[:PREDICTED_IMAGES].copy()
     incoming.mkdir()
     names = []
     for i, path in enumerate(unseen["path"]):
@@ -77,12 +76,13 @@ def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     rng = np.random.default_rng(0)  # near their unseen twins in the map, not on top of them
     unseen[columns] = unseen[columns] + rng.normal(0, 0.05, (len(unseen), len(columns))).astype(np.float32)
     unseen = unseen.assign(label=None, label_idx=-1, split="predict", path=[str(incoming / n) for n in names])
-    dataloader.save_embedding_set(cfg, {"predict": unseen}, dataloader.embedding_set(cfg), dataloader.PREDICT_META)
+    embedding_files.save_embedding_set(cfg, {"predict": unseen}, embedding_files.embedding_set(cfg),
+                                       embedding_files.PREDICT_META)
     predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
     artifacts.save_csv(artifacts.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
         {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
     artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"),
-                 pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
+                       pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
     artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty.csv"), pd.DataFrame(
         {"method": ["knn distance", "max softmax"], "auroc": [0.91, 0.74]}))
     for name in ("novelty_roc.png", "novelty_scores.png"):
@@ -213,8 +213,8 @@ def hover_tooltip(page, split):
 
 @pytest.mark.slow
 def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(chromium,
-                                                                                        report_with_predictions,
-                                                                                        tmp_path):
+                                                                                       report_with_predictions,
+                                                                                       tmp_path):
     from playwright.sync_api import sync_playwright
     cfg, _ = report_with_predictions
     coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from lab import artifacts, checkpoint, config, output_lock
 import evaluate
 import lab
 import train
 from conftest import FAST, wait_for_epoch
+from lab import artifacts, checkpoint, config, embedding_files, output_lock, splitting
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_a_bf16_head_learns_as_well_and_the_checkpoint_says_so(make_cfg, monkeyp
     cfg32, argv32 = make_cfg("--head_precision='fp32'", "--epochs=1", output_dir=cfg.output_dir + "-fp32")
     seen.clear()
     train.main(argv32)
-    assert not seen and checkpoint.load(artifacts.out_path(cfg32, "checkpoints", "best.pth"))["head_precision"] == "fp32"
+    assert not seen
+    assert checkpoint.load(artifacts.out_path(cfg32, "checkpoints", "best.pth"))["head_precision"] == "fp32"
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
@@ -119,9 +120,8 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
     cfg, argv = make_cfg()
     with pytest.raises(lab.LabError, match=r"does not exist yet.*python train.py"):
         evaluate.main(argv)
-    import dataloader
     with pytest.raises(lab.LabError, match=r"does not exist yet.*python embed.py"):
-        dataloader.load_embeddings(cfg, "test")
+        embedding_files.load_embeddings(cfg, "test")
     path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00garbage")
@@ -288,12 +288,12 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
 def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_cfg, tiny_demo, tmp_path):
     import shutil
 
-    import dataloader
     import pandas as pd
+
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     cfg, argv = make_cfg("--epochs=1", data_root=root)
-    split = dataloader.load_split(cfg)
+    split = splitting.load_split(cfg)
     victim = split[split["split"] == "train"]["path"].iloc[0]
     (root / victim).write_bytes(b"broken since the split was made")
     history = train.main(argv)

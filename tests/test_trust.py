@@ -9,19 +9,26 @@ import sys
 import pandas as pd
 import pytest
 
-from lab import artifacts, checkpoint, config, output_lock, provenance, runtime
 import compute_average_distances
-import dataloader
-from lab import demo_data
 import dimensionality_reduction
 import embed
 import evaluate
-from lab import trunk_cache
 import lab
 import report
 import train
 import transfer_learning
 from conftest import FAST, wait_for_epoch
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    demo_data,
+    embedding_files,
+    output_lock,
+    provenance,
+    splitting,
+    trunk_cache,
+)
 
 
 def run_script(script, *argv, env=None):
@@ -97,7 +104,7 @@ def analyse_all(argv):
 @pytest.mark.slow
 def test_a_file_broken_after_the_split_is_left_out_everywhere_and_listed_once(trained_copy):
     cfg, argv, root = trained_copy
-    split = dataloader.read_split_file(cfg)
+    split = splitting.read_split_file(cfg)
     victims = [split[split["split"] == s]["path"].iloc[0] for s in ("test", "unseen")]
     originals = {v: (root / v).read_bytes() for v in victims}
     for v in victims:
@@ -105,17 +112,17 @@ def test_a_file_broken_after_the_split_is_left_out_everywhere_and_listed_once(tr
     metrics = evaluate.main(argv)
     analyse_all(argv)
     report.main(argv)
-    skipped = dataloader.read_skipped(cfg)
-    assert sorted(skipped["path"]) == sorted(victims) and (skipped["stage"] == dataloader.TRUNK_STAGE).all()
+    skipped = splitting.read_skipped(cfg)
+    assert sorted(skipped["path"]) == sorted(victims) and (skipped["stage"] == splitting.TRUNK_STAGE).all()
     assert metrics["n_test"] == (split["split"] == "test").sum() - 1
     for name in ("test", "unseen"):
-        frame, _ = dataloader.load_embeddings(cfg, name)
+        frame, _ = embedding_files.load_embeddings(cfg, name)
         assert not set(frame["path"]) & {str(root / v) for v in victims}
     for v, data in originals.items():  # repaired: it comes back, and leaves the list
         (root / v).write_bytes(data)
     assert evaluate.main(argv)["n_test"] == (split["split"] == "test").sum()
     embed.main(argv)
-    assert set(dataloader.read_skipped(cfg)["path"]) == set()
+    assert set(splitting.read_skipped(cfg)["path"]) == set()
 
 
 # ---------------------------------------------------------------- 3. no stale result, no mixed set
@@ -170,14 +177,15 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
     embed.main(argv)
     cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
     assert cached and all("_bf16_" in name for name in cached), cached  # no fp32 features, nothing rewritten
-    assert json.loads(artifacts.out_path(cfg, "embeddings", "embeddings_meta.json").read_text())["trunk_precision"] == "bf16"
+    meta = artifacts.out_path(cfg, "embeddings", "embeddings_meta.json")
+    assert json.loads(meta.read_text())["trunk_precision"] == "bf16"
 
 
 # ---------------------------------------------------------------- 5. resume refuses a changed split
 def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monkeypatch):
     cfg, argv, root = trained_copy
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
-    dataloader.load_split(config.load_config(argv + ["--rebuild_split=True"]))
+    splitting.load_split(config.load_config(argv + ["--rebuild_split=True"]))
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
@@ -189,11 +197,11 @@ def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monk
 # ---------------------------------------------------------------- 6. other settings draw their own split
 def test_other_settings_draw_their_own_split_but_changed_files_are_refused(trained_copy, capsys):
     cfg, argv, root = trained_copy
-    first = dataloader.read_split_file(cfg)
+    first = splitting.read_split_file(cfg)
     classes = "--seen_classes=['chainthin', 'darksphere', 'Odontella']"
     train.main(argv + [classes, "--epochs=1"])
     assert "seen_classes differ from the settings of results/split.csv: drawing" in capsys.readouterr().out
-    assert set(dataloader.read_split_file(cfg)["label"]) != set(first["label"])
+    assert set(splitting.read_split_file(cfg)["label"]) != set(first["label"])
     metrics = evaluate.main(argv)  # evaluates the model just trained, on its own split
     assert set(metrics["per_class"]) == {"chainthin", "darksphere", "Odontella"}
     (root / "Odontella" / "Odontella_0003.png").unlink()
@@ -218,14 +226,14 @@ def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, o
     good = (own_data / "darksphere" / "darksphere_0000.png").read_bytes()
     (own_data / "darksphere" / "broken.png").write_bytes(good[:100])
     cfg, argv = make_cfg(data_root=own_data)
-    split = dataloader.load_split(cfg)
+    split = splitting.load_split(cfg)
     assert "darksphere/broken.png" not in set(split["path"])
-    dataloader.load_split(cfg)  # still broken: not a change
+    splitting.load_split(cfg)  # still broken: not a change
     (own_data / "darksphere" / "broken.png").write_bytes(good)
     with pytest.raises(lab.LabError, match=r"1 image\(s\) were added \(1 of them unreadable before and readable "
                                            r"now\).*--rebuild_split=True"):
-        dataloader.load_split(cfg)
-    rebuilt = dataloader.load_split(config.load_config(argv + ["--rebuild_split=True"]))
+        splitting.load_split(cfg)
+    rebuilt = splitting.load_split(config.load_config(argv + ["--rebuild_split=True"]))
     assert "darksphere/broken.png" in set(rebuilt["path"])
 
 
@@ -263,7 +271,8 @@ def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_
     assert third.returncode == 0, third.stderr
     assert "taking over the lock of an earlier run that is gone" in third.stderr
     assert "temporary file(s)" in third.stdout and "left by an interrupted run" in third.stdout
-    assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*")) and not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
+    assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*"))
+    assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
     assert not (artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME).exists()  # released at the end of the run
 
 

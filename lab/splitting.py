@@ -1,0 +1,205 @@
+"""The split: drawn once (stratified, seeded, byte-identical copies together), written to results/, and checked
+against the files on disk by every later script (a changed folder asks for the rebuild command). Writes
+results/split.csv, split.json, dataset_summary.csv, skipped_files.csv, ignored_files.csv, image_notes.csv and
+duplicates.csv.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+import lab
+from lab import artifacts, data_folders, image_io, output_lock
+
+SPLIT_COLUMNS = ["path", "label", "split", "bytes"]  # bytes: to recognise the same files after a move
+
+
+SKIPPED_COLUMNS = ["path", "label", "stage", "reason"]
+
+
+TRUNK_STAGE = "trunk pass"
+
+
+def _duplicate_groups(paths, digests):
+    """Indices of paths grouped by identical bytes, in order of first appearance."""
+    groups = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(digests.get(p) or p, []).append(i)
+    return list(groups.values())
+
+
+def draw_split(cfg, files, digests=None):
+    """Stratified, seeded split: per seen class val/test by rounding (at least one each), the rest train.
+    Byte-identical copies (digests given) share a split, so no test image equals a training image; an image
+    filed under two seen classes goes to train in both, where its conflicting labels cannot distort the scores."""
+    digests = digests or {}
+    rng = np.random.default_rng(cfg.seed)
+    root = artifacts.resolve(cfg.data_root)
+    owners = {}
+    for c in cfg.seen_classes:
+        for p in files[c]:
+            owners.setdefault(digests.get(p) or p, set()).add(c)
+    rows = []
+    for c in cfg.seen_classes:
+        paths = files[c]
+        groups = _duplicate_groups(paths, digests)
+        shared = [len(owners[digests.get(paths[g[0]]) or paths[g[0]]]) > 1 for g in groups]
+        free = [g for g, pinned in zip(groups, shared) if not pinned]
+        n = len(paths)
+        n_val = max(1, round(n * cfg.val_fraction))
+        n_test = max(1, round(n * cfg.test_fraction))
+        if n - n_val - n_test < 1:
+            raise lab.LabError(f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
+                               f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
+                               f"the fractions, or raise min_images_per_class to keep such classes out.")
+        taken = {"val": 0, "test": 0, "train": 0}
+        for g in [free[i] for i in rng.permutation(len(free))]:
+            part = "val" if taken["val"] < n_val else "test" if taken["test"] < n_test else "train"
+            taken[part] += len(g)
+            rows += [{"path": paths[i], "label": c, "split": part} for i in g]
+        pinned = [i for g, is_shared in zip(groups, shared) if is_shared for i in g]
+        taken["train"] += len(pinned)
+        rows += [{"path": paths[i], "label": c, "split": "train"} for i in pinned]
+        if not (taken["val"] and taken["test"] and taken["train"]):
+            raise lab.LabError(f"The class {c!r} cannot be split into train, validation and test images: of its {n} "
+                               f"images, {len(pinned)} are byte-identical to images of other classes and the "
+                               f"rest are copies of too few distinct images (see results/duplicates.csv). Delete "
+                               f"the duplicates, add images, or remove the class.")
+    for c in cfg.unseen_classes:
+        rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
+    for row in rows:
+        row["bytes"] = os.path.getsize(root / row["path"])
+    return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
+
+
+def split_identity(cfg):
+    """The settings that define a split. Where the files live is not one of them: moved data keeps its split
+    (verify_split checks that the files are the same)."""
+    return {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
+            "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction, "seed": cfg.seed}
+
+
+def make_split(cfg):
+    files, skipped, ignored, notes, digests = data_folders.scan(cfg)
+    summary = data_folders.summarise(cfg, files, skipped, ignored)
+    duplicates = data_folders.find_duplicates(cfg, files, digests)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), duplicates)
+    data_folders.report_duplicates(duplicates)
+    split = draw_split(cfg, files, digests)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), summary)
+    ignored = pd.DataFrame(ignored, columns=data_folders.IGNORED_COLUMNS)
+    notes = pd.DataFrame(notes, columns=data_folders.NOTE_COLUMNS)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"),
+                       pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), ignored)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), notes)
+    artifacts.save_json(artifacts.out_path(cfg, "results", "split.json"),
+                        {**split_identity(cfg), "data_root": str(artifacts.resolve(cfg.data_root))})
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), split)
+    data_folders.print_summary(summary, split)
+    data_folders.print_file_report(ignored, notes)
+    return split
+
+
+def read_skipped(cfg):
+    """results/skipped_files.csv as strings (a class named 'NA' or '01' stays a name)."""
+    csv = artifacts.out_path(cfg, "results", "skipped_files.csv")
+    if not csv.exists() or csv.stat().st_size == 0:
+        return pd.DataFrame(columns=SKIPPED_COLUMNS)
+    frame = artifacts.read_csv(csv, SKIPPED_COLUMNS)
+    if "stage" not in frame:  # written by an earlier version of the lab
+        frame["stage"] = np.where(frame["reason"].str.contains("trunk pass"), TRUNK_STAGE, "scan")
+    return frame[SKIPPED_COLUMNS]
+
+
+def record_trunk_failures(cfg, split_rows, ok):
+    """Images of a split that decoded at the scan but fail in the trunk pass: listed once in skipped_files.csv
+    (and left out by every script through the cache's ok flags); a file that reads again leaves the list."""
+    skipped = read_skipped(cfg)
+    mine = (skipped["stage"] == TRUNK_STAGE) & skipped["path"].isin(set(split_rows["path"]))
+    failed = split_rows[~np.asarray(ok, dtype=bool)]
+    new = pd.DataFrame({"path": failed["path"].values, "label": failed["label"].values, "stage": TRUNK_STAGE,
+                        "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)"})
+    if set(skipped.loc[mine, "path"]) != set(new["path"]):
+        artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"),
+                           pd.concat([skipped[~mine], new], ignore_index=True))
+    if len(new):
+        print(f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
+              f"results/skipped_files.csv): {', '.join(new['path'][:5])}", file=sys.stderr)
+
+
+def verify_split(cfg, split):
+    """Stop with the rebuild command if the files on disk are no longer those split.csv was drawn from."""
+    rebuild = "python dataloader.py --rebuild_split=True"
+    root = data_folders.check_data_root(cfg)  # a missing folder is the clearer message
+    on_disk = {p for images, _ in data_folders.listed_images(cfg, root).values() for p in images}
+    skipped = read_skipped(cfg)
+    unreadable = set(skipped.loc[skipped["stage"] == "scan", "path"]) & on_disk
+    repaired = {p for p in unreadable if image_io.check_image(root / p) is None}  # fixed since: it comes back
+    on_disk -= unreadable - repaired
+    in_split = set(split["path"])
+    added, removed = sorted(on_disk - in_split), sorted(in_split - on_disk)
+    if added or removed:
+        examples = ", ".join((removed + added)[:4])
+        fixed = f" ({len(repaired)} of them unreadable before and readable now)" if repaired else ""
+        raise lab.LabError(f"results/split.csv no longer matches the files in {root}: {len(added)} image(s) were "
+                           f"added{fixed} and {len(removed)} removed since it was made (e.g. {examples}). Rebuild "
+                           f"the split with `{rebuild}` and retrain with `python train.py`.")
+
+
+def read_split_file(cfg):
+    """results/split.csv as written (strings, so that a class named 'NA' stays a name), or None if absent."""
+    path = artifacts.out_path(cfg, "results", "split.csv")
+    if not path.exists():
+        return None
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:3]):  # an earlier version had no bytes column
+        raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
+                           f"rebuild it with `python dataloader.py --rebuild_split=True`.")
+    return split
+
+
+def same_files(root, split):
+    """True when root holds every file of the split (same relative path and size): the data moved, unchanged."""
+    sizes = split["bytes"] if "bytes" in split else [None] * len(split)
+    for relative, size in zip(split["path"], sizes):
+        try:
+            actual = os.path.getsize(os.path.join(root, relative))
+        except OSError:
+            return False
+        if size is not None and actual != int(size):
+            return False
+    return True
+
+
+def load_split(cfg, verify=True):
+    """The persisted split: drawn and written on first use or for other settings, checked against the disk."""
+    split = None if cfg.rebuild_split else read_split_file(cfg)
+    if split is not None:
+        identity_path = artifacts.out_path(cfg, "results", "split.json")
+        identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
+        wanted = split_identity(cfg)
+        changed = [k for k in wanted if identity.get(k) != wanted[k]]
+        if changed:
+            print(f"[split] {', '.join(changed)} differ from the settings of results/split.csv: drawing the split "
+                  f"of the current settings (a checkpoint records the split it was trained on, so the later "
+                  f"scripts stay safe)")
+            split = None
+    if split is None:
+        output_lock.ensure_output_dirs(cfg, ("results",))
+        return make_split(cfg)
+    if verify:
+        verify_split(cfg, split)
+    return split
+
+
+def split_digest(cfg):
+    return artifacts.file_digest(artifacts.out_path(cfg, "results", "split.csv"))
+
+
+def absolute_paths(cfg, relative_paths):
+    root = artifacts.resolve(cfg.data_root)
+    return [str(root / p) for p in relative_paths]
