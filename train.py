@@ -22,54 +22,25 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
-from torch import nn
-from tqdm import tqdm
 
 import backbone
 import lab
-from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime, splitting, trunk_cache
-
-
-def class_weights(labels, n_classes, weighting):
-    """None for plain cross-entropy; for "balanced", n / (classes x n_class) per class, as scikit-learn's
-    compute_class_weight: the weights average 1 over the training images, so the loss keeps its scale."""
-    if weighting == "none":
-        return None
-    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
-    weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None):
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy). weights: per-class loss weights;
-    dtype: the head's autocast dtype (backbone.head_dtype), or None for fp32."""
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="sum")
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
-    model.train(optimizer is not None)
-    total_loss, correct = 0.0, 0
-    batches = data.batches(batch_size, order)
-    if desc:
-        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=desc, unit="batch", leave=False,
-                       disable=None)
-    with torch.set_grad_enabled(optimizer is not None):
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
-                logits, _ = model.head(x)
-                loss = criterion(logits, y)
-            if not torch.isfinite(loss):
-                return float("nan"), 0.0
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                (loss / len(y)).backward()
-                optimizer.step()
-            total_loss += loss.item()
-            correct += (logits.argmax(1) == y).sum().item()
-    return total_loss / max(len(data), 1), correct / max(len(data), 1)
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    head_training,
+    output_lock,
+    plotting,
+    provenance,
+    runtime,
+    splitting,
+    trunk_cache,
+)
 
 
 def plot_history(history, path):
@@ -134,60 +105,71 @@ def set_previous_run_aside(cfg):
     print(f"[train] the previous run's {', '.join(p.name for p in found)} moved to {aside}/")
 
 
-def train(cfg):
-    device = runtime.select_device(cfg.device)
-    runtime.seed_everything(cfg.seed)
-    split = splitting.load_split(cfg)
-    model = backbone.build_model(cfg, len(cfg.seen_classes))
-    weights_id = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
-    print(f"[trunk weights] {weights_id}")
-    backbone.print_model_summary(model, cfg.image_size)
-    digest = splitting.split_digest(cfg)
-    dtype = backbone.trunk_dtype(cfg.precision, device)
-    head = backbone.head_dtype(cfg.head_precision, device)
-    if cfg.resume:  # refused before any trunk work when the run cannot be continued
-        last = checkpoint.resume_state(cfg)
-        if last["split_digest"] != digest:
-            raise lab.LabError("Cannot resume: results/split.csv has changed since the interrupted run (it was "
-                               "drawn anew). Continuing would train one model on two splits. Start afresh without "
-                               "--resume=True.")
-        dtype = checkpoint.trunk_dtype(last, device)  # the same features as before, whatever 'auto' says here
-        head = backbone.PRECISIONS[last.get("head_precision", "fp32")]  # and the same arithmetic
-    data = trunk_cache.prepare(cfg, device, split, model, weights_id, dtype)
-    if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
-        set_previous_run_aside(cfg)
-    model.to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    history, best_loss, stale, start = [], math.inf, 0, 1
-    if cfg.resume:
-        model.load_state_dict(last["model_state"])
-        optimizer.load_state_dict(last["optimizer_state"])
-        torch.set_rng_state(last["torch_rng"])
-        history, best_loss, stale, start = last["history"], last["best_loss"], last["stale"], last["epoch"] + 1
-        print(f"[resume] continuing after epoch {last['epoch']} (best validation loss {best_loss:.4f})")
-        if stale >= cfg.patience or start > cfg.epochs:
-            print("[resume] that run had already finished; nothing to do.")
-            return history
+@dataclass
+class Run:
+    """Where training starts: the precisions of the trunk's features and of the head's arithmetic, and, when
+    resuming, the state of the interrupted run (model, optimizer and random state already restored)."""
+    trunk_dtype: torch.dtype | None
+    head_dtype: torch.dtype | None
+    history: list = field(default_factory=list)
+    best_loss: float = math.inf
+    stale: int = 0
+    first_epoch: int = 1
+
+
+def start_or_resume(cfg, device, model, optimizer, split_digest):
+    """A fresh run's precisions, or everything of the interrupted run (checkpoints/last.pth): refused, before any
+    trunk work, when the split or a setting changed since. The one place that knows about resuming."""
+    if not cfg.resume:
+        return Run(backbone.trunk_dtype(cfg.precision, device), backbone.head_dtype(cfg.head_precision, device))
+    last = checkpoint.resume_state(cfg)
+    if last["split_digest"] != split_digest:
+        raise lab.LabError("Cannot resume: results/split.csv has changed since the interrupted run (it was "
+                           "drawn anew). Continuing would train one model on two splits. Start afresh without "
+                           "--resume=True.")
+    model.load_state_dict(last["model_state"])
+    optimizer.load_state_dict(last["optimizer_state"])
+    torch.set_rng_state(last["torch_rng"])
+    print(f"[resume] continuing after epoch {last['epoch']} (best validation loss {last['best_loss']:.4f})")
+    # the same features and the same arithmetic as before, whatever "auto" says on this machine
+    return Run(checkpoint.trunk_dtype(last, device), backbone.PRECISIONS[last.get("head_precision", "fp32")],
+               last["history"], last["best_loss"], last["stale"], last["epoch"] + 1)
+
+
+def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dtype):
+    """One pass over the training images in this epoch's seeded order (resumable: one seed per epoch)."""
+    shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    order = torch.randperm(len(data), generator=shuffle)
+    return head_training.run_epoch(model, data, device, cfg.batch_size, optimizer, order,
+                                   desc=f"epoch {epoch}/{cfg.epochs}", weights=weights, dtype=head_dtype)
+
+
+def evaluate(model, data, device, cfg, weights, head_dtype):
+    return head_training.run_epoch(model, data, device, cfg.batch_size, weights=weights, dtype=head_dtype)
+
+
+def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
+    """The epochs: train, validate, keep the best model, stop early; a summary whatever happens."""
     best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     last_path = artifacts.out_path(cfg, "checkpoints", "last.pth")
+    trunk_precision, head_precision = backbone.precision_name(run.trunk_dtype), backbone.precision_name(run.head_dtype)
     print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
-          f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in "
-          f"{backbone.precision_name(head)}")
-    precision = backbone.precision_name(dtype)
-    weights = class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
+          f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}")
+    weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
         print("[train] class_weighting='balanced': loss weights " + ", ".join(
             f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist())))
-    head_precision = backbone.precision_name(head)
-    epoch = start - 1
+    history, best_loss, stale, epoch = run.history, run.best_loss, run.stale, run.first_epoch - 1
+
+    def save(path, **extra):
+        checkpoint.save(path, checkpoint.payload(cfg, model, trunk_weights, split_digest, trunk_precision,
+                                                 epoch=epoch, head_precision=head_precision, **extra))
     try:
-        for epoch in range(start, cfg.epochs + 1):
+        for epoch in range(run.first_epoch, cfg.epochs + 1):
             t0 = time.time()
-            shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # resumable: one seed per epoch
-            order = torch.randperm(len(data["train"]), generator=shuffle)
-            train_loss, train_acc = run_epoch(model, data["train"], device, cfg.batch_size, optimizer, order,
-                                              desc=f"epoch {epoch}/{cfg.epochs}", weights=weights, dtype=head)
-            val_loss, val_acc = run_epoch(model, data["val"], device, cfg.batch_size, weights=weights, dtype=head)
+            train_loss, train_acc = train_one_epoch(model, data["train"], device, cfg, optimizer, epoch, weights,
+                                                    run.head_dtype)
+            val_loss, val_acc = evaluate(model, data["val"], device, cfg, weights, run.head_dtype)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
                         "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")
@@ -199,15 +181,11 @@ def train(cfg):
             improved = val_loss < best_loss
             if improved:
                 best_loss, stale = val_loss, 0
-                checkpoint.save(best_path, checkpoint.payload(cfg, model, weights_id, digest, precision,
-                                                              epoch=epoch, val_loss=val_loss, val_acc=val_acc,
-                                                              head_precision=head_precision))
+                save(best_path, val_loss=val_loss, val_acc=val_acc)
             else:
                 stale += 1
-            checkpoint.save(last_path, checkpoint.payload(
-                cfg, model, weights_id, digest, precision, epoch=epoch, optimizer_state=optimizer.state_dict(),
-                torch_rng=torch.get_rng_state(), history=history, best_loss=best_loss, stale=stale,
-                head_precision=head_precision))
+            save(last_path, optimizer_state=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+                 history=history, best_loss=best_loss, stale=stale)
             print(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
                   f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)", flush=True)
             if stale >= cfg.patience:
@@ -234,7 +212,24 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_config(cfg)
     output_lock.ensure_output_dirs(cfg)
-    return train(cfg)
+    device = runtime.select_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
+    split = splitting.load_split(cfg)
+    split_digest = splitting.split_digest(cfg)
+    model = backbone.build_model(cfg, len(cfg.seen_classes))
+    trunk_weights = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
+    print(f"[trunk weights] {trunk_weights}")
+    backbone.print_model_summary(model, cfg.image_size)
+    model.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    run = start_or_resume(cfg, device, model, optimizer, split_digest)
+    data = trunk_cache.prepare(cfg, device, split, model, trunk_weights, run.trunk_dtype)
+    if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
+        set_previous_run_aside(cfg)
+    if run.stale >= cfg.patience or run.first_epoch > cfg.epochs:
+        print("[resume] that run had already finished; nothing to do.")
+        return run.history
+    return fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import backbone  # noqa: E402
 import compute_average_distances  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
-import train  # noqa: E402
 from bench import common, legacy, scale  # noqa: E402
 from bench.common import information, not_here, verdict  # noqa: E402
 from lab import (  # noqa: E402
@@ -44,6 +43,7 @@ from lab import (  # noqa: E402
     data_folders,
     embedding_files,
     hardware,  # noqa: E402
+    head_training,
     image_io,
     output_lock,
     runtime,
@@ -303,7 +303,7 @@ def measure_head_training(run):
     head = backbone.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
-    epoch = (lambda: train.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head))
+    epoch = (lambda: head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head))
     ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
     original = legacy.original_training_steps(checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg,
@@ -345,9 +345,9 @@ def train_heads_side_by_side(t, dtypes, epochs, data, seed):
                 model, optimizer = heads[name]
                 order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(seed + epoch))
                 start = time.thread_time()
-                train.run_epoch(model, data["train"], t.device, t.cfg.batch_size, optimizer, order, dtype=dtype)
+                head_training.run_epoch(model, data["train"], t.device, t.cfg.batch_size, optimizer, order, dtype=dtype)
                 rate = len(data["train"]) / max(time.thread_time() - start, 1e-9)
-                val_loss, _ = train.run_epoch(model, data["val"], t.device, t.cfg.batch_size, dtype=dtype)
+                val_loss, _ = head_training.run_epoch(model, data["val"], t.device, t.cfg.batch_size, dtype=dtype)
                 loss, state, fastest = best[name]
                 if val_loss < loss:
                     loss, state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,15 +9,15 @@ import lab
 import train
 from bench.bench_imbalance import build_imbalanced_root
 from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
-from lab import artifacts, checkpoint, config
+from lab import artifacts, checkpoint, config, head_training
 
 
 def test_balanced_weights_equal_sklearns_and_none_means_plain_cross_entropy():
     labels = np.repeat([0, 1, 2, 3], [50, 5, 20, 1])
-    weights = train.class_weights(labels, 4, "balanced")
+    weights = head_training.class_weights(labels, 4, "balanced")
     assert weights.numpy() == pytest.approx(compute_class_weight("balanced", classes=np.arange(4), y=labels))
     assert float((weights.numpy()[labels]).mean()) == pytest.approx(1.0)  # the loss keeps its scale
-    assert train.class_weights(labels, 4, "none") is None
+    assert head_training.class_weights(labels, 4, "none") is None
 
 
 def test_an_unknown_weighting_is_refused_before_work():

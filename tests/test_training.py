@@ -16,7 +16,7 @@ import evaluate
 import lab
 import train
 from conftest import FAST, wait_for_epoch
-from lab import artifacts, checkpoint, config, embedding_files, output_lock, splitting
+from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, splitting
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +268,7 @@ def test_ctrl_c_saves_and_tells_how_to_resume(make_cfg, presses):
 
 def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, monkeypatch):
     cfg, argv = make_cfg("--epochs=8", "--patience=100")
-    real_epoch, calls = train.run_epoch, {"n": 0}
+    real_epoch, calls = head_training.run_epoch, {"n": 0}
 
     def diverging_from_epoch_3(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None,
                                dtype=None):
@@ -277,7 +277,7 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
         if calls["n"] >= 3:
             return float("nan"), 0.0
         return real_epoch(model, data, device, batch_size, optimizer, order, desc, weights, dtype)
-    monkeypatch.setattr(train, "run_epoch", diverging_from_epoch_3)
+    monkeypatch.setattr(head_training, "run_epoch", diverging_from_epoch_3)
     with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
         train.main(argv)
     best = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))

@@ -1,0 +1,49 @@
+"""Training the head on cached trunk features: the class weights of the loss and one pass over a split (training
+when an optimizer is given). Shared by train.py, the benchmark and every stage that retrains the head on the cache
+(no trunk pass is ever repeated). Reads and writes nothing.
+"""
+import contextlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+def class_weights(labels, n_classes, weighting):
+    """None for plain cross-entropy; for "balanced", n / (classes x n_class) per class, as scikit-learn's
+    compute_class_weight: the weights average 1 over the training images, so the loss keeps its scale."""
+    if weighting == "none":
+        return None
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
+    weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy). weights: per-class loss weights;
+    dtype: the head's autocast dtype (backbone.head_dtype), or None for fp32."""
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="sum")
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    model.train(optimizer is not None)
+    total_loss, correct = 0.0, 0
+    batches = data.batches(batch_size, order)
+    if desc:
+        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=desc, unit="batch", leave=False,
+                       disable=None)
+    with torch.set_grad_enabled(optimizer is not None):
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
+                logits, _ = model.head(x)
+                loss = criterion(logits, y)
+            if not torch.isfinite(loss):
+                return float("nan"), 0.0
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                (loss / len(y)).backward()
+                optimizer.step()
+            total_loss += loss.item()
+            correct += (logits.argmax(1) == y).sum().item()
+    return total_loss / max(len(data), 1), correct / max(len(data), 1)
