@@ -22,16 +22,17 @@ SPLITS = ("train", "val", "test", "unseen")
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
-    cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
-    dtype = checkpoint.trunk_dtype(ckpt, device)
-    data = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=SPLITS)
+    trained = checkpoint.load_trained(cfg)
+    cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
+    dtype = trained.trunk_dtype
+    data = trunk_cache.prepare(cfg, device, trained.split, model, ckpt["weights"], dtype, names=SPLITS)
     frames = {}
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
         vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
         frames[name] = embedding_files.embedding_frame(cfg, data[name].rows, vectors, names)
     meta = {"checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
-            "checkpoint_sha256": provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
+            "checkpoint_sha256": trained.digest,
             "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
             "config": vars(cfg), "versions": provenance.package_versions()}

@@ -63,9 +63,10 @@ def plot_confusion(matrix, classes, path):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
-    cfg, ckpt, model, split, device = checkpoint.load_trained(cfg)
-    dtype = checkpoint.trunk_dtype(ckpt, device)
-    test = trunk_cache.prepare(cfg, device, split, model, ckpt["weights"], dtype, names=("test",))["test"]
+    trained = checkpoint.load_trained(cfg, made_for="test accuracy")
+    cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
+    test = trunk_cache.prepare(cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype,
+                               names=("test",))["test"]
     classes = ckpt["classes"]
     logits = trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0]
     probabilities = softmax(logits.astype(np.float64), axis=1)
@@ -74,8 +75,8 @@ def main(argv=None):
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
     metrics.update({"checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-                    "checkpoint_sha256": provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
-                    "trunk_weights": ckpt["weights"], "confusion_matrix": matrix.tolist()})
+                    "checkpoint_sha256": trained.digest, "trunk_weights": ckpt["weights"],
+                    "random_trunk": trained.random_trunk, "confusion_matrix": matrix.tolist()})
     rows = test.rows
     artifacts.save_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
         {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],

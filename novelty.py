@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, checkpoint, config, embedding_files, output_lock, plotting, provenance, runtime
+from lab import artifacts, checkpoint, config, embedding_files, output_lock, plotting, runtime
 from lab import novelty_scores as ns
 
 SPLITS = ("val", "test", "unseen")
@@ -30,10 +30,8 @@ SPLITS = ("val", "test", "unseen")
 def load_inputs(cfg):
     """(config of the checkpoint, checkpoint, its sha256, the scorer, {split: path, split, label, predicted},
     {split: {score name: values}})."""
-    path = artifacts.out_path(cfg, "checkpoints", "best.pth")
-    ckpt = checkpoint.load(path)
-    cfg = checkpoint.config_from_checkpoint(ckpt, cfg)
-    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    trained = checkpoint.load_trained(cfg, model=False, split=False, made_for="novelty scores")
+    cfg, ckpt, digest = trained.cfg, trained.ckpt, trained.digest
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     frames, scores = {}, {}
     for split in SPLITS:

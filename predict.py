@@ -69,20 +69,6 @@ def sample_images(cfg):
     return folder, images, ignored
 
 
-def load_model(cfg):
-    """(config of the checkpoint, checkpoint, its sha256, model, device): no split and no training images."""
-    path = artifacts.out_path(cfg, "checkpoints", "best.pth")
-    ckpt = checkpoint.load(path)
-    cfg = checkpoint.config_from_checkpoint(ckpt, cfg)
-    print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
-    if ckpt["weights"].startswith("RANDOM"):
-        print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
-              "predictions only show that the code runs.", file=sys.stderr)
-    device = runtime.select_device(cfg.device)
-    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
-    return cfg, ckpt, digest, checkpoint.model_from_checkpoint(ckpt, cfg).to(device), device
-
-
 # --------------------------------------------------------------------------- the chunked, cached pass
 def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
     """The trunk-cache key of these files, extended by the checkpoint (the head's outputs depend on it)."""
@@ -246,13 +232,14 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     folder, images, others = sample_images(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
-    cfg, ckpt, digest, model, device = load_model(cfg)
+    trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images
+    cfg, ckpt, digest, model, device = trained.cfg, trained.ckpt, trained.digest, trained.model, trained.device
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
     threshold = ns.load_thresholds(cfg, digest, scorer)["thresholds"][score_name]
     print(f"[predict] {len(images)} images under {folder} ({len(others)} other files ignored); possibly_new: "
           f"{score_name} above {threshold:.4g}, its validation threshold")
-    dtype = checkpoint.trunk_dtype(ckpt, device)
+    dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     parts, counts, unreadable = write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name,
                                                   threshold)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, config, embedding_files, interactive_map, output_lock, provenance, runtime
+from lab import artifacts, checkpoint, config, embedding_files, interactive_map, output_lock, provenance, runtime
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
                    ("novelty_scores.png", "Novelty scores of seen and unseen images"))
@@ -146,7 +146,8 @@ def first_sections(cfg, results, figs, inputs_by_script):
     best = history.loc[history["val_loss"].idxmin()]
     weights = metrics.get("trunk_weights", "")
     warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
-            'that the code works.</p>' if weights.startswith("RANDOM") else "")
+            'that the code works.</p>' if metrics.get("random_trunk", checkpoint.random_trunk({"weights": weights}))
+            else "")
     per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
     data_root = html.escape(str(artifacts.resolve(cfg.data_root)))
     model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {inputs_by_script['checkpoint']}, saved "

@@ -90,7 +90,8 @@ class Run:
     def trained(self):
         if self.pipeline_seconds is None:
             self.run_stages(TRAINED_STAGES)
-        cfg, ckpt, model, split, device = checkpoint.load_trained(config.load_config(self.argv))
+        trained = checkpoint.load_trained(config.load_config(self.argv))
+        cfg, ckpt, model, split, device = trained.cfg, trained.ckpt, trained.model, trained.split, trained.device
         paths = splitting.absolute_paths(cfg, split[split["split"] == "train"]["path"])
         images = [image_io.image_tensor(image_io.load_rgb(p), cfg.image_size)
                   for p in paths[:self.sizes["trunk_images"]]]

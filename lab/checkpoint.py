@@ -8,13 +8,14 @@ Reads and writes nothing by itself.
 """
 import sys
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
 import backbone
 import lab
-from lab import artifacts, config, provenance, runtime, splitting
+from lab import artifacts, provenance, runtime, splitting
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -28,9 +29,17 @@ RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_di
 
 def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
     return {"format": FORMAT, "model_state": model.state_dict(), "classes": list(cfg.seen_classes),
-            "config": vars(cfg).copy(), "weights": weights_id, "split_digest": split_digest,
-            "trunk_precision": trunk_precision, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "versions": provenance.package_versions(), **extra}
+            "config": vars(cfg).copy(), "weights": weights_id, "random_trunk": cfg.backbone_weights is None,
+            "split_digest": split_digest, "trunk_precision": trunk_precision,
+            "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": provenance.package_versions(), **extra}
+
+
+def random_trunk(ckpt):
+    """Whether the checkpoint's trunk was random (backbone_weights=None), not ImageNet-pretrained. Checkpoints
+    saved before the flag existed say so in their weights' description."""
+    if "random_trunk" in ckpt:
+        return bool(ckpt["random_trunk"])
+    return str(ckpt.get("weights", "")).startswith("RANDOM")
 
 
 def trunk_dtype(ckpt, device):
@@ -113,19 +122,44 @@ def resume_state(cfg):
     return last
 
 
-def load_trained(cfg):
-    """For the scripts after training: (config of the checkpoint, checkpoint, model, split, device)."""
+@dataclass
+class Trained:
+    """The trained model as every script after train.py sees it."""
+    cfg: SimpleNamespace  # the current config with the checkpoint's data and model settings
+    ckpt: dict
+    digest: str           # short sha256 of best.pth: what later artifacts record they came from
+    model: object = None  # PlanktonNet in eval mode on `device` (None when not asked for)
+    device: object = None
+    split: object = None  # results/split.csv, checked against the checkpoint (None when not asked for)
+
+    @property
+    def random_trunk(self):
+        return random_trunk(self.ckpt)
+
+    @property
+    def trunk_dtype(self):
+        """The precision of the trunk features the head was trained on (and must be fed)."""
+        return trunk_dtype(self.ckpt, self.device)
+
+
+def load_trained(cfg, model=True, split=True, made_for=""):
+    """The one loader of the trained model (checkpoints/best.pth), for every script after training: its config,
+    the model on the configured device and the split it was trained on, each only when asked for. Says once what
+    was loaded, and warns when the trunk was random."""
     ckpt = load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     cfg = config_from_checkpoint(ckpt, cfg)
-    config.print_config(cfg, "configuration (data and model settings from the checkpoint)")
     print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
-    if ckpt["weights"].startswith("RANDOM"):
-        print("[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None); its "
-              "embeddings say nothing about plankton beyond this data set.", file=sys.stderr)
-    split = splitting.load_split(cfg)
-    if splitting.split_digest(cfg) != ckpt["split_digest"]:
-        raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
-                           "Retrain with `python train.py` so that the test set holds no training images.")
-    device = runtime.select_device(cfg.device)
-    model = model_from_checkpoint(ckpt, cfg).to(device)
-    return cfg, ckpt, model, split, device
+    if random_trunk(ckpt):
+        print(f"[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
+              f"{made_for or 'embeddings'} say nothing about plankton beyond showing that the code runs.",
+              file=sys.stderr)
+    trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
+    if split:
+        trained.split = splitting.load_split(cfg)
+        if splitting.split_digest(cfg) != ckpt["split_digest"]:
+            raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
+                               "Retrain with `python train.py` so that the test set holds no training images.")
+    if model:
+        trained.device = runtime.select_device(cfg.device)
+        trained.model = model_from_checkpoint(ckpt, cfg).to(trained.device)
+    return trained

@@ -75,7 +75,8 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     theirs = pd.read_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"))
     assert len(ours) == 9 * 36 and len(theirs) == 6 * 7
     assert list(ours.loc[theirs["path"], "predicted"]) == list(theirs["predicted"])
-    trained_cfg, _, model, split, device = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
+    trained = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
+    trained_cfg, model, split, device = trained.cfg, trained.model, trained.split, trained.device
     ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     test = trunk_cache.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
                                names=("test",))["test"]

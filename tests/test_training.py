@@ -1,6 +1,7 @@
 """Training, evaluation, checkpoints, and the faults a long run meets (crash, Ctrl-C, divergence, full disk)."""
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import evaluate
 import lab
 import train
 from conftest import FAST, wait_for_epoch
-from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, splitting
+from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, provenance, splitting
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,23 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(trained):
         for a, b in zip(model(x), again(x)):
             assert torch.equal(a, b)
     assert all(torch.equal(v, ckpt["model_state"][k]) for k, v in model.state_dict().items())
+
+
+def test_the_checkpoint_says_whether_its_trunk_is_random_and_older_checkpoints_still_load(trained, tmp_path):
+    cfg, argv, _ = trained
+    ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
+    assert ckpt["random_trunk"] is True and checkpoint.random_trunk(ckpt)
+    assert not checkpoint.random_trunk({**ckpt, "random_trunk": False})
+    older = tmp_path / "older"  # as saved before the flag existed: the weights' description alone tells
+    shutil.copytree(artifacts.out_path(cfg, "results"), older / "results")
+    (older / "checkpoints").mkdir()
+    del ckpt["random_trunk"]
+    torch.save(ckpt, older / "checkpoints" / "best.pth")
+    loaded = checkpoint.load_trained(config.load_config([*argv, f"--output_dir={str(older)!r}"]))
+    assert loaded.random_trunk and loaded.split is not None and loaded.model is not None
+    assert loaded.digest == provenance.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
+    imagenet = {**ckpt, "weights": "torchvision EfficientNet_V2_S_Weights.IMAGENET1K_V1"}
+    assert not checkpoint.random_trunk(imagenet)
 
 
 def test_evaluation_is_above_chance_and_its_metrics_equal_sklearns(trained):
