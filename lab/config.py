@@ -83,64 +83,107 @@ def parse_overrides(argv, defaults):
     return overrides
 
 
-def validate_config(c):
-    """Reject values the scripts cannot work with, before any work starts."""
-    def bad(msg):
-        raise lab.LabError(f"Invalid configuration: {msg} Fix it in configfile.py or with a --name=value override.")
-    if not (isinstance(c.lr, float) and math.isfinite(c.lr) and c.lr > 0):
-        bad(f"lr={c.lr} must be a positive finite number (the default is 0.0014).")
-    for name in ("batch_size", "epochs", "patience", "embedding_dim", "gallery_size", "transfer_repeats",
-                 "knn_k", "umap_samples_per_split", "novelty_knn_k"):
-        if getattr(c, name) < 1:
-            bad(f"{name}={getattr(c, name)} must be at least 1.")
-    if c.embedding_dim < 2:
-        bad(f"embedding_dim={c.embedding_dim} must be at least 2.")
-    if c.umap_samples_per_split < 10 or c.umap_n_neighbors < 2:
-        bad("umap_samples_per_split must be >= 10 and umap_n_neighbors >= 2.")
-    for name in ("val_fraction", "test_fraction", "transfer_test_fraction"):
-        if not 0 < getattr(c, name) < 1:
-            bad(f"{name}={getattr(c, name)} must lie strictly between 0 and 1.")
+# --------------------------------------------------------------------------- the rules, one table
+# Each setting's rule: a range ("at_least", "between", "open_unit") or a set of choices; the message is made from
+# the rule, so a range is written once. Rules between settings come after the table.
+def at_least(low, zero_means=None):
+    """An integer >= low; zero_means: 0 is also allowed and means that (e.g. 'every image')."""
+    def check(value):
+        ok = value >= low or (zero_means is not None and value == 0)
+        text = f"at least {low}" + (f", or 0 ({zero_means})" if zero_means else "")
+        return ok, text
+    return check
+
+
+def between(low, high, low_open=False, high_open=False):
+    def check(value):
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        text = (f"strictly between {low:g} and {high:g}" if low_open and high_open else
+                f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        return math.isfinite(value) and above and below, text
+    return check
+
+
+def positive(value):
+    return math.isfinite(value) and value > 0, "a positive finite number"
+
+
+def one_of(*choices):
+    def check(value):
+        return value in choices, "one of " + ", ".join(map(repr, choices))
+    return check
+
+
+def a_device(value):
+    return (value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"),
+            "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+def distinct_classes(value):
+    return len(value) >= 2 and len(set(value)) == len(value), "a list of at least 2 distinct classes"
+
+
+RULES = {
+    "seen_classes": distinct_classes, "unseen_classes": distinct_classes,
+    "val_fraction": between(0, 1, True, True), "test_fraction": between(0, 1, True, True),
+    "min_images_per_class": at_least(3), "max_images_per_class": at_least(0, "every image"),
+    "image_size": between(32, 1024),
+    "dropout": between(0, 1, high_open=True), "embedding_dim": at_least(2),
+    "batch_size": at_least(1), "lr": positive, "epochs": at_least(1), "patience": at_least(1),
+    "class_weighting": one_of("none", "balanced"), "seed": at_least(0),
+    "device": a_device, "precision": one_of("auto", "fp32", "bf16", "fp16"),
+    "head_precision": one_of("auto", "fp32", "bf16"), "num_workers": at_least(0),
+    "umap_samples_per_split": at_least(10), "reduction_method": one_of("umap", "tsne", "pca"),
+    "umap_n_neighbors": at_least(2), "umap_min_dist": between(0, 1),
+    "distance_max_per_class": at_least(2, "every image"), "gallery_size": at_least(1),
+    "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
+    "transfer_max_images": at_least(2), "knn_k": at_least(1),
+    "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES),
+}
+# Why a value is refused, where the range alone does not say it.
+WHY = {
+    "image_size": "cannot be taken by the architecture: the frozen trunk divides it by 8 and the head pools by 2 more",
+    "head_precision": "fp16 would need loss scaling",
+    "novelty_score": "the lab's default, 'mahalanobis_knn', told new taxa best on ndsb9",
+    "class_weighting": "'none' is plain cross-entropy; 'balanced' weights classes by inverse frequency",
+}
+
+
+def _cross_setting_problems(c):
+    """The rules that involve two settings or more."""
     if c.val_fraction + c.test_fraction >= 1:
-        bad(f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
-            f"their sum must be below 1 (the defaults are 0.05 + 0.20).")
-    if not 32 <= c.image_size <= 1024:
-        bad(f"image_size={c.image_size} cannot be taken by the architecture: the frozen trunk divides it by 8 "
-            f"and the head pools by 2 more, so it must lie in 32..1024 (the default is 128).")
-    if not 0 <= c.dropout < 1 or not 0 <= c.umap_min_dist <= 1:
-        bad("dropout must lie in [0, 1) and umap_min_dist in [0, 1].")
-    if c.distance_max_per_class == 1 or c.distance_max_per_class < 0 or c.transfer_max_images < 2:
-        bad("distance_max_per_class must be 0 (every image) or at least 2, and transfer_max_images at least 2.")
-    if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < c.novelty_knn_k * len(c.seen_classes):
-        bad(f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least novelty_knn_k x "
-            f"the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {c.novelty_knn_k * len(c.seen_classes)}): "
-            f"the kNN score needs novelty_knn_k neighbours of each class in its reference (default 20000).")
-    if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
-        bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
-    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
-        bad(f"precision={c.precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'.")
-    if c.class_weighting not in ("none", "balanced"):
-        bad(f"class_weighting={c.class_weighting!r} must be 'none' (plain cross-entropy, the default) or 'balanced' "
-            f"(inverse-frequency class weights, for imbalanced data).")
-    if c.novelty_score not in NOVELTY_SCORES:
-        bad(f"novelty_score={c.novelty_score!r} must be one of {', '.join(map(repr, NOVELTY_SCORES))} (the lab's "
-            f"default, 'mahalanobis_knn', told new taxa best on ndsb9).")
-    if c.predict_dir is not None and not c.predict_dir.strip():
-        bad("predict_dir='' names no folder: give the folder of new images, e.g. --predict_dir=/data/cruise42.")
-    if c.head_precision not in ("auto", "fp32", "bf16"):
-        bad(f"head_precision={c.head_precision!r} must be one of 'auto', 'fp32', 'bf16' (fp16 would need loss "
-            f"scaling).")
-    if c.reduction_method not in ("umap", "tsne", "pca"):
-        bad(f"reduction_method={c.reduction_method!r} must be one of 'umap', 'tsne', 'pca'.")
-    if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):
-        bad(f"device={c.device!r} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    for name, minimum in (("seen_classes", 2), ("unseen_classes", 2)):
-        classes = getattr(c, name)
-        if len(classes) < minimum or len(set(classes)) != len(classes):
-            bad(f"{name} must name at least {minimum} distinct classes, got {classes}.")
+        yield (f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
+               f"their sum must be below 1 (the defaults are 0.05 + 0.20).")
     both = sorted(set(c.seen_classes) & set(c.unseen_classes))
     if both:
-        bad(f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
-            f"(seen) or held out (unseen), so remove it from one of the two lists.")
+        yield (f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
+               f"(seen) or held out (unseen), so remove it from one of the two lists.")
+    needed = c.novelty_knn_k * len(c.seen_classes)
+    if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
+        yield (f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
+               f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
+               f"score needs novelty_knn_k neighbours of each class in its reference (default 20000).")
+    if c.predict_dir is not None and not c.predict_dir.strip():
+        yield (f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
+               f"--predict_dir=/data/cruise42.")
+
+
+def validate_config(c):
+    """Reject values the scripts cannot work with, before any work starts: each setting against its rule in RULES,
+    then the rules between settings."""
+    defaults = config_defaults()
+    for name, rule in RULES.items():
+        value = getattr(c, name)
+        ok, expected = rule(value)
+        if not ok:
+            why = f" ({WHY[name]})" if name in WHY else ""
+            default = f" The default is {defaults[name]!r}." if name in defaults else ""
+            raise lab.LabError(f"Invalid configuration: {name}={value!r} must be {expected}{why}.{default} Fix it "
+                               f"in configfile.py or with a --name=value override.")
+    for problem in _cross_setting_problems(c):
+        raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value "
+                           f"override.")
 
 
 HELP = ("Settings (defaults from configfile.py; override with --name=value, values as Python literals):\n")
