@@ -34,8 +34,9 @@ import backbone  # noqa: E402
 import compute_average_distances  # noqa: E402
 import lab  # noqa: E402
 import run_pipeline  # noqa: E402
-from bench import common, legacy, scale  # noqa: E402
+from bench import common, legacy, map_variants, scale  # noqa: E402
 from bench.common import information, not_here, verdict  # noqa: E402
+from bench.targets import TARGETS, TRUNK_BF16  # noqa: E402
 from lab import (  # noqa: E402
     artifacts,
     checkpoint,
@@ -106,15 +107,9 @@ def native_bf16(device):
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else backbone.cpu_supports_bf16()
 
 
-# The trunk's bf16-over-fp32 speed-up each kind of CPU allows (1 thread, CPU time). AMX multiplies bf16 tiles in
-# hardware; AVX512-BF16 alone only doubles the dot-product rate, and an AMD EPYC of that kind measured 2.09x while
-# its trunk ran at 0.88 of its own bf16 matmul peak, so 2.5x there would ask for more than the hardware has. On an
-# AVX2-only CPU bf16 is emulated and precision="auto" keeps fp32: no target (docs/performance.md).
-TRUNK_BF16_TARGET = {"amx": 2.5, "avx512_bf16": 1.8, "avx2": None, "gpu": 2.5}
-
-
 def trunk_bf16_target(device):
-    return TRUNK_BF16_TARGET["gpu" if device.type == "cuda" else hardware.cpu_kind()]
+    """The trunk's bf16 target for this kind of machine (bench/targets.py), or None where bf16 is not native."""
+    return TRUNK_BF16["gpu" if device.type == "cuda" else hardware.cpu_kind()]
 
 
 def trunk_pass(trunk, batches, device, dtype):
@@ -135,7 +130,8 @@ def sync_for(device):
 def measure_pipeline(run):
     if run.quick:
         run.pipeline_seconds = run.run_stages(TRAINED_STAGES)
-        return run.pipeline_seconds, [not_here("end to end", "split, train, evaluate, embed only", None, "<= 300 s",
+        return run.pipeline_seconds, [not_here("end to end", "split, train, evaluate, embed only", None,
+                                               str(TARGETS["end to end"]),
                                                "s", "--quick runs only the stages the measurements need")]
     timings = run_pipeline.run(run.argv)
     output_lock.release_locks()
@@ -146,8 +142,9 @@ def measure_pipeline(run):
     reason = (f"train took {run.pipeline_seconds['train']:.0f} s: {len(epochs)} epochs of {epochs.min():.1f} to "
               f"{epochs.max():.1f} s (median {epochs.median():.1f}); an epoch far above the fastest is the machine's "
               f"other load stalling torch's threads (load average {common.load_average()})")
+    target = TARGETS["end to end"]
     return run.pipeline_seconds, [verdict("end to end", "full pipeline, per stage and total", round(total, 1),
-                                          "<= 300 s", total <= 300, "s", reason)]
+                                          str(target), target.met(total), "s", reason)]
 
 
 # --------------------------------------------------------------------------- 2. the trunk pass
@@ -183,18 +180,21 @@ def measure_trunk(run):
     if cpu and target:
         ratio = cpu["reduced"] / cpu["fp32"]
         compared += f"; CPU time on 1 thread ({cpu['reduced']:.0f} vs {cpu['fp32']:.0f}): {ratio:.2f}x"
-        rows = [verdict("trunk pass", compared, round(ratio, 2), f">= {target}x ({kind}, 1 thread, CPU time)",
-                        ratio >= target, "x", "below target")]
+        rows = [verdict("trunk pass", compared, round(ratio, 2), f"{target} ({kind}, 1 thread, CPU time)",
+                        target.met(ratio), "x", "below target")]
     elif native and target:
-        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), f">= {target}x ({kind})", wall_ratio >= target,
+        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), f"{target} ({kind})", target.met(wall_ratio),
                         "x", "below target")]
     else:
         rows = [not_here("trunk pass", compared, round(wall_ratio, 2), "none on this CPU kind", "x",
                          f"no native bf16 here ({hardware.describe()}): oneDNN emulates it, so precision=auto keeps "
                          f"fp32")]
     rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
-                        f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}", ">= 0.99, within 0.5",
-                        cosine >= 0.99 and abs(acc_red - acc_32) <= 0.005, "", "reduced precision changes predictions"))
+                        f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}",
+                        f"{TARGETS['trunk pass accuracy: cosine']}, {TARGETS['trunk pass accuracy: points']}",
+                        TARGETS["trunk pass accuracy: cosine"].met(cosine)
+                        and TARGETS["trunk pass accuracy: points"].met(100 * (acc_red - acc_32)), "",
+                        "reduced precision changes predictions"))
     rows.append(information("trunk module", f"BN-folded channels-last vs original module, fp32 images/s "
                             f"({wall['fp32']:.0f} vs {wall['original']:.0f})",
                             round(wall["fp32"] / wall["original"], 2), "x"))
@@ -243,7 +243,8 @@ def measure_efficiency(run):
     if on_amx:
         return raw, [information("trunk efficiency", compared, round(achieved / peak, 2), "",
                                  "the bf16 matmul runs on AMX, which small 3x3 convolutions cannot match")]
-    return raw, [verdict("trunk efficiency", compared, round(achieved / peak, 2), ">= 0.8", achieved / peak >= 0.8,
+    return raw, [verdict("trunk efficiency", compared, round(achieved / peak, 2), str(TARGETS["trunk efficiency"]),
+                         TARGETS["trunk efficiency"].met(achieved / peak),
                          "", "small convolutions do not reach GEMM speed")]
 
 
@@ -313,7 +314,8 @@ def measure_head_training(run):
     run.measured["head_epoch_images_per_s"] = ours
     return {"cached_epoch_images_per_s": ours, "head_precision": name, "original_step_images_per_s": original}, [
         verdict("head training epoch", f"cached features ({name} head) vs original step, images/s ({ours:.0f} vs "
-                f"{original:.0f})", round(ours / original, 1), ">= 15x", ours / original >= 15, "x",
+                f"{original:.0f})", round(ours / original, 1), str(TARGETS["head training epoch"]),
+                TARGETS["head training epoch"].met(ours / original), "x",
                 "the head's two 64-channel convolutions cost ~0.1 GFLOP per image against ~1 for the trunk")]
 
 
@@ -369,7 +371,8 @@ def measure_head_precision(run):
     (the mean over seeds: one training run's accuracy moves by a point or so with the seed alone)."""
     t = run.trained
     if not native_bf16(t.device):
-        return {}, [not_here("head bf16", "bf16 vs fp32 head epoch and test accuracy", None, "> 1x, within 0.5", "",
+        return {}, [not_here("head bf16", "bf16 vs fp32 head epoch and test accuracy", None,
+                             f"{TARGETS['head bf16 speed']}, {TARGETS['head bf16 accuracy']}", "",
                              "no native bf16 (no AVX512-BF16/AMX): head_precision=auto trains the head in fp32")]
     epochs, seeds = run.sizes["head_epochs"], range(t.cfg.seed, t.cfg.seed + run.sizes["head_seeds"])
     data = cached_train(t, ("train", "val", "test"))
@@ -382,10 +385,12 @@ def measure_head_precision(run):
     raw = {"epochs": epochs, "seeds": list(seeds), "test_accuracy": accuracy, "one_thread_images_per_cpu_s": rate}
     return raw, [
         verdict("head bf16 speed", f"bf16 vs fp32 head epoch on cached features, 1 thread, CPU time ({rate['bf16']:.0f}"
-                f" vs {rate['fp32']:.0f} images/s)", round(speed, 2), "> 1x", speed > 1, "x", "bf16 does not pay here"),
+                f" vs {rate['fp32']:.0f} images/s)", round(speed, 2), str(TARGETS["head bf16 speed"]),
+                TARGETS["head bf16 speed"].met(speed), "x", "bf16 does not pay here"),
         verdict("head bf16 accuracy", f"test accuracy after {epochs} epochs, bf16 vs fp32 head, mean of "
-                f"{len(runs)} seed(s) (per seed, bf16/fp32 %: {per_seed})", f"{points:+.2f}", "within 0.5 point",
-                abs(points) <= 0.5, "points", "bf16 rounding changes what the head learns")]
+                f"{len(runs)} seed(s) (per seed, bf16/fp32 %: {per_seed})", f"{points:+.2f}",
+                str(TARGETS["head bf16 accuracy"]), TARGETS["head bf16 accuracy"].met(points), "points",
+                "bf16 rounding changes what the head learns")]
 
 
 # --------------------------------------------------------------------------- 6. data loading
@@ -420,26 +425,23 @@ def measure_loader(run):
         verdict("data loading", f"loader alone ({t.cfg.num_workers} workers) vs trunk, images/s in steady state, best "
                 f"of {len(passes)} ({loader_ips:.0f} vs {trunk_ips:.0f}; a whole pass of "
                 f"{run.sizes['loader_images']} images with the workers' start-up: {whole_ips:.0f})",
-                round(loader_ips / trunk_ips, 1), ">= 3x", loader_ips / trunk_ips >= 3, "x",
+                round(loader_ips / trunk_ips, 1), str(TARGETS["data loading"]),
+                TARGETS["data loading"].met(loader_ips / trunk_ips), "x",
                 f"{loader_ips / workers:.0f} images/s per decoding worker ({t.cfg.num_workers} on {os.cpu_count()} "
                 f"cores): 3x this trunk needs {3 * trunk_ips * workers / loader_ips:.1f} workers; raise num_workers "
                 f"where the cores allow")]
 
 
 # --------------------------------------------------------------------------- 7. the 2-D map stage
-LEGACY_MAP = "UMAP's own search"
-MAP_VARIANTS = {  # how the fresh process runs dimensionality_reduction.py
-    "ours": "import dimensionality_reduction as d",
-    "ours, first run": "import dimensionality_reduction as d; d.cache_umap_compilation = lambda: None",
-    LEGACY_MAP: "import dimensionality_reduction as d; from bench import legacy; d.reduce_to_2d = legacy.reduce_to_2d",
-}
+LEGACY_MAP = map_variants.LEGACY_MAP
 
 
 def map_stage(run, variant, samples):
     """(seconds of the whole stage in a fresh process, trustworthiness of its map, points mapped)."""
     argv = run.argv + [f"--umap_samples_per_split={samples}"]
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); {MAP_VARIANTS[variant]}; d.main({argv!r})"
-    seconds = common.wall_of_child(["-c", code])
+    assert variant in map_variants.VARIANTS, variant
+    call = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench import map_variants; "
+    seconds = common.wall_of_child(["-c", call + f"map_variants.run({variant!r}, {argv!r})"])
     score, points = map_trustworthiness(config.load_config(argv))
     return {"seconds": seconds, "trustworthiness": score, "points": points}
 
@@ -467,7 +469,8 @@ def measure_map(run):
     if run.quick:
         ours = map_stage(run, "ours", demo)
         compared = f"fresh process, {ours['points']} points: {ours['seconds']:.1f} s"
-        return {"demo_size": {"ours": ours}}, [not_here("2-D map stage", compared, round(ours["seconds"], 1), "<= 20 s",
+        return {"demo_size": {"ours": ours}}, [not_here("2-D map stage", compared, round(ours["seconds"], 1),
+                                                        str(TARGETS["2-D map stage"]),
                                                         "s", "--quick maps a few points and skips the original")]
     map_stage(run, "ours", demo)  # fills numba's cache, as any earlier run would have
     at_demo = {v: map_stage(run, v, demo) for v in ("ours", "ours, first run", LEGACY_MAP)}
@@ -479,13 +482,15 @@ def measure_map(run):
     return {"demo_size": at_demo, "full_size": at_full}, [
         verdict("2-D map stage", f"whole stage, fresh process, {ours['points']} points (the demo's size): ours "
                 f"{ours['seconds']:.1f} s (first run, numba compiling: {first['seconds']:.1f} s) vs UMAP's own "
-                f"search {old['seconds']:.1f} s", round(ours["seconds"], 1), "<= 20 s", ours["seconds"] <= 20, "s",
+                f"search {old['seconds']:.1f} s", round(ours["seconds"], 1), str(TARGETS["2-D map stage"]),
+                TARGETS["2-D map stage"].met(ours["seconds"]), "s",
                 "numba compilation or the galleries' figures"),
         verdict("2-D map quality", f"trustworthiness, ours vs UMAP's own search, {ours['points']} points "
                 f"({ours['trustworthiness']:.4f} vs {old['trustworthiness']:.4f}); at {big_ours['points']} points "
                 f"{big_ours['trustworthiness']:.4f} vs {big_old['trustworthiness']:.4f} "
                 f"(stage {big_ours['seconds']:.1f} s vs {big_old['seconds']:.1f} s)",
-                f"{-drop:+.4f}", "within 0.01", abs(drop) <= 0.01 and full_drop <= 0.01, "",
+                f"{-drop:+.4f}", str(TARGETS["2-D map quality"]),
+                TARGETS["2-D map quality"].met(drop) and full_drop <= TARGETS["2-D map quality"].value, "",
                 "the exact neighbours change the map")]
 
 
@@ -508,10 +513,12 @@ def measure_distances(run):
            "n_large": len(large[0]), "large_s": large_s, "large_peak_added_mb": peak}
     return raw, [
         verdict("average distances", f"ours vs brute-force cdist, {len(small[0])} per class x 3 classes ({ours:.2f} s "
-                f"vs {theirs:.2f} s; equal: {agree})", round(theirs / ours, 2), ">= 2x", theirs / ours >= 2 and agree,
+                f"vs {theirs:.2f} s; equal: {agree})", round(theirs / ours, 2), str(TARGETS["average distances"]),
+                TARGETS["average distances"].met(theirs / ours) and agree,
                 "x", "below target"),
         verdict("distance memory", f"peak memory added at {len(large[0])} per class x 2 classes ({large_s:.1f} s)",
-                round(peak, 1), "<= 1000 MB", peak <= 1000, "MB", "blocks too large")]
+                round(peak, 1), str(TARGETS["distance memory"]), TARGETS["distance memory"].met(peak), "MB",
+                "blocks too large")]
 
 
 # --------------------------------------------------------------------------- 9. trunk-cache memory
@@ -544,7 +551,8 @@ def measure_cache_memory(run):
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
     compared = (f"peak RSS of the trunk pass, {sizes['cache_small']} vs {sizes['cache_large']} images at "
                 f"{sizes['cache_image_size']} px ({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)")
-    return result, [verdict("cache memory", compared, round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
+    return result, [verdict("cache memory", compared, round(growth, 1), str(TARGETS["cache memory"]),
+                            TARGETS["cache memory"].met(growth), "MB",
                             "features held in memory")]
 
 
@@ -588,7 +596,8 @@ def measure_predict_memory(run):
     compared = (f"peak RSS of predict.py, {small['images']} vs {large['images']} images at {t.cfg.image_size} px "
                 f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB; "
                 f"{large['images'] / large['seconds']:.0f} images/s)")
-    return result, [verdict("predict memory", compared, round(growth, 1), "<= 100 MB growth", growth <= 100, "MB",
+    return result, [verdict("predict memory", compared, round(growth, 1), str(TARGETS["predict memory"]),
+                            TARGETS["predict memory"].met(growth), "MB",
                             "more than file names and embeddings (about 2.4 KB per image) grows with the sample")]
 
 

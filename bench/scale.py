@@ -32,13 +32,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from bench.targets import TARGETS  # noqa: E402
 from lab import config, output_lock  # noqa: E402
 
 FLOWCAMNET_IMAGES = 301_247
 FULL = {"files": (5_000, 50_000), "embeddings": (30_000, 300_000), "classes": 93, "overrides": []}
 QUICK = {"files": (90, 180), "embeddings": (900, 1_800), "classes": 9, "overrides": ["--transfer_repeats=1"]}
 EMBEDDING_STAGES = ("distances", "map sample", "galleries", "transfer", "novelty")
-MEMORY_LIMIT_MB = 4096
 REASONS = {"novelty": "every image meets every training embedding: is novelty_bank_max 0 (no bound)?"}
 GROWTH_SLACK = 1.15  # a growth exponent up to 1.15 counts as linear: caches and allocators wobble
 FAST_ENOUGH_S = 1.0  # a stage under a second at the larger size is fast whatever its exponent
@@ -225,7 +225,7 @@ def rows(results, quick):
                     + (f" (+ {large['workers']} decoding workers, {large['workers_peak_mb']:.0f} MB each)" if workers
                        else ""))
         name = f"scale: {stage}"
-        target = f"growth <= linear, peak <= {MEMORY_LIMIT_MB} MB"
+        target = f"growth <= linear, peak {TARGETS['scale: memory']}"
         if quick:
             out.append(common.not_here(name, compared, round(exponent, 2), target, "",
                                        "--quick sizes are too small to show growth"))
@@ -233,7 +233,7 @@ def rows(results, quick):
         linear = exponent <= GROWTH_SLACK or large["cpu_seconds"] < FAST_ENOUGH_S
         reason = ("needs more memory" if linear else REASONS.get(stage, "grows faster than its data"))
         out.append(common.verdict(name, compared, f"n^{exponent:.2f}, {peak:.0f} MB", target,
-                                  linear and peak <= MEMORY_LIMIT_MB, "", reason))
+                                  linear and TARGETS["scale: memory"].met(peak), "", reason))
     return out
 
 

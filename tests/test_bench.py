@@ -6,14 +6,22 @@ import json
 import pytest
 
 import backbone
-from bench import bench_pipeline, scale
+from bench import scale, targets
 from conftest import shared_dataset
 from lab import hardware
 
 
 def test_trunk_bf16_target_follows_the_cpu_kind():
-    assert bench_pipeline.TRUNK_BF16_TARGET["avx2"] is None  # emulated bf16: auto keeps fp32, nothing to meet
-    assert bench_pipeline.TRUNK_BF16_TARGET["avx512_bf16"] < bench_pipeline.TRUNK_BF16_TARGET["amx"]
+    assert targets.TRUNK_BF16["avx2"] is None  # emulated bf16: auto keeps fp32, nothing to meet
+    assert targets.TRUNK_BF16["avx512_bf16"].value < targets.TRUNK_BF16["amx"].value
+    assert targets.TRUNK_BF16["avx512_bf16"].met(2.09) and not targets.TRUNK_BF16["amx"].met(2.09)
+
+
+def test_targets_read_their_operator():
+    assert targets.Target("<=", 20, " s").met(20) and not targets.Target("<=", 20).met(20.1)
+    assert targets.Target("within", 0.5).met(-0.4) and not targets.Target("within", 0.5).met(-0.6)
+    assert targets.Target(">", 1, "x").met(1.01) and not targets.Target(">", 1).met(1.0)
+    assert str(targets.Target(">=", 3, "x")) == ">= 3x"
 
 
 def test_scale_rows_apply_the_growth_and_memory_targets():
