@@ -139,7 +139,7 @@ def analyse(cfg, set_name):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    config.print_config(cfg)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     results = {name: analyse(cfg, name) for name in ("test", "unseen")}
     embedding_files.record_embedding_inputs(cfg, "compute_average_distances")

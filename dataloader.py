@@ -25,7 +25,7 @@ from lab import artifacts, config, data_folders, runtime, splitting
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    config.print_config(cfg)
+    config.print_settings(cfg)
     existed = artifacts.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
     split = splitting.load_split(cfg)
     if existed:

@@ -15,7 +15,11 @@ reduction (reduction_method: umap, tsne or pca) is fitted once on their union. G
 Images predict.py classified join the map as a fourth split, "predict" (in the interactive map of the report; the
 static figure shows them as grey context points).
 """
+import contextlib
+import io
+import re
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -75,13 +79,38 @@ def reduce_to_2d(x, cfg):
     import umap
     cache_umap_compilation()
     k = min(cfg.umap_n_neighbors, len(x) - 1)
+    started = time.perf_counter()
     # Exact neighbours from scikit-learn: UMAP's own search is compiled by numba in every new process, which
-    # cost most of this stage (README, Performance); exact is also at least as good a graph as approximate.
+    # cost most of this stage (docs/performance.md); exact is also at least as good a graph as approximate.
+    neighbours = exact_neighbours(x, k)
+    print(f"[map] exact {k} nearest neighbours of {len(x)} points ({time.perf_counter() - started:.1f} s); UMAP's "
+          f"graph and layout next (the first run after an install also compiles UMAP's code: 10-20 s more)",
+          flush=True)
+    # verbose: UMAP says where it is every tenth of its epochs, so a long layout is never silent
     reducer = umap.UMAP(n_neighbors=k, min_dist=cfg.umap_min_dist, random_state=cfg.seed, n_jobs=1,
-                        precomputed_knn=exact_neighbours(x, k))  # a seed makes UMAP single-threaded anyway
-    with warnings.catch_warnings():
+                        precomputed_knn=neighbours, verbose=True, tqdm_kwds={"disable": True})
+    with warnings.catch_warnings(), contextlib.redirect_stdout(Prefixed("[map] umap: ", sys.stdout)):
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # we never transform new points
         return reducer.fit_transform(x)
+
+
+class Prefixed(io.TextIOBase):
+    """Passes UMAP's progress lines (its steps and every tenth of its epochs) on to another stream, each with a
+    prefix and flushed; its echo of its own parameters and its time stamps are left out."""
+    PROGRESS = re.compile(r"(?:\w{3} \w{3} +\d+ [\d:]+ \d{4} )?((?:Construct|Finished|completed).*)")
+
+    def __init__(self, prefix, target):
+        self.prefix, self.target, self.pending = prefix, target, ""
+
+    def write(self, text):
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            match = self.PROGRESS.fullmatch(line.strip())
+            if match:
+                self.target.write(f"{self.prefix}{' '.join(match[1].split())}\n")
+        self.target.flush()
+        return len(text)
 
 
 def class_colours(seen, unseen):
@@ -178,7 +207,9 @@ def galleries(cfg, frames):
     rows, every_class = [], [c for name in ("train", "unseen") for c in frames[name][0]["label"].unique()]
     for set_name, (frame, vectors) in (("train", frames["train"]), ("unseen", frames["unseen"])):
         labels = frame["label"].to_numpy()
-        for cls in dict.fromkeys(frame.sort_values("label_idx")["label"]):
+        classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
+        for number, cls in enumerate(classes, 1):
+            print(f"[galleries] {set_name} {number}/{len(classes)}: {cls}", flush=True)
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
             figure = f"gallery_{plotting.figure_slug(cls, every_class)}.png"
             plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, artifacts.out_path(cfg, "figs", figure))
@@ -200,7 +231,7 @@ def map_splits(cfg):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    config.print_config(cfg)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     splits = map_splits(cfg)

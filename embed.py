@@ -21,6 +21,7 @@ SPLITS = ("train", "val", "test", "unseen")
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     trained = checkpoint.load_trained(cfg)
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device

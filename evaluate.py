@@ -62,6 +62,7 @@ def plot_confusion(matrix, classes, path):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     trained = checkpoint.load_trained(cfg, made_for="test accuracy")
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device

@@ -115,6 +115,7 @@ def plot_distributions(scores, thresholds, default, path):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     cfg, ckpt, digest, scorer, frames, scores = load_inputs(cfg)
     check_enough(frames)

@@ -230,6 +230,7 @@ def write_ecotaxa(cfg, classes, score_name):
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
+    config.print_settings(cfg)
     folder, images, others = sample_images(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images

@@ -209,6 +209,7 @@ def build(cfg):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results",))
     path = build(cfg)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")

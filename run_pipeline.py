@@ -53,6 +53,7 @@ def weights_overrides(cfg):
 
 def run(argv):
     cfg = config.load_config(argv, __doc__)
+    config.print_config(cfg)  # once: each stage then prints only what it changes (the checkpoint's settings)
     demo_data.ensure_demo_data(cfg)
     argv = list(argv) + weights_overrides(cfg)
     timings = []

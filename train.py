@@ -210,7 +210,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    config.print_config(cfg)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import lab
-from lab import artifacts, config, embedding_files, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, output_lock, plotting, progress, runtime
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -107,7 +107,7 @@ def transfer_curves(x, y, cfg):
     x_train, x_test, y_train, y_test = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
     rows = []
     sizes = per_class_sizes(np.bincount(y_train))
-    for per_class in sizes:
+    for per_class in progress.progress(sizes, len(sizes), "transfer", unit="training sizes"):
         repeats = 1 if per_class is None else cfg.transfer_repeats  # the whole set: every repeat is the same
         for repeat in range(repeats):
             seed = cfg.seed + 1000 * repeat + (per_class or 0)
@@ -148,7 +148,7 @@ def plot_curves(table, names, path, chance):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    config.print_config(cfg)
+    config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     frame, x = embedding_files.load_embeddings(cfg, "unseen")

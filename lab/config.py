@@ -7,6 +7,7 @@ import difflib
 import math
 import os
 import sys
+import textwrap
 import unicodedata
 from types import SimpleNamespace
 
@@ -205,5 +206,28 @@ def load_config(argv=None, describe=None):
     return cfg
 
 
+# What this process has printed of the settings, so that run_pipeline.py's stages do not repeat it.
+_shown = {}
+_UNSET = object()
+
+
 def print_config(cfg, title="configuration"):
-    print(f"[{title}] " + ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
+    """The whole configuration, wrapped to the terminal's usual width (run_pipeline.py, once at its start)."""
+    items = [f"{k}={v!r}" for k, v in vars(cfg).items()]
+    print(f"[{title}]\n" + textwrap.fill("  ".join(items), width=118, initial_indent="  ", subsequent_indent="  ",
+                                          break_long_words=False, break_on_hyphens=False))
+    _shown.update(vars(cfg))
+
+
+def print_settings(cfg):
+    """One line: the settings that differ from configfile.py and that this process has not printed yet (a script's
+    own overrides; nothing inside run_pipeline.py, which printed them all at its start)."""
+    defaults = config_defaults()
+    changed = {k: v for k, v in vars(cfg).items()
+               if defaults.get(k, _UNSET) != v and _shown.get(k, _UNSET) != v}
+    if changed:
+        print("[settings] " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
+              + " (the others as in configfile.py)")
+    elif not _shown:
+        print("[settings] as in configfile.py")
+    _shown.update(vars(cfg))

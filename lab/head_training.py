@@ -8,7 +8,8 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from lab import progress
 
 
 def class_weights(labels, n_classes, weighting):
@@ -30,8 +31,7 @@ def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=
     total_loss, correct = 0.0, 0
     batches = data.batches(batch_size, order)
     if desc:
-        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=desc, unit="batch", leave=False,
-                       disable=None)
+        batches = progress.progress(batches, math.ceil(len(data) / batch_size), desc, unit="batches")
     with torch.set_grad_enabled(optimizer is not None):
         for x, y in batches:
             x, y = x.to(device), y.to(device)

@@ -24,11 +24,10 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import backbone
 import lab
-from lab import artifacts, distributed, image_io, runtime, splitting
+from lab import artifacts, distributed, image_io, progress, runtime, splitting
 
 FP16_MAX = 65504.0
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file: the whole of a typical crop, a sample of a big one
@@ -70,7 +69,7 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
     """Feed every batch through the trunk (BN folded, channels-last, autocast to dtype); hand its output to write."""
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    for images, ok in progress.progress(loader, len(loader), desc, unit="batches"):
         images = image_io.normalise(images.to(device, non_blocking=True)).contiguous(
             memory_format=torch.channels_last)
         with autocast:

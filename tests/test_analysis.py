@@ -223,3 +223,14 @@ def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
     spread = max(xy[80 * c:80 * (c + 1)].std(0).max() for c in range(3))
     assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3 * spread
     assert trustworthiness(StandardScaler().fit_transform(x), xy, n_neighbors=cfg.umap_n_neighbors) > 0.9
+
+
+def test_umaps_progress_is_passed_on_without_its_parameters():
+    import io
+    out = io.StringIO()
+    stream = reduction.Prefixed("[map] umap: ", out)
+    stream.write("UMAP(n_jobs=1, precomputed_knn=(array([[   0, 20],\n       [1, 3]])), verbose=True)\n"
+                 "Mon Nov 30 02:26:12 2026 Construct fuzzy simplicial set\n\tcompleted  0  /  500 ")
+    stream.write("epochs\nMon Nov 30 02:26:14 2026 Finished embedding\n")
+    assert out.getvalue().splitlines() == ["[map] umap: Construct fuzzy simplicial set",
+                                           "[map] umap: completed 0 / 500 epochs", "[map] umap: Finished embedding"]

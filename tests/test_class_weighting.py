@@ -21,7 +21,7 @@ def test_balanced_weights_equal_sklearns_and_none_means_plain_cross_entropy():
 
 
 def test_an_unknown_weighting_is_refused_before_work():
-    with pytest.raises(lab.LabError, match="class_weighting='inverse' must be 'none'"):
+    with pytest.raises(lab.LabError, match="class_weighting='inverse' must be one of 'none', 'balanced'"):
         config.load_config(["--class_weighting=inverse"])
 
 

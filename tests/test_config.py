@@ -87,3 +87,30 @@ def test_every_script_rejects_an_unknown_name_in_one_paragraph(tmp_path):
         assert result.returncode == 2, script
         assert "Did you mean --epochs?" in result.stderr and "Traceback" not in result.stderr, script
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_the_configuration_is_printed_once_and_each_script_adds_only_what_differs(monkeypatch, capsys):
+    monkeypatch.setattr(config, "_shown", {})
+    cfg = config.load_config(["--epochs=7", "--lr=0.01"])
+    config.print_settings(cfg)  # a script run alone: its own overrides, nothing else
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[settings] lr=0.01, epochs=7") and "batch_size" not in line
+    monkeypatch.setattr(config, "_shown", {})
+    config.print_config(cfg)  # run_pipeline.py: all of it, once
+    assert capsys.readouterr().out.count("epochs=7") == 1
+    config.print_settings(cfg)  # its stages then repeat nothing
+    assert capsys.readouterr().out == ""
+    config.print_settings(config.load_config(["--epochs=7", "--lr=0.01", "--knn_k=3"]))
+    assert capsys.readouterr().out.strip() == "[settings] knn_k=3 (the others as in configfile.py)"
+
+
+def test_progress_speaks_in_a_log_at_most_every_few_seconds(monkeypatch):
+    import io
+
+    from lab import progress
+    log = io.StringIO()  # not a terminal
+    clock = iter(range(0, 100, 3))  # each item takes 3 s
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    assert list(progress.progress(range(6), 6, "trunk train", unit="batches", stream=log)) == list(range(6))
+    lines = log.getvalue().splitlines()
+    assert lines == ["[trunk train] 2/6 batches, 6 s", "[trunk train] 4/6 batches, 12 s"]
