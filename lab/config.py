@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import lab
 
-NULLABLE = {"backbone_weights", "predict_dir"}
+NULLABLE = {"backbone_weights", "predict_dir", "query"}
 
 
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
@@ -140,7 +140,7 @@ RULES = {
     "distance_max_per_class": at_least(2, "every image"), "gallery_size": at_least(1),
     "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
     "transfer_max_images": at_least(2), "knn_k": at_least(1),
-    "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES),
+    "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES), "similar_k": at_least(1),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {
@@ -168,6 +168,8 @@ def _cross_setting_problems(c):
     if c.predict_dir is not None and not c.predict_dir.strip():
         yield (f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
                f"--predict_dir=/data/cruise42.")
+    if c.query is not None and not c.query.strip():
+        yield "query='' names no image: give an image or a folder, e.g. --query=/data/cruise42/img_0001.png."
 
 
 def validate_config(c):

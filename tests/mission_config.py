@@ -65,3 +65,7 @@ novelty_score = "mahalanobis_knn"
 # the repository, like data_root. None: predict.py asks for it.
 predict_dir = None
 ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
+# similar.py: an image, or a folder of images (searched recursively), anywhere; its similar_k nearest embedded images
+# (train, val, test, unseen, predict) by cosine distance. None: similar.py asks for it.
+query = None
+similar_k = 10                 # neighbours listed per query image, >= 1
