@@ -37,6 +37,7 @@ TARGETS = {
     "cache memory": Target("<=", 100, " MB growth", "the trunk pass streams its features to disk"),
     "predict memory": Target("<=", 100, " MB growth", "beyond file names and embeddings"),
     "scale: memory": Target("<=", 4000, " MB", "FlowCamNet size (300,000 images) on a 24 GB machine"),
+    "similar search": Target("<=", 50, " ms", "one query among 300,000 embeddings (FlowCamNet size), exact"),
 }
 
 # The trunk's bf16-over-fp32 speed-up each kind of machine allows (1 thread, CPU time on a CPU). AMX multiplies
