@@ -125,7 +125,8 @@ def validate_config(c):
         bad(f"novelty_score={c.novelty_score!r} must be one of {', '.join(map(repr, NOVELTY_SCORES))} (the lab's "
             f"default, 'mahalanobis_knn', told new taxa best on ndsb9).")
     if c.predict_dir is not None and not c.predict_dir.strip():
-        bad("predict_dir='' names no folder: give the folder of new images, e.g. --predict_dir=/data/cruise42.")
+        bad(f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
+            f"--predict_dir=/data/cruise42.")
     if c.head_precision not in ("auto", "fp32", "bf16"):
         bad(f"head_precision={c.head_precision!r} must be one of 'auto', 'fp32', 'bf16' (fp16 would need loss "
             f"scaling).")

@@ -5,11 +5,14 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 import lab
+import predict
 import report
-from lab import artifacts, output_lock
+from lab import artifacts, config, output_lock
+from lab import novelty_scores as ns
 
 
 # --------------------------------------------------------------------------- 6. the output-folder lock
@@ -53,3 +56,38 @@ def test_6_a_lock_that_names_no_run_is_waited_for_then_taken_over_with_the_usual
     err = capsys.readouterr().err
     assert "[lock] taking over the lock of an earlier run that is gone (its lock names no run" in err
     assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+# --------------------------------------------------------------------------- 7. degenerate inputs of the scorer
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_7_identical_or_all_zero_training_embeddings_give_finite_novelty_scores(value):
+    train = np.full((30, 8), value)
+    labels = np.repeat([0, 1, 2], 10)
+    gaussians = ns.Gaussians(train, labels)
+    assert gaussians.degenerate
+    queries = np.random.default_rng(0).normal(size=(5, 8))
+    expected = np.sqrt(((queries - value) ** 2).sum(1))  # no spread: the Euclidean distance to the (one) mean
+    assert gaussians.mahalanobis(queries) == pytest.approx(expected)
+    scorer = ns.NoveltyScorer(train, labels, np.ones((3, 8)), np.zeros(3), 5, np.full((4, 8), value))
+    scores = scorer.scores(queries)
+    assert all(np.isfinite(v).all() for v in scores.values())
+    assert not ns.Gaussians(np.random.default_rng(1).normal(size=(30, 8)), labels).degenerate
+
+
+@pytest.mark.parametrize("damage", ['{"thresholds": {"msp": 0.', "[1]", '{"thresholds": 3}'])
+def test_7_a_damaged_thresholds_file_is_one_paragraph_naming_novelty_py(novelty_ready, tiny_demo, damage):
+    cfg, argv = novelty_ready
+    path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
+    saved = path.read_text()
+    try:
+        path.write_text(damage)
+        with pytest.raises(lab.LabError, match=r"novelty_thresholds.json is damaged.*python novelty.py"):
+            predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+    finally:
+        path.write_text(saved)
+
+
+# --------------------------------------------------------------------------- 8. small ones
+def test_8_a_blank_predict_dir_is_quoted_as_given():
+    with pytest.raises(lab.LabError, match=r"predict_dir=' ' names no folder"):
+        config.load_config(["--predict_dir=' '"])
