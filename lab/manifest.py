@@ -39,7 +39,7 @@ _DIGESTS = {}
 
 def digest(path):
     """The short sha256 (16 hex digits) that artifacts record, remembered while the file's size, times and inode are
-    unchanged: checking a set twice in one run reads its files once."""
+    unchanged (as git's index does): checking a set twice in one run reads its files once."""
     st = os.stat(path)
     key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if key not in _DIGESTS:
@@ -250,5 +250,10 @@ def replace_output(cfg, set_name, kind, name, write):
     if body and isinstance(body.get("outputs"), dict) and key in body["outputs"]:
         body["outputs"][key] = digest(path)
         body["id"] = set_id(body.get("inputs", {}), body["outputs"])
-        _write_manifest(manifest_path(cfg, set_name), body)
+        try:
+            _write_manifest(manifest_path(cfg, set_name), body)
+        except OSError as exc:
+            raise lab.LabError(f"Could not update results/{set_name}_manifest.json ({_reason(exc)}): the set of "
+                               f"{made_by(set_name)} is now incomplete. Free some space, then run "
+                               f"`python {made_by(set_name)}` again.") from None
     return path
