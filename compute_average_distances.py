@@ -5,6 +5,7 @@ Reads embeddings/embeddings_test.pkl and embeddings_unseen.pkl (embed.py). Write
 {test, unseen}:
   figs/average_euclidean_distances_S.png, figs/average_angular_distances_S.png   heatmaps
   results/average_distances_S.csv     per class pair: counts, mean Euclidean, angular and cosine distance
+and, written last, results/compute_average_distances_manifest.json (manifest.py: the files and the embeddings set).
 Angular distance is the angle between two embeddings, arccos(cosine similarity) / pi, in [0, 1]; the cosine
 distance is 1 - cosine similarity. Within a class the averages run over distinct pairs (a sample's distance
 to itself is left out). Embeddings that are all zeros (every ReLU off) have no direction: they are left out
@@ -19,7 +20,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, config, embedding_files, output_lock, plotting, runtime
+from lab import config, embedding_files, manifest, output_lock, plotting, runtime
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
@@ -110,19 +111,19 @@ def plot_heatmap(matrix, classes, title, note, path):
     plotting.save_figure(path, fig)
 
 
-def analyse(cfg, set_name):
+def analyse(cfg, set_name, out):
     frame, vectors = embedding_files.load_embeddings(cfg, set_name)
     classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
     groups = [vectors[(frame["label"] == c).to_numpy()] for c in classes]
     used = sampled_groups(groups, cfg.distance_max_per_class, cfg.seed)
     result = average_distances(used)
     table = distance_table(classes, groups, result, used)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", f"average_distances_{set_name}.csv"), table)
+    out.save_csv("results", f"average_distances_{set_name}.csv", table)
     notes = {"euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
              "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs"}
     for metric, note in notes.items():
         plot_heatmap(result[metric], classes, f"Average {metric} distance between classes ({set_name} set)", note,
-                     artifacts.out_path(cfg, "figs", f"average_{metric}_distances_{set_name}.png"))
+                     out.file("figs", f"average_{metric}_distances_{set_name}.png"))
         print(f"\naverage {metric} distance, {set_name} set:")
         print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
     sampled = [c for c, g, u in zip(classes, groups, used) if len(u) < len(g)]
@@ -141,8 +142,9 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
-    results = {name: analyse(cfg, name) for name in ("test", "unseen")}
-    embedding_files.record_embedding_inputs(cfg, "compute_average_distances")
+    with manifest.OutputSet(cfg, "compute_average_distances") as out:
+        results = {name: analyse(cfg, name, out) for name in ("test", "unseen")}
+        out.publish(**embedding_files.embedding_inputs(cfg))
     return results
 
 

@@ -9,6 +9,9 @@ when it exists, and the images they point to. Writes
                                    (<class> is plotting.figure_slug: the name, or ASCII + a hash where it is not ASCII)
   results/galleries.csv            every gallery tile: set, class, figure (file name), row, rank, path, label,
                                    distance
+  results/dimensionality_reduction_manifest.json   written last (manifest.py): these files, the embeddings set and
+                                   predict.py's set that the "predict" points come from (a gallery of a class no
+                                   longer analysed is removed with the set it belonged to)
 Up to umap_samples_per_split embeddings of each split are sampled (seeded) and standardised, and the 2-D
 reduction (reduction_method: umap, tsne or pca) is fitted once on their union. Galleries are computed in the
 128-d embedding space, not in the 2-D map: seen classes on the train split, unseen classes among themselves.
@@ -25,7 +28,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, config, embedding_files, image_io, output_lock, plotting, runtime
+from lab import config, embedding_files, image_io, manifest, output_lock, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -203,7 +206,7 @@ def plot_gallery(cls, set_name, picks, frame, k, path):
     plotting.save_figure(path, fig)
 
 
-def galleries(cfg, frames):
+def galleries(cfg, frames, out):
     rows, every_class = [], [c for name in ("train", "unseen") for c in frames[name][0]["label"].unique()]
     for set_name, (frame, vectors) in (("train", frames["train"]), ("unseen", frames["unseen"])):
         labels = frame["label"].to_numpy()
@@ -212,21 +215,23 @@ def galleries(cfg, frames):
             print(f"[galleries] {set_name} {number}/{len(classes)}: {cls}", flush=True)
             picks = gallery(vectors, labels, cls, cfg.gallery_size)
             figure = f"gallery_{plotting.figure_slug(cls, every_class)}.png"
-            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, artifacts.out_path(cfg, "figs", figure))
+            plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, out.file("figs", figure))
             for row, (idx, dist) in picks.items():
                 for rank, (i, d) in enumerate(zip(idx, dist)):
                     rows.append({"set": set_name, "class": cls, "figure": figure, "row": row, "rank": rank + 1,
                                  "path": frame["path"].iloc[i], "label": frame["label"].iloc[i],
                                  "distance": float(d)})
     table = pd.DataFrame(rows)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "galleries.csv"), table)
+    out.save_csv("results", "galleries.csv", table)
     print(f"[galleries] {table['class'].nunique()} classes -> figs/gallery_<class>.png, results/galleries.csv")
     return table
 
 
 def map_splits(cfg):
-    """train, test and unseen; and predict when predict.py has embedded new images with the current model."""
-    return SPLITS + ((PREDICT,) if embedding_files.current_predict_set(cfg) else ())
+    """(train, test and unseen, and predict when predict.py has embedded new images with the current model; the
+    manifest of predict.py's set or None)."""
+    predict = embedding_files.current_predict_set(cfg)
+    return SPLITS + ((PREDICT,) if predict else ()), predict
 
 
 def main(argv=None):
@@ -234,7 +239,7 @@ def main(argv=None):
     config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
-    splits = map_splits(cfg)
+    splits, predict = map_splits(cfg)
     frames = {s: embedding_files.load_embeddings(cfg, s) for s in splits}
     rng = np.random.default_rng(cfg.seed)
     parts = []
@@ -248,10 +253,12 @@ def main(argv=None):
     xy = reduce_to_2d(points, cfg)
     coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
                                                                         method=cfg.reduction_method)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), coords)
-    plot_map(coords, cfg, artifacts.out_path(cfg, "figs", "umap_embeddings.png"))
-    galleries(cfg, frames)
-    embedding_files.record_embedding_inputs(cfg, "dimensionality_reduction")
+    with manifest.OutputSet(cfg, "dimensionality_reduction") as out:
+        out.save_csv("results", "umap_coordinates.csv", coords)
+        plot_map(coords, cfg, out.file("figs", "umap_embeddings.png"))
+        galleries(cfg, frames, out)
+        # the sample of the map's "predict" points: report.py joins predictions to them only when it is the same
+        out.publish(**embedding_files.embedding_inputs(cfg), predict=predict and predict["id"])
 
 
 if __name__ == "__main__":

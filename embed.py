@@ -6,15 +6,26 @@ the checkpoint was trained on). Writes, as one set:
       pickled pandas DataFrames, one row per image: label (class name), label_idx (index in the checkpoint's
       seen classes, or in unseen_classes for the unseen split), split, path (absolute), emb_0 ... emb_127
       (float32): the 128-d activation before the last layer, model in eval mode
-  embeddings/embeddings_meta.json   the digest of the checkpoint that made them and of each file (written last:
-      later scripts refuse a set that another model made or that an interrupted run left half-written), config,
-      seed and package versions
+  embeddings/embeddings_meta.json   the digest of the checkpoint that made them and of each file (later scripts
+      refuse a set that another model made), config, seed and package versions
+  results/embed_manifest.json       written last (manifest.py): every file's digest, the checkpoint's and the
+      split's; a run that fails leaves the previous complete set or none, never a half-written one
 The validation embeddings are what novelty.py chooses its thresholds on, so that the test split stays unseen.
 """
 import sys
 
 import backbone
-from lab import artifacts, checkpoint, config, embedding_files, output_lock, provenance, runtime, trunk_cache
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    embedding_files,
+    manifest,
+    output_lock,
+    provenance,
+    runtime,
+    trunk_cache,
+)
 
 SPLITS = ("train", "val", "test", "unseen")
 
@@ -37,7 +48,10 @@ def main(argv=None):
             "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
             "config": vars(cfg), "versions": provenance.package_versions()}
-    return embedding_files.save_embedding_set(cfg, frames, meta)
+    with manifest.OutputSet(cfg, "embed") as out:
+        set_id = embedding_files.save_embedding_set(cfg, frames, meta, out=out)
+        out.publish(checkpoint=trained.digest, split=ckpt["split_digest"], embeddings=set_id)
+    return set_id
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Writes:
   results/test_metrics.json    accuracy, balanced accuracy, macro F1, per-class accuracy / precision / recall / F1
   results/test_predictions.csv path, label, predicted, probability (softmax of the predicted class), correct
   figs/confusion_matrix.png    counts and row-normalised, class names on both axes
+  results/evaluate_manifest.json  the digests of these three and of the checkpoint and split (manifest.py)
 """
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import artifacts, checkpoint, config, output_lock, plotting, provenance, runtime, trunk_cache
+from lab import checkpoint, config, manifest, output_lock, plotting, runtime, trunk_cache
 
 
 def confusion_matrix(y_true, y_pred, n_classes):
@@ -79,12 +80,13 @@ def main(argv=None):
                     "checkpoint_sha256": trained.digest, "trunk_weights": ckpt["weights"],
                     "random_trunk": trained.random_trunk, "confusion_matrix": matrix.tolist()})
     rows = test.rows
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "test_predictions.csv"), pd.DataFrame(
-        {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
-         "probability": probabilities[np.arange(len(y_pred)), y_pred], "correct": y_pred == y_true}))
-    artifacts.save_json(artifacts.out_path(cfg, "results", "test_metrics.json"), metrics)
-    plot_confusion(matrix, classes, artifacts.out_path(cfg, "figs", "confusion_matrix.png"))
-    provenance.record_inputs(cfg, "evaluate", checkpoint=metrics["checkpoint_sha256"])
+    with manifest.OutputSet(cfg, "evaluate") as out:
+        out.save_csv("results", "test_predictions.csv", pd.DataFrame(
+            {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
+             "probability": probabilities[np.arange(len(y_pred)), y_pred], "correct": y_pred == y_true}))
+        out.save_json("results", "test_metrics.json", metrics)
+        plot_confusion(matrix, classes, out.file("figs", "confusion_matrix.png"))
+        out.publish(checkpoint=trained.digest, split=ckpt["split_digest"])
     print("\nTest accuracy per class:")
     for c, m in metrics["per_class"].items():
         print(f"  Accuracy of {c:<30}: {100 * m['accuracy']:6.2f} %  ({m['support']} images)")

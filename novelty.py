@@ -13,6 +13,7 @@ embeddings/embeddings_{train,val,test,unseen}.pkl (embed.py). Writes
                                    by predict.py for its possibly_new flag
   figs/novelty_roc.png             ROC curve of every score, with its operating point at the threshold
   figs/novelty_scores.png          known vs new score distributions, one panel per score
+  results/novelty_manifest.json    written last (manifest.py): the files above and the embeddings set
 Training images are the scores' reference (class means, nearest neighbours), so they are not scored themselves.
 """
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, checkpoint, config, embedding_files, output_lock, plotting, runtime
+from lab import artifacts, checkpoint, config, embedding_files, manifest, output_lock, plotting, runtime
 from lab import novelty_scores as ns
 
 SPLITS = ("val", "test", "unseen")
@@ -122,15 +123,16 @@ def main(argv=None):
     thresholds = {name: ns.threshold_keeping(scores["val"][name]) for name in ns.SCORES}
     table = evaluate_scores(scores, frames["unseen"]["label"].to_numpy(), thresholds)
     table["default"] = table["score"] == cfg.novelty_score
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty.csv"), table)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty_scores.csv"), score_table(frames, scores))
-    artifacts.save_json(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), {
-        "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
-        "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg, scorer),
-        "default_score": cfg.novelty_score, "thresholds": thresholds})
-    plot_roc(scores, table, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_roc.png"))
-    plot_distributions(scores, thresholds, cfg.novelty_score, artifacts.out_path(cfg, "figs", "novelty_scores.png"))
-    embedding_files.record_embedding_inputs(cfg, "novelty")
+    with manifest.OutputSet(cfg, "novelty") as out:
+        out.save_csv("results", "novelty.csv", table)
+        out.save_csv("results", "novelty_scores.csv", score_table(frames, scores))
+        out.save_json("results", "novelty_thresholds.json", {
+            "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
+            "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg, scorer),
+            "default_score": cfg.novelty_score, "thresholds": thresholds})
+        plot_roc(scores, table, cfg.novelty_score, out.file("figs", "novelty_roc.png"))
+        plot_distributions(scores, thresholds, cfg.novelty_score, out.file("figs", "novelty_scores.png"))
+        out.publish(**embedding_files.embedding_inputs(cfg))
     print_summary(table, frames)
     return table
 

@@ -14,8 +14,17 @@ not entered; a file that does not decode is skipped). The training images themse
   results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
   results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
-  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (see ecotaxa_frame)
+  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (see ecotaxa_frame); a file
+                                     whose name is not valid UTF-8 is left out of it (EcoTaxa could not match it
+                                     to the file in the zip) and listed in results/ecotaxa_left_out.csv
+  results/predict_manifest.json      written last (manifest.py): every file above with its digest, and what they
+                                     were computed from (checkpoint, embeddings, thresholds, the sample's files)
   cache/predict_<key>.npz            logits, embeddings and decoded flags of each chunk of CHUNK images
+The files above are one set, all or nothing: written under temporary names, then published together; after any
+failure the previous complete set stays (or, when none was complete, nothing), and the message says which. A file
+the new set lacks (an EcoTaxa table of another sample) is removed. File names that are not valid UTF-8 are kept as
+their own bytes in the CSV files (artifacts.py). After predict.py, `python dimensionality_reduction.py` puts the
+images on the 2-D map and `python report.py` shows them.
 Scales: the images go through the trunk CHUNK at a time, and each chunk's outputs are cached under a key of its
 files (paths, sizes, modification times), the image size, the trunk weights, the precision and the checkpoint.
 No image and no trunk output is held beyond its chunk; what grows with the folder is its list of file names and
@@ -39,6 +48,7 @@ from lab import (
     data_folders,
     embedding_files,
     image_io,
+    manifest,
     output_lock,
     provenance,
     runtime,
@@ -48,6 +58,15 @@ from lab import novelty_scores as ns
 
 CHUNK = 1000  # images per cached chunk: an interruption loses at most this much work
 TOP = 3
+# Every file of predict.py's output set (manifest.py), published together, the manifest last; a file that a run does
+# not write (the EcoTaxa table without --ecotaxa=True) is removed, so no file of another sample stays beside them.
+PREDICT_OUTPUTS = (("results", "predictions.csv"), ("results", "prediction_counts.csv"),
+                   ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
+                   ("results", "ecotaxa_left_out.csv"), ("embeddings", "embeddings_predict.pkl"),
+                   ("embeddings", embedding_files.PREDICT_META))
+NOT_UTF8 = ("its name is not valid UTF-8, so EcoTaxa could not match it to the file in the zip: left out of "
+            "ecotaxa_predictions.tsv (it is in predictions.csv). Rename it, e.g. `convmv -f latin1 -t utf8 --notest "
+            "-r <folder>`, and run predict.py again")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -140,14 +159,15 @@ def skipped_reason(abs_path):
     return image_io.check_image(abs_path) or "failed to decode during the trunk pass"
 
 
-def write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold):
-    """Stream predictions.csv chunk by chunk; returns (embedding frames, per-class counts, unreadable files)."""
+def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold):
+    """Stream predictions.csv (a file of the output set `out`) chunk by chunk; returns (embedding frames, per-class
+    counts, unreadable files)."""
     classes = ckpt["classes"]
     embedding_parts, unreadable = [], []
     counts = pd.DataFrame(0, index=classes, columns=["images", "possibly_new"])
 
     def write(tmp):
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", errors="surrogateescape") as f:  # a name that is not UTF-8: its own bytes
             pd.DataFrame(columns=prediction_columns(classes, score_name)).to_csv(f, index=False)
             for start, chunk_file in zip(range(0, len(images), CHUNK), chunk_files):
                 with np.load(chunk_file) as data:
@@ -163,7 +183,7 @@ def write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name
                 embedding_parts.append(embedding_files.embedding_frame(cfg, pd.DataFrame(
                     {"label": rows["predicted"], "split": "predict", "path": [str(folder / p) for p in rows["path"]]}),
                     embeddings, classes))
-    artifacts.atomic_write(artifacts.out_path(cfg, "results", "predictions.csv"), write)
+    out.write("results", "predictions.csv", write)
     return embedding_parts, counts, unreadable
 
 
@@ -175,7 +195,9 @@ def count_table(counts):
 
 # --------------------------------------------------------------------------- EcoTaxa
 def ecotaxa_names(classes):
-    """EcoTaxa column names are Table_field in lower case: object_p_<class> with the class made safe."""
+    """EcoTaxa's import takes column names in lower case (Table_field: letters, digits and _ only), so a class's
+    score column is object_p_<class> lower-cased and made safe: object_p_rhabdonellidae for Rhabdonellidae. The
+    class names themselves keep their case, in object_annotation_category as in predictions.csv."""
     names, seen = {}, set()
     for i, c in enumerate(classes):
         name = "object_p_" + re.sub(r"[^a-z0-9_]+", "_", c.lower()).strip("_")
@@ -208,23 +230,63 @@ def ecotaxa_frame(predictions, classes, score_name, used_ids):
     return frame
 
 
-def write_ecotaxa(cfg, classes, score_name):
-    """results/ecotaxa_predictions.tsv: header row, then EcoTaxa's type row ([t] text, [f] number), then data."""
-    source = artifacts.out_path(cfg, "results", "predictions.csv")
-    used_ids = set()
+def is_utf8(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a name that was not UTF-8 on disk (surrogate escapes)
+        return False
+    return True
+
+
+def write_ecotaxa(out, classes, score_name):
+    """results/ecotaxa_predictions.tsv (a file of the output set `out`, made from its predictions.csv): header row,
+    then EcoTaxa's type row ([t] text, [f] number), then data. Names that are not valid UTF-8 are left out and
+    listed in results/ecotaxa_left_out.csv; returns them."""
+    source = out.staged_path("results", "predictions.csv")
+    used_ids, left_out = set(), []
+    text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
 
     def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            first = True
-            text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
-            for block in pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False):
-                frame = ecotaxa_frame(block, classes, score_name, used_ids)
-                if first:
+        with open(tmp, "w", newline="") as f:  # UTF-8 only: EcoTaxa reads nothing else
+            blocks = pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False,
+                                 encoding_errors="surrogateescape")
+            for number, block in enumerate(blocks):
+                readable = block["path"].map(is_utf8).to_numpy(bool)
+                left_out.extend(block["path"][~readable])
+                frame = ecotaxa_frame(block[readable], classes, score_name, used_ids)
+                if number == 0:
                     f.write("\t".join(frame.columns) + "\n")
                     f.write("\t".join("[t]" if i < 4 else "[f]" for i in range(len(frame.columns))) + "\n")
-                    first = False
                 frame.to_csv(f, sep="\t", header=False, index=False)
-    return artifacts.atomic_write(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), write)
+    out.write("results", "ecotaxa_predictions.tsv", write)
+    if left_out:
+        out.save_csv("results", "ecotaxa_left_out.csv", pd.DataFrame({"path": left_out, "reason": NOT_UTF8}))
+    return left_out
+
+
+def ecotaxa_note(cfg, classes, left_out, folder):
+    """Where the EcoTaxa table is, why its columns are lower case (with this model's own example), and the names
+    left out of it."""
+    example = next((c for c in classes if c != c.lower()), classes[0])
+    print(f"[predict] EcoTaxa table: {artifacts.out_path(cfg, 'results', 'ecotaxa_predictions.tsv')}. Its column "
+          f"names are lower case because EcoTaxa's import takes no other ({ecotaxa_names(classes)[example]} is the "
+          f"class {example!r}); object_annotation_category keeps the class names as predictions.csv does")
+    if left_out:
+        print(f"warning: {plural(len(left_out), 'file')} whose name is not valid UTF-8 (e.g. "
+              f"'{artifacts.printable(left_out[0])}') are left out of the EcoTaxa table, which could not match them "
+              f"to the files in its zip; they are listed in results/ecotaxa_left_out.csv (and classified in "
+              f"predictions.csv). Rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest -r "
+              f"{artifacts.printable(folder)}` (latin1: names from an old Windows or Mac archive), and run "
+              f"predict.py again.", file=sys.stderr)
+
+
+def plural(n, word, many=None):
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def sample_digest(chunk_files):
+    """What identifies the sample: its chunks' keys (every file's path, size, time and content fingerprint)."""
+    return hashlib.sha256("".join(p.name for p in chunk_files).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- main
@@ -238,23 +300,32 @@ def main(argv=None):
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
     threshold = ns.load_thresholds(cfg, digest, scorer)["thresholds"][score_name]
-    print(f"[predict] {len(images)} images under {folder} ({len(others)} other files ignored); possibly_new: "
-          f"{score_name} above {threshold:.4g}, its validation threshold")
+    print(f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
+          f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
+          f"{threshold:.4g}, its validation threshold")
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
-    parts, counts, unreadable = write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name,
-                                                  threshold)
-    ignored = [{"path": p, "reason": reason} for p, reason in others]
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "predict_skipped.csv"),
-                       pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
-    table = count_table(counts)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"), table)
-    frame = pd.concat(parts, ignore_index=True)
-    meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-            "predict_dir": str(folder), "trunk_weights": ckpt["weights"], "versions": provenance.package_versions()}
-    embedding_files.save_embedding_set(cfg, {"predict": frame}, meta, embedding_files.PREDICT_META)
+    inputs = {"checkpoint": digest, "embeddings": embedding_files.embedding_set(cfg)["set"],
+              "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+              "sample": sample_digest(chunk_files), "predict_dir": str(folder)}
+    left_out = []
+    with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
+        parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,
+                                                      score_name, threshold)
+        ignored = [{"path": p, "reason": reason} for p, reason in others]
+        out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
+        table = count_table(counts)
+        out.save_csv("results", "prediction_counts.csv", table)
+        meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "predict_dir": str(folder),
+                "checkpoint_saved_at": ckpt.get("saved_at"), "trunk_weights": ckpt["weights"],
+                "versions": provenance.package_versions()}
+        embedding_files.save_embedding_set(cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta,
+                                           embedding_files.PREDICT_META, out=out)
+        if cfg.ecotaxa:
+            left_out = write_ecotaxa(out, ckpt["classes"], score_name)
+        out.publish(**inputs)
     if cfg.ecotaxa:
-        print(f"[predict] EcoTaxa table: {write_ecotaxa(cfg, ckpt['classes'], score_name)}")
+        ecotaxa_note(cfg, ckpt["classes"], left_out, folder)
     remove_stale_chunks(cfg, chunk_files)
     print_summary(table, unreadable, others, artifacts.out_path(cfg, "results", "predictions.csv"))
     return table
@@ -263,13 +334,18 @@ def main(argv=None):
 def print_summary(table, unreadable, others, path):
     total, flagged = int(table["images"].sum()), int(table["possibly_new"].sum())
     if unreadable:
-        print(f"warning: {len(unreadable)} image file(s) could not be decoded and were skipped (listed in "
-              f"results/predict_skipped.csv): {', '.join(u['path'] for u in unreadable[:5])}", file=sys.stderr)
-    print(f"\n[predict] {total} images classified, {flagged} ({100 * flagged / max(total, 1):.1f} %) possibly of a "
-          f"taxon never seen; {len(unreadable)} unreadable and {len(others)} other entries skipped")
+        print(f"warning: {plural(len(unreadable), 'image file')} could not be decoded and were skipped (listed in "
+              f"results/predict_skipped.csv): {artifacts.printable(', '.join(u['path'] for u in unreadable[:5]))}",
+              file=sys.stderr)
+    print(f"\n[predict] {plural(total, 'image')} classified, {flagged} ({100 * flagged / max(total, 1):.1f} %) "
+          f"possibly of a taxon never seen; {plural(len(unreadable), 'image file')} that could not be decoded and "
+          f"{plural(len(others), 'other entry', 'other entries')} skipped")
     for _, r in table.iterrows():
         print(f"  {r['class']:<32} {r['images']:>7}  ({r['possibly_new']} possibly new)")
     print(f"[predict] per-image results: {path}")
+    print("[predict] next: `python dimensionality_reduction.py` puts these images on the 2-D map (the split "
+          "\"predict\"), then `python report.py` shows them there and in its predictions section (report.py alone "
+          "does not map them: the map is made by dimensionality_reduction.py)")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,40 @@
 """One HTML page with every result of the pipeline, readable in a browser, offline, as one file.
 
-Reads the artifacts of all earlier scripts (results/*.csv, results/*.json, figs/*.png), and the images of the
-2-D map's points for their thumbnails; the novelty results (results/novelty.csv, figs/novelty_*.png) and
-predict.py's results (results/predictions.csv, results/prediction_counts.csv) when they exist.
-Writes results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript inlined, no
-server, no network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each point's
-image, class, split, file name and prediction on hover (see interactive_map.py).
+Reads checkpoints/best.pth (train.py), the artifacts of all earlier scripts (results/*.csv, results/*.json,
+figs/*.png) as the output sets their manifests prove whole (results/<set>_manifest.json, see lab/manifest.py),
+and the images of the 2-D map's points for their thumbnails; the novelty results and predict.py's results when
+they exist. Writes results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript
+inlined, no server, no network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each
+point's image, class, split, file name and prediction on hover (see interactive_map.py).
+
+One run, one story: the page describes the run of the checkpoint (its split, its classes, its data root), and
+everything it shows or joins together is proven to come from that run by the digests the manifests record, never
+by file names or the current settings (docs/provenance.md lists every join). A section of another model is refused
+with the commands to run again; a split or a sample of another run is left out, with the command that brings it.
 """
 import base64
 import html
-import json
+import shlex
 import sys
+from pathlib import Path, PurePath
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, checkpoint, config, embedding_files, interactive_map, output_lock, provenance, runtime
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    embedding_files,
+    interactive_map,
+    manifest,
+    output_lock,
+    provenance,
+    runtime,
+    splitting,
+)
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
                    ("novelty_scores.png", "Novelty scores of seen and unseen images"))
@@ -34,8 +52,8 @@ def _table(frame, floats="{:.3f}"):
     return frame.to_html(index=False, border=0, classes="t", float_format=lambda v: floats.format(v))
 
 
-def _figure(path, caption, made_by="run_pipeline.py"):
-    """The PNG inlined as a data: URI, so the page needs no file beside it."""
+def _figure(path, caption, made_by):
+    """The PNG inlined as a data: URI, so the page needs no file beside it; a missing one names its script."""
     data = base64.b64encode(artifacts.require(path, made_by, "figure").read_bytes()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
@@ -48,6 +66,10 @@ def _short_table(frame, name):
             f'all of them are in results/{html.escape(name)}.</p>')
 
 
+def _code(text):
+    return f"<code>{html.escape(artifacts.printable(text))}</code>"
+
+
 def distance_summary(table):
     within = table[table["class_a"] == table["class_b"]]
     between = table[table["class_a"] != table["class_b"]]
@@ -56,34 +78,117 @@ def distance_summary(table):
             f"{between['mean_angular'].mean():.3f}")
 
 
-# Which inputs each section's script records (results/provenance_<script>.json) and must share with the others.
+# --------------------------------------------------------------------------- what belongs together
+# The sets each section shows, and which input of the checkpoint's run their manifest must record.
 SECTION_INPUTS = {"train": "checkpoint", "evaluate": "checkpoint", "compute_average_distances": "embeddings",
                   "dimensionality_reduction": "embeddings", "transfer_learning": "embeddings"}
 
 
-def check_results_belong_together(cfg):
-    """Every section must come from the current checkpoint and embeddings: never a page mixing two runs. Says
-    at once everything that must be re-run, in order."""
-    artifacts.require(artifacts.out_path(cfg, "checkpoints", "best.pth"), "train.py", "checkpoint")
-    current = {"checkpoint": provenance.artifact_digest(cfg, "checkpoints", "best.pth"), "embeddings": None}
-    stale = []
+def novelty_ran(cfg):
+    return (manifest.manifest_path(cfg, "novelty").exists()
+            or artifacts.out_path(cfg, "results", "novelty.csv").exists())
+
+
+def check_results_belong_together(cfg, checkpoint_digest):
+    """Every section must be a whole set made from the current checkpoint and its embeddings: never a page mixing
+    two runs. Says at once everything that must be re-run, in order, and why. Returns the current inputs."""
+    current = {"checkpoint": checkpoint_digest, "embeddings": None, "embeddings_meta": None}
+    problems = {}
     try:
-        current["embeddings"] = embedding_files.embedding_set(cfg)["set"]  # itself checked against the checkpoint
+        current["embeddings_meta"] = embedding_files.embedding_set(cfg)  # itself checked against the checkpoint
+        current["embeddings"] = current["embeddings_meta"]["set"]
     except lab.LabError:
-        stale.append("embed")
-    sections = dict(SECTION_INPUTS)
-    if artifacts.out_path(cfg, "results", "novelty.csv").exists():
-        sections["novelty"] = "embeddings"
-    stale += [script for script, needs in sections.items()
-              if current[needs] is None or (provenance.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
-    if stale:
-        commands = "; ".join(f"python {script}.py" for script in stale)
-        raise lab.LabError(f"The results of {', '.join(stale)} were not computed from the current checkpoint "
-                           f"(sha256 {current['checkpoint']}) and its embeddings: a report of them would mix runs. "
+        problems["embed"] = "made from another checkpoint, or not one whole set"
+    sections = dict(SECTION_INPUTS, **({"novelty": "embeddings"} if novelty_ran(cfg) else {}))
+    for script, needs in sections.items():
+        published, problem = manifest.check(cfg, script)
+        if published is None:
+            problems[script] = problem
+        elif current[needs] is None or published["inputs"].get(needs) != current[needs]:
+            problems[script] = f"made from another {'checkpoint' if needs == 'checkpoint' else 'embeddings set'}"
+    if problems:
+        commands = "; ".join(f"python {manifest.made_by(script)}" for script in problems)
+        reasons = "; ".join(f"{script}: {why}" for script, why in problems.items())
+        raise lab.LabError(f"The results of {', '.join(problems)} cannot be shown with the current checkpoint (sha256 "
+                           f"{checkpoint_digest}) and its embeddings ({reasons}): a report of them would mix runs. "
                            f"Re-run, in this order, with the settings of this model: {commands}; then report.py.")
     return current
 
 
+def data_roots(trained, embeddings_meta, explicit_root):
+    """(the data root the checkpoint was trained on, the root the map's images are read from). The second differs
+    only for a root that holds the same files (the data moved: checkpoint.config_from_checkpoint checks that). A
+    data_root given on the command line that does not hold them is refused: the report describes the model's run."""
+    own = artifacts.resolve(trained.ckpt["config"]["data_root"])
+    verified = artifacts.resolve(trained.cfg.data_root)
+    if explicit_root is not None and artifacts.resolve(explicit_root) != verified:
+        raise lab.LabError(f"--data_root={artifacts.printable(explicit_root)!r} does not hold the files that "
+                           f"checkpoints/best.pth was trained on (the same relative paths and sizes as in {own}): "
+                           f"the report describes that model's run and reads its images. Drop --data_root, or give a "
+                           f"folder holding the same files (the data moved or copied).")
+    embedded = artifacts.resolve(embeddings_meta["config"]["data_root"])
+    return own, verified if verified != own else embedded
+
+
+def split_command(ckpt, identity):
+    """The command that draws the checkpoint's split again (it is seeded: the same settings and files give the same
+    split), or None when only the files changed (then the model's split cannot be drawn again)."""
+    wanted = {**splitting.split_identity(SimpleNamespace(**ckpt["config"])),
+              "data_root": str(artifacts.resolve(ckpt["config"]["data_root"]))}
+    overrides = []
+    for name, value in wanted.items():
+        if identity.get(name) != value:
+            text = f'"{value!r}"' if isinstance(value, list) else shlex.quote(value) if isinstance(value, str) \
+                else repr(value)
+            overrides.append(f"--{name}={text}")
+    return " ".join(["python dataloader.py", *overrides]) if overrides else None
+
+
+def data_section(cfg, ckpt):
+    """1. Data: the scan and split of the checkpoint's run, or one line naming the command that brings them."""
+    published = manifest.complete(cfg, "split")
+    split_csv = artifacts.out_path(cfg, "results", "split.csv")
+    if published and split_csv.is_file() and artifacts.file_digest(split_csv) == ckpt["split_digest"]:
+        summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
+        return "<h2>1. Data</h2>" + _table(summary)
+    command = split_command(ckpt, (published or {}).get("inputs", {}))
+    fix = (f"{_code(command)} draws the model's split again (the same settings and files give the same split); then "
+           f"<code>python report.py</code>" if command else "the files under the data root changed since the model "
+           "was trained, so its split cannot be drawn again: retrain with <code>python train.py</code>")
+    return ("<h2>1. Data</h2><p class=\"warn\">Left out: results/split.csv and its class counts are not the split "
+            f"checkpoints/best.pth was trained on (dataloader.py ran since with other settings or files). {fix}.</p>")
+
+
+def first_sections(cfg, results, figs, run):
+    """Title, what run this is, 1. data, 2. training, 3. test set."""
+    history = pd.read_csv(artifacts.require(results / "train_history.csv", "train.py"))
+    metrics = artifacts.read_json(results / "test_metrics.json", "evaluate.py", "test metrics")
+    ckpt = run.trained.ckpt
+    best = history.loc[history["val_loss"].idxmin()]
+    weights = metrics.get("trunk_weights", "")
+    warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
+            'that the code works.</p>' if metrics.get("random_trunk", checkpoint.random_trunk({"weights": weights}))
+            else "")
+    per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
+    moved = (f"; images read from {_code(run.image_root)} (same files)" if run.image_root != run.data_root else "")
+    seen, unseen = ", ".join(ckpt["classes"]), ", ".join(ckpt["config"].get("unseen_classes", []))
+    model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {run.inputs['checkpoint']}, saved "
+             f"{html.escape(str(metrics.get('checkpoint_saved_at')))} (epoch {metrics.get('checkpoint_epoch')}); "
+             f"embeddings set {run.inputs['embeddings']}.")
+    return [f"<h1>Plankton embedding lab: report</h1><p>Data root {_code(run.data_root)}{moved}; "
+            f"trunk weights: {html.escape(weights)}.</p><p>Classes trained on: {html.escape(seen)}; unseen: "
+            f"{html.escape(unseen)}.</p><p>{model}</p>{warn}",
+            data_section(cfg, ckpt),
+            f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) "
+            f"at epoch {int(best['epoch'])} of {len(history)}.</p>"
+            + _figure(figs / "training_plot.png", "Loss and accuracy per epoch", "train.py"),
+            f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
+            f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on "
+            f"{metrics['n_test']} test images.</p>" + _table(per_class)
+            + _figure(figs / "confusion_matrix.png", "Confusion matrix", "evaluate.py")]
+
+
+# --------------------------------------------------------------------------- the map
 def cap_per_split(coords, limit, seed):
     """At most `limit` points of each split (the map script already samples; a smaller limit here samples again)."""
     rng = np.random.default_rng(seed)
@@ -92,77 +197,90 @@ def cap_per_split(coords, limit, seed):
     return coords.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
 
 
-def map_section(cfg, results, figs):
-    """The interactive map (a bokeh layout) and the static figure below it."""
+def absolute(table, root):
+    """A table whose paths are relative to root, with the absolute paths the embeddings files hold."""
+    return None if table is None else table.assign(path=[str(Path(root) / p) for p in table["path"]])
+
+
+def read_from(paths, embedded_root, image_root):
+    """Where to read each image: under image_root (the same files, moved) instead of where it was embedded."""
+    if image_root == embedded_root:
+        return list(paths)
+    moved = []
+    for p in paths:
+        try:
+            moved.append(str(image_root / PurePath(p).relative_to(embedded_root)))
+        except ValueError:  # predict.py's images: not under the data root
+            moved.append(p)
+    return moved
+
+
+def map_section(cfg, results, figs, run):
+    """The interactive map (a bokeh layout), its note on predict.py's images, and the static figure below it."""
     coords = artifacts.read_csv(artifacts.require(results / "umap_coordinates.csv", "dimensionality_reduction.py"),
                                 ("split", "label", "path", "method"))
+    note, on_map = "", coords["split"] == "predict"
+    if on_map.any() and not run.mapped:  # of another sample, or of an earlier run: never joined to these predictions
+        coords = coords[~on_map].reset_index(drop=True)
+        where = (f"<code>python dimensionality_reduction.py</code> maps the current predictions of "
+                 f"{_code(run.predict['inputs']['predict_dir'])}, then <code>python report.py</code>" if run.predict
+                 else "they are not the predictions now in results/")
+        note = (f'<p class="note">The 2-D map held {int(on_map.sum())} images of an earlier run of predict.py (another '
+                f"sample, or another run): left out of it. {where}.</p>")
     coords = cap_per_split(coords, cfg.umap_samples_per_split, cfg.seed)
-    test_predictions = artifacts.read_csv(artifacts.require(results / "test_predictions.csv", "evaluate.py"),
-                                          ("path", "label", "predicted"))
-    predictions = (artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
-                   if (results / "predictions.csv").exists() else None)
-    points = interactive_map.map_points(coords, test_predictions, predictions)
+    embedded_root = artifacts.resolve(run.inputs["embeddings_meta"]["config"]["data_root"])
+    coords["image"] = read_from(coords["path"], embedded_root, run.image_root)
+    test_predictions = artifacts.read_csv(results / "test_predictions.csv", ("path", "label", "predicted"))
+    predictions = None
+    if run.mapped:
+        predictions = absolute(artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT),
+                               run.predict["inputs"]["predict_dir"])
+    points = interactive_map.map_points(coords, absolute(test_predictions, embedded_root), predictions)
     method = str(coords["method"].iloc[0]) if "method" in coords and len(coords) else cfg.reduction_method
     layout = interactive_map.build_map(points, method)
     splits = ", ".join(f"{s} {n}" for s, n in points["split"].value_counts(sort=False).items())
     intro = (f"<h2>5. 2-D map of the embeddings</h2><p>{len(points)} images ({splits}), one fit of "
              f"{html.escape(method.upper())} on all of them. Hover a point for its image, class, split, file and, "
              "for images the classifier saw, its prediction; click a class in the legend to hide or show it; the "
-             "buttons show the splits together or apart.</p>")
-    return intro, layout, _figure(figs / "umap_embeddings.png", "Static map: train, test, unseen")
+             f"buttons show the splits together or apart.</p>{note}")
+    return intro, layout, _figure(figs / "umap_embeddings.png", "Static map: train, test, unseen",
+                                  "dimensionality_reduction.py")
 
 
-def optional_sections(cfg, results, figs):
-    """Novelty and prediction results, each only when its script has run (predictions: with this model)."""
+# --------------------------------------------------------------------------- optional sections
+def predictions_section(cfg, results, run):
+    """predict.py's counts when its set is whole and made with this model; else one line naming the command."""
+    if run.predict is None:
+        body = manifest.read(cfg, "predict")
+        if body is None and not artifacts.out_path(cfg, "embeddings", embedding_files.PREDICT_META).exists():
+            return None
+        folder = (body or {}).get("inputs", {}).get("predict_dir")
+        command = (_code(embedding_files.predict_command(folder)) if folder else "<code>python predict.py "
+                   "--predict_dir=...</code>")
+        return ("<h2>Predictions for new images</h2><p class=\"warn\">Left out: the predictions in results/ were made "
+                f"with another model or embeddings, or are not one whole set. {command} makes them again with this "
+                "one.</p>")
+    counts = artifacts.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
+    predictions = artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
+    mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
+            if "probability" in predictions and len(predictions) else "")
+    where = ("they are in the 2-D map as the split \u201cpredict\u201d, coloured by their predicted class" if run.mapped
+             else "they are not on the 2-D map yet: <code>python dimensionality_reduction.py</code> puts them there, "
+                  "then <code>python report.py</code>")
+    return (f"<h2>Predictions for new images</h2><p>{len(predictions)} new images of "
+            f"{_code(run.predict['inputs']['predict_dir'])} classified{mean}; {where}.</p>"
+            + _short_table(counts, "prediction_counts.csv"))
+
+
+def optional_sections(cfg, results, figs, run):
+    """Novelty and prediction results, each only when its script has run (novelty: checked with the others)."""
     parts = []
-    if (results / "novelty.csv").exists():
-        figures = "".join(_figure(figs / name, caption) for name, caption in NOVELTY_FIGURES if (figs / name).exists())
+    if novelty_ran(cfg):
+        figures = "".join(_figure(figs / name, caption, "novelty.py") for name, caption in NOVELTY_FIGURES)
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
-    predict_set = embedding_files.current_predict_set(cfg)
-    if (results / "prediction_counts.csv").exists() and predict_set:
-        counts = artifacts.read_csv(results / "prediction_counts.csv", PREDICTION_TEXT)
-        text = ""
-        if (results / "predictions.csv").exists():
-            predictions = artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
-            mean = (f" (mean probability of the predicted class {predictions['probability'].mean():.2f})"
-                    if "probability" in predictions else "")
-            mapped = ((provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict")
-                      == predict_set["set"])
-            where = ("they are in the 2-D map as the split \u201cpredict\u201d, coloured by their predicted class"
-                     if mapped else "run <code>python dimensionality_reduction.py</code> to add them to the 2-D map")
-            text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
-                    f"</code> classified{mean}; {where}.</p>")
-        parts.append("<h2>Predictions for new images</h2>" + text + _short_table(counts, "prediction_counts.csv"))
-    return parts
-
-
-def first_sections(cfg, results, figs, inputs_by_script):
-    """Title, 1. data, 2. training, 3. test set."""
-    need = lambda name, script: artifacts.require(results / name, script)  # noqa: E731
-    summary = artifacts.read_csv(need("dataset_summary.csv", "dataloader.py"), ("group", "class"))
-    history = pd.read_csv(need("train_history.csv", "train.py"))
-    metrics = json.loads(need("test_metrics.json", "evaluate.py").read_text())
-    best = history.loc[history["val_loss"].idxmin()]
-    weights = metrics.get("trunk_weights", "")
-    warn = ('<p class="warn">The trunk was NOT ImageNet-pretrained (backbone_weights=None): these results only show '
-            'that the code works.</p>' if metrics.get("random_trunk", checkpoint.random_trunk({"weights": weights}))
-            else "")
-    per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
-    data_root = html.escape(str(artifacts.resolve(cfg.data_root)))
-    model = (f"Checkpoint <code>checkpoints/best.pth</code> sha256 {inputs_by_script['checkpoint']}, saved "
-             f"{html.escape(str(metrics.get('checkpoint_saved_at')))} (epoch {metrics.get('checkpoint_epoch')}); "
-             f"embeddings set {inputs_by_script['embeddings']}.")
-    return [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{data_root}</code>; "
-            f"trunk weights: {html.escape(weights)}.</p><p>{model}</p>{warn}",
-            "<h2>1. Data</h2>" + _table(summary),
-            f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) "
-            f"at epoch {int(best['epoch'])} of {len(history)}.</p>"
-            + _figure(figs / "training_plot.png", "Loss and accuracy per epoch"),
-            f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
-            f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on "
-            f"{metrics['n_test']} test images.</p>" + _table(per_class)
-            + _figure(figs / "confusion_matrix.png", "Confusion matrix")]
+    predicted = predictions_section(cfg, results, run)
+    return parts + ([predicted] if predicted else [])
 
 
 def distances_section(results, figs):
@@ -171,8 +289,10 @@ def distances_section(results, figs):
         csv = artifacts.require(results / f"average_distances_{s}.csv", "compute_average_distances.py")
         table = artifacts.read_csv(csv, ("class_a", "class_b"))
         section += (f"<h3>{s} set</h3><p>{distance_summary(table)}.</p>"
-                    + _figure(figs / f"average_euclidean_distances_{s}.png", f"Euclidean, {s}")
-                    + _figure(figs / f"average_angular_distances_{s}.png", f"Angular, {s}"))
+                    + _figure(figs / f"average_euclidean_distances_{s}.png", f"Euclidean, {s}",
+                              "compute_average_distances.py")
+                    + _figure(figs / f"average_angular_distances_{s}.png", f"Angular, {s}",
+                              "compute_average_distances.py"))
     return section
 
 
@@ -181,7 +301,8 @@ def galleries_section(results, figs):
                                    ("set", "class", "figure", "row", "path", "label"))
     tiles = galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False)
     return ("<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other classes "
-            "(128-d embedding space).</p>" + "".join(_figure(figs / figure, f"{c} ({s})") for c, s, figure in tiles))
+            "(128-d embedding space).</p>"
+            + "".join(_figure(figs / figure, f"{c} ({s})", "dimensionality_reduction.py") for c, s, figure in tiles))
 
 
 def transfer_section(results, figs):
@@ -190,17 +311,31 @@ def transfer_section(results, figs):
     final = transfer[transfer["per_class"] == "all"][["classifier", "train_size", "accuracy", "balanced_accuracy"]]
     classifiers = list(dict.fromkeys(transfer["classifier"]))  # the names transfer_learning.py gave its figures
     return ("<h2>7. Transfer learning to unseen classes</h2><p>Balanced accuracy with the whole training part:</p>"
-            + _table(final) + _figure(figs / "accuracy_all.png", "All classifiers")
-            + "".join(_figure(figs / f"accuracy_{n}.png", n) for n in classifiers))
+            + _table(final) + _figure(figs / "accuracy_all.png", "All classifiers", "transfer_learning.py")
+            + "".join(_figure(figs / f"accuracy_{n}.png", n, "transfer_learning.py") for n in classifiers))
 
 
-def build(cfg):
-    inputs_by_script = check_results_belong_together(cfg)
+# --------------------------------------------------------------------------- the page
+def the_run(cfg, explicit_root=None):
+    """What the page describes: the checkpoint's run, the inputs every section must share, its data roots, and
+    predict.py's set when it belongs to this run (and whether the map's "predict" points are that very sample)."""
+    trained = checkpoint.load_trained(cfg, model=False, split=False, made_for="results")
+    inputs = check_results_belong_together(cfg, trained.digest)
+    data_root, image_root = data_roots(trained, inputs["embeddings_meta"], explicit_root)
+    predict = embedding_files.current_predict_set(cfg)
+    mapped = predict is not None and (provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get(
+        "predict") == predict["id"]
+    return SimpleNamespace(trained=trained, inputs=inputs, data_root=data_root, image_root=image_root,
+                           predict=predict, mapped=mapped)
+
+
+def build(cfg, explicit_root=None):
+    run = the_run(cfg, explicit_root)
     results, figs = artifacts.out_path(cfg, "results"), artifacts.out_path(cfg, "figs")
-    before = first_sections(cfg, results, figs, inputs_by_script) + [distances_section(results, figs)]
-    intro, layout, static_map = map_section(cfg, results, figs)
+    before = first_sections(cfg, results, figs, run) + [distances_section(results, figs)]
+    intro, layout, static_map = map_section(cfg, results, figs, run)
     after = [static_map, galleries_section(results, figs), transfer_section(results, figs)]
-    extra = optional_sections(cfg, results, figs)
+    extra = optional_sections(cfg, results, figs, run)
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]
     page = interactive_map.standalone_page(layout, "Plankton embedding lab", STYLE, "".join(before + [intro]),
                                            "".join(after))
@@ -208,10 +343,12 @@ def build(cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results",))
-    path = build(cfg)
+    given = any(a.startswith("--data_root=") for a in argv)  # asked for on the command line: refused if not the same
+    path = build(cfg, cfg.data_root if given else None)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")
     return path
 

@@ -8,7 +8,8 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
                                 when a fresh run starts
   results/train_history.csv     per epoch: loss and accuracy on train and validation, seconds
   figs/training_plot.png        loss and accuracy curves
-  results/provenance_train.json the digest of the best.pth and split.csv these belong to
+  results/train_manifest.json   the history's and the plot's digests, and those of the best.pth and split.csv they
+                                belong to (written last: manifest.py)
 Cross-entropy (with class_weighting="balanced", each class weighted n / (classes x n_class) by its training
 count, in the training and the validation loss), Adam, batches of batch_size, at most `epochs` epochs, early
 stopping on the validation loss after `patience` epochs without improvement. The head's forward and backward
@@ -34,6 +35,7 @@ from lab import (
     checkpoint,
     config,
     head_training,
+    manifest,
     output_lock,
     plotting,
     provenance,
@@ -59,14 +61,15 @@ def plot_history(history, path):
 
 
 def save_summary(cfg, history):
-    """The history CSV, the loss/accuracy plot and what they (and best.pth) belong to."""
+    """The history CSV and the loss/accuracy plot, published as one set with what they (and best.pth) belong to."""
     if not history:
         return
     frame = pd.DataFrame(history)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "train_history.csv"), frame)
-    plot_history(frame, artifacts.out_path(cfg, "figs", "training_plot.png"))
-    provenance.record_inputs(cfg, "train", checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
-                             split=splitting.split_digest(cfg))
+    with manifest.OutputSet(cfg, "train") as out:
+        out.save_csv("results", "train_history.csv", frame)
+        plot_history(frame, out.file("figs", "training_plot.png"))
+        out.publish(checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
+                    split=splitting.split_digest(cfg))
 
 
 @contextlib.contextmanager
@@ -85,7 +88,7 @@ def deferred_interrupts():
 
 
 PREVIOUS_RUN = (("checkpoints", "best.pth"), ("checkpoints", "last.pth"), ("results", "train_history.csv"),
-                ("figs", "training_plot.png"), ("results", "provenance_train.json"))
+                ("figs", "training_plot.png"), ("results", "train_manifest.json"))
 
 
 def set_previous_run_aside(cfg):

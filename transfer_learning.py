@@ -3,6 +3,7 @@
 Reads embeddings/embeddings_unseen.pkl (embed.py). Writes
   results/transfer_learning.csv   every fit: classifier, training size, repeat, seed, accuracy, balanced accuracy
   figs/accuracy_SVC.png, figs/accuracy_Linear.png, figs/accuracy_kNN.png, figs/accuracy_all.png
+  results/transfer_learning_manifest.json  written last (manifest.py): the files and the embeddings set
 The unseen-class embeddings are split 70/30 (per class, seeded; transfer_test_fraction): every class has at
 least one image on each side, however small, and identical embeddings (copies of one file) stay on one side
 where the class has others. For a grid of
@@ -27,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import lab
-from lab import artifacts, config, embedding_files, output_lock, plotting, progress, runtime
+from lab import config, embedding_files, manifest, output_lock, plotting, progress, runtime
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -160,12 +161,13 @@ def main(argv=None):
                            f"to it, or remove it from unseen_classes; min_images_per_class (at least 3) refuses "
                            f"such classes at the scan unless their images fail to decode later.")
     table = transfer_curves(x, y, cfg)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "transfer_learning.csv"), table)
     chance = 1.0 / len(classes)
-    for name in CLASSIFIERS:
-        plot_curves(table, [name], artifacts.out_path(cfg, "figs", f"accuracy_{name}.png"), chance)
-    plot_curves(table, CLASSIFIERS, artifacts.out_path(cfg, "figs", "accuracy_all.png"), chance)
-    embedding_files.record_embedding_inputs(cfg, "transfer_learning")
+    with manifest.OutputSet(cfg, "transfer_learning") as out:
+        out.save_csv("results", "transfer_learning.csv", table)
+        for name in CLASSIFIERS:
+            plot_curves(table, [name], out.file("figs", f"accuracy_{name}.png"), chance)
+        plot_curves(table, CLASSIFIERS, out.file("figs", "accuracy_all.png"), chance)
+        out.publish(**embedding_files.embedding_inputs(cfg))
     final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
     print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
           f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))

@@ -1,6 +1,7 @@
 """The lab's plumbing, shared by the scripts at the top of the repository; one single-purpose module each.
 
-Configuration (config), the output folder (artifacts: paths and atomic writes; output_lock; provenance), figures
+Configuration (config), the output folder (artifacts: paths and atomic writes; output_lock; manifest: output sets
+published whole, with the digests that prove what belongs together; provenance), figures
 (plotting), a script's entry point (runtime), torchrun (distributed), the CPU's bf16 (hardware), images (image_io),
 the class folders (data_folders), the split (splitting), embedding files (embedding_files), the frozen trunk's
 cache (trunk_cache), checkpoints and the one loader of the trained model (checkpoint), novelty scores, the

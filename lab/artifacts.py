@@ -1,6 +1,11 @@
 """Where artifacts live and how they are written: paths under output_dir, atomic writes (a crash or a full disk
 never leaves half a file), CSV and JSON read exactly as written, file digests, and the loud failure that
-names the script making a missing artifact.
+names the script making a missing (or damaged) artifact.
+
+File names that are not valid UTF-8 (old zips, Windows archives: Linux names are bytes) reach Python as text with
+"surrogate escapes". CSV files hold such a name as its own bytes, exactly as on disk (written and read with
+errors="surrogateescape"); every valid name is plain UTF-8 as before. Read them back with pandas'
+`encoding_errors="surrogateescape"` (read_csv below does). `printable` shows them in messages and pages.
 """
 import contextlib
 import errno
@@ -64,12 +69,41 @@ def save_text(path, text):
     return atomic_write(path, lambda p: Path(p).write_text(text))
 
 
+def write_json(obj, path):
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")  # ASCII: escapes any name losslessly
+
+
 def save_json(path, obj):
-    return save_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    return atomic_write(path, lambda p: write_json(obj, p))
+
+
+def write_csv(frame, path):
+    """A CSV artifact; a file name that is not valid UTF-8 is written as its own bytes (see above)."""
+    frame.to_csv(path, index=False, errors="surrogateescape")
 
 
 def save_csv(path, frame):
-    return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+    return atomic_write(path, lambda p: write_csv(frame, p))
+
+
+def read_json(path, made_by, what="file"):
+    """A JSON artifact (an object); a missing one names the script that makes it, and so does a damaged one."""
+    require(path, made_by, what)
+    try:
+        body = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        body, problem = None, f"not valid JSON: {str(exc)[:80]}"
+    else:
+        problem = None if isinstance(body, dict) else f"JSON, but {type(body).__name__}, not an object"
+    if problem:
+        raise lab.LabError(f"The {what} {path} is damaged ({problem}): it was cut short or edited. It is made by "
+                           f"`python {made_by}`: run that again (with the same --output_dir), then this script.")
+    return body
+
+
+def printable(text):
+    """Text for a message or a page: a file name's bytes that are not UTF-8 shown as \\xNN escapes."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 MISSING_NUMBERS = ["", "nan", "NaN", "NA", "N/A", "None", "null", "<NA>"]
@@ -80,9 +114,10 @@ def read_csv(path, text_columns):
     folder named 01, NA, None or nan stays that string. The other columns are parsed as numbers, with empty
     cells as missing values."""
     import pandas as pd
-    header = list(pd.read_csv(path, nrows=0).columns)
+    header = list(pd.read_csv(path, nrows=0, encoding_errors="surrogateescape").columns)
     return pd.read_csv(path, dtype={c: str for c in header if c in text_columns}, keep_default_na=False,
-                       na_values={c: MISSING_NUMBERS for c in header if c not in text_columns})
+                       na_values={c: MISSING_NUMBERS for c in header if c not in text_columns},
+                       encoding_errors="surrogateescape")
 
 
 def file_digest(path, chunk=1 << 20):

@@ -207,7 +207,7 @@ def scan(cfg):
                                f"validation and test splits (or the transfer-learning splits) some of each. Add "
                                f"images, remove the class from configfile.py, or lower min_images_per_class.")
     if skipped:
-        names = ", ".join(s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        names = artifacts.printable(", ".join(s["path"] for s in skipped[:5])) + (" ..." if len(skipped) > 5 else "")
         print(f"warning: skipping {len(skipped)} unreadable image file(s) (listed in results/skipped_files.csv): "
               f"{names}", file=sys.stderr)
     return files, skipped, ignored, notes, digests
@@ -278,7 +278,7 @@ def print_file_report(ignored, notes):
         examples = {NOT_IMAGE: ", ".join(f"{ext} {n}" for ext, n in types.value_counts().head(6).items())}
         print(f"ignored {len(ignored)} file(s) or folder(s) in the class folders (listed in "
               f"results/ignored_files.csv):")
-        print("\n".join(_reason_lines(ignored["reason"], examples)))
+        print(artifacts.printable("\n".join(_reason_lines(ignored["reason"], examples))))  # names' bytes shown
     if len(notes):
         print(f"note: {notes['path'].nunique()} image(s) used with a remark (listed in results/image_notes.csv):")
         print("\n".join(_reason_lines(notes["note"])))

@@ -1,16 +1,19 @@
 """Embedding files: embeddings/embeddings_<split>.pkl (pandas DataFrames: label, label_idx, split, path,
-emb_0 ...) and the meta file written last, with each file's digest and the checkpoint they came from, so a
-set never mixes two models. embed.py writes the train/val/test/unseen set, predict.py its own.
+emb_0 ...) and their meta file, with each file's digest and the checkpoint they came from, written as files of an
+output set (manifest.py), so a set never mixes two models. embed.py writes the train/val/test/unseen set, predict.py
+its own with its predictions.
 """
+import contextlib
 import hashlib
 import json
+import shlex
 import sys
 
 import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, provenance, splitting
+from lab import artifacts, manifest, provenance, splitting
 
 
 # --------------------------------------------------------------------------- embedding DataFrames
@@ -37,25 +40,44 @@ def meta_name_of(split_name):
     return PREDICT_META if split_name == "predict" else EMBEDDINGS_META
 
 
-def save_embedding_set(cfg, frames, meta, meta_name=EMBEDDINGS_META):
-    """Write embeddings_<split>.pkl for every split of frames, then embeddings_meta.json with each file's digest
-    and the digest of the checkpoint they came from. The meta is written last: a run killed in between leaves
-    files that do not match it, which load_embeddings refuses, so a set never mixes two models."""
-    digests = {}
-    for name, frame in frames.items():
-        path = artifacts.atomic_write(artifacts.out_path(cfg, "embeddings", f"embeddings_{name}.pkl"), frame.to_pickle)
-        digests[name] = artifacts.file_digest(path)[:16]
-        print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> {path}")
-    set_id = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-    artifacts.save_json(artifacts.out_path(cfg, "embeddings", meta_name), {**meta, "files": digests, "set": set_id})
+def set_name_of(meta_name):
+    """The output set (manifest.py) an embeddings meta file belongs to: embed.py's, or predict.py's."""
+    return "predict" if meta_name == PREDICT_META else "embed"
+
+
+def save_embedding_set(cfg, frames, meta, meta_name=EMBEDDINGS_META, out=None):
+    """Write embeddings_<split>.pkl for every split of frames, and the meta file with each file's digest and the
+    checkpoint they came from, as files of an output set (manifest.OutputSet): `out`, the set of the script that
+    writes them with others (embed.py, predict.py), or a set of their own, published here. So a run killed in
+    between leaves the previous set or none, never files of two models. Returns the embeddings set's id."""
+    own = out is None
+    out = manifest.OutputSet(cfg, set_name_of(meta_name)) if own else out
+    with out if own else contextlib.nullcontext():
+        digests = {}
+        for name, frame in frames.items():
+            digests[name] = manifest.digest(out.write("embeddings", f"embeddings_{name}.pkl", frame.to_pickle))
+            print(f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> "
+                  f"{artifacts.out_path(cfg, 'embeddings', f'embeddings_{name}.pkl')}")
+        set_id = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+        out.save_json("embeddings", meta_name, {**meta, "files": digests, "set": set_id})
+        if own:
+            out.publish(checkpoint=meta.get("checkpoint_sha256"), embeddings=set_id)
     return set_id
 
 
 def embedding_set(cfg, meta_name=EMBEDDINGS_META):
-    """The meta of the current embeddings, checked against the checkpoint they must come from."""
-    made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
+    """The meta of the current embeddings: one whole set (its manifest holds), made from the checkpoint that
+    checkpoints/best.pth holds now."""
+    set_name = set_name_of(meta_name)
+    made_by = manifest.made_by(set_name)
     meta_path = artifacts.require(artifacts.out_path(cfg, "embeddings", meta_name), made_by, "embeddings set")
-    meta = json.loads(meta_path.read_text())
+    published, problem = manifest.check(cfg, set_name)
+    if published is None or f"embeddings/{meta_name}" not in published["outputs"]:
+        raise lab.LabError(f"The embeddings in {meta_path.parent} are not one whole set ({problem or 'another set'}"
+                           f"): a file does not belong to the embeddings set in {meta_name} ({made_by} was "
+                           f"interrupted while writing, or a file was replaced or deleted). Re-run "
+                           f"`python {made_by}`, then this script.")
+    meta = artifacts.read_json(meta_path, made_by, "embeddings set")
     current = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
     if "set" not in meta or meta.get("checkpoint_sha256") != current:
         made = f"epoch {meta.get('checkpoint_epoch')} of a checkpoint saved {meta.get('checkpoint_saved_at')}"
@@ -66,29 +88,42 @@ def embedding_set(cfg, meta_name=EMBEDDINGS_META):
     return meta
 
 
+def predict_command(predict_dir):
+    """The command that classifies a sample again (quoted for the shell)."""
+    return f"python predict.py --predict_dir={shlex.quote(artifacts.printable(predict_dir))}"
+
+
 def current_predict_set(cfg):
-    """predict.py's embeddings set when it exists and comes from the current checkpoint, else None (with a note:
-    an older sample's predictions are optional, they never block the pipeline)."""
-    if not artifacts.out_path(cfg, "embeddings", PREDICT_META).exists():
+    """predict.py's set (its manifest: inputs, outputs, id) when it is whole and was made with the current
+    checkpoint and embeddings, else None, with a note naming the command that brings it: a sample's predictions
+    are optional, they never block the pipeline."""
+    if not (manifest.manifest_path(cfg, "predict").exists()
+            or artifacts.out_path(cfg, "embeddings", PREDICT_META).exists()):
         return None
+    published, problem = manifest.check(cfg, "predict")
+    if published is None:
+        print(f"note: leaving out the predictions in {artifacts.out_path(cfg, 'results')}: they are not one whole "
+              f"set ({problem}). Run predict.py again to have them.", file=sys.stderr)
+        return None
+    inputs = published["inputs"]
     try:
-        meta = embedding_set(cfg, PREDICT_META)
+        embeddings = embedding_set(cfg)["set"]
     except lab.LabError:
-        meta = json.loads(artifacts.out_path(cfg, "embeddings", PREDICT_META).read_text())
-        print(f"note: leaving out the predictions of {meta.get('predict_dir')}: predict.py made them with another "
-              f"model. Run `python predict.py --predict_dir={meta.get('predict_dir')!r}` again to have them with "
-              f"this one.", file=sys.stderr)
+        embeddings = None
+    if inputs.get("checkpoint") != provenance.artifact_digest(cfg, "checkpoints", "best.pth") \
+            or inputs.get("embeddings") != embeddings:
+        print(f"note: leaving out the predictions of {artifacts.printable(inputs.get('predict_dir'))}: predict.py made "
+              f"them with another model or other embeddings. Run `{predict_command(inputs.get('predict_dir'))}` "
+              f"again to have them with this one.", file=sys.stderr)
         return None
-    path = artifacts.out_path(cfg, "embeddings", "embeddings_predict.pkl")
-    return meta if path.exists() and meta["files"].get("predict") == artifacts.file_digest(path)[:16] else None
+    return published
 
 
-def record_embedding_inputs(cfg, script):
-    """An analysis script's outputs belong to the embeddings set (and so the checkpoint) they were computed from."""
+def embedding_inputs(cfg):
+    """What an analysis script's outputs are computed from, for its manifest: the embeddings set and its
+    checkpoint."""
     meta = embedding_set(cfg)
-    predict = current_predict_set(cfg) if script == "dimensionality_reduction" else None
-    provenance.record_inputs(cfg, script, embeddings=meta["set"], checkpoint=meta["checkpoint_sha256"],
-                             predict=predict and predict["set"])
+    return {"embeddings": meta["set"], "checkpoint": meta["checkpoint_sha256"]}
 
 
 def load_embeddings(cfg, split_name):
@@ -99,7 +134,7 @@ def load_embeddings(cfg, split_name):
     made_by = "predict.py" if meta_name == PREDICT_META else "embed.py"
     path = artifacts.require(artifacts.out_path(cfg, "embeddings", f"embeddings_{split_name}.pkl"), made_by,
                              "embeddings file")
-    if meta["files"].get(split_name) != artifacts.file_digest(path)[:16]:
+    if meta["files"].get(split_name) != manifest.digest(path):
         raise lab.LabError(f"{path} does not belong to the embeddings set in {meta_name} ({made_by} was "
                            f"interrupted while writing, or the file was replaced). Re-run `python {made_by}`.")
     frame = pd.read_pickle(path)

@@ -1,9 +1,10 @@
 """The report's interactive 2-D map: every mapped point with its image, in one HTML file that opens offline.
 
 Turns the points of results/umap_coordinates.csv (plus the classifier's predictions, where there are any) into a
-bokeh figure: pan and zoom, a tooltip with the point's thumbnail, class, split, file name and prediction, a legend
-whose entries hide or show a class, and buttons that show the splits together or apart. `standalone_page` writes it
-into one HTML page with bokeh's JavaScript and every thumbnail inlined: no server, no network, no files beside it.
+bokeh figure: pan and zoom, a tooltip with the point's thumbnail, class, split, file name and prediction (with the
+novelty score and the possibly-new flag for predict.py's images), a legend whose entries hide or show a class, and
+buttons that show the splits together or apart. `standalone_page` writes it into one HTML page with bokeh's
+JavaScript and every thumbnail inlined: no server, no network, no files beside it.
 Reads the image files the points name (for the thumbnails); writes nothing itself.
 """
 import base64
@@ -14,7 +15,7 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-from lab import image_io
+from lab import artifacts, image_io
 
 THUMBNAIL_PX = 64
 THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
@@ -48,24 +49,12 @@ def thumbnail_uri(path, size=THUMBNAIL_PX):
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def match_by_path_suffix(paths, table):
-    """Row of `table` (whose `path` is relative) for each absolute path in `paths`, or None.
-
-    Relative paths are relative to a root this module does not know (data_root, predict_dir), so a row matches
-    when its path is the longest trailing part of the absolute path that is in the table.
-    """
-    rows = {PurePath(p).parts: i for i, p in enumerate(table["path"].astype(str))}
-    longest = max((len(k) for k in rows), default=0)
-    matched = []
-    for path in paths:
-        parts = PurePath(str(path)).parts
-        hit = None
-        for n in range(min(longest, len(parts)), 0, -1):
-            hit = rows.get(parts[-n:])
-            if hit is not None:
-                break
-        matched.append(hit)
-    return matched
+def rows_by_path(paths, table):
+    """Row of `table` for each path in `paths`, or None: an exact match of the absolute path. The caller proves by
+    the sets' digests (report.py) that both come from the same run and sample, and makes the table's paths, which
+    are relative to that run's own root (data_root, predict_dir), absolute; a file name alone never joins them."""
+    row_of = {p: i for i, p in enumerate(table["path"])}
+    return [row_of.get(p) for p in paths]
 
 
 def prediction_text(row):
@@ -76,16 +65,30 @@ def prediction_text(row):
         text += f", p = {row['probability']:.2f}"
     if row.get("split") == "test" and pd.notna(row.get("label")):
         text += " \u2713" if row["predicted"] == row["label"] else " \u2717"
+    if pd.notna(row.get("novelty")):  # predict.py's images: the ones flagged possibly new are to be looked at first
+        flag = "<b>possibly new</b>" if row.get("possibly_new") is True else "not flagged as new"
+        text += (f"<br>{flag}: novelty {html.escape(str(row.get('novelty_score')))} = {row['novelty']:.3g} "
+                 f"({'above' if row.get('possibly_new') is True else 'at or below'} its validation threshold)")
     return text
 
 
+PREDICTION_COLUMNS = ("predicted", "probability", "novelty", "novelty_score", "possibly_new")
+
+
 def attach_predictions(points, split, table):
-    """Copy `predicted` and `probability` from a predictions table onto the points of one split."""
+    """Copy a predictions table's predicted class, probability and, for predict.py's images, novelty score and
+    possibly_new flag onto the points of one split, row by row on the exact (absolute) path."""
     if table is None or table.empty:
         return points
+    table = table.copy()
+    score = next((c for c in table.columns if c.startswith("novelty_")), None)
+    if score is not None:
+        table["novelty"], table["novelty_score"] = table[score], score[len("novelty_"):]
+    if "possibly_new" in table:
+        table["possibly_new"] = table["possibly_new"].map(lambda v: str(v).strip().lower() in ("true", "1"))
     chosen = np.flatnonzero(points["split"].to_numpy() == split)
-    matches = match_by_path_suffix(points["path"].iloc[chosen], table)
-    for column in ("predicted", "probability"):
+    matches = rows_by_path(points["path"].iloc[chosen], table)
+    for column in PREDICTION_COLUMNS:
         if column in table.columns:
             values = [table[column].iloc[m] if m is not None else None for m in matches]
             points.loc[points.index[chosen], column] = pd.Series(values, index=points.index[chosen], dtype=object)
@@ -93,10 +96,14 @@ def attach_predictions(points, split, table):
 
 
 def map_points(coords, test_predictions=None, predictions=None):
-    """One row per mapped point: x, y, split, label, colour_class, file, prediction, thumbnail (data: URI)."""
+    """One row per mapped point: x, y, split, label, colour_class, file, prediction, thumbnail (data: URI).
+    The tables' paths are absolute (see rows_by_path); a thumbnail is read from coords' `image` column where it
+    has one (the same files under another root), else from `path`."""
     points = coords[["x", "y", "split", "label", "path"]].copy().reset_index(drop=True)
+    images = coords["image"].to_list() if "image" in coords else points["path"].to_list()
     points["label"] = points["label"].astype(object).where(points["label"].notna() & (points["label"] != ""), None)
-    points["predicted"], points["probability"] = None, None
+    for column in PREDICTION_COLUMNS:
+        points[column] = None
     points = attach_predictions(points, "test", test_predictions)
     points = attach_predictions(points, "predict", predictions)
     # Unlabelled images (predict) take the colour of the class they were predicted as.
@@ -104,8 +111,8 @@ def map_points(coords, test_predictions=None, predictions=None):
     points["colour_class"] = points["colour_class"].fillna(points["label"]).fillna(NO_LABEL)
     points["label"] = points["label"].fillna(NO_LABEL)
     points["prediction"] = [prediction_text(row) for row in points.to_dict("records")]
-    points["file"] = [PurePath(str(p)).name for p in points["path"]]
-    points["thumbnail"] = [thumbnail_uri(p) for p in points["path"]]
+    points["file"] = [artifacts.printable(PurePath(str(p)).name) for p in points["path"]]  # shown: never raw bytes
+    points["thumbnail"] = [thumbnail_uri(p) for p in images]
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     order = points["split"].map(rank).fillna(len(rank)).to_numpy()
     return points.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)  # test drawn over train

@@ -25,7 +25,7 @@ lab's artifacts (checkpoints/best.pth, embeddings/embeddings_{train,val}.pkl, re
 for novelty.py and predict.py; it reads them and writes nothing.
 """
 import hashlib
-import json
+import sys
 
 import numpy as np
 from scipy.special import logsumexp, softmax
@@ -113,17 +113,29 @@ class Gaussians:
     """Class means and one shared Ledoit-Wolf-shrunk covariance of the training embeddings (Lee et al. 2018).
 
     Shrinkage keeps the precision matrix finite when some embedding dimensions never fire (dead ReLUs) or
-    when a class has fewer images than dimensions."""
+    when a class has fewer images than dimensions. When no dimension varies at all (every training embedding
+    equals its class mean, up to rounding: identical or all-zero embeddings, a collapsed model), the precision is
+    the identity (the score is then the Euclidean distance to the nearest class mean), and a covariance that is
+    not quite positive definite gets a ridge of a millionth of its spread; `degenerate` says so, instead of a
+    crash."""
 
     def __init__(self, embeddings, labels):
         x, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
         self.classes = np.unique(labels)
         self.means = np.stack([x[labels == c].mean(0) for c in self.classes])
         residuals = x - self.means[np.searchsorted(self.classes, labels)]
-        self.precision = LedoitWolf(assume_centered=True).fit(residuals).precision_
+        fitted = LedoitWolf(assume_centered=True).fit(residuals)
+        covariance = fitted.covariance_
+        spread = np.trace(covariance) / len(covariance)
+        self.degenerate = spread <= 1e-12 * max(float(np.mean(x ** 2)), np.finfo(float).tiny)  # rounding error only
+        self.precision = np.eye(len(covariance)) if self.degenerate else fitted.precision_
         # precision = L L', so (x - m)' precision (x - m) = |L'x - L'm|^2: a Euclidean distance after one linear map,
         # which costs one matrix product per block of images instead of one per class
-        self.whiten = np.linalg.cholesky(self.precision)
+        try:
+            self.whiten = np.linalg.cholesky(self.precision)
+        except np.linalg.LinAlgError:  # not quite positive definite in floating point: a ridge of a millionth
+            self.precision = np.linalg.inv(covariance + 1e-6 * spread * np.eye(len(covariance)))
+            self.whiten, self.degenerate = np.linalg.cholesky(self.precision), True
         self.white_means = self.means @ self.whiten
         self.white_means_sq = (self.white_means ** 2).sum(1)
 
@@ -254,8 +266,13 @@ def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
     train, x_train = embedding_files.load_embeddings(cfg, "train")  # refused if made from another checkpoint
     _, x_val = embedding_files.load_embeddings(cfg, "val")
     weight, bias = classifier_layer(ckpt)
-    return NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val,
-                         cfg.novelty_bank_max, cfg.seed)
+    scorer = NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val,
+                           cfg.novelty_bank_max, cfg.seed)
+    if scorer.gaussians.degenerate:
+        print("note: the training embeddings do not vary around their class means (identical or all-zero "
+              "embeddings: the model collapsed?), so the mahalanobis score is the Euclidean distance to the nearest "
+              "class mean; retraining (e.g. with a lower lr) gives scores worth reading", file=sys.stderr)
+    return scorer
 
 
 def score_settings(cfg, scorer):
@@ -269,18 +286,23 @@ def load_thresholds(cfg, checkpoint_digest, scorer):
     reference than `scorer` (the current settings') uses."""
     path = artifacts.require(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py",
                              "thresholds file")
-    saved = json.loads(path.read_text())
+    saved = artifacts.read_json(path, "novelty.py", "thresholds file")  # a damaged file names novelty.py
+    thresholds = saved.get("thresholds")
+    if not (isinstance(thresholds, dict) and all(isinstance(thresholds.get(n), (int, float)) for n in SCORES)):
+        raise lab.LabError(f"The thresholds file {path} is damaged (it lacks a threshold per score): it was cut short "
+                           f"or edited. It is made by `python novelty.py`: run that again, then this script.")
     now = score_settings(cfg, scorer)
     if saved.get("checkpoint_sha256") != checkpoint_digest:
         which = "another checkpoint than checkpoints/best.pth now holds"
     elif "knn_bank_digest" not in saved:
         which = "an earlier version of the lab, which did not record its kNN reference"
-    elif saved["novelty_knn_k"] != now["novelty_knn_k"]:
-        which = f"novelty_knn_k={saved['novelty_knn_k']} (the config says {now['novelty_knn_k']})"
+    elif saved.get("novelty_knn_k") != now["novelty_knn_k"]:
+        which = f"novelty_knn_k={saved.get('novelty_knn_k')} (the config says {now['novelty_knn_k']})"
     elif saved["knn_bank_digest"] != now["knn_bank_digest"]:
-        which = (f"a kNN reference of {saved['knn_bank_size']} training embeddings (novelty_bank_max="
-                 f"{saved['novelty_bank_max']}), not the {now['knn_bank_size']} that novelty_bank_max="
-                 f"{now['novelty_bank_max']} keeps (pass --novelty_bank_max={saved['novelty_bank_max']} to use them)")
+        which = (f"a kNN reference of {saved.get('knn_bank_size')} training embeddings (novelty_bank_max="
+                 f"{saved.get('novelty_bank_max')}), not the {now['knn_bank_size']} that novelty_bank_max="
+                 f"{now['novelty_bank_max']} keeps (pass --novelty_bank_max={saved.get('novelty_bank_max')} to use "
+                 f"them)")
     else:
         return saved
     raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint and "

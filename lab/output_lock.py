@@ -1,8 +1,10 @@
 """One lab run per output folder: the lock (a second run stops, naming the first; a killed run's lock is taken
-over) and the sweep of temporary files that killed runs left behind. Writes output_dir/.plankton-lab.lock.
+over) and the sweep of temporary files that killed runs left behind. Writes output_dir/.plankton-lab.lock, which is
+linked into place whole (never empty), so two runs never hold it at once.
 """
 import atexit
 import contextlib
+import errno
 import json
 import os
 import re
@@ -35,6 +37,9 @@ def ensure_output_dirs(cfg, kinds=artifacts.ARTIFACT_DIRS):
 LOCK_NAME = ".plankton-lab.lock"
 
 
+UNREADABLE_LOCK_S = 60  # a lock that names no owner is taken over once this old (no lab run ever leaves one so)
+
+
 _held_locks = set()
 
 
@@ -51,15 +56,93 @@ def _alive(owner):
         return True  # another machine's run (a shared file system): its process cannot be checked from here
     try:
         os.kill(int(owner["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+    except PermissionError:
+        pass  # the process exists (another user's)
+    except (OSError, ValueError, KeyError, OverflowError):
         return False
     start = _process_start(owner["pid"])
     return start is None or owner.get("process_start") in (None, start)
 
 
+def _owner(content):
+    """The run a lock's content names (a JSON object with an integer pid), or None."""
+    try:
+        owner = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return owner if isinstance(owner, dict) and type(owner.get("pid")) is int else None
+
+
+def _publish_lock(lock, me):
+    """Create the lock with its content already in it: written to a temporary file, then linked into place, so the
+    lock never exists empty (a run that has created it but not yet written it cannot be taken for a dead one).
+    False if another lock is there. A file system without hard links (FAT, some network shares) gets an exclusive
+    create instead; its brief empty lock is then covered by UNREADABLE_LOCK_S."""
+    tmp = lock.with_name(f"{LOCK_NAME}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    return True
+
+
+def _remove_stale(lock, content):
+    """Remove the lock judged stale, unless another run put its own there meanwhile: renamed aside, compared with
+    what was judged, and put back if it is another."""
+    aside = lock.with_name(f"{LOCK_NAME}.stale{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if aside.read_bytes() != content:
+            with contextlib.suppress(OSError):
+                os.link(aside, lock)
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+
+
+def _shown(content):
+    return repr(content[:40].decode("utf-8", "backslashreplace")) if content else "empty"
+
+
+def _busy(folder, lock, owner):
+    return lab.LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
+                        f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started {owner.get('started')}). "
+                        f"Two runs on one output folder would mix their checkpoints and results. Wait for it to "
+                        f"finish, stop it, or give this run its own --output_dir. (If that run is gone for good, e.g. "
+                        f"its machine crashed, delete {lock}.)")
+
+
+def _unreadable(folder, lock, content, age):
+    return lab.LabError(f"The output folder {folder} is locked by {lock}, which names no run ({_shown(content)}, "
+                        f"{age:.0f} s old): another run may be writing it this very moment. Wait a minute and run "
+                        f"this again (a lock that stays unreadable is taken over once it is {UNREADABLE_LOCK_S} s "
+                        f"old), or give this run its own --output_dir.")
+
+
 def claim_output_dir(cfg):
     """One lab run per output folder: a second run that would write the same artifacts stops, naming the first;
-    the lock of a run that was killed is recognised (its process is gone) and taken over."""
+    the lock of a run that was killed is recognised (its process is gone) and taken over, and so is a lock that
+    names no run once it is UNREADABLE_LOCK_S old. Never crashes on what a lock holds."""
     folder = artifacts.resolve(cfg.output_dir)
     lock = folder / LOCK_NAME
     if lock in _held_locks:
@@ -72,39 +155,32 @@ def claim_output_dir(cfg):
     except OSError as exc:
         raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
                            f"--output_dir=/some/writable/folder; nothing was changed.") from None
-    for _ in range(3):
+    for _ in range(5):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                owner = {}
-            if owner and _alive(owner) and owner.get("pid") != os.getpid():
-                raise lab.LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
-                                   f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started "
-                                   f"{owner.get('started')}). Two runs on one output folder would mix their "
-                                   f"checkpoints and results. Wait for it to finish, stop it, or give this run its own "
-                                   f"--output_dir. (If that run is gone for good, e.g. its machine crashed, delete "
-                                   f"{lock}.)") from None
-            if owner:
-                print(f"[lock] taking over the lock of an earlier run that is gone ({owner.get('script')}, pid "
-                      f"{owner.get('pid')}, started {owner.get('started')})", file=sys.stderr)
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            continue
+            if _publish_lock(lock, me):
+                break
+            content, age = lock.read_bytes(), time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
         except OSError as exc:
             raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it "
                                f"writable or choose another with --output_dir=/some/writable/folder; nothing was "
                                f"changed.") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        _held_locks.add(lock)
-        atexit.register(_release, lock)
-        remove_leftovers(cfg)
-        return
-    raise lab.LabError(f"Could not take the lock {lock}: another run keeps taking it. Give this run its own "
-                       f"--output_dir.")
+        owner = _owner(content)
+        if owner is None and age < UNREADABLE_LOCK_S:
+            raise _unreadable(folder, lock, content, age)
+        if owner is not None and _alive(owner) and owner["pid"] != os.getpid():
+            raise _busy(folder, lock, owner)
+        what = (f"{owner.get('script')}, pid {owner.get('pid')}, started {owner.get('started')}" if owner else
+                f"its lock names no run: {_shown(content)}, {age:.0f} s old")
+        print(f"[lock] taking over the lock of an earlier run that is gone ({what})", file=sys.stderr)
+        _remove_stale(lock, content)
+    else:
+        raise lab.LabError(f"Could not take the lock {lock}: another run keeps taking it. Give this run its own "
+                           f"--output_dir.")
+    _held_locks.add(lock)
+    atexit.register(_release, lock)
+    remove_leftovers(cfg)
 
 
 def release_locks():
@@ -113,8 +189,9 @@ def release_locks():
 
 
 def _release(lock):
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
+    with contextlib.suppress(OSError):
+        owner = _owner(lock.read_bytes())
+        if owner is not None and owner["pid"] == os.getpid():
             lock.unlink()
     _held_locks.discard(lock)
 

@@ -111,7 +111,10 @@ def _matplotlib_cache():
 
 
 def save_figure(path, fig):
+    """Save fig as a PNG: at path (atomically), or as a file of an output set (manifest.OutputSet.file)."""
     plt = pyplot()
-    artifacts.atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path
+    try:
+        write = lambda p: fig.savefig(p, dpi=110, bbox_inches="tight")  # noqa: E731
+        return path.stage(write) if hasattr(path, "stage") else artifacts.atomic_write(path, write)
+    finally:
+        plt.close(fig)

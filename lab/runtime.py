@@ -1,6 +1,7 @@
 """A script's entry point and its machine: run_main (user errors in one paragraph, Ctrl-C, torchrun's ranks),
 seeding and the choice of device.
 """
+import contextlib
 import random
 import sys
 import traceback
@@ -43,6 +44,8 @@ def run_main(main):
     """Run a script's main: user errors become one paragraph and exit code 2, Ctrl-C exit code 130. Under torchrun
     (distributed.py) rank 0 runs main and the other ranks compute the trunk-pass shards it hands out."""
     from lab import distributed  # under torchrun: rank 0 runs main, the other ranks compute trunk-pass shards for it
+    with contextlib.suppress(AttributeError, ValueError):  # a file name that is not UTF-8 never stops a print
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         distributed.start()
         if distributed.is_main():

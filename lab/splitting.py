@@ -3,7 +3,6 @@ against the files on disk by every later script (a changed folder asks for the r
 results/split.csv, split.json, dataset_summary.csv, skipped_files.csv, ignored_files.csv, image_notes.csv and
 duplicates.csv.
 """
-import json
 import os
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, data_folders, image_io, output_lock
+from lab import artifacts, data_folders, image_io, manifest, output_lock
 
 SPLIT_COLUMNS = ["path", "label", "split", "bytes"]  # bytes: to recognise the same files after a move
 
@@ -83,22 +82,26 @@ def split_identity(cfg):
 
 
 def make_split(cfg):
+    """Scan the data root, draw the split and write it with the scan's reports as one set (manifest.py's "split",
+    made by dataloader.py): they are published together, so section 1 of the report never shows the counts of
+    one split beside another."""
     files, skipped, ignored, notes, digests = data_folders.scan(cfg)
     summary = data_folders.summarise(cfg, files, skipped, ignored)
     duplicates = data_folders.find_duplicates(cfg, files, digests)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), duplicates)
     data_folders.report_duplicates(duplicates)
     split = draw_split(cfg, files, digests)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), summary)
     ignored = pd.DataFrame(ignored, columns=data_folders.IGNORED_COLUMNS)
     notes = pd.DataFrame(notes, columns=data_folders.NOTE_COLUMNS)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"),
-                       pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), ignored)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), notes)
-    artifacts.save_json(artifacts.out_path(cfg, "results", "split.json"),
-                        {**split_identity(cfg), "data_root": str(artifacts.resolve(cfg.data_root))})
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), split)
+    identity = {**split_identity(cfg), "data_root": str(artifacts.resolve(cfg.data_root))}
+    with manifest.OutputSet(cfg, "split") as out:
+        out.save_csv("results", "duplicates.csv", duplicates)
+        out.save_csv("results", "dataset_summary.csv", summary)
+        out.save_csv("results", "skipped_files.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+        out.save_csv("results", "ignored_files.csv", ignored)
+        out.save_csv("results", "image_notes.csv", notes)
+        out.save_json("results", "split.json", identity)
+        out.save_csv("results", "split.csv", split)
+        out.publish(**identity)
     data_folders.print_summary(summary, split)
     data_folders.print_file_report(ignored, notes)
     return split
@@ -124,11 +127,11 @@ def record_trunk_failures(cfg, split_rows, ok):
     new = pd.DataFrame({"path": failed["path"].values, "label": failed["label"].values, "stage": TRUNK_STAGE,
                         "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)"})
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
-        artifacts.save_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"),
-                           pd.concat([skipped[~mine], new], ignore_index=True))
+        changed = pd.concat([skipped[~mine], new], ignore_index=True)
+        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(changed, p))
     if len(new):
         print(f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
-              f"results/skipped_files.csv): {', '.join(new['path'][:5])}", file=sys.stderr)
+              f"results/skipped_files.csv): {artifacts.printable(', '.join(new['path'][:5]))}", file=sys.stderr)
 
 
 def verify_split(cfg, split):
@@ -155,7 +158,7 @@ def read_split_file(cfg):
     path = artifacts.out_path(cfg, "results", "split.csv")
     if not path.exists():
         return None
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    split = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape")
     if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:3]):  # an earlier version had no bytes column
         raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
                            f"rebuild it with `python dataloader.py --rebuild_split=True`.")
@@ -180,7 +183,10 @@ def load_split(cfg, verify=True):
     split = None if cfg.rebuild_split else read_split_file(cfg)
     if split is not None:
         identity_path = artifacts.out_path(cfg, "results", "split.json")
-        identity = json.loads(identity_path.read_text()) if identity_path.exists() else {}
+        try:
+            identity = artifacts.read_json(identity_path, "dataloader.py", "split file")
+        except lab.LabError:  # missing or damaged: what the split was drawn from is unknown, so it is drawn anew
+            identity = {}
         wanted = split_identity(cfg)
         changed = [k for k in wanted if identity.get(k) != wanted[k]]
         if changed:

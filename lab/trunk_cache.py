@@ -50,7 +50,8 @@ def cache_key(cfg, abs_paths, weights_id, dtype):
     h.update(json.dumps({"size": cfg.image_size, "weights": weights_id, "dtype": str(dtype), "v": 4}).encode())
     for p in abs_paths:
         st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{content_fingerprint(p, st.st_size)}\n".encode())
+        # the name's own bytes: a name that is not UTF-8 (an old zip's) has no UTF-8 form; a UTF-8 name keeps its key
+        h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{content_fingerprint(p, st.st_size)}\n".encode())
     return h.hexdigest()[:16]
 
 

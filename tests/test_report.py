@@ -12,17 +12,17 @@ from PIL import Image
 
 import dimensionality_reduction
 import report
-from lab import artifacts, config, embedding_files, interactive_map
+from lab import artifacts, config, embedding_files, interactive_map, manifest
 
 
 def class_images(root, cls, n):
     return sorted(p for p in (root / cls).iterdir())[:n]
 
 
-def test_relative_paths_match_the_longest_trailing_part_of_absolute_paths():
-    table = pd.DataFrame({"path": ["a/x.jpg", "b/x.jpg", "y.jpg"]})
-    paths = ["/data/b/x.jpg", "/data/a/x.jpg", "/data/c/y.jpg", "/data/c/z.jpg", "/other/x.jpg"]
-    assert interactive_map.match_by_path_suffix(paths, table) == [1, 0, 2, None, None]
+def test_rows_join_on_the_exact_path_never_on_a_file_name():
+    table = pd.DataFrame({"path": ["/data/a/x.jpg", "/data/b/x.jpg", "/data/y.jpg"]})
+    paths = ["/data/b/x.jpg", "/data/a/x.jpg", "/data/y.jpg", "/other/a/x.jpg", "/data/c/y.jpg"]
+    assert interactive_map.rows_by_path(paths, table) == [1, 0, 2, None, None]
 
 
 def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo, tmp_path):
@@ -38,9 +38,9 @@ def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo,
            {"split": "predict", "label": None, "path": str(new_image)},
            {"split": "unseen", "label": unseen, "path": str(tmp_path / "gone.png")}])
     coords["x"], coords["y"] = range(len(coords)), 0.0
-    test_predictions = pd.DataFrame({"path": [f"{seen}/{p.name}" for p in test], "label": seen,
+    test_predictions = pd.DataFrame({"path": [str(p) for p in test], "label": seen,
                                      "predicted": [seen, "chainthin"], "probability": [0.91, 0.55]})
-    predictions = pd.DataFrame({"path": ["sample_1.png"], "predicted": ["Odontella"], "probability": [0.75]})
+    predictions = pd.DataFrame({"path": [str(new_image)], "predicted": ["Odontella"], "probability": [0.75]})
 
     points = interactive_map.map_points(coords, test_predictions, predictions).set_index("file")
 
@@ -63,8 +63,8 @@ def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo,
 PREDICTED_IMAGES = 12
 
 
-def fabricate_predict_and_novelty_results(cfg, incoming, figure):
-    """What predict.py and the novelty script will write, made up from the tiny run's unseen images."""
+def fabricate_predict_results(cfg, incoming):
+    """What predict.py writes, made up from the tiny run's unseen images, as its output set (manifest.py)."""
     unseen = pd.read_pickle(artifacts.out_path(cfg, "embeddings", "embeddings_unseen.pkl"))
     unseen = unseen.iloc[:PREDICTED_IMAGES].copy()
     incoming.mkdir()
@@ -76,29 +76,26 @@ def fabricate_predict_and_novelty_results(cfg, incoming, figure):
     rng = np.random.default_rng(0)  # near their unseen twins in the map, not on top of them
     unseen[columns] = unseen[columns] + rng.normal(0, 0.05, (len(unseen), len(columns))).astype(np.float32)
     unseen = unseen.assign(label=None, label_idx=-1, split="predict", path=[str(incoming / n) for n in names])
-    embedding_files.save_embedding_set(cfg, {"predict": unseen}, embedding_files.embedding_set(cfg),
-                                       embedding_files.PREDICT_META)
+    meta = embedding_files.embedding_set(cfg)
     predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "predictions.csv"), pd.DataFrame(
-        {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"),
-                       pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "novelty.csv"), pd.DataFrame(
-        {"method": ["knn distance", "max softmax"], "auroc": [0.91, 0.74]}))
-    for name in ("novelty_roc.png", "novelty_scores.png"):
-        shutil.copy(figure, artifacts.out_path(cfg, "figs", name))
+    with manifest.OutputSet(cfg, "predict") as out:
+        embedding_files.save_embedding_set(cfg, {"predict": unseen}, meta, embedding_files.PREDICT_META, out=out)
+        out.save_csv("results", "predictions.csv", pd.DataFrame(
+            {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
+        out.save_csv("results", "prediction_counts.csv",
+                     pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
+        out.publish(checkpoint=meta["checkpoint_sha256"], embeddings=meta["set"], predict_dir=str(incoming))
 
 
 @pytest.fixture(scope="module")
 def report_with_predictions(tiny_pipeline, tmp_path_factory):
-    """The tiny pipeline's output plus predicted images and novelty results; map and report made again."""
+    """The tiny pipeline's output (novelty included) plus predicted images; map and report made again."""
     cfg, argv, _ = tiny_pipeline
     out = tmp_path_factory.mktemp("with-predictions") / "out"
     shutil.copytree(artifacts.resolve(cfg.output_dir), out)
     argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
     cfg = config.load_config(argv)
-    fabricate_predict_and_novelty_results(cfg, out.parent / "incoming",
-                                          artifacts.out_path(cfg, "figs", "training_plot.png"))
+    fabricate_predict_results(cfg, out.parent / "incoming")
     dimensionality_reduction.main(argv + ["--reduction_method=pca"])  # PCA: fast, and the map is not under test
     report.main(argv)
     return cfg, argv
@@ -117,7 +114,8 @@ def test_report_without_novelty_or_predictions_leaves_those_sections_out(tiny_pi
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
     shutil.copytree(artifacts.resolve(cfg.output_dir), out)
-    (out / "results" / "novelty.csv").unlink()  # as before novelty.py ran
+    for name in ("novelty.csv", "novelty_scores.csv", "novelty_thresholds.json", "novelty_manifest.json"):
+        (out / "results" / name).unlink()  # as before novelty.py ran
     cfg = config.load_config([a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"])
     report.main([a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"])
     coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
@@ -148,7 +146,7 @@ def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(
     page = report_page(cfg)
     titles = headings(page)
     assert any("Novelty" in t for t in titles) and any("Predict" in t for t in titles), titles
-    assert "knn distance" in page and f"predict ({PREDICTED_IMAGES})" in page
+    assert "mahalanobis_knn" in page and f"predict ({PREDICTED_IMAGES})" in page
     assert page.count("data:image/jpeg;base64,") == len(coords)
     figures = len(re.findall(r'<img src="data:image/png;base64,', page))
     assert figures >= 11 + len(cfg.seen_classes + cfg.unseen_classes) + 2  # the two novelty figures too

@@ -1,0 +1,363 @@
+"""One run, one story (issue #18): what the report and predict.py show or join together comes from one run, proven
+by digests; multi-file outputs are all or nothing; file names that are not UTF-8, a lock being written, degenerate
+embeddings and damaged JSON never crash a script. One test per case of the issue (and per bullet of its case 8)."""
+import errno
+import json
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dataloader
+import dimensionality_reduction
+import lab
+import predict
+import report
+from conftest import FAST
+from lab import artifacts, config, embedding_files, interactive_map, manifest, output_lock, splitting
+from lab import novelty_scores as ns
+
+BAD_NAME = os.fsdecode(b"bad\xff\xfename.png")  # Latin-1 bytes, as an old zip or a Windows archive leaves them
+
+
+def sample(folder, images, names=None):
+    """A folder of new images: copies of `images`, named `names` (img_0000.png ... by default)."""
+    folder.mkdir(parents=True)
+    for i, source in enumerate(images):
+        shutil.copy(source, folder / (names[i] if names else f"img_{i:04d}.png"))
+    return folder
+
+
+def class_images(root, cls, n, skip=0):
+    return sorted((root / cls).iterdir())[skip:skip + n]
+
+
+def pipeline_copy(tiny_pipeline, tmp_path):
+    """(cfg, argv) of a copy of the tiny pipeline's output folder, which the test may change."""
+    cfg, argv, _ = tiny_pipeline
+    out = tmp_path / "out"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    return config.load_config(argv), argv
+
+
+def set_files(cfg):
+    """The bytes of every file of predict.py's set that exists."""
+    found = {}
+    for kind, name in predict.PREDICT_OUTPUTS + (("results", "predict_manifest.json"),):
+        path = artifacts.out_path(cfg, kind, name)
+        if path.exists():
+            found[f"{kind}/{name}"] = path.read_bytes()
+    return found
+
+
+def captured_map_points(monkeypatch):
+    """The points report.py hands to the interactive map, captured as it builds the page."""
+    captured, build_map = [], interactive_map.build_map
+    monkeypatch.setattr(interactive_map, "build_map", lambda points, *a, **k: (captured.append(points),
+                                                                                 build_map(points, *a, **k))[1])
+    return captured
+
+
+# --------------------------------------------------------------------------- 1. the map mixes two samples
+@pytest.mark.slow
+def test_1_the_map_never_shows_one_samples_points_with_anothers_predictions(tiny_pipeline, tiny_demo, tmp_path,
+                                                                           monkeypatch):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 12))
+    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 12))  # the same file names, other images
+    predict.main(argv + [f"--predict_dir={str(a)!r}"])
+    dimensionality_reduction.main(argv + ["--reduction_method=pca"])
+    predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    captured = captured_map_points(monkeypatch)
+    page = report.main(argv).read_text()
+    points = captured[-1]
+    assert (points["split"] == "predict").sum() == 0, points[points["split"] == "predict"][["file", "prediction"]]
+    assert "python dimensionality_reduction.py" in page and str(b) in page  # the line naming the command
+    dimensionality_reduction.main(argv + ["--reduction_method=pca"])
+    report.main(argv)
+    mapped = captured[-1][captured[-1]["split"] == "predict"].set_index("file")
+    rows = artifacts.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"), ("path", "predicted"))
+    assert len(mapped) == len(rows) == 12
+    for _, row in rows.iterrows():  # every point carries the prediction of its own file of B
+        assert f"<b>{row['predicted']}</b>" in mapped.loc[row["path"], "prediction"]
+        assert mapped.loc[row["path"], "colour_class"] == row["predicted"]
+
+
+# --------------------------------------------------------------------------- 2. a failed predict.py
+def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_set(novelty_ready, tiny_demo,
+                                                                                 tmp_path, monkeypatch):
+    cfg, argv = novelty_ready
+    a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 6))
+    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 9))
+    predict.main(argv + [f"--predict_dir={str(a)!r}"])
+    before = set_files(cfg)
+
+    def disk_full(frame, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    with monkeypatch.context() as patched:
+        patched.setattr(pd.DataFrame, "to_pickle", disk_full)  # the disk fills while the embeddings are saved
+        with pytest.raises(lab.LabError, match=rf"the disk is full\. The previous complete set of predict.py's "
+                                               rf"results \(the predictions of {re.escape(str(a))}\).*is intact"):
+            predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    assert set_files(cfg) == before  # A's CSV files, embeddings and manifest, all of them
+    assert embedding_files.current_predict_set(cfg)["inputs"]["predict_dir"] == str(a)
+    for key in before:  # no set at all before: nothing is left, and the message says so
+        artifacts.out_path(cfg, *key.split("/")).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(pd.DataFrame, "to_pickle", disk_full)
+        with pytest.raises(lab.LabError, match="Nothing was written"):
+            predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    assert set_files(cfg) == {}
+
+
+def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(make_cfg, monkeypatch):
+    cfg, _ = make_cfg()
+    with manifest.OutputSet(cfg, "demo_set", about="the first") as out:
+        out.save_csv("results", "a.csv", pd.DataFrame({"x": [1]}))
+        out.save_csv("results", "b.csv", pd.DataFrame({"x": [2]}))
+        out.publish(source="first")
+    assert manifest.complete(cfg, "demo_set")["about"] == "the first"
+    real_replace, moved = os.replace, []
+
+    def fail_second(src, dst):
+        moved.append(dst)
+        if len(moved) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+    monkeypatch.setattr(manifest.os, "replace", fail_second)
+    with pytest.raises(lab.LabError, match=r"holds none of them \(nothing\)"):
+        with manifest.OutputSet(cfg, "demo_set", about="the second") as out:
+            out.save_csv("results", "a.csv", pd.DataFrame({"x": [3]}))
+            out.save_csv("results", "b.csv", pd.DataFrame({"x": [4]}))
+            out.publish(source="second")
+    monkeypatch.undo()
+    assert manifest.check(cfg, "demo_set") == (None, "results/demo_set_manifest.json does not exist")
+    assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- 3. the checkpoint's run, not the settings
+def section(page, number):
+    return page.split(f"<h2>{number}. ")[1].split("<h2>")[0]
+
+
+@pytest.mark.slow
+def test_3_the_report_describes_the_checkpoints_split_and_data_root(tiny_pipeline, tiny_demo, tmp_path):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    dataloader.main(argv + ["--seen_classes=['chainthin', 'darksphere', 'Odontella']", "--max_images_per_class=20"])
+    page = report.main(argv).read_text()
+    data = section(page, 1)
+    assert "Left out" in data and "python dataloader.py" in data and "--max_images_per_class=0" in data, data
+    assert "<table" not in data and "Rhabdonellidae" in section(page, 3)  # the 6-class model's test set
+    dataloader.main(argv)  # the command's settings: the model's split again, byte for byte
+    assert "Rhabdonellidae" in section(report.main(argv).read_text(), 1)
+    other = shutil.copytree(tiny_demo, tmp_path / "other")
+    (other / "Odontella" / "Odontella_0003.png").unlink()  # another folder: not the files the model saw
+    with pytest.raises(lab.LabError, match=r"does not hold the files that checkpoints/best.pth was trained on"):
+        report.main(argv + [f"--data_root={str(other)!r}"])
+    moved = shutil.copytree(tiny_demo, tmp_path / "moved")
+    page = report.main(argv + [f"--data_root={str(moved)!r}"]).read_text()
+    assert f"Data root <code>{tiny_demo}</code>; images read from <code>{moved}</code> (same files)" in page
+
+
+# --------------------------------------------------------------------------- 4. a stale EcoTaxa table
+def test_4_a_predict_run_removes_the_ecotaxa_table_of_the_sample_before(novelty_ready, tiny_demo, tmp_path):
+    cfg, argv = novelty_ready
+    x = sample(tmp_path / "X", class_images(tiny_demo, "Retaria", 4))
+    y = sample(tmp_path / "Y", class_images(tiny_demo, "chainthin", 5))
+    table = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv")
+    predict.main(argv + [f"--predict_dir={str(x)!r}", "--ecotaxa=True"])
+    assert table.exists()
+    predict.main(argv + [f"--predict_dir={str(y)!r}"])
+    assert not table.exists(), "X's EcoTaxa table stayed beside Y's predictions"
+    assert len(pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))) == 5
+
+
+# --------------------------------------------------------------------------- 5. file names that are not UTF-8
+def test_5_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_out_of_ecotaxa(novelty_ready,
+                                                                                             tiny_demo, tmp_path,
+                                                                                             capsys):
+    cfg, argv = novelty_ready
+    images = class_images(tiny_demo, "Retaria", 3)
+    folder = sample(tmp_path / "old_zip", images, ["good.png", BAD_NAME, "caf\u00e9.png"])
+    predict.main(argv + [f"--predict_dir={str(folder)!r}", "--ecotaxa=True"])
+    raw = artifacts.out_path(cfg, "results", "predictions.csv").read_bytes()
+    assert b"\nbad\xff\xfename.png," in raw and "\ncaf\u00e9.png,".encode() in raw  # the names' own bytes
+    rows = artifacts.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"), ("path", "predicted"))
+    assert sorted(rows["path"]) == sorted(["good.png", BAD_NAME, "caf\u00e9.png"])  # read back exactly
+    assert (folder / rows["path"][rows["path"] == BAD_NAME].item()).is_file()
+    tsv = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text(encoding="utf-8")  # valid UTF-8
+    assert "good.png" in tsv and "caf\u00e9.png" in tsv and "bad" not in tsv
+    left_out = artifacts.read_csv(artifacts.out_path(cfg, "results", "ecotaxa_left_out.csv"), ("path", "reason"))
+    assert list(left_out["path"]) == [BAD_NAME] and "convmv -f latin1 -t utf8 --notest" in left_out["reason"][0]
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err and "convmv" in err and "bad\\xff\\xfename.png" in err
+
+
+def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reversibly(tiny_demo, tmp_path,
+                                                                                       make_cfg):
+    root = shutil.copytree(tiny_demo, tmp_path / "data")
+    shutil.copy(root / "Odontella" / "Odontella_0000.png", root / "Odontella" / BAD_NAME)
+    cfg, _ = make_cfg(data_root=root)
+    split = splitting.load_split(cfg)
+    assert f"Odontella/{BAD_NAME}" in set(split["path"])
+    assert b"Odontella/bad\xff\xfename.png," in artifacts.out_path(cfg, "results", "split.csv").read_bytes()
+    assert f"Odontella/{BAD_NAME}" in set(splitting.read_split_file(cfg)["path"])  # read back the same
+    duplicates = artifacts.read_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), ("path", "label"))
+    assert f"Odontella/{BAD_NAME}" in set(duplicates["path"])  # a copy of Odontella_0000.png
+
+
+@pytest.mark.slow
+def test_5_names_that_are_not_utf8_go_through_the_whole_pipeline_and_the_report(tiny_demo, tmp_path):
+    import run_pipeline
+    root = shutil.copytree(tiny_demo, tmp_path / "data")
+    for cls in ("Odontella", "Retaria"):
+        os.rename(root / cls / f"{cls}_0001.png", root / cls / BAD_NAME)
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST,
+            "--reduction_method='pca'"]
+    run_pipeline.main(argv)
+    cfg = config.load_config(argv)
+    embedded = pd.concat([pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{s}.pkl"))
+                          for s in ("train", "val", "test", "unseen")])
+    assert {str(root / c / BAD_NAME) for c in ("Odontella", "Retaria")} <= set(embedded["path"])
+    page = artifacts.out_path(cfg, "results", "report.html").read_text(encoding="utf-8")  # valid UTF-8 throughout
+    assert "bad\\\\xff\\\\xfename.png" in page or "bad\\xff\\xfename.png" in page  # shown escaped, in the map's data
+
+
+# --------------------------------------------------------------------------- 6. the output-folder lock
+def test_6_a_lock_being_written_is_never_taken_by_a_second_run(make_cfg, monkeypatch):
+    """Deterministic race: a second run (the parent process's pid stands for it) arrives while the first is writing
+    its lock. The lock never exists without its content, so exactly one of them holds it."""
+    cfg, _ = make_cfg()
+    folder = artifacts.resolve(cfg.output_dir)
+    lock = folder / output_lock.LOCK_NAME
+    real_dump, seen = json.dump, []
+
+    def second_run_arrives(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("pid") == os.getpid() and not seen:
+            seen.append(lock.exists() and lock.stat().st_size == 0)  # would a second run see an empty lock?
+            with monkeypatch.context() as other:
+                other.setattr(output_lock.os, "getpid", os.getppid)
+                output_lock.claim_output_dir(cfg)  # the second run takes the folder: it found it free
+        return real_dump(obj, f, *args, **kwargs)
+    monkeypatch.setattr(output_lock.json, "dump", second_run_arrives)
+    output_lock._held_locks.discard(lock)
+    with pytest.raises(lab.LabError, match=rf"Another run of the lab is writing into .*pid {os.getppid()}"):
+        output_lock.claim_output_dir(cfg)  # the first run: it must not hold the folder too
+    assert seen == [False]
+    assert json.loads(lock.read_text())["pid"] == os.getppid()  # the second run's lock, intact
+    output_lock._held_locks.discard(lock)
+
+
+@pytest.mark.parametrize("content", [b"", b"[1]", b"5", b"\"text\"", b"{\"pid\": \"12\"}", b"\x00garbage{"])
+def test_6_a_lock_that_names_no_run_is_waited_for_then_taken_over_with_the_usual_line(make_cfg, content, capsys):
+    cfg, argv = make_cfg()
+    lock = artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(content)
+    with pytest.raises(lab.LabError, match=r"names no run.*Wait a minute"):
+        report.main(argv)  # fresh: another run may be writing it this very moment
+    assert lock.read_bytes() == content
+    old = time.time() - output_lock.UNREADABLE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with pytest.raises(lab.LabError, match=r"checkpoint .*does not exist yet"):  # past the lock: no model here
+        report.main(argv)
+    err = capsys.readouterr().err
+    assert "[lock] taking over the lock of an earlier run that is gone (its lock names no run" in err
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+# --------------------------------------------------------------------------- 7. degenerate inputs of the scorer
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_7_identical_or_all_zero_training_embeddings_give_finite_novelty_scores(value):
+    train = np.full((30, 8), value)
+    labels = np.repeat([0, 1, 2], 10)
+    gaussians = ns.Gaussians(train, labels)
+    assert gaussians.degenerate
+    queries = np.random.default_rng(0).normal(size=(5, 8))
+    expected = np.sqrt(((queries - value) ** 2).sum(1))  # no spread: the Euclidean distance to the (one) mean
+    assert gaussians.mahalanobis(queries) == pytest.approx(expected)
+    scorer = ns.NoveltyScorer(train, labels, np.ones((3, 8)), np.zeros(3), 5, np.full((4, 8), value))
+    scores = scorer.scores(queries)
+    assert all(np.isfinite(v).all() for v in scores.values())
+    assert not ns.Gaussians(np.random.default_rng(1).normal(size=(30, 8)), labels).degenerate
+
+
+@pytest.mark.parametrize("damage", ['{"thresholds": {"msp": 0.', "[1]", '{"thresholds": 3}'])
+def test_7_a_damaged_thresholds_file_is_one_paragraph_naming_novelty_py(novelty_ready, tiny_demo, damage):
+    cfg, argv = novelty_ready
+    path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
+    saved = path.read_text()
+    try:
+        path.write_text(damage)
+        with pytest.raises(lab.LabError, match=r"novelty_thresholds.json is damaged.*python novelty.py"):
+            predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+    finally:
+        path.write_text(saved)
+
+
+# --------------------------------------------------------------------------- 8. small ones
+def test_8_the_tooltip_of_a_predicted_image_shows_its_novelty_score_and_flag(tiny_demo, tmp_path):
+    new = sample(tmp_path / "new", class_images(tiny_demo, "Retaria", 2))
+    paths = [str(new / "img_0000.png"), str(new / "img_0001.png")]
+    coords = pd.DataFrame({"split": "predict", "label": None, "path": paths, "x": [0.0, 1.0], "y": 0.0})
+    predictions = pd.DataFrame({"path": paths, "predicted": ["Odontella", "chainthin"], "probability": [0.8, 0.6],
+                                "novelty_mahalanobis_knn": [2.5, -0.25], "possibly_new": [True, False]})
+    points = interactive_map.map_points(coords, None, predictions).set_index("file")
+    assert "<b>possibly new</b>: novelty mahalanobis_knn = 2.5" in points.loc["img_0000.png", "prediction"]
+    assert "not flagged as new: novelty mahalanobis_knn = -0.25" in points.loc["img_0001.png", "prediction"]
+
+
+def test_8_predict_says_which_command_puts_the_new_images_on_the_map(novelty_ready, tiny_demo, capsys):
+    _, argv = novelty_ready
+    predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+    out = capsys.readouterr().out
+    assert "next: `python dimensionality_reduction.py` puts these images on the 2-D map" in out
+    assert "`python report.py` shows them" in out
+
+
+@pytest.mark.slow
+def test_8_a_missing_novelty_figure_stops_the_report_naming_novelty_py(tiny_pipeline, tmp_path):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    artifacts.out_path(cfg, "figs", "novelty_roc.png").unlink()
+    with pytest.raises(lab.LabError, match=r"novelty: figs/novelty_roc.png is missing.*python novelty.py"):
+        report.main(argv)
+
+
+@pytest.mark.slow
+def test_8_a_missing_gallery_names_dimensionality_reduction_py(tiny_pipeline, tmp_path):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    artifacts.out_path(cfg, "figs", "gallery_Odontella.png").unlink()
+    with pytest.raises(lab.LabError, match=r"gallery_Odontella.png is missing.*python dimensionality_reduction.py"):
+        report.main(argv)
+
+
+def test_8_an_unreadable_file_is_not_counted_as_an_image(novelty_ready, tiny_demo, tmp_path, capsys):
+    _, argv = novelty_ready
+    folder = sample(tmp_path / "haul", class_images(tiny_demo, "Retaria", 3))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("CTD cast 7\n")
+    predict.main(argv + [f"--predict_dir={str(folder)!r}"])
+    out = capsys.readouterr().out
+    assert not re.search(r"\b4 images\b", out), out
+    assert "4 image files under" in out and "(1 other entry ignored)" in out
+    assert "3 images classified" in out and "1 image file that could not be decoded and 1 other entry skipped" in out
+
+
+def test_8_the_ecotaxa_table_says_why_its_columns_are_lower_case(novelty_ready, tiny_demo, capsys):
+    cfg, argv = novelty_ready
+    predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}", "--ecotaxa=True"])
+    out = capsys.readouterr().out
+    assert "lower case because EcoTaxa's import takes no other (object_p_rhabdonellidae is the class " \
+           "'Rhabdonellidae')" in out
+    header = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()[0].split("\t")
+    assert "object_p_rhabdonellidae" in header
+
+
+def test_8_a_blank_predict_dir_is_quoted_as_given():
+    with pytest.raises(lab.LabError, match=r"predict_dir=' ' names no folder"):
+        config.load_config(["--predict_dir=' '"])
