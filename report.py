@@ -137,6 +137,14 @@ def optional_sections(cfg, results, figs):
     return parts
 
 
+def labels_origin(results):
+    """Where the labels came from (results/label_sources.csv): the class folders, each table with its sha256."""
+    path = results / "label_sources.csv"
+    if not path.exists():  # a split made before the lab wrote the file: class folders only
+        return "<p>Labels: the names of the class folders.</p>"
+    return "<p>Labels from:</p>" + _table(artifacts.read_csv(path, ("source", "kind", "sha256", "status")))
+
+
 def first_sections(cfg, results, figs, inputs_by_script):
     """Title, 1. data, 2. training, 3. test set."""
     need = lambda name, script: artifacts.require(results / name, script)  # noqa: E731
@@ -155,7 +163,7 @@ def first_sections(cfg, results, figs, inputs_by_script):
              f"embeddings set {inputs_by_script['embeddings']}.")
     return [f"<h1>Plankton embedding lab: report</h1><p>Data root <code>{data_root}</code>; "
             f"trunk weights: {html.escape(weights)}.</p><p>{model}</p>{warn}",
-            "<h2>1. Data</h2>" + _table(summary),
+            "<h2>1. Data</h2>" + labels_origin(results) + _table(summary),
             f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) "
             f"at epoch {int(best['epoch'])} of {len(history)}.</p>"
             + _figure(figs / "training_plot.png", "Loss and accuracy per epoch"),
