@@ -10,7 +10,6 @@ import os
 import sys
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -130,10 +129,9 @@ def read_table(path, what="labels table"):
     return frame, first_line
 
 
-def detect_columns(frame, path, labels_columns=None):
-    """(path column, label column, status column or None, kind) of one table: labels_columns when given, else
-    EcoTaxa's columns, else the first of PATH_NAMES and of LABEL_NAMES present."""
-    columns = list(frame.columns)
+def detect_columns(columns, path, labels_columns=None):
+    """(path column, label column, status column or None, kind) of a table with these columns: labels_columns when
+    given, else EcoTaxa's columns, else the first of PATH_NAMES and of LABEL_NAMES present."""
     status = ECOTAXA_STATUS if ECOTAXA_STATUS in columns else None
     if labels_columns:
         missing = [c for c in labels_columns if c not in columns]
@@ -196,20 +194,23 @@ def _name(value):
 
 
 # --------------------------------------------------------------------------- the rows
-def split_path(root, path):
-    """A file's path as split.csv holds it: relative to data_root (with '/') when the file is under it, else
-    absolute; splitting.absolute_paths turns both back into the file."""
-    relative = os.path.relpath(path, root)
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-        return str(path)
-    return Path(relative).as_posix()
+def split_paths(root, folder, cells):
+    """The files that cells name (relative to folder, or absolute) as split.csv holds them: relative to data_root
+    (with '/') when the file is under it, else absolute; splitting.absolute_paths turns both back into the file.
+    (A string prefix of normalised paths, as os.path.relpath compares them, without its cost per row.)"""
+    prefix = os.path.join(os.path.normpath(root), "")
+    paths = []
+    for cell in cells:
+        path = os.path.normpath(os.path.join(folder, cell))
+        paths.append(path[len(prefix):].replace(os.sep, "/") if path.startswith(prefix) else path)
+    return paths
 
 
 def table_entries(cfg, table, root, mapping):
     """ENTRY_COLUMNS of one table, and its description. Rows of a status left out, categories the map or the class
     lists leave out, keep their reason; an empty path or label in a row that would be used is an error."""
-    frame, first_line = read_table(table)
-    path_column, label_column, status_column, kind = detect_columns(frame, table, cfg.labels_columns)
+    frame, first_line = read_table(table)  # every column: pandas' usecols would let a row with cells too many pass
+    path_column, label_column, status_column, kind = detect_columns(list(frame.columns), table, cfg.labels_columns)
     lines = pd.RangeIndex(first_line, first_line + len(frame))
     status = (frame[status_column].str.strip().str.lower().replace("", UNCLASSIFIED) if status_column
               else pd.Series("", index=frame.index))
@@ -222,9 +223,8 @@ def table_entries(cfg, table, root, mapping):
             at = ", ".join(map(str, lines[empty.to_numpy()][:8])) + (" ..." if empty.sum() > 8 else "")
             raise lab.LabError(f"The labels table {table} has {int(empty.sum())} row(s) with an empty {what} cell "
                                f"(column {path_column if what == 'image path' else label_column!r}, line(s) {at}). "
-                               f"Fill them in or delete those rows; a row without a label cannot train the model.")
-    folder = table.parent
-    paths = [split_path(root, os.path.normpath(os.path.join(folder, c))) if c else "" for c in cells]
+                               f"Fill them in or delete those rows: such a row names no image, or no class.")
+    paths = split_paths(root, table.parent, cells)
     label, reason = _labels(category, chosen, mapping, set(cfg.seen_classes + cfg.unseen_classes))
     entries = pd.DataFrame({"source": str(table), "line": lines, "path": paths, "category": category.values,
                             "status": status.values, "label": label, "reason": reason}, columns=ENTRY_COLUMNS)
