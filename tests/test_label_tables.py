@@ -330,6 +330,31 @@ def test_the_whole_pipeline_on_an_ecotaxa_export_equals_the_folder_layout(tiny_p
         assert source in page and digest in page  # the report says where the labels came from
 
 
+@pytest.mark.slow
+def test_torchrun_resume_and_evaluate_run_on_a_table_of_images_outside_data_root(tiny_demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import evaluate
+    import train
+    table = flat_copy(tiny_demo, tmp_path / "elsewhere", per_class=12)
+    (tmp_path / "root").mkdir()  # no class folder: every label comes from the table
+    argv = [f"--data_root={str(tmp_path / 'root')!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST,
+            f"--labels_file={str(table)!r}", "--min_images_per_class=5"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    ranks = subprocess.run([*torchrun, *argv, "--epochs=2"], cwd=lab.ROOT, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert "shared by 2 ranks" in ranks.stdout
+    split = splitting.read_split_file(config.load_config(argv))
+    assert split["path"].str.startswith(str(tmp_path / "elsewhere" / "images") + "/").all()  # absolute paths
+    history = train.main(argv + ["--resume=True", "--epochs=3"])
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    without = [a for a in argv if not a.startswith(("--labels_file=", "--min_images_per_class="))]
+    assert evaluate.main(without)["n_test"] == 6 * 2  # the checkpoint's labels_file and class sizes
+
+
 def corrected_export(ecotaxa_tsv, sample, truth, renames):
     """What a taxonomist's validation in EcoTaxa returns for predict.py's table: two objects in three validated
     under their true category (some in EcoTaxa's names), the first as detritus, the others left predicted with
