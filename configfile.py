@@ -19,6 +19,21 @@ min_images_per_class = 10      # classes with fewer images are refused (too few 
 max_images_per_class = 0       # 0: use every image; N: a seeded sample of at most N per class (quick trials)
 rebuild_split = False          # True: discard results/split.csv and draw the split anew
 
+# --- labels from tables (docs/labels-from-a-table.md) ------------------------------
+# None: the labels are the class folders' names under data_root. Otherwise a CSV or TSV table of image paths and
+# labels (paths relative to the table's folder, or absolute), a folder of such tables (EcoTaxa's export: one TSV
+# per sample), or a list of both, read in addition to the class folders.
+labels_file = None
+# None: the columns are found by name (img_file_name / object_annotation_category of an EcoTaxa export, or path,
+# file, filename, image ... and label, class, category, taxon ...); or ["path column", "label column"].
+labels_columns = None
+# The rows of an EcoTaxa export used, by object_annotation_status: "validated", "predicted", "dubious". Adding
+# "predicted" trains on a classifier's guesses as if a taxonomist had checked them.
+labels_statuses = ["validated"]
+# None, or a two-column table (header line, then category, class): turns the tables' categories (EcoTaxa names
+# such as "Calanoida<Copepoda") into the lab's classes, many to one; an empty class leaves a category out.
+labels_map = None
+
 # --- model ----------------------------------------------------------------------
 image_size = 128               # square input side in pixels, 32..1024 (trunk output: 64 x size/8 x size/8)
 # "IMAGENET1K_V1" (torchvision, downloaded once into $TORCH_HOME), a path to a state-dict

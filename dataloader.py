@@ -1,36 +1,47 @@
-"""Data: scan the folder-per-class data root, report the classes, make and check the split, load images.
+"""Data: scan the folder-per-class data root and the labels tables, report the classes, make and check the split.
 
-Reads `data_root` (one sub-folder of images per class). Writes, once:
-  results/split.csv            path (relative to data_root), label, split (train / val / test / unseen)
-  results/split.json           what the split was drawn from (data root, classes, fractions, seed)
+Reads `data_root` (one sub-folder of images per class) and the `labels_file` tables, if any (see
+lab/label_tables.py). Writes, once:
+  results/split.csv            path (relative to data_root; absolute for a table's image outside it), label,
+                               split (train / val / test / unseen), bytes, round (0: the first draw; k: added when
+                               the data grew the k-th time, the rows already split keeping their split)
+  results/split.json           what the split was drawn from (data root, classes, fractions, seed, the tables)
   results/dataset_summary.csv  per class: images, share of its group, skipped and ignored files; a total row
                                per group (group 'seen total' / 'unseen total')
-  results/skipped_files.csv    unreadable image files (empty, truncated, corrupt, too large), with the stage
+  results/label_sources.csv    where the labels came from: per source (the class folders, each table with its
+                               sha256) and status (EcoTaxa's validated, predicted ...), its rows and those used
+  results/unused_labels.csv    the tables' rows that gave no label, per category, status and reason
+  results/skipped_files.csv    unreadable or missing image files (empty, truncated, corrupt, too large), with the stage
                                that found them (scan, or trunk pass for a file that broke after the split)
   results/ignored_files.csv    files and folders in the class folders that are not images, with the reason
   results/image_notes.csv      images used with a remark (first frame of a multi-frame file, very large)
   results/duplicates.csv       byte-identical files: every copy, its label, all labels of that image
 Images in sub-folders of a class folder belong to the class. Byte-identical copies share a split.
-Every later script reads split.csv, so all of them use the same split; a split.csv that no longer matches
-the files on disk stops the run with the command that rebuilds it. Also reads and builds the embedding
-DataFrames (`embeddings/embeddings_<split>.pkl`, written by embed.py) for every script after it.
+Every later script reads split.csv, so all of them use the same split. New images join it here and in train.py
+(the rows already split keep their split); a removed or relabelled image stops the run with the command that
+rebuilds it.
 
     python dataloader.py                      # tasks 1-2: report the classes and write the split
     python dataloader.py --rebuild_split=True
 """
 import sys
 
-from lab import artifacts, config, data_folders, runtime, splitting
+from lab import artifacts, config, data_folders, label_tables, runtime, splitting
 
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     existed = artifacts.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
+    before = existed and splitting.split_digest(cfg)
     split = splitting.load_split(cfg)
+    existed = existed and splitting.split_digest(cfg) == before  # else: it grew, and the scan printed its summary
     if existed:
         summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
         data_folders.print_summary(summary, split)
+        sources = artifacts.out_path(cfg, "results", "label_sources.csv")
+        if sources.exists():
+            label_tables.print_sources(artifacts.read_csv(sources, ("source", "kind", "sha256", "status")))
         ignored = artifacts.out_path(cfg, "results", "ignored_files.csv")
         notes = artifacts.out_path(cfg, "results", "image_notes.csv")
         if ignored.exists() and notes.exists():

@@ -2,7 +2,9 @@
 
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the test split.
 Writes:
-  results/test_metrics.json    accuracy, balanced accuracy, macro F1, per-class accuracy / precision / recall / F1
+  results/test_metrics.json    accuracy, balanced accuracy, macro F1, per-class accuracy / precision / recall / F1;
+                               by_round when the split grew: the first draw's test images and each round's new
+                               ones apart, so models before and after the growth compare on the same old images
   results/test_predictions.csv path, label, predicted, probability (softmax of the predicted class), correct
   figs/confusion_matrix.png    counts and row-normalised, class names on both axes
   results/evaluate_manifest.json  the digests of these three and of the checkpoint and split (manifest.py)
@@ -39,6 +41,15 @@ def metrics_from_confusion(matrix, classes):
             "macro_f1": float(f1[present | (predicted > 0)].mean()),  # sklearn: classes true or predicted
             "n_test": int(matrix.sum()),
             "per_class": per_class}
+
+
+def accuracy_by_round(rows, correct):
+    """{round: test images, accuracy} when the split grew (round 0: the first draw's test images), else None."""
+    rounds = pd.to_numeric(rows["round"]) if "round" in rows else pd.Series(0, index=rows.index)
+    if rounds.max() == 0:
+        return None
+    return {str(r): {"n_test": int((rounds == r).sum()), "accuracy": float(correct[(rounds == r).to_numpy()].mean())}
+            for r in sorted(rounds.unique())}
 
 
 def plot_confusion(matrix, classes, path):
@@ -80,6 +91,9 @@ def main(argv=None):
                     "checkpoint_sha256": trained.digest, "trunk_weights": ckpt["weights"],
                     "random_trunk": trained.random_trunk, "confusion_matrix": matrix.tolist()})
     rows = test.rows
+    by_round = accuracy_by_round(rows, y_pred == y_true)
+    if by_round:
+        metrics["by_round"] = by_round
     with manifest.OutputSet(cfg, "evaluate") as out:
         out.save_csv("results", "test_predictions.csv", pd.DataFrame(
             {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
@@ -92,6 +106,9 @@ def main(argv=None):
         print(f"  Accuracy of {c:<30}: {100 * m['accuracy']:6.2f} %  ({m['support']} images)")
     print(f"Accuracy of the network on the {metrics['n_test']} test images: {100 * metrics['accuracy']:.2f} %")
     print(f"Balanced accuracy {100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.4f}")
+    for r, m in (by_round or {}).items():
+        print(f"  {'the first draw' if r == '0' else f'added in round {r}'}: {m['n_test']} test images, accuracy "
+              f"{100 * m['accuracy']:.2f} %")
     return metrics
 
 

@@ -150,7 +150,7 @@ def data_section(cfg, ckpt):
     split_csv = artifacts.out_path(cfg, "results", "split.csv")
     if published and split_csv.is_file() and artifacts.file_digest(split_csv) == ckpt["split_digest"]:
         summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))
-        return "<h2>1. Data</h2>" + _table(summary)
+        return "<h2>1. Data</h2>" + labels_origin(artifacts.out_path(cfg, "results")) + _table(summary)
     command = split_command(ckpt, (published or {}).get("inputs", {}))
     fix = (f"{_code(command)} draws the model's split again (the same settings and files give the same split); then "
            f"<code>python report.py</code>" if command else "the files under the data root changed since the model "
@@ -281,6 +281,14 @@ def optional_sections(cfg, results, figs, run):
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
     predicted = predictions_section(cfg, results, run)
     return parts + ([predicted] if predicted else [])
+
+
+def labels_origin(results):
+    """Where the labels came from (results/label_sources.csv): the class folders, each table with its sha256."""
+    path = results / "label_sources.csv"
+    if not path.exists():  # a split made before the lab wrote the file: class folders only
+        return "<p>Labels: the names of the class folders.</p>"
+    return "<p>Labels from:</p>" + _table(artifacts.read_csv(path, ("source", "kind", "sha256", "status")))
 
 
 def distances_section(results, figs):

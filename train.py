@@ -128,8 +128,8 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     last = checkpoint.resume_state(cfg)
     if last["split_digest"] != split_digest:
         raise lab.LabError("Cannot resume: results/split.csv has changed since the interrupted run (it was "
-                           "drawn anew). Continuing would train one model on two splits. Start afresh without "
-                           "--resume=True.")
+                           "drawn anew, or grew by new images). Continuing would train one model on two splits. "
+                           "Start afresh without --resume=True.")
     model.load_state_dict(last["model_state"])
     optimizer.load_state_dict(last["optimizer_state"])
     torch.set_rng_state(last["torch_rng"])

@@ -22,7 +22,7 @@ FORMAT = "plankton-lab-checkpoint/1"
 # that they analyse what was trained, whatever configfile.py says today.
 MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
               "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
-              "embedding_dim", "seed", "precision")
+              "embedding_dim", "seed", "precision", "labels_file", "labels_columns", "labels_statuses", "labels_map")
 # Settings that may differ when resuming; everything else must match the interrupted run.
 RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
 
@@ -155,9 +155,10 @@ def load_trained(cfg, model=True, split=True, made_for=""):
               file=sys.stderr)
     trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
     if split:
-        trained.split = splitting.load_split(cfg)
+        trained.split = splitting.load_split(cfg, grow=False)
         if splitting.split_digest(cfg) != ckpt["split_digest"]:
-            raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt). "
+            raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt, or "
+                               "grew by new images). "
                                "Retrain with `python train.py` so that the test set holds no training images.")
     if model:
         trained.device = runtime.select_device(cfg.device)

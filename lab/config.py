@@ -13,7 +13,14 @@ from types import SimpleNamespace
 
 import lab
 
-NULLABLE = {"backbone_weights", "predict_dir", "query"}
+NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_columns", "labels_map"}
+
+
+# Settings whose default is None but whose values are lists of strings (labels_file: a string too).
+NULLABLE_LISTS = {"labels_file": "a string or a list of strings", "labels_columns": "a list of strings"}
+
+
+LABEL_STATUSES = ("validated", "predicted", "dubious")  # label_tables.STATUSES (tested)
 
 
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
@@ -40,6 +47,12 @@ def _check_type(name, value, default):
                            f"or a bare word, lists look like --{name}=\"['a', 'b']\".")
     if name in NULLABLE and value is None:
         return None
+    if name in NULLABLE_LISTS:
+        if isinstance(value, str) and name == "labels_file":
+            return value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            fail(NULLABLE_LISTS[name] + " or None")
+        return list(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             fail("True or False")
@@ -125,6 +138,26 @@ def distinct_classes(value):
     return len(value) >= 2 and len(set(value)) == len(value), "a list of at least 2 distinct classes"
 
 
+def tables_or_none(value):
+    names = [value] if isinstance(value, str) else value
+    return value is None or (len(names) > 0 and all(n.strip() for n in names)), \
+        "None, or the path of a table or folder of tables (or a list of them)"
+
+
+def two_columns_or_none(value):
+    return (value is None or (len(value) == 2 and all(v.strip() for v in value) and value[0] != value[1]),
+            "None, or two different column names: the image path's, then the label's")
+
+
+def a_path_or_none(value):
+    return value is None or bool(value.strip()), "None, or the path of a two-column table"
+
+
+def statuses(value):
+    return (len(value) > 0 and set(value) <= set(LABEL_STATUSES),
+            "a non-empty list of EcoTaxa statuses among " + ", ".join(map(repr, LABEL_STATUSES)))
+
+
 RULES = {
     "seen_classes": distinct_classes, "unseen_classes": distinct_classes,
     "val_fraction": between(0, 1, True, True), "test_fraction": between(0, 1, True, True),
@@ -141,6 +174,8 @@ RULES = {
     "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
     "transfer_max_images": at_least(2), "knn_k": at_least(1),
     "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES), "similar_k": at_least(1),
+    "labels_file": tables_or_none, "labels_columns": two_columns_or_none, "labels_statuses": statuses,
+    "labels_map": a_path_or_none,
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {

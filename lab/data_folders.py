@@ -1,5 +1,6 @@
-"""The data root's class folders: which files are images, which are ignored or skipped and why, byte-identical
-copies, each class's count and share. Reads data_root; writes nothing (splitting.py writes the reports).
+"""The data root's class folders, and the images the labels tables list (lab/label_tables.py): which files are
+images, which are ignored or skipped and why, byte-identical copies, each class's count and share. Reads data_root
+and the labels tables; writes nothing (splitting.py writes the reports).
 """
 import contextlib
 import difflib
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, demo_data, image_io
+from lab import artifacts, demo_data, image_io, label_tables
 
 # --------------------------------------------------------------------------- scanning
 SYSTEM_NAMES = {"thumbs.db", "desktop.ini", "__macosx", "icon\r"}  # made by file managers, never data
@@ -37,6 +38,9 @@ DENIED = "permission denied"
 
 
 NOT_REGULAR = "not a regular file (socket, device, pipe)"
+
+
+MISSING = "listed in a labels table, but no such file"
 
 
 IGNORED_COLUMNS = ["path", "label", "reason"]
@@ -130,12 +134,15 @@ def cap_images(images, cfg):
 
 
 def folder_names(cfg, root):
-    """{configured class: its folder's name on disk}; a missing or ambiguous folder is a clear error. Names
-    match in composed Unicode, so a decomposed folder name (as macOS zips write it) is the same class."""
+    """{configured class: its folder's name on disk}; a missing or ambiguous folder is a clear error (a missing one
+    is not, with labels tables: they may hold the class). Names match in composed Unicode, so a decomposed folder
+    name (as macOS zips write it) is the same class."""
     existing = class_folders(root)
     names = {}
     for name in cfg.seen_classes + cfg.unseen_classes:
         on_disk = existing.get(unicodedata.normalize("NFC", name), [])
+        if not on_disk and cfg.labels_file is not None:
+            continue
         if not on_disk:
             close = difflib.get_close_matches(name, list(existing), n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -162,31 +169,47 @@ def check_data_root(cfg):
     return root
 
 
-def listed_images(cfg, root):
-    """{class: (image paths relative to root, capped by max_images_per_class; ignored (path, reason) pairs)}."""
+def listed_images(cfg, root, tables=None):
+    """{class: (image paths as split.csv holds them, capped by max_images_per_class; ignored (path, reason)
+    pairs)}: the class folder's images (relative to root), then those the labels tables give the class (relative
+    to root where they are under it, else absolute), each once; tables: label_tables.read_labels's, read here
+    when not given."""
+    tables = label_tables.read_labels(cfg, root) if tables is None else tables
+    from_tables = tables.labelled()
+    folders = folder_names(cfg, root)
     listing = {}
-    for name, folder in folder_names(cfg, root).items():
-        images, ignored = list_class_files(root / folder)
-        listing[name] = (cap_images([f"{folder}/{f}" for f in images], cfg), [(f"{folder}/{f}", r) for f, r in ignored])
+    for name in cfg.seen_classes + cfg.unseen_classes:
+        images, ignored = list_class_files(root / folders[name]) if name in folders else ([], [])
+        images = [f"{folders[name]}/{f}" for f in images]
+        in_folder = set(images)
+        images += [p for p in from_tables.get(name, []) if p not in in_folder]
+        listing[name] = (cap_images(images, cfg), [(f"{folders[name]}/{f}", r) for f, r in ignored])
     return listing
 
 
 def inspect_all(cfg, root, paths):
-    """inspect_file of every path (relative to root), in worker processes when there are many."""
+    """inspect_file of every path (relative to root, or absolute), in worker processes when there are many; a
+    file listed by a table that does not exist is said so plainly."""
     check = functools.partial(image_io.inspect_file, side=cfg.image_size)
     absolute = [str(root / p) for p in paths]
+    present = absolute if cfg.labels_file is None else [p for p in absolute if os.path.lexists(p)]
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
-    if workers > 1 and len(paths) > 2000:
+    if workers > 1 and len(present) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            return list(pool.map(check, absolute, chunksize=256))
-    return [check(p) for p in absolute]
+            results = list(pool.map(check, present, chunksize=256))
+    else:
+        results = [check(p) for p in present]
+    if present is absolute:
+        return results
+    found = dict(zip(present, results))
+    return [found.get(p, (MISSING, [], None)) for p in absolute]
 
 
-def scan(cfg):
-    """Check every image of the configured classes. Returns (files per class, skipped rows, ignored rows,
-    note rows, sha256 per readable file)."""
+def scan(cfg, tables=None):
+    """Check every image of the configured classes (tables: label_tables.read_labels's, read here when not
+    given). Returns (files per class, skipped rows, ignored rows, note rows, sha256 per readable file)."""
     root = check_data_root(cfg)
-    listing = listed_images(cfg, root)
+    listing = listed_images(cfg, root, tables)
     paths = [p for images, _ in listing.values() for p in images]
     results = dict(zip(paths, inspect_all(cfg, root, paths)))
     files, skipped, ignored, notes, digests = {}, [], [], [], {}
@@ -197,6 +220,11 @@ def scan(cfg):
         ignored += [{"path": p, "label": name, "reason": r} for p, r in others]
         notes += [{"path": p, "label": name, "note": n, "detail": d} for p in images for n, d in results[p][1]]
         digests.update({p: results[p][2] for p in files[name]})
+        if not files[name] and cfg.labels_file is not None:
+            raise lab.LabError(f"The class {name!r} has no readable images: {len(images)} image file(s) in its class "
+                               f"folder under {root} and the labels tables together, {len(others)} other entries. "
+                               f"Check its spelling against the tables' labels (or the labels_map), add images, or "
+                               f"remove {name!r} from the class lists in configfile.py.")
         if not files[name]:
             raise lab.LabError(f"The class folder {root / name} holds no readable images ({len(images)} image "
                                f"files, {len(others)} other entries). Put its images there (jpg, png, tif, bmp, "
@@ -290,3 +318,8 @@ def print_summary(summary, split):
         print(f"  {r['group']:<12} {r['class']:<32} {r['images']:>7}  {100 * r['share']:6.2f} %")
     counts = split.groupby(["split"]).size().to_dict()
     print("split sizes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "val", "test", "unseen")))
+    rounds = pd.to_numeric(split["round"]) if "round" in split else pd.Series(0, index=split.index)
+    if rounds.max() > 0:
+        grown = split[rounds > 0].groupby("split").size().to_dict()
+        print(f"  of them added since the first draw, as the data grew ({rounds.max()} time(s)): "
+              + ", ".join(f"{k} {grown.get(k, 0)}" for k in ("train", "val", "test", "unseen")))

@@ -1,7 +1,8 @@
 """The split: drawn once (stratified, seeded, byte-identical copies together), written to results/, and checked
-against the files on disk by every later script (a changed folder asks for the rebuild command). Writes
-results/split.csv, split.json, dataset_summary.csv, skipped_files.csv, ignored_files.csv, image_notes.csv and
-duplicates.csv.
+against the files and labels on disk by every later script. When the data grows, the rows already split keep
+their split and the new ones are split by the same rule (`round` counts the growths); a changed or removed row
+asks for the rebuild command. Writes results/split.csv, split.json, dataset_summary.csv, label_sources.csv,
+unused_labels.csv, skipped_files.csv, ignored_files.csv, image_notes.csv and duplicates.csv.
 """
 import os
 import sys
@@ -10,9 +11,11 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, data_folders, image_io, manifest, output_lock
+from lab import artifacts, data_folders, image_io, label_tables, manifest, output_lock
 
-SPLIT_COLUMNS = ["path", "label", "split", "bytes"]  # bytes: to recognise the same files after a move
+# bytes: to recognise the same files after a move; round: 0 for the rows of the first draw, k for those added when
+# the data grew the k-th time. path: relative to data_root, or absolute for a table's image outside it.
+SPLIT_COLUMNS = ["path", "label", "split", "bytes", "round"]
 
 
 SKIPPED_COLUMNS = ["path", "label", "stage", "reason"]
@@ -70,7 +73,54 @@ def draw_split(cfg, files, digests=None):
         rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
     for row in rows:
         row["bytes"] = os.path.getsize(root / row["path"])
-    return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
+    return pd.DataFrame(rows, columns=SPLIT_COLUMNS[:4]).assign(round=0)
+
+
+def extend_split(cfg, previous, files, digests):
+    """previous (split.csv as read) grown by the scanned files it lacks: every row of previous keeps its split and
+    the new rows get round = previous's last round + 1. The draw's rule, seeded by (seed, round): the new images
+    of a seen class fill its val and test parts up to the shares of the grown class (at least one each), in a
+    seeded order, the rest go to train; a copy of an image already split goes where it is, an image new to two
+    seen classes to train, an unseen class's images to unseen."""
+    old = previous.assign(round=previous["round"] if "round" in previous else "0").astype(str)
+    this_round = int(pd.to_numeric(old["round"]).max()) + 1
+    known = set(zip(old["path"], old["label"]))
+    placed = {}
+    for p, part in zip(old["path"], old["split"]):
+        if part != "unseen":
+            placed.setdefault(digests.get(p) or p, part)
+    new = {c: [p for p in files[c] if (p, c) not in known] for c in cfg.seen_classes + cfg.unseen_classes}
+    owners = {}
+    for c in cfg.seen_classes:
+        for p in new[c]:
+            owners.setdefault(digests.get(p) or p, set()).add(c)
+    rng = np.random.default_rng([cfg.seed, this_round])
+    rows = []
+    for c in cfg.seen_classes:
+        paths, free = new[c], []
+        before = old.loc[old["label"] == c, "split"].value_counts()
+        total = int(before.sum()) + len(paths)
+        wanted = {"val": max(1, round(total * cfg.val_fraction)) - before.get("val", 0),
+                  "test": max(1, round(total * cfg.test_fraction)) - before.get("test", 0), "train": len(paths)}
+        for g in _duplicate_groups(paths, digests):
+            key = digests.get(paths[g[0]]) or paths[g[0]]
+            part = placed.get(key) or ("train" if len(owners[key]) > 1 else None)
+            if part:
+                rows += [{"path": paths[i], "label": c, "split": part} for i in g]
+            else:
+                free.append(g)
+        taken = {"val": 0, "test": 0, "train": 0}
+        for g in [free[i] for i in rng.permutation(len(free))]:
+            part = next(part for part in ("val", "test", "train") if taken[part] < wanted[part])
+            taken[part] += len(g)
+            rows += [{"path": paths[i], "label": c, "split": part} for i in g]
+    for c in cfg.unseen_classes:
+        rows += [{"path": p, "label": c, "split": "unseen"} for p in new[c]]
+    root = artifacts.resolve(cfg.data_root)
+    for row in rows:
+        row.update(bytes=os.path.getsize(root / row["path"]), round=this_round)
+    added = pd.DataFrame(rows, columns=SPLIT_COLUMNS).astype(str)
+    return pd.concat([old, added], ignore_index=True), added
 
 
 def split_identity(cfg):
@@ -81,21 +131,29 @@ def split_identity(cfg):
             "test_fraction": cfg.test_fraction, "seed": cfg.seed}
 
 
-def make_split(cfg):
-    """Scan the data root, draw the split and write it with the scan's reports as one set (manifest.py's "split",
-    made by dataloader.py): they are published together, so section 1 of the report never shows the counts of
-    one split beside another."""
-    files, skipped, ignored, notes, digests = data_folders.scan(cfg)
+def make_split(cfg, previous=None):
+    """Scan, draw the split (or grow previous, split.csv as read, by the new images) and write every report."""
+    root = data_folders.check_data_root(cfg)
+    tables = label_tables.read_labels(cfg, root, announce=True)
+    files, skipped, ignored, notes, digests = data_folders.scan(cfg, tables)
     summary = data_folders.summarise(cfg, files, skipped, ignored)
     duplicates = data_folders.find_duplicates(cfg, files, digests)
     data_folders.report_duplicates(duplicates)
-    split = draw_split(cfg, files, digests)
+    added = None
+    if previous is None:
+        split = draw_split(cfg, files, digests)
+    else:
+        split, added = extend_split(cfg, previous, files, digests)
     ignored = pd.DataFrame(ignored, columns=data_folders.IGNORED_COLUMNS)
     notes = pd.DataFrame(notes, columns=data_folders.NOTE_COLUMNS)
-    identity = {**split_identity(cfg), "data_root": str(artifacts.resolve(cfg.data_root))}
+    labels = [{k: s[k] for k in ("source", "kind", "sha256")} for s in tables.sources]
+    identity = {**split_identity(cfg), "data_root": str(root), "labels_tables": labels}
+    sources = label_tables.source_counts(root, tables, files, skipped)
     with manifest.OutputSet(cfg, "split") as out:
         out.save_csv("results", "duplicates.csv", duplicates)
         out.save_csv("results", "dataset_summary.csv", summary)
+        out.save_csv("results", "label_sources.csv", sources)
+        out.save_csv("results", "unused_labels.csv", label_tables.unused_rows(tables))
         out.save_csv("results", "skipped_files.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
         out.save_csv("results", "ignored_files.csv", ignored)
         out.save_csv("results", "image_notes.csv", notes)
@@ -103,7 +161,12 @@ def make_split(cfg):
         out.save_csv("results", "split.csv", split)
         out.publish(**identity)
     data_folders.print_summary(summary, split)
+    label_tables.print_sources(sources)
     data_folders.print_file_report(ignored, notes)
+    if added is not None:
+        parts = ", ".join(f"{k} {n}" for k, n in added["split"].value_counts().items()) or "none readable"
+        print(f"[split] the data grew: {len(added)} new image(s) added to results/split.csv ({parts}); the "
+              f"{len(previous)} rows already split keep their split")
     return split
 
 
@@ -135,22 +198,28 @@ def record_trunk_failures(cfg, split_rows, ok):
 
 
 def verify_split(cfg, split):
-    """Stop with the rebuild command if the files on disk are no longer those split.csv was drawn from."""
+    """The (path, label) pairs on disk that split.csv lacks (the data grew), sorted; stops with the rebuild command
+    when rows of split.csv were removed or relabelled since it was made."""
     rebuild = "python dataloader.py --rebuild_split=True"
     root = data_folders.check_data_root(cfg)  # a missing folder is the clearer message
-    on_disk = {p for images, _ in data_folders.listed_images(cfg, root).values() for p in images}
+    on_disk = {(p, c) for c, (images, _) in data_folders.listed_images(cfg, root).items() for p in images}
     skipped = read_skipped(cfg)
-    unreadable = set(skipped.loc[skipped["stage"] == "scan", "path"]) & on_disk
-    repaired = {p for p in unreadable if image_io.check_image(root / p) is None}  # fixed since: it comes back
+    unreadable_paths = set(skipped.loc[skipped["stage"] == "scan", "path"])
+    unreadable = {pair for pair in on_disk if pair[0] in unreadable_paths}
+    repaired = {pair for pair in unreadable if image_io.check_image(root / pair[0]) is None}  # fixed since: back
     on_disk -= unreadable - repaired
-    in_split = set(split["path"])
+    in_split = set(zip(split["path"], split["label"]))
     added, removed = sorted(on_disk - in_split), sorted(in_split - on_disk)
-    if added or removed:
-        examples = ", ".join((removed + added)[:4])
-        fixed = f" ({len(repaired)} of them unreadable before and readable now)" if repaired else ""
-        raise lab.LabError(f"results/split.csv no longer matches the files in {root}: {len(added)} image(s) were "
-                           f"added{fixed} and {len(removed)} removed since it was made (e.g. {examples}). Rebuild "
-                           f"the split with `{rebuild}` and retrain with `python train.py`.")
+    where = f"{root}{' and the labels tables' if cfg.labels_file is not None else ''}"
+    fixed = f" ({len(repaired & set(added))} of them unreadable before and readable now)" if repaired else ""
+    if removed:
+        relabelled = len({p for p, _ in removed} & {p for p, _ in added})
+        changed = f" ({relabelled} of them relabelled: listed under another class now)" if relabelled else ""
+        examples = ", ".join(p for p, _ in (removed + added)[:4])
+        raise lab.LabError(f"results/split.csv no longer matches the files in {where}: {len(added)} image(s) were "
+                           f"added{fixed} and {len(removed)} removed{changed} since it was made (e.g. {examples}). "
+                           f"Rebuild the split with `{rebuild}` and retrain with `python train.py`.")
+    return added, f"{len(added)} image(s) were added to {where}{fixed} since results/split.csv was made"
 
 
 def read_split_file(cfg):
@@ -159,7 +228,7 @@ def read_split_file(cfg):
     if not path.exists():
         return None
     split = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape")
-    if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:3]):  # an earlier version had no bytes column
+    if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:4], SPLIT_COLUMNS[:3]):  # earlier versions' too
         raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
                            f"rebuild it with `python dataloader.py --rebuild_split=True`.")
     return split
@@ -178,8 +247,10 @@ def same_files(root, split):
     return True
 
 
-def load_split(cfg, verify=True):
-    """The persisted split: drawn and written on first use or for other settings, checked against the disk."""
+def load_split(cfg, verify=True, grow=True):
+    """The persisted split: drawn and written on first use or for other settings, checked against the disk. New
+    images join it (grow, train.py and dataloader.py), every row already split keeping its split; without grow
+    (the scripts after training) they stop the run with the command that adds them."""
     split = None if cfg.rebuild_split else read_split_file(cfg)
     if split is not None:
         identity_path = artifacts.out_path(cfg, "results", "split.json")
@@ -198,7 +269,14 @@ def load_split(cfg, verify=True):
         output_lock.ensure_output_dirs(cfg, ("results",))
         return make_split(cfg)
     if verify:
-        verify_split(cfg, split)
+        added, what = verify_split(cfg, split)
+        if added and not grow:
+            raise lab.LabError(f"{what} (e.g. {', '.join(p for p, _ in added[:4])}); the model was trained "
+                               f"without them. `python train.py` adds them to the split, every row already split "
+                               f"keeping its split, and retrains; or remove them to use this model as it is.")
+        if added:
+            output_lock.ensure_output_dirs(cfg, ("results",))
+            return make_split(cfg, previous=split)
     return split
 
 
