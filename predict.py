@@ -14,7 +14,7 @@ not entered; a file that does not decode is skipped). The training images themse
   results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
   results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
-  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (see ecotaxa_frame)
+  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (lab/ecotaxa.py)
   cache/predict_<key>.npz            logits, embeddings and decoded flags of each chunk of CHUNK images
 Scales: the images go through the trunk CHUNK at a time, and each chunk's outputs are cached under a key of its
 files (paths, sizes, modification times), the image size, the trunk weights, the precision and the checkpoint.
@@ -37,6 +37,7 @@ from lab import (
     checkpoint,
     config,
     data_folders,
+    ecotaxa,
     embedding_files,
     image_io,
     output_lock,
@@ -174,34 +175,15 @@ def count_table(counts):
 
 
 # --------------------------------------------------------------------------- EcoTaxa
-def ecotaxa_names(classes):
-    """EcoTaxa column names are Table_field in lower case: object_p_<class> with the class made safe."""
-    names, seen = {}, set()
-    for i, c in enumerate(classes):
-        name = "object_p_" + re.sub(r"[^a-z0-9_]+", "_", c.lower()).strip("_")
-        name = name if name not in seen else f"{name}_{i}"
-        seen.add(name)
-        names[c] = name
-    return names
-
-
 def ecotaxa_frame(predictions, classes, score_name, used_ids):
     """EcoTaxa's import columns for a block of predictions.csv: img_file_name (relative to predict_dir: put the
     TSV at the folder's top), a unique object_id, the predicted category, status 'predicted', then the scores."""
-    ids = []
-    for path in predictions["path"]:
-        base = re.sub(r"\.[^./]*$", "", path).replace("/", "__")
-        object_id, n = base, 1
-        while object_id in used_ids:  # a.jpg and a.png in one folder
-            n += 1
-            object_id = f"{base}_{n}"
-        used_ids.add(object_id)
-        ids.append(object_id)
-    frame = pd.DataFrame({"img_file_name": predictions["path"].values, "object_id": ids,
+    frame = pd.DataFrame({"img_file_name": predictions["path"].values,
+                          "object_id": ecotaxa.object_ids(predictions["path"], used_ids),
                           "object_annotation_category": predictions["predicted"].values,
                           "object_annotation_status": "predicted",
                           "object_probability": predictions["probability"].values})
-    for c, name in ecotaxa_names(classes).items():
+    for c, name in ecotaxa.probability_columns(classes).items():
         frame[name] = predictions[f"p_{c}"].values
     frame[f"object_novelty_{score_name}"] = predictions[f"novelty_{score_name}"].values
     frame["object_possibly_new"] = predictions["possibly_new"].astype(int).values
@@ -212,19 +194,10 @@ def write_ecotaxa(cfg, classes, score_name):
     """results/ecotaxa_predictions.tsv: header row, then EcoTaxa's type row ([t] text, [f] number), then data."""
     source = artifacts.out_path(cfg, "results", "predictions.csv")
     used_ids = set()
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            first = True
-            text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
-            for block in pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False):
-                frame = ecotaxa_frame(block, classes, score_name, used_ids)
-                if first:
-                    f.write("\t".join(frame.columns) + "\n")
-                    f.write("\t".join("[t]" if i < 4 else "[f]" for i in range(len(frame.columns))) + "\n")
-                    first = False
-                frame.to_csv(f, sep="\t", header=False, index=False)
-    return artifacts.atomic_write(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), write)
+    text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
+    blocks = (ecotaxa_frame(block, classes, score_name, used_ids)
+              for block in pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False))
+    return ecotaxa.write_table(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), blocks)
 
 
 # --------------------------------------------------------------------------- main
