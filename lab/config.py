@@ -114,6 +114,9 @@ def validate_config(c):
         bad(f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least novelty_knn_k x "
             f"the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {c.novelty_knn_k * len(c.seen_classes)}): "
             f"the kNN score needs novelty_knn_k neighbours of each class in its reference (default 20000).")
+    if c.audit_folds < 2:
+        bad(f"audit_folds={c.audit_folds} must be at least 2: each image is scored by a head trained on the other "
+            f"folds (the default is 5).")
     if c.num_workers < 0 or c.seed < 0 or c.max_images_per_class < 0 or c.min_images_per_class < 3:
         bad("num_workers, seed and max_images_per_class must be >= 0 and min_images_per_class >= 3.")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
