@@ -2,7 +2,8 @@
 
 Reads the artifacts of all earlier scripts (results/*.csv, results/*.json, figs/*.png), and the images of the
 2-D map's points for their thumbnails; the novelty results (results/novelty.csv, figs/novelty_*.png) and
-predict.py's results (results/predictions.csv, results/prediction_counts.csv) when they exist.
+predict.py's results (results/predictions.csv, results/prediction_counts.csv) and the label audit's
+(results/label_issues.csv, figs/label_issues.png: audit.py) when they exist.
 Writes results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript inlined, no
 server, no network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each point's
 image, class, split, file name and prediction on hover (see interactive_map.py).
@@ -23,6 +24,7 @@ NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
 # Free-text columns (class names, paths) of the optional tables, read back exactly as written.
 PREDICTION_TEXT = ("path", "predicted", "class", "top1_class", "top2_class", "top3_class")
 NOVELTY_TEXT = ("score", "unseen_class", "group", "class")
+AUDIT_TEXT = ("path", "split", "label", "suggested_label", "corrected_label")
 TABLE_ROWS = 30  # longer optional tables are cut in the page; the CSV holds them all
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"
          "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555}"
@@ -74,6 +76,8 @@ def check_results_belong_together(cfg):
     sections = dict(SECTION_INPUTS)
     if artifacts.out_path(cfg, "results", "novelty.csv").exists():
         sections["novelty"] = "embeddings"
+    if artifacts.out_path(cfg, "results", "label_issues.csv").exists():
+        sections["audit"] = "checkpoint"
     stale += [script for script, needs in sections.items()
               if current[needs] is None or (provenance.recorded_inputs(cfg, script) or {}).get(needs) != current[needs]]
     if stale:
@@ -101,7 +105,9 @@ def map_section(cfg, results, figs):
                                           ("path", "label", "predicted"))
     predictions = (artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT)
                    if (results / "predictions.csv").exists() else None)
-    points = interactive_map.map_points(coords, test_predictions, predictions)
+    issues = (artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT)
+              if (results / "label_issues.csv").exists() else None)
+    points = interactive_map.map_points(coords, test_predictions, predictions, issues)
     method = str(coords["method"].iloc[0]) if "method" in coords and len(coords) else cfg.reduction_method
     layout = interactive_map.build_map(points, method)
     splits = ", ".join(f"{s} {n}" for s, n in points["split"].value_counts(sort=False).items())
@@ -134,7 +140,25 @@ def optional_sections(cfg, results, figs):
             text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
                     f"</code> classified{mean}; {where}.</p>")
         parts.append("<h2>Predictions for new images</h2>" + text + _short_table(counts, "prediction_counts.csv"))
+    if (results / "label_issues.csv").exists():
+        parts.append(audit_section(results, figs))
     return parts
+
+
+def audit_section(results, figs):
+    """The label audit: how many labels cleanlab flags, per split, the flagged ones and the top suspects."""
+    issues = artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT)
+    flagged = issues[issues["flagged"]]
+    by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
+                         for s in ("train", "val", "test"))
+    return (f"<h2>Label audit: which labels look wrong?</h2><p>Each of the {len(issues)} labelled images was scored "
+            f"by a head trained without it ({int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
+            f"{len(flagged)} labels as likely wrong ({by_split}). Label quality is the out-of-fold probability of "
+            f"the given label. All images, most suspect first, are in results/label_issues.csv; the flagged ones "
+            f"in results/label_issues_ecotaxa.tsv, to review in EcoTaxa.</p>"
+            + _short_table(flagged[["rank", "path", "split", "label", "suggested_label", "label_quality"]],
+                           "label_issues.csv")
+            + _figure(figs / "label_issues.png", "The most suspect labels", "audit.py"))
 
 
 def first_sections(cfg, results, figs, inputs_by_script):
