@@ -242,3 +242,48 @@ def test_the_pipeline_reports_the_audit_and_its_map_shows_label_quality(tiny_pip
     page = artifacts.out_path(cfg, "results", "report.html").read_text()
     assert "Label audit: which labels look wrong?" in page
     assert page.count("label quality ") >= cfg.umap_samples_per_split // 2  # train and test points of the map
+
+
+# --------------------------------------------------------------------------- the benchmark (bench/bench_audit.py)
+def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_the_scratch_split_only(make_cfg):
+    from bench import bench_audit
+    cfg, _ = make_cfg()
+    seen = pd.DataFrame({"path": [f"{c}/{i}.png" for c in cfg.seen_classes for i in range(20)],
+                         "label": [c for c in cfg.seen_classes for _ in range(20)], "split": "train", "bytes": "1"})
+    seen.loc[::5, "split"] = "test"
+    unseen = pd.DataFrame({"path": ["Retaria/0.png"], "label": ["Retaria"], "split": ["unseen"], "bytes": ["1"]})
+    original = pd.concat([seen, unseen], ignore_index=True)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
+    flipped = bench_audit.flip_labels(cfg, 0.05, seed=3)
+    after = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dtype=str)
+    changed = after["label"] != original["label"]
+    assert changed.sum() == len(flipped) == 6 and set(after.loc[changed, "path"]) == flipped  # 5 % of 120
+    assert set(after.loc[changed, "label"]) <= set(cfg.seen_classes) and not changed.iloc[-1]
+    assert (after.drop(columns="label") == original.drop(columns="label")).all().all()
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
+    assert bench_audit.flip_labels(cfg, 0.05, seed=3) == flipped  # seeded
+
+
+def test_the_benchmark_counts_flips_in_the_top_shares_and_the_flags_precision():
+    from bench import bench_audit
+    issues = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "flagged": [True] * 3 + [False] * 37})
+    found = bench_audit.found_shares(issues, {"0.png", "1.png", "3.png", "30.png"})
+    assert (found["top_5"], found["top_10"]) == (0.5, 0.75)  # top 2 and top 4 of 40
+    assert found["precision"] == pytest.approx(2 / 3) and found["recall"] == 0.5 and found["flips"] == 4
+
+
+@pytest.mark.slow
+def test_audit_benchmark_quick_run_reports_every_row(tmp_path):
+    import json
+
+    from bench import bench_audit
+    from conftest import shared_dataset
+    shared_dataset("ndsb9")
+    raw = bench_audit.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
+    saved = json.loads((tmp_path / "results" / "audit_benchmark.json").read_text())
+    rows = {r["what"]: r for r in saved["rows"]}
+    assert set(rows) == {"audit: flips found", "audit: cleanlab's flags", "audit: wall time", "audit: growth",
+                         "audit: demo share"}
+    assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))
+    assert raw["found"]["flips"] == round(0.05 * raw["found"]["images"]) and raw["found"]["seconds"] > 0
+    assert raw["growth"]["large"]["images"] == bench_audit.GROWTH_FACTOR * raw["growth"]["small"]["images"]
