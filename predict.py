@@ -14,7 +14,7 @@ not entered; a file that does not decode is skipped). The training images themse
   results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
   results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
-  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (see ecotaxa_frame); a file
+  results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (lab/ecotaxa.py); a file
                                      whose name is not valid UTF-8 is left out of it (EcoTaxa could not match it
                                      to the file in the zip) and listed in results/ecotaxa_left_out.csv
   results/predict_manifest.json      written last (manifest.py): every file above with its digest, and what they
@@ -46,6 +46,7 @@ from lab import (
     checkpoint,
     config,
     data_folders,
+    ecotaxa,
     embedding_files,
     image_io,
     manifest,
@@ -194,36 +195,15 @@ def count_table(counts):
 
 
 # --------------------------------------------------------------------------- EcoTaxa
-def ecotaxa_names(classes):
-    """EcoTaxa's import takes column names in lower case (Table_field: letters, digits and _ only), so a class's
-    score column is object_p_<class> lower-cased and made safe: object_p_rhabdonellidae for Rhabdonellidae. The
-    class names themselves keep their case, in object_annotation_category as in predictions.csv."""
-    names, seen = {}, set()
-    for i, c in enumerate(classes):
-        name = "object_p_" + re.sub(r"[^a-z0-9_]+", "_", c.lower()).strip("_")
-        name = name if name not in seen else f"{name}_{i}"
-        seen.add(name)
-        names[c] = name
-    return names
-
-
 def ecotaxa_frame(predictions, classes, score_name, used_ids):
     """EcoTaxa's import columns for a block of predictions.csv: img_file_name (relative to predict_dir: put the
     TSV at the folder's top), a unique object_id, the predicted category, status 'predicted', then the scores."""
-    ids = []
-    for path in predictions["path"]:
-        base = re.sub(r"\.[^./]*$", "", path).replace("/", "__")
-        object_id, n = base, 1
-        while object_id in used_ids:  # a.jpg and a.png in one folder
-            n += 1
-            object_id = f"{base}_{n}"
-        used_ids.add(object_id)
-        ids.append(object_id)
-    frame = pd.DataFrame({"img_file_name": predictions["path"].values, "object_id": ids,
+    frame = pd.DataFrame({"img_file_name": predictions["path"].values,
+                          "object_id": ecotaxa.object_ids(predictions["path"], used_ids),
                           "object_annotation_category": predictions["predicted"].values,
                           "object_annotation_status": "predicted",
                           "object_probability": predictions["probability"].values})
-    for c, name in ecotaxa_names(classes).items():
+    for c, name in ecotaxa.probability_columns(classes).items():
         frame[name] = predictions[f"p_{c}"].values
     frame[f"object_novelty_{score_name}"] = predictions[f"novelty_{score_name}"].values
     frame["object_possibly_new"] = predictions["possibly_new"].astype(int).values
@@ -255,8 +235,7 @@ def write_ecotaxa(out, classes, score_name):
                 left_out.extend(block["path"][~readable])
                 frame = ecotaxa_frame(block[readable], classes, score_name, used_ids)
                 if number == 0:
-                    f.write("\t".join(frame.columns) + "\n")
-                    f.write("\t".join("[t]" if i < 4 else "[f]" for i in range(len(frame.columns))) + "\n")
+                    f.write("\t".join(frame.columns) + "\n" + "\t".join(ecotaxa.type_row(frame)) + "\n")
                 frame.to_csv(f, sep="\t", header=False, index=False)
     out.write("results", "ecotaxa_predictions.tsv", write)
     if left_out:
@@ -269,8 +248,9 @@ def ecotaxa_note(cfg, classes, left_out, folder):
     left out of it."""
     example = next((c for c in classes if c != c.lower()), classes[0])
     print(f"[predict] EcoTaxa table: {artifacts.out_path(cfg, 'results', 'ecotaxa_predictions.tsv')}. Its column "
-          f"names are lower case because EcoTaxa's import takes no other ({ecotaxa_names(classes)[example]} is the "
-          f"class {example!r}); object_annotation_category keeps the class names as predictions.csv does")
+          f"names are lower case because EcoTaxa's import takes no other "
+          f"({ecotaxa.probability_columns(classes)[example]} is the class {example!r}); object_annotation_category "
+          f"keeps the class names as predictions.csv does")
     if left_out:
         print(f"warning: {plural(len(left_out), 'file')} whose name is not valid UTF-8 (e.g. "
               f"'{artifacts.printable(left_out[0])}') are left out of the EcoTaxa table, which could not match them "

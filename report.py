@@ -2,10 +2,11 @@
 
 Reads checkpoints/best.pth (train.py), the artifacts of all earlier scripts (results/*.csv, results/*.json,
 figs/*.png) as the output sets their manifests prove whole (results/<set>_manifest.json, see lab/manifest.py),
-and the images of the 2-D map's points for their thumbnails; the novelty results and predict.py's results when
-they exist. Writes results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript
-inlined, no server, no network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each
-point's image, class, split, file name and prediction on hover (see interactive_map.py).
+and the images of the 2-D map's points for their thumbnails; the novelty results, predict.py's results and the
+label audit's (results/label_issues.csv, figs/label_issues.png: audit.py) when they exist. Writes
+results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript inlined, no server, no
+network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each point's image, class,
+split, file name and prediction on hover (see interactive_map.py).
 
 One run, one story: the page describes the run of the checkpoint (its split, its classes, its data root), and
 everything it shows or joins together is proven to come from that run by the digests the manifests record, never
@@ -41,6 +42,7 @@ NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
 # Free-text columns (class names, paths) of the optional tables, read back exactly as written.
 PREDICTION_TEXT = ("path", "predicted", "class", "top1_class", "top2_class", "top3_class")
 NOVELTY_TEXT = ("score", "unseen_class", "group", "class")
+AUDIT_TEXT = ("path", "split", "label", "suggested_label", "corrected_label")
 TABLE_ROWS = 30  # longer optional tables are cut in the page; the CSV holds them all
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%;max-height:560px}"
          "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555}"
@@ -84,6 +86,11 @@ SECTION_INPUTS = {"train": "checkpoint", "evaluate": "checkpoint", "compute_aver
                   "dimensionality_reduction": "embeddings", "transfer_learning": "embeddings"}
 
 
+def audit_ran(cfg):
+    return (manifest.manifest_path(cfg, "audit").exists()
+            or artifacts.out_path(cfg, "results", "label_issues.csv").exists())
+
+
 def novelty_ran(cfg):
     return (manifest.manifest_path(cfg, "novelty").exists()
             or artifacts.out_path(cfg, "results", "novelty.csv").exists())
@@ -99,7 +106,8 @@ def check_results_belong_together(cfg, checkpoint_digest):
         current["embeddings"] = current["embeddings_meta"]["set"]
     except lab.LabError:
         problems["embed"] = "made from another checkpoint, or not one whole set"
-    sections = dict(SECTION_INPUTS, **({"novelty": "embeddings"} if novelty_ran(cfg) else {}))
+    sections = dict(SECTION_INPUTS, **({"novelty": "embeddings"} if novelty_ran(cfg) else {}),
+                    **({"audit": "checkpoint"} if audit_ran(cfg) else {}))
     for script, needs in sections.items():
         published, problem = manifest.check(cfg, script)
         if published is None:
@@ -235,7 +243,9 @@ def map_section(cfg, results, figs, run):
     if run.mapped:
         predictions = absolute(artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT),
                                run.predict["inputs"]["predict_dir"])
-    points = interactive_map.map_points(coords, absolute(test_predictions, embedded_root), predictions)
+    issues = (absolute(artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT), embedded_root)
+              if audit_ran(cfg) else None)
+    points = interactive_map.map_points(coords, absolute(test_predictions, embedded_root), predictions, issues)
     method = str(coords["method"].iloc[0]) if "method" in coords and len(coords) else cfg.reduction_method
     layout = interactive_map.build_map(points, method)
     splits = ", ".join(f"{s} {n}" for s, n in points["split"].value_counts(sort=False).items())
@@ -280,7 +290,8 @@ def optional_sections(cfg, results, figs, run):
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
     predicted = predictions_section(cfg, results, run)
-    return parts + ([predicted] if predicted else [])
+    audit = [audit_section(results, figs)] if audit_ran(cfg) else []
+    return parts + ([predicted] if predicted else []) + audit
 
 
 def labels_origin(results):
@@ -289,6 +300,22 @@ def labels_origin(results):
     if not path.exists():  # a split made before the lab wrote the file: class folders only
         return "<p>Labels: the names of the class folders.</p>"
     return "<p>Labels from:</p>" + _table(artifacts.read_csv(path, ("source", "kind", "sha256", "status")))
+
+
+def audit_section(results, figs):
+    """The label audit: how many labels cleanlab flags, per split, the flagged ones and the top suspects."""
+    issues = artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT)
+    flagged = issues[issues["flagged"]]
+    by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
+                         for s in ("train", "val", "test"))
+    return (f"<h2>Label audit: which labels look wrong?</h2><p>Each of the {len(issues)} labelled images was scored "
+            f"by a head trained without it ({int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
+            f"{len(flagged)} labels as likely wrong ({by_split}). Label quality is the out-of-fold probability of "
+            f"the given label. All images, most suspect first, are in results/label_issues.csv; the flagged ones "
+            f"in results/label_issues_ecotaxa.tsv, to review in EcoTaxa.</p>"
+            + _short_table(flagged[["rank", "path", "split", "label", "suggested_label", "label_quality"]],
+                           "label_issues.csv")
+            + _figure(figs / "label_issues.png", "The most suspect labels", "audit.py"))
 
 
 def distances_section(results, figs):

@@ -1,6 +1,7 @@
 """Run the whole mission in order: demo data, split, train, evaluate, embed, distances, 2-D map and galleries,
-transfer learning, novelty (telling unseen taxa from seen ones), report. predict.py is not a stage: it needs a
-folder of new images (`python predict.py --predict_dir=...` after this).
+transfer learning, novelty (telling unseen taxa from seen ones), the label audit (which labels look wrong),
+report. predict.py is not a stage: it needs a folder of new images (`python predict.py --predict_dir=...` after
+this).
 
 Reads what configfile.py and `--name=value` overrides say (the same overrides reach every stage). Writes every
 artifact of every script (see each script's docstring) and results/pipeline_timings.csv; ends with
@@ -15,6 +16,7 @@ import time
 
 import pandas as pd
 
+import audit
 import backbone
 import compute_average_distances
 import dataloader
@@ -30,7 +32,7 @@ from lab import artifacts, config, demo_data, runtime
 
 STAGES = (("split", dataloader), ("train", train), ("evaluate", evaluate), ("embed", embed),
           ("distances", compute_average_distances), ("reduction", dimensionality_reduction),
-          ("transfer", transfer_learning), ("novelty", novelty), ("report", report))
+          ("transfer", transfer_learning), ("novelty", novelty), ("audit", audit), ("report", report))
 ONCE = {"split": "--rebuild_split=", "train": "--resume="}  # acted on by that stage alone, not by the later ones
 
 

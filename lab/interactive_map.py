@@ -5,6 +5,7 @@ bokeh figure: pan and zoom, a tooltip with the point's thumbnail, class, split, 
 novelty score and the possibly-new flag for predict.py's images), a legend whose entries hide or show a class, and
 buttons that show the splits together or apart. `standalone_page` writes it into one HTML page with bokeh's
 JavaScript and every thumbnail inlined: no server, no network, no files beside it.
+Where the label audit (audit.py) has run, the tooltip of a labelled image also shows its label quality.
 Reads the image files the points name (for the thumbnails); writes nothing itself.
 """
 import base64
@@ -26,6 +27,7 @@ SPLIT_SYMBOLS = {"train": "\u25cf", "test": "\u25b2", "unseen": "\u25a0", "predi
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 NO_LABEL = "no label"
+AUDITED_SPLITS = ("train", "val", "test")  # the splits whose labels audit.py scores
 TOOLTIP = """
 <div style="display:flex;gap:8px;align-items:flex-start;max-width:340px;font:12px sans-serif">
   <img src="@thumbnail" width="64" height="64" alt="@file" style="border:1px solid #bbb;flex:none">
@@ -33,6 +35,7 @@ TOOLTIP = """
     <div style="font-size:13px"><b>@label</b> &middot; @split</div>
     <div style="color:#555;word-break:break-all">@file</div>
     <div>@{prediction}{safe}</div>
+    <div>@{audit}{safe}</div>
   </div>
 </div>
 """
@@ -95,10 +98,27 @@ def attach_predictions(points, split, table):
     return points
 
 
-def map_points(coords, test_predictions=None, predictions=None):
-    """One row per mapped point: x, y, split, label, colour_class, file, prediction, thumbnail (data: URI).
-    The tables' paths are absolute (see rows_by_path); a thumbnail is read from coords' `image` column where it
-    has one (the same files under another root), else from `path`."""
+def attach_label_quality(points, issues):
+    """The label audit's text (results/label_issues.csv, audit.py) on the labelled points it scored: the
+    label-quality score, and for a label cleanlab flags, the class the image looks like."""
+    points["audit"] = ""
+    if issues is None or issues.empty:
+        return points
+    chosen = np.flatnonzero(points["split"].isin(AUDITED_SPLITS).to_numpy())
+    matches = rows_by_path(points["path"].iloc[chosen], issues)  # absolute paths, as the others
+    quality, flagged, suggested = (issues[c].to_numpy() for c in ("label_quality", "flagged", "suggested_label"))
+    texts = ["" if m is None else f"label quality {quality[m]:.2f}" + (
+        f" &middot; <b>label suspect</b>: looks like {html.escape(str(suggested[m]))}" if flagged[m] else "")
+        for m in matches]
+    points.loc[points.index[chosen], "audit"] = pd.Series(texts, index=points.index[chosen], dtype=object)
+    return points
+
+
+def map_points(coords, test_predictions=None, predictions=None, issues=None):
+    """One row per mapped point: x, y, split, label, colour_class, file, prediction, audit (label quality, with
+    issues: the label audit's table), thumbnail (data: URI). The tables' paths are absolute (see rows_by_path); a
+    thumbnail is read from coords' `image` column where it has one (the same files under another root), else from
+    `path`."""
     points = coords[["x", "y", "split", "label", "path"]].copy().reset_index(drop=True)
     images = coords["image"].to_list() if "image" in coords else points["path"].to_list()
     points["label"] = points["label"].astype(object).where(points["label"].notna() & (points["label"] != ""), None)
@@ -106,6 +126,7 @@ def map_points(coords, test_predictions=None, predictions=None):
         points[column] = None
     points = attach_predictions(points, "test", test_predictions)
     points = attach_predictions(points, "predict", predictions)
+    points = attach_label_quality(points, issues)
     # Unlabelled images (predict) take the colour of the class they were predicted as.
     points["colour_class"] = points["label"].where(points["split"] != "predict", points["predicted"])
     points["colour_class"] = points["colour_class"].fillna(points["label"]).fillna(NO_LABEL)
@@ -146,7 +167,7 @@ export default (args, tool, {vars}) => {
     return (snap_sx - sx) ** 2 + (snap_sy - sy) ** 2 <= nearest
 }
 """
-MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "thumbnail"]
+MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "audit", "thumbnail"]
 
 
 def splits_present(points):

@@ -70,6 +70,11 @@ transfer_test_fraction = 0.30  # share of each unseen class held out to score tr
 transfer_max_images = 10000   # most images on each side of transfer learning: a seeded per-class sample above it
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
 
+# --- label audit (audit.py) -----------------------------------------------------------
+# Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a head trained on the other
+# folds (audit_folds heads in all, each for the main run's best epoch count), >= 2.
+audit_folds = 5
+
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------
 novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
 novelty_bank_max = 20000       # most training embeddings in the kNN score's reference (big classes sampled); 0: all

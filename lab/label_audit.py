@@ -1,0 +1,152 @@
+"""The label audit: out-of-fold class probabilities of every labelled image, and its given labels ranked by how
+likely they are wrong, with cleanlab (Confident Learning, Northcutt et al., JAIR 2021).
+
+The images (the train, validation and test splits together, as a trunk_cache.PooledSplit) fall into `folds`
+stratified folds, shuffled with the seed. For each fold a fresh head (each layer initialised anew, seeded) is
+trained on the cached trunk features of the other folds by the main run's rules (`FoldTraining`: its best epoch
+count, learning rate, batch size, class weighting and head precision); nothing is chosen on the fold's own images,
+which it then scores: their softmax probabilities are their out-of-fold probabilities. No trunk pass is run.
+cleanlab then gives each given label its quality (`cleanlab.rank.get_label_quality_scores`, self-confidence: the
+out-of-fold probability of the given label; lower = more likely wrong) and flags the likely label issues
+(`cleanlab.filter.find_label_issues`, pruning by the noise rates it estimates from the confident joint).
+Used by audit.py and bench/bench_audit.py; reads and writes nothing.
+"""
+import math
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import softmax
+
+import backbone
+import lab
+from lab import head_training, trunk_cache
+
+QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
+HEAD_PARTS = ("head_conv", "embedding", "classifier")  # the trainable layers of backbone.PlanktonNet
+# Settings of the main run that its best epoch count belongs to: each fold is trained with them.
+TRAINING_KEYS = ("lr", "batch_size", "class_weighting", "head_precision")
+
+
+@dataclass(frozen=True)
+class FoldTraining:
+    """How each fold's head is trained: the main run's rules."""
+    epochs: int
+    lr: float
+    batch_size: int
+    class_weighting: str
+    head_dtype: torch.dtype | None
+    seed: int
+
+    def with_epochs(self, epochs):
+        return replace(self, epochs=epochs)
+
+
+def fold_training(ckpt, cfg, device):
+    """The main run's rules from its checkpoint: its best epoch (checkpoints/best.pth's `epoch`), and the learning
+    rate, batch size, class weighting and head precision it was trained with (the current config's, for a
+    checkpoint that lacks one), the head precision resolved on this device as train.py resolves it."""
+    trained_with = {key: ckpt.get("config", {}).get(key, getattr(cfg, key)) for key in TRAINING_KEYS}
+    return FoldTraining(epochs=int(ckpt["epoch"]), lr=float(trained_with["lr"]),
+                        batch_size=int(trained_with["batch_size"]), class_weighting=trained_with["class_weighting"],
+                        head_dtype=backbone.head_dtype(trained_with["head_precision"], device), seed=cfg.seed)
+
+
+def assign_folds(labels, folds, seed):
+    """The fold (0 .. folds-1) of each image: stratified by label, shuffled with the seed. A class with fewer
+    images than folds is missing from some folds' held-out part, never from a training part."""
+    from sklearn.model_selection import StratifiedKFold
+    labels = np.asarray(labels)
+    largest = np.bincount(labels).max() if len(labels) else 0
+    if folds > largest:
+        raise lab.LabError(f"audit_folds={folds} is more than the images of the largest class ({largest}): a fold "
+                           f"needs at least one image of it. Lower audit_folds (the default is 5).")
+    fold = np.empty(len(labels), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, held_out) in enumerate(splitter.split(np.zeros((len(labels), 1)), labels)):
+            fold[held_out] = k
+    return fold
+
+
+def reset_head(model, seed):
+    """A fresh head, as a newly built model has: every layer's own initialisation, seeded (dropout's draws too).
+    The frozen trunk is left as it is: the folds train on its cached output and never run it."""
+    torch.manual_seed(seed)
+    for part in HEAD_PARTS:
+        for layer in getattr(model, part).modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()  # BatchNorm: its running statistics too
+
+
+def train_fold(model, data, training, device, fold, n_classes):
+    """Train a fresh head on data (the other folds' images) for training.epochs epochs, each in its seeded order."""
+    reset_head(model, training.seed * 1009 + fold)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
+    weights = head_training.class_weights(data.labels.numpy(), n_classes, training.class_weighting)
+    for epoch in range(1, training.epochs + 1):
+        shuffle = torch.Generator().manual_seed(training.seed * 100003 + 1000 * (fold + 1) + epoch)
+        loss, _ = head_training.run_epoch(model, data, device, training.batch_size, optimizer,
+                                          torch.randperm(len(data), generator=shuffle),
+                                          desc=f"audit fold {fold + 1} epoch {epoch}/{training.epochs}",
+                                          weights=weights, dtype=training.head_dtype)
+        if not math.isfinite(loss):
+            raise lab.LabError(f"The label audit's head diverged in fold {fold + 1}, epoch {epoch} (the loss became "
+                               f"NaN or infinite at lr={training.lr}, the main run's). Retrain with a lower learning "
+                               f"rate (`python train.py --lr=...`), then run audit.py again.")
+
+
+def out_of_fold_probabilities(model, data, fold, training, device, n_classes, log=print):
+    """(images x classes) softmax probabilities, each image's from the head trained without its fold."""
+    probabilities = np.zeros((len(data), n_classes))
+    folds = int(fold.max()) + 1 if len(fold) else 0
+    for k in range(folds):
+        held_out = np.flatnonzero(fold == k)
+        train_fold(model, data.subset(np.flatnonzero(fold != k)), training, device, k, n_classes)
+        logits = trunk_cache.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
+        probabilities[held_out] = softmax(logits.astype(np.float64), axis=1)
+        log(f"[audit] fold {k + 1}/{folds}: trained on {len(fold) - len(held_out)} images, scored {len(held_out)}")
+    return probabilities
+
+
+def rank_labels(labels, probabilities):
+    """(label quality, cleanlab's flag, rank) of each given label: rank 1 is the most suspect (the lowest quality;
+    equal qualities in image order)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    labels = np.asarray(labels)
+    quality = get_label_quality_scores(labels, probabilities, method=QUALITY_METHOD)
+    with warnings.catch_warnings():  # a class of very few images: cleanlab warns that it may miss some there
+        warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
+        flagged = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[np.argsort(quality, kind="stable")] = np.arange(1, len(labels) + 1)
+    return quality, np.asarray(flagged, dtype=bool), rank
+
+
+def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
+    """One row per image, the most suspect first: rank, path, split, label (given), suggested_label (the most
+    probable class out of fold), label_quality, flagged, corrected_label (empty: for the taxonomist's answer),
+    suggested_probability, fold (1..K) and p_<class> for every class."""
+    names = np.asarray(classes, dtype=object)
+    suggested = probabilities.argmax(1) if len(probabilities) else np.zeros(0, dtype=np.int64)
+    frame = pd.DataFrame({"rank": rank, "path": rows["path"].values, "split": rows["split"].values,
+                          "label": rows["label"].values, "suggested_label": names[suggested],
+                          "label_quality": quality, "flagged": flagged, "corrected_label": "",
+                          "suggested_probability": probabilities[np.arange(len(suggested)), suggested],
+                          "fold": fold + 1})
+    for i, c in enumerate(classes):
+        frame[f"p_{c}"] = probabilities[:, i]
+    return frame.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def audit_labels(model, data, classes, training, folds, device, log=print):
+    """The audit of every image of data (a PooledSplit of CachedSplits with their rows), as issue_table."""
+    labels = data.labels.numpy()
+    fold = assign_folds(labels, folds, training.seed)
+    probabilities = out_of_fold_probabilities(model, data, fold, training, device, len(classes), log)
+    quality, flagged, rank = rank_labels(labels, probabilities)
+    return issue_table(data.rows, classes, probabilities, quality, flagged, rank, fold)

@@ -1,0 +1,290 @@
+"""The label audit (audit.py, lab/label_audit.py): an out-of-fold head never saw the images it scores, planted label
+flips rank first, the cached splits pool without copies, the EcoTaxa table's layout, the map's hover text, and the
+stage end to end on the tiny demo. Synthetic sets are small and in memory: these tests are fast."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import audit
+import backbone
+import lab
+from lab import artifacts, config, ecotaxa, interactive_map, label_audit, provenance, trunk_cache
+
+CLASSES = ["alpha", "beta", "gamma"]
+IMAGE_SIZE = 32  # the trunk's output: 64 x 4 x 4
+
+
+def cached_split(features, labels, split):
+    """A CachedSplit of in-memory features, with split.csv-like rows (every image decoded)."""
+    rows = pd.DataFrame({"path": [f"{CLASSES[y]}/{split}_{i:03d}.png" for i, y in enumerate(labels)],
+                         "label": [CLASSES[y] for y in labels], "split": split})
+    return trunk_cache.CachedSplit(features.astype(np.float16), np.ones(len(labels), bool), labels, rows)
+
+
+def pooled(features, labels):
+    """The images as train, val and test parts (60/20/20 %), pooled as audit.py pools them."""
+    cut = np.cumsum([0, round(0.6 * len(labels)), round(0.2 * len(labels))])
+    parts = [cached_split(features[a:b], labels[a:b], s)
+             for s, a, b in zip(("train", "val", "test"), cut, [*cut[1:], len(labels)])]
+    return trunk_cache.PooledSplit(parts)
+
+
+def separable_set(per_class, seed=0):
+    """Features of three classes, each with its own block of raised channels, plus noise; shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(len(CLASSES)), per_class))
+    features = rng.normal(0, 1, (len(labels), backbone.TRUNK_CHANNELS, 4, 4))
+    for c in range(len(CLASSES)):
+        features[labels == c, 20 * c:20 * c + 20] += 2.5
+    return features, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The synthetic heads are tiny: one thread is fastest, and a busy machine cannot slow it down by contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return backbone.PlanktonNet(len(CLASSES), IMAGE_SIZE, None, 0, embedding_dim=16, dropout=0.0)
+
+
+def training(epochs, lr=3e-3, batch_size=32):
+    return label_audit.FoldTraining(epochs=epochs, lr=lr, batch_size=batch_size, class_weighting="none",
+                                    head_dtype=None, seed=0)
+
+
+def test_pooled_splits_batch_every_part_in_place_and_subsets_compose():
+    features, labels = separable_set(10)
+    data = pooled(features, labels)
+    everything = torch.cat([x for x, _ in data.batches(7)])
+    assert everything.shape == (30, 64, 4, 4)
+    assert torch.equal(everything, torch.from_numpy(features.astype(np.float16).astype(np.float32)))
+    assert list(data.rows["split"]) == ["train"] * 18 + ["val"] * 6 + ["test"] * 6
+    inner = data.subset([29, 3, 17, 20]).subset([0, 2, 3])  # positions 29, 17, 20: test, train, val
+    x, y = next(inner.batches(10))
+    assert list(inner.positions) == [29, 17, 20] and torch.equal(y, torch.as_tensor(labels[[29, 17, 20]]))
+    assert torch.equal(x, torch.from_numpy(features[[29, 17, 20]].astype(np.float16).astype(np.float32)))
+    assert list(inner.rows["path"]) == [data.rows["path"][i] for i in (29, 17, 20)]
+
+
+def test_folds_are_stratified_seeded_and_refused_beyond_the_largest_class():
+    labels = np.repeat([0, 1, 2], [20, 10, 5])
+    folds = label_audit.assign_folds(labels, 5, seed=3)
+    assert np.array_equal(folds, label_audit.assign_folds(labels, 5, seed=3))
+    assert not np.array_equal(folds, label_audit.assign_folds(labels, 5, seed=4))
+    for c, per_fold in ((0, 4), (1, 2), (2, 1)):
+        assert np.bincount(folds[labels == c], minlength=5).tolist() == [per_fold] * 5
+    with pytest.raises(lab.LabError, match="audit_folds=21"):
+        label_audit.assign_folds(labels, 21, seed=0)
+
+
+def test_an_out_of_fold_model_never_saw_the_images_it_scores(model, monkeypatch):
+    """What each fold's head was trained on (every run_epoch: always with an optimizer) and what it scored."""
+    features, labels = separable_set(12)
+    data = pooled(features, labels)
+    calls = []
+    real_epoch, real_outputs = label_audit.head_training.run_epoch, label_audit.trunk_cache.head_outputs
+
+    def epoch(model, part, device, batch_size, optimizer=None, *args, **kwargs):
+        calls.append(("train" if optimizer is not None else "loss", set(part.positions.tolist())))
+        return real_epoch(model, part, device, batch_size, optimizer, *args, **kwargs)
+
+    def outputs(model, part, *args, **kwargs):
+        calls.append(("score", set(part.positions.tolist())))
+        return real_outputs(model, part, *args, **kwargs)
+    monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
+    monkeypatch.setattr(label_audit.trunk_cache, "head_outputs", outputs)
+    folds, epochs = 4, 2
+    issues = label_audit.audit_labels(model, data, CLASSES, training(epochs), folds, torch.device("cpu"),
+                                      log=lambda _: None)
+
+    assert [kind for kind, _ in calls] == (["train"] * epochs + ["score"]) * folds  # no loss on held-out images
+    everything, scored_so_far = set(range(len(data))), set()
+    fold_of_path = dict(zip(issues["path"], issues["fold"]))
+    for k in range(folds):
+        block = calls[k * (epochs + 1):(k + 1) * (epochs + 1)]
+        trained_on, scored = block[0][1], block[-1][1]
+        assert all(positions == trained_on for _, positions in block[:-1])
+        assert not trained_on & scored and trained_on | scored == everything
+        assert not scored & scored_so_far
+        scored_so_far |= scored
+        assert {data.rows["path"][i] for i in scored} == {p for p, f in fold_of_path.items() if f == k + 1}
+    assert scored_so_far == everything
+
+
+def test_out_of_fold_probabilities_do_not_remember_labels_that_a_trained_head_memorises(model):
+    """Random labels on random features: a head scoring its own training images recalls their labels, an
+    out-of-fold head cannot (chance is 1/3)."""
+    rng = np.random.default_rng(1)
+    features, labels = rng.normal(0, 1, (36, 64, 4, 4)), rng.permutation(np.repeat([0, 1, 2], 12))
+    data, rules, cpu = pooled(features, labels), training(epochs=30, lr=5e-3, batch_size=36), torch.device("cpu")
+    folds = label_audit.assign_folds(labels, 3, seed=0)
+    out_of_fold = label_audit.out_of_fold_probabilities(model, data, folds, rules, cpu, 3, log=lambda _: None)
+    label_audit.train_fold(model, data, rules, cpu, 0, 3)
+    in_sample = trunk_cache.head_outputs(model, data, cpu, 36)[0]
+    assert (in_sample.argmax(1) == labels).mean() >= 0.9
+    assert (out_of_fold.argmax(1) == labels).mean() <= 0.6
+
+
+def test_planted_label_flips_rank_first_and_are_flagged(model):
+    features, labels = separable_set(40)
+    flipped = np.random.default_rng(7).choice(len(labels), 6, replace=False)  # 5 %
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + 1 + np.arange(6) % 2) % 3
+    data = pooled(features, noisy)
+    issues = label_audit.audit_labels(model, data, CLASSES, training(8), 5, torch.device("cpu"), log=lambda _: None)
+    planted = {data.rows["path"][i] for i in flipped}
+    assert set(issues["path"].head(6)) == planted  # ranks 1..6
+    assert planted <= set(issues.loc[issues["flagged"], "path"])
+    top = issues.head(6)
+    assert list(top["suggested_label"]) == [CLASSES[labels[data.rows["path"].tolist().index(p)]] for p in top["path"]]
+    assert list(issues["rank"]) == list(range(1, len(issues) + 1)) and (issues["corrected_label"] == "").all()
+
+
+def test_label_quality_is_the_probability_of_the_given_label_and_ranks_ascending():
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 10)
+    probabilities = rng.dirichlet([1, 1, 1], 30) * 0.3
+    probabilities[np.arange(30), truth] += 0.7  # confident, right predictions
+    labels = truth.copy()
+    labels[[4, 15, 26]] = [1, 2, 0]  # three wrong labels
+    quality, flagged, rank = label_audit.rank_labels(labels, probabilities)
+    assert quality == pytest.approx(probabilities[np.arange(30), labels])  # brute force: self-confidence
+    assert rank.tolist() == (np.argsort(np.argsort(quality, kind="stable"), kind="stable") + 1).tolist()
+    assert set(np.flatnonzero(rank <= 3)) == {4, 15, 26}
+    assert flagged.dtype == bool and 2 <= flagged.sum() and set(np.flatnonzero(flagged)) <= {4, 15, 26}
+
+
+def issues_frame():
+    rows = pd.DataFrame({"path": ["alpha/a.png", "beta/sub/b.png", "beta/b.png", "gamma/c.jpg"],
+                         "split": ["train", "test", "val", "train"], "label": ["alpha", "beta", "beta", "gamma"]})
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]])
+    return label_audit.issue_table(rows, CLASSES, probabilities, probabilities[np.arange(4), [0, 1, 1, 2]],
+                                   np.array([False, True, True, False]), np.array([3, 1, 2, 4]), np.arange(4) % 2)
+
+
+def test_ecotaxa_table_of_the_flagged_labels(tmp_path):
+    path = ecotaxa.write_table(tmp_path / "label_issues_ecotaxa.tsv", [audit.ecotaxa_frame(issues_frame(), CLASSES)])
+    lines = path.read_text().splitlines()
+    header, types = lines[0].split("\t"), lines[1].split("\t")
+    assert header[:4] == ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status"]
+    assert all(h == h.lower() and h.split("_", 1)[0] in ("img", "object") for h in header)
+    text = {"img_file_name", "object_id", "object_annotation_category", "object_annotation_status",
+            "object_suggested_category", "object_split"}
+    assert types == ["[t]" if h in text else "[f]" for h in header]
+    table = pd.read_csv(path, sep="\t", skiprows=[1], dtype=str)
+    assert list(table["img_file_name"]) == ["beta/sub/b.png", "beta/b.png"]  # flagged only, most suspect first
+    assert list(table["object_id"]) == ["beta__sub__b", "beta__b"]
+    assert list(table["object_annotation_category"]) == ["beta", "beta"]  # the given label, under review
+    assert list(table["object_suggested_category"]) == ["alpha", "gamma"]
+    assert set(table["object_annotation_status"]) == {"dubious"}
+    assert [h for h in header if h.startswith("object_p_")] == [f"object_p_{c}" for c in CLASSES]
+
+
+def test_object_ids_stay_unique_across_extensions_and_blocks():
+    used = set()
+    assert ecotaxa.object_ids(["a/x.jpg", "a/x.png"], used) + ecotaxa.object_ids(["a/x.tif"], used) == \
+        ["a__x", "a__x_2", "a__x_3"]
+
+
+def test_hovering_a_labelled_point_shows_its_label_quality(tmp_path):
+    issues = issues_frame()
+    issues["path"] = "/data/" + issues["path"]  # made absolute by report.py, as every table the map joins on paths
+    coords = pd.DataFrame({"split": ["train", "test", "unseen", "train"], "label": ["alpha", "beta", "x", "alpha"],
+                           "path": [f"/data/{p}" for p in ("alpha/a.png", "beta/sub/b.png", "x/a.png", "alpha/z.png")],
+                           "x": [0.0, 1, 2, 3], "y": 0.0})
+    points = interactive_map.map_points(coords, issues=issues).set_index("path")
+    assert points.loc["/data/alpha/a.png", "audit"] == "label quality 0.90"
+    assert points.loc["/data/beta/sub/b.png", "audit"] == \
+        "label quality 0.10 &middot; <b>label suspect</b>: looks like alpha"
+    assert points.loc["/data/x/a.png", "audit"] == "" and points.loc["/data/alpha/z.png", "audit"] == ""
+    assert (interactive_map.map_points(coords)["audit"] == "").all()  # before audit.py ran
+
+
+def test_audit_folds_is_a_setting_of_the_tests_frozen_configuration():
+    assert config.config_defaults()["audit_folds"] == 5
+    with pytest.raises(lab.LabError, match="audit_folds=1 must be at least 2"):
+        config.load_config(["--audit_folds=1"])
+
+
+@pytest.mark.slow
+def test_audit_script_on_the_tiny_demo_writes_its_tables_figure_and_provenance(novelty_ready):
+    cfg, argv = novelty_ready
+    issues = audit.main(argv)
+    split = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"))
+    labelled = split[split["split"].isin(["train", "val", "test"])]
+    table = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "label",
+                                                                                        "corrected_label"))
+    assert sorted(table["path"]) == sorted(labelled["path"]) and len(table) == len(issues)
+    assert dict(zip(table["path"], table["label"])) == dict(zip(labelled["path"], labelled["label"]))
+    p_columns = [f"p_{c}" for c in cfg.seen_classes]
+    given = table[p_columns].to_numpy()[np.arange(len(table)), [cfg.seen_classes.index(c) for c in table["label"]]]
+    assert table["label_quality"].to_numpy() == pytest.approx(given)  # the out-of-fold probability of the label
+    assert table["label_quality"].is_monotonic_increasing and (table["corrected_label"] == "").all()
+    assert set(table["fold"]) == set(range(1, cfg.audit_folds + 1))
+    tsv = pd.read_csv(artifacts.out_path(cfg, "results", "label_issues_ecotaxa.tsv"), sep="\t", skiprows=[1])
+    assert len(tsv) == table["flagged"].sum()
+    assert all((artifacts.resolve(cfg.data_root) / p).is_file() for p in tsv["img_file_name"])
+    assert artifacts.out_path(cfg, "figs", "label_issues.png").stat().st_size > 10_000
+    recorded = provenance.recorded_inputs(cfg, "audit")
+    assert recorded["checkpoint"] == provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+
+
+@pytest.mark.slow
+def test_the_pipeline_reports_the_audit_and_its_map_shows_label_quality(tiny_pipeline):
+    cfg, _, timings = tiny_pipeline
+    assert "audit" in list(timings["stage"])
+    page = artifacts.out_path(cfg, "results", "report.html").read_text()
+    assert "Label audit: which labels look wrong?" in page
+    assert page.count("label quality ") >= cfg.umap_samples_per_split // 2  # train and test points of the map
+
+
+# --------------------------------------------------------------------------- the benchmark (bench/bench_audit.py)
+def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_the_scratch_split_only(make_cfg):
+    from bench import bench_audit
+    cfg, _ = make_cfg()
+    seen = pd.DataFrame({"path": [f"{c}/{i}.png" for c in cfg.seen_classes for i in range(20)],
+                         "label": [c for c in cfg.seen_classes for _ in range(20)], "split": "train", "bytes": "1"})
+    seen.loc[::5, "split"] = "test"
+    unseen = pd.DataFrame({"path": ["Retaria/0.png"], "label": ["Retaria"], "split": ["unseen"], "bytes": ["1"]})
+    original = pd.concat([seen, unseen], ignore_index=True)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
+    flipped = bench_audit.flip_labels(cfg, 0.05, seed=3)
+    after = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dtype=str)
+    changed = after["label"] != original["label"]
+    assert changed.sum() == len(flipped) == 6 and set(after.loc[changed, "path"]) == flipped  # 5 % of 120
+    assert set(after.loc[changed, "label"]) <= set(cfg.seen_classes) and not changed.iloc[-1]
+    assert (after.drop(columns="label") == original.drop(columns="label")).all().all()
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
+    assert bench_audit.flip_labels(cfg, 0.05, seed=3) == flipped  # seeded
+
+
+def test_the_benchmark_counts_flips_in_the_top_shares_and_the_flags_precision():
+    from bench import bench_audit
+    issues = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "flagged": [True] * 3 + [False] * 37})
+    found = bench_audit.found_shares(issues, {"0.png", "1.png", "3.png", "30.png"})
+    assert (found["top_5"], found["top_10"]) == (0.5, 0.75)  # top 2 and top 4 of 40
+    assert found["precision"] == pytest.approx(2 / 3) and found["recall"] == 0.5 and found["flips"] == 4
+
+
+@pytest.mark.slow
+def test_audit_benchmark_quick_run_reports_every_row(tmp_path):
+    import json
+
+    from bench import bench_audit
+    from conftest import shared_dataset
+    shared_dataset("ndsb9")
+    raw = bench_audit.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
+    saved = json.loads((tmp_path / "results" / "audit_benchmark.json").read_text())
+    rows = {r["what"]: r for r in saved["rows"]}
+    assert set(rows) == {"audit: flips found", "audit: cleanlab's flags", "audit: wall time", "audit: growth",
+                         "audit: demo share"}
+    assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))
+    assert raw["found"]["flips"] == round(0.05 * raw["found"]["images"]) and raw["found"]["seconds"] > 0
+    assert raw["growth"]["large"]["images"] == bench_audit.GROWTH_FACTOR * raw["growth"]["small"]["images"]
