@@ -3,10 +3,10 @@
 Configuration (config), the output folder (artifacts: paths and atomic writes; output_lock; provenance), figures
 (plotting), a script's entry point (runtime), torchrun (distributed), the CPU's bf16 (hardware), images (image_io),
 the class folders (data_folders), the split (splitting), embedding files (embedding_files), the frozen trunk's
-cache (trunk_cache), checkpoints and the one loader of the trained model (checkpoint), novelty scores, the
-interactive map and the demo data. Scripts import these modules, `backbone` and `configfile`, never another
-script; no module imports another in a circle. This file holds only what every module shares, and imports none
-of them.
+cache (trunk_cache), checkpoints and the one loader of the trained model (checkpoint), novelty scores, the label
+audit (label_audit), EcoTaxa's import layout (ecotaxa), the interactive map and the demo data. Scripts import
+these modules, `backbone` and `configfile`, never another script; no module imports another in a circle. This
+file holds only what every module shares, and imports none of them.
 """
 from pathlib import Path
 
