@@ -18,7 +18,7 @@ import lab
 import predict
 import report
 from conftest import FAST
-from lab import artifacts, config, embedding_files, interactive_map, manifest, output_lock, splitting
+from lab import artifacts, config, embedding_files, interactive_map, output_lock, splitting
 from lab import novelty_scores as ns
 
 BAD_NAME = os.fsdecode(b"bad\xff\xfename.png")  # Latin-1 bytes, as an old zip or a Windows archive leaves them
@@ -45,10 +45,16 @@ def pipeline_copy(tiny_pipeline, tmp_path):
     return config.load_config(argv), argv
 
 
+PREDICT_FILES = (("results", "predictions.csv"), ("results", "prediction_counts.csv"),
+                 ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
+                 ("embeddings", "embeddings_predict.pkl"), ("embeddings", "embeddings_predict_meta.json"),
+                 ("results", "predict_manifest.json"))
+
+
 def set_files(cfg):
     """The bytes of every file of predict.py's set that exists."""
     found = {}
-    for kind, name in predict.PREDICT_OUTPUTS + (("results", "predict_manifest.json"),):
+    for kind, name in PREDICT_FILES:
         path = artifacts.out_path(cfg, kind, name)
         if path.exists():
             found[f"{kind}/{name}"] = path.read_bytes()
@@ -116,6 +122,7 @@ def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_se
 
 
 def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(make_cfg, monkeypatch):
+    from lab import manifest
     cfg, _ = make_cfg()
     with manifest.OutputSet(cfg, "demo_set", about="the first") as out:
         out.save_csv("results", "a.csv", pd.DataFrame({"x": [1]}))
