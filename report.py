@@ -134,8 +134,12 @@ def data_roots(trained, embeddings_meta, explicit_root):
                            f"checkpoints/best.pth was trained on (the same relative paths and sizes as in {own}): "
                            f"the report describes that model's run and reads its images. Drop --data_root, or give a "
                            f"folder holding the same files (the data moved or copied).")
-    embedded = artifacts.resolve(embeddings_meta["config"]["data_root"])
-    return own, verified if verified != own else embedded
+    return own, verified if verified != own else embedded_root(embeddings_meta, own)
+
+
+def embedded_root(embeddings_meta, default):
+    """The data root embed.py read the images from: the embeddings' absolute paths lie under it."""
+    return artifacts.resolve(embeddings_meta.get("config", {}).get("data_root", default))
 
 
 def split_command(ckpt, identity):
@@ -236,16 +240,16 @@ def map_section(cfg, results, figs, run):
         note = (f'<p class="note">The 2-D map held {int(on_map.sum())} images of an earlier run of predict.py (another '
                 f"sample, or another run): left out of it. {where}.</p>")
     coords = cap_per_split(coords, cfg.umap_samples_per_split, cfg.seed)
-    embedded_root = artifacts.resolve(run.inputs["embeddings_meta"]["config"]["data_root"])
-    coords["image"] = read_from(coords["path"], embedded_root, run.image_root)
+    embedded = embedded_root(run.inputs["embeddings_meta"], run.data_root)
+    coords["image"] = read_from(coords["path"], embedded, run.image_root)
     test_predictions = artifacts.read_csv(results / "test_predictions.csv", ("path", "label", "predicted"))
     predictions = None
     if run.mapped:
         predictions = absolute(artifacts.read_csv(results / "predictions.csv", PREDICTION_TEXT),
                                run.predict["inputs"]["predict_dir"])
-    issues = (absolute(artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT), embedded_root)
+    issues = (absolute(artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT), embedded)
               if audit_ran(cfg) else None)
-    points = interactive_map.map_points(coords, absolute(test_predictions, embedded_root), predictions, issues)
+    points = interactive_map.map_points(coords, absolute(test_predictions, embedded), predictions, issues)
     method = str(coords["method"].iloc[0]) if "method" in coords and len(coords) else cfg.reduction_method
     layout = interactive_map.build_map(points, method)
     splits = ", ".join(f"{s} {n}" for s, n in points["split"].value_counts(sort=False).items())

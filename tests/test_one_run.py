@@ -1,7 +1,9 @@
 """One run, one story (issue #18): what the report and predict.py show or join together comes from one run, proven
 by digests; multi-file outputs are all or nothing; file names that are not UTF-8, a lock being written, degenerate
 embeddings and damaged JSON never crash a script. One test per case of the issue (and per bullet of its case 8)."""
+import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import lab
 import predict
 import report
 from conftest import FAST
-from lab import artifacts, config, embedding_files, interactive_map, manifest, output_lock, splitting
+from lab import artifacts, checkpoint, config, embedding_files, interactive_map, output_lock, splitting
 from lab import novelty_scores as ns
 
 BAD_NAME = os.fsdecode(b"bad\xff\xfename.png")  # Latin-1 bytes, as an old zip or a Windows archive leaves them
@@ -45,10 +47,16 @@ def pipeline_copy(tiny_pipeline, tmp_path):
     return config.load_config(argv), argv
 
 
+PREDICT_FILES = (("results", "predictions.csv"), ("results", "prediction_counts.csv"),
+                 ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
+                 ("embeddings", "embeddings_predict.pkl"), ("embeddings", "embeddings_predict_meta.json"),
+                 ("results", "predict_manifest.json"))
+
+
 def set_files(cfg):
     """The bytes of every file of predict.py's set that exists."""
     found = {}
-    for kind, name in predict.PREDICT_OUTPUTS + (("results", "predict_manifest.json"),):
+    for kind, name in PREDICT_FILES:
         path = artifacts.out_path(cfg, kind, name)
         if path.exists():
             found[f"{kind}/{name}"] = path.read_bytes()
@@ -61,6 +69,27 @@ def captured_map_points(monkeypatch):
     monkeypatch.setattr(interactive_map, "build_map", lambda points, *a, **k: (captured.append(points),
                                                                                  build_map(points, *a, **k))[1])
     return captured
+
+
+@pytest.fixture(scope="module")
+def haul(novelty_ready, tiny_demo, tmp_path_factory):
+    """One predict.py run (with --ecotaxa=True), in a copy of the trained output folder, on a haul holding three
+    images, a file that does not decode and a text file: (config, the folder, its stdout, its stderr). Several
+    tests read this one run."""
+    cfg, argv = novelty_ready
+    out = tmp_path_factory.mktemp("haul") / "out"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    folder = sample(out.parent / "haul", class_images(tiny_demo, "Retaria", 3))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("CTD cast 7\n")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            predict.main(argv + [f"--predict_dir={str(folder)!r}", "--ecotaxa=True"])
+    finally:
+        output_lock.release_locks()
+    return config.load_config(argv), folder, stdout.getvalue(), stderr.getvalue()
 
 
 # --------------------------------------------------------------------------- 1. the map mixes two samples
@@ -93,7 +122,7 @@ def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_se
                                                                                  tmp_path, monkeypatch):
     cfg, argv = novelty_ready
     a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 6))
-    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 9))
+    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 2))
     predict.main(argv + [f"--predict_dir={str(a)!r}"])
     before = set_files(cfg)
 
@@ -116,6 +145,7 @@ def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_se
 
 
 def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(make_cfg, monkeypatch):
+    from lab import manifest
     cfg, _ = make_cfg()
     with manifest.OutputSet(cfg, "demo_set", about="the first") as out:
         out.save_csv("results", "a.csv", pd.DataFrame({"x": [1]}))
@@ -182,13 +212,13 @@ def test_5_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_o
                                                                                              tiny_demo, tmp_path,
                                                                                              capsys):
     cfg, argv = novelty_ready
-    images = class_images(tiny_demo, "Retaria", 3)
-    folder = sample(tmp_path / "old_zip", images, ["good.png", BAD_NAME, "caf\u00e9.png"])
+    names = ["good.png", BAD_NAME, "caf\u00e9.png"]
+    folder = sample(tmp_path / "old_zip", class_images(tiny_demo, "Retaria", 3), names)
     predict.main(argv + [f"--predict_dir={str(folder)!r}", "--ecotaxa=True"])
     raw = artifacts.out_path(cfg, "results", "predictions.csv").read_bytes()
     assert b"\nbad\xff\xfename.png," in raw and "\ncaf\u00e9.png,".encode() in raw  # the names' own bytes
     rows = artifacts.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"), ("path", "predicted"))
-    assert sorted(rows["path"]) == sorted(["good.png", BAD_NAME, "caf\u00e9.png"])  # read back exactly
+    assert sorted(rows["path"]) == sorted(names)  # read back exactly
     assert (folder / rows["path"][rows["path"] == BAD_NAME].item()).is_file()
     tsv = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text(encoding="utf-8")  # valid UTF-8
     assert "good.png" in tsv and "caf\u00e9.png" in tsv and "bad" not in tsv
@@ -287,17 +317,20 @@ def test_7_identical_or_all_zero_training_embeddings_give_finite_novelty_scores(
     assert not ns.Gaussians(np.random.default_rng(1).normal(size=(30, 8)), labels).degenerate
 
 
-@pytest.mark.parametrize("damage", ['{"thresholds": {"msp": 0.', "[1]", '{"thresholds": 3}'])
-def test_7_a_damaged_thresholds_file_is_one_paragraph_naming_novelty_py(novelty_ready, tiny_demo, damage):
-    cfg, argv = novelty_ready
+def test_7_a_damaged_thresholds_file_is_one_paragraph_naming_novelty_py(novelty_ready):
+    cfg, _ = novelty_ready
+    trained = checkpoint.load_trained(cfg, model=False, split=False)
+    scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
     saved = path.read_text()
     try:
-        path.write_text(damage)
-        with pytest.raises(lab.LabError, match=r"novelty_thresholds.json is damaged.*python novelty.py"):
-            predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
+        for damage in ('{"thresholds": {"msp": 0.', "[1]", '{"thresholds": 3}'):  # cut short, not an object, edited
+            path.write_text(damage)
+            with pytest.raises(lab.LabError, match=r"novelty_thresholds.json is damaged.*python novelty.py"):
+                ns.load_thresholds(trained.cfg, trained.digest, scorer)  # what predict.py reads them with
     finally:
         path.write_text(saved)
+    assert ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"]
 
 
 # --------------------------------------------------------------------------- 8. small ones
@@ -312,10 +345,8 @@ def test_8_the_tooltip_of_a_predicted_image_shows_its_novelty_score_and_flag(tin
     assert "not flagged as new: novelty mahalanobis_knn = -0.25" in points.loc["img_0001.png", "prediction"]
 
 
-def test_8_predict_says_which_command_puts_the_new_images_on_the_map(novelty_ready, tiny_demo, capsys):
-    _, argv = novelty_ready
-    predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}"])
-    out = capsys.readouterr().out
+def test_8_predict_says_which_command_puts_the_new_images_on_the_map(haul):
+    out = haul[2]
     assert "next: `python dimensionality_reduction.py` puts these images on the 2-D map" in out
     assert "`python report.py` shows them" in out
 
@@ -336,22 +367,15 @@ def test_8_a_missing_gallery_names_dimensionality_reduction_py(tiny_pipeline, tm
         report.main(argv)
 
 
-def test_8_an_unreadable_file_is_not_counted_as_an_image(novelty_ready, tiny_demo, tmp_path, capsys):
-    _, argv = novelty_ready
-    folder = sample(tmp_path / "haul", class_images(tiny_demo, "Retaria", 3))
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (folder / "notes.txt").write_text("CTD cast 7\n")
-    predict.main(argv + [f"--predict_dir={str(folder)!r}"])
-    out = capsys.readouterr().out
+def test_8_an_unreadable_file_is_not_counted_as_an_image(haul):
+    out = haul[2]  # three images, a file that does not decode, a text file
     assert not re.search(r"\b4 images\b", out), out
     assert "4 image files under" in out and "(1 other entry ignored)" in out
     assert "3 images classified" in out and "1 image file that could not be decoded and 1 other entry skipped" in out
 
 
-def test_8_the_ecotaxa_table_says_why_its_columns_are_lower_case(novelty_ready, tiny_demo, capsys):
-    cfg, argv = novelty_ready
-    predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}", "--ecotaxa=True"])
-    out = capsys.readouterr().out
+def test_8_the_ecotaxa_table_says_why_its_columns_are_lower_case(haul):
+    cfg, _, out, _ = haul
     assert "lower case because EcoTaxa's import takes no other (object_p_rhabdonellidae is the class " \
            "'Rhabdonellidae')" in out
     header = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()[0].split("\t")
