@@ -9,7 +9,7 @@ Each query is embedded with the checkpoint as predict.py embeds new images; its 
 of smallest cosine distance (1 - cosine similarity), found by one exact matrix-vector product per query. An
 embedded image that is the query file itself is listed as the query (rank 0, distance 0) and never counted as its
 own neighbour. Images whose embedding is all zeros have no direction: they are listed once per query with rank
-"zero" and no distance, never ranked. Writes
+"zero" and no distance, never ranked. Writes, as one output set (results/similar_manifest.json, lab/manifest.py)
   results/similar.csv            query, rank, path, label (class, or predicted class for predict), split, distance
   figs/similar_<query>.png       the query and its neighbours, captioned (plotting.figure_slug of the file name)
 """
@@ -28,6 +28,7 @@ from lab import (
     data_folders,
     embedding_files,
     image_io,
+    manifest,
     output_lock,
     plotting,
     runtime,
@@ -160,15 +161,19 @@ def main(argv=None):
     outputs = trunk_cache.image_outputs(model, queries, cfg.image_size, cfg.batch_size, cfg.num_workers, device,
                                         trained.trunk_dtype, desc="queries")
     table, taken = [], set()
-    for query_path, vector, ok in zip(queries, outputs["embeddings"], outputs["ok"]):
-        if not ok:
-            print(f"warning: {query_path} could not be decoded: left out", file=sys.stderr)
-            continue
-        found = rows_of_query(query_path, vector, rows, reference, zero, cfg.similar_k, where)
-        table += found
-        plot_query(query_path, found, artifacts.out_path(cfg, "figs", figure_name(query_path, taken)))
-    frame = pd.DataFrame(table, columns=COLUMNS)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "similar.csv"), frame)
+    # the CSV and its figures as one set: a new query never leaves an older query's figures beside its table
+    with manifest.OutputSet(cfg, "similar", about=f"the neighbours of {artifacts.printable(cfg.query)}") as out:
+        for query_path, vector, ok in zip(queries, outputs["embeddings"], outputs["ok"]):
+            if not ok:
+                print(f"warning: {artifacts.printable(query_path)} could not be decoded: left out", file=sys.stderr)
+                continue
+            found = rows_of_query(query_path, vector, rows, reference, zero, cfg.similar_k, where)
+            table += found
+            plot_query(query_path, found, out.file("figs", figure_name(query_path, taken)))
+        frame = pd.DataFrame(table, columns=COLUMNS)
+        out.save_csv("results", "similar.csv", frame)
+        out.publish(checkpoint=trained.digest, embeddings=embedding_files.embedding_set(cfg)["set"],
+                    query=str(artifacts.resolve(cfg.query)))
     print(f"[similar] {len(queries)} query image(s) against {len(rows)} embedded images ({int(zero.sum())} all-zero): "
           f"{artifacts.out_path(cfg, 'results', 'similar.csv')} and figs/similar_*.png")
     return frame
