@@ -17,6 +17,7 @@ NULLABLE = {"backbone_weights", "predict_dir"}
 
 
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
+ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # abundances.METHODS (tested)
 
 
 # --------------------------------------------------------------------------- config
@@ -141,6 +142,7 @@ RULES = {
     "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
     "transfer_max_images": at_least(2), "knn_k": at_least(1),
     "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES),
+    "abundance_method": one_of(*ABUNDANCE_METHODS), "abundance_bootstrap": at_least(20),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {
@@ -148,6 +150,7 @@ WHY = {
     "head_precision": "fp16 would need loss scaling",
     "novelty_score": "the lab's default, 'mahalanobis_knn', told new taxa best on ndsb9",
     "class_weighting": "'none' is plain cross-entropy; 'balanced' weights classes by inverse frequency",
+    "abundance_bootstrap": "a 95 % interval from fewer draws rests on one or two of them",
 }
 
 

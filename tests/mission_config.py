@@ -65,3 +65,9 @@ novelty_score = "mahalanobis_knn"
 # the repository, like data_root. None: predict.py asks for it.
 predict_dir = None
 ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
+# predict.py's results/abundances.csv (docs/abundances.md): each taxon's share of the sample, corrected for the
+# sample's class proportions differing from the training set's. The correction: "emq_nbvs" (measured best on
+# ndsb9: EM of Saerens et al. 2002 on re-calibrated probabilities), "emq_bcts", "emq", "pacc", "acc", "pcc" or
+# "cc" (none: the plain count of predicted classes).
+abundance_method = "emq_nbvs"
+abundance_bootstrap = 200      # bootstrap draws behind each 95 % interval of abundances.csv, >= 20
