@@ -12,6 +12,10 @@ not entered; a file that does not decode is skipped). The training images themse
                                      (they sum to 1), novelty_<score> (the novelty_score setting; higher = more
                                      likely new) and possibly_new (above that score's validation threshold)
   results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
+  results/abundances.csv             per seen class: its share and count corrected for the sample's class
+                                     proportions (abundance_method, calibrated on the validation embeddings) with
+                                     a 95 % interval, beside the plain count; a last row counts the possibly new
+                                     images (lab/abundances.py, docs/abundances.md: the file to cite)
   results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
   results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (see ecotaxa_frame)
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 import lab
 from lab import (
+    abundances,
     artifacts,
     checkpoint,
     config,
@@ -244,11 +249,14 @@ def main(argv=None):
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     parts, counts, unreadable = write_predictions(cfg, ckpt, folder, images, chunk_files, scorer, score_name,
                                                   threshold)
+    abundance_table = abundances.sample_abundances(cfg, ckpt["classes"], scorer, threshold,
+                                                   artifacts.out_path(cfg, "results", "predictions.csv"))
     ignored = [{"path": p, "reason": reason} for p, reason in others]
     artifacts.save_csv(artifacts.out_path(cfg, "results", "predict_skipped.csv"),
                        pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
     table = count_table(counts)
     artifacts.save_csv(artifacts.out_path(cfg, "results", "prediction_counts.csv"), table)
+    artifacts.save_csv(artifacts.out_path(cfg, "results", "abundances.csv"), abundance_table)
     frame = pd.concat(parts, ignore_index=True)
     meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
             "predict_dir": str(folder), "trunk_weights": ckpt["weights"], "versions": provenance.package_versions()}
