@@ -2,7 +2,8 @@
 
 Reads the artifacts of all earlier scripts (results/*.csv, results/*.json, figs/*.png), and the images of the
 2-D map's points for their thumbnails; the novelty results (results/novelty.csv, figs/novelty_*.png) and
-predict.py's results (results/predictions.csv, results/prediction_counts.csv) when they exist.
+predict.py's results (results/predictions.csv, results/prediction_counts.csv, results/abundances.csv) when they
+exist.
 Writes results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript inlined, no
 server, no network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each point's
 image, class, split, file name and prediction on hover (see interactive_map.py).
@@ -16,7 +17,17 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, checkpoint, config, embedding_files, interactive_map, output_lock, provenance, runtime
+from lab import (
+    abundances,
+    artifacts,
+    checkpoint,
+    config,
+    embedding_files,
+    interactive_map,
+    output_lock,
+    provenance,
+    runtime,
+)
 
 NOVELTY_FIGURES = (("novelty_roc.png", "Novelty detection: ROC curves"),
                    ("novelty_scores.png", "Novelty scores of seen and unseen images"))
@@ -134,7 +145,27 @@ def optional_sections(cfg, results, figs):
             text = (f"<p>{len(predictions)} new images of <code>{html.escape(str(predict_set.get('predict_dir')))}"
                     f"</code> classified{mean}; {where}.</p>")
         parts.append("<h2>Predictions for new images</h2>" + text + _short_table(counts, "prediction_counts.csv"))
+        if (results / "abundances.csv").exists():
+            parts.append(abundances_section(artifacts.read_csv(results / "abundances.csv", ("class", "method"))))
     return parts
+
+
+def abundances_section(table):
+    """The sample's abundances (predict.py's results/abundances.csv): classify-and-count beside the correction
+    for the sample's class proportions, with 95 % intervals, as a chart and a table."""
+    data = base64.b64encode(abundances.abundance_chart(table)).decode("ascii")
+    new = table[table["possibly_new"].astype(bool)]
+    seen = table[~table["possibly_new"].astype(bool)]
+    flagged = int(new["count"].iloc[0]) if len(new) else 0
+    columns = ["class", "cc_count", "cc_proportion", "proportion", "proportion_low", "proportion_high", "count"]
+    return (f"<h2>Abundances in the sample</h2><p>Each taxon's share of the {int(seen['cc_count'].sum())} images not "
+            f"flagged possibly new, corrected for the sample's class proportions by "
+            f"{html.escape(str(seen['method'].iloc[0]))} (calibrated on {int(table['calibration_images'].iloc[0])} "
+            f"validation images; 95 % bootstrap intervals of {int(table['bootstrap_draws'].iloc[0])} draws), beside "
+            f"the plain count of predicted classes. {flagged} images possibly of a taxon never seen are counted "
+            f"apart. Cite <code>results/abundances.csv</code> (docs/abundances.md).</p>"
+            f'<figure><img src="data:image/png;base64,{data}" alt="abundances"><figcaption>Classify and count '
+            f"(grey) and corrected (blue) shares, with 95 % intervals</figcaption></figure>" + _table(seen[columns]))
 
 
 def first_sections(cfg, results, figs, inputs_by_script):
