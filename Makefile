@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt -c constraints.txt \
 		| grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR)' || true
-	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab" \
+	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab, quapy" \
 		|| { echo "make: the install failed (see above)"; exit 1; }
 	touch $@
 

@@ -91,3 +91,9 @@ ecotaxa = False                # True: predict.py also writes results/ecotaxa_pr
 # (train, val, test, unseen, predict) by cosine distance. None: similar.py asks for it.
 query = None
 similar_k = 10                 # neighbours listed per query image, >= 1
+# predict.py's results/abundances.csv (docs/abundances.md): each taxon's share of the sample, corrected for the
+# sample's class proportions differing from the training set's. The correction: "emq_nbvs" (measured best on
+# ndsb9: EM of Saerens et al. 2002 on re-calibrated probabilities), "emq_bcts", "emq", "pacc", "acc", "pcc" or
+# "cc" (none: the plain count of predicted classes).
+abundance_method = "emq_nbvs"
+abundance_bootstrap = 200      # bootstrap draws behind each 95 % interval of abundances.csv, >= 20

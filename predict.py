@@ -12,6 +12,10 @@ not entered; a file that does not decode is skipped). The training images themse
                                      (they sum to 1), novelty_<score> (the novelty_score setting; higher = more
                                      likely new) and possibly_new (above that score's validation threshold)
   results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
+  results/abundances.csv             per seen class: its share and count corrected for the sample's class
+                                     proportions (abundance_method, calibrated on the validation embeddings) with
+                                     a 95 % interval, beside the plain count; a last row counts the possibly new
+                                     images (lab/abundances.py, docs/abundances.md: the file to cite)
   results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
   results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (lab/ecotaxa.py); a file
@@ -42,6 +46,7 @@ from tqdm import tqdm
 
 import lab
 from lab import (
+    abundances,
     artifacts,
     checkpoint,
     config,
@@ -61,7 +66,7 @@ CHUNK = 1000  # images per cached chunk: an interruption loses at most this much
 TOP = 3
 # Every file of predict.py's output set (manifest.py), published together, the manifest last; a file that a run does
 # not write (the EcoTaxa table without --ecotaxa=True) is removed, so no file of another sample stays beside them.
-PREDICT_OUTPUTS = (("results", "predictions.csv"), ("results", "prediction_counts.csv"),
+PREDICT_OUTPUTS = (("results", "predictions.csv"), ("results", "prediction_counts.csv"), ("results", "abundances.csv"),
                    ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
                    ("results", "ecotaxa_left_out.csv"), ("embeddings", "embeddings_predict.pkl"),
                    ("embeddings", embedding_files.PREDICT_META))
@@ -292,6 +297,8 @@ def main(argv=None):
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
         parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,
                                                       score_name, threshold)
+        out.save_csv("results", "abundances.csv", abundances.sample_abundances(
+            cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv")))
         ignored = [{"path": p, "reason": reason} for p, reason in others]
         out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
         table = count_table(counts)

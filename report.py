@@ -2,8 +2,9 @@
 
 Reads checkpoints/best.pth (train.py), the artifacts of all earlier scripts (results/*.csv, results/*.json,
 figs/*.png) as the output sets their manifests prove whole (results/<set>_manifest.json, see lab/manifest.py),
-and the images of the 2-D map's points for their thumbnails; the novelty results, predict.py's results and the
-label audit's (results/label_issues.csv, figs/label_issues.png: audit.py) when they exist. Writes
+and the images of the 2-D map's points for their thumbnails; the novelty results, predict.py's results
+(abundances.csv too) and the label audit's (results/label_issues.csv, figs/label_issues.png: audit.py) when they
+exist. Writes
 results/report.html: one self-contained file (figures, thumbnails and the map's JavaScript inlined, no server, no
 network), so it can be mailed or opened from a USB stick. Its interactive 2-D map shows each point's image, class,
 split, file name and prediction on hover (see interactive_map.py).
@@ -25,6 +26,7 @@ import pandas as pd
 
 import lab
 from lab import (
+    abundances,
     artifacts,
     checkpoint,
     config,
@@ -294,8 +296,11 @@ def optional_sections(cfg, results, figs, run):
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
     predicted = predictions_section(cfg, results, run)
+    # abundances.csv is a file of predict.py's set: shown with its predictions, never with another sample's
+    abundance = ([abundances_section(artifacts.read_csv(results / "abundances.csv", ("class", "method")))]
+                 if predicted and run.predict and (results / "abundances.csv").exists() else [])
     audit = [audit_section(results, figs)] if audit_ran(cfg) else []
-    return parts + ([predicted] if predicted else []) + audit
+    return parts + ([predicted] if predicted else []) + abundance + audit
 
 
 def labels_origin(results):
@@ -320,6 +325,24 @@ def audit_section(results, figs):
             + _short_table(flagged[["rank", "path", "split", "label", "suggested_label", "label_quality"]],
                            "label_issues.csv")
             + _figure(figs / "label_issues.png", "The most suspect labels", "audit.py"))
+
+
+def abundances_section(table):
+    """The sample's abundances (predict.py's results/abundances.csv): classify-and-count beside the correction
+    for the sample's class proportions, with 95 % intervals, as a chart and a table."""
+    data = base64.b64encode(abundances.abundance_chart(table)).decode("ascii")
+    new = table[table["possibly_new"].astype(bool)]
+    seen = table[~table["possibly_new"].astype(bool)]
+    flagged = int(new["count"].iloc[0]) if len(new) else 0
+    columns = ["class", "cc_count", "cc_proportion", "proportion", "proportion_low", "proportion_high", "count"]
+    return (f"<h2>Abundances in the sample</h2><p>Each taxon's share of the {int(seen['cc_count'].sum())} images not "
+            f"flagged possibly new, corrected for the sample's class proportions by "
+            f"{html.escape(str(seen['method'].iloc[0]))} (calibrated on {int(table['calibration_images'].iloc[0])} "
+            f"validation images; 95 % bootstrap intervals of {int(table['bootstrap_draws'].iloc[0])} draws), beside "
+            f"the plain count of predicted classes. {flagged} images possibly of a taxon never seen are counted "
+            f"apart. Cite <code>results/abundances.csv</code> (docs/abundances.md).</p>"
+            f'<figure><img src="data:image/png;base64,{data}" alt="abundances"><figcaption>Classify and count '
+            f"(grey) and corrected (blue) shares, with 95 % intervals</figcaption></figure>" + _table(seen[columns]))
 
 
 def distances_section(results, figs):

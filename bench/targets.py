@@ -38,6 +38,8 @@ TARGETS = {
     "predict memory": Target("<=", 100, " MB growth", "beyond file names and embeddings"),
     "scale: memory": Target("<=", 4000, " MB", "FlowCamNet size (300,000 images) on a 24 GB machine"),
     "similar search": Target("<=", 50, " ms", "one query among 300,000 embeddings (FlowCamNet size), exact"),
+    "abundance error": Target("<=", 0.5, "x", "the correction must halve classify-and-count's error (issue 24)"),
+    "abundance coverage": Target(">=", 0.9, "", "a 95 % interval that holds the truth less often misleads"),
 }
 
 # The trunk's bf16-over-fp32 speed-up each kind of machine allows (1 thread, CPU time on a CPU). AMX multiplies

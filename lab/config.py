@@ -24,6 +24,7 @@ LABEL_STATUSES = ("validated", "predicted", "dubious")  # label_tables.STATUSES 
 
 
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
+ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # abundances.METHODS (tested)
 
 
 # --------------------------------------------------------------------------- config
@@ -177,6 +178,7 @@ RULES = {
     "audit_folds": at_least(2),
     "labels_file": tables_or_none, "labels_columns": two_columns_or_none, "labels_statuses": statuses,
     "labels_map": a_path_or_none,
+    "abundance_method": one_of(*ABUNDANCE_METHODS), "abundance_bootstrap": at_least(20),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {
@@ -185,6 +187,7 @@ WHY = {
     "audit_folds": "each image is scored by a head trained on the other folds",
     "novelty_score": "the lab's default, 'mahalanobis_knn', told new taxa best on ndsb9",
     "class_weighting": "'none' is plain cross-entropy; 'balanced' weights classes by inverse frequency",
+    "abundance_bootstrap": "a 95 % interval from fewer draws rests on one or two of them",
 }
 
 
