@@ -2,8 +2,8 @@
 does its cost grow linearly with the data?
 
 Reads ../shared/data/ndsb9 (or --data_root=... with --seen_classes / --unseen_classes) in place and writes only in
-a scratch folder. Draws the split, then flips the labels of 5 % of the seen images (train, validation and test;
-seeded, each to another seen class drawn at random) in the scratch copy of results/split.csv, never in the data;
+a scratch folder. Links the images into a scratch data root in which 5 % of the seen images sit under another
+seen class (seeded, drawn at random; the images are never touched), then draws the split there;
 trains on those labels (train.py, evaluate.py) and runs audit.py. Measures:
   found   the share of the flipped images in the audit's top 5 % and top 10 % (target: >= 80 % in the top 10 %),
           and the precision and recall of cleanlab's flags against the flips; audit.py's wall time; the same
@@ -23,6 +23,7 @@ results/audit_benchmark.json under output_dir.
 """
 import functools
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -48,11 +49,11 @@ from lab import (  # noqa: E402
     artifacts,
     checkpoint,
     config,
+    data_folders,
     demo_data,
     label_audit,
     output_lock,
     runtime,
-    splitting,
     trunk_cache,
 )
 
@@ -77,31 +78,44 @@ class Run:
 
     @functools.cached_property
     def flipped(self):
-        """Split, flip, train, evaluate (so that the test split's features are cached, as in the pipeline):
-        the paths whose labels were flipped."""
-        dataloader.main(self.argv)
+        """A scratch data root with flipped labels, then split, train, evaluate (so that the test split's features
+        are cached, as in the pipeline): the paths whose labels were flipped."""
         cfg = config.load_config(self.argv)
-        paths = flip_labels(cfg, FLIP_SHARE, cfg.seed)
-        for stage in (train, evaluate):
+        root, paths = flipped_root(cfg, FLIP_SHARE, cfg.seed, self.scratch / "data")
+        self.argv = self.argv + [f"--data_root={str(root)!r}"]
+        for stage in (dataloader, train, evaluate):
             print(f"\n=== [bench] {stage.__name__}", flush=True)
             stage.main(self.argv)
         output_lock.release_locks()
         return paths
 
 
-def flip_labels(cfg, share, seed):
-    """In results/split.csv (the scratch copy; the images are not touched): the labels of `share` of the seen images
-    changed, each to another seen class drawn at random. Returns the flipped paths."""
-    split = splitting.read_split_file(cfg)
+def flipped_root(cfg, share, seed, folder):
+    """A scratch data root of links to the images (the images themselves are not touched) in which `share` of the
+    seen images are linked under another seen class, drawn at random (seeded): a label that is wrong the way a
+    taxonomist's slip is, seen by the lab exactly as a folder of classes. Returns (root, flipped relative paths)."""
+    source = artifacts.resolve(cfg.data_root)
     rng = np.random.default_rng(seed)
-    seen = np.flatnonzero(split["split"].isin(["train", "val", "test"]).to_numpy())
-    chosen = np.sort(rng.choice(seen, size=round(share * len(seen)), replace=False))
-    for i in chosen:
-        others = [c for c in cfg.seen_classes if c != split.at[i, "label"]]
-        split.at[i, "label"] = others[rng.integers(len(others))]
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), split)
-    print(f"[bench] flipped the labels of {len(chosen)} of {len(seen)} seen images in the scratch split.csv")
-    return set(split["path"].iloc[chosen])
+    images = {c: data_folders.list_class_files(source / c)[0] for c in cfg.seen_classes + cfg.unseen_classes}
+    seen = [(c, name) for c in cfg.seen_classes for name in images[c]]
+    chosen = set(rng.choice(len(seen), size=round(share * len(seen)), replace=False).tolist())
+    flipped = set()
+    for index, (cls, name) in enumerate(seen):
+        target = cls
+        if index in chosen:
+            others = [c for c in cfg.seen_classes if c != cls]
+            target = others[rng.integers(len(others))]
+        relative = f"{target}/{name}" if target == cls else f"{target}/flipped_from_{cls}__{name.replace('/', '__')}"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(source / cls / name, folder / relative)
+        if target != cls:
+            flipped.add(relative)
+    for cls in cfg.unseen_classes:
+        for name in images[cls]:
+            (folder / cls / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source / cls / name, folder / cls / name)
+    print(f"[bench] {len(flipped)} of {len(seen)} seen images linked under another class in {folder}")
+    return folder, flipped
 
 
 def found_shares(issues, flipped):

@@ -246,23 +246,23 @@ def test_the_pipeline_reports_the_audit_and_its_map_shows_label_quality(tiny_pip
 
 
 # --------------------------------------------------------------------------- the benchmark (bench/bench_audit.py)
-def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_the_scratch_split_only(make_cfg):
+def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_a_scratch_root_only(make_cfg, tmp_path):
     from bench import bench_audit
     cfg, _ = make_cfg()
-    seen = pd.DataFrame({"path": [f"{c}/{i}.png" for c in cfg.seen_classes for i in range(20)],
-                         "label": [c for c in cfg.seen_classes for _ in range(20)], "split": "train", "bytes": "1"})
-    seen.loc[::5, "split"] = "test"
-    unseen = pd.DataFrame({"path": ["Retaria/0.png"], "label": ["Retaria"], "split": ["unseen"], "bytes": ["1"]})
-    original = pd.concat([seen, unseen], ignore_index=True)
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
-    flipped = bench_audit.flip_labels(cfg, 0.05, seed=3)
-    after = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"), dtype=str)
-    changed = after["label"] != original["label"]
-    assert changed.sum() == len(flipped) == 6 and set(after.loc[changed, "path"]) == flipped  # 5 % of 120
-    assert set(after.loc[changed, "label"]) <= set(cfg.seen_classes) and not changed.iloc[-1]
-    assert (after.drop(columns="label") == original.drop(columns="label")).all().all()
-    artifacts.save_csv(artifacts.out_path(cfg, "results", "split.csv"), original)
-    assert bench_audit.flip_labels(cfg, 0.05, seed=3) == flipped  # seeded
+    source = artifacts.resolve(cfg.data_root)
+    before = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
+    root, flipped = bench_audit.flipped_root(cfg, 0.05, 3, tmp_path / "a")
+    seen = sum(1 for c in cfg.seen_classes for _ in (source / c).iterdir())
+    assert len(flipped) == round(0.05 * seen)
+    for relative in flipped:  # linked under another seen class, to an image of the class it names
+        target, name = relative.split("/", 1)
+        origin = name.split("__", 1)[0].removeprefix("flipped_from_")
+        assert target in cfg.seen_classes and origin in cfg.seen_classes and origin != target
+        assert (root / relative).resolve().parent.name == origin
+    links = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_symlink())
+    assert len(links) == sum(1 for c in cfg.seen_classes + cfg.unseen_classes for _ in (source / c).iterdir())
+    assert sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file()) == before  # untouched
+    assert bench_audit.flipped_root(cfg, 0.05, 3, tmp_path / "b")[1] == flipped  # seeded
 
 
 def test_the_benchmark_counts_flips_in_the_top_shares_and_the_flags_precision():
