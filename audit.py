@@ -3,7 +3,9 @@ Confident Learning (cleanlab), beyond the mission.
 
 Every image of the train, validation and test splits is scored by a head that never saw it: audit_folds
 stratified, seeded folds, a fresh head trained on the cached trunk features of the other folds for each, by the
-main run's rules (its best epoch count, learning rate, batch size, class weighting); see lab/label_audit.py.
+main run's rules (its best epoch count, learning rate, batch size, class weighting); see lab/label_audit.py. The
+test images are scored but never trained on, so the out-of-fold outputs of the training and validation images also
+calibrate predict.py's abundances (results/abundances.csv) without touching a test image.
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the three splits (made by
 train.py and evaluate.py: no trunk pass is run when they are there). Writes
   results/label_issues.csv          every audited image, the most suspect first: rank, path (relative to

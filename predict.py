@@ -298,7 +298,7 @@ def main(argv=None):
         parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,
                                                       score_name, threshold)
         out.save_csv("results", "abundances.csv", abundances.sample_abundances(
-            cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv")))
+            cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest))
         ignored = [{"path": p, "reason": reason} for p, reason in others]
         out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
         table = count_table(counts)

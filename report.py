@@ -327,6 +327,10 @@ def audit_section(results, figs):
             + _figure(figs / "label_issues.png", "The most suspect labels", "audit.py"))
 
 
+CALIBRATION_WORDS = {"out_of_fold": "out-of-fold training and validation images (audit.py)",
+                     "validation": "validation images"}
+
+
 def abundances_section(table):
     """The sample's abundances (predict.py's results/abundances.csv): classify-and-count beside the correction
     for the sample's class proportions, with 95 % intervals, as a chart and a table."""
@@ -334,11 +338,13 @@ def abundances_section(table):
     new = table[table["possibly_new"].astype(bool)]
     seen = table[~table["possibly_new"].astype(bool)]
     flagged = int(new["count"].iloc[0]) if len(new) else 0
+    calibration = table["calibration"].iloc[0] if "calibration" in table else "validation"
     columns = ["class", "cc_count", "cc_proportion", "proportion", "proportion_low", "proportion_high", "count"]
     return (f"<h2>Abundances in the sample</h2><p>Each taxon's share of the {int(seen['cc_count'].sum())} images not "
             f"flagged possibly new, corrected for the sample's class proportions by "
             f"{html.escape(str(seen['method'].iloc[0]))} (calibrated on {int(table['calibration_images'].iloc[0])} "
-            f"validation images; 95 % bootstrap intervals of {int(table['bootstrap_draws'].iloc[0])} draws), beside "
+            f"{CALIBRATION_WORDS.get(str(calibration), 'validation images')}; 95 % bootstrap intervals of "
+            f"{int(table['bootstrap_draws'].iloc[0])} draws), beside "
             f"the plain count of predicted classes. {flagged} images possibly of a taxon never seen are counted "
             f"apart. Cite <code>results/abundances.csv</code> (docs/abundances.md).</p>"
             f'<figure><img src="data:image/png;base64,{data}" alt="abundances"><figcaption>Classify and count '

@@ -1,12 +1,13 @@
 """Benchmark: how close are the corrected abundances to the truth, and how often do their 95 % intervals hold it?
 
 Reads ../shared/data/ndsb9 (or --data_root=... with --seen_classes / --unseen_classes). Trains the lab's model on
-it once in a scratch folder (train.py, embed.py, novelty.py), or takes the model already trained in
---trained_dir=FOLDER (an output folder where those three have run with the same settings). Then draws --samples
+it once in a scratch folder (train.py, embed.py, novelty.py, audit.py), or takes the model already trained in
+--trained_dir=FOLDER (an output folder where those four have run with the same settings). Then draws --samples
 samples of --sample_size images from the lab's TEST split, each with class proportions drawn uniformly from the
 simplex (QuaPy's UPP: the artificial-prevalence protocol for more than a few classes; seeded by --seed), and
 quantifies every sample as predict.py does: the images flagged possibly new are set apart, every method of
-lab/abundances.py is calibrated on the validation split and gives its 95 % bootstrap interval
+lab/abundances.py is calibrated as predict.py calibrates it (audit.py's out-of-fold outputs of the training and
+validation images; --calibration=validation: the validation split alone) and gives its 95 % bootstrap interval
 (--abundance_bootstrap draws). The truth is each sample's share of every class among its images not flagged.
 Prints, per method, the mean absolute error of the proportions and how often the interval holds the truth, with
 the targets of bench/targets.py applied to --abundance_method; writes results/abundances_benchmark.json under
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+import audit  # noqa: E402
 import embed  # noqa: E402
 import lab  # noqa: E402
 import novelty  # noqa: E402
@@ -36,7 +38,9 @@ from bench.targets import TARGETS  # noqa: E402
 from lab import abundances, artifacts, checkpoint, config, embedding_files, output_lock, progress, runtime  # noqa: E402
 from lab import novelty_scores as ns  # noqa: E402
 
-OWN_OPTIONS = {"--samples": 500, "--sample_size": 300, "--trained_dir": None, "--jobs": 1}
+OWN_OPTIONS = {"--samples": 500, "--sample_size": 300, "--trained_dir": None, "--jobs": 1,
+               "--calibration": "out_of_fold"}
+CALIBRATIONS = ("out_of_fold", "validation")
 
 
 # --------------------------------------------------------------------------- the measurement, on arrays
@@ -106,8 +110,10 @@ def own_options(argv):
     own, rest = dict(OWN_OPTIONS), []
     for arg in argv:
         name, _, value = arg.partition("=")
+        if name == "--calibration" and value not in CALIBRATIONS:
+            raise lab.LabError(f"--calibration={value!r}: it is one of {', '.join(CALIBRATIONS)}.")
         if name in own:
-            own[name] = value if name == "--trained_dir" else int(value)
+            own[name] = value if name in ("--trained_dir", "--calibration") else int(value)
         else:
             rest.append(arg)
     return own, rest
@@ -121,7 +127,7 @@ def lab_argv(argv, output_dir):
     return [a for a in argv if not a.startswith("--output_dir=")] + extra + [f"--output_dir={str(output_dir)!r}"]
 
 
-def model_outputs(argv):
+def model_outputs(argv, calibration_source="out_of_fold"):
     """(cfg, calibration (probabilities, labels), test (probabilities, labels, flagged), test accuracy) of the
     model trained in argv's output folder, from its embeddings: the calibration set exactly as predict.py takes
     it (lab/abundances.py), the test split through the same last layer and novelty flag."""
@@ -129,7 +135,14 @@ def model_outputs(argv):
     trained = checkpoint.load_trained(cfg, split=False, made_for="abundances")
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     threshold = ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"][trained.cfg.novelty_score]
-    calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold)
+    if calibration_source == "out_of_fold":
+        calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold, trained.digest,
+                                                            trained.ckpt["classes"])
+        if calibration.source != "out_of_fold":
+            raise lab.LabError(f"No complete audit of this model in {trained.cfg.output_dir}: run `python audit.py` "
+                               f"there, or pass --calibration=validation.")
+    else:
+        calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold)
     frame, vectors = embedding_files.load_embeddings(trained.cfg, "test")
     probabilities = abundances.probabilities_from_embeddings(scorer, vectors)
     labels = frame["label_idx"].to_numpy()
@@ -139,7 +152,7 @@ def model_outputs(argv):
 
 
 def train_model(argv):
-    for script in (train, embed, novelty):
+    for script in (train, embed, novelty, audit):
         script.main(argv)
 
 
@@ -157,7 +170,8 @@ def verdicts(summary, default):
 
 def print_table(result):
     print(f"\n{result['samples']} samples of {result['sample_size']} test images (UPP, seed {result['seed']}); "
-          f"{result['calibration_images']} calibration images (validation split, not flagged); "
+          f"{result['calibration_images']} calibration images ({result.get('calibration', 'validation')}, not "
+          f"flagged); "
           f"{result['draws']} bootstrap draws; classifier accuracy on the test split {result['test_accuracy']:.3f}")
     print(f"{'method':<9} {'MAE':>7} {'/ CC':>5} {'coverage':>9} {'all classes':>12} {'width':>7} "
           f"{'worst class':>12} {'failed fits':>12}")
@@ -188,14 +202,15 @@ def run(argv):
         train_model(run_argv)
     try:
         start = time.perf_counter()
-        cfg, calibration, test, accuracy = model_outputs(run_argv)
+        cfg, calibration, test, accuracy = model_outputs(run_argv, own["--calibration"])
         summary, per_sample = measure(calibration, test, own["--samples"], own["--sample_size"],
                                       cfg.abundance_bootstrap, cfg.seed, own["--jobs"])
         truth_all = np.array([s["truth_all_images"] for s in per_sample])
         default_point = np.array([s["methods"][cfg.abundance_method][0] for s in per_sample])
         result = {"samples": own["--samples"], "sample_size": own["--sample_size"], "seed": cfg.seed,
                   "draws": cfg.abundance_bootstrap, "default": cfg.abundance_method, "test_accuracy": accuracy,
-                  "calibration_images": len(calibration.labels), "test_images": len(test[1]),
+                  "calibration": calibration.source, "calibration_images": len(calibration.labels),
+                  "test_images": len(test[1]),
                   "test_flagged_share": float(np.mean(test[2])), "summary": summary,
                   "default_mae_against_all_images": float(np.abs(default_point - truth_all).mean()),
                   "verdicts": verdicts(summary, cfg.abundance_method), "seconds": time.perf_counter() - start,

@@ -13,8 +13,13 @@ for plankton González et al. 2019). The methods, all QuaPy's (Moreo et al.), no
   emq_bcts, emq_nbvs   emq on probabilities first re-calibrated on the calibration images (Alexandari et al.
         2020): bias-corrected temperature scaling, or vector scaling without bias; EM trusts the probabilities,
         and a head trained to fit its training images is over-confident on others
-Calibration data: the validation split's embeddings (embeddings_val.pkl), through the classifier's last layer.
-The head never trained on them, and the test images stay untouched for the measurement (bench/bench_abundances.py).
+Calibration data, never a test image (they are kept for the measurement, bench/bench_abundances.py):
+  out_of_fold  the label audit's out-of-fold probabilities of the training and validation images (audit.py, of
+               this checkpoint): each from a head trained, by the main run's rules, on the other folds' training
+               and validation images only; about 16 times the validation split (QuaPy's val_split=k does the same)
+  validation   where no audit of this checkpoint is there: the validation split's embeddings (embeddings_val.pkl)
+               through the classifier's last layer, which never trained on them; a note says what audit.py adds
+The table's calibration column names the one used.
 Images flagged possibly new are left out of both the sample's and the calibration's images, so that the
 correction is measured on the population it is applied to; the sample's flagged images are counted apart.
 
@@ -22,8 +27,9 @@ Uncertainty: a 95 % percentile interval over `draws` bootstrap resamples of the 
 methods that use calibration data (all but cc, pcc and emq), of the calibration images within each class (the
 class sizes of a calibration set are fixed by design, and a class must not vanish from a draw).
 
-Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_new columns) and
-embeddings/embeddings_val.pkl; writes nothing: predict.py saves the table as results/abundances.csv.
+Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_new columns), results/label_issues.csv
+with results/audit_manifest.json (when audit.py ran on this checkpoint), embeddings/embeddings_{train,val}.pkl;
+writes nothing: predict.py saves the table as results/abundances.csv.
 """
 import contextlib
 import sys
@@ -36,7 +42,7 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 import lab
-from lab import artifacts, embedding_files
+from lab import artifacts, embedding_files, manifest, splitting
 
 METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")
 USES_CALIBRATION = ("acc", "pacc", "emq_bcts", "emq_nbvs")  # their estimate moves with the calibration images
@@ -50,7 +56,7 @@ FALLBACK = "pacc"  # fits on any calibration set (a least-squares solve): used w
 POSSIBLY_NEW = "possibly new"  # the class column of the row that counts the images flagged possibly new
 COLUMNS = (["class", "possibly_new", "cc_count", "cc_proportion", "method", "proportion", "proportion_low",
             "proportion_high", "count", "count_low", "count_high"] + [f"proportion_{m}" for m in METHODS]
-           + ["calibration_images", "bootstrap_draws"])
+           + ["calibration", "calibration_images", "bootstrap_draws"])
 
 
 class Calibration(NamedTuple):
@@ -60,6 +66,7 @@ class Calibration(NamedTuple):
     labels: np.ndarray
     prior: np.ndarray
     paths: tuple = ()
+    source: str = "validation"  # or "out_of_fold" (audit.py's outputs of the training and validation images)
 
 
 # --------------------------------------------------------------------------- the trained head, as QuaPy sees it
@@ -229,11 +236,13 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
     table["proportion"], table["proportion_low"], table["proportion_high"] = point, low, high
     # no image left to quantify: every class counts 0 images, and no share of nothing can be given
     table["count"], table["count_low"], table["count_high"] = (x * n if n else np.zeros(k) for x in (point, low, high))
+    table["calibration"] = calibration.source
     table["calibration_images"], table["bootstrap_draws"] = len(calibration.labels), draws
     flagged_count = int(flagged.sum())
     new_row = {"class": POSSIBLY_NEW, "possibly_new": True, "cc_count": flagged_count, "method": "novelty flag",
                "count": flagged_count, "count_low": flagged_count, "count_high": flagged_count,
-               "calibration_images": len(calibration.labels), "bootstrap_draws": draws}
+               "calibration": calibration.source, "calibration_images": len(calibration.labels),
+               "bootstrap_draws": draws}
     return pd.concat([table, pd.DataFrame([new_row])], ignore_index=True)[COLUMNS]
 
 
@@ -252,17 +261,51 @@ def training_prior(cfg, labels, n_classes):
     return np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
 
 
-def calibration_from_artifacts(cfg, scorer, threshold):
-    """The Calibration of the corrections: the validation images that the novelty flag keeps. Only
-    embeddings_val.pkl is read: never a training or a test image."""
-    frame, vectors = embedding_files.load_embeddings(cfg, "val")
-    if set(frame["split"]) != {"val"}:
-        raise lab.LabError("embeddings/embeddings_val.pkl holds rows of other splits than the validation split. "
-                           "Re-run `python embed.py`.")
+def novelty_kept(cfg, scorer, threshold, split):
+    """{path: whether the novelty flag keeps it} of one split's embedded images, and its frame."""
+    frame, vectors = embedding_files.load_embeddings(cfg, split)
+    if set(frame["split"]) - {split}:
+        raise lab.LabError(f"embeddings/embeddings_{split}.pkl holds rows of other splits. Re-run `python embed.py`.")
+    kept = scorer.scores(vectors, (cfg.novelty_score,))[cfg.novelty_score] <= threshold
+    return dict(zip(frame["path"], kept)), frame, vectors, kept
+
+
+def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior):
+    """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
+    novelty flag keeps; None where no complete audit of this checkpoint is there."""
+    audit = manifest.complete(cfg, "audit")
+    if audit is None or audit["inputs"].get("checkpoint") != checkpoint_digest:
+        return None
+    columns = [f"p_{c}" for c in classes]
+    issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
+    issues = issues[issues["split"].isin(["train", "val"])]
+    kept = {}
+    for split in ("train", "val"):
+        kept.update(novelty_kept(cfg, scorer, threshold, split)[0])
+    index = {str(c): i for i, c in enumerate(classes)}
+    paths = np.asarray(splitting.absolute_paths(cfg, issues["path"]), dtype=object)  # as the embeddings name them
+    keep = np.array([bool(kept.get(p, False)) for p in paths], dtype=bool) & issues["label"].isin(index).to_numpy()
+    probabilities = issues[columns].to_numpy(np.float64)[keep]
+    return Calibration(probabilities / probabilities.sum(axis=1, keepdims=True),
+                       issues["label"][keep].map(index).to_numpy(np.int64), prior, tuple(paths[keep]), "out_of_fold")
+
+
+def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest=None, classes=None):
+    """The Calibration of the corrections, never a test image: audit.py's out-of-fold outputs of the training and
+    validation images where the audit of this checkpoint (checkpoint_digest) is complete, else the validation
+    images (with a note naming audit.py); in both, only the images the novelty flag keeps."""
+    by_path, frame, vectors, keep = novelty_kept(cfg, scorer, threshold, "val")
     labels = frame["label_idx"].to_numpy()
-    keep = scorer.scores(vectors, (cfg.novelty_score,))[cfg.novelty_score] <= threshold
-    return Calibration(probabilities_from_embeddings(scorer, vectors[keep]), labels[keep],
-                       training_prior(cfg, labels, len(scorer.weight)), tuple(frame["path"].to_numpy()[keep]))
+    prior = training_prior(cfg, labels, len(scorer.weight))
+    if checkpoint_digest is not None and classes is not None:
+        calibration = out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior)
+        if calibration is not None:
+            return calibration
+        print(f"note: abundances calibrated on the {int(keep.sum())} validation images; `python audit.py` (the label "
+              f"audit of this checkpoint) gives out-of-fold outputs of the training images too, a calibration set "
+              f"about 16 times larger and closer corrections (docs/abundances.md)", file=sys.stderr)
+    return Calibration(probabilities_from_embeddings(scorer, vectors[keep]), labels[keep], prior,
+                       tuple(frame["path"].to_numpy()[keep]), "validation")
 
 
 def sample_probabilities(predictions_path, classes):
@@ -275,10 +318,10 @@ def sample_probabilities(predictions_path, classes):
     return probabilities / probabilities.sum(axis=1, keepdims=True), frame["possibly_new"].to_numpy(bool)
 
 
-def sample_abundances(cfg, classes, scorer, threshold, predictions_path):
+def sample_abundances(cfg, classes, scorer, threshold, predictions_path, checkpoint_digest):
     """The abundances table of the sample predict.py has just classified (predictions_path: its
     predictions.csv), corrected by cfg.abundance_method with cfg.abundance_bootstrap draws, seeded by cfg.seed."""
-    calibration = calibration_from_artifacts(cfg, scorer, threshold)
+    calibration = calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes)
     probabilities, possibly_new = sample_probabilities(predictions_path, classes)
     return abundance_frame(classes, probabilities, possibly_new, calibration, cfg.abundance_method,
                            cfg.abundance_bootstrap, cfg.seed)

@@ -3,9 +3,13 @@ likely they are wrong, with cleanlab (Confident Learning, Northcutt et al., JAIR
 
 The images (the train, validation and test splits together, as a trunk_cache.PooledSplit) fall into `folds`
 stratified folds, shuffled with the seed. For each fold a fresh head (each layer initialised anew, seeded) is
-trained on the cached trunk features of the other folds by the main run's rules (`FoldTraining`: its best epoch
-count, learning rate, batch size, class weighting and head precision); nothing is chosen on the fold's own images,
-which it then scores: their softmax probabilities are their out-of-fold probabilities. No trunk pass is run.
+trained on the cached trunk features of the other folds' *training and validation* images by the main run's rules
+(`FoldTraining`: its best epoch count, learning rate, batch size, class weighting and head precision); nothing is
+chosen on the fold's own images, which it then scores: their softmax probabilities are their out-of-fold
+probabilities. No trunk pass is run. The test images are scored like the others (each by the head of its fold) but
+never train a head: they set the reported accuracy and the abundances' measurement, and the out-of-fold outputs of
+the training and validation images calibrate the abundances (lab/abundances.py), which must never have touched a
+test image.
 cleanlab then gives each given label its quality (`cleanlab.rank.get_label_quality_scores`, self-confidence: the
 out-of-fold probability of the given label; lower = more likely wrong) and flags the likely label issues
 (`cleanlab.filter.find_label_issues`, pruning by the noise rates it estimates from the confident joint).
@@ -99,16 +103,18 @@ def train_fold(model, data, training, device, fold, n_classes):
                                f"rate (`python train.py --lr=...`), then run audit.py again.")
 
 
-def out_of_fold_probabilities(model, data, fold, training, device, n_classes, log=print):
-    """(images x classes) softmax probabilities, each image's from the head trained without its fold."""
+def out_of_fold_probabilities(model, data, fold, training, device, n_classes, log=print, trains=None):
+    """(images x classes) softmax probabilities, each image's from the head trained without its fold. trains: which
+    images may train a head (default all); the others are scored by their fold's head and never trained on."""
+    trains = np.ones(len(fold), dtype=bool) if trains is None else np.asarray(trains, dtype=bool)
     probabilities = np.zeros((len(data), n_classes))
     folds = int(fold.max()) + 1 if len(fold) else 0
     for k in range(folds):
-        held_out = np.flatnonzero(fold == k)
-        train_fold(model, data.subset(np.flatnonzero(fold != k)), training, device, k, n_classes)
+        held_out, trained_on = np.flatnonzero(fold == k), np.flatnonzero((fold != k) & trains)
+        train_fold(model, data.subset(trained_on), training, device, k, n_classes)
         logits = trunk_cache.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
         probabilities[held_out] = softmax(logits.astype(np.float64), axis=1)
-        log(f"[audit] fold {k + 1}/{folds}: trained on {len(fold) - len(held_out)} images, scored {len(held_out)}")
+        log(f"[audit] fold {k + 1}/{folds}: trained on {len(trained_on)} images, scored {len(held_out)}")
     return probabilities
 
 
@@ -145,8 +151,9 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
 
 def audit_labels(model, data, classes, training, folds, device, log=print):
     """The audit of every image of data (a PooledSplit of CachedSplits with their rows), as issue_table."""
-    labels = data.labels.numpy()
+    labels, rows = data.labels.numpy(), data.rows
     fold = assign_folds(labels, folds, training.seed)
-    probabilities = out_of_fold_probabilities(model, data, fold, training, device, len(classes), log)
+    trains = (rows["split"] != "test").to_numpy() if "split" in rows else None  # the test images: scored only
+    probabilities = out_of_fold_probabilities(model, data, fold, training, device, len(classes), log, trains)
     quality, flagged, rank = rank_labels(labels, probabilities)
-    return issue_table(data.rows, classes, probabilities, quality, flagged, rank, fold)
+    return issue_table(rows, classes, probabilities, quality, flagged, rank, fold)

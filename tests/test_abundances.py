@@ -97,13 +97,15 @@ def test_the_table_adds_up_and_counts_the_possibly_new_apart(synthetic):
     assert list(seen["class"]) == classes and new["class"] == abundances.POSSIBLY_NEW and new["count"] == 40
     kept = sample[:400][~flagged[:400]]
     assert list(seen["cc_count"]) == list(np.bincount(kept.argmax(1), minlength=4))
-    assert seen["count"].sum() + new["count"] == 400 and seen["cc_count"].sum() + new["cc_count"] == 400
+    # the corrected counts are shares times 360 (their sum may differ from 360 in the last bit)
+    assert seen["count"].sum() + new["count"] == pytest.approx(400) and seen["cc_count"].sum() + new["cc_count"] == 400
     assert seen["proportion"].sum() == pytest.approx(1) and seen["cc_proportion"].sum() == pytest.approx(1)
     assert (seen["proportion"] == seen["proportion_pacc"]).all() and (seen["method"] == "pacc").all()
     assert seen["cc_proportion"].to_numpy() == pytest.approx(seen["proportion_cc"].to_numpy())
     assert ((seen["proportion_low"] <= seen["proportion"]) & (seen["proportion"] <= seen["proportion_high"])).all()
     assert seen["count_high"].to_numpy() == pytest.approx(seen["proportion_high"].to_numpy() * 360)
     assert (table["calibration_images"] == 8000).all() and (table["bootstrap_draws"] == 20).all()
+    assert (table["calibration"] == "validation").all()
     everything_new = abundances.abundance_frame(classes, sample[:5], np.ones(5, bool), calibration, "emq", 20, 0)
     assert everything_new["count"].tolist() == [0, 0, 0, 0, 5] and everything_new["proportion"].isna()[:4].all()
 
@@ -127,40 +129,75 @@ def trained_copy(novelty_ready, tmp_path):
     return config.load_config(argv), argv
 
 
+def test_a_method_that_cannot_be_fitted_falls_back_to_pacc_and_says_so(synthetic, monkeypatch, capsys):
+    calibration, sample, _ = synthetic
+    real = abundances.fitted
+
+    def fitted(method, *args, **kwargs):
+        if method == "emq_nbvs":
+            raise RuntimeError("no finite optimum")
+        return real(method, *args, **kwargs)
+    monkeypatch.setattr(abundances, "fitted", fitted)
+    table = abundances.abundance_frame(["a", "b", "c", "d"], sample[:300], np.zeros(300, bool), calibration,
+                                       "emq_nbvs", 20, 0)
+    seen = table[~table["possibly_new"]]
+    assert (seen["method"] == abundances.FALLBACK).all() and seen["proportion_emq_nbvs"].isna().all()
+    assert (seen["proportion"] == seen["proportion_pacc"]).all()
+    assert "abundance_method='emq_nbvs' could not be fitted" in capsys.readouterr().err
+
+
 def test_predict_writes_abundances_that_agree_with_its_counts(trained_copy, tiny_demo, capsys):
-    """The tiny demo keeps 2 validation images per class: too few for the default's re-calibration, so the table
-    falls back to pacc, says so in its method column and on stderr, and leaves the default's column empty."""
+    """Without an audit of the checkpoint, the validation images calibrate the table, and a note names audit.py."""
     cfg, argv = trained_copy
     sample = tiny_demo / "chainthin"
     counts = predict.main(argv + [f"--predict_dir={str(sample)!r}", "--abundance_bootstrap=20"])
     table = artifacts.read_csv(artifacts.out_path(cfg, "results", "abundances.csv"), ("class", "method"))
     predictions = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))
     seen, new = table[~table["possibly_new"]], table[table["possibly_new"]]
-    assert cfg.abundance_method == "emq_nbvs" and f"abundance_method='{cfg.abundance_method}' could not be" in (
-        capsys.readouterr().err)
-    assert list(seen["class"]) == cfg.seen_classes and (seen["method"] == abundances.FALLBACK).all()
-    assert seen["proportion_emq_nbvs"].isna().all() and (seen["proportion"] == seen["proportion_pacc"]).all()
+    err = capsys.readouterr().err
+    assert "`python audit.py`" in err and (table["calibration"] == "validation").all()
+    # the tiny demo keeps 2 validation images per class: the default's re-calibration may not fit on them
+    fell_back = f"abundance_method='{cfg.abundance_method}' could not be" in err
+    assert (seen["method"] == (abundances.FALLBACK if fell_back else cfg.abundance_method)).all()
+    assert list(seen["class"]) == cfg.seen_classes
     assert list(seen["cc_count"]) == list(counts["images"] - counts["possibly_new"])
     assert int(new["count"].iloc[0]) == predictions["possibly_new"].sum()
     assert seen["count"].sum() + new["count"].sum() == pytest.approx(len(predictions))
     assert (seen["bootstrap_draws"] == 20).all()
 
 
-def test_the_calibration_reads_the_validation_split_and_never_a_test_image(trained_copy, monkeypatch):
+def calibration_inputs(cfg):
     import json
 
     from lab import checkpoint
     from lab import novelty_scores as ns
-    cfg, _ = trained_copy
     trained = checkpoint.load_trained(cfg, model=False)
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     threshold = json.loads(artifacts.out_path(cfg, "results", "novelty_thresholds.json").read_text())[
         "thresholds"][cfg.novelty_score]
+    return trained, (trained.cfg, scorer, threshold, trained.digest, trained.ckpt["classes"])
+
+
+def scrambled_test_embeddings(monkeypatch):
+    """The test embeddings' values, permuted in memory: a calibration that never reads them stays the same."""
+    real = embedding_files.load_embeddings
+
+    def scrambled(c, name):
+        frame, x = real(c, name)
+        return (frame, np.random.default_rng(0).permutation(x)) if name == "test" else (frame, x)
+    monkeypatch.setattr(embedding_files, "load_embeddings", scrambled)
+
+
+def test_without_an_audit_the_calibration_reads_the_validation_split_and_never_a_test_image(trained_copy,
+                                                                                           monkeypatch):
+    cfg, _ = trained_copy
+    trained, inputs = calibration_inputs(cfg)
     read = []
     original = embedding_files.load_embeddings
     monkeypatch.setattr(embedding_files, "load_embeddings", lambda c, name: read.append(name) or original(c, name))
-    probabilities, labels, prior, paths = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold)
-    assert read == ["val"]
+    calibration = abundances.calibration_from_artifacts(*inputs)
+    probabilities, labels, prior, paths, source = calibration
+    assert read == ["val"] and source == "validation"
     split = splitting.load_split(trained.cfg)
     by_split = {name: set(splitting.absolute_paths(trained.cfg, split[split["split"] == name]["path"]))
                 for name in ("val", "test", "train")}
@@ -169,15 +206,36 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     assert probabilities.shape == (len(paths), len(cfg.seen_classes)) and len(labels) == len(paths)
     val_labels = split[split["split"] == "val"]["label"]
     assert prior == pytest.approx(val_labels.value_counts(normalize=True)[cfg.seen_classes].to_numpy())
-    # the test embeddings' values play no part: scrambled (in memory), the calibration is the same
-    real = embedding_files.load_embeddings
-
-    def scrambled(c, name):
-        frame, x = real(c, name)
-        return (frame, np.random.default_rng(0).permutation(x)) if name == "test" else (frame, x)
-    monkeypatch.setattr(embedding_files, "load_embeddings", scrambled)
-    again = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold)
+    scrambled_test_embeddings(monkeypatch)
+    again = abundances.calibration_from_artifacts(*inputs)
     assert (again.probabilities == probabilities).all() and again.paths == paths
+
+
+def test_after_the_audit_the_calibration_is_its_out_of_fold_training_and_validation_outputs(trained_copy,
+                                                                                            monkeypatch):
+    """audit.py's heads never trained on a test image (tests/test_audit.py); the calibration takes their outputs of
+    the training and validation images only, as the audit wrote them, and a stale audit is not used."""
+    import audit
+    cfg, argv = trained_copy
+    audit.main(argv)
+    trained, inputs = calibration_inputs(cfg)
+    calibration = abundances.calibration_from_artifacts(*inputs)
+    assert calibration.source == "out_of_fold"
+    issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
+    issues.index = splitting.absolute_paths(trained.cfg, issues["path"])  # the calibration's paths are absolute
+    split_of = issues["split"].to_dict()
+    assert {split_of[p] for p in calibration.paths} == {"train", "val"}
+    assert len(calibration.paths) >= 0.8 * sum(s in ("train", "val") for s in split_of.values())
+    rows = issues.loc[list(calibration.paths)]
+    columns = [f"p_{c}" for c in trained.ckpt["classes"]]
+    np.testing.assert_allclose(calibration.probabilities, rows[columns].to_numpy(), rtol=1e-6)
+    assert list(calibration.labels) == [trained.ckpt["classes"].index(label) for label in rows["label"]]
+    scrambled_test_embeddings(monkeypatch)
+    again = abundances.calibration_from_artifacts(*inputs)
+    assert (again.probabilities == calibration.probabilities).all() and again.paths == calibration.paths
+    # an audit of another checkpoint is not used: the validation split is
+    stale = abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4])
+    assert stale.source == "validation"
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):

@@ -84,8 +84,9 @@ def test_folds_are_stratified_seeded_and_refused_beyond_the_largest_class():
         label_audit.assign_folds(labels, 21, seed=0)
 
 
-def test_an_out_of_fold_model_never_saw_the_images_it_scores(model, monkeypatch):
-    """What each fold's head was trained on (every run_epoch: always with an optimizer) and what it scored."""
+def test_an_out_of_fold_model_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
+    """What each fold's head was trained on (every run_epoch: always with an optimizer) and what it scored. The test
+    images are scored, each once, but never trained on: the abundances calibrate on these heads' outputs."""
     features, labels = separable_set(12)
     data = pooled(features, labels)
     calls = []
@@ -106,12 +107,15 @@ def test_an_out_of_fold_model_never_saw_the_images_it_scores(model, monkeypatch)
 
     assert [kind for kind, _ in calls] == (["train"] * epochs + ["score"]) * folds  # no loss on held-out images
     everything, scored_so_far = set(range(len(data))), set()
+    test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
+    assert len(test_images) == len(data) // 5
     fold_of_path = dict(zip(issues["path"], issues["fold"]))
     for k in range(folds):
         block = calls[k * (epochs + 1):(k + 1) * (epochs + 1)]
         trained_on, scored = block[0][1], block[-1][1]
         assert all(positions == trained_on for _, positions in block[:-1])
-        assert not trained_on & scored and trained_on | scored == everything
+        assert not trained_on & scored and not trained_on & test_images
+        assert trained_on | scored | test_images == everything
         assert not scored & scored_so_far
         scored_so_far |= scored
         assert {data.rows["path"][i] for i in scored} == {p for p, f in fold_of_path.items() if f == k + 1}
