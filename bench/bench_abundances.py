@@ -6,8 +6,9 @@ it once in a scratch folder (train.py, embed.py, novelty.py, audit.py), or takes
 samples of --sample_size images from the lab's TEST split, each with class proportions drawn uniformly from the
 simplex (QuaPy's UPP: the artificial-prevalence protocol for more than a few classes; seeded by --seed), and
 quantifies every sample as predict.py does: the images flagged possibly new are set apart, every method of
-lab/abundances.py is calibrated as predict.py calibrates it (audit.py's out-of-fold outputs of the training and
-validation images; --calibration=validation: the validation split alone) and gives its 95 % bootstrap interval
+lab/abundances.py is calibrated on the validation split (--calibration=out_of_fold: on audit.py's out-of-fold
+outputs of the training and validation images, as --abundance_calibration=out_of_fold) and gives its 95 %
+bootstrap interval
 (--abundance_bootstrap draws). The truth is each sample's share of every class among its images not flagged.
 Prints, per method, the mean absolute error of the proportions and how often the interval holds the truth, with
 the targets of bench/targets.py applied to --abundance_method; writes results/abundances_benchmark.json under
@@ -39,8 +40,8 @@ from lab import abundances, artifacts, checkpoint, config, embedding_files, outp
 from lab import novelty_scores as ns  # noqa: E402
 
 OWN_OPTIONS = {"--samples": 500, "--sample_size": 300, "--trained_dir": None, "--jobs": 1,
-               "--calibration": "out_of_fold"}
-CALIBRATIONS = ("out_of_fold", "validation")
+               "--calibration": "validation"}
+CALIBRATIONS = ("validation", "out_of_fold")
 
 
 # --------------------------------------------------------------------------- the measurement, on arrays
@@ -127,7 +128,7 @@ def lab_argv(argv, output_dir):
     return [a for a in argv if not a.startswith("--output_dir=")] + extra + [f"--output_dir={str(output_dir)!r}"]
 
 
-def model_outputs(argv, calibration_source="out_of_fold"):
+def model_outputs(argv, calibration_source="validation"):
     """(cfg, calibration (probabilities, labels), test (probabilities, labels, flagged), test accuracy) of the
     model trained in argv's output folder, from its embeddings: the calibration set exactly as predict.py takes
     it (lab/abundances.py), the test split through the same last layer and novelty flag."""
@@ -135,14 +136,8 @@ def model_outputs(argv, calibration_source="out_of_fold"):
     trained = checkpoint.load_trained(cfg, split=False, made_for="abundances")
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     threshold = ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"][trained.cfg.novelty_score]
-    if calibration_source == "out_of_fold":
-        calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold, trained.digest,
-                                                            trained.ckpt["classes"])
-        if calibration.source != "out_of_fold":
-            raise lab.LabError(f"No complete audit of this model in {trained.cfg.output_dir}: run `python audit.py` "
-                               f"there, or pass --calibration=validation.")
-    else:
-        calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold)
+    calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold, trained.digest,
+                                                        trained.ckpt["classes"], calibration_source)
     frame, vectors = embedding_files.load_embeddings(trained.cfg, "test")
     probabilities = abundances.probabilities_from_embeddings(scorer, vectors)
     labels = frame["label_idx"].to_numpy()

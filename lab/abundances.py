@@ -13,12 +13,14 @@ for plankton González et al. 2019). The methods, all QuaPy's (Moreo et al.), no
   emq_bcts, emq_nbvs   emq on probabilities first re-calibrated on the calibration images (Alexandari et al.
         2020): bias-corrected temperature scaling, or vector scaling without bias; EM trusts the probabilities,
         and a head trained to fit its training images is over-confident on others
-Calibration data, never a test image (they are kept for the measurement, bench/bench_abundances.py):
+Calibration data (abundance_calibration), never a test image (they are kept for the measurement,
+bench/bench_abundances.py):
+  validation   the default: the validation split's embeddings (embeddings_val.pkl) through the classifier's last
+               layer, which never trained on them
   out_of_fold  the label audit's out-of-fold probabilities of the training and validation images (audit.py, of
                this checkpoint): each from a head trained, by the main run's rules, on the other folds' training
-               and validation images only; about 16 times the validation split (QuaPy's val_split=k does the same)
-  validation   where no audit of this checkpoint is there: the validation split's embeddings (embeddings_val.pkl)
-               through the classifier's last layer, which never trained on them; a note says what audit.py adds
+               and validation images only; about 16 times as many (QuaPy's val_split=k does the same). Measured
+               worse on ndsb9: the fold heads are not the model, and their confusions were not its confusions
 The table's calibration column names the one used.
 Images flagged possibly new are left out of both the sample's and the calibration's images, so that the
 correction is measured on the population it is applied to; the sample's flagged images are counted apart.
@@ -27,9 +29,9 @@ Uncertainty: a 95 % percentile interval over `draws` bootstrap resamples of the 
 methods that use calibration data (all but cc, pcc and emq), of the calibration images within each class (the
 class sizes of a calibration set are fixed by design, and a class must not vanish from a draw).
 
-Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_new columns), results/label_issues.csv
-with results/audit_manifest.json (when audit.py ran on this checkpoint), embeddings/embeddings_{train,val}.pkl;
-writes nothing: predict.py saves the table as results/abundances.csv.
+Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_new columns),
+embeddings/embeddings_val.pkl, and for out_of_fold results/label_issues.csv (audit.py's, of this checkpoint) and
+embeddings/embeddings_train.pkl; writes nothing: predict.py saves the table as results/abundances.csv.
 """
 import contextlib
 import sys
@@ -272,10 +274,14 @@ def novelty_kept(cfg, scorer, threshold, split):
 
 def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior):
     """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
-    novelty flag keeps; None where no complete audit of this checkpoint is there."""
-    audit = manifest.complete(cfg, "audit")
-    if audit is None or audit["inputs"].get("checkpoint") != checkpoint_digest:
-        return None
+    novelty flag keeps. A missing audit, or one of another checkpoint, names audit.py."""
+    audit, problem = manifest.check(cfg, "audit")
+    if audit is not None and audit["inputs"].get("checkpoint") != checkpoint_digest:
+        audit, problem = None, "it was made from another checkpoint"
+    if audit is None:
+        raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model, "
+                           f"and there are none ({problem}). Run `python audit.py` with this model first, or use "
+                           f"--abundance_calibration=validation (the default).")
     columns = [f"p_{c}" for c in classes]
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues = issues[issues["split"].isin(["train", "val"])]
@@ -290,20 +296,15 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
                        issues["label"][keep].map(index).to_numpy(np.int64), prior, tuple(paths[keep]), "out_of_fold")
 
 
-def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest=None, classes=None):
-    """The Calibration of the corrections, never a test image: audit.py's out-of-fold outputs of the training and
-    validation images where the audit of this checkpoint (checkpoint_digest) is complete, else the validation
-    images (with a note naming audit.py); in both, only the images the novelty flag keeps."""
+def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes, source="validation"):
+    """The Calibration of the corrections, never a test image: the validation images, or (source "out_of_fold")
+    audit.py's out-of-fold outputs of the training and validation images of this checkpoint (checkpoint_digest);
+    in both, only the images the novelty flag keeps."""
     by_path, frame, vectors, keep = novelty_kept(cfg, scorer, threshold, "val")
     labels = frame["label_idx"].to_numpy()
     prior = training_prior(cfg, labels, len(scorer.weight))
-    if checkpoint_digest is not None and classes is not None:
-        calibration = out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior)
-        if calibration is not None:
-            return calibration
-        print(f"note: abundances calibrated on the {int(keep.sum())} validation images; `python audit.py` (the label "
-              f"audit of this checkpoint) gives out-of-fold outputs of the training images too, a calibration set "
-              f"about 16 times larger and closer corrections (docs/abundances.md)", file=sys.stderr)
+    if source == "out_of_fold":
+        return out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior)
     return Calibration(probabilities_from_embeddings(scorer, vectors[keep]), labels[keep], prior,
                        tuple(frame["path"].to_numpy()[keep]), "validation")
 
@@ -321,7 +322,8 @@ def sample_probabilities(predictions_path, classes):
 def sample_abundances(cfg, classes, scorer, threshold, predictions_path, checkpoint_digest):
     """The abundances table of the sample predict.py has just classified (predictions_path: its
     predictions.csv), corrected by cfg.abundance_method with cfg.abundance_bootstrap draws, seeded by cfg.seed."""
-    calibration = calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes)
+    calibration = calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes,
+                                             cfg.abundance_calibration)
     probabilities, possibly_new = sample_probabilities(predictions_path, classes)
     return abundance_frame(classes, probabilities, possibly_new, calibration, cfg.abundance_method,
                            cfg.abundance_bootstrap, cfg.seed)

@@ -179,6 +179,7 @@ RULES = {
     "labels_file": tables_or_none, "labels_columns": two_columns_or_none, "labels_statuses": statuses,
     "labels_map": a_path_or_none,
     "abundance_method": one_of(*ABUNDANCE_METHODS), "abundance_bootstrap": at_least(20),
+    "abundance_calibration": one_of("validation", "out_of_fold"),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {

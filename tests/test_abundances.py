@@ -147,7 +147,7 @@ def test_a_method_that_cannot_be_fitted_falls_back_to_pacc_and_says_so(synthetic
 
 
 def test_predict_writes_abundances_that_agree_with_its_counts(trained_copy, tiny_demo, capsys):
-    """Without an audit of the checkpoint, the validation images calibrate the table, and a note names audit.py."""
+    """The validation images calibrate the table (the default abundance_calibration)."""
     cfg, argv = trained_copy
     sample = tiny_demo / "chainthin"
     counts = predict.main(argv + [f"--predict_dir={str(sample)!r}", "--abundance_bootstrap=20"])
@@ -155,7 +155,7 @@ def test_predict_writes_abundances_that_agree_with_its_counts(trained_copy, tiny
     predictions = pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))
     seen, new = table[~table["possibly_new"]], table[table["possibly_new"]]
     err = capsys.readouterr().err
-    assert "`python audit.py`" in err and (table["calibration"] == "validation").all()
+    assert (table["calibration"] == "validation").all()
     # the tiny demo keeps 2 validation images per class: the default's re-calibration may not fit on them
     fell_back = f"abundance_method='{cfg.abundance_method}' could not be" in err
     assert (seen["method"] == (abundances.FALLBACK if fell_back else cfg.abundance_method)).all()
@@ -188,8 +188,7 @@ def scrambled_test_embeddings(monkeypatch):
     monkeypatch.setattr(embedding_files, "load_embeddings", scrambled)
 
 
-def test_without_an_audit_the_calibration_reads_the_validation_split_and_never_a_test_image(trained_copy,
-                                                                                           monkeypatch):
+def test_the_calibration_reads_the_validation_split_and_never_a_test_image(trained_copy, monkeypatch):
     cfg, _ = trained_copy
     trained, inputs = calibration_inputs(cfg)
     read = []
@@ -211,15 +210,17 @@ def test_without_an_audit_the_calibration_reads_the_validation_split_and_never_a
     assert (again.probabilities == probabilities).all() and again.paths == paths
 
 
-def test_after_the_audit_the_calibration_is_its_out_of_fold_training_and_validation_outputs(trained_copy,
-                                                                                            monkeypatch):
-    """audit.py's heads never trained on a test image (tests/test_audit.py); the calibration takes their outputs of
-    the training and validation images only, as the audit wrote them, and a stale audit is not used."""
+def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outputs(trained_copy, monkeypatch):
+    """abundance_calibration="out_of_fold": audit.py's heads never trained on a test image (tests/test_audit.py);
+    the calibration takes their outputs of the training and validation images only, as the audit wrote them. No
+    audit, or a stale one, names audit.py: never a silent fallback."""
     import audit
     cfg, argv = trained_copy
-    audit.main(argv)
     trained, inputs = calibration_inputs(cfg)
-    calibration = abundances.calibration_from_artifacts(*inputs)
+    with pytest.raises(lab.LabError, match="Run `python audit.py`"):
+        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+    audit.main(argv)
+    calibration = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
     assert calibration.source == "out_of_fold"
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues.index = splitting.absolute_paths(trained.cfg, issues["path"])  # the calibration's paths are absolute
@@ -231,11 +232,10 @@ def test_after_the_audit_the_calibration_is_its_out_of_fold_training_and_validat
     np.testing.assert_allclose(calibration.probabilities, rows[columns].to_numpy(), rtol=1e-6)
     assert list(calibration.labels) == [trained.ckpt["classes"].index(label) for label in rows["label"]]
     scrambled_test_embeddings(monkeypatch)
-    again = abundances.calibration_from_artifacts(*inputs)
+    again = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
     assert (again.probabilities == calibration.probabilities).all() and again.paths == calibration.paths
-    # an audit of another checkpoint is not used: the validation split is
-    stale = abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4])
-    assert stale.source == "validation"
+    with pytest.raises(lab.LabError, match="another checkpoint"):
+        abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4], "out_of_fold")
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
