@@ -13,21 +13,25 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt -c constraints.txt \
 		| grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR)' || true
-	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab, quapy" \
+	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab, quapy, xdist" \
 		|| { echo "make: the install failed (see above)"; exit 1; }
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py
 
+# Both run the tests on every core (pytest-xdist, one worker per core), each worker with one torch thread: most
+# tests are small and single-threaded anyway, and two threads per worker would fight over the cores.
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
+
 # The full suite (what .ci/run calls): every skip says why, and the 15 slowest tests are listed.
 test: $(VENV)/.installed
 	bash .ci/chromium.sh
-	$(PY) -m pytest -q -rs --durations=15 tests
+	$(PYTEST) -rs --durations=15 tests
 
 # The edit-and-test loop: no subprocess, torchrun, Chromium or ../shared (tests marked slow are left out).
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_pipeline.py

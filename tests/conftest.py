@@ -44,6 +44,8 @@ SLOW = ("slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", SLOW)
+    # bokeh 3.9's own call (bokeh/models/sources.py) under pandas 3.1; not the lab's code, and users never see it
+    config.addinivalue_line("filterwarnings", "ignore:The inplace keyword in DataFrame.reset_index:Warning:bokeh")
 
 
 @pytest.fixture(autouse=True)
