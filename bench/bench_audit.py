@@ -244,8 +244,9 @@ def measure_demo(run):
                                             f"({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
                                             for k, v in fewer.items()))
     reason = (f"{cfg.audit_folds} heads, each trained for the main run's best epoch count ({epochs}) on "
-              f"{cfg.audit_folds - 1}/{cfg.audit_folds} of the labelled images: {cfg.audit_folds - 1} times the work "
-              f"of {epochs} epochs over all of them")
+              f"{cfg.audit_folds - 1}/{cfg.audit_folds} of the training and validation images: "
+              f"{cfg.audit_folds - 1} times the work of {epochs} epochs over all of those (train.py: its best epochs "
+              f"plus patience over the training images alone)")
     return {"stages": stages, "share": share, "fewer_folds": fewer, "epochs_per_fold": epochs,
             "threads": DEMO_THREADS, "load_average": common.load_average()}, \
         [verdict("audit: demo share", compared, round(100 * share["cpu_seconds"], 1), f"<= {100 * DEMO_TARGET:.0f} %",
