@@ -92,7 +92,8 @@ def reduce_to_2d(x, cfg):
     # verbose: UMAP says where it is every tenth of its epochs, so a long layout is never silent
     reducer = umap.UMAP(n_neighbors=k, min_dist=cfg.umap_min_dist, random_state=cfg.seed, n_jobs=1,
                         precomputed_knn=neighbours, verbose=True, tqdm_kwds={"disable": True})
-    with warnings.catch_warnings(), contextlib.redirect_stdout(Prefixed("[map] umap: ", sys.stdout)):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(Prefixed("[map] umap: ", sys.stdout)), \
+            runtime.torch_threads_kept():
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # we never transform new points
         return reducer.fit_transform(x)
 

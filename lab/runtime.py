@@ -20,6 +20,19 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Run a block that may reset OpenMP's thread count (UMAP's numba code sets it to the number of cores), then
+    give torch back the count it had: the stages after it in one process (run_pipeline.py) then compute as they
+    do in a process of their own, also under OMP_NUM_THREADS=1 (torchrun's ranks, the tests)."""
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def select_device(name):
     """The device the setting names; under torchrun, a GPU is this rank's own (cuda:LOCAL_RANK)."""
     import torch

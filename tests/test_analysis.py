@@ -225,6 +225,20 @@ def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
     assert trustworthiness(StandardScaler().fit_transform(x), xy, n_neighbors=cfg.umap_n_neighbors) > 0.9
 
 
+def test_the_map_leaves_torchs_thread_count_as_it_found_it(make_cfg):
+    """UMAP's numba code resets OpenMP's thread count to the number of cores: the stages after the map in one
+    process (run_pipeline.py) would then train and embed with other threads than alone, under OMP_NUM_THREADS=1."""
+    import torch
+    cfg, _ = make_cfg()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reduction.reduce_to_2d(np.random.default_rng(6).normal(size=(120, 16)), cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_umaps_progress_is_passed_on_without_its_parameters():
     import io
     out = io.StringIO()
