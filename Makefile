@@ -20,9 +20,10 @@ $(VENV)/.installed: requirements.txt constraints.txt
 demo: $(VENV)/.installed
 	$(PY) run_pipeline.py
 
-# Both run the tests on every core (pytest-xdist, one worker per core), each worker with one torch thread: most
-# tests are small and single-threaded anyway, and two threads per worker would fight over the cores.
-PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
+# Both run the tests on every core (pytest-xdist, one worker per core; an idle worker takes tests queued for a busy
+# one), each worker with one torch thread: most tests are small and single-threaded anyway, and two threads per
+# worker would fight over the cores.
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal
 
 # The full suite (what .ci/run calls): every skip says why, and the 15 slowest tests are listed.
 test: $(VENV)/.installed
