@@ -18,6 +18,10 @@ test_fraction = 0.20           # share of each seen class for testing, in (0, 1)
 min_images_per_class = 10      # classes with fewer images are refused (too few to split), >= 3
 max_images_per_class = 0       # 0: use every image; N: a seeded sample of at most N per class (quick trials)
 rebuild_split = False          # True: discard results/split.csv and draw the split anew
+# Near-copies (one particle re-saved, re-cropped or shifted by a few pixels, or brightened; docs/similar.md): "report"
+# lists them in results/near_copies.csv and report.py gives the test accuracy without the test images that have one
+# in train; "group" also keeps each near-copy group in one split, as byte-identical copies are kept.
+near_copies = "report"
 
 # --- labels from tables (docs/labels-from-a-table.md) ------------------------------
 # None: the labels are the class folders' names under data_root. Otherwise a CSV or TSV table of image paths and

@@ -33,6 +33,7 @@ from lab import (
     embedding_files,
     interactive_map,
     manifest,
+    near_copies,
     output_lock,
     provenance,
     runtime,
@@ -198,8 +199,15 @@ def first_sections(cfg, results, figs, run):
             + _figure(figs / "training_plot.png", "Loss and accuracy per epoch", "train.py"),
             f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
             f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on "
-            f"{metrics['n_test']} test images.</p>" + _table(per_class)
+            f"{metrics['n_test']} test images.</p>" + _near_copies_line(cfg, results) + _table(per_class)
             + _figure(figs / "confusion_matrix.png", "Confusion matrix", "evaluate.py")]
+
+
+def _near_copies_line(cfg, results):
+    """The test accuracy without the test images that have a near-copy in train (lab/near_copies.py)."""
+    predictions = artifacts.read_csv(artifacts.require(results / "test_predictions.csv", "evaluate.py"),
+                                     ("path", "label", "predicted"))
+    return f"<p>{html.escape(near_copies.accuracy_without_copies(cfg, predictions))}</p>"
 
 
 # --------------------------------------------------------------------------- the map

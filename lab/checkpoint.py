@@ -22,7 +22,8 @@ FORMAT = "plankton-lab-checkpoint/1"
 # that they analyse what was trained, whatever configfile.py says today.
 MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
               "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
-              "embedding_dim", "seed", "precision", "labels_file", "labels_columns", "labels_statuses", "labels_map")
+              "embedding_dim", "seed", "precision", "labels_file", "labels_columns", "labels_statuses", "labels_map",
+              "near_copies")
 # Settings that may differ when resuming; everything else must match the interrupted run.
 RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
 

@@ -163,6 +163,7 @@ RULES = {
     "seen_classes": distinct_classes, "unseen_classes": distinct_classes,
     "val_fraction": between(0, 1, True, True), "test_fraction": between(0, 1, True, True),
     "min_images_per_class": at_least(3), "max_images_per_class": at_least(0, "every image"),
+    "near_copies": one_of("report", "group"),
     "image_size": between(32, 1024),
     "dropout": between(0, 1, high_open=True), "embedding_dim": at_least(2),
     "batch_size": at_least(1), "lr": positive, "epochs": at_least(1), "patience": at_least(1),

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, data_folders, image_io, label_tables, manifest, output_lock
+from lab import artifacts, data_folders, image_io, label_tables, manifest, near_copies, output_lock
 
 # bytes: to recognise the same files after a move; round: 0 for the rows of the first draw, k for those added when
 # the data grew the k-th time. path: relative to data_root, or absolute for a table's image outside it.
@@ -126,9 +126,12 @@ def extend_split(cfg, previous, files, digests):
 def split_identity(cfg):
     """The settings that define a split. Where the files live is not one of them: moved data keeps its split
     (verify_split checks that the files are the same)."""
-    return {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
-            "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
-            "test_fraction": cfg.test_fraction, "seed": cfg.seed}
+    identity = {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
+                "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction, "seed": cfg.seed}
+    if cfg.near_copies == "group":  # only then: the splits drawn with "report" (or before the setting) stay valid
+        identity["near_copies"] = "group"
+    return identity
 
 
 def make_split(cfg, previous=None):
@@ -139,11 +142,15 @@ def make_split(cfg, previous=None):
     summary = data_folders.summarise(cfg, files, skipped, ignored)
     duplicates = data_folders.find_duplicates(cfg, files, digests)
     data_folders.report_duplicates(duplicates)
+    copies, compared = near_copies.search(cfg, files)
+    # with near_copies="group", a near-copy group shares one key, as byte-identical copies do: one split
+    keys = near_copies.group_keys(copies, digests) if cfg.near_copies == "group" else digests
     added = None
     if previous is None:
-        split = draw_split(cfg, files, digests)
+        split = draw_split(cfg, files, keys)
     else:
-        split, added = extend_split(cfg, previous, files, digests)
+        split, added = extend_split(cfg, previous, files, keys)
+    copies, copies_summary = near_copies.report_frames(cfg, copies, split, compared)
     ignored = pd.DataFrame(ignored, columns=data_folders.IGNORED_COLUMNS)
     notes = pd.DataFrame(notes, columns=data_folders.NOTE_COLUMNS)
     labels = [{k: s[k] for k in ("source", "kind", "sha256")} for s in tables.sources]
@@ -157,6 +164,8 @@ def make_split(cfg, previous=None):
         out.save_csv("results", "skipped_files.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
         out.save_csv("results", "ignored_files.csv", ignored)
         out.save_csv("results", "image_notes.csv", notes)
+        out.save_csv("results", "near_copies.csv", copies)
+        out.save_json("results", "near_copies.json", copies_summary)
         out.save_json("results", "split.json", identity)
         out.save_csv("results", "split.csv", split)
         out.publish(**identity)

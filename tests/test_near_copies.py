@@ -1,0 +1,187 @@
+"""Near-copies: synthetic copies (JPEG at quality 70, a 2-pixel shift, brightness +10 %) are found, distinct images
+of one class are not, nor look-alikes whose faint parts differ; candidate pairs equal a brute-force search; 'group' keeps a near-copy group in one split; the
+accuracy without the test images that have a near-copy in train."""
+import io
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from lab import near_copies, splitting
+
+
+def synthetic_copies(img):
+    """The issue's three near-copies of an image: re-saved as JPEG at quality 70, shifted by 2 pixels (the crop
+    window moved: the strip uncovered is background, the far edge lost), brightened by 10 %."""
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=70)
+    pixels = np.asarray(img)
+    background = int(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
+    shifted = np.full_like(pixels, background)
+    shifted[2:, 2:] = pixels[:-2, :-2]
+    return {"jpeg70": Image.open(buffer).convert("L"), "shift2": Image.fromarray(shifted),
+            "bright10": ImageEnhance.Brightness(img).enhance(1.1)}
+
+
+def saved(images, folder):
+    """The images as PNG files: (paths, thumbnail pixels, decoded sizes), as near_copies.search reads them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, img in enumerate(images):
+        paths.append(str(folder / f"{k}.png"))
+        img.save(paths[-1])
+    made = [near_copies.thumbnail(p) for p in paths]
+    return paths, np.stack([m[0] for m in made]), np.array([m[2] for m in made])
+
+
+@pytest.fixture(scope="module")
+def demo_class(tiny_demo):
+    return [Image.open(p).convert("L") for p in sorted((tiny_demo / "Odontella").iterdir())]
+
+
+def test_synthetic_near_copies_are_found(demo_class, tmp_path):
+    originals = demo_class[:12]
+    copies = [synthetic_copies(img) for img in originals]
+    paths, pixels, sizes = saved(originals, tmp_path / "originals")
+    for kind in ("jpeg70", "shift2", "bright10"):
+        copy_paths, copy_pixels, copy_sizes = saved([c[kind] for c in copies], tmp_path / kind)
+        assert np.array_equal(copy_sizes, sizes)  # same decoded sizes: every copy is a candidate pair
+        coarse = near_copies.coarse_similarity(near_copies.coarse_grids(pixels), near_copies.coarse_grids(copy_pixels))
+        assert (coarse >= near_copies.COARSE_MIN).all(), (kind, coarse)
+        for a, b in zip(paths, copy_paths):
+            texture, shape, dy, dx = near_copies.confirm(near_copies.full_grey(a), near_copies.full_grey(b))
+            assert near_copies.is_near_copy(texture, shape), (kind, texture, shape)
+            if kind == "shift2":
+                assert (dy, dx) == (-2, -2)  # the alignment undoes the shift
+        # and the search over originals and copies together finds exactly the 12 pairs
+        (i, j, *_), _ = near_copies.find_pairs(paths + copy_paths, np.concatenate([pixels, copy_pixels]),
+                                               np.concatenate([sizes, copy_sizes]))
+        assert sorted(zip(i.tolist(), j.tolist())) == [(k, k + 12) for k in range(12)], kind
+
+
+def test_distinct_images_of_one_class_are_not_flagged(demo_class, tmp_path):
+    paths, pixels, sizes = saved(demo_class, tmp_path / "distinct")
+    assert len(near_copies.find_pairs(paths, pixels, sizes)[0][0]) == 0
+    greys = [near_copies.full_grey(p) for p in paths]  # every pair at full resolution, past the coarse step too
+    decisions = [near_copies.is_near_copy(*near_copies.confirm(greys[a], greys[b])[:2])
+                 for a, b in itertools.combinations(range(len(paths)), 2)]
+    assert len(decisions) == 630 and not any(decisions)
+    # and the same images with one re-saved copy among them: exactly that pair is found
+    copy = synthetic_copies(demo_class[3])["jpeg70"]
+    paths, pixels, sizes = saved(demo_class + [copy], tmp_path / "with_copy")
+    (i, j, *_), _ = near_copies.find_pairs(paths, pixels, sizes)
+    assert list(zip(i.tolist(), j.tolist())) == [(3, len(demo_class))]
+
+
+def test_spines_at_other_angles_are_another_individual(tmp_path):
+    """Two drawn 'Acantharia': one dark core, faint spines at other angles. Their cores match in texture; the
+    shape mismatch (each one's spines on the other's background) tells them apart. The same particle brightened
+    by 10 % loses its faintest pixels, never gains any elsewhere, and stays a near-copy."""
+    from PIL import ImageDraw
+
+    def acantharia(angles):
+        img = Image.new("L", (60, 60), 255)
+        draw = ImageDraw.Draw(img)
+        for angle in angles:
+            x, y = 30 + 28 * np.cos(angle), 30 + 28 * np.sin(angle)
+            draw.line((30, 30, x, y), fill=200, width=2)
+        draw.ellipse((20, 20, 40, 40), fill=40)
+        noise = np.random.default_rng(0).integers(-6, 7, (60, 60))
+        return Image.fromarray(np.clip(np.asarray(img, np.int16) + noise, 0, 255).astype(np.uint8))
+    one, other = acantharia(np.arange(0, 6.28, 0.8)), acantharia(np.arange(0.4, 6.28, 0.8))
+    brighter = ImageEnhance.Brightness(one).enhance(1.1)
+    paths, _, _ = saved([one, other, brighter], tmp_path)
+    greys = [near_copies.full_grey(p) for p in paths]
+    texture, shape, _, _ = near_copies.confirm(greys[0], greys[1])
+    assert texture <= near_copies.TEXTURE_MAX and shape > near_copies.SHAPE_MAX  # the core alone would pass
+    assert near_copies.is_near_copy(*near_copies.confirm(greys[0], greys[2])[:2])
+
+
+def test_candidate_pairs_equal_a_brute_force_search():
+    sizes = np.random.default_rng(0).integers(20, 60, (300, 2))
+    i, j = near_copies.candidate_pairs(sizes, chunk=500)  # small blocks: the chunking is exercised too
+    found = set(zip(i.tolist(), j.tolist()))
+    brute = {(a, b) for a in range(300) for b in range(a + 1, 300)
+             if abs(sizes[a, 0] - sizes[b, 0]) <= near_copies.SIZE_SLACK
+             and abs(sizes[a, 1] - sizes[b, 1]) <= near_copies.SIZE_SLACK}
+    assert found == brute and len(found) == len(i) and len(brute) > 100
+
+
+def test_group_mode_keeps_a_near_copy_group_in_one_split(tmp_path):
+    root = tmp_path / "data"
+    files = {}
+    for c in ("a", "b", "u1", "u2"):
+        (root / c).mkdir(parents=True)
+        files[c] = []
+        for k in range(20):
+            (root / c / f"{k}.png").write_bytes(bytes([k]))
+            files[c].append(f"{c}/{k}.png")
+    cfg = SimpleNamespace(seed=0, data_root=str(root), seen_classes=["a", "b"], unseen_classes=["u1", "u2"],
+                          val_fraction=0.1, test_fraction=0.2)
+    digests = {p: p for c in files for p in files[c]}
+    digests["a/7.png"] = digests["a/8.png"] = "same bytes"
+    pairs = pd.DataFrame({"group": [0, 0, 1], "path_a": ["a/1.png", "a/2.png", "b/4.png"],
+                          "path_b": ["a/2.png", "a/7.png", "b/5.png"]})  # a/1 ~ a/2 ~ a/7 == a/8 (bytes)
+    keys = near_copies.group_keys(pairs, digests)
+    assert len({keys[p] for p in ("a/1.png", "a/2.png", "a/7.png", "a/8.png")}) == 1
+    assert keys["b/4.png"] == keys["b/5.png"]
+    assert keys["a/3.png"] != keys["a/1.png"]
+    for seed in range(6):
+        cfg.seed = seed
+        split = splitting.draw_split(cfg, files, keys).set_index("path")["split"]
+        assert split[["a/1.png", "a/2.png", "a/7.png", "a/8.png"]].nunique() == 1
+        assert split["b/4.png"] == split["b/5.png"]
+
+
+def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_path):
+    from lab import manifest
+    cfg = SimpleNamespace(output_dir=str(tmp_path), data_root=str(tmp_path / "data"), near_copies="report")
+    split = pd.DataFrame({"path": ["c/t1", "c/t2", "c/t3", "c/t4", "c/r1", "c/r2", "c/v1"],
+                          "label": "c", "split": ["test"] * 4 + ["train"] * 2 + ["val"]})
+    (tmp_path / "results").mkdir()
+    pairs = pd.DataFrame({"group": [0, 1, 2], "path_a": ["c/r1", "c/t2", "c/t3"], "label_a": "c",
+                          "path_b": ["c/t1", "c/v1", "c/t4"], "label_b": "c", "texture_distance": 0.01,
+                          "shape_mismatch": 0.0, "shift_y": 0, "shift_x": 0})
+    frame, summary = near_copies.report_frames(cfg, pairs, split, compared=3)
+    assert list(frame["kind"]) == ["across splits", "across splits", "within a split"]
+    assert summary["test_images_with_train_copy"] == 1 and summary["images_flagged"] == 6
+    assert near_copies.test_images_with_train_copies(frame) == {"c/t1"}  # t2's copy is in val, t3's in test
+    predictions = pd.DataFrame({"path": ["c/t1", "c/t2", "c/t3", "c/t4"], "label": "c",
+                                "predicted": ["c", "c", "c", "x"]})
+    assert "not searched" in near_copies.accuracy_without_copies(cfg, predictions)  # no split set yet
+    with manifest.OutputSet(cfg, "split") as out:  # as splitting.make_split writes them: one set
+        out.save_csv("results", "split.csv", split)
+        out.save_csv("results", "near_copies.csv", frame)
+        out.publish()
+    line = near_copies.accuracy_without_copies(cfg, predictions)
+    assert "1 test image" in line and "66.67 % on 3 images" in line
+    split.iloc[:1].to_csv(tmp_path / "results" / "split.csv", index=False)  # changed behind the set's back
+    assert near_copies.current_report(cfg) is None and "not searched" in near_copies.accuracy_without_copies(
+        cfg, predictions)
+
+
+def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(make_cfg, tiny_demo, tmp_path, capsys):
+    """dataloader's split: a JPEG re-save of one demo image, under another name in its class, is found (one pair in
+    results/near_copies.csv, in the split's output set); with near_copies='group' both sit in one split."""
+    import shutil
+
+    from lab import artifacts, manifest
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    original = sorted((root / "Odontella").iterdir())[5]
+    Image.open(original).convert("RGB").save(root / "Odontella" / "resaved_copy.jpg", quality=70)
+    pair = {f"Odontella/{original.name}", "Odontella/resaved_copy.jpg"}
+    for mode in ("report", "group"):
+        cfg, _ = make_cfg(f"--near_copies='{mode}'", "--rebuild_split=True", data_root=root,
+                          output_dir=tmp_path / mode)
+        split = splitting.load_split(cfg).set_index("path")["split"]
+        copies = pd.read_csv(artifacts.out_path(cfg, "results", "near_copies.csv"))
+        assert len(copies) == 1 and {copies["path_a"][0], copies["path_b"][0]} == pair
+        assert "results/near_copies.csv" in manifest.complete(cfg, "split")["outputs"]
+        if mode == "group":
+            assert split[sorted(pair)].nunique() == 1
+        out = capsys.readouterr()
+        assert ("cross splits" in out.err) == (split[sorted(pair)].nunique() > 1)
