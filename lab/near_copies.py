@@ -51,11 +51,13 @@ TEXTURE_MAX = 0.05       # the decision's thresholds (docs/similar.md: how they 
 SHAPE_DARK = 240
 SHAPE_BACKGROUND = 252
 SHAPE_MAX = 0.02
+FAINT_BACKGROUND = 254   # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
 BATCH = 2048             # pairs correlated at once in the coarse step
 VERSION = 3              # of the thumbnails in the cache
 PAIR_COLUMNS = ["group", "path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind", "texture_distance",
                 "shape_mismatch", "shift_y", "shift_x"]
 SIDE = CANVAS + 2 * MARGIN
+THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept by any later run that fails
 
 
 def white_background(grey):
@@ -97,7 +99,7 @@ def _file_key(path):
 def thumbnails(cfg, abs_paths):
     """(pixels n x SIDE x SIDE, extents n x 2, sizes n x 2) of the files, from cache/near_copy_thumbnails.npz
     where a file's path, size and modification time are unchanged; the cache is rewritten with these files."""
-    cache = artifacts.out_path(cfg, "cache", "near_copy_thumbnails.npz")
+    cache = artifacts.out_path(cfg, "cache", THUMBNAIL_CACHE)
     known = {}
     if cache.exists():
         try:
@@ -199,10 +201,13 @@ def _decide(a, b, both):
     inner = both & (a < OBJECT_LEVEL) & (b < OBJECT_LEVEL)
     texture = _pearson_distance(a[inner], b[inner]) if inner.sum() >= MIN_INNER_PIXELS else 2.0
     dark_a, dark_b = both & (a < SHAPE_DARK), both & (b < SHAPE_DARK)
-    if not (dark_a.any() and dark_b.any()):
-        return texture, 1.0
-    a_on_background = (dark_a & (b >= SHAPE_BACKGROUND)).sum() / dark_a.sum()
-    b_on_background = (dark_b & (a >= SHAPE_BACKGROUND)).sum() / dark_b.sum()
+    background = SHAPE_BACKGROUND
+    if not (dark_a.any() and dark_b.any()):  # a faint particle (a thin diatom chain): judged on its faint pixels
+        dark_a, dark_b, background = both & (a < OBJECT_LEVEL), both & (b < OBJECT_LEVEL), FAINT_BACKGROUND
+        if not (dark_a.any() and dark_b.any()):
+            return texture, 1.0
+    a_on_background = (dark_a & (b >= background)).sum() / dark_a.sum()
+    b_on_background = (dark_b & (a >= background)).sum() / dark_b.sum()
     return texture, float(min(a_on_background, b_on_background))
 
 

@@ -185,3 +185,16 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
             assert split[sorted(pair)].nunique() == 1
         out = capsys.readouterr()
         assert ("cross splits" in out.err) == (split[sorted(pair)].nunique() > 1)
+
+
+@pytest.mark.slow
+def test_the_benchmark_finds_copies_of_real_flowcam_images_and_flags_none_of_them_alone(tmp_path):
+    from conftest import shared_dataset
+
+    from bench import bench_near_copies
+    root = shared_dataset("flowcam-vliz-demo")
+    result = bench_near_copies.main([f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}"])
+    assert (tmp_path / "results" / "near_copies_benchmark.json").is_file()
+    assert result["copies"]["images"] == 6 and result["copies"]["jpeg70"] == 1.0 and result["copies"]["shift2"] == 1.0
+    assert result["search"]["images"] == 105 and result["search"]["pairs"] == 0  # real, distinct FlowCam crops
+    assert {r["what"] for r in result["rows"]} >= {"near-copies: jpeg70", "near-copies: flagged"}
