@@ -122,7 +122,7 @@ def main(argv=None):
                   lambda tmp: ecotaxa.write_table(tmp, [ecotaxa_frame(issues, ckpt["classes"])]))
         plot_suspects(cfg, issues, out.file("figs", "label_issues.png"))
         out.publish(checkpoint=trained.digest, split=splitting.split_digest(cfg), folds=cfg.audit_folds,
-                    epochs=training.epochs)
+                    epochs=training.epochs, test_images_trained_on=False)  # abundances' out-of-fold calibration
     paths = [artifacts.out_path(cfg, kind, name) for kind, name in (("results", "label_issues.csv"),
              ("results", "label_issues_ecotaxa.tsv"), ("figs", "label_issues.png"))]
     print_summary(issues, cfg.audit_folds, paths)

@@ -292,7 +292,10 @@ def main(argv=None):
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     inputs = {"checkpoint": digest, "embeddings": embedding_files.embedding_set(cfg)["set"],
               "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
-              "sample": sample_digest(chunk_files), "predict_dir": str(folder)}
+              "sample": sample_digest(chunk_files), "predict_dir": str(folder),
+              "abundance_calibration": cfg.abundance_calibration,
+              **({"audit": (manifest.read(cfg, "audit") or {}).get("id")}
+                 if cfg.abundance_calibration == "out_of_fold" else {})}
     left_out = []
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
         parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,

@@ -278,6 +278,8 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
     audit, problem = manifest.check(cfg, "audit")
     if audit is not None and audit["inputs"].get("checkpoint") != checkpoint_digest:
         audit, problem = None, "it was made from another checkpoint"
+    elif audit is not None and audit["inputs"].get("test_images_trained_on") is not False:
+        audit, problem = None, "it was made by an older audit.py, whose fold heads trained on the test images"
     if audit is None:
         raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model, "
                            f"and there are none ({problem}). Run `python audit.py` with this model first, or use "

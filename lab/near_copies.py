@@ -8,8 +8,8 @@ background (the border's median) is white; a dark-field image is inverted. Then,
   coarse     on 64-px thumbnails (cached), vectorised over the pairs: 36 x 36 darkness grids correlated at the
              best of 5 x 5 offsets; under COARSE_MIN a pair is not one particle (cheap, and loose enough to keep the
              synthetic copies whose thin structures a thumbnail's grid blurs)
-  alignment  at full resolution (crops above FULL_MAX px reduced by a whole factor), the peak of the
-             cross-correlation of the two images' darkness within FULL_SHIFT pixels
+  alignment  at full resolution (a pair with an image above FULL_MAX px reduced by one whole factor for both),
+             the peak of the cross-correlation of the two images' darkness within FULL_SHIFT pixels
   decision   a near-copy when both hold:
              texture   1 - Pearson correlation over the pixels darker than OBJECT_LEVEL in both  <= TEXTURE_MAX
              shape     the share of one image's particle pixels (darker than SHAPE_DARK) that fall on the other's
@@ -53,7 +53,7 @@ SHAPE_BACKGROUND = 252
 SHAPE_MAX = 0.02
 FAINT_BACKGROUND = 254   # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
 BATCH = 2048             # pairs correlated at once in the coarse step
-VERSION = 3              # of the thumbnails in the cache
+VERSION = 4              # of the thumbnails in the cache
 PAIR_COLUMNS = ["group", "path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind", "texture_distance",
                 "shape_mismatch", "shift_y", "shift_x"]
 SIDE = CANVAS + 2 * MARGIN
@@ -71,9 +71,19 @@ def white_background(grey):
 
 
 # --------------------------------------------------------------------------- thumbnails
+def file_size(path):
+    """The image's (width, height) as the lab decodes it (EXIF rotation applied), from its header."""
+    with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(image_io.EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter
+            width, height = height, width
+    return width, height
+
+
 def thumbnail(path):
-    """(grey uint8 SIDE x SIDE with the image at (MARGIN, MARGIN) on white, its extent (h, w), decoded (w, h))."""
-    img = image_io.load_rgb(path, CANVAS).convert("L")
+    """(grey uint8 SIDE x SIDE with the image at (MARGIN, MARGIN) on white, its extent (h, w), its size (w, h) at
+    full resolution: the candidates' size check compares the files, not their reduced decodes)."""
+    img = image_io.load_rgb(path, CANVAS).convert("L")  # a large JPEG is decoded reduced
     size = img.size
     if max(size) > CANVAS:  # one continuous scale, so that images a few pixels apart in size keep one scale
         scale = CANVAS / max(size)
@@ -81,7 +91,7 @@ def thumbnail(path):
     pixels = np.full((SIDE, SIDE), 255, np.uint8)
     grey = white_background(img).astype(np.uint8)
     pixels[MARGIN:MARGIN + grey.shape[0], MARGIN:MARGIN + grey.shape[1]] = grey
-    return pixels, grey.shape, size
+    return pixels, grey.shape, file_size(path)
 
 
 def _thumbnail_or_blank(path):
@@ -178,15 +188,20 @@ def coarse_similarity(grids_a, grids_b):
     return best
 
 
-def full_grey(path):
-    """The image at full resolution (larger than FULL_MAX reduced by a whole factor), grey, background white
-    (int16); None when it cannot be decoded."""
+def reduction(size):
+    """The whole factor that brings an image of this (width, height) within FULL_MAX pixels."""
+    return max(1, -(-max(size) // FULL_MAX))
+
+
+def full_grey(path, factor=1):
+    """The image at full resolution reduced by a whole factor (a pair is compared at the larger of its two images'
+    reduction(), so at one scale), grey, background white (int16); None when it cannot be decoded."""
     try:
         img = image_io.load_rgb(path).convert("L")
     except Exception:  # unreadable since the scan: never a near-copy of anything
         return None
-    if max(img.size) > FULL_MAX:
-        img = img.reduce(-(-max(img.size) // FULL_MAX))
+    if factor > 1:
+        img = img.reduce(factor)
     return white_background(img)
 
 
@@ -275,13 +290,14 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
     i, j, _ = coarse_candidates(pixels, sizes, classes)
     greys = {}
 
-    def grey(k):
-        if k not in greys:
-            greys[k] = full_grey(abs_paths[k])
-        return greys[k]
+    def grey(k, factor):
+        if (k, factor) not in greys:
+            greys[(k, factor)] = full_grey(abs_paths[k], factor)
+        return greys[(k, factor)]
     rows = []
     for a, b in zip(i.tolist(), j.tolist()):
-        texture, shape, dy, dx = confirm(grey(a), grey(b))
+        factor = max(reduction(sizes[a]), reduction(sizes[b]))
+        texture, shape, dy, dx = confirm(grey(a, factor), grey(b, factor))
         if is_near_copy(texture, shape):
             rows.append((a, b, texture, shape, dy, dx))
         if len(greys) > 4096:  # bounded memory: the pairs come sorted by class and size, so neighbours repeat

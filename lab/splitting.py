@@ -1,8 +1,9 @@
-"""The split: drawn once (stratified, seeded, byte-identical copies together), written to results/, and checked
-against the files and labels on disk by every later script. When the data grows, the rows already split keep
-their split and the new ones are split by the same rule (`round` counts the growths); a changed or removed row
-asks for the rebuild command. Writes results/split.csv, split.json, dataset_summary.csv, label_sources.csv,
-unused_labels.csv, skipped_files.csv, ignored_files.csv, image_notes.csv and duplicates.csv.
+"""The split: drawn once (stratified, seeded, byte-identical copies together, and near-copies too with
+near_copies="group"), written to results/, and checked against the files and labels on disk by every later
+script. When the data grows, the rows already split keep their split and the new ones are split by the same rule
+(`round` counts the growths); a changed or removed row asks for the rebuild command. Writes results/split.csv,
+split.json, dataset_summary.csv, label_sources.csv, unused_labels.csv, skipped_files.csv, ignored_files.csv,
+image_notes.csv, duplicates.csv, near_copies.csv and near_copies.json (lab/near_copies.py), as one output set.
 """
 import os
 import sys
@@ -129,7 +130,8 @@ def split_identity(cfg):
     identity = {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
                 "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction, "seed": cfg.seed}
-    if cfg.near_copies == "group":  # only then: the splits drawn with "report" (or before the setting) stay valid
+    # only with "group": the splits drawn with "report" (or before the setting, whose checkpoints lack it) stay valid
+    if getattr(cfg, "near_copies", "report") == "group":
         identity["near_copies"] = "group"
     return identity
 

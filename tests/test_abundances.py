@@ -231,11 +231,23 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     columns = [f"p_{c}" for c in trained.ckpt["classes"]]
     np.testing.assert_allclose(calibration.probabilities, rows[columns].to_numpy(), rtol=1e-6)
     assert list(calibration.labels) == [trained.ckpt["classes"].index(label) for label in rows["label"]]
-    scrambled_test_embeddings(monkeypatch)
+    read = []
+    original = embedding_files.load_embeddings
+    monkeypatch.setattr(embedding_files, "load_embeddings", lambda c, name: read.append(name) or original(c, name))
     again = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
     assert (again.probabilities == calibration.probabilities).all() and again.paths == calibration.paths
+    assert sorted(set(read)) == ["train", "val"]  # for the novelty flag; never the test embeddings
     with pytest.raises(lab.LabError, match="another checkpoint"):
         abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4], "out_of_fold")
+    # an audit written before its fold heads left the test images alone is refused
+    import json
+    from lab import manifest
+    path = manifest.manifest_path(cfg, "audit")
+    body = json.loads(path.read_text())
+    del body["inputs"]["test_images_trained_on"]
+    path.write_text(json.dumps(body))
+    with pytest.raises(lab.LabError, match="older audit.py"):
+        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):

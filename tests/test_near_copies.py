@@ -100,6 +100,30 @@ def test_spines_at_other_angles_are_another_individual(tmp_path):
     assert near_copies.is_near_copy(*near_copies.confirm(greys[0], greys[2])[:2])
 
 
+def test_a_large_crop_keeps_its_own_size_and_its_resave_is_found(tmp_path):
+    """A large JPEG is decoded reduced for its thumbnail; the size check must still compare the files' sizes (a
+    600-px JPEG and its PNG re-save are one candidate pair), and both are compared at one scale."""
+    from PIL import ImageDraw
+    img = Image.new("L", (600, 430), 250)
+    draw = ImageDraw.Draw(img)
+    for k in range(12):
+        draw.ellipse((40 + 40 * k, 100 + 15 * (k % 5), 90 + 40 * k, 180 + 15 * (k % 5)), fill=30 + 15 * k)
+    original, resaved = tmp_path / "large.jpg", tmp_path / "large_resaved.png"
+    img.save(original, quality=90)
+    Image.open(original).save(resaved)
+    made = [near_copies.thumbnail(str(p)) for p in (original, resaved)]
+    assert [m[2] for m in made] == [(600, 430), (600, 430)]
+    (i, j, *_), _ = near_copies.find_pairs([str(original), str(resaved)], np.stack([m[0] for m in made]),
+                                           np.array([m[2] for m in made]))
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 1)]
+
+
+def test_a_checkpoint_from_before_the_setting_still_names_its_split():
+    old_config = SimpleNamespace(max_images_per_class=0, seen_classes=["a", "b"], unseen_classes=["c", "d"],
+                                 val_fraction=0.05, test_fraction=0.2, seed=42)  # no near_copies
+    assert "near_copies" not in splitting.split_identity(old_config)
+
+
 def test_candidate_pairs_equal_a_brute_force_search():
     sizes = np.random.default_rng(0).integers(20, 60, (300, 2))
     i, j = near_copies.candidate_pairs(sizes, chunk=500)  # small blocks: the chunking is exercised too
