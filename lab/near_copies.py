@@ -73,10 +73,13 @@ def white_background(grey):
 # --------------------------------------------------------------------------- thumbnails
 def file_size(path):
     """The image's (width, height) as the lab decodes it (EXIF rotation applied), from its header."""
-    with Image.open(path) as img:
-        width, height = img.size
-        if img.getexif().get(image_io.EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter
-            width, height = height, width
+    import warnings
+    with warnings.catch_warnings():  # a huge image: image_io.decode has noted it already (image_notes.csv)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(image_io.EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter
+                width, height = height, width
     return width, height
 
 
