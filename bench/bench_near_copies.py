@@ -63,7 +63,7 @@ def images_of(root):
 
 
 def synthetic_copies(img):
-    """The issue's near-copies of one RGB image, and a 2-pixel re-crop."""
+    """The issue's near-copies of one image (any mode), and a 2-pixel re-crop; tests/test_near_copies.py uses them."""
     pixels = np.asarray(img)
     background = np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
     shifted = np.empty_like(pixels)
@@ -88,7 +88,7 @@ def measure_copies(paths, count, seed, scratch):
             copy.save(path)
             made = near_copies.thumbnail(path)
             (i, _, *_), _ = near_copies.find_pairs([paths[k], path], np.stack([original[0], made[0]]),
-                                                    np.array([original[2], made[2]]))
+                                                    np.array([original[1], made[1]]))
             found[kind] += int(len(i) == 1)
             if kind == "bright10":
                 before = (near_copies.full_grey(paths[k]) < near_copies.OBJECT_LEVEL).sum()
@@ -102,7 +102,7 @@ def measure_search(paths, classes):
     started = time.perf_counter()
     made = [near_copies.thumbnail(p) for p in paths]
     thumbnails = time.perf_counter() - started
-    pixels, sizes = np.stack([m[0] for m in made]), np.array([m[2] for m in made])
+    pixels, sizes = np.stack([m[0] for m in made]), np.array([m[1] for m in made])
     started = time.perf_counter()
     (i, j, texture, shape, _, _), compared = near_copies.find_pairs(paths, pixels, sizes, classes)
     seconds = time.perf_counter() - started

@@ -24,7 +24,6 @@ white, so distinct images of one class share a 64-bit phash while a 2-pixel shif
 Reads image files; writes cache/near_copy_thumbnails.npz (thumbnails per file, keyed by path, size and
 modification time), results/near_copies.csv and results/near_copies.json (splitting.py calls save_report).
 """
-import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -53,7 +52,7 @@ SHAPE_BACKGROUND = 252
 SHAPE_MAX = 0.02
 FAINT_BACKGROUND = 254   # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
 BATCH = 2048             # pairs correlated at once in the coarse step
-VERSION = 4              # of the thumbnails in the cache
+VERSION = 5              # of the thumbnails in the cache
 PAIR_COLUMNS = ["group", "path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind", "texture_distance",
                 "shape_mismatch", "shift_y", "shift_x"]
 SIDE = CANVAS + 2 * MARGIN
@@ -84,8 +83,8 @@ def file_size(path):
 
 
 def thumbnail(path):
-    """(grey uint8 SIDE x SIDE with the image at (MARGIN, MARGIN) on white, its extent (h, w), its size (w, h) at
-    full resolution: the candidates' size check compares the files, not their reduced decodes)."""
+    """(grey uint8 SIDE x SIDE with the image at (MARGIN, MARGIN) on white, its size (w, h) at full resolution:
+    the candidates' size check compares the files, not their reduced decodes)."""
     img = image_io.load_rgb(path, CANVAS).convert("L")  # a large JPEG is decoded reduced
     size = img.size
     if max(size) > CANVAS:  # one continuous scale, so that images a few pixels apart in size keep one scale
@@ -94,14 +93,14 @@ def thumbnail(path):
     pixels = np.full((SIDE, SIDE), 255, np.uint8)
     grey = white_background(img).astype(np.uint8)
     pixels[MARGIN:MARGIN + grey.shape[0], MARGIN:MARGIN + grey.shape[1]] = grey
-    return pixels, grey.shape, file_size(path)
+    return pixels, file_size(path)
 
 
 def _thumbnail_or_blank(path):
     try:
         return thumbnail(path)
     except Exception:  # unreadable since the scan: never a near-copy of anything
-        return np.full((SIDE, SIDE), 255, np.uint8), (0, 0), (0, 0)
+        return np.full((SIDE, SIDE), 255, np.uint8), (0, 0)
 
 
 def _file_key(path):
@@ -110,7 +109,7 @@ def _file_key(path):
 
 
 def thumbnails(cfg, abs_paths):
-    """(pixels n x SIDE x SIDE, extents n x 2, sizes n x 2) of the files, from cache/near_copy_thumbnails.npz
+    """(pixels n x SIDE x SIDE, sizes n x 2) of the files, from cache/near_copy_thumbnails.npz
     where a file's path, size and modification time are unchanged; the cache is rewritten with these files."""
     cache = artifacts.out_path(cfg, "cache", THUMBNAIL_CACHE)
     known = {}
@@ -119,17 +118,17 @@ def thumbnails(cfg, abs_paths):
             with np.load(cache) as data:
                 if int(data["version"]) == VERSION:
                     known = {k: i for i, k in enumerate(data["keys"])}
-                    cached = {name: data[name] for name in ("pixels", "extents", "sizes")}
+                    cached = {name: data[name] for name in ("pixels", "sizes")}
         except (OSError, ValueError, KeyError):
             known = {}
     keys = [_file_key(p) for p in abs_paths]
     pixels = np.empty((len(keys), SIDE, SIDE), np.uint8)
-    extents, sizes = np.zeros((len(keys), 2), np.int32), np.zeros((len(keys), 2), np.int32)
+    sizes = np.zeros((len(keys), 2), np.int32)
     missing = [i for i, k in enumerate(keys) if k not in known]
     for i, k in enumerate(keys):
         if k in known:
             j = known[k]
-            pixels[i], extents[i], sizes[i] = cached["pixels"][j], cached["extents"][j], cached["sizes"][j]
+            pixels[i], sizes[i] = cached["pixels"][j], cached["sizes"][j]
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
     todo = [abs_paths[i] for i in missing]
     if workers > 1 and len(todo) > 2000:
@@ -137,12 +136,12 @@ def thumbnails(cfg, abs_paths):
             made = list(pool.map(_thumbnail_or_blank, todo, chunksize=256))
     else:
         made = [_thumbnail_or_blank(p) for p in todo]
-    for i, (p, e, s) in zip(missing, made):
-        pixels[i], extents[i], sizes[i] = p, e, s
+    for i, (p, s) in zip(missing, made):
+        pixels[i], sizes[i] = p, s
     if missing or len(known) != len(keys):
         artifacts.atomic_write(cache, lambda f: np.savez(f, version=VERSION, keys=np.asarray(keys), pixels=pixels,
-                                                         extents=extents, sizes=sizes))
-    return pixels, extents, sizes
+                                                         sizes=sizes))
+    return pixels, sizes
 
 
 # --------------------------------------------------------------------------- candidate pairs
@@ -328,7 +327,7 @@ def search(cfg, files):
     root = artifacts.resolve(cfg.data_root)
     paths = [(p, c) for c in cfg.seen_classes + cfg.unseen_classes for p in files[c]]
     abs_paths = [str(root / p) for p, _ in paths]
-    pixels, _, sizes = thumbnails(cfg, abs_paths)
+    pixels, sizes = thumbnails(cfg, abs_paths)
     (i, j, texture, shape, dy, dx), compared = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
     component = groups(len(paths), i, j)
     frame = pd.DataFrame({"group": component[i], "path_a": [paths[k][0] for k in i],

@@ -1,7 +1,7 @@
-"""Near-copies: synthetic copies (JPEG at quality 70, a 2-pixel shift, brightness +10 %) are found, distinct images
-of one class are not, nor look-alikes whose faint parts differ; candidate pairs equal a brute-force search; 'group' keeps a near-copy group in one split; the
-accuracy without the test images that have a near-copy in train."""
-import io
+"""Near-copies: synthetic copies (JPEG at quality 70, a 2-pixel shift, brightness +10 %; made as the benchmark makes
+them) are found, distinct images of one class are not, nor look-alikes whose faint parts differ; candidate pairs
+equal a brute-force search; 'group' keeps a near-copy group in one split; the accuracy without the test images that
+have a near-copy in train."""
 import itertools
 from types import SimpleNamespace
 
@@ -10,20 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
+from bench.bench_near_copies import synthetic_copies
 from lab import near_copies, splitting
-
-
-def synthetic_copies(img):
-    """The issue's three near-copies of an image: re-saved as JPEG at quality 70, shifted by 2 pixels (the crop
-    window moved: the strip uncovered is background, the far edge lost), brightened by 10 %."""
-    buffer = io.BytesIO()
-    img.save(buffer, "JPEG", quality=70)
-    pixels = np.asarray(img)
-    background = int(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
-    shifted = np.full_like(pixels, background)
-    shifted[2:, 2:] = pixels[:-2, :-2]
-    return {"jpeg70": Image.open(buffer).convert("L"), "shift2": Image.fromarray(shifted),
-            "bright10": ImageEnhance.Brightness(img).enhance(1.1)}
 
 
 def saved(images, folder):
@@ -34,7 +22,7 @@ def saved(images, folder):
         paths.append(str(folder / f"{k}.png"))
         img.save(paths[-1])
     made = [near_copies.thumbnail(p) for p in paths]
-    return paths, np.stack([m[0] for m in made]), np.array([m[2] for m in made])
+    return paths, np.stack([m[0] for m in made]), np.array([m[1] for m in made])
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +100,9 @@ def test_a_large_crop_keeps_its_own_size_and_its_resave_is_found(tmp_path):
     img.save(original, quality=90)
     Image.open(original).save(resaved)
     made = [near_copies.thumbnail(str(p)) for p in (original, resaved)]
-    assert [m[2] for m in made] == [(600, 430), (600, 430)]
+    assert [m[1] for m in made] == [(600, 430), (600, 430)]
     (i, j, *_), _ = near_copies.find_pairs([str(original), str(resaved)], np.stack([m[0] for m in made]),
-                                           np.array([m[2] for m in made]))
+                                           np.array([m[1] for m in made]))
     assert list(zip(i.tolist(), j.tolist())) == [(0, 1)]
 
 
@@ -213,9 +201,8 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
 
 @pytest.mark.slow
 def test_the_benchmark_finds_copies_of_real_flowcam_images_and_flags_none_of_them_alone(tmp_path):
-    from conftest import shared_dataset
-
     from bench import bench_near_copies
+    from conftest import shared_dataset
     root = shared_dataset("flowcam-vliz-demo")
     result = bench_near_copies.main([f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}"])
     assert (tmp_path / "results" / "near_copies_benchmark.json").is_file()
