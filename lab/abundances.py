@@ -272,9 +272,10 @@ def novelty_kept(cfg, scorer, threshold, split):
     return dict(zip(frame["path"], kept)), frame, vectors, kept
 
 
-def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior):
+def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, val_kept):
     """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
-    novelty flag keeps. A missing audit, or one of another checkpoint, names audit.py."""
+    novelty flag keeps (val_kept: novelty_kept's map of the validation images, already scored). A missing audit, or
+    one of another checkpoint, names audit.py."""
     audit, problem = manifest.check(cfg, "audit")
     if audit is not None and audit["inputs"].get("checkpoint") != checkpoint_digest:
         audit, problem = None, "it was made from another checkpoint"
@@ -287,9 +288,7 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
     columns = [f"p_{c}" for c in classes]
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues = issues[issues["split"].isin(["train", "val"])]
-    kept = {}
-    for split in ("train", "val"):
-        kept.update(novelty_kept(cfg, scorer, threshold, split)[0])
+    kept = {**val_kept, **novelty_kept(cfg, scorer, threshold, "train")[0]}
     index = {str(c): i for i, c in enumerate(classes)}
     paths = np.asarray(splitting.absolute_paths(cfg, issues["path"]), dtype=object)  # as the embeddings name them
     keep = np.array([bool(kept.get(p, False)) for p in paths], dtype=bool) & issues["label"].isin(index).to_numpy()
@@ -306,7 +305,7 @@ def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classe
     labels = frame["label_idx"].to_numpy()
     prior = training_prior(cfg, labels, len(scorer.weight))
     if source == "out_of_fold":
-        return out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior)
+        return out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, by_path)
     return Calibration(probabilities_from_embeddings(scorer, vectors[keep]), labels[keep], prior,
                        tuple(frame["path"].to_numpy()[keep]), "validation")
 

@@ -241,6 +241,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
         abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4], "out_of_fold")
     # an audit written before its fold heads left the test images alone is refused
     import json
+
     from lab import manifest
     path = manifest.manifest_path(cfg, "audit")
     body = json.loads(path.read_text())
