@@ -257,13 +257,7 @@ MEASUREMENTS = (("found", measure_found), ("growth", measure_growth), ("demo", m
 
 
 def configure(argv):
-    quick = "--quick" in argv
-    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), None)
-    argv = [a for a in argv if a != "--quick" and not a.startswith("--only=")]
-    unknown = set(only or ()) - {name for name, _ in MEASUREMENTS}
-    if unknown:
-        raise lab.LabError(f"--only names unknown measurements {sorted(unknown)}; choose from "
-                           f"{[name for name, _ in MEASUREMENTS]}.")
+    quick, only, argv = common.measurement_options(argv, MEASUREMENTS)
     names = {a.split("=", 1)[0] for a in argv}
     if "--data_root" not in names:
         if not NDSB9.is_dir():

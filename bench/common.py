@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lab
 from lab import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,20 @@ def wall_of_child(args, env=None):
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({' '.join(args)[:200]}):\n{proc.stderr[-3000:]}")
     return seconds
+
+
+# --------------------------------------------------------------------------- the command line
+def measurement_options(argv, measurements):
+    """(--quick given, the names --only=a,b chose or None, the other arguments) of a benchmark's command line;
+    measurements: its (name, function) pairs. An unknown name is an error that lists the known ones."""
+    quick = "--quick" in argv
+    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), None)
+    rest = [a for a in argv if a != "--quick" and not a.startswith("--only=")]
+    unknown = set(only or ()) - {name for name, _ in measurements}
+    if unknown:
+        raise lab.LabError(f"--only names unknown measurements {sorted(unknown)}; choose from "
+                           f"{[name for name, _ in measurements]}.")
+    return quick, only, rest
 
 
 # --------------------------------------------------------------------------- rows of the table
