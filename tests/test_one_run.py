@@ -352,18 +352,14 @@ def test_8_predict_says_which_command_puts_the_new_images_on_the_map(haul):
 
 
 @pytest.mark.slow
-def test_8_a_missing_novelty_figure_stops_the_report_naming_novelty_py(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("figure, message", [
+    ("novelty_roc.png", r"novelty: figs/novelty_roc.png is missing.*python novelty.py"),
+    ("gallery_Odontella.png", r"gallery_Odontella.png is missing.*python dimensionality_reduction.py")])
+def test_8_a_missing_figure_stops_the_report_naming_the_script_that_makes_it(tiny_pipeline, tmp_path, figure,
+                                                                              message):
     cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
-    artifacts.out_path(cfg, "figs", "novelty_roc.png").unlink()
-    with pytest.raises(lab.LabError, match=r"novelty: figs/novelty_roc.png is missing.*python novelty.py"):
-        report.main(argv)
-
-
-@pytest.mark.slow
-def test_8_a_missing_gallery_names_dimensionality_reduction_py(tiny_pipeline, tmp_path):
-    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
-    artifacts.out_path(cfg, "figs", "gallery_Odontella.png").unlink()
-    with pytest.raises(lab.LabError, match=r"gallery_Odontella.png is missing.*python dimensionality_reduction.py"):
+    artifacts.out_path(cfg, "figs", figure).unlink()
+    with pytest.raises(lab.LabError, match=message):
         report.main(argv)
 
 
