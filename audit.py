@@ -1,11 +1,13 @@
 """Which labels look wrong? A label audit of every labelled seen image, with out-of-fold probabilities and
 Confident Learning (cleanlab), beyond the mission.
 
-Every image of the train, validation and test splits is scored by a head that never saw it: audit_folds
-stratified, seeded folds, a fresh head trained on the cached trunk features of the other folds for each, by the
-main run's rules (its best epoch count, learning rate, batch size, class weighting); see lab/label_audit.py. The
-test images are scored but never trained on, so the out-of-fold outputs of the training and validation images also
-calibrate predict.py's abundances (results/abundances.csv) without touching a test image.
+Every image of the train, validation and test splits is scored by a model that never saw it: audit_folds
+stratified, seeded folds, a model fitted on the cached trunk features of the other folds for each (no trunk pass).
+The model is the `audit_model` setting: by default a logistic regression on the pooled trunk features (seconds), or
+the lab's head retrained by the main run's rules (its best epoch count, learning rate, batch size, class
+weighting); see lab/label_audit.py. The test images are scored but never trained on, so the out-of-fold outputs of
+the training and validation images may also calibrate predict.py's abundances (abundance_calibration=
+"out_of_fold", with audit_model="head") without touching a test image.
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the three splits (made by
 train.py and evaluate.py: no trunk pass is run when they are there). Writes
   results/label_issues.csv          every audited image, the most suspect first: rank, path (relative to
@@ -92,6 +94,14 @@ def plot_suspects(cfg, issues, path):
     return plotting.save_figure(path, fig)
 
 
+def describe_model(audit_model, training):
+    if audit_model == "head":
+        return (f"each a head trained for {training.epochs} epochs (the main run's best) at lr {training.lr:g}, "
+                f"batches of {training.batch_size}")
+    return (f"each a logistic regression on the trunk features pooled to {label_audit.POOL_GRID} x "
+            f"{label_audit.POOL_GRID} (C={label_audit.LINEAR_C:g}, class weighting {training.class_weighting!r})")
+
+
 def print_summary(issues, folds, paths):
     flagged = issues[issues["flagged"]]
     by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
@@ -112,17 +122,17 @@ def main(argv=None):
     runtime.seed_everything(cfg.seed)
     data = audited_images(trained)
     training = label_audit.fold_training(ckpt, cfg, trained.device)
-    print(f"[audit] {len(data)} images, {cfg.audit_folds} folds, each head trained for {training.epochs} epochs (the "
-          f"main run's best) at lr {training.lr:g}, batches of {training.batch_size}")
+    print(f"[audit] {len(data)} images, {cfg.audit_folds} folds, {describe_model(cfg.audit_model, training)}")
     issues = label_audit.audit_labels(trained.model, data, ckpt["classes"], training, cfg.audit_folds,
-                                      trained.device)
+                                      trained.device, audit_model=cfg.audit_model)
     with manifest.OutputSet(cfg, "audit") as out:  # the three files together, or the previous three
         out.save_csv("results", "label_issues.csv", issues)
         out.write("results", "label_issues_ecotaxa.tsv",
                   lambda tmp: ecotaxa.write_table(tmp, [ecotaxa_frame(issues, ckpt["classes"])]))
         plot_suspects(cfg, issues, out.file("figs", "label_issues.png"))
         out.publish(checkpoint=trained.digest, split=splitting.split_digest(cfg), folds=cfg.audit_folds,
-                    epochs=training.epochs, test_images_trained_on=False)  # abundances' out-of-fold calibration
+                    audit_model=cfg.audit_model, epochs=training.epochs if cfg.audit_model == "head" else None,
+                    test_images_trained_on=False)  # abundances' out-of-fold calibration
     paths = [artifacts.out_path(cfg, kind, name) for kind, name in (("results", "label_issues.csv"),
              ("results", "label_issues_ecotaxa.tsv"), ("figs", "label_issues.png"))]
     print_summary(issues, cfg.audit_folds, paths)

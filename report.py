@@ -326,7 +326,7 @@ def audit_section(results, figs):
     by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
                          for s in ("train", "val", "test"))
     return (f"<h2>Label audit: which labels look wrong?</h2><p>Each of the {len(issues)} labelled images was scored "
-            f"by a head trained without it ({int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
+            f"by a model fitted without it ({int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
             f"{len(flagged)} labels as likely wrong ({by_split}). Label quality is the out-of-fold probability of "
             f"the given label. All images, most suspect first, are in results/label_issues.csv; the flagged ones "
             f"in results/label_issues_ecotaxa.tsv, to review in EcoTaxa.</p>"

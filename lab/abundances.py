@@ -281,10 +281,13 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
         audit, problem = None, "it was made from another checkpoint"
     elif audit is not None and audit["inputs"].get("test_images_trained_on") is not False:
         audit, problem = None, "it was made by an older audit.py, whose fold heads trained on the test images"
+    elif audit is not None and audit["inputs"].get("audit_model", "head") != "head":
+        audit, problem = None, (f"its out-of-fold model was audit_model={audit['inputs']['audit_model']!r}, not "
+                                f"the lab's head, whose confusions these abundances correct")
     if audit is None:
         raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model, "
-                           f"and there are none ({problem}). Run `python audit.py` with this model first, or use "
-                           f"--abundance_calibration=validation (the default).")
+                           f"and there are none ({problem}). Run `python audit.py --audit_model=head` with this "
+                           f"model first, or use --abundance_calibration=validation (the default).")
     columns = [f"p_{c}" for c in classes]
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues = issues[issues["split"].isin(["train", "val"])]

@@ -176,7 +176,7 @@ RULES = {
     "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
     "transfer_max_images": at_least(2), "knn_k": at_least(1),
     "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES), "similar_k": at_least(1),
-    "audit_folds": at_least(2),
+    "audit_folds": at_least(2), "audit_model": one_of("linear", "head"),
     "labels_file": tables_or_none, "labels_columns": two_columns_or_none, "labels_statuses": statuses,
     "labels_map": a_path_or_none,
     "abundance_method": one_of(*ABUNDANCE_METHODS), "abundance_bootstrap": at_least(20),
@@ -186,7 +186,7 @@ RULES = {
 WHY = {
     "image_size": "cannot be taken by the architecture: the frozen trunk divides it by 8 and the head pools by 2 more",
     "head_precision": "fp16 would need loss scaling",
-    "audit_folds": "each image is scored by a head trained on the other folds",
+    "audit_folds": "each image is scored by a model fitted on the other folds",
     "novelty_score": "the lab's default, 'mahalanobis_knn', told new taxa best on ndsb9",
     "class_weighting": "'none' is plain cross-entropy; 'balanced' weights classes by inverse frequency",
     "abundance_bootstrap": "a 95 % interval from fewer draws rests on one or two of them",

@@ -75,9 +75,13 @@ transfer_max_images = 10000   # most images on each side of transfer learning: a
 knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
 
 # --- label audit (audit.py) -----------------------------------------------------------
-# Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a head trained on the other
-# folds (audit_folds heads in all, each for the main run's best epoch count), >= 2.
+# Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a model fitted on the other
+# folds' training and validation images, >= 2.
 audit_folds = 5
+# That model: "linear" (a logistic regression on the pooled trunk features: under a second per fold; it found more
+# planted label errors on ndsb9 than the head) or "head" (the lab's head retrained per fold for the main run's best
+# epoch count: audit_folds - 1 times train.py's epochs; needed by abundance_calibration="out_of_fold").
+audit_model = "linear"
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------
 novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
@@ -101,6 +105,6 @@ abundance_method = "emq_nbvs"
 abundance_bootstrap = 200      # bootstrap draws behind each 95 % interval of abundances.csv, >= 20
 # The images that calibrate the correction, never a test image: "validation" (the validation split), or
 # "out_of_fold" (audit.py's out-of-fold outputs of the training and validation images, 16 times as many; run
-# audit.py first). On ndsb9 (random trunk) the fold heads' confusions were not the model's: emq_nbvs's error 4.3x
-# classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
+# audit.py --audit_model=head first). On ndsb9 (random trunk) the fold heads' confusions were not the model's:
+# emq_nbvs's error 4.3x classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
 abundance_calibration = "validation"

@@ -211,15 +211,18 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
 
 
 def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outputs(trained_copy, monkeypatch):
-    """abundance_calibration="out_of_fold": audit.py's heads never trained on a test image (tests/test_audit.py);
-    the calibration takes their outputs of the training and validation images only, as the audit wrote them. No
-    audit, or a stale one, names audit.py: never a silent fallback."""
+    """abundance_calibration="out_of_fold": audit.py's heads (audit_model="head") never trained on a test image
+    (tests/test_audit.py); the calibration takes their outputs of the training and validation images only, as the
+    audit wrote them. No audit, a stale one or the linear model's names audit.py: never a silent fallback."""
     import audit
     cfg, argv = trained_copy
     trained, inputs = calibration_inputs(cfg)
-    with pytest.raises(lab.LabError, match="Run `python audit.py`"):
+    with pytest.raises(lab.LabError, match="Run `python audit.py --audit_model=head`"):
         abundances.calibration_from_artifacts(*inputs, "out_of_fold")
-    audit.main(argv)
+    audit.main(argv)  # the default linear model: not the head whose confusions the abundances correct
+    with pytest.raises(lab.LabError, match="audit_model='linear'"):
+        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+    audit.main(argv + ["--audit_model=head"])
     calibration = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
     assert calibration.source == "out_of_fold"
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))

@@ -1,6 +1,7 @@
-"""The label audit (audit.py, lab/label_audit.py): an out-of-fold head never saw the images it scores, planted label
-flips rank first, the cached splits pool without copies, the EcoTaxa table's layout, the map's hover text, and the
-stage end to end on the tiny demo. Synthetic sets are small and in memory: these tests are fast."""
+"""The label audit (audit.py, lab/label_audit.py): an out-of-fold model (linear or head) never saw the images it
+scores, planted label flips rank first, the cached splits pool without copies, the EcoTaxa table's layout, the
+map's hover text, and the stage end to end on the tiny demo. Synthetic sets are small and in memory: these tests
+are fast."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,7 +85,7 @@ def test_folds_are_stratified_seeded_and_refused_beyond_the_largest_class():
         label_audit.assign_folds(labels, 21, seed=0)
 
 
-def test_an_out_of_fold_model_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
+def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
     """What each fold's head was trained on (every run_epoch: always with an optimizer) and what it scored. The test
     images are scored, each once, but never trained on: the abundances calibrate on these heads' outputs."""
     features, labels = separable_set(12)
@@ -103,7 +104,7 @@ def test_an_out_of_fold_model_never_saw_the_images_it_scores_nor_any_test_image(
     monkeypatch.setattr(label_audit.trunk_cache, "head_outputs", outputs)
     folds, epochs = 4, 2
     issues = label_audit.audit_labels(model, data, CLASSES, training(epochs), folds, torch.device("cpu"),
-                                      log=lambda _: None)
+                                      log=lambda _: None, audit_model="head")
 
     assert [kind for kind, _ in calls] == (["train"] * epochs + ["score"]) * folds  # no loss on held-out images
     everything, scored_so_far = set(range(len(data))), set()
@@ -122,6 +123,64 @@ def test_an_out_of_fold_model_never_saw_the_images_it_scores_nor_any_test_image(
     assert scored_so_far == everything
 
 
+def test_an_out_of_fold_linear_model_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
+    """What each fold's linear model was fitted on and what it scored, told apart by the images' (unique, random)
+    pooled features: disjoint, the test images never fitted on, every image scored once, by its fold's model."""
+    features, labels = separable_set(12)
+    data = pooled(features, labels)
+    pooled_rows = {row.tobytes(): i for i, row in enumerate(label_audit.pooled_features(data))}
+    assert len(pooled_rows) == len(data)
+    fitted, scored = [], []
+    real_fit = label_audit.fit_linear
+
+    def fit(x, y, weighting):
+        fitted.append({pooled_rows[row.tobytes()] for row in x})
+        assert np.array_equal(y, labels[sorted(fitted[-1])]) and weighting == "none"
+        fold_model = real_fit(x, y, weighting)
+        real_proba = fold_model.predict_proba
+        fold_model.predict_proba = lambda z: scored.append({pooled_rows[row.tobytes()] for row in z}) or real_proba(z)
+        return fold_model
+    monkeypatch.setattr(label_audit, "fit_linear", fit)
+    folds = 4
+    issues = label_audit.audit_labels(model, data, CLASSES, training(1), folds, torch.device("cpu"),
+                                      log=lambda _: None)
+    everything = set(range(len(data)))
+    test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
+    fold_of_path = dict(zip(issues["path"], issues["fold"]))
+    assert len(fitted) == len(scored) == folds
+    for k, (trained_on, held_out) in enumerate(zip(fitted, scored)):
+        assert not trained_on & held_out and not trained_on & test_images
+        assert trained_on | held_out | test_images == everything
+        assert {data.rows["path"][i] for i in held_out} == {p for p, f in fold_of_path.items() if f == k + 1}
+    assert sorted(i for part in scored for i in part) == sorted(everything)
+
+
+def test_out_of_fold_linear_probabilities_do_not_remember_labels_that_a_fitted_model_memorises():
+    """Random labels on random features: the linear model scoring its own training images recalls their labels, an
+    out-of-fold one cannot (chance is 1/3)."""
+    rng = np.random.default_rng(1)
+    features, labels = rng.normal(0, 1, (36, 64, 4, 4)), rng.permutation(np.repeat([0, 1, 2], 12))
+    vectors = label_audit.pooled_features(pooled(features, labels))
+    assert vectors.shape == (36, 64 * label_audit.POOL_GRID ** 2)
+    folds = label_audit.assign_folds(labels, 3, seed=0)
+    out_of_fold = label_audit.linear_out_of_fold_probabilities(vectors, labels, folds, "none", 3, log=lambda _: None)
+    in_sample = label_audit.fit_linear(vectors, labels, "none").predict_proba(vectors)
+    assert (in_sample.argmax(1) == labels).mean() >= 0.9
+    assert (out_of_fold.argmax(1) == labels).mean() <= 0.6
+    assert out_of_fold.sum(1) == pytest.approx(np.ones(36))
+
+
+def test_a_class_missing_from_a_folds_training_images_gets_no_probability_there():
+    labels = np.array([0] * 8 + [1] * 8 + [2])
+    vectors = np.random.default_rng(0).normal(size=(17, 8)) + labels[:, None]
+    fold = np.where(labels == 2, 0, np.arange(17) % 2)  # the one image of class 2 is in fold 0: fold 0 never saw it
+    trains = np.ones(17, bool)
+    probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "balanced", 3,
+                                                                 log=lambda _: None, trains=trains)
+    assert (probabilities[fold == 0, 2] == 0).all() and (probabilities[fold == 1, 2] > 0).all()
+    assert probabilities.sum(1) == pytest.approx(np.ones(17))
+
+
 def test_out_of_fold_probabilities_do_not_remember_labels_that_a_trained_head_memorises(model):
     """Random labels on random features: a head scoring its own training images recalls their labels, an
     out-of-fold head cannot (chance is 1/3)."""
@@ -136,13 +195,15 @@ def test_out_of_fold_probabilities_do_not_remember_labels_that_a_trained_head_me
     assert (out_of_fold.argmax(1) == labels).mean() <= 0.6
 
 
-def test_planted_label_flips_rank_first_and_are_flagged(model):
+@pytest.mark.parametrize("audit_model", label_audit.AUDIT_MODELS)
+def test_planted_label_flips_rank_first_and_are_flagged(model, audit_model):
     features, labels = separable_set(40)
     flipped = np.random.default_rng(7).choice(len(labels), 6, replace=False)  # 5 %
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + 1 + np.arange(6) % 2) % 3
     data = pooled(features, noisy)
-    issues = label_audit.audit_labels(model, data, CLASSES, training(8), 5, torch.device("cpu"), log=lambda _: None)
+    issues = label_audit.audit_labels(model, data, CLASSES, training(8), 5, torch.device("cpu"), log=lambda _: None,
+                                      audit_model=audit_model)
     planted = {data.rows["path"][i] for i in flipped}
     assert set(issues["path"].head(6)) == planted  # ranks 1..6
     assert planted <= set(issues.loc[issues["flagged"], "path"])
@@ -211,10 +272,12 @@ def test_hovering_a_labelled_point_shows_its_label_quality(tmp_path):
     assert (interactive_map.map_points(coords)["audit"] == "").all()  # before audit.py ran
 
 
-def test_audit_folds_is_a_setting_of_the_tests_frozen_configuration():
-    assert config.config_defaults()["audit_folds"] == 5
+def test_audit_folds_and_model_are_settings_of_the_tests_frozen_configuration():
+    assert config.config_defaults()["audit_folds"] == 5 and config.config_defaults()["audit_model"] == "linear"
     with pytest.raises(lab.LabError, match="audit_folds=1 must be at least 2"):
         config.load_config(["--audit_folds=1"])
+    with pytest.raises(lab.LabError, match="audit_model='heads' must be one of"):
+        config.load_config(["--audit_model=heads"])
 
 
 @pytest.mark.slow
@@ -238,6 +301,7 @@ def test_audit_script_on_the_tiny_demo_writes_its_tables_figure_and_provenance(n
     assert artifacts.out_path(cfg, "figs", "label_issues.png").stat().st_size > 10_000
     recorded = provenance.recorded_inputs(cfg, "audit")
     assert recorded["checkpoint"] == provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    assert recorded["audit_model"] == "linear" and recorded["epochs"] is None
 
 
 @pytest.mark.slow
