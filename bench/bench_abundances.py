@@ -2,14 +2,14 @@
 
 Reads ../shared/data/ndsb9 (or --data_root=... with --seen_classes / --unseen_classes). Trains the lab's model on
 it once in a scratch folder (train.py, embed.py, novelty.py, audit.py), or takes the model already trained in
---trained_dir=FOLDER (an output folder where those four have run with the same settings). Then draws --samples
-samples of --sample_size images from the lab's TEST split, each with class proportions drawn uniformly from the
-simplex (QuaPy's UPP: the artificial-prevalence protocol for more than a few classes; seeded by --seed), and
-quantifies every sample as predict.py does: the images flagged possibly new are set apart, every method of
-lab/abundances.py is calibrated on the validation split (--calibration=out_of_fold: on audit.py's out-of-fold
-outputs of the training and validation images, as --abundance_calibration=out_of_fold) and gives its 95 %
-bootstrap interval
-(--abundance_bootstrap draws). The truth is each sample's share of every class among its images not flagged.
+--trained_dir=FOLDER (an output folder where those four have run with the same settings; audit.py with
+--audit_model=head for --calibration=out_of_fold). Then draws --samples samples of --sample_size images from the
+lab's TEST split, each with class proportions drawn uniformly from the simplex (QuaPy's UPP: the
+artificial-prevalence protocol for more than a few classes; seeded by --seed), and quantifies every sample as
+predict.py does: the images flagged possibly new are set apart, every method of lab/abundances.py is calibrated on
+the validation split (--calibration=out_of_fold: on audit.py's out-of-fold outputs of the training and validation
+images, as --abundance_calibration=out_of_fold) and gives its 95 % bootstrap interval (--abundance_bootstrap
+draws). The truth is each sample's share of every class among its images not flagged.
 Prints, per method, the mean absolute error of the proportions and how often the interval holds the truth, with
 the targets of bench/targets.py applied to --abundance_method; writes results/abundances_benchmark.json under
 the output folder (the scratch folder's is deleted: give --output_dir to keep it).
@@ -147,8 +147,9 @@ def model_outputs(argv, calibration_source="validation"):
 
 
 def train_model(argv):
-    for script in (train, embed, novelty, audit):
+    for script in (train, embed, novelty):
         script.main(argv)
+    audit.main(argv + ["--audit_model=head"])  # the out-of-fold calibration takes the head's own outputs
 
 
 # --------------------------------------------------------------------------- the table

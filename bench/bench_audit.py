@@ -6,14 +6,15 @@ a scratch folder. Links the images into a scratch data root in which 5 % of the 
 seen class (seeded, drawn at random; the images are never touched), then draws the split there;
 trains on those labels (train.py, evaluate.py) and runs audit.py. Measures:
   found   the share of the flipped images in the audit's top 5 % and top 10 % (target: >= 80 % in the top 10 %),
-          and the precision and recall of cleanlab's flags against the flips; audit.py's wall time; the same
-          with fewer folds
+          and the precision and recall of cleanlab's flags against the flips; audit.py's wall time; the same with
+          the other audit_model (side by side: the linear model and the lab's head)
   growth  the audit (out-of-fold loop and ranking) on the same cached features pooled once and ten times (read in
-          place: ten times the images, no trunk pass), GROWTH_EPOCHS epochs per fold, on one thread and in CPU
-          seconds, which other load on a shared machine cannot inflate (wall seconds beside): it must grow linearly
+          place: ten times the images, no trunk pass; a head trains GROWTH_EPOCHS epochs per fold), on one thread
+          and in CPU seconds, which other load on a shared machine cannot inflate (wall seconds beside): it must
+          grow linearly
   demo    what the stage adds to the demo pipeline: its stages (run_pipeline.STAGES) on data/demo in a scratch
           folder, each on one thread, the audit's CPU seconds against the other stages' (wall beside), target
-          <= 15 %; and audit.py's with fewer folds
+          <= 15 %; and audit.py's with the other audit_model
 On a random trunk (backbone_weights=None) unless --backbone_weights is given. Prints a table and writes
 results/audit_benchmark.json under output_dir.
 
@@ -64,7 +65,6 @@ GROWTH_FACTOR = 10
 GROWTH_EPOCHS = 1  # the epoch count does not depend on the data's size: one epoch per fold shows the growth
 GROWTH_SLACK = 1.15  # as bench/scale.py: an exponent up to 1.15 counts as linear (caches and allocators wobble)
 DEMO_TARGET = 0.15
-FEWER_FOLDS = (3, 2)
 DEMO_THREADS = 1  # the stages' share in CPU seconds on one thread: two threads on a busy 2-core machine waste CPU
 QUICK_OVERRIDES = ["--max_images_per_class=30", "--image_size=64", "--epochs=2", "--num_workers=0"]
 
@@ -130,6 +130,12 @@ def found_shares(issues, flipped):
             "recall": float((flagged & is_flip).sum() / max(is_flip.sum(), 1))}
 
 
+def other_models(argv):
+    """The audit_models that argv does not choose, each as its override."""
+    chosen = config.load_config(argv).audit_model
+    return [model for model in label_audit.AUDIT_MODELS if model != chosen]
+
+
 def measure_found(run):
     flipped = run.flipped
     start, cpu = time.perf_counter(), time.process_time()
@@ -137,64 +143,103 @@ def measure_found(run):
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     output_lock.release_locks()
     found = found_shares(issues, flipped)
-    epochs = checkpoint.load(artifacts.out_path(config.load_config(run.argv), "checkpoints", "best.pth"))["epoch"]
-    result = {**found, "seconds": seconds, "cpu_seconds": cpu_seconds, "epochs_per_fold": epochs,
-              "load_average": common.load_average()}
-    compared = (f"{found['flips']} flipped labels among {found['images']} images: in the audit's top 5 % "
-                f"{100 * found['top_5']:.1f} %, top 10 % {100 * found['top_10']:.1f} %")
+    cfg = config.load_config(run.argv)
+    epochs = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"]
+    result = {**found, "audit_model": cfg.audit_model, "seconds": seconds, "cpu_seconds": cpu_seconds,
+              "epochs_per_fold": epochs, "load_average": common.load_average()}
+    compared = (f"{found['flips']} flipped labels among {found['images']} images, audit_model={cfg.audit_model!r}: "
+                f"in the audit's top 5 % {100 * found['top_5']:.1f} %, top 10 % {100 * found['top_10']:.1f} %")
     flags = (f"{found['flagged']} flagged: precision {found['precision']:.3f}, recall {found['recall']:.3f} (a "
              f"flagged label that was not flipped may be one of the data's own errors)")
-    timing = (f"audit.py at {found['images']} images, {config.load_config(run.argv).audit_folds} folds x {epochs} "
-              f"epochs: {cpu_seconds:.0f} CPU s, load average {result['load_average']}")
+    timing = (f"audit.py at {found['images']} images, {cfg.audit_folds} folds of the {cfg.audit_model} model"
+              + (f" x {epochs} epochs" if cfg.audit_model == "head" else "")
+              + f": {cpu_seconds:.1f} CPU s, load average {result['load_average']}")
     rows = [verdict("audit: flips found", compared, round(100 * found["top_10"], 1), f">= {100 * FOUND_TARGET:.0f} % "
-                    "in the top 10 %", found["top_10"] >= FOUND_TARGET, "%", "the out-of-fold heads miss flips"),
+                    "in the top 10 %", found["top_10"] >= FOUND_TARGET, "%", "the out-of-fold models miss flips"),
             information("audit: cleanlab's flags", flags, round(found["precision"], 3), ""),
             information("audit: wall time", timing, round(seconds, 1), "s")]
     if run.quick:
         rows[0] = not_here(rows[0]["what"], compared, rows[0]["measured"], rows[0]["target"], "%",
                            "--quick trains on a few images for two epochs")
         return result, rows
-    result["fewer_folds"] = {}
-    for folds in FEWER_FOLDS:  # what fewer folds (cheaper: folds - 1 heads' work) would find
-        (issues, seconds) = common.timed(audit.main, run.argv + [f"--audit_folds={folds}"])
+    result["other_models"] = {}
+    for model in other_models(run.argv):  # the same flips, side by side
+        start, cpu = time.perf_counter(), time.process_time()
+        issues = audit.main(run.argv + [f"--audit_model={model}"])
+        other = {**found_shares(issues, flipped), "seconds": time.perf_counter() - start,
+                 "cpu_seconds": time.process_time() - cpu}
         output_lock.release_locks()
-        fewer = result["fewer_folds"][folds] = {**found_shares(issues, flipped), "seconds": seconds}
-        rows.append(information(f"audit: {folds} folds", f"the same with audit_folds={folds}: top 5 % "
-                                f"{100 * fewer['top_5']:.1f} %, top 10 % {100 * fewer['top_10']:.1f} %, flags' "
-                                f"precision {fewer['precision']:.3f}, {seconds:.0f} s", round(100 * fewer["top_10"], 1),
-                                "%"))
+        result["other_models"][model] = other
+        rows.append(information(f"audit: {model} model", f"the same with audit_model={model!r}: top 5 % "
+                                f"{100 * other['top_5']:.1f} %, top 10 % {100 * other['top_10']:.1f} %, flags' "
+                                f"precision {other['precision']:.3f}, recall {other['recall']:.3f}; "
+                                f"{other['cpu_seconds']:.1f} CPU s ({other['cpu_seconds'] / cpu_seconds:.0f}x "
+                                f"the {cfg.audit_model} model's), wall {other['seconds']:.1f} s",
+                                round(100 * other["top_10"], 1), "%"))
     return result, rows
 
 
 def timed_audit(run, factor, threads=1):
-    """CPU and wall seconds of label_audit.audit_labels on the cached features pooled `factor` times, with
-    GROWTH_EPOCHS epochs per fold, on `threads` torch threads."""
+    """CPU and wall seconds of label_audit.audit_labels on the cached features pooled `factor` times (a head: with
+    GROWTH_EPOCHS epochs per fold), on `threads` torch threads; for the linear model also its fits' CPU seconds and
+    optimizer iterations, summed over the folds."""
     _ = run.flipped  # the model trained on the flipped labels, and its caches
     trained = checkpoint.load_trained(config.load_config(run.argv))
     data = audit.audited_images(trained)
     pooled = trunk_cache.PooledSplit(data.parts * factor)
     rules = label_audit.fold_training(trained.ckpt, trained.cfg, trained.device).with_epochs(GROWTH_EPOCHS)
-    before = torch.get_num_threads()
+    before, fit, fits = torch.get_num_threads(), label_audit.fit_linear, {"iterations": 0, "cpu_seconds": 0.0}
+
+    def counted_fit(*args):
+        cpu = time.process_time()
+        model = fit(*args)
+        fits["cpu_seconds"] += time.process_time() - cpu
+        fits["iterations"] += int(model[-1].n_iter_.max())
+        return model
     torch.set_num_threads(threads)
+    label_audit.fit_linear = counted_fit
     try:
         start, cpu = time.perf_counter(), time.process_time()
         label_audit.audit_labels(trained.model, pooled, trained.ckpt["classes"], rules, trained.cfg.audit_folds,
-                                 trained.device, log=lambda _: None)
+                                 trained.device, log=lambda _: None, audit_model=trained.cfg.audit_model)
         return {"images": len(pooled), "cpu_seconds": time.process_time() - cpu,
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start, "fits": fits}
     finally:
         torch.set_num_threads(before)
+        label_audit.fit_linear = fit
+
+
+def growth_exponent(small, large, images):
+    return math.log(large / small) / math.log(images[1] / images[0])
 
 
 def measure_growth(run):
+    """The head: CPU seconds for GROWTH_EPOCHS epochs per fold. The linear model: the CPU seconds of its fits per
+    iteration of their optimizer (a pass over the data, as the head's epoch), and the rest (pooling the features,
+    ranking) as they are. Ten copies of the same images weaken the L2 penalty tenfold relative to the data, so the
+    optimizer needs more iterations for them, which says nothing of the cost of more data: the counts are printed
+    beside. The verdict takes the faster-growing part."""
     small, large = (timed_audit(run, factor) for factor in (1, GROWTH_FACTOR))
-    exponent = math.log(large["cpu_seconds"] / small["cpu_seconds"]) / math.log(large["images"] / small["images"])
+    model = config.load_config(run.argv).audit_model
+    images = (small["images"], large["images"])
     compared = (f"{small['images']:,} -> {large['images']:,} images (the cached features pooled {GROWTH_FACTOR}x), "
-                f"{GROWTH_EPOCHS} epoch per fold, 1 thread: {small['cpu_seconds']:.1f} -> {large['cpu_seconds']:.1f} "
+                f"the {model} model" + (f", {GROWTH_EPOCHS} epoch per fold" if model == "head" else "")
+                + f", 1 thread: {small['cpu_seconds']:.1f} -> {large['cpu_seconds']:.1f} "
                 f"CPU s (wall {small['seconds']:.1f} -> {large['seconds']:.1f} s)")
+    exponent = growth_exponent(small["cpu_seconds"], large["cpu_seconds"], images)
+    result = {"small": small, "large": large, "exponent": exponent}
+    if model == "linear":
+        per = [r["fits"]["cpu_seconds"] / max(r["fits"]["iterations"], 1) for r in (small, large)]
+        rest = [r["cpu_seconds"] - r["fits"]["cpu_seconds"] for r in (small, large)]
+        result.update(fit_exponent=growth_exponent(*per, images), rest_exponent=growth_exponent(*rest, images))
+        exponent = max(result["fit_exponent"], result["rest_exponent"])
+        compared += (f"; fits: {small['fits']['iterations']} -> {large['fits']['iterations']} optimizer iterations, "
+                     f"{1000 * per[0]:.1f} -> {1000 * per[1]:.1f} CPU ms each (n^{result['fit_exponent']:.2f}); "
+                     f"pooling and ranking {rest[0]:.1f} -> {rest[1]:.1f} CPU s (n^{result['rest_exponent']:.2f}); "
+                     f"in all n^{result['exponent']:.2f}")
     row = verdict("audit: growth", compared, f"n^{exponent:.2f}", f"<= linear (n^{GROWTH_SLACK})",
                   exponent <= GROWTH_SLACK, "", "the audit grows faster than its data")
-    return {"small": small, "large": large, "exponent": exponent}, [row]
+    return result, [row]
 
 
 def cpu_seconds():
@@ -223,7 +268,8 @@ def run_stages(argv, stages):
 
 def measure_demo(run):
     """The demo pipeline's stages in a scratch folder: the audit's seconds against the other stages' (CPU seconds
-    for the verdict, which the machine's other load cannot inflate; wall beside); then audit.py with fewer folds."""
+    for the verdict, which the machine's other load cannot inflate; wall beside); then audit.py with the other
+    model."""
     if run.quick:
         return {}, [not_here("audit: demo share", "the demo pipeline", None, f"<= {100 * DEMO_TARGET:.0f} %", "%",
                              "--quick does not run the demo pipeline")]
@@ -234,21 +280,24 @@ def measure_demo(run):
     others = {kind: sum(s[kind] for name, s in stages.items() if name != "audit")
               for kind in ("seconds", "cpu_seconds")}
     share = {kind: stages["audit"][kind] / others[kind] for kind in others}
-    fewer = {folds: run_stages(argv + [f"--audit_folds={folds}"], [("audit", audit)])["audit"] for folds in FEWER_FOLDS}
+    others_models = {model: run_stages(argv + [f"--audit_model={model}"], [("audit", audit)])["audit"]
+                     for model in other_models(argv)}
     cfg = config.load_config(argv)
     epochs = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"]
-    compared = (f"the demo's stages (random trunk, {DEMO_THREADS} thread): audit {stages['audit']['cpu_seconds']:.1f} "
-                f"CPU s vs the other stages {others['cpu_seconds']:.1f} (train {stages['train']['cpu_seconds']:.1f}); "
-                f"wall {stages['audit']['seconds']:.1f} vs {others['seconds']:.1f} s ({100 * share['seconds']:.0f} %); "
-                f"audit_folds=" + ", ".join(f"{k}: {v['cpu_seconds']:.1f} CPU s "
-                                            f"({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
-                                            for k, v in fewer.items()))
+    compared = (f"the demo's stages (random trunk, {DEMO_THREADS} thread): audit ({cfg.audit_model} model) "
+                f"{stages['audit']['cpu_seconds']:.1f} CPU s vs the other stages {others['cpu_seconds']:.1f} (train "
+                f"{stages['train']['cpu_seconds']:.1f}); wall {stages['audit']['seconds']:.1f} vs "
+                f"{others['seconds']:.1f} s ({100 * share['seconds']:.0f} %); "
+                + ", ".join(f"audit_model={k!r}: {v['cpu_seconds']:.1f} CPU s "
+                            f"({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
+                            for k, v in others_models.items()))
     reason = (f"{cfg.audit_folds} heads, each trained for the main run's best epoch count ({epochs}) on "
               f"{cfg.audit_folds - 1}/{cfg.audit_folds} of the training and validation images: "
               f"{cfg.audit_folds - 1} times the work of {epochs} epochs over all of those (train.py: its best epochs "
-              f"plus patience over the training images alone)")
-    return {"stages": stages, "share": share, "fewer_folds": fewer, "epochs_per_fold": epochs,
-            "threads": DEMO_THREADS, "load_average": common.load_average()}, \
+              f"plus patience over the training images alone)") if cfg.audit_model == "head" else \
+        "the linear model's folds cost more than expected"
+    return {"stages": stages, "share": share, "other_models": others_models, "epochs_per_fold": epochs,
+            "audit_model": cfg.audit_model, "threads": DEMO_THREADS, "load_average": common.load_average()}, \
         [verdict("audit: demo share", compared, round(100 * share["cpu_seconds"], 1), f"<= {100 * DEMO_TARGET:.0f} %",
                  share["cpu_seconds"] <= DEMO_TARGET, "%", reason)]
 
