@@ -42,7 +42,7 @@ AUDIT_MODELS = ("linear", "head")
 # The linear model's features: the trunk's 64 channels averaged over a 2 x 2 grid (256 numbers per image), which
 # keeps the particle's coarse layout; and its regularisation, strong because a class may have few images. Chosen on
 # ndsb9 among 1 x 1 / 2 x 2 / 4 x 4 grids and C = 0.1 / 1 (four flip seeds): 2 x 2 at C = 0.1 ranked the most flips
-# in the top 10 % every time; a nested cross-validation of C (LogisticRegressionCV) chose the same at 10x the cost.
+# in the top 10 % on average; a nested cross-validation of C gave the same at 10x the cost (docs/label-audit.md).
 POOL_GRID = 2
 LINEAR_C = 0.1
 LINEAR_MAX_ITER = 1000
