@@ -341,19 +341,35 @@ def search(cfg, files):
 
 def group_keys(pairs, digests):
     """The split's grouping key of every file (splitting.draw_split keeps equal keys in one split): its bytes'
-    digest, and for the members of a near-copy group the group's smallest key, so that byte-identical copies
-    and near-copies of one particle stay together."""
-    keys = dict(digests)
-    members = {}
-    for group, a, b in zip(pairs["group"], pairs["path_a"], pairs["path_b"]):
-        members.setdefault(group, set()).update((a, b))
-    byte_groups = {}  # a byte-identical copy of a near-copy joins its group
+    digest, and for the files linked by near-copy pairs and byte-identical copies, transitively, the smallest key
+    among them, so that byte-identical copies and near-copies of one particle stay together. Transitively: a file
+    may be a near-copy in one class and, copied byte for byte under another, a near-copy there too."""
+    parent = {}
+
+    def root(path):
+        parent.setdefault(path, path)
+        while parent[path] != path:
+            parent[path] = parent[parent[path]]  # path halving
+            path = parent[path]
+        return path
+
+    for a, b in zip(pairs["path_a"], pairs["path_b"]):
+        parent[root(a)] = root(b)
+    linked = set(parent)
+    byte_groups = {}
     for path, key in digests.items():
         byte_groups.setdefault(key, []).append(path)
-    for paths in members.values():
-        whole = {q for p in paths for q in byte_groups.get(digests.get(p), [p])}
-        shared = min(digests.get(p) or p for p in whole)
-        keys.update({p: shared for p in whole})
+    for paths in byte_groups.values():
+        if len(paths) > 1 and linked.intersection(paths):
+            for path in paths[1:]:
+                parent[root(path)] = root(paths[0])
+    components = {}
+    for path in parent:
+        components.setdefault(root(path), []).append(path)
+    keys = dict(digests)
+    for members in components.values():
+        shared = min(digests.get(p) or p for p in members)
+        keys.update({p: shared for p in members})
     return keys
 
 

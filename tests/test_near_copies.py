@@ -148,6 +148,21 @@ def test_group_mode_keeps_a_near_copy_group_in_one_split(tmp_path):
         assert split["b/4.png"] == split["b/5.png"]
 
 
+def test_group_keys_join_groups_linked_through_a_byte_identical_copy_under_another_class():
+    """a/1 ~ a/2 (near-copies in class a); a/2 is also saved byte for byte as b/9, which is a near-copy of b/3 in
+    class b: all four are one particle's images, whichever order the groups come in."""
+    digests = {p: p for p in ("a/1.png", "a/2.png", "a/5.png", "b/3.png", "b/9.png", "b/6.png")}
+    digests["a/2.png"] = digests["b/9.png"] = "same bytes"
+    one = ["a/1.png", "a/2.png", "b/9.png", "b/3.png"]
+    for order in ([0, 1], [1, 0]):
+        pairs = pd.DataFrame({"group": [0, 1], "path_a": ["a/1.png", "b/3.png"],
+                              "path_b": ["a/2.png", "b/9.png"]}).iloc[order]
+        keys = near_copies.group_keys(pairs, digests)
+        assert len({keys[p] for p in one}) == 1
+        assert keys["a/5.png"] == "a/5.png" and keys["b/6.png"] == "b/6.png"
+        assert keys[one[0]] == min(digests[p] for p in one)
+
+
 def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_path):
     from lab import manifest
     cfg = SimpleNamespace(output_dir=str(tmp_path), data_root=str(tmp_path / "data"), near_copies="report")
