@@ -104,14 +104,14 @@ def measure_search(paths, classes):
     thumbnails = time.perf_counter() - started
     pixels, sizes = np.stack([m[0] for m in made]), np.array([m[1] for m in made])
     started = time.perf_counter()
-    (i, j, texture, shape, _, _), compared = near_copies.find_pairs(paths, pixels, sizes, classes)
+    (i, j, texture, shape, noise, _, _), compared = near_copies.find_pairs(paths, pixels, sizes, classes)
     seconds = time.perf_counter() - started
     flagged = set(i.tolist()) | set(j.tolist())
     return {"images": len(paths), "classes": len(set(classes.tolist())), "thumbnail_seconds": round(thumbnails, 1),
             "search_seconds": round(seconds, 1), "pairs_compared": int(compared), "pairs": int(len(i)),
             "images_flagged": len(flagged), "share_flagged": len(flagged) / len(paths),
-            "flagged_pairs": [{"a": paths[a], "b": paths[b], "texture": float(t), "shape": float(s)}
-                              for a, b, t, s in zip(i, j, texture, shape)]}
+            "flagged_pairs": [{"a": paths[a], "b": paths[b], "texture": float(t), "shape": float(s), "noise": float(n)}
+                              for a, b, t, s, n in zip(i, j, texture, shape, noise)]}
 
 
 def rows(copies, search):

@@ -10,15 +10,20 @@ background (the border's median) is white; a dark-field image is inverted. Then,
              synthetic copies whose thin structures a thumbnail's grid blurs)
   alignment  at full resolution (a pair with an image above FULL_MAX px reduced by one whole factor for both),
              the peak of the cross-correlation of the two images' darkness within FULL_SHIFT pixels
-  decision   a near-copy when both hold:
+  decision   a near-copy when all three hold:
              texture   1 - Pearson correlation over the pixels darker than OBJECT_LEVEL in both  <= TEXTURE_MAX
              shape     the share of one image's particle pixels (darker than SHAPE_DARK) that fall on the other's
                        background (at least SHAPE_BACKGROUND), the smaller of the two directions <= SHAPE_MAX
+             noise     the Pearson correlation of the two images' fine detail (each minus its Gaussian blur of
+                       NOISE_SIGMA px) over the particle's interior (the shared particle pixels, NOISE_ERODE px in
+                       from its rim)  >= NOISE_MIN
 The texture alone passes look-alikes: two Acantharia with one dark core and their faint spines at other angles
 (their spines do not overlap, so they never enter the texture's pixels). The shape catches them: each one's spines
 lie on the other's background. It is taken in the smaller direction because brightening by 10 % erases a copy's
 faintest pixels (they clip to white), so that the brighter copy's particle lies inside the original's, never
-beside it. A perceptual hash (imagehash) was measured first and fails: plankton crops are small dark shapes on
+beside it. The noise catches two featureless particles of one size (the demo's dark discs): alike in texture and
+shape, but each image's own pixel noise is its own, while a copy keeps it (re-saving as JPEG at quality 70 too).
+A perceptual hash (imagehash) was measured first and fails: plankton crops are small dark shapes on
 white, so distinct images of one class share a 64-bit phash while a 2-pixel shift moves it further.
 
 Reads image files; writes cache/near_copy_thumbnails.npz (thumbnails per file, keyed by path, size and
@@ -51,10 +56,13 @@ SHAPE_DARK = 240
 SHAPE_BACKGROUND = 252
 SHAPE_MAX = 0.02
 FAINT_BACKGROUND = 254   # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
+NOISE_SIGMA = 1.0        # px: the blur whose residual is an image's fine detail and noise
+NOISE_ERODE = 3          # px: the particle's rim left out of the noise (a rim's blur is alike in any two particles)
+NOISE_MIN = 0.70         # ndsb9 copies measured 0.73 or more, distinct demo discs at most 0.63 (docs/similar.md)
 BATCH = 2048             # pairs correlated at once in the coarse step
 VERSION = 5              # of the thumbnails in the cache
 PAIR_COLUMNS = ["group", "path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind", "texture_distance",
-                "shape_mismatch", "shift_y", "shift_x"]
+                "shape_mismatch", "noise_correlation", "shift_y", "shift_x"]
 SIDE = CANVAS + 2 * MARGIN
 THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept by any later run that fails
 
@@ -228,12 +236,28 @@ def _decide(a, b, both):
     return texture, float(min(a_on_background, b_on_background))
 
 
+def _noise_correlation(a, b, both):
+    """Pearson correlation of the fine detail (minus a NOISE_SIGMA blur) of aligned canvases a and b over the
+    particle pixels they share, NOISE_ERODE px in from the rim (all of them for a particle too thin for that)."""
+    from scipy.ndimage import binary_erosion, gaussian_filter
+    inner = both & (a < OBJECT_LEVEL) & (b < OBJECT_LEVEL)
+    interior = binary_erosion(inner, iterations=NOISE_ERODE)
+    if interior.sum() >= MIN_INNER_PIXELS:
+        inner = interior
+    if inner.sum() < MIN_INNER_PIXELS:
+        return -1.0
+    detail_a, detail_b = (x - gaussian_filter(x, NOISE_SIGMA) for x in (a, b))
+    return 1.0 - _pearson_distance(detail_a[inner], detail_b[inner])
+
+
 def confirm(grey_a, grey_b):
-    """(texture distance, shape mismatch, shift y, shift x) of two full-resolution greys: b aligned on a at one of
-    the ALIGNMENT_PEAKS offsets (within FULL_SHIFT pixels) of highest darkness cross-correlation, the one that
-    makes them most alike (a fine texture along one axis, a diatom chain's, has near-equal peaks a pixel apart)."""
+    """(texture distance, shape mismatch, noise correlation, shift y, shift x) of two full-resolution greys: b
+    aligned on a at one of the ALIGNMENT_PEAKS offsets (within FULL_SHIFT pixels) of highest darkness
+    cross-correlation, the one that makes them most alike (a fine texture along one axis, a diatom chain's, has
+    near-equal peaks a pixel apart). The noise is measured only where texture and shape make a near-copy (else
+    -1): it costs two blurs."""
     if grey_a is None or grey_b is None:
-        return 2.0, 1.0, 0, 0
+        return 2.0, 1.0, -1.0, 0, 0
     h = max(grey_a.shape[0], grey_b.shape[0]) + 2 * FULL_SHIFT
     w = max(grey_a.shape[1], grey_b.shape[1]) + 2 * FULL_SHIFT
     canvases, covers = [], []
@@ -250,18 +274,20 @@ def confirm(grey_a, grey_b):
     best = None
     for k in np.argsort(-local, kind="stable")[:ALIGNMENT_PEAKS]:
         dy, dx = int(window[k // len(window)]), int(window[k % len(window)])
-        moved = np.roll(b, (dy, dx), axis=(0, 1))
-        texture, shape = _decide(a, moved, covers[0] & np.roll(covers[1], (dy, dx), axis=(0, 1)))
+        both = covers[0] & np.roll(covers[1], (dy, dx), axis=(0, 1))
+        texture, shape = _decide(a, np.roll(b, (dy, dx), axis=(0, 1)), both)
         score = max(texture / TEXTURE_MAX, shape / SHAPE_MAX)
         if best is None or score < best[0]:
-            best = (score, texture, shape, dy, dx)
+            best = (score, texture, shape, dy, dx, both)
         if best[0] <= 1 or best[0] > FAR:  # a near-copy already, or too far for another offset to make it one
             break
-    return best[1:]
+    _, texture, shape, dy, dx, both = best
+    noise = _noise_correlation(a, np.roll(b, (dy, dx), axis=(0, 1)), both) if best[0] <= 1 else -1.0
+    return texture, shape, noise, dy, dx
 
 
-def is_near_copy(texture, shape):
-    return (np.asarray(texture) <= TEXTURE_MAX) & (np.asarray(shape) <= SHAPE_MAX)
+def is_near_copy(texture, shape, noise):
+    return (np.asarray(texture) <= TEXTURE_MAX) & (np.asarray(shape) <= SHAPE_MAX) & (np.asarray(noise) >= NOISE_MIN)
 
 
 def coarse_candidates(pixels, sizes, classes=None):
@@ -288,7 +314,7 @@ def coarse_candidates(pixels, sizes, classes=None):
 
 def find_pairs(abs_paths, pixels, sizes, classes=None):
     """The near-copy pairs among the files (their thumbnails and decoded sizes given): (i, j, texture distance,
-    shape mismatch, shift y, shift x) arrays, and the number of pairs compared at full resolution."""
+    shape mismatch, noise correlation, shift y, shift x) arrays, and the number of pairs compared at full resolution."""
     i, j, _ = coarse_candidates(pixels, sizes, classes)
     greys = {}
 
@@ -299,13 +325,14 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
     rows = []
     for a, b in zip(i.tolist(), j.tolist()):
         factor = max(reduction(sizes[a]), reduction(sizes[b]))
-        texture, shape, dy, dx = confirm(grey(a, factor), grey(b, factor))
-        if is_near_copy(texture, shape):
-            rows.append((a, b, texture, shape, dy, dx))
+        texture, shape, noise, dy, dx = confirm(grey(a, factor), grey(b, factor))
+        if is_near_copy(texture, shape, noise):
+            rows.append((a, b, texture, shape, noise, dy, dx))
         if len(greys) > 4096:  # bounded memory: the pairs come sorted by class and size, so neighbours repeat
             greys.clear()
-    found = tuple(np.array(col, dtype=t) for col, t in zip(zip(*rows), (np.int64, np.int64, float, float, int, int))) \
-        if rows else tuple(np.zeros(0, t) for t in (np.int64, np.int64, float, float, int, int))
+    types = (np.int64, np.int64, float, float, float, int, int)
+    found = tuple(np.array(col, dtype=t) for col, t in zip(zip(*rows), types)) if rows \
+        else tuple(np.zeros(0, t) for t in types)
     return found, len(i)
 
 
@@ -328,12 +355,13 @@ def search(cfg, files):
     paths = [(p, c) for c in cfg.seen_classes + cfg.unseen_classes for p in files[c]]
     abs_paths = [str(root / p) for p, _ in paths]
     pixels, sizes = thumbnails(cfg, abs_paths)
-    (i, j, texture, shape, dy, dx), compared = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
+    (i, j, texture, shape, noise, dy, dx), compared = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
     component = groups(len(paths), i, j)
     frame = pd.DataFrame({"group": component[i], "path_a": [paths[k][0] for k in i],
                           "label_a": [paths[k][1] for k in i], "path_b": [paths[k][0] for k in j],
                           "label_b": [paths[k][1] for k in j], "texture_distance": np.round(texture, 4),
-                          "shape_mismatch": np.round(shape, 4), "shift_y": dy, "shift_x": dx})
+                          "shape_mismatch": np.round(shape, 4), "noise_correlation": np.round(noise, 4),
+                          "shift_y": dy, "shift_x": dx})
     if len(frame):  # groups numbered 0, 1, ... in order of first appearance
         frame["group"] = pd.factorize(frame["group"])[0]
     return frame, compared
@@ -404,7 +432,8 @@ def report_frames(cfg, pairs, split, compared):
                "pairs_compared_at_full_resolution": int(compared),
                "criterion": {"size_slack": SIZE_SLACK, "coarse_min": COARSE_MIN, "full_shift": FULL_SHIFT,
                              "texture_max": TEXTURE_MAX, "shape_max": SHAPE_MAX, "shape_dark": SHAPE_DARK,
-                             "shape_background": SHAPE_BACKGROUND, "object_level": OBJECT_LEVEL}}
+                             "shape_background": SHAPE_BACKGROUND, "object_level": OBJECT_LEVEL,
+                             "noise_min": NOISE_MIN, "noise_sigma": NOISE_SIGMA, "noise_erode": NOISE_ERODE}}
     if across:
         advice = ("" if cfg.near_copies == "group" else " The test accuracy may be inflated (report.py gives it "
                   "without them); --near_copies=group --rebuild_split=True keeps each group in one split.")
