@@ -20,7 +20,7 @@ train.py and evaluate.py: no trunk pass is run when they are there). Writes
                                     'dubious', category = the given label, to review them in EcoTaxa
                                     (img_file_name is relative to data_root: put the file at its top)
   figs/label_issues.png             the most suspect images, each with its given and suggested label
-  results/provenance_audit.json     the checkpoint and split they were computed from
+  results/audit_manifest.json       the checkpoint and split they were computed from, the folds and the model
 """
 import sys
 
@@ -95,6 +95,7 @@ def plot_suspects(cfg, issues, path):
 
 
 def describe_model(audit_model, training):
+    """One line on the model fitted per fold, for the log."""
     if audit_model == "head":
         return (f"each a head trained for {training.epochs} epochs (the main run's best) at lr {training.lr:g}, "
                 f"batches of {training.batch_size}")

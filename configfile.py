@@ -80,9 +80,10 @@ knn_k = 10                     # neighbours of the kNN transfer classifier (capp
 # Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a model fitted on the other
 # folds' training and validation images, >= 2.
 audit_folds = 5
-# That model: "linear" (a logistic regression on the pooled trunk features: under a second per fold; it found more
-# planted label errors on ndsb9 than the head) or "head" (the lab's head retrained per fold for the main run's best
-# epoch count: audit_folds - 1 times train.py's epochs; needed by abundance_calibration="out_of_fold").
+# That model: "linear" (a logistic regression on the pooled trunk features: under a second per fold; it found as
+# many planted label errors on ndsb9 as the head, at about a twentieth of the cost) or "head" (the lab's head
+# retrained per fold for the main run's best epoch count: audit_folds - 1 times train.py's epochs; needed by
+# abundance_calibration="out_of_fold").
 audit_model = "linear"
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------

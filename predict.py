@@ -288,6 +288,8 @@ def main(argv=None):
     print(f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
           f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
           f"{threshold:.4g}, its validation threshold")
+    if cfg.abundance_calibration == "out_of_fold":
+        abundances.out_of_fold_audit(cfg, digest)  # before the trunk pass: a refusal costs no wait
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     inputs = {"checkpoint": digest, "embeddings": embedding_files.embedding_set(cfg)["set"],

@@ -304,11 +304,25 @@ def optional_sections(cfg, results, figs, run):
         parts.append("<h2>Novelty: telling unseen classes from seen ones</h2>"
                      + _short_table(artifacts.read_csv(results / "novelty.csv", NOVELTY_TEXT), "novelty.csv") + figures)
     predicted = predictions_section(cfg, results, run)
-    # abundances.csv is a file of predict.py's set: shown with its predictions, never with another sample's
-    abundance = ([abundances_section(artifacts.read_csv(results / "abundances.csv", ("class", "method")))]
-                 if predicted and run.predict and (results / "abundances.csv").exists() else [])
-    audit = [audit_section(results, figs)] if audit_ran(cfg) else []
+    abundance = abundances_part(cfg, results, run) if predicted else []
+    audit = [audit_section(cfg, results, figs)] if audit_ran(cfg) else []
     return parts + ([predicted] if predicted else []) + abundance + audit
+
+
+def abundances_part(cfg, results, run):
+    """abundances.csv is a file of predict.py's set: shown with its predictions, never with another sample's. One
+    calibrated on the label audit's out-of-fold outputs is shown only while that audit is the one in results/
+    (audit.py may have run since, with another model): else one line naming the commands."""
+    if not (run.predict and (results / "abundances.csv").exists()):
+        return []
+    inputs = run.predict["inputs"]
+    if "audit" in inputs and inputs["audit"] != (manifest.read(cfg, "audit") or {}).get("id"):
+        command = _code(embedding_files.predict_command(inputs["predict_dir"]) + " --abundance_calibration=out_of_fold")
+        return ["<h2>Abundances in the sample</h2><p class=\"warn\">Left out: results/abundances.csv was calibrated on "
+                "the label audit's out-of-fold outputs, and audit.py has run again since (results/ holds another "
+                "audit). <code>python audit.py --audit_model=head</code>, then " + command + " make them again; or "
+                "run predict.py with <code>--abundance_calibration=validation</code>.</p>"]
+    return [abundances_section(artifacts.read_csv(results / "abundances.csv", ("class", "method")))]
 
 
 def labels_origin(results):
@@ -319,14 +333,20 @@ def labels_origin(results):
     return "<p>Labels from:</p>" + _table(artifacts.read_csv(path, ("source", "kind", "sha256", "status")))
 
 
-def audit_section(results, figs):
+AUDIT_MODEL_WORDS = {"linear": "a logistic regression on the pooled trunk features",
+                     "head": "the lab's head retrained"}
+
+
+def audit_section(cfg, results, figs):
     """The label audit: how many labels cleanlab flags, per split, the flagged ones and the top suspects."""
     issues = artifacts.read_csv(results / "label_issues.csv", AUDIT_TEXT)
     flagged = issues[issues["flagged"]]
     by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
                          for s in ("train", "val", "test"))
+    audit_model = (provenance.recorded_inputs(cfg, "audit") or {}).get("audit_model", "head")  # older: the head
     return (f"<h2>Label audit: which labels look wrong?</h2><p>Each of the {len(issues)} labelled images was scored "
-            f"by a model fitted without it ({int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
+            f"by a model fitted without it ({AUDIT_MODEL_WORDS.get(audit_model, audit_model)}, "
+            f"{int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "
             f"{len(flagged)} labels as likely wrong ({by_split}). Label quality is the out-of-fold probability of "
             f"the given label. All images, most suspect first, are in results/label_issues.csv; the flagged ones "
             f"in results/label_issues_ecotaxa.tsv, to review in EcoTaxa.</p>"

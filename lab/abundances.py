@@ -272,10 +272,10 @@ def novelty_kept(cfg, scorer, threshold, split):
     return dict(zip(frame["path"], kept)), frame, vectors, kept
 
 
-def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, val_kept):
-    """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
-    novelty flag keeps (val_kept: novelty_kept's map of the validation images, already scored). A missing audit, or
-    one of another checkpoint, names audit.py."""
+def out_of_fold_audit(cfg, checkpoint_digest):
+    """The audit manifest whose out-of-fold outputs may calibrate this model's abundances: audit.py's, of this
+    checkpoint, by the lab's head, never trained on a test image. Otherwise a LabError naming the command; predict.py
+    asks before its trunk pass, so that a refusal costs no wait."""
     audit, problem = manifest.check(cfg, "audit")
     if audit is not None and audit["inputs"].get("checkpoint") != checkpoint_digest:
         audit, problem = None, "it was made from another checkpoint"
@@ -285,9 +285,18 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
         audit, problem = None, (f"its out-of-fold model was audit_model={audit['inputs']['audit_model']!r}, not "
                                 f"the lab's head, whose confusions these abundances correct")
     if audit is None:
-        raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model, "
-                           f"and there are none ({problem}). Run `python audit.py --audit_model=head` with this "
-                           f"model first, or use --abundance_calibration=validation (the default).")
+        raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model "
+                           f"by its head, and the audit in results/ cannot serve ({problem}). Run `python audit.py "
+                           f"--audit_model=head` with this model first, or use --abundance_calibration=validation "
+                           f"(the default).")
+    return audit
+
+
+def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, val_kept):
+    """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
+    novelty flag keeps (val_kept: novelty_kept's map of the validation images, already scored). An audit that
+    cannot serve (out_of_fold_audit) names audit.py."""
+    out_of_fold_audit(cfg, checkpoint_digest)
     columns = [f"p_{c}" for c in classes]
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues = issues[issues["split"].isin(["train", "val"])]

@@ -254,6 +254,38 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
         abundances.calibration_from_artifacts(*inputs, "out_of_fold")
 
 
+def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_it_once_replaced(
+        trained_copy, tiny_demo, monkeypatch):
+    """predict.py refuses abundance_calibration='out_of_fold' with a linear audit before its trunk pass (nothing to
+    wait for); with the head's audit it calibrates on it; once audit.py has run again with another model, the
+    report leaves those abundances out and names the commands: never abundances beside an audit that did not make
+    them."""
+    from types import SimpleNamespace
+
+    import audit
+    import report
+    cfg, argv = trained_copy
+    sample = argv + [f"--predict_dir={str(tiny_demo / 'chainthin')!r}", "--abundance_bootstrap=20",
+                     "--abundance_calibration=out_of_fold"]
+    audit.main(argv)
+    real_chunks = predict.run_chunks
+    monkeypatch.setattr(predict, "run_chunks", lambda *a, **k: pytest.fail("the trunk pass ran before the refusal"))
+    with pytest.raises(lab.LabError, match="audit_model='linear'.*python audit.py --audit_model=head"):
+        predict.main(sample)
+    monkeypatch.setattr(predict, "run_chunks", real_chunks)
+    audit.main(argv + ["--audit_model=head"])
+    predict.main(sample)
+    results = artifacts.out_path(cfg, "results")
+    run = SimpleNamespace(predict=embedding_files.current_predict_set(cfg))
+    assert run.predict["inputs"]["audit"] is not None
+    shown = report.abundances_part(cfg, results, run)
+    assert len(shown) == 1 and "out-of-fold training and validation images" in shown[0] and "Left out" not in shown[0]
+    audit.main(argv)  # the pipeline's default audit replaces the head's
+    left_out = report.abundances_part(cfg, results, run)
+    assert len(left_out) == 1 and "Left out" in left_out[0] and "--audit_model=head" in left_out[0]
+    assert "Classify and count" not in left_out[0]
+
+
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
     cfg, argv = trained_copy
     predict.main(argv + [f"--predict_dir={str(tiny_demo / 'chainthin')!r}", "--abundance_bootstrap=20"])

@@ -171,14 +171,33 @@ def test_out_of_fold_linear_probabilities_do_not_remember_labels_that_a_fitted_m
 
 
 def test_a_class_missing_from_a_folds_training_images_gets_no_probability_there():
-    labels = np.array([0] * 8 + [1] * 8 + [2])
+    """Class 1 (the middle one) has one image, in fold 0: fold 0's model never saw the class, and its other classes'
+    probabilities land in their own columns (brute force: the same model fitted directly)."""
+    labels = np.array([0] * 8 + [2] * 8 + [1])
     vectors = np.random.default_rng(0).normal(size=(17, 8)) + labels[:, None]
-    fold = np.where(labels == 2, 0, np.arange(17) % 2)  # the one image of class 2 is in fold 0: fold 0 never saw it
-    trains = np.ones(17, bool)
+    fold = np.where(labels == 1, 0, np.arange(17) % 2)
     probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "balanced", 3,
-                                                                 log=lambda _: None, trains=trains)
-    assert (probabilities[fold == 0, 2] == 0).all() and (probabilities[fold == 1, 2] > 0).all()
+                                                                 log=lambda _: None)
+    held_out, fitted_on = fold == 0, fold == 1
+    assert (probabilities[held_out, 1] == 0).all() and (probabilities[fitted_on, 1] > 0).all()
+    direct = label_audit.fit_linear(vectors[fitted_on], labels[fitted_on], "balanced")
+    np.testing.assert_allclose(probabilities[held_out][:, [0, 2]], direct.predict_proba(vectors[held_out]))
     assert probabilities.sum(1) == pytest.approx(np.ones(17))
+
+
+def test_a_fold_that_saw_one_class_is_certain_of_it_and_weighting_reaches_the_fit():
+    labels = np.array([0, 0, 0, 0, 1])
+    fold = np.array([0, 1, 0, 1, 0])  # fold 0 is fitted on images 1 and 3: class 0 only
+    vectors = np.arange(10.0).reshape(5, 2)
+    probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "none", 2,
+                                                                 log=lambda _: None)
+    assert (probabilities[fold == 0] == [1.0, 0.0]).all()
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], [90, 10])
+    vectors = rng.normal(size=(100, 4)) + 0.5 * labels[:, None]
+    balanced, plain = (label_audit.fit_linear(vectors, labels, w) for w in ("balanced", "none"))
+    assert balanced[-1].class_weight == "balanced" and plain[-1].class_weight is None
+    assert balanced.predict_proba(vectors)[:, 1].mean() > plain.predict_proba(vectors)[:, 1].mean()
 
 
 def test_out_of_fold_probabilities_do_not_remember_labels_that_a_trained_head_memorises(model):
