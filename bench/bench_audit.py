@@ -179,25 +179,26 @@ def measure_found(run):
     return result, rows
 
 
-def timed_audit(run, factor, threads=1):
+def timed_audit(run, factor, threads=1, c_scale=1.0):
     """CPU and wall seconds of label_audit.audit_labels on the cached features pooled `factor` times (a head: with
     GROWTH_EPOCHS epochs per fold), on `threads` torch threads; for the linear model also its fits' CPU seconds and
-    optimizer iterations, summed over the folds."""
+    optimizer iterations, summed over the folds, fitted at LINEAR_C x c_scale."""
     _ = run.flipped  # the model trained on the flipped labels, and its caches
     trained = checkpoint.load_trained(config.load_config(run.argv))
     data = audit.audited_images(trained)
     pooled = trunk_cache.PooledSplit(data.parts * factor)
     rules = label_audit.fold_training(trained.ckpt, trained.cfg, trained.device).with_epochs(GROWTH_EPOCHS)
-    before, fit, fits = torch.get_num_threads(), label_audit.fit_linear, {"iterations": 0, "cpu_seconds": 0.0}
+    before, fit, c = torch.get_num_threads(), label_audit.fit_linear, label_audit.LINEAR_C
+    fits = {"iterations": 0, "cpu_seconds": 0.0}
 
     def counted_fit(*args):
-        cpu = time.process_time()
+        started = time.process_time()
         model = fit(*args)
-        fits["cpu_seconds"] += time.process_time() - cpu
+        fits["cpu_seconds"] += time.process_time() - started
         fits["iterations"] += int(model[-1].n_iter_.max())
         return model
     torch.set_num_threads(threads)
-    label_audit.fit_linear = counted_fit
+    label_audit.fit_linear, label_audit.LINEAR_C = counted_fit, c * c_scale
     try:
         start, cpu = time.perf_counter(), time.process_time()
         label_audit.audit_labels(trained.model, pooled, trained.ckpt["classes"], rules, trained.cfg.audit_folds,
@@ -206,7 +207,7 @@ def timed_audit(run, factor, threads=1):
                 "seconds": time.perf_counter() - start, "fits": fits}
     finally:
         torch.set_num_threads(before)
-        label_audit.fit_linear = fit
+        label_audit.fit_linear, label_audit.LINEAR_C = fit, c
 
 
 def growth_exponent(small, large, images):
@@ -214,29 +215,29 @@ def growth_exponent(small, large, images):
 
 
 def measure_growth(run):
-    """The head: CPU seconds for GROWTH_EPOCHS epochs per fold. The linear model: the CPU seconds of its fits per
-    iteration of their optimizer (a pass over the data, as the head's epoch), and the rest (pooling the features,
-    ranking) as they are. Ten copies of the same images weaken the L2 penalty tenfold relative to the data, so the
-    optimizer needs more iterations for them, which says nothing of the cost of more data: the counts are printed
-    beside. The verdict takes the faster-growing part."""
-    small, large = (timed_audit(run, factor) for factor in (1, GROWTH_FACTOR))
+    """CPU seconds of the same fit on GROWTH_FACTOR times the images. The head: GROWTH_EPOCHS epochs per fold. The
+    linear model: the copies fitted at C / GROWTH_FACTOR, whose optimum is the original images' own (scikit-learn
+    weighs the L2 penalty against the sum of the losses), so that the optimizer solves the same problem on ten
+    times the data. Beside it, the copies at the lab's C: the penalty then weighs less against more images (on any
+    larger data set, not only copies), and the optimizer may need more iterations (at most LINEAR_MAX_ITER per
+    fold)."""
     model = config.load_config(run.argv).audit_model
+    small = timed_audit(run, 1)
+    large = timed_audit(run, GROWTH_FACTOR, c_scale=1 / GROWTH_FACTOR if model == "linear" else 1.0)
     images = (small["images"], large["images"])
+    exponent = growth_exponent(small["cpu_seconds"], large["cpu_seconds"], images)
     compared = (f"{small['images']:,} -> {large['images']:,} images (the cached features pooled {GROWTH_FACTOR}x), "
-                f"the {model} model" + (f", {GROWTH_EPOCHS} epoch per fold" if model == "head" else "")
+                f"the {model} model" + (f", {GROWTH_EPOCHS} epoch per fold" if model == "head" else
+                                        f", the copies at C / {GROWTH_FACTOR} (the same fit)")
                 + f", 1 thread: {small['cpu_seconds']:.1f} -> {large['cpu_seconds']:.1f} "
                 f"CPU s (wall {small['seconds']:.1f} -> {large['seconds']:.1f} s)")
-    exponent = growth_exponent(small["cpu_seconds"], large["cpu_seconds"], images)
     result = {"small": small, "large": large, "exponent": exponent}
     if model == "linear":
-        per = [r["fits"]["cpu_seconds"] / max(r["fits"]["iterations"], 1) for r in (small, large)]
-        rest = [r["cpu_seconds"] - r["fits"]["cpu_seconds"] for r in (small, large)]
-        result.update(fit_exponent=growth_exponent(*per, images), rest_exponent=growth_exponent(*rest, images))
-        exponent = max(result["fit_exponent"], result["rest_exponent"])
-        compared += (f"; fits: {small['fits']['iterations']} -> {large['fits']['iterations']} optimizer iterations, "
-                     f"{1000 * per[0]:.1f} -> {1000 * per[1]:.1f} CPU ms each (n^{result['fit_exponent']:.2f}); "
-                     f"pooling and ranking {rest[0]:.1f} -> {rest[1]:.1f} CPU s (n^{result['rest_exponent']:.2f}); "
-                     f"in all n^{result['exponent']:.2f}")
+        fixed = result["large_at_the_labs_c"] = timed_audit(run, GROWTH_FACTOR)
+        result["exponent_at_the_labs_c"] = growth_exponent(small["cpu_seconds"], fixed["cpu_seconds"], images)
+        compared += (f"; optimizer iterations {small['fits']['iterations']} -> {large['fits']['iterations']}; at the "
+                     f"lab's C: {fixed['cpu_seconds']:.1f} CPU s, {fixed['fits']['iterations']} iterations "
+                     f"(n^{result['exponent_at_the_labs_c']:.2f}: the penalty weighs less against more images)")
     row = verdict("audit: growth", compared, f"n^{exponent:.2f}", f"<= linear (n^{GROWTH_SLACK})",
                   exponent <= GROWTH_SLACK, "", "the audit grows faster than its data")
     return result, [row]
