@@ -76,7 +76,7 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
-    trained = checkpoint.load_trained(cfg, made_for="test accuracy")
+    trained = checkpoint.load_trained(cfg, made_for="test accuracies")
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
     test = trunk_cache.prepare(cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype,
                                names=("test",))["test"]
