@@ -31,7 +31,7 @@ from PIL import Image, ImageEnhance  # noqa: E402
 import lab  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_pipeline import NDSB9  # noqa: E402
-from lab import artifacts, image_io, near_copies, runtime  # noqa: E402
+from lab import artifacts, image_io, near_copies, particle_match, runtime  # noqa: E402
 
 OPTIONS = {"--data_root": str(NDSB9), "--copies": "400", "--seed": "42", "--output_dir": "."}
 KINDS = ("jpeg70", "shift2", "recrop2", "bright10")
@@ -91,8 +91,8 @@ def measure_copies(paths, count, seed, scratch):
                                                     np.array([original[1], made[1]]))
             found[kind] += int(len(i) == 1)
             if kind == "bright10":
-                before = (near_copies.full_grey(paths[k]) < near_copies.OBJECT_LEVEL).sum()
-                after = (near_copies.full_grey(path) < near_copies.OBJECT_LEVEL).sum()
+                before = (particle_match.full_grey(paths[k]) < particle_match.OBJECT_LEVEL).sum()
+                after = (particle_match.full_grey(path) < particle_match.OBJECT_LEVEL).sum()
                 erased += int(after < SURVIVES * max(before, 1))
     n = min(count, len(paths))
     return {"images": n, **{kind: found[kind] / n for kind in KINDS}, "bright10_particle_erased": erased}

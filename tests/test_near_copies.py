@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from bench.bench_near_copies import synthetic_copies
-from lab import near_copies, splitting
+from lab import near_copies, particle_match, splitting
 
 
 def saved(images, folder):
@@ -30,18 +30,32 @@ def demo_class(tiny_demo):
     return [Image.open(p).convert("L") for p in sorted((tiny_demo / "Odontella").iterdir())]
 
 
+def textured_particle(seed, size=60):
+    """A round particle with a texture of its own (smoothed noise, as a real cell's granules), on a light ground."""
+    from PIL import ImageDraw
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    disc = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(disc).ellipse((6, 6, size - 6, size - 6), fill=255)
+    texture = gaussian_filter(rng.normal(0, 1, (size, size)), 1.2)
+    pixels = np.where(np.asarray(disc) > 0, 90 + 40 * texture / texture.std(), 225) + rng.normal(0, 3, (size, size))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def test_synthetic_near_copies_are_found(demo_class, tmp_path):
-    originals = demo_class[:12]
-    copies = [synthetic_copies(img) for img in originals]
-    paths, pixels, sizes = saved(originals, tmp_path / "originals")
-    for kind in ("jpeg70", "shift2", "bright10"):
+    """The demo's flat drawings, shifted or brightened; textured particles re-saved as JPEG at quality 70 (it blurs
+    a flat drawing's noise, the only thing that tells two drawings apart: docs/similar.md)."""
+    drawings, textured = demo_class[:12], [textured_particle(seed) for seed in range(12)]
+    for kind, originals in (("jpeg70", textured), ("shift2", drawings), ("bright10", drawings)):
+        copies = [synthetic_copies(img) for img in originals]
+        paths, pixels, sizes = saved(originals, tmp_path / f"originals_{kind}")
         copy_paths, copy_pixels, copy_sizes = saved([c[kind] for c in copies], tmp_path / kind)
         assert np.array_equal(copy_sizes, sizes)  # same decoded sizes: every copy is a candidate pair
         coarse = near_copies.coarse_similarity(near_copies.coarse_grids(pixels), near_copies.coarse_grids(copy_pixels))
         assert (coarse >= near_copies.COARSE_MIN).all(), (kind, coarse)
         for a, b in zip(paths, copy_paths):
-            texture, shape, noise, dy, dx = near_copies.confirm(near_copies.full_grey(a), near_copies.full_grey(b))
-            assert near_copies.is_near_copy(texture, shape, noise), (kind, texture, shape, noise)
+            texture, shape, noise, dy, dx = particle_match.confirm(*(particle_match.full_grey(p) for p in (a, b)))
+            assert particle_match.is_near_copy(texture, shape, noise), (kind, texture, shape, noise)
             if kind == "shift2":
                 assert (dy, dx) == (-2, -2)  # the alignment undoes the shift
         # and the search over originals and copies together finds exactly the 12 pairs
@@ -53,8 +67,8 @@ def test_synthetic_near_copies_are_found(demo_class, tmp_path):
 def test_distinct_images_of_one_class_are_not_flagged(demo_class, tmp_path):
     paths, pixels, sizes = saved(demo_class, tmp_path / "distinct")
     assert len(near_copies.find_pairs(paths, pixels, sizes)[0][0]) == 0
-    greys = [near_copies.full_grey(p) for p in paths]  # every pair at full resolution, past the coarse step too
-    decisions = [near_copies.is_near_copy(*near_copies.confirm(greys[a], greys[b])[:3])
+    greys = [particle_match.full_grey(p) for p in paths]  # every pair at full resolution, past the coarse step too
+    decisions = [particle_match.is_near_copy(*particle_match.confirm(greys[a], greys[b])[:3])
                  for a, b in itertools.combinations(range(len(paths)), 2)]
     assert len(decisions) == 630 and not any(decisions)
     # and the same images with one re-saved copy among them: exactly that pair is found
@@ -82,33 +96,48 @@ def test_spines_at_other_angles_are_another_individual(tmp_path):
     one, other = acantharia(np.arange(0, 6.28, 0.8)), acantharia(np.arange(0.4, 6.28, 0.8))
     brighter = ImageEnhance.Brightness(one).enhance(1.1)
     paths, _, _ = saved([one, other, brighter], tmp_path)
-    greys = [near_copies.full_grey(p) for p in paths]
-    texture, shape, _, _, _ = near_copies.confirm(greys[0], greys[1])
-    assert texture <= near_copies.TEXTURE_MAX and shape > near_copies.SHAPE_MAX  # the core alone would pass
-    assert near_copies.is_near_copy(*near_copies.confirm(greys[0], greys[2])[:3])
+    greys = [particle_match.full_grey(p) for p in paths]
+    texture, shape, _, _, _ = particle_match.confirm(greys[0], greys[1])
+    assert texture <= particle_match.TEXTURE_MAX and shape > particle_match.SHAPE_MAX  # the core alone would pass
+    assert particle_match.is_near_copy(*particle_match.confirm(greys[0], greys[2])[:3])
 
 
-def test_two_featureless_discs_are_told_apart_by_their_own_noise(tmp_path):
-    """Two drawings of one dark disc, each with its own pixel noise (the demo's darksphere class): alike in texture
-    and shape, so only the noise tells them apart; a shifted or brightened copy of one keeps its noise and is found.
-    (A JPEG re-save at quality 70 blurs such a disc's noise away and may be missed: docs/similar.md.)"""
+@pytest.mark.parametrize("fill, noise", [(70, 5), (0, 5), (70, 2), (0, 2)])
+def test_two_featureless_discs_are_told_apart_by_their_own_noise(tmp_path, fill, noise):
+    """Two drawings of one dark disc, each with its own pixel noise (the demo's darksphere class), from grey to
+    black and from faint to strong noise: alike in texture and shape, so only the noise tells them apart, the
+    blurred rim (alike in both) left out; a shifted or brightened copy of one keeps its noise and is found. (A JPEG
+    re-save at quality 70 blurs such a disc's noise away and may be missed: docs/similar.md.)"""
     from PIL import ImageDraw, ImageFilter
 
     def disc(seed):
         img = Image.new("L", (40, 40), 230)
-        ImageDraw.Draw(img).ellipse((5, 5, 35, 35), fill=70)
+        ImageDraw.Draw(img).ellipse((5, 5, 35, 35), fill=fill)
         pixels = np.asarray(img.filter(ImageFilter.GaussianBlur(0.8)), np.float32)
-        pixels = pixels + np.random.default_rng(seed).normal(0, 5, pixels.shape)
+        pixels = pixels + np.random.default_rng(seed).normal(0, noise, pixels.shape)
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     one, other = disc(1), disc(2)
     copies = synthetic_copies(one)
     paths, _, _ = saved([one, other, copies["shift2"], copies["bright10"]], tmp_path)
-    greys = [near_copies.full_grey(p) for p in paths]
-    texture, shape, noise, _, _ = near_copies.confirm(greys[0], greys[1])
-    assert texture <= near_copies.TEXTURE_MAX and shape <= near_copies.SHAPE_MAX  # texture and shape would pass
-    assert noise < near_copies.NOISE_MIN and not near_copies.is_near_copy(texture, shape, noise)
+    greys = [particle_match.full_grey(p) for p in paths]
+    texture, shape, noise, _, _ = particle_match.confirm(greys[0], greys[1])
+    assert texture <= particle_match.TEXTURE_MAX and shape <= particle_match.SHAPE_MAX  # texture and shape would pass
+    assert noise < particle_match.NOISE_MIN and not particle_match.is_near_copy(texture, shape, noise)
     for copy in greys[2:]:
-        assert near_copies.is_near_copy(*near_copies.confirm(greys[0], copy)[:3])
+        assert particle_match.is_near_copy(*particle_match.confirm(greys[0], copy)[:3])
+
+
+def test_a_particle_too_thin_for_an_interior_is_judged_on_texture_and_shape_alone():
+    """A 3-px rod has no pixel 5 px in from its rim: its noise is not measured (NaN), and the decision is texture
+    and shape's, as for every thin particle (a diatom chain); a measured noise below the threshold refuses."""
+    from PIL import ImageDraw
+    img = Image.new("L", (40, 40), 230)
+    ImageDraw.Draw(img).line((5, 20, 35, 20), fill=40, width=3)
+    rod = particle_match.white_background(np.asarray(img) + np.random.default_rng(0).integers(-4, 5, (40, 40)))
+    assert np.isnan(particle_match.confirm(rod, rod.copy())[2])
+    assert particle_match.is_near_copy(0.01, 0.0, float("nan"))
+    assert not particle_match.is_near_copy(0.01, 0.0, particle_match.NOISE_MIN - 0.01)
+    assert not particle_match.is_near_copy(particle_match.TEXTURE_MAX + 0.01, 0.0, float("nan"))
 
 
 def test_a_large_crop_keeps_its_own_size_and_its_resave_is_found(tmp_path):
