@@ -288,16 +288,15 @@ def main(argv=None):
     print(f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
           f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
           f"{threshold:.4g}, its validation threshold")
-    if cfg.abundance_calibration == "out_of_fold":
-        abundances.out_of_fold_audit(cfg, digest)  # before the trunk pass: a refusal costs no wait
+    # before the trunk pass, so that a refusal costs no wait; its id is recorded with the abundances it calibrates
+    audit = abundances.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     inputs = {"checkpoint": digest, "embeddings": embedding_files.embedding_set(cfg)["set"],
               "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
               "sample": sample_digest(chunk_files), "predict_dir": str(folder),
               "abundance_calibration": cfg.abundance_calibration,
-              **({"audit": (manifest.read(cfg, "audit") or {}).get("id")}
-                 if cfg.abundance_calibration == "out_of_fold" else {})}
+              **({"audit": audit["id"]} if audit is not None else {})}
     left_out = []
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
         parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,

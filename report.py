@@ -316,12 +316,17 @@ def abundances_part(cfg, results, run):
     if not (run.predict and (results / "abundances.csv").exists()):
         return []
     inputs = run.predict["inputs"]
-    if "audit" in inputs and inputs["audit"] != (manifest.read(cfg, "audit") or {}).get("id"):
-        command = _code(embedding_files.predict_command(inputs["predict_dir"]) + " --abundance_calibration=out_of_fold")
-        return ["<h2>Abundances in the sample</h2><p class=\"warn\">Left out: results/abundances.csv was calibrated on "
-                "the label audit's out-of-fold outputs, and audit.py has run again since (results/ holds another "
-                "audit). <code>python audit.py --audit_model=head</code>, then " + command + " make them again; or "
-                "run predict.py with <code>--abundance_calibration=validation</code>.</p>"]
+    if inputs.get("abundance_calibration") == "out_of_fold":
+        audit = manifest.complete(cfg, "audit")
+        if inputs.get("audit") is None or audit is None or inputs["audit"] != audit["id"]:
+            now = ("there is no complete audit in results/ now" if audit is None else
+                   "audit.py has run again since (results/ holds another audit)")
+            command = _code(embedding_files.predict_command(inputs["predict_dir"])
+                            + " --abundance_calibration=out_of_fold")
+            return ["<h2>Abundances in the sample</h2><p class=\"warn\">Left out: results/abundances.csv was "
+                    f"calibrated on the label audit's out-of-fold outputs, and {now}. <code>python audit.py "
+                    "--audit_model=head</code>, then " + command + " make them again; or run predict.py with "
+                    "<code>--abundance_calibration=validation</code>.</p>"]
     return [abundances_section(artifacts.read_csv(results / "abundances.csv", ("class", "method")))]
 
 
@@ -343,7 +348,7 @@ def audit_section(cfg, results, figs):
     flagged = issues[issues["flagged"]]
     by_split = ", ".join(f"{s} {int((flagged['split'] == s).sum())} of {int((issues['split'] == s).sum())}"
                          for s in ("train", "val", "test"))
-    audit_model = (provenance.recorded_inputs(cfg, "audit") or {}).get("audit_model", "head")  # older: the head
+    audit_model = manifest.require(cfg, "audit")["inputs"].get("audit_model", "head")  # older audits: the head
     return (f"<h2>Label audit: which labels look wrong?</h2><p>Each of the {len(issues)} labelled images was scored "
             f"by a model fitted without it ({AUDIT_MODEL_WORDS.get(audit_model, audit_model)}, "
             f"{int(issues['fold'].max())} folds); cleanlab (Confident Learning) flags "

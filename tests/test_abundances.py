@@ -284,6 +284,9 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     left_out = report.abundances_part(cfg, results, run)
     assert len(left_out) == 1 and "Left out" in left_out[0] and "--audit_model=head" in left_out[0]
     assert "Classify and count" not in left_out[0]
+    from lab import manifest
+    manifest.manifest_path(cfg, "audit").unlink()  # no complete audit at all: left out too, and said so
+    assert "no complete audit" in report.abundances_part(cfg, results, run)[0]
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
