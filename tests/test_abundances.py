@@ -254,6 +254,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
         abundances.calibration_from_artifacts(*inputs, "out_of_fold")
 
 
+@pytest.mark.slow  # three audits (one of them the head's) and a prediction: 6 s, kept out of make test-fast
 def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_it_once_replaced(
         trained_copy, tiny_demo, monkeypatch):
     """predict.py refuses abundance_calibration='out_of_fold' with a linear audit before its trunk pass (nothing to
