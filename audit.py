@@ -4,10 +4,10 @@ Confident Learning (cleanlab), beyond the mission.
 Every image of the train, validation and test splits is scored by a model that never saw it: audit_folds
 stratified, seeded folds, a model fitted on the cached trunk features of the other folds for each (no trunk pass).
 The model is the `audit_model` setting: by default a logistic regression on the pooled trunk features (seconds), or
-the lab's head retrained by the main run's rules (its best epoch count, learning rate, batch size, class
-weighting); see lab/label_audit.py. The test images are scored but never trained on, so the out-of-fold outputs of
-the training and validation images may also calibrate predict.py's abundances (abundance_calibration=
-"out_of_fold", with audit_model="head") without touching a test image.
+the lab's head retrained by the main run's rules (learning rate, batch size, class weighting, epochs and patience,
+stopped on a tenth of its own training images); see lab/label_audit.py. The test images are scored but never
+trained on, so the out-of-fold outputs of the training and validation images may also calibrate predict.py's
+abundances (abundance_calibration="out_of_fold", with audit_model="head") without touching a test image.
 Reads checkpoints/best.pth (train.py), results/split.csv and the cached trunk features of the three splits (made by
 train.py and evaluate.py: no trunk pass is run when they are there). Writes
   results/label_issues.csv          every audited image, the most suspect first: rank, path (relative to
@@ -97,8 +97,9 @@ def plot_suspects(cfg, issues, path):
 def describe_model(audit_model, training):
     """One line on the model fitted per fold, for the log."""
     if audit_model == "head":
-        return (f"each a head trained for {training.epochs} epochs (the main run's best) at lr {training.lr:g}, "
-                f"batches of {training.batch_size}")
+        return (f"each a head trained at lr {training.lr:g}, batches of {training.batch_size}, for up to "
+                f"{training.epochs} epochs, stopped on {label_audit.INNER_SHARE:.0%} of its training images "
+                f"(patience {training.patience}), as train.py")
     return (f"each a logistic regression on the trunk features pooled to {label_audit.POOL_GRID} x "
             f"{label_audit.POOL_GRID} (C={label_audit.LINEAR_C:g}, class weighting {training.class_weighting!r})")
 
@@ -133,6 +134,7 @@ def main(argv=None):
         plot_suspects(cfg, issues, out.file("figs", "label_issues.png"))
         out.publish(checkpoint=trained.digest, split=splitting.split_digest(cfg), folds=cfg.audit_folds,
                     audit_model=cfg.audit_model, epochs=training.epochs if cfg.audit_model == "head" else None,
+                    patience=training.patience if cfg.audit_model == "head" else None,
                     test_images_trained_on=False)  # abundances' out-of-fold calibration
     paths = [artifacts.out_path(cfg, kind, name) for kind, name in (("results", "label_issues.csv"),
              ("results", "label_issues_ecotaxa.tsv"), ("figs", "label_issues.png"))]

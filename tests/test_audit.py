@@ -123,6 +123,37 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
     assert scored_so_far == everything
 
 
+def test_an_early_stopped_head_stops_on_its_own_training_images_and_keeps_its_best_epoch(model, monkeypatch):
+    """With patience (audit.py's rules), each fold's head trains on part of its training images and is stopped on
+    the rest (INNER_SHARE of them, every class there): never a loss on its held-out images or a test image. The
+    epoch kept is the one of the lowest inner loss, whose weights the head ends with."""
+    features, labels = separable_set(20)
+    data = pooled(features, labels)
+    calls, real_epoch = [], label_audit.head_training.run_epoch
+
+    def epoch(model, part, device, batch_size, optimizer=None, *args, **kwargs):
+        result = real_epoch(model, part, device, batch_size, optimizer, *args, **kwargs)
+        calls.append(("train" if optimizer is not None else "loss", set(part.positions.tolist()), result[0]))
+        return result
+    monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
+    rules = label_audit.FoldTraining(epochs=12, lr=3e-3, batch_size=16, class_weighting="none", head_dtype=None,
+                                     seed=0, patience=3)
+    folds = label_audit.assign_folds(labels, 3, seed=0)
+    test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
+    trains = ~np.isin(np.arange(len(data)), list(test_images))
+    trained_on = set(np.flatnonzero((folds != 0) & trains).tolist())
+    kept = label_audit.train_fold(model, data.subset(sorted(trained_on)), rules, torch.device("cpu"), 0, 3)
+    part, inner = calls[0][1], calls[1][1]  # positions among all the images
+    assert [kind for kind, _, _ in calls[:2]] == ["train", "loss"]
+    assert not part & inner and part | inner == trained_on and len(inner) == round(0.1 * len(trained_on))
+    assert set(labels[list(inner)]) == {0, 1, 2}  # stratified
+    inner_losses = [loss for kind, _, loss in calls if kind == "loss"]
+    assert kept == 1 + int(np.argmin(inner_losses)) and len(inner_losses) <= 12
+    assert len(inner_losses) == 12 or len(inner_losses) - kept == rules.patience
+    again, _ = real_epoch(model, data.subset(sorted(inner)), torch.device("cpu"), 16)
+    assert again == pytest.approx(min(inner_losses), rel=1e-5)  # the best epoch's weights are the head's
+
+
 def test_an_out_of_fold_linear_model_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
     """What each fold's linear model was fitted on and what it scored, told apart by the images' (unique, random)
     pooled features: disjoint, the test images never fitted on, every image scored once, by its fold's model."""
