@@ -81,8 +81,8 @@ knn_k = 10                     # neighbours of the kNN transfer classifier (capp
 # folds' training and validation images, >= 2.
 audit_folds = 5
 # That model: "linear" (a logistic regression on the pooled trunk features: under a second per fold; it found as
-# many planted label errors on ndsb9 as the head, at about a twentieth of the cost) or "head" (the lab's head
-# retrained per fold for the main run's best epoch count: audit_folds - 1 times train.py's epochs; needed by
+# many planted label errors on ndsb9 as the head, at a small fraction of the cost) or "head" (the lab's head
+# retrained per fold as train.py trains it, stopped on a tenth of its training images; needed by
 # abundance_calibration="out_of_fold").
 audit_model = "linear"
 

@@ -146,13 +146,13 @@ def measure_found(run):
     cfg = config.load_config(run.argv)
     epochs = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"]
     result = {**found, "audit_model": cfg.audit_model, "seconds": seconds, "cpu_seconds": cpu_seconds,
-              "epochs_per_fold": epochs, "load_average": common.load_average()}
+              "main_run_best_epoch": epochs, "load_average": common.load_average()}
     compared = (f"{found['flips']} flipped labels among {found['images']} images, audit_model={cfg.audit_model!r}: "
                 f"in the audit's top 5 % {100 * found['top_5']:.1f} %, top 10 % {100 * found['top_10']:.1f} %")
     flags = (f"{found['flagged']} flagged: precision {found['precision']:.3f}, recall {found['recall']:.3f} (a "
              f"flagged label that was not flipped may be one of the data's own errors)")
     timing = (f"audit.py at {found['images']} images, {cfg.audit_folds} folds of the {cfg.audit_model} model"
-              + (f" x {epochs} epochs" if cfg.audit_model == "head" else "")
+              + (", each stopped on a tenth of its images" if cfg.audit_model == "head" else "")
               + f": {cpu_seconds:.1f} CPU s, load average {result['load_average']}")
     rows = [verdict("audit: flips found", compared, round(100 * found["top_10"], 1), f">= {100 * FOUND_TARGET:.0f} % "
                     "in the top 10 %", found["top_10"] >= FOUND_TARGET, "%", "the out-of-fold models miss flips"),
@@ -292,12 +292,12 @@ def measure_demo(run):
                 + ", ".join(f"audit_model={k!r}: {v['cpu_seconds']:.1f} CPU s "
                             f"({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
                             for k, v in others_models.items()))
-    reason = (f"{cfg.audit_folds} heads, each trained for the main run's best epoch count ({epochs}) on "
-              f"{cfg.audit_folds - 1}/{cfg.audit_folds} of the training and validation images: "
-              f"{cfg.audit_folds - 1} times the work of {epochs} epochs over all of those (train.py: its best epochs "
-              f"plus patience over the training images alone)") if cfg.audit_model == "head" else \
+    reason = (f"{cfg.audit_folds} heads, each trained as train.py trains it (until {cfg.patience} epochs without "
+              f"a better loss on a tenth of its images) on {cfg.audit_folds - 1}/{cfg.audit_folds} of the training "
+              f"and validation images: about {cfg.audit_folds - 1} times train.py's epochs"
+              ) if cfg.audit_model == "head" else \
         "the linear model's folds cost more than expected"
-    return {"stages": stages, "share": share, "other_models": others_models, "epochs_per_fold": epochs,
+    return {"stages": stages, "share": share, "other_models": others_models, "main_run_best_epoch": epochs,
             "audit_model": cfg.audit_model, "threads": DEMO_THREADS, "load_average": common.load_average()}, \
         [verdict("audit: demo share", compared, round(100 * share["cpu_seconds"], 1), f"<= {100 * DEMO_TARGET:.0f} %",
                  share["cpu_seconds"] <= DEMO_TARGET, "%", reason)]
