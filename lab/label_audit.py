@@ -17,7 +17,7 @@ out-of-fold probabilities. No trunk pass is run, and nothing is chosen on the im
                           twice audit_folds - 1 times the main run's training. Its out-of-fold outputs are the
                           head's own, which the abundances' out-of-fold calibration needs.
 On ndsb9 with 5 % planted flips the linear model ranked as many of them in its top 10 % as the fold heads, at
-about a twentieth of the cost (docs/label-audit.md).
+a fiftieth of the CPU time (docs/label-audit.md).
 The test images are scored like the others (each by the model of its fold) but never train one: they set the
 reported accuracy and the abundances' measurement, and the out-of-fold outputs of the training and validation
 images calibrate the abundances (lab/abundances.py), which must never have touched a test image.

@@ -107,5 +107,5 @@ abundance_bootstrap = 200      # bootstrap draws behind each 95 % interval of ab
 # The images that calibrate the correction, never a test image: "validation" (the validation split), or
 # "out_of_fold" (audit.py's out-of-fold outputs of the training and validation images, 16 times as many; run
 # audit.py --audit_model=head first). On ndsb9 (random trunk) the fold heads' confusions were not the model's:
-# emq_nbvs's error 4.3x classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
+# emq_nbvs's error 1.28x classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
 abundance_calibration = "validation"
