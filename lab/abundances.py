@@ -18,9 +18,10 @@ bench/bench_abundances.py):
   validation   the default: the validation split's embeddings (embeddings_val.pkl) through the classifier's last
                layer, which never trained on them
   out_of_fold  the label audit's out-of-fold probabilities of the training and validation images (audit.py, of
-               this checkpoint): each from a head trained, by the main run's rules, on the other folds' training
-               and validation images only; about 16 times as many (QuaPy's val_split=k does the same). Measured
-               worse on ndsb9: the fold heads are not the model, and their confusions were not its confusions
+               this checkpoint): each from a head trained, by the main run's rules, on nine tenths of the other
+               folds' training and validation images only and stopped on the rest; about 16 times as many
+               (QuaPy's val_split=k does the same). Measured worse on ndsb9: the fold heads are not the model,
+               and their confusions were not its confusions
 The table's calibration column names the one used.
 Images flagged possibly new are left out of both the sample's and the calibration's images, so that the
 correction is measured on the population it is applied to; the sample's flagged images are counted apart.

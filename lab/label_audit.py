@@ -14,8 +14,9 @@ out-of-fold probabilities. No trunk pass is run, and nothing is chosen on the im
                           (`FoldTraining`: its learning rate, batch size, class weighting, head precision, epochs and
                           patience), stopped on an inner validation part of its own training images (INNER_SHARE,
                           stratified, seeded) as train.py stops on the validation split, the best epoch kept: about
-                          twice audit_folds - 1 times the main run's training. Its out-of-fold outputs are the
-                          head's own, which the abundances' out-of-fold calibration needs.
+                          audit_folds - 1 times the main run's training (3.2 times its CPU time on the demo). Its
+                          out-of-fold outputs are the head's own, which the abundances' out-of-fold calibration
+                          needs.
 On ndsb9 with 5 % planted flips the linear model ranked as many of them in its top 10 % as the fold heads, at
 a fiftieth of the CPU time (docs/label-audit.md).
 The test images are scored like the others (each by the model of its fold) but never train one: they set the
@@ -53,7 +54,7 @@ HEAD_PARTS = ("head_conv", "embedding", "classifier")  # the trainable layers of
 TRAINING_KEYS = ("lr", "batch_size", "class_weighting", "head_precision", "epochs", "patience")
 # The share of a fold's training images set apart to stop its head on. Heads trained for the main run's best epoch
 # count instead reached 0.58 to 0.92 on their held-out ndsb9 images (the random trunk's validation accuracy swings
-# from epoch to epoch); stopped on this inner part, 0.88 to 0.95 (docs/label-audit.md).
+# from epoch to epoch); stopped on this inner part, 0.89 to 0.94 (docs/label-audit.md).
 INNER_SHARE = 0.1
 
 
@@ -69,6 +70,7 @@ class FoldTraining:
     head_dtype: torch.dtype | None
     seed: int
     patience: int | None = None
+    best_epoch: int | None = None  # the main run's: for a fold too small to set an inner part apart
 
     def with_epochs(self, epochs):
         """Exactly `epochs` epochs, no stopping (the benchmark's growth measurement)."""
@@ -83,7 +85,7 @@ def fold_training(ckpt, cfg, device):
     return FoldTraining(epochs=int(trained_with["epochs"]), lr=float(trained_with["lr"]),
                         batch_size=int(trained_with["batch_size"]), class_weighting=trained_with["class_weighting"],
                         head_dtype=backbone.head_dtype(trained_with["head_precision"], device), seed=cfg.seed,
-                        patience=int(trained_with["patience"]))
+                        patience=int(trained_with["patience"]), best_epoch=int(ckpt["epoch"]))
 
 
 def assign_folds(labels, folds, seed):
@@ -116,54 +118,70 @@ def reset_head(model, seed):
 
 def inner_split(labels, seed):
     """(training part, inner validation part): positions of a fold's training images, INNER_SHARE of them (at least
-    one) set apart, stratified where every class has two images or more, seeded."""
+    one) set apart, stratified where the inner part can hold every class, seeded. An image alone in its class always
+    stays in the training part (else the head would never learn its class); the inner part is empty when nothing
+    else is left to set apart."""
     from sklearn.model_selection import train_test_split
     positions = np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
-    stratify = labels if len(classes) > 1 and counts.min() >= 2 else None
+    alone = np.isin(labels, classes[counts < 2])
+    rest = positions[~alone]
     size = max(1, round(INNER_SHARE * len(labels)))
-    if stratify is not None and size < len(classes):
-        stratify = None  # fewer inner images than classes: a plain seeded draw
-    part, inner = train_test_split(positions, test_size=size, stratify=stratify, random_state=seed)
-    return np.sort(part), np.sort(inner)
+    if len(rest) <= size:
+        return positions, np.zeros(0, dtype=np.int64)
+    rest_classes = np.unique(labels[rest])
+    stratify = labels[rest] if 1 < len(rest_classes) <= size else None  # else a plain seeded draw
+    part, inner = train_test_split(rest, test_size=size, stratify=stratify, random_state=seed % 2 ** 32)
+    return np.sort(np.concatenate([part, positions[alone]])), np.sort(inner)
+
+
+def head_state(model):
+    """A copy of the head's weights and BatchNorm statistics (the frozen trunk is never trained: not copied)."""
+    return {name: value.clone() for name, value in model.state_dict().items() if name.split(".", 1)[0] in HEAD_PARTS}
 
 
 def train_fold(model, data, training, device, fold, n_classes):
     """Train a fresh head on data (the other folds' images), each epoch in its seeded order: stopped on an inner
-    validation part of data and its best epoch kept (training.patience), or for exactly training.epochs epochs on
-    all of data (patience None). Returns the epoch kept."""
+    validation part of data and its best epoch's weights kept (training.patience), or for exactly training.epochs
+    epochs on all of data (patience None; also for a fold too small to set an inner part apart, then for the main
+    run's best epoch count). Returns (the epoch kept, the images trained on, the inner images)."""
     reset_head(model, training.seed * 1009 + fold)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
-    stopping = training.patience is not None and len(data) > 1
-    if stopping:
+    epochs, inner = training.epochs, np.zeros(0, dtype=np.int64)
+    if training.patience is not None:
         part, inner = inner_split(data.labels.numpy(), training.seed * 7919 + fold)
-        data, inner_data = data.subset(part), data.subset(inner)
+        if len(inner):
+            data, inner_data = data.subset(part), data.subset(inner)
+        else:
+            epochs = training.best_epoch or training.epochs
+    stopping = len(inner) > 0
     weights = head_training.class_weights(data.labels.numpy(), n_classes, training.class_weighting)
-    best_loss, best_epoch, best_state, stale = math.inf, training.epochs, None, 0
-    for epoch in range(1, training.epochs + 1):
+    best_loss, best_epoch, best_state, stale = math.inf, epochs, None, 0
+    for epoch in range(1, epochs + 1):
         shuffle = torch.Generator().manual_seed(training.seed * 100003 + 1000 * (fold + 1) + epoch)
         loss, _ = head_training.run_epoch(model, data, device, training.batch_size, optimizer,
                                           torch.randperm(len(data), generator=shuffle),
-                                          desc=f"audit fold {fold + 1} epoch {epoch}/{training.epochs}",
+                                          desc=f"audit fold {fold + 1} epoch {epoch}/{epochs}",
                                           weights=weights, dtype=training.head_dtype)
+        if stopping:
+            inner_loss, _ = head_training.run_epoch(model, inner_data, device, training.batch_size, weights=weights,
+                                                    dtype=training.head_dtype)
+            loss = loss + inner_loss  # either one non-finite: diverged
         if not math.isfinite(loss):
             raise lab.LabError(f"The label audit's head diverged in fold {fold + 1}, epoch {epoch} (the loss became "
                                f"NaN or infinite at lr={training.lr}, the main run's). Retrain with a lower learning "
                                f"rate (`python train.py --lr=...`), then run audit.py again.")
         if not stopping:
             continue
-        inner_loss, _ = head_training.run_epoch(model, inner_data, device, training.batch_size, weights=weights,
-                                                dtype=training.head_dtype)
         if inner_loss < best_loss:
-            best_loss, best_epoch, stale = inner_loss, epoch, 0
-            best_state = {name: value.clone() for name, value in model.state_dict().items()}
+            best_loss, best_epoch, best_state, stale = inner_loss, epoch, head_state(model), 0
         else:
             stale += 1
             if stale >= training.patience:
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
-    return best_epoch
+        model.load_state_dict(best_state, strict=False)
+    return best_epoch, len(data), len(inner)
 
 
 def out_of_fold_probabilities(model, data, fold, training, device, n_classes, log=print, trains=None):
@@ -174,11 +192,11 @@ def out_of_fold_probabilities(model, data, fold, training, device, n_classes, lo
     folds = int(fold.max()) + 1 if len(fold) else 0
     for k in range(folds):
         held_out, trained_on = np.flatnonzero(fold == k), np.flatnonzero((fold != k) & trains)
-        kept = train_fold(model, data.subset(trained_on), training, device, k, n_classes)
+        kept, trained, inner = train_fold(model, data.subset(trained_on), training, device, k, n_classes)
         logits = trunk_cache.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
         probabilities[held_out] = softmax(logits.astype(np.float64), axis=1)
-        log(f"[audit] fold {k + 1}/{folds}: trained on {len(trained_on)} images (epoch {kept} kept), scored "
-            f"{len(held_out)}")
+        stopped = f", stopped on {inner} more (epoch {kept} kept)" if inner else ""
+        log(f"[audit] fold {k + 1}/{folds}: trained on {trained} images{stopped}, scored {len(held_out)}")
     return probabilities
 
 

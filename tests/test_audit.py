@@ -126,14 +126,18 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
 def test_an_early_stopped_head_stops_on_its_own_training_images_and_keeps_its_best_epoch(model, monkeypatch):
     """With patience (audit.py's rules), each fold's head trains on part of its training images and is stopped on
     the rest (INNER_SHARE of them, every class there): never a loss on its held-out images or a test image. The
-    epoch kept is the one of the lowest inner loss, whose weights the head ends with."""
+    inner losses are scripted (best at epoch 3): it stops `patience` epochs later and ends with epoch 3's weights."""
     features, labels = separable_set(20)
     data = pooled(features, labels)
-    calls, real_epoch = [], label_audit.head_training.run_epoch
+    calls, snapshots, real_epoch = [], [], label_audit.head_training.run_epoch
+    scripted = iter([0.9, 0.5, 0.2, 0.3, 0.4, 0.6, 0.1, 0.1])  # a later 0.1 must never be reached
 
     def epoch(model, part, device, batch_size, optimizer=None, *args, **kwargs):
         result = real_epoch(model, part, device, batch_size, optimizer, *args, **kwargs)
-        calls.append(("train" if optimizer is not None else "loss", set(part.positions.tolist()), result[0]))
+        calls.append(("train" if optimizer is not None else "loss", set(part.positions.tolist())))
+        if optimizer is None:
+            snapshots.append(model.classifier.weight.detach().clone())
+            return next(scripted), result[1]
         return result
     monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
     rules = label_audit.FoldTraining(epochs=12, lr=3e-3, batch_size=16, class_weighting="none", head_dtype=None,
@@ -142,16 +146,27 @@ def test_an_early_stopped_head_stops_on_its_own_training_images_and_keeps_its_be
     test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
     trains = ~np.isin(np.arange(len(data)), list(test_images))
     trained_on = set(np.flatnonzero((folds != 0) & trains).tolist())
-    kept = label_audit.train_fold(model, data.subset(sorted(trained_on)), rules, torch.device("cpu"), 0, 3)
+    kept, trained, inner_count = label_audit.train_fold(model, data.subset(sorted(trained_on)), rules,
+                                                        torch.device("cpu"), 0, 3)
     part, inner = calls[0][1], calls[1][1]  # positions among all the images
-    assert [kind for kind, _, _ in calls[:2]] == ["train", "loss"]
+    assert [kind for kind, _ in calls] == ["train", "loss"] * 6  # epochs 1-3, then 3 without a better inner loss
+    assert all(p == part for kind, p in calls if kind == "train") and all(p == inner for kind, p in calls
+                                                                          if kind == "loss")
     assert not part & inner and part | inner == trained_on and len(inner) == round(0.1 * len(trained_on))
-    assert set(labels[list(inner)]) == {0, 1, 2}  # stratified
-    inner_losses = [loss for kind, _, loss in calls if kind == "loss"]
-    assert kept == 1 + int(np.argmin(inner_losses)) and len(inner_losses) <= 12
-    assert len(inner_losses) == 12 or len(inner_losses) - kept == rules.patience
-    again, _ = real_epoch(model, data.subset(sorted(inner)), torch.device("cpu"), 16)
-    assert again == pytest.approx(min(inner_losses), rel=1e-5)  # the best epoch's weights are the head's
+    assert (trained, inner_count) == (len(part), len(inner)) and set(labels[list(inner)]) == {0, 1, 2}
+    assert kept == 3 and not torch.equal(snapshots[2], snapshots[-1])
+    assert torch.equal(model.classifier.weight, snapshots[2])  # epoch 3's weights restored, not the last ones
+
+
+def test_the_inner_part_keeps_a_lone_image_of_its_class_for_training_and_handles_any_seed():
+    labels = np.array([0] * 30 + [1])
+    for seed in range(50):
+        part, inner = label_audit.inner_split(labels, seed)
+        assert 30 in part and len(inner) == 3 and not set(part) & set(inner)
+    part, inner = label_audit.inner_split(np.array([0, 0, 1]), 2 ** 40)  # a seed beyond numpy's 2**32
+    assert 2 in part and set(part) | set(inner) == {0, 1, 2}
+    part, inner = label_audit.inner_split(np.array([0, 1, 2]), 0)  # nothing to set apart: no inner part
+    assert list(part) == [0, 1, 2] and len(inner) == 0
 
 
 def test_an_out_of_fold_linear_model_never_saw_the_images_it_scores_nor_any_test_image(model, monkeypatch):
