@@ -240,35 +240,25 @@ def search(cfg, files):
 
 def group_keys(pairs, digests):
     """The split's grouping key of every file (splitting.draw_split keeps equal keys in one split): its bytes'
-    digest, and for the files linked by near-copy pairs and byte-identical copies, transitively, the smallest key
-    among them, so that byte-identical copies and near-copies of one particle stay together. Transitively: a file
-    may be a near-copy in one class and, copied byte for byte under another, a near-copy there too."""
-    parent = {}
-
-    def root(path):
-        parent.setdefault(path, path)
-        while parent[path] != path:
-            parent[path] = parent[parent[path]]  # path halving
-            path = parent[path]
-        return path
-
-    for a, b in zip(pairs["path_a"], pairs["path_b"]):
-        parent[root(a)] = root(b)
-    linked = set(parent)
+    digest, and for the files linked by near-copy pairs and byte-identical copies, transitively (groups), the
+    smallest key among them, so that byte-identical copies and near-copies of one particle stay together.
+    Transitively: a file may be a near-copy in one class and, copied byte for byte under another, a near-copy there
+    too."""
+    keys = dict(digests)
     byte_groups = {}
     for path, key in digests.items():
         byte_groups.setdefault(key, []).append(path)
-    for paths in byte_groups.values():
-        if len(paths) > 1 and linked.intersection(paths):
-            for path in paths[1:]:
-                parent[root(path)] = root(paths[0])
-    components = {}
-    for path in parent:
-        components.setdefault(root(path), []).append(path)
-    keys = dict(digests)
-    for members in components.values():
-        shared = min(digests.get(p) or p for p in members)
-        keys.update({p: shared for p in members})
+    paired = list(dict.fromkeys([*pairs["path_a"], *pairs["path_b"]]))
+    copies = [(p, q) for p in paired for q in byte_groups.get(digests.get(p), ())]  # each with its byte copies
+    files = list(dict.fromkeys(paired + [q for _, q in copies]))
+    index = {p: k for k, p in enumerate(files)}
+    links = [*zip(pairs["path_a"], pairs["path_b"]), *copies]
+    component = groups(len(files), np.array([index[a] for a, _ in links], dtype=np.int64),
+                       np.array([index[b] for _, b in links], dtype=np.int64))
+    shared = {}
+    for path, c in zip(files, component):
+        shared[c] = min(shared.get(c, digests.get(path) or path), digests.get(path) or path)
+    keys.update({path: shared[c] for path, c in zip(files, component)})
     return keys
 
 
@@ -333,7 +323,8 @@ def accuracy_without_copies(cfg, test_predictions):
         return ("Near-copies: not searched for this split (it was drawn before the search existed); a new split "
                 "(`python dataloader.py --rebuild_split=True`, then retrain) searches them.")
     root = artifacts.resolve(cfg.data_root)
-    leaks = {str(root / p) for p in test_images_with_train_copies(pairs)} | test_images_with_train_copies(pairs)
+    leaks = test_images_with_train_copies(pairs)
+    leaks |= {str(root / p) for p in leaks}  # the predictions' paths may be absolute
     kept = test_predictions[~test_predictions["path"].astype(str).isin(leaks)]
     left_out = len(test_predictions) - len(kept)
     if not left_out:
