@@ -184,14 +184,20 @@ def train_fold(model, data, training, device, fold, n_classes):
     return best_epoch, len(data), len(inner)
 
 
+def fold_parts(fold, trains=None):
+    """(k, folds, held-out positions, positions trained on) of each fold k: its own images held out, the other
+    folds' images that `trains` allows (default all) trained on."""
+    trains = np.ones(len(fold), dtype=bool) if trains is None else np.asarray(trains, dtype=bool)
+    folds = int(fold.max()) + 1 if len(fold) else 0
+    for k in range(folds):
+        yield k, folds, np.flatnonzero(fold == k), np.flatnonzero((fold != k) & trains)
+
+
 def out_of_fold_probabilities(model, data, fold, training, device, n_classes, log=print, trains=None):
     """(images x classes) softmax probabilities, each image's from the head trained without its fold. trains: which
     images may train a head (default all); the others are scored by their fold's head and never trained on."""
-    trains = np.ones(len(fold), dtype=bool) if trains is None else np.asarray(trains, dtype=bool)
     probabilities = np.zeros((len(data), n_classes))
-    folds = int(fold.max()) + 1 if len(fold) else 0
-    for k in range(folds):
-        held_out, trained_on = np.flatnonzero(fold == k), np.flatnonzero((fold != k) & trains)
+    for k, folds, held_out, trained_on in fold_parts(fold, trains):
         kept, trained, inner = train_fold(model, data.subset(trained_on), training, device, k, n_classes)
         logits = trunk_cache.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
         probabilities[held_out] = softmax(logits.astype(np.float64), axis=1)
@@ -260,11 +266,8 @@ def linear_out_of_fold_probabilities(features, labels, fold, class_weighting, n_
     """(images x classes) probabilities, each image's from the linear model fitted without its fold (fit_linear on
     the other folds' images that `trains` allows; default all). A class missing from a fold's training images gets
     probability 0 there."""
-    trains = np.ones(len(fold), dtype=bool) if trains is None else np.asarray(trains, dtype=bool)
     probabilities = np.zeros((len(labels), n_classes))
-    folds = int(fold.max()) + 1 if len(fold) else 0
-    for k in range(folds):
-        held_out, trained_on = np.flatnonzero(fold == k), np.flatnonzero((fold != k) & trains)
+    for k, folds, held_out, trained_on in fold_parts(fold, trains):
         present = np.unique(labels[trained_on])
         if len(present) == 1:  # nothing to tell apart: certain of the one class it saw
             probabilities[np.ix_(held_out, present)] = 1.0
