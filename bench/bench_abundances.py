@@ -1,9 +1,9 @@
 """Benchmark: how close are the corrected abundances to the truth, and how often do their 95 % intervals hold it?
 
 Reads ../shared/data/ndsb9 (or --data_root=... with --seen_classes / --unseen_classes). Trains the lab's model on
-it once in a scratch folder (train.py, embed.py, novelty.py, audit.py), or takes the model already trained in
---trained_dir=FOLDER (an output folder where those four have run with the same settings; audit.py with
---audit_model=head for --calibration=out_of_fold). Then draws --samples samples of --sample_size images from the
+it once in a scratch folder (train.py, embed.py, novelty.py, and audit.py --audit_model=head for
+--calibration=out_of_fold), or takes the model already trained in --trained_dir=FOLDER (an output folder where
+those have run with the same settings). Then draws --samples samples of --sample_size images from the
 lab's TEST split, each with class proportions drawn uniformly from the simplex (QuaPy's UPP: the
 artificial-prevalence protocol for more than a few classes; seeded by --seed), and quantifies every sample as
 predict.py does: the images flagged possibly new are set apart, every method of lab/abundances.py is calibrated on
@@ -146,10 +146,13 @@ def model_outputs(argv, calibration_source="validation"):
     return trained.cfg, calibration, (probabilities, labels, flagged), accuracy
 
 
-def train_model(argv):
+def train_model(argv, calibration_source):
+    """train.py, embed.py and novelty.py; audit.py too (with the head) only for the out-of-fold calibration, the one
+    that reads it: the validation split's needs no audit."""
     for script in (train, embed, novelty):
         script.main(argv)
-    audit.main(argv + ["--audit_model=head"])  # the out-of-fold calibration takes the head's own outputs
+    if calibration_source == "out_of_fold":
+        audit.main(argv + ["--audit_model=head"])  # the out-of-fold calibration takes the head's own outputs
 
 
 # --------------------------------------------------------------------------- the table
@@ -195,7 +198,7 @@ def run(argv):
         if not artifacts.resolve(config.load_config(run_argv).data_root).is_dir():
             raise lab.LabError(f"The benchmark data {NDSB9} is absent. Pass --data_root=... with --seen_classes=[...] "
                                f"and --unseen_classes=[...], or --trained_dir=... of a trained model.")
-        train_model(run_argv)
+        train_model(run_argv, own["--calibration"])
     try:
         start = time.perf_counter()
         cfg, calibration, test, accuracy = model_outputs(run_argv, own["--calibration"])
