@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench constraints clean-artifacts
+.PHONY: demo test test-fast lint bench constraints clean-artifacts
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	@echo "make: installing the lab's packages into $(VENV) (torch, torchvision, umap-learn, bokeh, ... from"
@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt -c constraints.txt \
 		| grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR)' || true
-	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab, quapy, xdist" \
+	$(PY) -c "import torch, torchvision, umap, bokeh, sklearn, pandas, cleanlab, quapy, xdist, ruff" \
 		|| { echo "make: the install failed (see above)"; exit 1; }
 	touch $@
 
@@ -25,13 +25,19 @@ demo: $(VENV)/.installed
 # worker would fight over the cores.
 PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal
 
+# The linter and the formatter (rules and reasons in ruff.toml); both test targets run them first.
+# `.venv/bin/ruff format .` and `.venv/bin/ruff check --fix .` mend most of what they report.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 # The full suite (what .ci/run calls): every skip says why, and the 15 slowest tests are listed.
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	bash .ci/chromium.sh
 	$(PYTEST) -rs --durations=15 tests
 
 # The edit-and-test loop: no subprocess, torchrun, Chromium or ../shared (tests marked slow are left out).
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed lint
 	$(PYTEST) -m "not slow" tests
 
 bench: $(VENV)/.installed

@@ -43,13 +43,13 @@ from lab import (  # noqa: E402
     config,
     data_folders,
     embedding_files,
-    hardware,  # noqa: E402
+    hardware,
     head_training,
     image_io,
     output_lock,
     runtime,
     splitting,
-    trunk_cache,  # noqa: E402
+    trunk_cache,
 )
 
 NDSB9 = ROOT.parent / "shared" / "data" / "ndsb9"
@@ -305,7 +305,9 @@ def measure_head_training(run):
     head = backbone.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
-    epoch = (lambda: head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head))
+    def epoch():
+        return head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head)
+
     ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
     original = legacy.original_training_steps(checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg,
@@ -464,7 +466,7 @@ def measure_map(run):
     """dimensionality_reduction.py as a user runs it (a fresh process), at the demo's size: ours with numba's
     cache warm (every run after the first), ours compiling (the first run), and UMAP's own neighbour search;
     at the pipeline's full sample size too (--quick: ours only)."""
-    run.trained
+    run.trained  # noqa: B018 (a cached property: trains the model now, so that the timings below leave it out)
     demo, full = run.sizes["map_samples_per_split"], run.trained.cfg.umap_samples_per_split
     if run.quick:
         ours = map_stage(run, "ours", demo)

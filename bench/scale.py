@@ -31,9 +31,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
-from bench.targets import TARGETS  # noqa: E402
-from lab import config, output_lock  # noqa: E402
+from bench import common
+from bench.targets import TARGETS
+from lab import config, output_lock
 
 FLOWCAMNET_IMAGES = 301_247
 FULL = {"files": (5_000, 50_000), "embeddings": (30_000, 300_000), "classes": 93, "overrides": []}

@@ -410,8 +410,9 @@ def test_the_benchmark_counts_flips_in_the_top_shares_and_the_flags_precision():
 def test_audit_benchmark_quick_run_reports_every_row(tmp_path):
     import json
 
-    from bench import bench_audit
     from conftest import shared_dataset
+
+    from bench import bench_audit
     shared_dataset("ndsb9")
     raw = bench_audit.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
     saved = json.loads((tmp_path / "results" / "audit_benchmark.json").read_text())

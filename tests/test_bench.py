@@ -4,10 +4,10 @@ on 24 images per class and runs only the pipeline stages its measurements need."
 import json
 
 import pytest
+from conftest import shared_dataset
 
 import backbone
 from bench import scale, targets
-from conftest import shared_dataset
 from lab import hardware
 
 
@@ -57,6 +57,6 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     assert (rows["trunk efficiency"]["status"] == "info") == hardware.cpu_features()["amx_bf16"]
     assert saved["distances"]["agree_with_cdist"] and raw["trunk"]["embedding_cosine"] > 0.9
     assert saved["map"]["demo_size"]["ours"]["points"] > 0 and 0 < saved["map"]["demo_size"]["ours"]["seconds"]
-    for stage, by_size in saved["scale"].items():
+    for by_size in saved["scale"].values():
         assert len(by_size) == 2 and all(m["cpu_seconds"] > 0 and m["peak_rss_mb"] > 100 for m in by_size.values())
     assert set(saved["pipeline"]) == {"split", "train", "evaluate", "embed"}  # not the whole pipeline

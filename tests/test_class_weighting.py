@@ -2,13 +2,13 @@
 of an imbalanced real subset of ndsb9 (symbolic links into ../shared, never copies) recalled better."""
 import numpy as np
 import pytest
+from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
 from sklearn.utils.class_weight import compute_class_weight
 
 import evaluate
 import lab
 import train
 from bench.bench_imbalance import build_imbalanced_root
-from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
 from lab import artifacts, checkpoint, config, head_training
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_COUNTS, shared_dataset
 from PIL import Image
 
 import lab
-from conftest import TINY_COUNTS, shared_dataset
 from lab import artifacts, config, data_folders, image_io, splitting
 
 

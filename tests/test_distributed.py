@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST
 
 import backbone
 import lab
-from conftest import FAST
 from lab import artifacts, distributed, near_copies, output_lock, runtime, splitting, trunk_cache
 
 # torchrun's module form; --standalone takes a free port, so that other torchrun runs on this machine do not clash

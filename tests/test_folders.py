@@ -15,12 +15,12 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FAST
 from PIL import Image
 
 import dataloader
 import lab
 import transfer_learning
-from conftest import FAST
 from lab import artifacts, config, data_folders, embedding_files, image_io, output_lock, plotting, splitting
 
 

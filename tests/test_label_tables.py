@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FAST
 
 import lab
-from conftest import FAST
 from lab import artifacts, config, data_folders, demo_data, label_tables, splitting
 
 SEEN = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
@@ -245,7 +245,7 @@ def test_new_rows_join_the_split_and_old_rows_keep_theirs(make_cfg, tiny_demo, t
     sample = tmp_path / "sample"
     sample.mkdir()
     new = demo_images(demo_data.generate(tmp_path / "more", {c: 10 for c in SEEN}, seed=3))
-    for c, p in new:
+    for _, p in new:
         shutil.copy(p, sample / f"new_{p.name}")
     table = sample / "validated.tsv"
     ecotaxa_export(table, [(f"new_{p.name}", c, "validated") for c, p in new])

@@ -268,8 +268,9 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
 
 @pytest.mark.slow
 def test_the_benchmark_finds_copies_of_real_flowcam_images_and_flags_none_of_them_alone(tmp_path):
-    from bench import bench_near_copies
     from conftest import shared_dataset
+
+    from bench import bench_near_copies
     root = shared_dataset("flowcam-vliz-demo")
     result = bench_near_copies.main([f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}"])
     assert (tmp_path / "results" / "near_copies_benchmark.json").is_file()

@@ -13,13 +13,13 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FAST
 
 import dataloader
 import dimensionality_reduction
 import lab
 import predict
 import report
-from conftest import FAST
 from lab import artifacts, checkpoint, config, embedding_files, interactive_map, output_lock, splitting
 from lab import novelty_scores as ns
 

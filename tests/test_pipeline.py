@@ -6,11 +6,11 @@ import re
 
 import pandas as pd
 import pytest
+from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
 from PIL import Image
 
 import lab
 import run_pipeline
-from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
 from lab import artifacts, config
 
 ARTIFACTS = {

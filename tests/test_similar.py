@@ -13,7 +13,7 @@ def test_nearest_equals_a_brute_force_search():
     vectors[[3, 77]] = 0
     unit, zero = similar.unit_rows(vectors)
     assert list(np.flatnonzero(zero)) == [3, 77]
-    for q in range(5):
+    for _ in range(5):
         query = rng.normal(size=16)
         top, distance = similar.nearest(unit, zero, (query / np.linalg.norm(query)).astype(np.float32), 10)
         cosine = [1 - v @ query / (np.linalg.norm(v) * np.linalg.norm(query)) if v.any() else np.inf

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST, wait_for_epoch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 import evaluate
 import lab
 import train
-from conftest import FAST, wait_for_epoch
 from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, provenance, splitting
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import FAST, wait_for_epoch
 
 import compute_average_distances
 import dimensionality_reduction
@@ -17,7 +18,6 @@ import lab
 import report
 import train
 import transfer_learning
-from conftest import FAST, wait_for_epoch
 from lab import (
     artifacts,
     checkpoint,

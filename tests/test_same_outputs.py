@@ -1,0 +1,31 @@
+"""tools/same_outputs.py, the refactoring check: a changed time, digest or folder path is masked, a changed number
+or a missing file is a difference."""
+import json
+import sys
+
+import lab
+
+sys.path.insert(0, str(lab.ROOT / "tools"))
+import same_outputs
+
+
+def write_run(root, loss, written, digest, extra=False):
+    (root / "results").mkdir(parents=True)
+    (root / "results" / "train_history.csv").write_text(f"epoch,train_loss,seconds\n1,{loss},{written[-2:]}\n")
+    manifest = {"written": written, "files": {"results/train_history.csv": digest}, "output_dir": str(root)}
+    (root / "results" / "train_manifest.json").write_text(json.dumps(manifest))
+    (root / "results" / "report.html").write_text(f"<p>sha256 {digest}, saved {written}</p>")
+    if extra:
+        (root / "results" / "extra.csv").write_text("a\n1\n")
+
+
+def test_times_digests_and_paths_are_masked_and_numbers_are_not(tmp_path):
+    write_run(tmp_path / "a", 0.5, "2026-12-06 00:38:49", "29bcc97c09041be9")
+    write_run(tmp_path / "b", 0.5, "2026-12-06 00:39:28", "6061e7e0108935cb")
+    write_run(tmp_path / "c", 0.25, "2026-12-06 00:39:28", "6061e7e0108935cb", extra=True)
+    assert same_outputs.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    compared, problems = same_outputs.compare(tmp_path / "a", tmp_path / "c")
+    assert len(compared) == 3
+    assert any(p.startswith("results/train_history.csv differs") and "0.5" in p for p in problems)
+    assert any(p.startswith("only in") and p.endswith("extra.csv") for p in problems)
+    assert same_outputs.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
