@@ -11,6 +11,7 @@ outputs, which is how train.py and embed.py use it. Also decides the precision o
 Reads the ImageNet weights through torchvision (`$TORCH_HOME/hub/checkpoints/`), or a state-dict file;
 writes nothing.
 """
+
 import copy
 import math
 from pathlib import Path
@@ -95,8 +96,10 @@ def _imagenet_state_dict(name):
     try:
         weights = enum[name]
     except KeyError:
-        raise lab.LabError(f"backbone_weights={name!r} is neither a file nor a torchvision weights name; use one of "
-                           f"{[w.name for w in enum]}, a path to a state-dict file, or None.") from None
+        raise lab.LabError(
+            f"backbone_weights={name!r} is neither a file nor a torchvision weights name; use one of "
+            f"{[w.name for w in enum]}, a path to a state-dict file, or None."
+        ) from None
     file_name = Path(weights.url).name
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     try:
@@ -108,16 +111,19 @@ def _imagenet_state_dict(name):
             f"{cached} (set the TORCH_HOME environment variable to use another folder than "
             f"{Path(torch.hub.get_dir()).parent}), or set backbone_weights to the path of that file. Only for "
             f"testing the code (the offline demo does this), --backbone_weights=None trains on a random, "
-            f"untrained trunk.") from None
+            f"untrained trunk."
+        ) from None
 
 
 def _state_dict_from_file(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise lab.LabError(f"backbone_weights={str(path)!r} cannot be read as a PyTorch state dict "
-                           f"({type(exc).__name__}: {str(exc)[:150]}). Give the .pth file of torchvision's "
-                           f"efficientnet_v2_s weights.") from None
+        raise lab.LabError(
+            f"backbone_weights={str(path)!r} cannot be read as a PyTorch state dict "
+            f"({type(exc).__name__}: {str(exc)[:150]}). Give the .pth file of torchvision's "
+            f"efficientnet_v2_s weights."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
@@ -134,9 +140,11 @@ def build_trunk(spec, seed):
         try:
             full.load_state_dict(state)
         except RuntimeError as exc:
-            raise lab.LabError(f"The weights {spec!r} do not fit torchvision's efficientnet_v2_s "
-                               f"({str(exc).splitlines()[0][:200]}). Use the state dict of that exact "
-                               f"architecture, e.g. efficientnet_v2_s-dd5fe13b.pth.") from None
+            raise lab.LabError(
+                f"The weights {spec!r} do not fit torchvision's efficientnet_v2_s "
+                f"({str(exc).splitlines()[0][:200]}). Use the state dict of that exact "
+                f"architecture, e.g. efficientnet_v2_s-dd5fe13b.pth."
+            ) from None
     trunk = full.features[:TRUNK_BLOCKS]
     for p in trunk.parameters():
         p.requires_grad_(False)
@@ -150,26 +158,37 @@ def inference_trunk(trunk):
 
     def fold(module):
         for child in module.children():
-            if isinstance(child, nn.Sequential) and len(child) >= 2 and isinstance(child[0], nn.Conv2d) \
-                    and isinstance(child[1], nn.BatchNorm2d):
+            if (
+                isinstance(child, nn.Sequential)
+                and len(child) >= 2
+                and isinstance(child[0], nn.Conv2d)
+                and isinstance(child[1], nn.BatchNorm2d)
+            ):
                 child[0] = fuse_conv_bn_eval(child[0], child[1])
                 child[1] = nn.Identity()
             else:
                 fold(child)
+
     fold(fused)
     return fused.to(memory_format=torch.channels_last)
 
 
 class PlanktonNet(nn.Module):
-    def __init__(self, num_classes, image_size=128, backbone_weights="IMAGENET1K_V1", seed=0,
-                 embedding_dim=128, dropout=0.2):
+    def __init__(
+        self, num_classes, image_size=128, backbone_weights="IMAGENET1K_V1", seed=0, embedding_dim=128, dropout=0.2
+    ):
         super().__init__()
         self.trunk = build_trunk(backbone_weights, seed)
         c = TRUNK_CHANNELS
         self.head_conv = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2))
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
         side = trunk_side(image_size) // 2
         self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, embedding_dim), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
@@ -194,4 +213,5 @@ def build_model(cfg, num_classes):
 
 def print_model_summary(model, image_size):
     from torchsummary import summary
+
     summary(model, (3, image_size, image_size), device="cpu")

@@ -15,6 +15,7 @@ represented by a seeded sample of that many (the CSV's used_a says how many): th
 the class sizes, the sample keeps the time bounded (README, Performance) at a sampling error well below the
 differences the heatmaps show.
 """
+
 import sys
 
 import numpy as np
@@ -37,16 +38,16 @@ def _pair_sums(a, b, same):
     sums = np.zeros(3)
     for i in range(0, len(a), BLOCK):
         for j in range(i if same else 0, len(b), BLOCK):
-            ab = a[i:i + BLOCK] @ b[j:j + BLOCK].T
-            cos = ab * inv_a[i:i + BLOCK, None]
-            cos *= inv_b[None, j:j + BLOCK]
+            ab = a[i : i + BLOCK] @ b[j : j + BLOCK].T
+            cos = ab * inv_a[i : i + BLOCK, None]
+            cos *= inv_b[None, j : j + BLOCK]
             np.clip(cos, -1.0, 1.0, out=cos)
             ab *= -2.0  # from here on ab becomes the squared distance, then the distance
-            ab += norm_a[i:i + BLOCK, None]
-            ab += norm_b[None, j:j + BLOCK]
+            ab += norm_a[i : i + BLOCK, None]
+            ab += norm_b[None, j : j + BLOCK]
             np.maximum(ab, 0.0, out=ab)
             euclid = np.sqrt(ab, out=ab)
-            rows, cols = int(directed_a[i:i + BLOCK].sum()), int(directed_b[j:j + BLOCK].sum())
+            rows, cols = int(directed_a[i : i + BLOCK].sum()), int(directed_b[j : j + BLOCK].sum())
             undirected = cos.size - rows * cols  # pairs with an all-zero embedding
             if same and i == j:  # leave each sample's pair with itself out
                 np.fill_diagonal(euclid, 0.0)
@@ -65,8 +66,9 @@ def _pair_sums(a, b, same):
 def sampled_groups(groups, limit, seed):
     """Each group, or a seeded sample of `limit` of its rows where it has more (limit 0: every row)."""
     rng = np.random.default_rng(seed)
-    return [g if not limit or len(g) <= limit else g[np.sort(rng.choice(len(g), size=limit, replace=False))]
-            for g in groups]
+    return [
+        g if not limit or len(g) <= limit else g[np.sort(rng.choice(len(g), size=limit, replace=False))] for g in groups
+    ]
 
 
 def average_distances(groups):
@@ -85,11 +87,20 @@ def distance_table(classes, groups, result, used):
     rows = []
     for p, a in enumerate(classes):
         for q, b in enumerate(classes):
-            rows.append({"class_a": a, "class_b": b, "n_a": len(groups[p]), "n_b": len(groups[q]),
-                         "used_a": len(used[p]), "used_b": len(used[q]),
-                         "zero_embeddings_a": int((np.abs(groups[p]).sum(1) == 0).sum()),
-                         "mean_euclidean": result["euclidean"][p, q], "mean_angular": result["angular"][p, q],
-                         "mean_cosine_distance": result["cosine"][p, q]})
+            rows.append(
+                {
+                    "class_a": a,
+                    "class_b": b,
+                    "n_a": len(groups[p]),
+                    "n_b": len(groups[q]),
+                    "used_a": len(used[p]),
+                    "used_b": len(used[q]),
+                    "zero_embeddings_a": int((np.abs(groups[p]).sum(1) == 0).sum()),
+                    "mean_euclidean": result["euclidean"][p, q],
+                    "mean_angular": result["angular"][p, q],
+                    "mean_cosine_distance": result["cosine"][p, q],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -104,8 +115,15 @@ def plot_heatmap(matrix, classes, title, note, path):
     ax.set_yticklabels(plotting.drawable_names(classes))
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{matrix[i, j]:.3g}", ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] < np.nanmean(matrix) else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.3g}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] < np.nanmean(matrix) else "black",
+            )
     ax.set_title(title + "\n" + note, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     plotting.save_figure(path, fig)
@@ -119,22 +137,34 @@ def analyse(cfg, set_name, out):
     result = average_distances(used)
     table = distance_table(classes, groups, result, used)
     out.save_csv("results", f"average_distances_{set_name}.csv", table)
-    notes = {"euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
-             "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs"}
+    notes = {
+        "euclidean": "mean Euclidean distance between 128-d embeddings; diagonal: distinct pairs within a class",
+        "angular": "mean angular distance = arccos(cosine similarity) / pi, in [0, 1]; diagonal: distinct pairs",
+    }
     for metric, note in notes.items():
-        plot_heatmap(result[metric], classes, f"Average {metric} distance between classes ({set_name} set)", note,
-                     out.file("figs", f"average_{metric}_distances_{set_name}.png"))
+        plot_heatmap(
+            result[metric],
+            classes,
+            f"Average {metric} distance between classes ({set_name} set)",
+            note,
+            out.file("figs", f"average_{metric}_distances_{set_name}.png"),
+        )
         print(f"\naverage {metric} distance, {set_name} set:")
         print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
     sampled = [c for c, g, u in zip(classes, groups, used) if len(u) < len(g)]
     if sampled:
-        print(f"note: {len(sampled)} class(es) of the {set_name} set have more than distance_max_per_class="
-              f"{cfg.distance_max_per_class} images and are represented by a seeded sample of that many: "
-              f"{', '.join(sampled[:5])}{' ...' if len(sampled) > 5 else ''}")
+        print(
+            f"note: {len(sampled)} class(es) of the {set_name} set have more than distance_max_per_class="
+            f"{cfg.distance_max_per_class} images and are represented by a seeded sample of that many: "
+            f"{', '.join(sampled[:5])}{' ...' if len(sampled) > 5 else ''}"
+        )
     zeros = int(table.drop_duplicates("class_a")["zero_embeddings_a"].sum())
     if zeros:
-        print(f"note: {zeros} all-zero embeddings in the {set_name} set have no direction and are left out of "
-              f"the angular averages", file=sys.stderr)
+        print(
+            f"note: {zeros} all-zero embeddings in the {set_name} set have no direction and are left out of "
+            f"the angular averages",
+            file=sys.stderr,
+        )
     return result
 
 

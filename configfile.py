@@ -13,11 +13,11 @@ data_root = "data/demo"
 seen_classes = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
 # Classes held out of training, used only for embeddings analysis and transfer learning.
 unseen_classes = ["Retaria", "Thalassionematales", "Chaetoceros"]
-val_fraction = 0.05            # share of each seen class for validation, in (0, 1)
-test_fraction = 0.20           # share of each seen class for testing, in (0, 1); val + test < 1
-min_images_per_class = 10      # classes with fewer images are refused (too few to split), >= 3
-max_images_per_class = 0       # 0: use every image; N: a seeded sample of at most N per class (quick trials)
-rebuild_split = False          # True: discard results/split.csv and draw the split anew
+val_fraction = 0.05  # share of each seen class for validation, in (0, 1)
+test_fraction = 0.20  # share of each seen class for testing, in (0, 1); val + test < 1
+min_images_per_class = 10  # classes with fewer images are refused (too few to split), >= 3
+max_images_per_class = 0  # 0: use every image; N: a seeded sample of at most N per class (quick trials)
+rebuild_split = False  # True: discard results/split.csv and draw the split anew
 # Near-copies (one particle re-saved, re-cropped or shifted by a few pixels, or brightened; docs/similar.md): "report"
 # lists them in results/near_copies.csv and report.py gives the test accuracy without the test images that have one
 # in train; "group" also keeps each near-copy group in one split, as byte-identical copies are kept.
@@ -39,42 +39,42 @@ labels_statuses = ["validated"]
 labels_map = None
 
 # --- model ----------------------------------------------------------------------
-image_size = 128               # square input side in pixels, 32..1024 (trunk output: 64 x size/8 x size/8)
+image_size = 128  # square input side in pixels, 32..1024 (trunk output: 64 x size/8 x size/8)
 # "IMAGENET1K_V1" (torchvision, downloaded once into $TORCH_HOME), a path to a state-dict
 # file of torchvision's efficientnet_v2_s, or None for a random trunk (for tests only).
 backbone_weights = "IMAGENET1K_V1"
-dropout = 0.2                  # dropout before the last layer, in [0, 1)
-embedding_dim = 128            # width of the embedding layer (second-to-last), >= 2
+dropout = 0.2  # dropout before the last layer, in [0, 1)
+embedding_dim = 128  # width of the embedding layer (second-to-last), >= 2
 
 # --- training -------------------------------------------------------------------
-batch_size = 64                # images per optimisation step, >= 1
-lr = 0.0014                    # Adam learning rate, > 0
-epochs = 50                    # maximum number of epochs, >= 1
-patience = 5                   # stop after this many epochs without a better validation loss, >= 1
+batch_size = 64  # images per optimisation step, >= 1
+lr = 0.0014  # Adam learning rate, > 0
+epochs = 50  # maximum number of epochs, >= 1
+patience = 5  # stop after this many epochs without a better validation loss, >= 1
 # "none" (the mission: plain cross-entropy) or "balanced" (each class weighted n / (classes x n_class) in the
 # training and validation loss, so a rare class counts as much as a common one; for strongly imbalanced data).
 class_weighting = "none"
-resume = False                 # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
-seed = 42                      # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
+resume = False  # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
+seed = 42  # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
 
 # --- compute --------------------------------------------------------------------
-device = "auto"                # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"
-precision = "auto"             # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
-head_precision = "auto"        # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
-num_workers = 2                # image-decoding worker processes for the trunk pass, >= 0
-output_dir = "."               # root of checkpoints/, results/, figs/, embeddings/, cache/
+device = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"
+precision = "auto"  # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
+head_precision = "auto"  # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
+num_workers = 2  # image-decoding worker processes for the trunk pass, >= 0
+output_dir = "."  # root of checkpoints/, results/, figs/, embeddings/, cache/
 
 # --- analysis -------------------------------------------------------------------
 umap_samples_per_split = 2500  # embeddings sampled from each of train, test, unseen for the 2-D map, >= 10
-reduction_method = "umap"      # "umap", "tsne" or "pca"
-umap_n_neighbors = 15          # UMAP neighbourhood size, >= 2
-umap_min_dist = 0.1            # UMAP minimum distance between embedded points, in [0, 1]
+reduction_method = "umap"  # "umap", "tsne" or "pca"
+umap_n_neighbors = 15  # UMAP neighbourhood size, >= 2
+umap_min_dist = 0.1  # UMAP minimum distance between embedded points, in [0, 1]
 distance_max_per_class = 1000  # images per class in the average distances; a seeded sample above (0: all), >= 2
-gallery_size = 5               # images per gallery row (closest, furthest, closest of other classes), >= 1
-transfer_repeats = 5           # seeded repeats per training size in transfer learning, >= 1
+gallery_size = 5  # images per gallery row (closest, furthest, closest of other classes), >= 1
+transfer_repeats = 5  # seeded repeats per training size in transfer learning, >= 1
 transfer_test_fraction = 0.30  # share of each unseen class held out to score transfer learning, in (0, 1)
-transfer_max_images = 10000   # most images on each side of transfer learning: a seeded per-class sample above it
-knn_k = 10                     # neighbours of the kNN transfer classifier (capped by the training size), >= 1
+transfer_max_images = 10000  # most images on each side of transfer learning: a seeded per-class sample above it
+knn_k = 10  # neighbours of the kNN transfer classifier (capped by the training size), >= 1
 
 # --- label audit (audit.py) -----------------------------------------------------------
 # Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a model fitted on the other
@@ -87,25 +87,25 @@ audit_folds = 5
 audit_model = "linear"
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------
-novelty_knn_k = 10             # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
-novelty_bank_max = 20000       # most training embeddings in the kNN score's reference (big classes sampled); 0: all
+novelty_knn_k = 10  # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
+novelty_bank_max = 20000  # most training embeddings in the kNN score's reference (big classes sampled); 0: all
 # The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
 # "energy", "knn" or "mahalanobis".
 novelty_score = "mahalanobis_knn"
 # Folder of new images to classify with predict.py, searched recursively; a relative path is taken relative to
 # the repository, like data_root. None: predict.py asks for it.
 predict_dir = None
-ecotaxa = False                # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
+ecotaxa = False  # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
 # similar.py: an image, or a folder of images (searched recursively), anywhere; its similar_k nearest embedded images
 # (train, val, test, unseen, predict) by cosine distance. None: similar.py asks for it.
 query = None
-similar_k = 10                 # neighbours listed per query image, >= 1
+similar_k = 10  # neighbours listed per query image, >= 1
 # predict.py's results/abundances.csv (docs/abundances.md): each taxon's share of the sample, corrected for the
 # sample's class proportions differing from the training set's. The correction: "emq_nbvs" (measured best on
 # ndsb9: EM of Saerens et al. 2002 on re-calibrated probabilities), "emq_bcts", "emq", "pacc", "acc", "pcc" or
 # "cc" (none: the plain count of predicted classes).
 abundance_method = "emq_nbvs"
-abundance_bootstrap = 200      # bootstrap draws behind each 95 % interval of abundances.csv, >= 20
+abundance_bootstrap = 200  # bootstrap draws behind each 95 % interval of abundances.csv, >= 20
 # The images that calibrate the correction, never a test image: "validation" (the validation split), or
 # "out_of_fold" (audit.py's out-of-fold outputs of the training and validation images, 16 times as many; run
 # audit.py --audit_model=head first). On ndsb9 (random trunk) the fold heads' confusions were not the model's:

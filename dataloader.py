@@ -24,6 +24,7 @@ rebuilds it.
     python dataloader.py                      # tasks 1-2: report the classes and write the split
     python dataloader.py --rebuild_split=True
 """
+
 import sys
 
 from lab import artifacts, config, data_folders, label_tables, runtime, splitting
@@ -45,8 +46,10 @@ def main(argv=None):
         ignored = artifacts.out_path(cfg, "results", "ignored_files.csv")
         notes = artifacts.out_path(cfg, "results", "image_notes.csv")
         if ignored.exists() and notes.exists():
-            data_folders.print_file_report(artifacts.read_csv(ignored, data_folders.IGNORED_COLUMNS),
-                                           artifacts.read_csv(notes, data_folders.NOTE_COLUMNS))
+            data_folders.print_file_report(
+                artifacts.read_csv(ignored, data_folders.IGNORED_COLUMNS),
+                artifacts.read_csv(notes, data_folders.NOTE_COLUMNS),
+            )
     print(f"split {'read from' if existed else 'written to'} {artifacts.out_path(cfg, 'results', 'split.csv')}")
 
 

@@ -18,6 +18,7 @@ reduction (reduction_method: umap, tsne or pca) is fitted once on their union. G
 Images predict.py classified join the map as a fourth split, "predict" (in the interactive map of the report; the
 static figure shows them as grey context points).
 """
+
 import contextlib
 import io
 import re
@@ -45,10 +46,13 @@ def exact_neighbours(x, k):
     """(indices int32, distances float32), N x k: each point itself first, then its k - 1 nearest others, exact
     (scikit-learn), in the form umap.UMAP(precomputed_knn=...) takes."""
     from sklearn.neighbors import NearestNeighbors
+
     distances, indices = NearestNeighbors(n_neighbors=k - 1).fit(x).kneighbors()  # no argument: self left out
     own = np.arange(len(x))[:, None]
-    return (np.hstack([own, indices]).astype(np.int32),
-            np.hstack([np.zeros_like(own, dtype=float), distances]).astype(np.float32))
+    return (
+        np.hstack([own, indices]).astype(np.int32),
+        np.hstack([np.zeros_like(own, dtype=float), distances]).astype(np.float32),
+    )
 
 
 def cache_umap_compilation():
@@ -58,10 +62,13 @@ def cache_umap_compilation():
     UMAP compiles as before."""
     import numba
     from umap import layouts, umap_
+
     for module in (umap_, layouts):
         for function in vars(module).values():
-            if isinstance(function, numba.core.registry.CPUDispatcher) \
-                    and function.py_func.__module__ == module.__name__:
+            if (
+                isinstance(function, numba.core.registry.CPUDispatcher)
+                and function.py_func.__module__ == module.__name__
+            ):
                 try:
                     function.enable_caching()
                 except (AttributeError, RuntimeError):  # another numba, or no writable cache location
@@ -71,29 +78,46 @@ def cache_umap_compilation():
 def reduce_to_2d(x, cfg):
     """One fit of the chosen method on all points (standardised)."""
     from sklearn.preprocessing import StandardScaler
+
     x = StandardScaler().fit_transform(x)
     if cfg.reduction_method == "pca":
         from sklearn.decomposition import PCA
+
         return PCA(n_components=2, random_state=cfg.seed).fit_transform(x)
     if cfg.reduction_method == "tsne":
         from sklearn.manifold import TSNE
-        return TSNE(n_components=2, init="pca", random_state=cfg.seed,
-                    perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
+
+        return TSNE(
+            n_components=2, init="pca", random_state=cfg.seed, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))
+        ).fit_transform(x)
     import umap
+
     cache_umap_compilation()
     k = min(cfg.umap_n_neighbors, len(x) - 1)
     started = time.perf_counter()
     # Exact neighbours from scikit-learn: UMAP's own search is compiled by numba in every new process, which
     # cost most of this stage (docs/performance.md); exact is also at least as good a graph as approximate.
     neighbours = exact_neighbours(x, k)
-    print(f"[map] exact {k} nearest neighbours of {len(x)} points ({time.perf_counter() - started:.1f} s); UMAP's "
-          f"graph and layout next (the first run after an install also compiles UMAP's code: 10-20 s more)",
-          flush=True)
+    print(
+        f"[map] exact {k} nearest neighbours of {len(x)} points ({time.perf_counter() - started:.1f} s); UMAP's "
+        f"graph and layout next (the first run after an install also compiles UMAP's code: 10-20 s more)",
+        flush=True,
+    )
     # verbose: UMAP says where it is every tenth of its epochs, so a long layout is never silent
-    reducer = umap.UMAP(n_neighbors=k, min_dist=cfg.umap_min_dist, random_state=cfg.seed, n_jobs=1,
-                        precomputed_knn=neighbours, verbose=True, tqdm_kwds={"disable": True})
-    with warnings.catch_warnings(), contextlib.redirect_stdout(Prefixed("[map] umap: ", sys.stdout)), \
-            runtime.torch_threads_kept():
+    reducer = umap.UMAP(
+        n_neighbors=k,
+        min_dist=cfg.umap_min_dist,
+        random_state=cfg.seed,
+        n_jobs=1,
+        precomputed_knn=neighbours,
+        verbose=True,
+        tqdm_kwds={"disable": True},
+    )
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(Prefixed("[map] umap: ", sys.stdout)),
+        runtime.torch_threads_kept(),
+    ):
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # we never transform new points
         return reducer.fit_transform(x)
 
@@ -101,6 +125,7 @@ def reduce_to_2d(x, cfg):
 class Prefixed(io.TextIOBase):
     """Passes UMAP's progress lines (its steps and every tenth of its epochs) on to another stream, each with a
     prefix and flushed; its echo of its own parameters and its time stamps are left out."""
+
     PROGRESS = re.compile(r"(?:\w{3} \w{3} +\d+ [\d:]+ \d{4} )?((?:Construct|Finished|completed).*)")
 
     def __init__(self, prefix, target):
@@ -119,6 +144,7 @@ class Prefixed(io.TextIOBase):
 
 def class_colours(seen, unseen):
     import matplotlib
+
     tab = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
     names = list(seen) + [c for c in unseen if c not in seen]
     return {c: tab[i % len(tab)] for i, c in enumerate(names)}
@@ -134,15 +160,17 @@ def plot_map(coords, cfg, path):
     for ax, split in zip(axes, SPLITS):
         ax.scatter(coords["x"], coords["y"], s=2, color="0.88", zorder=0)  # all points, for orientation
         part = coords[coords["split"] == split]
-        for c in (unseen if split == "unseen" else seen):
+        for c in unseen if split == "unseen" else seen:
             pts = part[part["label"] == c]
             ax.scatter(pts["x"], pts["y"], s=4, color=colours[c], label=f"{shown[c]} ({len(pts)})", alpha=0.8)
         ax.set_title(f"{split} ({len(part)} points)")
         ax.legend(markerscale=3, fontsize=8, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all "
-                 f"{coords['split'].nunique()} splits, standardised)")
+    fig.suptitle(
+        f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all "
+        f"{coords['split'].nunique()} splits, standardised)"
+    )
     plotting.save_figure(path, fig)
 
 
@@ -151,8 +179,8 @@ def distances_to(vectors, centre, block=8192):
     cache, so 300,000 embeddings cost ten times 30,000, not more (README, Performance)."""
     out = np.empty(len(vectors))
     for start in range(0, len(vectors), block):
-        diff = vectors[start:start + block] - centre
-        out[start:start + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        diff = vectors[start : start + block] - centre
+        out[start : start + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
 
 
@@ -173,9 +201,11 @@ def gallery(vectors, labels, cls, k):
     d_own, d_other = distance[own], distance[other]
     order_own = np.argsort(d_own, kind="stable")
     nearest_other = k_smallest(d_other, k)
-    return {ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
-            ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
-            ROWS[2]: (other[nearest_other], d_other[nearest_other])}
+    return {
+        ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
+        ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
+        ROWS[2]: (other[nearest_other], d_other[nearest_other]),
+    }
 
 
 def thumbnail(path, size=96):
@@ -219,9 +249,18 @@ def galleries(cfg, frames, out):
             plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, out.file("figs", figure))
             for row, (idx, dist) in picks.items():
                 for rank, (i, d) in enumerate(zip(idx, dist)):
-                    rows.append({"set": set_name, "class": cls, "figure": figure, "row": row, "rank": rank + 1,
-                                 "path": frame["path"].iloc[i], "label": frame["label"].iloc[i],
-                                 "distance": float(d)})
+                    rows.append(
+                        {
+                            "set": set_name,
+                            "class": cls,
+                            "figure": figure,
+                            "row": row,
+                            "rank": rank + 1,
+                            "path": frame["path"].iloc[i],
+                            "label": frame["label"].iloc[i],
+                            "distance": float(d),
+                        }
+                    )
     table = pd.DataFrame(rows)
     out.save_csv("results", "galleries.csv", table)
     print(f"[galleries] {table['class'].nunique()} classes -> figs/gallery_<class>.png, results/galleries.csv")
@@ -249,11 +288,14 @@ def main(argv=None):
         keep = sample_rows(frame, cfg.umap_samples_per_split, rng)
         parts.append((frame.iloc[keep][["split", "label", "path"]].assign(split=s), vectors[keep]))
     points = np.concatenate([v for _, v in parts])
-    print(f"[map] fitting {cfg.reduction_method} once on {len(points)} embeddings "
-          f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(splits, parts))})")
+    print(
+        f"[map] fitting {cfg.reduction_method} once on {len(points)} embeddings "
+        f"({', '.join(f'{s} {len(v)}' for s, (_, v) in zip(splits, parts))})"
+    )
     xy = reduce_to_2d(points, cfg)
-    coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1],
-                                                                        method=cfg.reduction_method)
+    coords = pd.concat([p for p, _ in parts], ignore_index=True).assign(
+        x=xy[:, 0], y=xy[:, 1], method=cfg.reduction_method
+    )
     with manifest.OutputSet(cfg, "dimensionality_reduction") as out:
         out.save_csv("results", "umap_coordinates.csv", coords)
         plot_map(coords, cfg, out.file("figs", "umap_embeddings.png"))

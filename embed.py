@@ -12,6 +12,7 @@ the checkpoint was trained on). Writes, as one set:
       split's; a run that fails leaves the previous complete set or none, never a half-written one
 The validation embeddings are what novelty.py chooses its thresholds on, so that the test split stays unseen.
 """
+
 import sys
 
 import backbone
@@ -43,11 +44,17 @@ def main(argv=None):
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
         vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
         frames[name] = embedding_files.embedding_frame(cfg, data[name].rows, vectors, names)
-    meta = {"checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
-            "checkpoint_sha256": trained.digest,
-            "checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-            "trunk_weights": ckpt["weights"], "trunk_precision": backbone.precision_name(dtype), "seed": cfg.seed,
-            "config": vars(cfg), "versions": provenance.package_versions()}
+    meta = {
+        "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
+        "checkpoint_sha256": trained.digest,
+        "checkpoint_epoch": ckpt["epoch"],
+        "checkpoint_saved_at": ckpt.get("saved_at"),
+        "trunk_weights": ckpt["weights"],
+        "trunk_precision": backbone.precision_name(dtype),
+        "seed": cfg.seed,
+        "config": vars(cfg),
+        "versions": provenance.package_versions(),
+    }
     with manifest.OutputSet(cfg, "embed") as out:
         set_id = embedding_files.save_embedding_set(cfg, frames, meta, out=out)
         out.publish(checkpoint=trained.digest, split=ckpt["split_digest"], embeddings=set_id)

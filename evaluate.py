@@ -9,6 +9,7 @@ Writes:
   figs/confusion_matrix.png    counts and row-normalised, class names on both axes
   results/evaluate_manifest.json  the digests of these three and of the checkpoint and split (manifest.py)
 """
+
 import sys
 
 import numpy as np
@@ -34,13 +35,20 @@ def metrics_from_confusion(matrix, classes):
     present = support > 0
     per_class = {}
     for i, c in enumerate(classes):
-        per_class[c] = {"accuracy": float(recall[i]), "precision": float(precision[i]), "recall": float(recall[i]),
-                        "f1": float(f1[i]), "support": int(support[i])}
-    return {"accuracy": float(tp.sum() / max(matrix.sum(), 1)),
-            "balanced_accuracy": float(recall[present].mean()),
-            "macro_f1": float(f1[present | (predicted > 0)].mean()),  # sklearn: classes true or predicted
-            "n_test": int(matrix.sum()),
-            "per_class": per_class}
+        per_class[c] = {
+            "accuracy": float(recall[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+    return {
+        "accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(f1[present | (predicted > 0)].mean()),  # sklearn: classes true or predicted
+        "n_test": int(matrix.sum()),
+        "per_class": per_class,
+    }
 
 
 def accuracy_by_round(rows, correct):
@@ -48,8 +56,10 @@ def accuracy_by_round(rows, correct):
     rounds = pd.to_numeric(rows["round"]) if "round" in rows else pd.Series(0, index=rows.index)
     if rounds.max() == 0:
         return None
-    return {str(r): {"n_test": int((rounds == r).sum()), "accuracy": float(correct[(rounds == r).to_numpy()].mean())}
-            for r in sorted(rounds.unique())}
+    return {
+        str(r): {"n_test": int((rounds == r).sum()), "accuracy": float(correct[(rounds == r).to_numpy()].mean())}
+        for r in sorted(rounds.unique())
+    }
 
 
 def plot_confusion(matrix, classes, path):
@@ -60,14 +70,26 @@ def plot_confusion(matrix, classes, path):
     panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f"))
     for ax, values, title, fmt in panels:
         image = ax.imshow(values, cmap="Blues")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted class",
-               ylabel="true class", title=f"Test confusion matrix, {title}")
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xlabel="predicted class",
+            ylabel="true class",
+            title=f"Test confusion matrix, {title}",
+        )
         ax.set_xticklabels(plotting.drawable_names(classes), rotation=45, ha="right")
         ax.set_yticklabels(plotting.drawable_names(classes))
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
-                        color="white" if values[i, j] > values.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if values[i, j] > values.max() / 2 else "black",
+                )
         fig.colorbar(image, ax=ax, fraction=0.046)
     plotting.save_figure(path, fig)
 
@@ -78,8 +100,9 @@ def main(argv=None):
     output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     trained = checkpoint.load_trained(cfg, made_for="test accuracies")
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
-    test = trunk_cache.prepare(cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype,
-                               names=("test",))["test"]
+    test = trunk_cache.prepare(
+        cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype, names=("test",)
+    )["test"]
     classes = ckpt["classes"]
     logits = trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0]
     probabilities = softmax(logits.astype(np.float64), axis=1)
@@ -87,17 +110,34 @@ def main(argv=None):
     y_true = test.labels.numpy()
     matrix = confusion_matrix(y_true, y_pred, len(classes))
     metrics = metrics_from_confusion(matrix, classes)
-    metrics.update({"checkpoint_epoch": ckpt["epoch"], "checkpoint_saved_at": ckpt.get("saved_at"),
-                    "checkpoint_sha256": trained.digest, "trunk_weights": ckpt["weights"],
-                    "random_trunk": trained.random_trunk, "confusion_matrix": matrix.tolist()})
+    metrics.update(
+        {
+            "checkpoint_epoch": ckpt["epoch"],
+            "checkpoint_saved_at": ckpt.get("saved_at"),
+            "checkpoint_sha256": trained.digest,
+            "trunk_weights": ckpt["weights"],
+            "random_trunk": trained.random_trunk,
+            "confusion_matrix": matrix.tolist(),
+        }
+    )
     rows = test.rows
     by_round = accuracy_by_round(rows, y_pred == y_true)
     if by_round:
         metrics["by_round"] = by_round
     with manifest.OutputSet(cfg, "evaluate") as out:
-        out.save_csv("results", "test_predictions.csv", pd.DataFrame(
-            {"path": rows["path"].values, "label": rows["label"].values, "predicted": [classes[i] for i in y_pred],
-             "probability": probabilities[np.arange(len(y_pred)), y_pred], "correct": y_pred == y_true}))
+        out.save_csv(
+            "results",
+            "test_predictions.csv",
+            pd.DataFrame(
+                {
+                    "path": rows["path"].values,
+                    "label": rows["label"].values,
+                    "predicted": [classes[i] for i in y_pred],
+                    "probability": probabilities[np.arange(len(y_pred)), y_pred],
+                    "correct": y_pred == y_true,
+                }
+            ),
+        )
         out.save_json("results", "test_metrics.json", metrics)
         plot_confusion(matrix, classes, out.file("figs", "confusion_matrix.png"))
         out.publish(checkpoint=trained.digest, split=ckpt["split_digest"])
@@ -107,8 +147,10 @@ def main(argv=None):
     print(f"Accuracy of the network on the {metrics['n_test']} test images: {100 * metrics['accuracy']:.2f} %")
     print(f"Balanced accuracy {100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.4f}")
     for r, m in (by_round or {}).items():
-        print(f"  {'the first draw' if r == '0' else f'added in round {r}'}: {m['n_test']} test images, accuracy "
-              f"{100 * m['accuracy']:.2f} %")
+        print(
+            f"  {'the first draw' if r == '0' else f'added in round {r}'}: {m['n_test']} test images, accuracy "
+            f"{100 * m['accuracy']:.2f} %"
+        )
     return metrics
 
 

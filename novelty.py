@@ -16,6 +16,7 @@ embeddings/embeddings_{train,val,test,unseen}.pkl (embed.py). Writes
   results/novelty_manifest.json    written last (manifest.py): the files above and the embeddings set
 Training images are the scores' reference (class means, nearest neighbours), so they are not scored themselves.
 """
+
 import sys
 
 import numpy as np
@@ -44,11 +45,16 @@ def load_inputs(cfg):
 
 
 def check_enough(frames):
-    for split, role in (("val", "choose the thresholds"), ("test", "be the known images"),
-                        ("unseen", "be the new images")):
+    for split, role in (
+        ("val", "choose the thresholds"),
+        ("test", "be the known images"),
+        ("unseen", "be the new images"),
+    ):
         if len(frames[split]) == 0:
-            raise lab.LabError(f"The {split} split has no embedded images, so nothing can {role}. Check "
-                               f"results/split.csv and run embed.py again.")
+            raise lab.LabError(
+                f"The {split} split has no embedded images, so nothing can {role}. Check "
+                f"results/split.csv and run embed.py again."
+            )
 
 
 def evaluate_scores(scores, unseen_labels, thresholds):
@@ -59,11 +65,20 @@ def evaluate_scores(scores, unseen_labels, thresholds):
         known, threshold = scores["test"][name], thresholds[name]
         for group, chosen in groups:
             new = scores["unseen"][name][chosen]
-            rows.append({"score": name, "kind": "standard" if name in ns.STANDARD_SCORES else "combined",
-                         "unseen_class": group, "n_known": len(known), "n_new": len(new),
-                         "auroc": ns.auroc(known, new), "fpr_at_95_tpr": ns.fpr_at_tpr(known, new),
-                         "threshold": threshold, "flagged_test": ns.flagged_share(known, threshold),
-                         "flagged_unseen": ns.flagged_share(new, threshold)})
+            rows.append(
+                {
+                    "score": name,
+                    "kind": "standard" if name in ns.STANDARD_SCORES else "combined",
+                    "unseen_class": group,
+                    "n_known": len(known),
+                    "n_new": len(new),
+                    "auroc": ns.auroc(known, new),
+                    "fpr_at_95_tpr": ns.fpr_at_tpr(known, new),
+                    "threshold": threshold,
+                    "flagged_test": ns.flagged_share(known, threshold),
+                    "flagged_unseen": ns.flagged_share(new, threshold),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -82,14 +97,22 @@ def plot_roc(scores, table, default, path):
     for name in ns.SCORES:
         fpr, tpr = ns.roc_points(scores["test"][name], scores["unseen"][name])
         row = overall.loc[name]
-        line, = ax.plot(fpr, tpr, lw=2.5 if name == default else 1.3,
-                        label=f"{name}{' (default)' if name == default else ''}: AUROC {row['auroc']:.3f}, "
-                              f"FPR95 {row['fpr_at_95_tpr']:.2f}")
+        (line,) = ax.plot(
+            fpr,
+            tpr,
+            lw=2.5 if name == default else 1.3,
+            label=f"{name}{' (default)' if name == default else ''}: AUROC {row['auroc']:.3f}, "
+            f"FPR95 {row['fpr_at_95_tpr']:.2f}",
+        )
         ax.plot(row["flagged_test"], row["flagged_unseen"], "o", color=line.get_color(), ms=6)
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlabel="known test images flagged (false-positive rate)",
-           ylabel="unseen images flagged (true-positive rate)", xlim=(0, 1), ylim=(0, 1.01),
-           title="Telling new taxa from known ones\n(dot: the validation threshold)")
+    ax.set(
+        xlabel="known test images flagged (false-positive rate)",
+        ylabel="unseen images flagged (true-positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="Telling new taxa from known ones\n(dot: the validation threshold)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     plotting.save_figure(path, fig)
@@ -106,10 +129,13 @@ def plot_distributions(scores, thresholds, default, path):
         ax.hist(known, bins=bins, density=True, alpha=0.55, label=f"known: seen-class test ({len(known)})")
         ax.hist(new, bins=bins, density=True, alpha=0.55, label=f"new: unseen classes ({len(new)})")
         ax.axvline(thresholds[name], color="black", ls="--", lw=1, label="validation threshold")
-        ax.set(title=name + (" (default)" if name == default else ""), xlabel="score (higher = more likely new)",
-               ylabel="density")
+        ax.set(
+            title=name + (" (default)" if name == default else ""),
+            xlabel="score (higher = more likely new)",
+            ylabel="density",
+        )
     axes.flat[0].legend(fontsize=7)
-    for ax in list(axes.flat)[len(ns.SCORES):]:
+    for ax in list(axes.flat)[len(ns.SCORES) :]:
         ax.set_visible(False)
     plotting.save_figure(path, fig)
 
@@ -126,10 +152,19 @@ def main(argv=None):
     with manifest.OutputSet(cfg, "novelty") as out:
         out.save_csv("results", "novelty.csv", table)
         out.save_csv("results", "novelty_scores.csv", score_table(frames, scores))
-        out.save_json("results", "novelty_thresholds.json", {
-            "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")), "checkpoint_sha256": digest,
-            "keep_known": ns.KEEP_KNOWN, "n_validation": len(frames["val"]), **ns.score_settings(cfg, scorer),
-            "default_score": cfg.novelty_score, "thresholds": thresholds})
+        out.save_json(
+            "results",
+            "novelty_thresholds.json",
+            {
+                "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),
+                "checkpoint_sha256": digest,
+                "keep_known": ns.KEEP_KNOWN,
+                "n_validation": len(frames["val"]),
+                **ns.score_settings(cfg, scorer),
+                "default_score": cfg.novelty_score,
+                "thresholds": thresholds,
+            },
+        )
         plot_roc(scores, table, cfg.novelty_score, out.file("figs", "novelty_roc.png"))
         plot_distributions(scores, thresholds, cfg.novelty_score, out.file("figs", "novelty_scores.png"))
         out.publish(**embedding_files.embedding_inputs(cfg))
@@ -138,12 +173,16 @@ def main(argv=None):
 
 
 def print_summary(table, frames):
-    print(f"\n[novelty] known: {len(frames['test'])} seen-class test images; new: {len(frames['unseen'])} unseen "
-          f"images; thresholds from {len(frames['val'])} validation images")
+    print(
+        f"\n[novelty] known: {len(frames['test'])} seen-class test images; new: {len(frames['unseen'])} unseen "
+        f"images; thresholds from {len(frames['val'])} validation images"
+    )
     print(f"{'score':<18} {'AUROC':>6} {'FPR95':>6}  {'flagged test':>12} {'flagged unseen':>14}")
     for _, r in table[table["unseen_class"] == "all"].iterrows():
-        print(f"{r['score']:<18} {r['auroc']:6.3f} {r['fpr_at_95_tpr']:6.3f}  {r['flagged_test']:12.3f} "
-              f"{r['flagged_unseen']:14.3f}{'   <- default (novelty_score)' if r['default'] else ''}")
+        print(
+            f"{r['score']:<18} {r['auroc']:6.3f} {r['fpr_at_95_tpr']:6.3f}  {r['flagged_test']:12.3f} "
+            f"{r['flagged_unseen']:14.3f}{'   <- default (novelty_score)' if r['default'] else ''}"
+        )
 
 
 if __name__ == "__main__":

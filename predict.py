@@ -35,6 +35,7 @@ No image and no trunk output is held beyond its chunk; what grows with the folde
 the embeddings assembled at the end (about 2.4 KB per image, measured: README "Performance"). A run stopped by
 Ctrl-C or a crash continues from its first unfinished chunk when started again.
 """
+
 import hashlib
 import re
 import sys
@@ -66,31 +67,45 @@ CHUNK = 1000  # images per cached chunk: an interruption loses at most this much
 TOP = 3
 # Every file of predict.py's output set (manifest.py), published together, the manifest last; a file that a run does
 # not write (the EcoTaxa table without --ecotaxa=True) is removed, so no file of another sample stays beside them.
-PREDICT_OUTPUTS = (("results", "predictions.csv"), ("results", "prediction_counts.csv"), ("results", "abundances.csv"),
-                   ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
-                   ("results", "ecotaxa_left_out.csv"), ("embeddings", "embeddings_predict.pkl"),
-                   ("embeddings", embedding_files.PREDICT_META))
-NOT_UTF8 = ("its name is not valid UTF-8, so EcoTaxa could not match it to the file in the zip: left out of "
-            "ecotaxa_predictions.tsv (it is in predictions.csv). Rename it, e.g. `convmv -f latin1 -t utf8 --notest "
-            "-r <folder>`, and run predict.py again")
+PREDICT_OUTPUTS = (
+    ("results", "predictions.csv"),
+    ("results", "prediction_counts.csv"),
+    ("results", "abundances.csv"),
+    ("results", "predict_skipped.csv"),
+    ("results", "ecotaxa_predictions.tsv"),
+    ("results", "ecotaxa_left_out.csv"),
+    ("embeddings", "embeddings_predict.pkl"),
+    ("embeddings", embedding_files.PREDICT_META),
+)
+NOT_UTF8 = (
+    "its name is not valid UTF-8, so EcoTaxa could not match it to the file in the zip: left out of "
+    "ecotaxa_predictions.tsv (it is in predictions.csv). Rename it, e.g. `convmv -f latin1 -t utf8 --notest "
+    "-r <folder>`, and run predict.py again"
+)
 
 
 # --------------------------------------------------------------------------- inputs
 def sample_images(cfg):
     """(folder, image paths relative to it, (path, reason) of the entries ignored, as the scan ignores them)."""
     if cfg.predict_dir is None:
-        raise lab.LabError("predict.py needs the folder of new images to classify: run it as `python predict.py "
-                           "--predict_dir=/path/to/sample` (every image under it, in sub-folders too, is "
-                           "classified), or set predict_dir in configfile.py.")
+        raise lab.LabError(
+            "predict.py needs the folder of new images to classify: run it as `python predict.py "
+            "--predict_dir=/path/to/sample` (every image under it, in sub-folders too, is "
+            "classified), or set predict_dir in configfile.py."
+        )
     folder = artifacts.resolve(cfg.predict_dir)
     if not folder.is_dir():
-        raise lab.LabError(f"predict_dir={cfg.predict_dir!r} is not a folder ({folder} does not exist or is a "
-                           f"file). Give the folder that holds the sample's image files.")
+        raise lab.LabError(
+            f"predict_dir={cfg.predict_dir!r} is not a folder ({folder} does not exist or is a "
+            f"file). Give the folder that holds the sample's image files."
+        )
     images, ignored = data_folders.list_class_files(folder)  # the scan's rules: sub-folders, loops, hidden files
     if not images:
-        raise lab.LabError(f"No image files under {folder} (searched recursively for the formats the scan reads: "
-                           f"jpg, png, tif, bmp, gif, webp...; {len(ignored)} other entries). Point --predict_dir "
-                           f"at the folder of image crops.")
+        raise lab.LabError(
+            f"No image files under {folder} (searched recursively for the formats the scan reads: "
+            f"jpg, png, tif, bmp, gif, webp...; {len(ignored)} other entries). Point --predict_dir "
+            f"at the folder of image crops."
+        )
     return folder, images, ignored
 
 
@@ -104,8 +119,9 @@ def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
 
 def compute_chunk(cfg, model, device, dtype, abs_paths):
     """Logits, embeddings and decoded flags of a chunk (shared by every rank under torchrun)."""
-    return trunk_cache.image_outputs(model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype,
-                                     desc="chunk")
+    return trunk_cache.image_outputs(
+        model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype, desc="chunk"
+    )
 
 
 def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_paths):
@@ -114,7 +130,7 @@ def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_pat
     files, reused = [], 0
     with tqdm(total=len(abs_paths), desc="predict", unit="image", disable=None) as bar:
         for start in range(0, len(abs_paths), CHUNK):
-            paths = abs_paths[start:start + CHUNK]
+            paths = abs_paths[start : start + CHUNK]
             path = chunk_path(cfg, paths, weights_id, dtype, checkpoint_digest)
             if path.exists():
                 reused += 1
@@ -139,8 +155,12 @@ def remove_stale_chunks(cfg, keep):
 # --------------------------------------------------------------------------- tables
 def prediction_columns(classes, score_name):
     tops = [f"top{k + 1}_{what}" for k in range(min(TOP, len(classes))) for what in ("class", "probability")]
-    return (["path", "predicted", "probability"] + tops + [f"p_{c}" for c in classes]
-            + [f"novelty_{score_name}", "possibly_new"])
+    return (
+        ["path", "predicted", "probability"]
+        + tops
+        + [f"p_{c}" for c in classes]
+        + [f"novelty_{score_name}", "possibly_new"]
+    )
 
 
 def prediction_rows(rel_paths, logits, novelty, threshold, classes, score_name):
@@ -178,36 +198,59 @@ def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score
             for start, chunk_file in zip(range(0, len(images), CHUNK), chunk_files):
                 with np.load(chunk_file) as data:
                     ok, logits, embeddings = data["ok"], data["logits"][data["ok"]], data["embeddings"][data["ok"]]
-                rel = np.asarray(images[start:start + CHUNK], dtype=object)
+                rel = np.asarray(images[start : start + CHUNK], dtype=object)
                 unreadable.extend({"path": p, "reason": skipped_reason(str(folder / p))} for p in rel[~ok])
                 novelty = scorer.scores(embeddings, (score_name,))[score_name]
                 rows = prediction_rows(list(rel[ok]), logits, novelty, threshold, classes, score_name)
                 rows.to_csv(f, header=False, index=False)
                 counts["images"] += rows["predicted"].value_counts().reindex(classes, fill_value=0)
-                counts["possibly_new"] += rows[rows["possibly_new"]]["predicted"].value_counts().reindex(
-                    classes, fill_value=0)
-                embedding_parts.append(embedding_files.embedding_frame(cfg, pd.DataFrame(
-                    {"label": rows["predicted"], "split": "predict", "path": [str(folder / p) for p in rows["path"]]}),
-                    embeddings, classes))
+                counts["possibly_new"] += (
+                    rows[rows["possibly_new"]]["predicted"].value_counts().reindex(classes, fill_value=0)
+                )
+                embedding_parts.append(
+                    embedding_files.embedding_frame(
+                        cfg,
+                        pd.DataFrame(
+                            {
+                                "label": rows["predicted"],
+                                "split": "predict",
+                                "path": [str(folder / p) for p in rows["path"]],
+                            }
+                        ),
+                        embeddings,
+                        classes,
+                    )
+                )
+
     out.write("results", "predictions.csv", write)
     return embedding_parts, counts, unreadable
 
 
 def count_table(counts):
     total = max(int(counts["images"].sum()), 1)
-    return pd.DataFrame({"class": counts.index, "images": counts["images"].values,
-                         "possibly_new": counts["possibly_new"].values, "share": counts["images"].values / total})
+    return pd.DataFrame(
+        {
+            "class": counts.index,
+            "images": counts["images"].values,
+            "possibly_new": counts["possibly_new"].values,
+            "share": counts["images"].values / total,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- EcoTaxa
 def ecotaxa_frame(predictions, classes, score_name, used_ids):
     """EcoTaxa's import columns for a block of predictions.csv: img_file_name (relative to predict_dir: put the
     TSV at the folder's top), a unique object_id, the predicted category, status 'predicted', then the scores."""
-    frame = pd.DataFrame({"img_file_name": predictions["path"].values,
-                          "object_id": ecotaxa.object_ids(predictions["path"], used_ids),
-                          "object_annotation_category": predictions["predicted"].values,
-                          "object_annotation_status": "predicted",
-                          "object_probability": predictions["probability"].values})
+    frame = pd.DataFrame(
+        {
+            "img_file_name": predictions["path"].values,
+            "object_id": ecotaxa.object_ids(predictions["path"], used_ids),
+            "object_annotation_category": predictions["predicted"].values,
+            "object_annotation_status": "predicted",
+            "object_probability": predictions["probability"].values,
+        }
+    )
     for c, name in ecotaxa.probability_columns(classes).items():
         frame[name] = predictions[f"p_{c}"].values
     frame[f"object_novelty_{score_name}"] = predictions[f"novelty_{score_name}"].values
@@ -233,8 +276,9 @@ def write_ecotaxa(out, classes, score_name):
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:  # UTF-8 only: EcoTaxa reads nothing else
-            blocks = pd.read_csv(source, chunksize=CHUNK, dtype=text, keep_default_na=False,
-                                 encoding_errors="surrogateescape")
+            blocks = pd.read_csv(
+                source, chunksize=CHUNK, dtype=text, keep_default_na=False, encoding_errors="surrogateescape"
+            )
             for number, block in enumerate(blocks):
                 readable = block["path"].map(is_utf8).to_numpy(bool)
                 left_out.extend(block["path"][~readable])
@@ -242,6 +286,7 @@ def write_ecotaxa(out, classes, score_name):
                 if number == 0:
                     f.write("\t".join(frame.columns) + "\n" + "\t".join(ecotaxa.type_row(frame)) + "\n")
                 frame.to_csv(f, sep="\t", header=False, index=False)
+
     out.write("results", "ecotaxa_predictions.tsv", write)
     if left_out:
         out.save_csv("results", "ecotaxa_left_out.csv", pd.DataFrame({"path": left_out, "reason": NOT_UTF8}))
@@ -252,17 +297,22 @@ def ecotaxa_note(cfg, classes, left_out, folder):
     """Where the EcoTaxa table is, why its columns are lower case (with this model's own example), and the names
     left out of it."""
     example = next((c for c in classes if c != c.lower()), classes[0])
-    print(f"[predict] EcoTaxa table: {artifacts.out_path(cfg, 'results', 'ecotaxa_predictions.tsv')}. Its column "
-          f"names are lower case because EcoTaxa's import takes no other "
-          f"({ecotaxa.probability_columns(classes)[example]} is the class {example!r}); object_annotation_category "
-          f"keeps the class names as predictions.csv does")
+    print(
+        f"[predict] EcoTaxa table: {artifacts.out_path(cfg, 'results', 'ecotaxa_predictions.tsv')}. Its column "
+        f"names are lower case because EcoTaxa's import takes no other "
+        f"({ecotaxa.probability_columns(classes)[example]} is the class {example!r}); object_annotation_category "
+        f"keeps the class names as predictions.csv does"
+    )
     if left_out:
-        print(f"warning: {plural(len(left_out), 'file')} whose name is not valid UTF-8 (e.g. "
-              f"'{artifacts.printable(left_out[0])}') are left out of the EcoTaxa table, which could not match them "
-              f"to the files in its zip; they are listed in results/ecotaxa_left_out.csv (and classified in "
-              f"predictions.csv). Rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest -r "
-              f"{artifacts.printable(folder)}` (latin1: names from an old Windows or Mac archive), and run "
-              f"predict.py again.", file=sys.stderr)
+        print(
+            f"warning: {plural(len(left_out), 'file')} whose name is not valid UTF-8 (e.g. "
+            f"'{artifacts.printable(left_out[0])}') are left out of the EcoTaxa table, which could not match them "
+            f"to the files in its zip; they are listed in results/ecotaxa_left_out.csv (and classified in "
+            f"predictions.csv). Rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest -r "
+            f"{artifacts.printable(folder)}` (latin1: names from an old Windows or Mac archive), and run "
+            f"predict.py again.",
+            file=sys.stderr,
+        )
 
 
 def plural(n, word, many=None):
@@ -285,33 +335,51 @@ def main(argv=None):
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
     threshold = ns.load_thresholds(cfg, digest, scorer)["thresholds"][score_name]
-    print(f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
-          f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
-          f"{threshold:.4g}, its validation threshold")
+    print(
+        f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
+        f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
+        f"{threshold:.4g}, its validation threshold"
+    )
     # before the trunk pass, so that a refusal costs no wait; its id is recorded with the abundances it calibrates
     audit = abundances.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
-    inputs = {"checkpoint": digest, "embeddings": embedding_files.embedding_set(cfg)["set"],
-              "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
-              "sample": sample_digest(chunk_files), "predict_dir": str(folder),
-              "abundance_calibration": cfg.abundance_calibration,
-              **({"audit": audit["id"]} if audit is not None else {})}
+    inputs = {
+        "checkpoint": digest,
+        "embeddings": embedding_files.embedding_set(cfg)["set"],
+        "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+        "sample": sample_digest(chunk_files),
+        "predict_dir": str(folder),
+        "abundance_calibration": cfg.abundance_calibration,
+        **({"audit": audit["id"]} if audit is not None else {}),
+    }
     left_out = []
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
-        parts, counts, unreadable = write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer,
-                                                      score_name, threshold)
-        out.save_csv("results", "abundances.csv", abundances.sample_abundances(
-            cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest))
+        parts, counts, unreadable = write_predictions(
+            out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold
+        )
+        out.save_csv(
+            "results",
+            "abundances.csv",
+            abundances.sample_abundances(
+                cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest
+            ),
+        )
         ignored = [{"path": p, "reason": reason} for p, reason in others]
         out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
         table = count_table(counts)
         out.save_csv("results", "prediction_counts.csv", table)
-        meta = {"checkpoint_sha256": digest, "checkpoint_epoch": ckpt["epoch"], "predict_dir": str(folder),
-                "checkpoint_saved_at": ckpt.get("saved_at"), "trunk_weights": ckpt["weights"],
-                "versions": provenance.package_versions()}
-        embedding_files.save_embedding_set(cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta,
-                                           embedding_files.PREDICT_META, out=out)
+        meta = {
+            "checkpoint_sha256": digest,
+            "checkpoint_epoch": ckpt["epoch"],
+            "predict_dir": str(folder),
+            "checkpoint_saved_at": ckpt.get("saved_at"),
+            "trunk_weights": ckpt["weights"],
+            "versions": provenance.package_versions(),
+        }
+        embedding_files.save_embedding_set(
+            cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta, embedding_files.PREDICT_META, out=out
+        )
         if cfg.ecotaxa:
             left_out = write_ecotaxa(out, ckpt["classes"], score_name)
         out.publish(**inputs)
@@ -325,18 +393,24 @@ def main(argv=None):
 def print_summary(table, unreadable, others, path):
     total, flagged = int(table["images"].sum()), int(table["possibly_new"].sum())
     if unreadable:
-        print(f"warning: {plural(len(unreadable), 'image file')} could not be decoded and were skipped (listed in "
-              f"results/predict_skipped.csv): {artifacts.printable(', '.join(u['path'] for u in unreadable[:5]))}",
-              file=sys.stderr)
-    print(f"\n[predict] {plural(total, 'image')} classified, {flagged} ({100 * flagged / max(total, 1):.1f} %) "
-          f"possibly of a taxon never seen; {plural(len(unreadable), 'image file')} that could not be decoded and "
-          f"{plural(len(others), 'other entry', 'other entries')} skipped")
+        print(
+            f"warning: {plural(len(unreadable), 'image file')} could not be decoded and were skipped (listed in "
+            f"results/predict_skipped.csv): {artifacts.printable(', '.join(u['path'] for u in unreadable[:5]))}",
+            file=sys.stderr,
+        )
+    print(
+        f"\n[predict] {plural(total, 'image')} classified, {flagged} ({100 * flagged / max(total, 1):.1f} %) "
+        f"possibly of a taxon never seen; {plural(len(unreadable), 'image file')} that could not be decoded and "
+        f"{plural(len(others), 'other entry', 'other entries')} skipped"
+    )
     for _, r in table.iterrows():
         print(f"  {r['class']:<32} {r['images']:>7}  ({r['possibly_new']} possibly new)")
     print(f"[predict] per-image results: {path}")
-    print("[predict] next: `python dimensionality_reduction.py` puts these images on the 2-D map (the split "
-          "\"predict\"), then `python report.py` shows them there and in its predictions section (report.py alone "
-          "does not map them: the map is made by dimensionality_reduction.py)")
+    print(
+        "[predict] next: `python dimensionality_reduction.py` puts these images on the 2-D map (the split "
+        '"predict"), then `python report.py` shows them there and in its predictions section (report.py alone '
+        "does not map them: the map is made by dimensionality_reduction.py)"
+    )
 
 
 if __name__ == "__main__":

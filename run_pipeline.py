@@ -11,6 +11,7 @@ random and every stage says so loudly; on any other data set the missing weights
     python run_pipeline.py
     python run_pipeline.py --data_root=/data/FlowCamNet/imgs --seen_classes="[...]" --unseen_classes="[...]"
 """
+
 import sys
 import time
 
@@ -30,9 +31,18 @@ import train
 import transfer_learning
 from lab import artifacts, config, demo_data, runtime
 
-STAGES = (("split", dataloader), ("train", train), ("evaluate", evaluate), ("embed", embed),
-          ("distances", compute_average_distances), ("reduction", dimensionality_reduction),
-          ("transfer", transfer_learning), ("novelty", novelty), ("audit", audit), ("report", report))
+STAGES = (
+    ("split", dataloader),
+    ("train", train),
+    ("evaluate", evaluate),
+    ("embed", embed),
+    ("distances", compute_average_distances),
+    ("reduction", dimensionality_reduction),
+    ("transfer", transfer_learning),
+    ("novelty", novelty),
+    ("audit", audit),
+    ("report", report),
+)
 ONCE = {"split": "--rebuild_split=", "train": "--resume="}  # acted on by that stage alone, not by the later ones
 
 
@@ -46,10 +56,12 @@ def weights_overrides(cfg):
     except lab.LabError as exc:
         if not demo_data.is_demo_root(cfg):
             raise
-        print("\n" + "!" * 100 + f"\nDEMO ON A RANDOM TRUNK: {exc}\nThe demo goes on with backbone_weights=None: the "
-              "pipeline runs end to end, but the embeddings are not ImageNet features. To run the scripts one by "
-              "one on the demo offline, add --backbone_weights=None to each, as this run does.\n" + "!" * 100 + "\n",
-              file=sys.stderr)
+        print(
+            "\n" + "!" * 100 + f"\nDEMO ON A RANDOM TRUNK: {exc}\nThe demo goes on with backbone_weights=None: the "
+            "pipeline runs end to end, but the embeddings are not ImageNet features. To run the scripts one by "
+            "one on the demo offline, add --backbone_weights=None to each, as this run does.\n" + "!" * 100 + "\n",
+            file=sys.stderr,
+        )
         return ["--backbone_weights=None"]
 
 

@@ -13,6 +13,7 @@ own neighbour. Images whose embedding is all zeros have no direction: they are l
   results/similar.csv            query, rank, path, label (class, or predicted class for predict), split, distance
   figs/similar_<query>.png       the query and its neighbours, captioned (plotting.figure_slug of the file name)
 """
+
 import os
 import sys
 from pathlib import Path
@@ -43,14 +44,18 @@ COLUMNS = ["query", "rank", "path", "label", "split", "distance"]
 def query_paths(cfg):
     """Absolute paths of the query images: the file, or every image under the folder (the scan's rules)."""
     if cfg.query is None:
-        raise lab.LabError("similar.py needs a query: run it as `python similar.py --query=/path/to/image.png` (or "
-                           "a folder of images), or set query in configfile.py.")
+        raise lab.LabError(
+            "similar.py needs a query: run it as `python similar.py --query=/path/to/image.png` (or "
+            "a folder of images), or set query in configfile.py."
+        )
     target = artifacts.resolve(cfg.query)
     if target.is_dir():
         images = data_folders.list_class_files(target)[0]
         if not images:
-            raise lab.LabError(f"No image files under {target} (searched recursively for jpg, png, tif, bmp, gif, "
-                               f"webp...). Point --query at an image or a folder of images.")
+            raise lab.LabError(
+                f"No image files under {target} (searched recursively for jpg, png, tif, bmp, gif, "
+                f"webp...). Point --query at an image or a folder of images."
+            )
         return [str(target / p) for p in images]
     if not target.is_file():
         raise lab.LabError(f"query={cfg.query!r} is neither an image file nor a folder ({target} does not exist).")
@@ -103,17 +108,45 @@ def same_file(path_a, path_b):
 def rows_of_query(query_path, query_vector, rows, reference, zero, k, where):
     """similar.csv's rows of one query: itself when embedded (rank 0), its k neighbours, the all-zero images."""
     own = [i for i in where.get(os.path.realpath(query_path), []) if same_file(rows["path"].iat[i], query_path)]
-    out = [{"query": query_path, "rank": 0, "path": rows["path"].iat[i], "label": rows["label"].iat[i],
-            "split": rows["split"].iat[i], "distance": 0.0} for i in own]
+    out = [
+        {
+            "query": query_path,
+            "rank": 0,
+            "path": rows["path"].iat[i],
+            "label": rows["label"].iat[i],
+            "split": rows["split"].iat[i],
+            "distance": 0.0,
+        }
+        for i in own
+    ]
     unit, query_zero = unit_rows(query_vector[None])
     if not query_zero[0]:
         excluded = zero.copy()
         excluded[own] = True
         top, distance = nearest(reference, excluded, unit[0], k)
-        out += [{"query": query_path, "rank": r + 1, "path": rows["path"].iat[i], "label": rows["label"].iat[i],
-                 "split": rows["split"].iat[i], "distance": float(d)} for r, (i, d) in enumerate(zip(top, distance))]
-    out += [{"query": query_path, "rank": "zero", "path": rows["path"].iat[i], "label": rows["label"].iat[i],
-             "split": rows["split"].iat[i], "distance": np.nan} for i in np.flatnonzero(zero) if i not in own]
+        out += [
+            {
+                "query": query_path,
+                "rank": r + 1,
+                "path": rows["path"].iat[i],
+                "label": rows["label"].iat[i],
+                "split": rows["split"].iat[i],
+                "distance": float(d),
+            }
+            for r, (i, d) in enumerate(zip(top, distance))
+        ]
+    out += [
+        {
+            "query": query_path,
+            "rank": "zero",
+            "path": rows["path"].iat[i],
+            "label": rows["label"].iat[i],
+            "split": rows["split"].iat[i],
+            "distance": np.nan,
+        }
+        for i in np.flatnonzero(zero)
+        if i not in own
+    ]
     return out
 
 
@@ -125,7 +158,8 @@ def plot_query(query_path, found, path):
     fig, axes = plt.subplots(1, len(ranked) + 1, figsize=(1.9 * (len(ranked) + 1), 2.5), squeeze=False)
     panels = [(query_path, "query\n" + Path(query_path).name[:22])] + [
         (r["path"], f"{r['rank']}. {r['split']}\n{name[:20]}\nd={r['distance']:.3f}")
-        for r, name in zip(ranked, plotting.drawable_names([r["label"] for r in ranked]))]
+        for r, name in zip(ranked, plotting.drawable_names([r["label"] for r in ranked]))
+    ]
     for ax, (image, caption) in zip(axes[0], panels):
         try:
             ax.imshow(image_io.letterbox(image_io.load_rgb(image, 128), 128))
@@ -158,8 +192,9 @@ def main(argv=None):
     where = {}
     for i, p in enumerate(rows["path"]):
         where.setdefault(os.path.realpath(p), []).append(i)
-    outputs = trunk_cache.image_outputs(model, queries, cfg.image_size, cfg.batch_size, cfg.num_workers, device,
-                                        trained.trunk_dtype, desc="queries")
+    outputs = trunk_cache.image_outputs(
+        model, queries, cfg.image_size, cfg.batch_size, cfg.num_workers, device, trained.trunk_dtype, desc="queries"
+    )
     table, taken = [], set()
     # the CSV and its figures as one set: a new query never leaves an older query's figures beside its table
     with manifest.OutputSet(cfg, "similar", about=f"the neighbours of {artifacts.printable(cfg.query)}") as out:
@@ -172,10 +207,15 @@ def main(argv=None):
             plot_query(query_path, found, out.file("figs", figure_name(query_path, taken)))
         frame = pd.DataFrame(table, columns=COLUMNS)
         out.save_csv("results", "similar.csv", frame)
-        out.publish(checkpoint=trained.digest, embeddings=embedding_files.embedding_set(cfg)["set"],
-                    query=str(artifacts.resolve(cfg.query)))
-    print(f"[similar] {len(queries)} query image(s) against {len(rows)} embedded images ({int(zero.sum())} all-zero): "
-          f"{artifacts.out_path(cfg, 'results', 'similar.csv')} and figs/similar_*.png")
+        out.publish(
+            checkpoint=trained.digest,
+            embeddings=embedding_files.embedding_set(cfg)["set"],
+            query=str(artifacts.resolve(cfg.query)),
+        )
+    print(
+        f"[similar] {len(queries)} query image(s) against {len(rows)} embedded images ({int(zero.sum())} all-zero): "
+        f"{artifacts.out_path(cfg, 'results', 'similar.csv')} and figs/similar_*.png"
+    )
     return frame
 
 

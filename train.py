@@ -17,6 +17,7 @@ passes run in bf16 autocast where the hardware has bf16 natively (head_precision
 recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
 `python train.py --resume=True`.
 """
+
 import contextlib
 import math
 import os
@@ -68,8 +69,9 @@ def save_summary(cfg, history):
     with manifest.OutputSet(cfg, "train") as out:
         out.save_csv("results", "train_history.csv", frame)
         plot_history(frame, out.file("figs", "training_plot.png"))
-        out.publish(checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"),
-                    split=splitting.split_digest(cfg))
+        out.publish(
+            checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
+        )
 
 
 @contextlib.contextmanager
@@ -80,6 +82,7 @@ def deferred_interrupts():
     def note(signum, frame):
         pressed.append(signum)
         print("\n(still saving the training summary; a moment ...)", file=sys.stderr, flush=True)
+
     previous = signal.signal(signal.SIGINT, note)
     try:
         yield
@@ -87,8 +90,13 @@ def deferred_interrupts():
         signal.signal(signal.SIGINT, previous)
 
 
-PREVIOUS_RUN = (("checkpoints", "best.pth"), ("checkpoints", "last.pth"), ("results", "train_history.csv"),
-                ("figs", "training_plot.png"), ("results", "train_manifest.json"))
+PREVIOUS_RUN = (
+    ("checkpoints", "best.pth"),
+    ("checkpoints", "last.pth"),
+    ("results", "train_history.csv"),
+    ("figs", "training_plot.png"),
+    ("results", "train_manifest.json"),
+)
 
 
 def set_previous_run_aside(cfg):
@@ -112,6 +120,7 @@ def set_previous_run_aside(cfg):
 class Run:
     """Where training starts: the precisions of the trunk's features and of the head's arithmetic, and, when
     resuming, the state of the interrupted run (model, optimizer and random state already restored)."""
+
     trunk_dtype: torch.dtype | None
     head_dtype: torch.dtype | None
     history: list = field(default_factory=list)
@@ -127,24 +136,41 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
         return Run(backbone.trunk_dtype(cfg.precision, device), backbone.head_dtype(cfg.head_precision, device))
     last = checkpoint.resume_state(cfg)
     if last["split_digest"] != split_digest:
-        raise lab.LabError("Cannot resume: results/split.csv has changed since the interrupted run (it was "
-                           "drawn anew, or grew by new images). Continuing would train one model on two splits. "
-                           "Start afresh without --resume=True.")
+        raise lab.LabError(
+            "Cannot resume: results/split.csv has changed since the interrupted run (it was "
+            "drawn anew, or grew by new images). Continuing would train one model on two splits. "
+            "Start afresh without --resume=True."
+        )
     model.load_state_dict(last["model_state"])
     optimizer.load_state_dict(last["optimizer_state"])
     torch.set_rng_state(last["torch_rng"])
     print(f"[resume] continuing after epoch {last['epoch']} (best validation loss {last['best_loss']:.4f})")
     # the same features and the same arithmetic as before, whatever "auto" says on this machine
-    return Run(checkpoint.trunk_dtype(last, device), backbone.PRECISIONS[last.get("head_precision", "fp32")],
-               last["history"], last["best_loss"], last["stale"], last["epoch"] + 1)
+    return Run(
+        checkpoint.trunk_dtype(last, device),
+        backbone.PRECISIONS[last.get("head_precision", "fp32")],
+        last["history"],
+        last["best_loss"],
+        last["stale"],
+        last["epoch"] + 1,
+    )
 
 
 def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dtype):
     """One pass over the training images in this epoch's seeded order (resumable: one seed per epoch)."""
     shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     order = torch.randperm(len(data), generator=shuffle)
-    return head_training.run_epoch(model, data, device, cfg.batch_size, optimizer, order,
-                                   desc=f"epoch {epoch}/{cfg.epochs}", weights=weights, dtype=head_dtype)
+    return head_training.run_epoch(
+        model,
+        data,
+        device,
+        cfg.batch_size,
+        optimizer,
+        order,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        weights=weights,
+        dtype=head_dtype,
+    )
 
 
 def evaluate(model, data, device, cfg, weights, head_dtype):
@@ -156,58 +182,101 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     last_path = artifacts.out_path(cfg, "checkpoints", "last.pth")
     trunk_precision, head_precision = backbone.precision_name(run.trunk_dtype), backbone.precision_name(run.head_dtype)
-    print(f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
-          f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}")
+    print(
+        f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
+        f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}"
+    )
     weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
-        print("[train] class_weighting='balanced': loss weights " + ", ".join(
-            f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist())))
+        print(
+            "[train] class_weighting='balanced': loss weights "
+            + ", ".join(f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist()))
+        )
     history, best_loss, stale, epoch = run.history, run.best_loss, run.stale, run.first_epoch - 1
 
     def save(path, **extra):
-        checkpoint.save(path, checkpoint.payload(cfg, model, trunk_weights, split_digest, trunk_precision,
-                                                 epoch=epoch, head_precision=head_precision, **extra))
+        checkpoint.save(
+            path,
+            checkpoint.payload(
+                cfg,
+                model,
+                trunk_weights,
+                split_digest,
+                trunk_precision,
+                epoch=epoch,
+                head_precision=head_precision,
+                **extra,
+            ),
+        )
+
     try:
         for epoch in range(run.first_epoch, cfg.epochs + 1):
             t0 = time.time()
-            train_loss, train_acc = train_one_epoch(model, data["train"], device, cfg, optimizer, epoch, weights,
-                                                    run.head_dtype)
+            train_loss, train_acc = train_one_epoch(
+                model, data["train"], device, cfg, optimizer, epoch, weights, run.head_dtype
+            )
             val_loss, val_acc = evaluate(model, data["val"], device, cfg, weights, run.head_dtype)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                kept = (f"{best_path} keeps the best model so far" if best_loss < math.inf else
-                        "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)")
-                raise lab.LabError(f"Training diverged in epoch {epoch}: the loss became NaN or infinite "
-                                   f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the default "
-                                   f"is 0.0014) and run train.py again.")
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0})
+                kept = (
+                    f"{best_path} keeps the best model so far"
+                    if best_loss < math.inf
+                    else "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)"
+                )
+                raise lab.LabError(
+                    f"Training diverged in epoch {epoch}: the loss became NaN or infinite "
+                    f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the default "
+                    f"is 0.0014) and run train.py again."
+                )
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "seconds": time.time() - t0,
+                }
+            )
             improved = val_loss < best_loss
             if improved:
                 best_loss, stale = val_loss, 0
                 save(best_path, val_loss=val_loss, val_acc=val_acc)
             else:
                 stale += 1
-            save(last_path, optimizer_state=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
-                 history=history, best_loss=best_loss, stale=stale)
-            print(f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
-                  f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)", flush=True)
+            save(
+                last_path,
+                optimizer_state=optimizer.state_dict(),
+                torch_rng=torch.get_rng_state(),
+                history=history,
+                best_loss=best_loss,
+                stale=stale,
+            )
+            print(
+                f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
+                f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)",
+                flush=True,
+            )
             if stale >= cfg.patience:
                 print(f"[train] early stop: no better validation loss for {cfg.patience} epochs")
                 break
     except KeyboardInterrupt:
         with deferred_interrupts():  # a second Ctrl-C must not cut the summary being saved
             save_summary(cfg, history)
-        print(f"\nInterrupted during epoch {epoch}. {last_path} holds the state after the last finished epoch "
-              f"and {best_path} the best model so far. Continue with `python train.py --resume=True`.",
-              file=sys.stderr)
+        print(
+            f"\nInterrupted during epoch {epoch}. {last_path} holds the state after the last finished epoch "
+            f"and {best_path} the best model so far. Continue with `python train.py --resume=True`.",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     except BaseException:
         save_summary(cfg, history)
         raise
     save_summary(cfg, history)
     best = min(history, key=lambda h: h["val_loss"])
-    print(f"[train] best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at epoch "
-          f"{best['epoch']}, saved to {best_path}")
+    print(
+        f"[train] best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at epoch "
+        f"{best['epoch']}, saved to {best_path}"
+    )
     return history
 
 

@@ -15,6 +15,7 @@ majority vote.) Each side holds at most transfer_max_images images (a seeded sam
 transfer_max_images // classes per class), so that a large unseen set costs no more than that: an SVC's training
 grows faster than its data. Curves show the mean and a +-1 sd band against the training size (log scale).
 """
+
 import sys
 import warnings
 
@@ -57,8 +58,9 @@ def per_class_sizes(train_counts):
 def stratified_subset(y, per_class, rng):
     if per_class is None:
         return np.arange(len(y))
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), size=per_class, replace=False)
-                                   for c in np.unique(y)]))
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(y == c), size=per_class, replace=False) for c in np.unique(y)])
+    )
 
 
 def held_out_split(x, y, fraction, seed):
@@ -94,8 +96,10 @@ def copy_units(members, copy_ids):
 
 def capped(indices, y, per_class, rng):
     """indices, with at most per_class of each class (a seeded sample where a class has more), sorted."""
-    kept = [part if len(part) <= per_class else rng.choice(part, size=per_class, replace=False)
-            for part in (indices[y[indices] == c] for c in np.unique(y[indices]))]
+    kept = [
+        part if len(part) <= per_class else rng.choice(part, size=per_class, replace=False)
+        for part in (indices[y[indices] == c] for c in np.unique(y[indices]))
+    ]
     return np.sort(np.concatenate(kept))
 
 
@@ -120,12 +124,19 @@ def transfer_curves(x, y, cfg):
                     warnings.simplefilter("ignore")  # convergence chatter on 1-2 images per class
                     model.fit(x_train[chosen], y_train[chosen])
                 predicted = model.predict(x_test)
-                rows.append({"classifier": name, "train_size": len(chosen),
-                             "per_class": per_class if per_class else "all", "repeat": repeat, "seed": seed,
-                             "k": k if name == "kNN" else None,
-                             "accuracy": accuracy_score(y_test, predicted),
-                             "balanced_accuracy": balanced_accuracy_score(y_test, predicted),
-                             "n_test": len(y_test)})
+                rows.append(
+                    {
+                        "classifier": name,
+                        "train_size": len(chosen),
+                        "per_class": per_class if per_class else "all",
+                        "repeat": repeat,
+                        "seed": seed,
+                        "k": k if name == "kNN" else None,
+                        "accuracy": accuracy_score(y_test, predicted),
+                        "balanced_accuracy": balanced_accuracy_score(y_test, predicted),
+                        "n_test": len(y_test),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -139,9 +150,12 @@ def plot_curves(table, names, path, chance):
         ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
     ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.2f})")
     ax.set_xscale("log")
-    ax.set(xlabel="training images (all unseen classes together, log scale)",
-           ylabel="balanced accuracy on the held-out 30 %", ylim=(0, 1.02),
-           title="Transfer to unseen classes: " + ", ".join(names) + " (mean +- 1 sd)")
+    ax.set(
+        xlabel="training images (all unseen classes together, log scale)",
+        ylabel="balanced accuracy on the held-out 30 %",
+        ylim=(0, 1.02),
+        title="Transfer to unseen classes: " + ", ".join(names) + " (mean +- 1 sd)",
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     plotting.save_figure(path, fig)
@@ -156,10 +170,12 @@ def main(argv=None):
     classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)
     counts = np.bincount(y)
     if counts.min() < 2:
-        raise lab.LabError(f"The unseen class {classes[counts.argmin()]!r} has {counts.min()} embedded image(s); "
-                           f"transfer learning needs at least 2 per class (one to train, one to score). Add images "
-                           f"to it, or remove it from unseen_classes; min_images_per_class (at least 3) refuses "
-                           f"such classes at the scan unless their images fail to decode later.")
+        raise lab.LabError(
+            f"The unseen class {classes[counts.argmin()]!r} has {counts.min()} embedded image(s); "
+            f"transfer learning needs at least 2 per class (one to train, one to score). Add images "
+            f"to it, or remove it from unseen_classes; min_images_per_class (at least 3) refuses "
+            f"such classes at the scan unless their images fail to decode later."
+        )
     table = transfer_curves(x, y, cfg)
     chance = 1.0 / len(classes)
     with manifest.OutputSet(cfg, "transfer_learning") as out:
@@ -169,8 +185,10 @@ def main(argv=None):
         plot_curves(table, CLASSIFIERS, out.file("figs", "accuracy_all.png"), chance)
         out.publish(**embedding_files.embedding_inputs(cfg))
     final = table[table["per_class"] == "all"].set_index("classifier")["balanced_accuracy"]
-    print(f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
-          f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    print(
+        f"[transfer] {len(table)} fits on {len(classes)} unseen classes; balanced accuracy with the whole "
+        f"training part: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items())
+    )
     return table
 
 

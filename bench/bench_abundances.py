@@ -17,6 +17,7 @@ the output folder (the scratch folder's is deleted: give --output_dir to keep it
     python bench/bench_abundances.py --backbone_weights=None             # ndsb9 offline, ~1 h on 2 busy cores
     python bench/bench_abundances.py --trained_dir=/tmp/run --samples=100 --jobs=2
 """
+
 import shutil
 import sys
 import tempfile
@@ -39,8 +40,13 @@ from bench.targets import TARGETS  # noqa: E402
 from lab import abundances, artifacts, checkpoint, config, embedding_files, output_lock, progress, runtime  # noqa: E402
 from lab import novelty_scores as ns  # noqa: E402
 
-OWN_OPTIONS = {"--samples": 500, "--sample_size": 300, "--trained_dir": None, "--jobs": 1,
-               "--calibration": "validation"}
+OWN_OPTIONS = {
+    "--samples": 500,
+    "--sample_size": 300,
+    "--trained_dir": None,
+    "--jobs": 1,
+    "--calibration": "validation",
+}
 CALIBRATIONS = ("validation", "out_of_fold")
 
 
@@ -48,9 +54,11 @@ CALIBRATIONS = ("validation", "out_of_fold")
 def draw_samples(labels, n_classes, samples, sample_size, seed):
     """Row indices of each sample: QuaPy's uniform-prevalence protocol (UPP) on the labelled rows, seeded."""
     import quapy as qp
+
     collection = qp.data.LabelledCollection(np.zeros((len(labels), 1)), np.asarray(labels), classes=range(n_classes))
-    return list(qp.protocol.UPP(collection, sample_size=sample_size, repeats=samples, random_state=seed,
-                                return_type="index")())
+    return list(
+        qp.protocol.UPP(collection, sample_size=sample_size, repeats=samples, random_state=seed, return_type="index")()
+    )
 
 
 def quantify_samples(calibrated, probabilities, labels, flagged, indices, seed, first):
@@ -77,10 +85,13 @@ def summarise(per_sample, methods):
     for name in methods:
         point, low, high = (np.array([s["methods"][name][j] for s in per_sample]) for j in range(3))
         holds = (low - 1e-12 <= truth) & (truth <= high + 1e-12)
-        summary[name] = {"mae": float(np.abs(point - truth).mean()), "coverage": float(holds.mean()),
-                         "coverage_all_classes": float(holds.all(axis=1).mean()),
-                         "mean_width": float((high - low).mean()),
-                         "worst_class_mae": float(np.abs(point - truth).mean(axis=0).max())}
+        summary[name] = {
+            "mae": float(np.abs(point - truth).mean()),
+            "coverage": float(holds.mean()),
+            "coverage_all_classes": float(holds.all(axis=1).mean()),
+            "mean_width": float((high - low).mean()),
+            "worst_class_mae": float(np.abs(point - truth).mean(axis=0).max()),
+        }
     return summary
 
 
@@ -93,9 +104,14 @@ def measure(calibration, test, samples, sample_size, draws, seed, jobs=1, method
     chunks = np.array_split(np.arange(len(indices)), max(1, jobs))
     if jobs > 1:
         from joblib import Parallel, delayed
-        parts = Parallel(n_jobs=jobs)(delayed(quantify_samples)(calibrated, probabilities, labels, flagged,
-                                                                [indices[i] for i in c], seed, int(c[0]))
-                                      for c in chunks if len(c))
+
+        parts = Parallel(n_jobs=jobs)(
+            delayed(quantify_samples)(
+                calibrated, probabilities, labels, flagged, [indices[i] for i in c], seed, int(c[0])
+            )
+            for c in chunks
+            if len(c)
+        )
     else:
         parts = [quantify_samples(calibrated, probabilities, labels, flagged, indices, seed, 0)]
     per_sample = [s for part in parts for s in part]
@@ -136,8 +152,9 @@ def model_outputs(argv, calibration_source="validation"):
     trained = checkpoint.load_trained(cfg, split=False, made_for="abundances")
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     threshold = ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"][trained.cfg.novelty_score]
-    calibration = abundances.calibration_from_artifacts(trained.cfg, scorer, threshold, trained.digest,
-                                                        trained.ckpt["classes"], calibration_source)
+    calibration = abundances.calibration_from_artifacts(
+        trained.cfg, scorer, threshold, trained.digest, trained.ckpt["classes"], calibration_source
+    )
     frame, vectors = embedding_files.load_embeddings(trained.cfg, "test")
     probabilities = abundances.probabilities_from_embeddings(scorer, vectors)
     labels = frame["label_idx"].to_numpy()
@@ -160,29 +177,52 @@ def verdicts(summary, default):
     """The targets of bench/targets.py, applied to the default method."""
     ratio = summary[default]["mae"] / summary["cc"]["mae"]
     error, cover = TARGETS["abundance error"], TARGETS["abundance coverage"]
-    return [common.verdict("abundance error", f"{default} MAE / CC MAE", round(ratio, 3), str(error),
-                           error.met(ratio), "x", "the correction does not halve CC's error"),
-            common.verdict("abundance coverage", f"{default} 95 % intervals holding the truth",
-                           round(summary[default]["coverage"], 3), str(cover), cover.met(summary[default]["coverage"]),
-                           "", "the intervals are too narrow for the error they leave")]
+    return [
+        common.verdict(
+            "abundance error",
+            f"{default} MAE / CC MAE",
+            round(ratio, 3),
+            str(error),
+            error.met(ratio),
+            "x",
+            "the correction does not halve CC's error",
+        ),
+        common.verdict(
+            "abundance coverage",
+            f"{default} 95 % intervals holding the truth",
+            round(summary[default]["coverage"], 3),
+            str(cover),
+            cover.met(summary[default]["coverage"]),
+            "",
+            "the intervals are too narrow for the error they leave",
+        ),
+    ]
 
 
 def print_table(result):
-    print(f"\n{result['samples']} samples of {result['sample_size']} test images (UPP, seed {result['seed']}); "
-          f"{result['calibration_images']} calibration images ({result.get('calibration', 'validation')}, not "
-          f"flagged); "
-          f"{result['draws']} bootstrap draws; classifier accuracy on the test split {result['test_accuracy']:.3f}")
-    print(f"{'method':<9} {'MAE':>7} {'/ CC':>5} {'coverage':>9} {'all classes':>12} {'width':>7} "
-          f"{'worst class':>12} {'failed fits':>12}")
+    print(
+        f"\n{result['samples']} samples of {result['sample_size']} test images (UPP, seed {result['seed']}); "
+        f"{result['calibration_images']} calibration images ({result.get('calibration', 'validation')}, not "
+        f"flagged); "
+        f"{result['draws']} bootstrap draws; classifier accuracy on the test split {result['test_accuracy']:.3f}"
+    )
+    print(
+        f"{'method':<9} {'MAE':>7} {'/ CC':>5} {'coverage':>9} {'all classes':>12} {'width':>7} "
+        f"{'worst class':>12} {'failed fits':>12}"
+    )
     cc = result["summary"]["cc"]["mae"]
     for name, s in result["summary"].items():
         mark = "  <- default (abundance_method)" if name == result["default"] else ""
-        print(f"{name:<9} {s['mae']:>7.4f} {s['mae'] / cc:>5.2f} {s['coverage']:>9.3f} "
-              f"{s['coverage_all_classes']:>12.3f}"
-              f" {s['mean_width']:>7.3f} {s['worst_class_mae']:>12.4f} {s['failed_bootstrap_fits']:>12}{mark}")
+        print(
+            f"{name:<9} {s['mae']:>7.4f} {s['mae'] / cc:>5.2f} {s['coverage']:>9.3f} "
+            f"{s['coverage_all_classes']:>12.3f}"
+            f" {s['mean_width']:>7.3f} {s['worst_class_mae']:>12.4f} {s['failed_bootstrap_fits']:>12}{mark}"
+        )
     for row in result["verdicts"]:
-        print(f"{row['what']:<20} {row['compared']:<48} {row['measured']:>7} target {row['target']:<8} "
-              f"{row['status']} {row['reason']}")
+        print(
+            f"{row['what']:<20} {row['compared']:<48} {row['measured']:>7} target {row['target']:<8} "
+            f"{row['status']} {row['reason']}"
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -196,24 +236,38 @@ def run(argv):
         scratch = Path(tempfile.mkdtemp(prefix="plankton-abundances-"))
         run_argv = lab_argv(argv, scratch)
         if not artifacts.resolve(config.load_config(run_argv).data_root).is_dir():
-            raise lab.LabError(f"The benchmark data {NDSB9} is absent. Pass --data_root=... with --seen_classes=[...] "
-                               f"and --unseen_classes=[...], or --trained_dir=... of a trained model.")
+            raise lab.LabError(
+                f"The benchmark data {NDSB9} is absent. Pass --data_root=... with --seen_classes=[...] "
+                f"and --unseen_classes=[...], or --trained_dir=... of a trained model."
+            )
         train_model(run_argv, own["--calibration"])
     try:
         start = time.perf_counter()
         cfg, calibration, test, accuracy = model_outputs(run_argv, own["--calibration"])
-        summary, per_sample = measure(calibration, test, own["--samples"], own["--sample_size"],
-                                      cfg.abundance_bootstrap, cfg.seed, own["--jobs"])
+        summary, per_sample = measure(
+            calibration, test, own["--samples"], own["--sample_size"], cfg.abundance_bootstrap, cfg.seed, own["--jobs"]
+        )
         truth_all = np.array([s["truth_all_images"] for s in per_sample])
         default_point = np.array([s["methods"][cfg.abundance_method][0] for s in per_sample])
-        result = {"samples": own["--samples"], "sample_size": own["--sample_size"], "seed": cfg.seed,
-                  "draws": cfg.abundance_bootstrap, "default": cfg.abundance_method, "test_accuracy": accuracy,
-                  "calibration": calibration.source, "calibration_images": len(calibration.labels),
-                  "test_images": len(test[1]),
-                  "test_flagged_share": float(np.mean(test[2])), "summary": summary,
-                  "default_mae_against_all_images": float(np.abs(default_point - truth_all).mean()),
-                  "verdicts": verdicts(summary, cfg.abundance_method), "seconds": time.perf_counter() - start,
-                  "machine": common.machine(), "argv": argv, "per_sample": per_sample}
+        result = {
+            "samples": own["--samples"],
+            "sample_size": own["--sample_size"],
+            "seed": cfg.seed,
+            "draws": cfg.abundance_bootstrap,
+            "default": cfg.abundance_method,
+            "test_accuracy": accuracy,
+            "calibration": calibration.source,
+            "calibration_images": len(calibration.labels),
+            "test_images": len(test[1]),
+            "test_flagged_share": float(np.mean(test[2])),
+            "summary": summary,
+            "default_mae_against_all_images": float(np.abs(default_point - truth_all).mean()),
+            "verdicts": verdicts(summary, cfg.abundance_method),
+            "seconds": time.perf_counter() - start,
+            "machine": common.machine(),
+            "argv": argv,
+            "per_sample": per_sample,
+        }
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -22,6 +22,7 @@ results/audit_benchmark.json under output_dir.
     python bench/bench_audit.py --only=found,growth  # some measurements (names: MEASUREMENTS)
     python bench/bench_audit.py --quick              # tiny sizes: a smoke test, not a benchmark
 """
+
 import functools
 import math
 import os
@@ -123,11 +124,18 @@ def found_shares(issues, flipped):
     cleanlab's flags against the flips."""
     is_flip = issues["path"].isin(flipped).to_numpy()  # the table is sorted by rank
     flagged = issues["flagged"].to_numpy(dtype=bool)
-    found = {f"top_{round(100 * s)}": float(is_flip[:math.ceil(s * len(issues))].sum() / max(is_flip.sum(), 1))
-             for s in TOP_SHARES}
-    return {**found, "flips": int(is_flip.sum()), "images": len(issues), "flagged": int(flagged.sum()),
-            "precision": float((flagged & is_flip).sum() / max(flagged.sum(), 1)),
-            "recall": float((flagged & is_flip).sum() / max(is_flip.sum(), 1))}
+    found = {
+        f"top_{round(100 * s)}": float(is_flip[: math.ceil(s * len(issues))].sum() / max(is_flip.sum(), 1))
+        for s in TOP_SHARES
+    }
+    return {
+        **found,
+        "flips": int(is_flip.sum()),
+        "images": len(issues),
+        "flagged": int(flagged.sum()),
+        "precision": float((flagged & is_flip).sum() / max(flagged.sum(), 1)),
+        "recall": float((flagged & is_flip).sum() / max(is_flip.sum(), 1)),
+    }
 
 
 def other_models(argv):
@@ -145,37 +153,73 @@ def measure_found(run):
     found = found_shares(issues, flipped)
     cfg = config.load_config(run.argv)
     epochs = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"]
-    result = {**found, "audit_model": cfg.audit_model, "seconds": seconds, "cpu_seconds": cpu_seconds,
-              "main_run_best_epoch": epochs, "load_average": common.load_average()}
-    compared = (f"{found['flips']} flipped labels among {found['images']} images, audit_model={cfg.audit_model!r}: "
-                f"in the audit's top 5 % {100 * found['top_5']:.1f} %, top 10 % {100 * found['top_10']:.1f} %")
-    flags = (f"{found['flagged']} flagged: precision {found['precision']:.3f}, recall {found['recall']:.3f} (a "
-             f"flagged label that was not flipped may be one of the data's own errors)")
-    timing = (f"audit.py at {found['images']} images, {cfg.audit_folds} folds of the {cfg.audit_model} model"
-              + (", each stopped on a tenth of its images" if cfg.audit_model == "head" else "")
-              + f": {cpu_seconds:.1f} CPU s, load average {result['load_average']}")
-    rows = [verdict("audit: flips found", compared, round(100 * found["top_10"], 1), f">= {100 * FOUND_TARGET:.0f} % "
-                    "in the top 10 %", found["top_10"] >= FOUND_TARGET, "%", "the out-of-fold models miss flips"),
-            information("audit: cleanlab's flags", flags, round(found["precision"], 3), ""),
-            information("audit: wall time", timing, round(seconds, 1), "s")]
+    result = {
+        **found,
+        "audit_model": cfg.audit_model,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "main_run_best_epoch": epochs,
+        "load_average": common.load_average(),
+    }
+    compared = (
+        f"{found['flips']} flipped labels among {found['images']} images, audit_model={cfg.audit_model!r}: "
+        f"in the audit's top 5 % {100 * found['top_5']:.1f} %, top 10 % {100 * found['top_10']:.1f} %"
+    )
+    flags = (
+        f"{found['flagged']} flagged: precision {found['precision']:.3f}, recall {found['recall']:.3f} (a "
+        f"flagged label that was not flipped may be one of the data's own errors)"
+    )
+    timing = (
+        f"audit.py at {found['images']} images, {cfg.audit_folds} folds of the {cfg.audit_model} model"
+        + (", each stopped on a tenth of its images" if cfg.audit_model == "head" else "")
+        + f": {cpu_seconds:.1f} CPU s, load average {result['load_average']}"
+    )
+    rows = [
+        verdict(
+            "audit: flips found",
+            compared,
+            round(100 * found["top_10"], 1),
+            f">= {100 * FOUND_TARGET:.0f} % in the top 10 %",
+            found["top_10"] >= FOUND_TARGET,
+            "%",
+            "the out-of-fold models miss flips",
+        ),
+        information("audit: cleanlab's flags", flags, round(found["precision"], 3), ""),
+        information("audit: wall time", timing, round(seconds, 1), "s"),
+    ]
     if run.quick:
-        rows[0] = not_here(rows[0]["what"], compared, rows[0]["measured"], rows[0]["target"], "%",
-                           "--quick trains on a few images for two epochs")
+        rows[0] = not_here(
+            rows[0]["what"],
+            compared,
+            rows[0]["measured"],
+            rows[0]["target"],
+            "%",
+            "--quick trains on a few images for two epochs",
+        )
         return result, rows
     result["other_models"] = {}
     for model in other_models(run.argv):  # the same flips, side by side
         start, cpu = time.perf_counter(), time.process_time()
         issues = audit.main(run.argv + [f"--audit_model={model}"])
-        other = {**found_shares(issues, flipped), "seconds": time.perf_counter() - start,
-                 "cpu_seconds": time.process_time() - cpu}
+        other = {
+            **found_shares(issues, flipped),
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+        }
         output_lock.release_locks()
         result["other_models"][model] = other
-        rows.append(information(f"audit: {model} model", f"the same with audit_model={model!r}: top 5 % "
-                                f"{100 * other['top_5']:.1f} %, top 10 % {100 * other['top_10']:.1f} %, flags' "
-                                f"precision {other['precision']:.3f}, recall {other['recall']:.3f}; "
-                                f"{other['cpu_seconds']:.1f} CPU s ({other['cpu_seconds'] / cpu_seconds:.0f}x "
-                                f"the {cfg.audit_model} model's), wall {other['seconds']:.1f} s",
-                                round(100 * other["top_10"], 1), "%"))
+        rows.append(
+            information(
+                f"audit: {model} model",
+                f"the same with audit_model={model!r}: top 5 % "
+                f"{100 * other['top_5']:.1f} %, top 10 % {100 * other['top_10']:.1f} %, flags' "
+                f"precision {other['precision']:.3f}, recall {other['recall']:.3f}; "
+                f"{other['cpu_seconds']:.1f} CPU s ({other['cpu_seconds'] / cpu_seconds:.0f}x "
+                f"the {cfg.audit_model} model's), wall {other['seconds']:.1f} s",
+                round(100 * other["top_10"], 1),
+                "%",
+            )
+        )
     return result, rows
 
 
@@ -197,14 +241,27 @@ def timed_audit(run, factor, threads=1, c_scale=1.0):
         fits["cpu_seconds"] += time.process_time() - started
         fits["iterations"] += int(model[-1].n_iter_.max())
         return model
+
     torch.set_num_threads(threads)
     label_audit.fit_linear, label_audit.LINEAR_C = counted_fit, c * c_scale
     try:
         start, cpu = time.perf_counter(), time.process_time()
-        label_audit.audit_labels(trained.model, pooled, trained.ckpt["classes"], rules, trained.cfg.audit_folds,
-                                 trained.device, log=lambda _: None, audit_model=trained.cfg.audit_model)
-        return {"images": len(pooled), "cpu_seconds": time.process_time() - cpu,
-                "seconds": time.perf_counter() - start, "fits": fits}
+        label_audit.audit_labels(
+            trained.model,
+            pooled,
+            trained.ckpt["classes"],
+            rules,
+            trained.cfg.audit_folds,
+            trained.device,
+            log=lambda _: None,
+            audit_model=trained.cfg.audit_model,
+        )
+        return {
+            "images": len(pooled),
+            "cpu_seconds": time.process_time() - cpu,
+            "seconds": time.perf_counter() - start,
+            "fits": fits,
+        }
     finally:
         torch.set_num_threads(before)
         label_audit.fit_linear, label_audit.LINEAR_C = fit, c
@@ -226,20 +283,35 @@ def measure_growth(run):
     large = timed_audit(run, GROWTH_FACTOR, c_scale=1 / GROWTH_FACTOR if model == "linear" else 1.0)
     images = (small["images"], large["images"])
     exponent = growth_exponent(small["cpu_seconds"], large["cpu_seconds"], images)
-    compared = (f"{small['images']:,} -> {large['images']:,} images (the cached features pooled {GROWTH_FACTOR}x), "
-                f"the {model} model" + (f", {GROWTH_EPOCHS} epoch per fold" if model == "head" else
-                                        f", the copies at C / {GROWTH_FACTOR} (the same fit)")
-                + f", 1 thread: {small['cpu_seconds']:.1f} -> {large['cpu_seconds']:.1f} "
-                f"CPU s (wall {small['seconds']:.1f} -> {large['seconds']:.1f} s)")
+    compared = (
+        f"{small['images']:,} -> {large['images']:,} images (the cached features pooled {GROWTH_FACTOR}x), "
+        f"the {model} model"
+        + (
+            f", {GROWTH_EPOCHS} epoch per fold"
+            if model == "head"
+            else f", the copies at C / {GROWTH_FACTOR} (the same fit)"
+        )
+        + f", 1 thread: {small['cpu_seconds']:.1f} -> {large['cpu_seconds']:.1f} "
+        f"CPU s (wall {small['seconds']:.1f} -> {large['seconds']:.1f} s)"
+    )
     result = {"small": small, "large": large, "exponent": exponent}
     if model == "linear":
         fixed = result["large_at_the_labs_c"] = timed_audit(run, GROWTH_FACTOR)
         result["exponent_at_the_labs_c"] = growth_exponent(small["cpu_seconds"], fixed["cpu_seconds"], images)
-        compared += (f"; optimizer iterations {small['fits']['iterations']} -> {large['fits']['iterations']}; at the "
-                     f"lab's C: {fixed['cpu_seconds']:.1f} CPU s, {fixed['fits']['iterations']} iterations "
-                     f"(n^{result['exponent_at_the_labs_c']:.2f}: the penalty weighs less against more images)")
-    row = verdict("audit: growth", compared, f"n^{exponent:.2f}", f"<= linear (n^{GROWTH_SLACK})",
-                  exponent <= GROWTH_SLACK, "", "the audit grows faster than its data")
+        compared += (
+            f"; optimizer iterations {small['fits']['iterations']} -> {large['fits']['iterations']}; at the "
+            f"lab's C: {fixed['cpu_seconds']:.1f} CPU s, {fixed['fits']['iterations']} iterations "
+            f"(n^{result['exponent_at_the_labs_c']:.2f}: the penalty weighs less against more images)"
+        )
+    row = verdict(
+        "audit: growth",
+        compared,
+        f"n^{exponent:.2f}",
+        f"<= linear (n^{GROWTH_SLACK})",
+        exponent <= GROWTH_SLACK,
+        "",
+        "the audit grows faster than its data",
+    )
     return result, [row]
 
 
@@ -272,35 +344,72 @@ def measure_demo(run):
     for the verdict, which the machine's other load cannot inflate; wall beside); then audit.py with the other
     model."""
     if run.quick:
-        return {}, [not_here("audit: demo share", "the demo pipeline", None, f"<= {100 * DEMO_TARGET:.0f} %", "%",
-                             "--quick does not run the demo pipeline")]
-    argv = [f"--data_root={str(demo_data.DEMO_ROOT)!r}", f"--seen_classes={demo_data.SEEN!r}",
-            f"--unseen_classes={demo_data.UNSEEN!r}", "--backbone_weights=None",
-            f"--output_dir={str(run.scratch / 'demo')!r}"]
+        return {}, [
+            not_here(
+                "audit: demo share",
+                "the demo pipeline",
+                None,
+                f"<= {100 * DEMO_TARGET:.0f} %",
+                "%",
+                "--quick does not run the demo pipeline",
+            )
+        ]
+    argv = [
+        f"--data_root={str(demo_data.DEMO_ROOT)!r}",
+        f"--seen_classes={demo_data.SEEN!r}",
+        f"--unseen_classes={demo_data.UNSEEN!r}",
+        "--backbone_weights=None",
+        f"--output_dir={str(run.scratch / 'demo')!r}",
+    ]
     stages = run_stages(argv, run_pipeline.STAGES)
-    others = {kind: sum(s[kind] for name, s in stages.items() if name != "audit")
-              for kind in ("seconds", "cpu_seconds")}
+    others = {
+        kind: sum(s[kind] for name, s in stages.items() if name != "audit") for kind in ("seconds", "cpu_seconds")
+    }
     share = {kind: stages["audit"][kind] / others[kind] for kind in others}
-    others_models = {model: run_stages(argv + [f"--audit_model={model}"], [("audit", audit)])["audit"]
-                     for model in other_models(argv)}
+    others_models = {
+        model: run_stages(argv + [f"--audit_model={model}"], [("audit", audit)])["audit"]
+        for model in other_models(argv)
+    }
     cfg = config.load_config(argv)
     epochs = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["epoch"]
-    compared = (f"the demo's stages (random trunk, {DEMO_THREADS} thread): audit ({cfg.audit_model} model) "
-                f"{stages['audit']['cpu_seconds']:.1f} CPU s vs the other stages {others['cpu_seconds']:.1f} (train "
-                f"{stages['train']['cpu_seconds']:.1f}); wall {stages['audit']['seconds']:.1f} vs "
-                f"{others['seconds']:.1f} s ({100 * share['seconds']:.0f} %); "
-                + ", ".join(f"audit_model={k!r}: {v['cpu_seconds']:.1f} CPU s "
-                            f"({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
-                            for k, v in others_models.items()))
-    reason = (f"{cfg.audit_folds} heads, each trained as train.py trains it (until {cfg.patience} epochs without "
-              f"a better loss on a tenth of its images) on {cfg.audit_folds - 1}/{cfg.audit_folds} of the training "
-              f"and validation images: about {cfg.audit_folds - 1} times train.py's epochs"
-              ) if cfg.audit_model == "head" else \
-        "the linear model's folds cost more than expected"
-    return {"stages": stages, "share": share, "other_models": others_models, "main_run_best_epoch": epochs,
-            "audit_model": cfg.audit_model, "threads": DEMO_THREADS, "load_average": common.load_average()}, \
-        [verdict("audit: demo share", compared, round(100 * share["cpu_seconds"], 1), f"<= {100 * DEMO_TARGET:.0f} %",
-                 share["cpu_seconds"] <= DEMO_TARGET, "%", reason)]
+    compared = (
+        f"the demo's stages (random trunk, {DEMO_THREADS} thread): audit ({cfg.audit_model} model) "
+        f"{stages['audit']['cpu_seconds']:.1f} CPU s vs the other stages {others['cpu_seconds']:.1f} (train "
+        f"{stages['train']['cpu_seconds']:.1f}); wall {stages['audit']['seconds']:.1f} vs "
+        f"{others['seconds']:.1f} s ({100 * share['seconds']:.0f} %); "
+        + ", ".join(
+            f"audit_model={k!r}: {v['cpu_seconds']:.1f} CPU s ({100 * v['cpu_seconds'] / others['cpu_seconds']:.0f} %)"
+            for k, v in others_models.items()
+        )
+    )
+    reason = (
+        (
+            f"{cfg.audit_folds} heads, each trained as train.py trains it (until {cfg.patience} epochs without "
+            f"a better loss on a tenth of its images) on {cfg.audit_folds - 1}/{cfg.audit_folds} of the training "
+            f"and validation images: about {cfg.audit_folds - 1} times train.py's epochs"
+        )
+        if cfg.audit_model == "head"
+        else "the linear model's folds cost more than expected"
+    )
+    return {
+        "stages": stages,
+        "share": share,
+        "other_models": others_models,
+        "main_run_best_epoch": epochs,
+        "audit_model": cfg.audit_model,
+        "threads": DEMO_THREADS,
+        "load_average": common.load_average(),
+    }, [
+        verdict(
+            "audit: demo share",
+            compared,
+            round(100 * share["cpu_seconds"], 1),
+            f"<= {100 * DEMO_TARGET:.0f} %",
+            share["cpu_seconds"] <= DEMO_TARGET,
+            "%",
+            reason,
+        )
+    ]
 
 
 MEASUREMENTS = (("found", measure_found), ("growth", measure_growth), ("demo", measure_demo))
@@ -311,8 +420,10 @@ def configure(argv):
     names = {a.split("=", 1)[0] for a in argv}
     if "--data_root" not in names:
         if not NDSB9.is_dir():
-            raise lab.LabError(f"The default benchmark data {NDSB9} is absent. Pass --data_root=... with "
-                               f"--seen_classes=[...] and --unseen_classes=[...] of your own data set.")
+            raise lab.LabError(
+                f"The default benchmark data {NDSB9} is absent. Pass --data_root=... with "
+                f"--seen_classes=[...] and --unseen_classes=[...] of your own data set."
+            )
         argv += [f"--data_root={str(NDSB9)!r}", f"--seen_classes={NDSB9_SEEN!r}", f"--unseen_classes={NDSB9_UNSEEN!r}"]
     if "--backbone_weights" not in names:
         argv += ["--backbone_weights=None"]  # the target is set on the random trunk
@@ -340,12 +451,16 @@ def run(argv):
 
 def print_table(rows, raw):
     m = raw["machine"]
-    print(f"\nLabel audit benchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} "
-          f"threads; load average {m['load_average']})" + ("  [--quick: tiny sizes]" if raw["quick"] else ""))
+    print(
+        f"\nLabel audit benchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} "
+        f"threads; load average {m['load_average']})" + ("  [--quick: tiny sizes]" if raw["quick"] else "")
+    )
     for r in rows:
         unit = r["unit"] if r["unit"] in ("", "%", "s") else " " + r["unit"]
-        print(f"{r['what']:<26} {str(r['measured']) + unit:>10}  {r['target']:<24} {r['status']:<7} {r['compared']}"
-              + (f"\n{'':<26} {r['reason']}" if r["reason"] else ""))
+        print(
+            f"{r['what']:<26} {str(r['measured']) + unit:>10}  {r['target']:<24} {r['status']:<7} {r['compared']}"
+            + (f"\n{'':<26} {r['reason']}" if r["reason"] else "")
+        )
     print("benchmark sections (s): " + ", ".join(f"{k} {v:.0f}" for k, v in raw["seconds"].items()))
 
 

@@ -12,6 +12,7 @@ class make a single run's recall move in steps of 0.2.
     python bench/bench_imbalance.py                         # ndsb9 at 128 px, about 3 minutes on 2 cores
     python bench/bench_imbalance.py --repeats=3 --image_size=64   # and any setting of configfile.py
 """
+
 import os
 import shutil
 import sys
@@ -42,8 +43,10 @@ def build_imbalanced_root(source, dest, seen, unseen, counts=SEEN_COUNTS, unseen
     wanted = {**dict(zip(by_size, counts)), **{c: unseen_count for c in unseen}}
     for c, n in wanted.items():
         if len(available[c]) < n:
-            raise lab.LabError(f"The class {c!r} of {source} has {len(available[c])} images; the imbalanced subset "
-                               f"needs {n}. Give larger classes with --seen_classes.")
+            raise lab.LabError(
+                f"The class {c!r} of {source} has {len(available[c])} images; the imbalanced subset "
+                f"needs {n}. Give larger classes with --seen_classes."
+            )
         (Path(dest) / c).mkdir(parents=True, exist_ok=True)
         for name in sorted(rng.choice(available[c], n, replace=False)):
             os.symlink(Path(source) / c / name, Path(dest) / c / name)
@@ -60,17 +63,26 @@ def run(argv):
     argv = [a for a in argv if not a.startswith("--repeats=")]
     base = config.load_config(argv)
     results = [run_once(argv + [f"--seed={base.seed + i}"]) for i in range(repeats[0])]
-    summary = {"repeats": results, "mean_balanced_accuracy": {
-        w: float(np.mean([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")},
-        "sd_balanced_accuracy": {w: float(np.std([r["balanced_accuracy"][w] for r in results]))
-                                 for w in ("none", "balanced")}}
+    summary = {
+        "repeats": results,
+        "mean_balanced_accuracy": {
+            w: float(np.mean([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")
+        },
+        "sd_balanced_accuracy": {
+            w: float(np.std([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")
+        },
+    }
     output_lock.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "imbalance.json"), summary)
     for result in results:
         print_table(result)
-    print(f"\nbalanced accuracy over {len(results)} seed(s), mean (sd): " + ", ".join(
-        f"{w} {summary['mean_balanced_accuracy'][w]:.3f} ({summary['sd_balanced_accuracy'][w]:.3f})"
-        for w in ("none", "balanced")))
+    print(
+        f"\nbalanced accuracy over {len(results)} seed(s), mean (sd): "
+        + ", ".join(
+            f"{w} {summary['mean_balanced_accuracy'][w]:.3f} ({summary['sd_balanced_accuracy'][w]:.3f})"
+            for w in ("none", "balanced")
+        )
+    )
     print(f"written to {path}")
     return summary
 
@@ -81,33 +93,55 @@ def run_once(argv):
     source = artifacts.resolve(base.data_root) if "--data_root" in names else NDSB9
     seen, unseen = (base.seen_classes, base.unseen_classes) if "--seen_classes" in names else (NDSB9_SEEN, NDSB9_UNSEEN)
     if not source.is_dir():
-        raise lab.LabError(f"The benchmark data {source} is absent. Pass --data_root=... with --seen_classes=[...] "
-                           f"(six classes of at least 800 to 25 images) and --unseen_classes=[...].")
+        raise lab.LabError(
+            f"The benchmark data {source} is absent. Pass --data_root=... with --seen_classes=[...] "
+            f"(six classes of at least 800 to 25 images) and --unseen_classes=[...]."
+        )
     scratch = Path(tempfile.mkdtemp(prefix="plankton-imbalance-"))
     try:
         counts = build_imbalanced_root(source, scratch / "data", seen, unseen[:2], seed=base.seed)
-        run_argv = [a for a in argv if a.split("=", 1)[0] not in ("--data_root", "--seen_classes", "--unseen_classes",
-                                                                  "--output_dir", "--class_weighting")]
-        run_argv += [f"--data_root={str(scratch / 'data')!r}", f"--output_dir={str(scratch / 'out')!r}",
-                     f"--seen_classes={seen!r}", f"--unseen_classes={unseen[:2]!r}"]
+        run_argv = [
+            a
+            for a in argv
+            if a.split("=", 1)[0]
+            not in ("--data_root", "--seen_classes", "--unseen_classes", "--output_dir", "--class_weighting")
+        ]
+        run_argv += [
+            f"--data_root={str(scratch / 'data')!r}",
+            f"--output_dir={str(scratch / 'out')!r}",
+            f"--seen_classes={seen!r}",
+            f"--unseen_classes={unseen[:2]!r}",
+        ]
         metrics = {w: train_and_evaluate(run_argv, w) for w in ("none", "balanced")}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"source": str(source), "seed": base.seed, "seen": seen, "images_per_class": counts, "argv": argv,
-            "balanced_accuracy": {w: m["balanced_accuracy"] for w, m in metrics.items()},
-            "accuracy": {w: m["accuracy"] for w, m in metrics.items()},
-            "recall": {w: {c: m["per_class"][c]["recall"] for c in seen} for w, m in metrics.items()},
-            "test_support": {c: metrics["none"]["per_class"][c]["support"] for c in seen}}
+    return {
+        "source": str(source),
+        "seed": base.seed,
+        "seen": seen,
+        "images_per_class": counts,
+        "argv": argv,
+        "balanced_accuracy": {w: m["balanced_accuracy"] for w, m in metrics.items()},
+        "accuracy": {w: m["accuracy"] for w, m in metrics.items()},
+        "recall": {w: {c: m["per_class"][c]["recall"] for c in seen} for w, m in metrics.items()},
+        "test_support": {c: metrics["none"]["per_class"][c]["support"] for c in seen},
+    }
 
 
 def print_table(result):
-    print(f"\nseed {result['seed']}\n{'class':<28} {'images':>7} {'test':>5}  {'recall none':>11}  "
-          f"{'recall balanced':>15}")
+    print(
+        f"\nseed {result['seed']}\n{'class':<28} {'images':>7} {'test':>5}  {'recall none':>11}  "
+        f"{'recall balanced':>15}"
+    )
     for c in sorted(result["seen"], key=lambda c: -result["images_per_class"][c]):
-        print(f"{c:<28} {result['images_per_class'][c]:>7} {result['test_support'][c]:>5}  "
-              f"{result['recall']['none'][c]:>11.3f}  {result['recall']['balanced'][c]:>15.3f}")
-    print(f"{'balanced accuracy':<42}  {result['balanced_accuracy']['none']:>11.3f}  "
-          f"{result['balanced_accuracy']['balanced']:>15.3f}")
+        print(
+            f"{c:<28} {result['images_per_class'][c]:>7} {result['test_support'][c]:>5}  "
+            f"{result['recall']['none'][c]:>11.3f}  {result['recall']['balanced'][c]:>15.3f}"
+        )
+    print(
+        f"{'balanced accuracy':<42}  {result['balanced_accuracy']['none']:>11.3f}  "
+        f"{result['balanced_accuracy']['balanced']:>15.3f}"
+    )
     print(f"{'accuracy':<42}  {result['accuracy']['none']:>11.3f}  {result['accuracy']['balanced']:>15.3f}")
 
 

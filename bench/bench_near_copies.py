@@ -15,6 +15,7 @@ results/, created when missing), with the flagged pairs.
     python bench/bench_near_copies.py                                  # ndsb9: about 1 min 30 s on 2 cores
     python bench/bench_near_copies.py --data_root=/data/FlowCam --copies=100
 """
+
 import io
 import shutil
 import sys
@@ -57,8 +58,10 @@ def images_of(root):
                 paths.append(str(f))
                 classes.append(folder.name)
     if not paths:
-        raise lab.LabError(f"No class folders with images under {root}: give --data_root=FOLDER (one folder per "
-                           f"class), or put ../shared/data/ndsb9 beside the repository.")
+        raise lab.LabError(
+            f"No class folders with images under {root}: give --data_root=FOLDER (one folder per "
+            f"class), or put ../shared/data/ndsb9 beside the repository."
+        )
     return paths, np.array(classes)
 
 
@@ -72,8 +75,12 @@ def synthetic_copies(img):
     buffer = io.BytesIO()
     img.save(buffer, "JPEG", quality=70)
     width, height = img.size
-    return {"jpeg70": Image.open(buffer).convert("RGB"), "shift2": Image.fromarray(shifted),
-            "recrop2": img.crop((2, 2, width, height)), "bright10": ImageEnhance.Brightness(img).enhance(1.1)}
+    return {
+        "jpeg70": Image.open(buffer).convert("RGB"),
+        "shift2": Image.fromarray(shifted),
+        "recrop2": img.crop((2, 2, width, height)),
+        "bright10": ImageEnhance.Brightness(img).enhance(1.1),
+    }
 
 
 def measure_copies(paths, count, seed, scratch):
@@ -87,8 +94,9 @@ def measure_copies(paths, count, seed, scratch):
             path = str(scratch / f"{kind}.png")
             copy.save(path)
             made = near_copies.thumbnail(path)
-            (i, _, *_), _ = near_copies.find_pairs([paths[k], path], np.stack([original[0], made[0]]),
-                                                    np.array([original[1], made[1]]))
+            (i, _, *_), _ = near_copies.find_pairs(
+                [paths[k], path], np.stack([original[0], made[0]]), np.array([original[1], made[1]])
+            )
             found[kind] += int(len(i) == 1)
             if kind == "bright10":
                 before = (particle_match.full_grey(paths[k]) < particle_match.OBJECT_LEVEL).sum()
@@ -107,24 +115,50 @@ def measure_search(paths, classes):
     (i, j, texture, shape, noise, _, _), compared = near_copies.find_pairs(paths, pixels, sizes, classes)
     seconds = time.perf_counter() - started
     flagged = set(i.tolist()) | set(j.tolist())
-    return {"images": len(paths), "classes": len(set(classes.tolist())), "thumbnail_seconds": round(thumbnails, 1),
-            "search_seconds": round(seconds, 1), "pairs_compared": int(compared), "pairs": int(len(i)),
-            "images_flagged": len(flagged), "share_flagged": len(flagged) / len(paths),
-            "flagged_pairs": [{"a": paths[a], "b": paths[b], "texture": float(t), "shape": float(s), "noise": float(n)}
-                              for a, b, t, s, n in zip(i, j, texture, shape, noise)]}
+    return {
+        "images": len(paths),
+        "classes": len(set(classes.tolist())),
+        "thumbnail_seconds": round(thumbnails, 1),
+        "search_seconds": round(seconds, 1),
+        "pairs_compared": int(compared),
+        "pairs": int(len(i)),
+        "images_flagged": len(flagged),
+        "share_flagged": len(flagged) / len(paths),
+        "flagged_pairs": [
+            {"a": paths[a], "b": paths[b], "texture": float(t), "shape": float(s), "noise": float(n)}
+            for a, b, t, s, n in zip(i, j, texture, shape, noise)
+        ],
+    }
 
 
 def rows(copies, search):
-    return [common.information(f"near-copies: {kind}", "synthetic copies of random images found",
-                               round(100 * copies[kind], 2), "%",
-                               f"{copies['bright10_particle_erased']} of {copies['images']} kept under "
-                               f"{SURVIVES:.0%} of their particle" if kind == "bright10" else "")
-            for kind in KINDS] + [
-        common.information("near-copies: flagged", f"images with a near-copy in their class, of {search['images']}",
-                           round(100 * search["share_flagged"], 2), "%",
-                           f"{search['pairs']} pairs; {search['pairs_compared']} compared at full resolution"),
-        common.information("near-copies: search", "the search over every image, thumbnails apart",
-                           search["search_seconds"], " s", f"thumbnails {search['thumbnail_seconds']} s")]
+    return [
+        common.information(
+            f"near-copies: {kind}",
+            "synthetic copies of random images found",
+            round(100 * copies[kind], 2),
+            "%",
+            f"{copies['bright10_particle_erased']} of {copies['images']} kept under {SURVIVES:.0%} of their particle"
+            if kind == "bright10"
+            else "",
+        )
+        for kind in KINDS
+    ] + [
+        common.information(
+            "near-copies: flagged",
+            f"images with a near-copy in their class, of {search['images']}",
+            round(100 * search["share_flagged"], 2),
+            "%",
+            f"{search['pairs']} pairs; {search['pairs_compared']} compared at full resolution",
+        ),
+        common.information(
+            "near-copies: search",
+            "the search over every image, thumbnails apart",
+            search["search_seconds"],
+            " s",
+            f"thumbnails {search['thumbnail_seconds']} s",
+        ),
+    ]
 
 
 def main(argv=None):
@@ -139,8 +173,13 @@ def main(argv=None):
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     search = measure_search(paths, classes)
-    result = {"data_root": str(root), "copies": copies, "search": search, "rows": rows(copies, search),
-              "machine": common.machine()}
+    result = {
+        "data_root": str(root),
+        "copies": copies,
+        "search": search,
+        "rows": rows(copies, search),
+        "machine": common.machine(),
+    }
     out = artifacts.resolve(chosen["--output_dir"]) / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = artifacts.save_json(out / "near_copies_benchmark.json", result)

@@ -12,6 +12,7 @@ reads met, MISSED (with its reason), n/a here (with the reason it does not apply
     python bench/bench_pipeline.py --only=map,head_precision         # some measurements (names: MEASUREMENTS)
     python bench/bench_pipeline.py --quick                           # tiny sizes: a smoke test, not a benchmark
 """
+
 import contextlib
 import functools
 import json
@@ -53,18 +54,57 @@ from lab import (  # noqa: E402
 )
 
 NDSB9 = ROOT.parent / "shared" / "data" / "ndsb9"
-NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
-              "chaetognath_sagitta", "hydromedusae_solmaris"]
+NDSB9_SEEN = [
+    "diatom_chain_string",
+    "protist_noctiluca",
+    "acantharia_protist",
+    "copepod_cyclopoid_oithona",
+    "chaetognath_sagitta",
+    "hydromedusae_solmaris",
+]
 NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
-FULL = {"trunk_images": 256, "rounds": 5, "batch_sizes": (32, 64, 128, 256), "original_batches": 7,
-        "head_epochs": 15, "head_seeds": 3, "loader_images": 3000, "map_samples_per_split": 700, "dist_small": 5000,
-        "dist_large": 20000, "cache_small": 5000, "cache_large": 20000, "cache_image_size": 64,
-        "predict_small": 5000, "predict_large": 20000}
-QUICK = {"trunk_images": 32, "rounds": 1, "batch_sizes": (8, 16), "original_batches": 2, "head_epochs": 2,
-         "head_seeds": 1, "loader_images": 64, "map_samples_per_split": 60, "dist_small": 300, "dist_large": 1200,
-         "cache_small": 40, "cache_large": 160, "cache_image_size": 32, "predict_small": 40, "predict_large": 160}
-QUICK_OVERRIDES = ["--max_images_per_class=24", "--image_size=64", "--epochs=2", "--umap_samples_per_split=60",
-                   "--transfer_repeats=1", "--num_workers=0"]
+FULL = {
+    "trunk_images": 256,
+    "rounds": 5,
+    "batch_sizes": (32, 64, 128, 256),
+    "original_batches": 7,
+    "head_epochs": 15,
+    "head_seeds": 3,
+    "loader_images": 3000,
+    "map_samples_per_split": 700,
+    "dist_small": 5000,
+    "dist_large": 20000,
+    "cache_small": 5000,
+    "cache_large": 20000,
+    "cache_image_size": 64,
+    "predict_small": 5000,
+    "predict_large": 20000,
+}
+QUICK = {
+    "trunk_images": 32,
+    "rounds": 1,
+    "batch_sizes": (8, 16),
+    "original_batches": 2,
+    "head_epochs": 2,
+    "head_seeds": 1,
+    "loader_images": 64,
+    "map_samples_per_split": 60,
+    "dist_small": 300,
+    "dist_large": 1200,
+    "cache_small": 40,
+    "cache_large": 160,
+    "cache_image_size": 32,
+    "predict_small": 40,
+    "predict_large": 160,
+}
+QUICK_OVERRIDES = [
+    "--max_images_per_class=24",
+    "--image_size=64",
+    "--epochs=2",
+    "--umap_samples_per_split=60",
+    "--transfer_repeats=1",
+    "--num_workers=0",
+]
 TRAINED_STAGES = ("split", "train", "evaluate", "embed")  # what the measurements need; --quick runs only these
 
 
@@ -94,12 +134,23 @@ class Run:
         trained = checkpoint.load_trained(config.load_config(self.argv))
         cfg, ckpt, model, split, device = trained.cfg, trained.ckpt, trained.model, trained.split, trained.device
         paths = splitting.absolute_paths(cfg, split[split["split"] == "train"]["path"])
-        images = [image_io.image_tensor(image_io.load_rgb(p), cfg.image_size)
-                  for p in paths[:self.sizes["trunk_images"]]]
-        batches = [torch.stack(images[i:i + cfg.batch_size]).contiguous(memory_format=torch.channels_last)
-                   for i in range(0, len(images), cfg.batch_size)]
-        return SimpleNamespace(cfg=cfg, ckpt=ckpt, model=model, split=split, device=device, paths=paths,
-                               batches=batches, auto_dtype=backbone.trunk_dtype(cfg.precision, device))
+        images = [
+            image_io.image_tensor(image_io.load_rgb(p), cfg.image_size) for p in paths[: self.sizes["trunk_images"]]
+        ]
+        batches = [
+            torch.stack(images[i : i + cfg.batch_size]).contiguous(memory_format=torch.channels_last)
+            for i in range(0, len(images), cfg.batch_size)
+        ]
+        return SimpleNamespace(
+            cfg=cfg,
+            ckpt=ckpt,
+            model=model,
+            split=split,
+            device=device,
+            paths=paths,
+            batches=batches,
+            auto_dtype=backbone.trunk_dtype(cfg.precision, device),
+        )
 
 
 def native_bf16(device):
@@ -119,6 +170,7 @@ def trunk_pass(trunk, batches, device, dtype):
     def work():
         with torch.no_grad(), autocast:
             work.last = torch.cat([trunk(x.to(device)).float().cpu() for x in batches])
+
     return work
 
 
@@ -130,21 +182,39 @@ def sync_for(device):
 def measure_pipeline(run):
     if run.quick:
         run.pipeline_seconds = run.run_stages(TRAINED_STAGES)
-        return run.pipeline_seconds, [not_here("end to end", "split, train, evaluate, embed only", None,
-                                               str(TARGETS["end to end"]),
-                                               "s", "--quick runs only the stages the measurements need")]
+        return run.pipeline_seconds, [
+            not_here(
+                "end to end",
+                "split, train, evaluate, embed only",
+                None,
+                str(TARGETS["end to end"]),
+                "s",
+                "--quick runs only the stages the measurements need",
+            )
+        ]
     timings = run_pipeline.run(run.argv)
     output_lock.release_locks()
     run.pipeline_seconds = dict(zip(timings["stage"], timings["seconds"]))
     total = run.pipeline_seconds["total"]
     history = artifacts.out_path(config.load_config(run.argv), "results", "train_history.csv")
     epochs = artifacts.read_csv(history, ())["seconds"]
-    reason = (f"train took {run.pipeline_seconds['train']:.0f} s: {len(epochs)} epochs of {epochs.min():.1f} to "
-              f"{epochs.max():.1f} s (median {epochs.median():.1f}); an epoch far above the fastest is the machine's "
-              f"other load stalling torch's threads (load average {common.load_average()})")
+    reason = (
+        f"train took {run.pipeline_seconds['train']:.0f} s: {len(epochs)} epochs of {epochs.min():.1f} to "
+        f"{epochs.max():.1f} s (median {epochs.median():.1f}); an epoch far above the fastest is the machine's "
+        f"other load stalling torch's threads (load average {common.load_average()})"
+    )
     target = TARGETS["end to end"]
-    return run.pipeline_seconds, [verdict("end to end", "full pipeline, per stage and total", round(total, 1),
-                                          str(target), target.met(total), "s", reason)]
+    return run.pipeline_seconds, [
+        verdict(
+            "end to end",
+            "full pipeline, per stage and total",
+            round(total, 1),
+            str(target),
+            target.met(total),
+            "s",
+            reason,
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- 2. the trunk pass
@@ -155,49 +225,98 @@ def measure_trunk(run):
     reduced = t.auto_dtype or (torch.bfloat16 if t.device.type == "cpu" else torch.float16)
     fused = backbone.inference_trunk(t.model.trunk).to(t.device)
     n = sum(len(b) for b in t.batches)
-    passes = {"fp32": trunk_pass(fused, t.batches, t.device, None),
-              "reduced": trunk_pass(fused, t.batches, t.device, reduced),
-              "original": trunk_pass(t.model.trunk.to(t.device), [b.contiguous() for b in t.batches], t.device, None)}
+    passes = {
+        "fp32": trunk_pass(fused, t.batches, t.device, None),
+        "reduced": trunk_pass(fused, t.batches, t.device, reduced),
+        "original": trunk_pass(t.model.trunk.to(t.device), [b.contiguous() for b in t.batches], t.device, None),
+    }
     native = native_bf16(t.device) or reduced == torch.float16
     rounds = run.sizes["rounds"] if native else 1  # emulated bf16 is ~8x slower: one round says enough
     wall = common.best_rates(passes, n, rounds, sync=sync_for(t.device))
-    cpu = (common.best_rates({k: passes[k] for k in ("fp32", "reduced")}, n, rounds, single_thread=True)
-           if t.device.type == "cpu" and native else {})
+    cpu = (
+        common.best_rates({k: passes[k] for k in ("fp32", "reduced")}, n, rounds, single_thread=True)
+        if t.device.type == "cpu" and native
+        else {}
+    )
     with torch.no_grad():
         e32 = t.model.head(passes["fp32"].last.to(t.device))[1].float()
         e_red = t.model.head(passes["reduced"].last.to(t.device))[1].float()
     cosine = torch.nn.functional.cosine_similarity(e32, e_red, dim=1, eps=1e-12).mean().item()
     acc_red, acc_32 = reduced_test_accuracy(t, reduced)
-    raw = {"reduced_dtype": str(reduced), "wall_images_per_s": wall, "one_thread_cpu_images_per_s": cpu,
-           "embedding_cosine": cosine, "test_accuracy_fp32": acc_32, "test_accuracy_reduced": acc_red,
-           "auto_precision_here": backbone.precision_name(t.auto_dtype)}
+    raw = {
+        "reduced_dtype": str(reduced),
+        "wall_images_per_s": wall,
+        "one_thread_cpu_images_per_s": cpu,
+        "embedding_cosine": cosine,
+        "test_accuracy_fp32": acc_32,
+        "test_accuracy_reduced": acc_red,
+        "auto_precision_here": backbone.precision_name(t.auto_dtype),
+    }
     name = str(reduced)[6:]
     wall_ratio = wall["reduced"] / wall["fp32"]
-    compared = f"{name} vs fp32, images/s, wall on {torch.get_num_threads()} threads ({wall['reduced']:.0f} vs " \
-               f"{wall['fp32']:.0f}: {wall_ratio:.2f}x)"
+    compared = (
+        f"{name} vs fp32, images/s, wall on {torch.get_num_threads()} threads ({wall['reduced']:.0f} vs "
+        f"{wall['fp32']:.0f}: {wall_ratio:.2f}x)"
+    )
     target = trunk_bf16_target(t.device)
     kind = "GPU" if t.device.type == "cuda" else f"{hardware.cpu_kind()} CPU"
     if cpu and target:
         ratio = cpu["reduced"] / cpu["fp32"]
         compared += f"; CPU time on 1 thread ({cpu['reduced']:.0f} vs {cpu['fp32']:.0f}): {ratio:.2f}x"
-        rows = [verdict("trunk pass", compared, round(ratio, 2), f"{target} ({kind}, 1 thread, CPU time)",
-                        target.met(ratio), "x", "below target")]
+        rows = [
+            verdict(
+                "trunk pass",
+                compared,
+                round(ratio, 2),
+                f"{target} ({kind}, 1 thread, CPU time)",
+                target.met(ratio),
+                "x",
+                "below target",
+            )
+        ]
     elif native and target:
-        rows = [verdict("trunk pass", compared, round(wall_ratio, 2), f"{target} ({kind})", target.met(wall_ratio),
-                        "x", "below target")]
+        rows = [
+            verdict(
+                "trunk pass",
+                compared,
+                round(wall_ratio, 2),
+                f"{target} ({kind})",
+                target.met(wall_ratio),
+                "x",
+                "below target",
+            )
+        ]
     else:
-        rows = [not_here("trunk pass", compared, round(wall_ratio, 2), "none on this CPU kind", "x",
-                         f"no native bf16 here ({hardware.describe()}): oneDNN emulates it, so precision=auto keeps "
-                         f"fp32")]
-    rows.append(verdict("trunk pass accuracy", "reduced vs fp32: embedding cosine, test accuracy points",
-                        f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}",
-                        f"{TARGETS['trunk pass accuracy: cosine']}, {TARGETS['trunk pass accuracy: points']}",
-                        TARGETS["trunk pass accuracy: cosine"].met(cosine)
-                        and TARGETS["trunk pass accuracy: points"].met(100 * (acc_red - acc_32)), "",
-                        "reduced precision changes predictions"))
-    rows.append(information("trunk module", f"BN-folded channels-last vs original module, fp32 images/s "
-                            f"({wall['fp32']:.0f} vs {wall['original']:.0f})",
-                            round(wall["fp32"] / wall["original"], 2), "x"))
+        rows = [
+            not_here(
+                "trunk pass",
+                compared,
+                round(wall_ratio, 2),
+                "none on this CPU kind",
+                "x",
+                f"no native bf16 here ({hardware.describe()}): oneDNN emulates it, so precision=auto keeps fp32",
+            )
+        ]
+    rows.append(
+        verdict(
+            "trunk pass accuracy",
+            "reduced vs fp32: embedding cosine, test accuracy points",
+            f"{cosine:.4f}, {100 * (acc_red - acc_32):+.2f}",
+            f"{TARGETS['trunk pass accuracy: cosine']}, {TARGETS['trunk pass accuracy: points']}",
+            TARGETS["trunk pass accuracy: cosine"].met(cosine)
+            and TARGETS["trunk pass accuracy: points"].met(100 * (acc_red - acc_32)),
+            "",
+            "reduced precision changes predictions",
+        )
+    )
+    rows.append(
+        information(
+            "trunk module",
+            f"BN-folded channels-last vs original module, fp32 images/s ({wall['fp32']:.0f} vs {wall['original']:.0f})",
+            round(wall["fp32"] / wall["original"], 2),
+            "x",
+        )
+    )
     run.measured["trunk_images_per_s"] = wall["reduced" if t.auto_dtype else "fp32"]
     return raw, rows
 
@@ -205,8 +324,9 @@ def measure_trunk(run):
 def reduced_test_accuracy(t, reduced):
     """(test accuracy of the head on trunk features computed in `reduced`, the pipeline's fp32-or-auto one)."""
     test_rows = t.split[t.split["split"] == "test"].reset_index(drop=True)
-    feats, ok = trunk_cache.trunk_features(t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device,
-                                           reduced)
+    feats, ok = trunk_cache.trunk_features(
+        t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device, reduced
+    )
     data = trunk_cache.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
     predicted = trunk_cache.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
     reference = json.loads(artifacts.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
@@ -217,7 +337,7 @@ def reduced_test_accuracy(t, reduced):
 def matmul(dtype, device, n=3072, reps=4):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return lambda: [a @ b for _ in range(reps)], 2 * n ** 3 * reps
+    return lambda: [a @ b for _ in range(reps)], 2 * n**3 * reps
 
 
 def measure_efficiency(run):
@@ -225,6 +345,7 @@ def measure_efficiency(run):
     matmul runs on AMX (bf16 on a CPU with AMX), it is information only: a 3x3 convolution on 16 x 16 maps
     cannot reach AMX GEMM speed."""
     from torch.utils.flop_counter import FlopCounterMode
+
     t = run.trained
     fused = backbone.inference_trunk(t.model.trunk)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -234,18 +355,37 @@ def measure_efficiency(run):
     dtype = t.auto_dtype or torch.float32
     mm, mm_flops = matmul(dtype, t.device)
     n = sum(len(b) for b in t.batches)
-    rates = common.best_rates({"trunk": trunk_pass(fused, t.batches, t.device, t.auto_dtype), "matmul": mm}, 1,
-                              run.sizes["rounds"], sync=sync_for(t.device))
+    rates = common.best_rates(
+        {"trunk": trunk_pass(fused, t.batches, t.device, t.auto_dtype), "matmul": mm},
+        1,
+        run.sizes["rounds"],
+        sync=sync_for(t.device),
+    )
     achieved, peak = flops * n * rates["trunk"] / 1e9, mm_flops * rates["matmul"] / 1e9
     raw = {"gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_gflops": peak, "dtype": str(dtype)}
     compared = f"achieved GFLOP/s / matmul GFLOP/s ({str(dtype)[6:]}: {achieved:.0f} / {peak:.0f})"
     on_amx = t.device.type == "cpu" and dtype == torch.bfloat16 and hardware.cpu_features()["amx_bf16"]
     if on_amx:
-        return raw, [information("trunk efficiency", compared, round(achieved / peak, 2), "",
-                                 "the bf16 matmul runs on AMX, which small 3x3 convolutions cannot match")]
-    return raw, [verdict("trunk efficiency", compared, round(achieved / peak, 2), str(TARGETS["trunk efficiency"]),
-                         TARGETS["trunk efficiency"].met(achieved / peak),
-                         "", "small convolutions do not reach GEMM speed")]
+        return raw, [
+            information(
+                "trunk efficiency",
+                compared,
+                round(achieved / peak, 2),
+                "",
+                "the bf16 matmul runs on AMX, which small 3x3 convolutions cannot match",
+            )
+        ]
+    return raw, [
+        verdict(
+            "trunk efficiency",
+            compared,
+            round(achieved / peak, 2),
+            str(TARGETS["trunk efficiency"]),
+            TARGETS["trunk efficiency"].met(achieved / peak),
+            "",
+            "small convolutions do not reach GEMM speed",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- 4. trunk settings (the bf16 gap)
@@ -253,38 +393,66 @@ def measure_trunk_settings(run):
     """What layout, batch size and oneDNN ISA do to fp32 and bf16, on one thread in CPU time (information)."""
     t = run.trained
     if t.device.type != "cpu" or not backbone.cpu_supports_bf16():
-        return {}, [not_here("trunk settings", "bf16 vs fp32 by layout and batch size", None, "(information)", "",
-                             "measured only on a CPU with native bf16")]
+        return {}, [
+            not_here(
+                "trunk settings",
+                "bf16 vs fp32 by layout and batch size",
+                None,
+                "(information)",
+                "",
+                "measured only on a CPU with native bf16",
+            )
+        ]
     images = torch.cat(t.batches)
     fused = backbone.inference_trunk(t.model.trunk)
     plain = backbone.inference_trunk(t.model.trunk).to(memory_format=torch.contiguous_format)
     variants = {}
     for size in run.sizes["batch_sizes"]:
         for layout, trunk in (("channels_last", fused), ("contiguous", plain)):
-            shaped = [b.contiguous(memory_format=torch.channels_last if layout == "channels_last" else
-                                   torch.contiguous_format) for b in images.split(size)]
+            shaped = [
+                b.contiguous(
+                    memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                )
+                for b in images.split(size)
+            ]
             for dtype in (None, torch.bfloat16):
                 variants[(layout, size, backbone.precision_name(dtype))] = trunk_pass(trunk, shaped, t.device, dtype)
     rates = common.best_rates(variants, len(images), max(1, run.sizes["rounds"] // 2), single_thread=True)
-    table = {f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
-             for layout, size, _ in variants}
+    table = {
+        f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
+        for layout, size, _ in variants
+    }
     amx = hardware.cpu_features()["amx_bf16"] and not run.quick  # --quick: no fresh process for it
     without_amx = bf16_ratio_without_amx(len(images), t.cfg.image_size) if amx else None
     best = max(table, key=lambda k: table[k]["bf16"])
     summary = "; ".join(f"{k}: {v['bf16'] / v['fp32']:.2f}x" for k, v in table.items())
-    rows = [information("trunk settings", f"bf16/fp32 by layout and batch, 1 thread, CPU time: {summary}; fastest "
-                        f"bf16: {best} ({table[best]['bf16']:.0f} images/s)", round(table[best]["bf16"] /
-                                                                                    table[best]["fp32"], 2), "x")]
+    rows = [
+        information(
+            "trunk settings",
+            f"bf16/fp32 by layout and batch, 1 thread, CPU time: {summary}; fastest "
+            f"bf16: {best} ({table[best]['bf16']:.0f} images/s)",
+            round(table[best]["bf16"] / table[best]["fp32"], 2),
+            "x",
+        )
+    ]
     if without_amx:
-        rows.append(information("bf16 without AMX", f"oneDNN limited to AVX512-BF16 (ONEDNN_MAX_CPU_ISA), bf16 vs fp32 "
-                                f"({without_amx['bf16']:.0f} vs {without_amx['fp32']:.0f} images/s, 1 thread)",
-                                round(without_amx["bf16"] / without_amx["fp32"], 2), "x"))
+        rows.append(
+            information(
+                "bf16 without AMX",
+                f"oneDNN limited to AVX512-BF16 (ONEDNN_MAX_CPU_ISA), bf16 vs fp32 "
+                f"({without_amx['bf16']:.0f} vs {without_amx['fp32']:.0f} images/s, 1 thread)",
+                round(without_amx["bf16"] / without_amx["fp32"], 2),
+                "x",
+            )
+        )
     return {"one_thread_cpu_images_per_s": table, "without_amx": without_amx}, rows
 
 
 def bf16_ratio_without_amx(n, image_size):
-    return common.run_child(f"from bench.bench_pipeline import isa_child; isa_child({n}, {image_size})",
-                            env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    return common.run_child(
+        f"from bench.bench_pipeline import isa_child; isa_child({n}, {image_size})",
+        env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    )
 
 
 def isa_child(n, image_size):
@@ -292,9 +460,19 @@ def isa_child(n, image_size):
     trunk = backbone.inference_trunk(backbone.build_trunk(None, 0))
     batches = list(torch.randn(n, 3, image_size, image_size).contiguous(memory_format=torch.channels_last).split(64))
     cpu = torch.device("cpu")
-    print(json.dumps(common.best_rates({"fp32": trunk_pass(trunk, batches, cpu, None),
-                                        "bf16": trunk_pass(trunk, batches, cpu, torch.bfloat16)}, n, 2,
-                                       single_thread=True)))
+    print(
+        json.dumps(
+            common.best_rates(
+                {
+                    "fp32": trunk_pass(trunk, batches, cpu, None),
+                    "bf16": trunk_pass(trunk, batches, cpu, torch.bfloat16),
+                },
+                n,
+                2,
+                single_thread=True,
+            )
+        )
+    )
 
 
 # --------------------------------------------------------------------------- 5. head training
@@ -305,20 +483,28 @@ def measure_head_training(run):
     head = backbone.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+
     def epoch():
         return head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head)
 
     ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
-    original = legacy.original_training_steps(checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg,
-                                              t.device, run.sizes["original_batches"])
+    original = legacy.original_training_steps(
+        checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg, t.device, run.sizes["original_batches"]
+    )
     name = backbone.precision_name(head)
     run.measured["head_epoch_images_per_s"] = ours
     return {"cached_epoch_images_per_s": ours, "head_precision": name, "original_step_images_per_s": original}, [
-        verdict("head training epoch", f"cached features ({name} head) vs original step, images/s ({ours:.0f} vs "
-                f"{original:.0f})", round(ours / original, 1), str(TARGETS["head training epoch"]),
-                TARGETS["head training epoch"].met(ours / original), "x",
-                "the head's two 64-channel convolutions cost ~0.1 GFLOP per image against ~1 for the trunk")]
+        verdict(
+            "head training epoch",
+            f"cached features ({name} head) vs original step, images/s ({ours:.0f} vs {original:.0f})",
+            round(ours / original, 1),
+            str(TARGETS["head training epoch"]),
+            TARGETS["head training epoch"].met(ours / original),
+            "x",
+            "the head's two 64-channel convolutions cost ~0.1 GFLOP per image against ~1 for the trunk",
+        )
+    ]
 
 
 def cached_train(t, names=("train",)):
@@ -329,8 +515,9 @@ def cached_train(t, names=("train",)):
 
 def fresh_head(t, seed):
     torch.manual_seed(seed)
-    model = backbone.PlanktonNet(len(t.ckpt["classes"]), t.cfg.image_size, None, t.cfg.seed, t.cfg.embedding_dim,
-                                 t.cfg.dropout)
+    model = backbone.PlanktonNet(
+        len(t.ckpt["classes"]), t.cfg.image_size, None, t.cfg.seed, t.cfg.embedding_dim, t.cfg.dropout
+    )
     model.trunk.load_state_dict(t.model.trunk.state_dict())
     model.to(t.device)
     return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
@@ -373,9 +560,16 @@ def measure_head_precision(run):
     (the mean over seeds: one training run's accuracy moves by a point or so with the seed alone)."""
     t = run.trained
     if not native_bf16(t.device):
-        return {}, [not_here("head bf16", "bf16 vs fp32 head epoch and test accuracy", None,
-                             f"{TARGETS['head bf16 speed']}, {TARGETS['head bf16 accuracy']}", "",
-                             "no native bf16 (no AVX512-BF16/AMX): head_precision=auto trains the head in fp32")]
+        return {}, [
+            not_here(
+                "head bf16",
+                "bf16 vs fp32 head epoch and test accuracy",
+                None,
+                f"{TARGETS['head bf16 speed']}, {TARGETS['head bf16 accuracy']}",
+                "",
+                "no native bf16 (no AVX512-BF16/AMX): head_precision=auto trains the head in fp32",
+            )
+        ]
     epochs, seeds = run.sizes["head_epochs"], range(t.cfg.seed, t.cfg.seed + run.sizes["head_seeds"])
     data = cached_train(t, ("train", "val", "test"))
     runs = [train_heads_side_by_side(t, {"fp32": None, "bf16": torch.bfloat16}, epochs, data, seed) for seed in seeds]
@@ -386,13 +580,27 @@ def measure_head_precision(run):
     per_seed = ", ".join(f"{100 * a:.2f}/{100 * b:.2f}" for a, b in zip(accuracy["bf16"], accuracy["fp32"]))
     raw = {"epochs": epochs, "seeds": list(seeds), "test_accuracy": accuracy, "one_thread_images_per_cpu_s": rate}
     return raw, [
-        verdict("head bf16 speed", f"bf16 vs fp32 head epoch on cached features, 1 thread, CPU time ({rate['bf16']:.0f}"
-                f" vs {rate['fp32']:.0f} images/s)", round(speed, 2), str(TARGETS["head bf16 speed"]),
-                TARGETS["head bf16 speed"].met(speed), "x", "bf16 does not pay here"),
-        verdict("head bf16 accuracy", f"test accuracy after {epochs} epochs, bf16 vs fp32 head, mean of "
-                f"{len(runs)} seed(s) (per seed, bf16/fp32 %: {per_seed})", f"{points:+.2f}",
-                str(TARGETS["head bf16 accuracy"]), TARGETS["head bf16 accuracy"].met(points), "points",
-                "bf16 rounding changes what the head learns")]
+        verdict(
+            "head bf16 speed",
+            f"bf16 vs fp32 head epoch on cached features, 1 thread, CPU time ({rate['bf16']:.0f}"
+            f" vs {rate['fp32']:.0f} images/s)",
+            round(speed, 2),
+            str(TARGETS["head bf16 speed"]),
+            TARGETS["head bf16 speed"].met(speed),
+            "x",
+            "bf16 does not pay here",
+        ),
+        verdict(
+            "head bf16 accuracy",
+            f"test accuracy after {epochs} epochs, bf16 vs fp32 head, mean of "
+            f"{len(runs)} seed(s) (per seed, bf16/fp32 %: {per_seed})",
+            f"{points:+.2f}",
+            str(TARGETS["head bf16 accuracy"]),
+            TARGETS["head bf16 accuracy"].met(points),
+            "points",
+            "bf16 rounding changes what the head learns",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 6. data loading
@@ -414,24 +622,32 @@ def loader_pass(loader):
 def measure_loader(run):
     """The decoding workers alone vs the trunk: both in steady state and at their best of the same rounds."""
     t = run.trained
-    loader = trunk_cache.trunk_loader(t.paths[:run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size,
-                                      t.cfg.num_workers, t.device)
+    loader = trunk_cache.trunk_loader(
+        t.paths[: run.sizes["loader_images"]], t.cfg.image_size, t.cfg.batch_size, t.cfg.num_workers, t.device
+    )
     passes = [loader_pass(loader) for _ in range(run.sizes["rounds"])]
     whole_ips, loader_ips = max(p[0] for p in passes), max(p[1] for p in passes)
     trunk_ips = run.measured.get("trunk_images_per_s")
     if trunk_ips is None:
-        return {"loader_images_per_s": loader_ips}, [information("data loading", "loader alone, images/s",
-                                                                 round(loader_ips), "images/s")]
+        return {"loader_images_per_s": loader_ips}, [
+            information("data loading", "loader alone, images/s", round(loader_ips), "images/s")
+        ]
     workers = max(t.cfg.num_workers, 1)
     return {"loader_images_per_s": loader_ips, "loader_whole_pass_images_per_s": whole_ips}, [
-        verdict("data loading", f"loader alone ({t.cfg.num_workers} workers) vs trunk, images/s in steady state, best "
-                f"of {len(passes)} ({loader_ips:.0f} vs {trunk_ips:.0f}; a whole pass of "
-                f"{run.sizes['loader_images']} images with the workers' start-up: {whole_ips:.0f})",
-                round(loader_ips / trunk_ips, 1), str(TARGETS["data loading"]),
-                TARGETS["data loading"].met(loader_ips / trunk_ips), "x",
-                f"{loader_ips / workers:.0f} images/s per decoding worker ({t.cfg.num_workers} on {os.cpu_count()} "
-                f"cores): 3x this trunk needs {3 * trunk_ips * workers / loader_ips:.1f} workers; raise num_workers "
-                f"where the cores allow")]
+        verdict(
+            "data loading",
+            f"loader alone ({t.cfg.num_workers} workers) vs trunk, images/s in steady state, best "
+            f"of {len(passes)} ({loader_ips:.0f} vs {trunk_ips:.0f}; a whole pass of "
+            f"{run.sizes['loader_images']} images with the workers' start-up: {whole_ips:.0f})",
+            round(loader_ips / trunk_ips, 1),
+            str(TARGETS["data loading"]),
+            TARGETS["data loading"].met(loader_ips / trunk_ips),
+            "x",
+            f"{loader_ips / workers:.0f} images/s per decoding worker ({t.cfg.num_workers} on {os.cpu_count()} "
+            f"cores): 3x this trunk needs {3 * trunk_ips * workers / loader_ips:.1f} workers; raise num_workers "
+            f"where the cores allow",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- 7. the 2-D map stage
@@ -452,6 +668,7 @@ def map_trustworthiness(cfg):
     """sklearn's trustworthiness of results/umap_coordinates.csv against the standardised embeddings it maps."""
     from sklearn.manifold import trustworthiness
     from sklearn.preprocessing import StandardScaler
+
     coords = artifacts.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"), ("split", "label", "path"))
     vectors = {}
     for s in coords["split"].unique():
@@ -471,9 +688,16 @@ def measure_map(run):
     if run.quick:
         ours = map_stage(run, "ours", demo)
         compared = f"fresh process, {ours['points']} points: {ours['seconds']:.1f} s"
-        return {"demo_size": {"ours": ours}}, [not_here("2-D map stage", compared, round(ours["seconds"], 1),
-                                                        str(TARGETS["2-D map stage"]),
-                                                        "s", "--quick maps a few points and skips the original")]
+        return {"demo_size": {"ours": ours}}, [
+            not_here(
+                "2-D map stage",
+                compared,
+                round(ours["seconds"], 1),
+                str(TARGETS["2-D map stage"]),
+                "s",
+                "--quick maps a few points and skips the original",
+            )
+        ]
     map_stage(run, "ours", demo)  # fills numba's cache, as any earlier run would have
     at_demo = {v: map_stage(run, v, demo) for v in ("ours", "ours, first run", LEGACY_MAP)}
     at_full = {v: map_stage(run, v, full) for v in ("ours", LEGACY_MAP)}
@@ -482,54 +706,98 @@ def measure_map(run):
     drop = old["trustworthiness"] - ours["trustworthiness"]
     full_drop = big_old["trustworthiness"] - big_ours["trustworthiness"]
     return {"demo_size": at_demo, "full_size": at_full}, [
-        verdict("2-D map stage", f"whole stage, fresh process, {ours['points']} points (the demo's size): ours "
-                f"{ours['seconds']:.1f} s (first run, numba compiling: {first['seconds']:.1f} s) vs UMAP's own "
-                f"search {old['seconds']:.1f} s", round(ours["seconds"], 1), str(TARGETS["2-D map stage"]),
-                TARGETS["2-D map stage"].met(ours["seconds"]), "s",
-                "numba compilation or the galleries' figures"),
-        verdict("2-D map quality", f"trustworthiness, ours vs UMAP's own search, {ours['points']} points "
-                f"({ours['trustworthiness']:.4f} vs {old['trustworthiness']:.4f}); at {big_ours['points']} points "
-                f"{big_ours['trustworthiness']:.4f} vs {big_old['trustworthiness']:.4f} "
-                f"(stage {big_ours['seconds']:.1f} s vs {big_old['seconds']:.1f} s)",
-                f"{-drop:+.4f}", str(TARGETS["2-D map quality"]),
-                TARGETS["2-D map quality"].met(drop) and full_drop <= TARGETS["2-D map quality"].value, "",
-                "the exact neighbours change the map")]
+        verdict(
+            "2-D map stage",
+            f"whole stage, fresh process, {ours['points']} points (the demo's size): ours "
+            f"{ours['seconds']:.1f} s (first run, numba compiling: {first['seconds']:.1f} s) vs UMAP's own "
+            f"search {old['seconds']:.1f} s",
+            round(ours["seconds"], 1),
+            str(TARGETS["2-D map stage"]),
+            TARGETS["2-D map stage"].met(ours["seconds"]),
+            "s",
+            "numba compilation or the galleries' figures",
+        ),
+        verdict(
+            "2-D map quality",
+            f"trustworthiness, ours vs UMAP's own search, {ours['points']} points "
+            f"({ours['trustworthiness']:.4f} vs {old['trustworthiness']:.4f}); at {big_ours['points']} points "
+            f"{big_ours['trustworthiness']:.4f} vs {big_old['trustworthiness']:.4f} "
+            f"(stage {big_ours['seconds']:.1f} s vs {big_old['seconds']:.1f} s)",
+            f"{-drop:+.4f}",
+            str(TARGETS["2-D map quality"]),
+            TARGETS["2-D map quality"].met(drop) and full_drop <= TARGETS["2-D map quality"].value,
+            "",
+            "the exact neighbours change the map",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 8. distances
 def measure_distances(run):
     """Blockwise BLAS vs brute-force cdist (equal results), and the memory added at 20,000 per class."""
     import tracemalloc
+
     rng = np.random.default_rng(0)
     small = [np.abs(rng.normal(m, 1, (run.sizes["dist_small"], 128))) for m in range(3)]
     ours_result, ours = common.timed(compute_average_distances.average_distances, small)
     reference, theirs = common.timed(legacy.brute_force_distances, small)
-    agree = bool(np.allclose(ours_result["euclidean"], reference[0], rtol=1e-9)
-                 and np.allclose(ours_result["angular"], reference[1], rtol=1e-7))
+    agree = bool(
+        np.allclose(ours_result["euclidean"], reference[0], rtol=1e-9)
+        and np.allclose(ours_result["angular"], reference[1], rtol=1e-7)
+    )
     large = [np.abs(rng.normal(m, 1, (run.sizes["dist_large"], 128))) for m in range(2)]
     tracemalloc.start()
     _, large_s = common.timed(compute_average_distances.average_distances, large)
     peak = tracemalloc.get_traced_memory()[1] / 1e6
     tracemalloc.stop()
-    raw = {"n_small": len(small[0]), "ours_s": ours, "cdist_s": theirs, "agree_with_cdist": agree,
-           "n_large": len(large[0]), "large_s": large_s, "large_peak_added_mb": peak}
+    raw = {
+        "n_small": len(small[0]),
+        "ours_s": ours,
+        "cdist_s": theirs,
+        "agree_with_cdist": agree,
+        "n_large": len(large[0]),
+        "large_s": large_s,
+        "large_peak_added_mb": peak,
+    }
     return raw, [
-        verdict("average distances", f"ours vs brute-force cdist, {len(small[0])} per class x 3 classes ({ours:.2f} s "
-                f"vs {theirs:.2f} s; equal: {agree})", round(theirs / ours, 2), str(TARGETS["average distances"]),
-                TARGETS["average distances"].met(theirs / ours) and agree,
-                "x", "below target"),
-        verdict("distance memory", f"peak memory added at {len(large[0])} per class x 2 classes ({large_s:.1f} s)",
-                round(peak, 1), str(TARGETS["distance memory"]), TARGETS["distance memory"].met(peak), "MB",
-                "blocks too large")]
+        verdict(
+            "average distances",
+            f"ours vs brute-force cdist, {len(small[0])} per class x 3 classes ({ours:.2f} s "
+            f"vs {theirs:.2f} s; equal: {agree})",
+            round(theirs / ours, 2),
+            str(TARGETS["average distances"]),
+            TARGETS["average distances"].met(theirs / ours) and agree,
+            "x",
+            "below target",
+        ),
+        verdict(
+            "distance memory",
+            f"peak memory added at {len(large[0])} per class x 2 classes ({large_s:.1f} s)",
+            round(peak, 1),
+            str(TARGETS["distance memory"]),
+            TARGETS["distance memory"].met(peak),
+            "MB",
+            "blocks too large",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 9. trunk-cache memory
 def cache_child(n, image_size, data_root, classes, out):
     """In a fresh process: the trunk pass over n images (cycling the data) -> its peak resident memory."""
     import pandas as pd
-    cfg = config.load_config([f"--data_root={data_root!r}", f"--output_dir={out!r}", f"--image_size={image_size}",
-                              "--backbone_weights=None", "--precision='fp32'", f"--seen_classes={classes[:2]!r}",
-                              f"--unseen_classes={classes[2:4]!r}"])
+
+    cfg = config.load_config(
+        [
+            f"--data_root={data_root!r}",
+            f"--output_dir={out!r}",
+            f"--image_size={image_size}",
+            "--backbone_weights=None",
+            "--precision='fp32'",
+            f"--seen_classes={classes[:2]!r}",
+            f"--unseen_classes={classes[2:4]!r}",
+        ]
+    )
     files = sorted(f"{c}/{f}" for c in classes for f in data_folders.list_class_files(Path(data_root) / c)[0])
     rows = pd.DataFrame({"path": [files[i % len(files)] for i in range(n)], "label": "x"})
     trunk = backbone.build_trunk(None, 0)
@@ -551,11 +819,21 @@ def measure_cache_memory(run):
         shutil.rmtree(out, ignore_errors=True)
     small, large = result[sizes["cache_small"]], result[sizes["cache_large"]]
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-    compared = (f"peak RSS of the trunk pass, {sizes['cache_small']} vs {sizes['cache_large']} images at "
-                f"{sizes['cache_image_size']} px ({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)")
-    return result, [verdict("cache memory", compared, round(growth, 1), str(TARGETS["cache memory"]),
-                            TARGETS["cache memory"].met(growth), "MB",
-                            "features held in memory")]
+    compared = (
+        f"peak RSS of the trunk pass, {sizes['cache_small']} vs {sizes['cache_large']} images at "
+        f"{sizes['cache_image_size']} px ({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB)"
+    )
+    return result, [
+        verdict(
+            "cache memory",
+            compared,
+            round(growth, 1),
+            str(TARGETS["cache memory"]),
+            TARGETS["cache memory"].met(growth),
+            "MB",
+            "features held in memory",
+        )
+    ]
 
 
 def sample_of_links(n, data_root, classes, folder):
@@ -574,12 +852,21 @@ def sample_of_links(n, data_root, classes, folder):
 def predict_child(argv):
     """In a fresh process: predict.py over a sample folder -> its peak resident memory and wall time."""
     import predict
+
     common.reset_peak_rss()  # imports peak above what predict itself holds: measure predict's own high-water mark
     before = common.rss_mb("VmRSS")
     start = time.perf_counter()
     table = predict.main(argv)
-    print(json.dumps({"images": int(table["images"].sum()), "peak_rss_mb": common.rss_mb("VmHWM"),
-                      "before_mb": before, "seconds": time.perf_counter() - start}))
+    print(
+        json.dumps(
+            {
+                "images": int(table["images"].sum()),
+                "peak_rss_mb": common.rss_mb("VmHWM"),
+                "before_mb": before,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    )
 
 
 def measure_predict_memory(run):
@@ -595,20 +882,31 @@ def measure_predict_memory(run):
         shutil.rmtree(folder, ignore_errors=True)
     small, large = result[sizes["predict_small"]], result[sizes["predict_large"]]
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-    compared = (f"peak RSS of predict.py, {small['images']} vs {large['images']} images at {t.cfg.image_size} px "
-                f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB; "
-                f"{large['images'] / large['seconds']:.0f} images/s)")
-    return result, [verdict("predict memory", compared, round(growth, 1), str(TARGETS["predict memory"]),
-                            TARGETS["predict memory"].met(growth), "MB",
-                            "more than file names and embeddings (about 2.4 KB per image) grows with the sample")]
+    compared = (
+        f"peak RSS of predict.py, {small['images']} vs {large['images']} images at {t.cfg.image_size} px "
+        f"({small['peak_rss_mb']:.0f} vs {large['peak_rss_mb']:.0f} MB; "
+        f"{large['images'] / large['seconds']:.0f} images/s)"
+    )
+    return result, [
+        verdict(
+            "predict memory",
+            compared,
+            round(growth, 1),
+            str(TARGETS["predict memory"]),
+            TARGETS["predict memory"].met(growth),
+            "MB",
+            "more than file names and embeddings (about 2.4 KB per image) grows with the sample",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- 10. FlowCamNet size
 def measure_scale(run):
     results = scale.measure(run.scratch / "scale", run.quick, config.load_config(run.argv).num_workers)
     run.measured["scale"] = results
-    return {stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()}, \
-        scale.rows(results, run.quick)
+    return {stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()}, scale.rows(
+        results, run.quick
+    )
 
 
 def measure_flowcamnet(run):
@@ -617,27 +915,55 @@ def measure_flowcamnet(run):
     runs sooner) and the analysis stages at 300,000 embeddings (their CPU time on one thread)."""
     t, measured, n = run.trained, run.measured, scale.FLOWCAMNET_IMAGES
     if not {"trunk_images_per_s", "head_epoch_images_per_s", "scale"} <= set(measured):
-        return {}, [not_here("FlowCamNet run", "extrapolation", None, "(information)", "",
-                             "needs the trunk, head_training and scale measurements")]
+        return {}, [
+            not_here(
+                "FlowCamNet run",
+                "extrapolation",
+                None,
+                "(information)",
+                "",
+                "needs the trunk, head_training and scale measurements",
+            )
+        ]
     files = max(measured["scale"]["scan and split"])
     embeddings = max(measured["scale"]["distances"])
-    seconds = {"scan and split": n / files * measured["scale"]["scan and split"][files]["seconds"],
-               "trunk pass": n / measured["trunk_images_per_s"],
-               f"head ({t.cfg.epochs} epochs at most)": n * (1 - t.cfg.val_fraction - t.cfg.test_fraction)
-               * t.cfg.epochs / measured["head_epoch_images_per_s"],
-               "analysis (1 thread)": n / embeddings * sum(measured["scale"][stage][embeddings]["cpu_seconds"]
-                                                           for stage in scale.EMBEDDING_STAGES)}
+    seconds = {
+        "scan and split": n / files * measured["scale"]["scan and split"][files]["seconds"],
+        "trunk pass": n / measured["trunk_images_per_s"],
+        f"head ({t.cfg.epochs} epochs at most)": n
+        * (1 - t.cfg.val_fraction - t.cfg.test_fraction)
+        * t.cfg.epochs
+        / measured["head_epoch_images_per_s"],
+        "analysis (1 thread)": n
+        / embeddings
+        * sum(measured["scale"][stage][embeddings]["cpu_seconds"] for stage in scale.EMBEDDING_STAGES),
+    }
     summary = ", ".join(f"{k} {v / 3600:.2f} h" for k, v in seconds.items())
-    return seconds, [information("FlowCamNet run", f"{n:,} images on this machine, from the rates measured here: "
-                                 f"{summary}", round(sum(seconds.values()) / 3600, 1), "h")]
+    return seconds, [
+        information(
+            "FlowCamNet run",
+            f"{n:,} images on this machine, from the rates measured here: {summary}",
+            round(sum(seconds.values()) / 3600, 1),
+            "h",
+        )
+    ]
 
 
-MEASUREMENTS = (("pipeline", measure_pipeline), ("trunk", measure_trunk), ("efficiency", measure_efficiency),
-                ("trunk_settings", measure_trunk_settings), ("head_training", measure_head_training),
-                ("head_precision", measure_head_precision), ("loader", measure_loader), ("map", measure_map),
-                ("distances", measure_distances), ("cache_memory", measure_cache_memory),
-                ("predict_memory", measure_predict_memory), ("scale", measure_scale),
-                ("flowcamnet", measure_flowcamnet))
+MEASUREMENTS = (
+    ("pipeline", measure_pipeline),
+    ("trunk", measure_trunk),
+    ("efficiency", measure_efficiency),
+    ("trunk_settings", measure_trunk_settings),
+    ("head_training", measure_head_training),
+    ("head_precision", measure_head_precision),
+    ("loader", measure_loader),
+    ("map", measure_map),
+    ("distances", measure_distances),
+    ("cache_memory", measure_cache_memory),
+    ("predict_memory", measure_predict_memory),
+    ("scale", measure_scale),
+    ("flowcamnet", measure_flowcamnet),
+)
 
 
 # --------------------------------------------------------------------------- the run
@@ -647,8 +973,10 @@ def configure(argv):
     base = config.load_config(argv)
     if "--data_root" not in names:
         if not NDSB9.is_dir():
-            raise lab.LabError(f"The default benchmark data {NDSB9} is absent. Pass --data_root=... with "
-                               f"--seen_classes=[...] and --unseen_classes=[...] of your own data set.")
+            raise lab.LabError(
+                f"The default benchmark data {NDSB9} is absent. Pass --data_root=... with "
+                f"--seen_classes=[...] and --unseen_classes=[...] of your own data set."
+            )
         argv += [f"--data_root={str(NDSB9)!r}"]
         if "--seen_classes" not in names:
             argv += [f"--seen_classes={NDSB9_SEEN!r}", f"--unseen_classes={NDSB9_UNSEEN!r}"]
@@ -656,8 +984,11 @@ def configure(argv):
         try:
             backbone.build_trunk(base.backbone_weights, base.seed)
         except lab.LabError:
-            print("[bench] ImageNet weights unavailable (offline): timing a random trunk, which costs exactly the "
-                  "same; accuracies are those of a random trunk.", file=sys.stderr)
+            print(
+                "[bench] ImageNet weights unavailable (offline): timing a random trunk, which costs exactly the "
+                "same; accuracies are those of a random trunk.",
+                file=sys.stderr,
+            )
             argv += ["--backbone_weights=None"]
     return quick, only, argv + (QUICK_OVERRIDES if quick else []), base
 
@@ -684,14 +1015,18 @@ def run(argv):
 
 def print_table(rows, raw):
     m = raw["machine"]
-    print(f"\nBenchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads; CPU "
-          f"features: {common.feature_summary(m['cpu_features'])}; {m['precision_rule']})"
-          + ("  [--quick: tiny sizes, the figures mean nothing]" if raw["quick"] else ""))
+    print(
+        f"\nBenchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads; CPU "
+        f"features: {common.feature_summary(m['cpu_features'])}; {m['precision_rule']})"
+        + ("  [--quick: tiny sizes, the figures mean nothing]" if raw["quick"] else "")
+    )
     print(f"{'what':<28} {'measured':>20}  {'target':<30} {'':<7} compared")
     for r in rows:
         unit = r["unit"] if r["unit"] in ("x", "s", "") else " " + r["unit"]
-        print(f"{r['what']:<28} {str(r['measured']) + unit:>20}  {r['target']:<30} {r['status']:<7} {r['compared']}"
-              + (f"\n{'':<28} {r['reason']}" if r["reason"] else ""))
+        print(
+            f"{r['what']:<28} {str(r['measured']) + unit:>20}  {r['target']:<30} {r['status']:<7} {r['compared']}"
+            + (f"\n{'':<28} {r['reason']}" if r["reason"] else "")
+        )
     stages = ", ".join(f"{k} {v:.1f}" for k, v in (raw.get("pipeline") or {}).items())
     print(f"pipeline stages (s): {stages}")
     print("benchmark sections (s): " + ", ".join(f"{k} {v:.0f}" for k, v in raw["seconds"].items()))

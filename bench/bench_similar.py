@@ -10,6 +10,7 @@ outside the scratch folder is touched. Prints a table and writes results/benchma
     python bench/bench_similar.py                    # 300,000 embeddings, about 3 minutes on 2 cores
     python bench/bench_similar.py --quick            # 20,000 embeddings: a smoke test, not a benchmark
 """
+
 import json
 import os
 import subprocess
@@ -40,8 +41,15 @@ def scratch_model(folder, quick):
     """A trained random-trunk model and its embeddings set on a small demo set: the argv that reaches it."""
     counts = {c: 24 for c in demo_data.CLASSES} if quick else {c: 40 for c in demo_data.CLASSES}
     root = demo_data.generate(Path(folder) / "demo", counts=counts)
-    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(Path(folder) / 'out')!r}", "--backbone_weights=None",
-            "--image_size=64", "--epochs=2", "--num_workers=0", "--precision='fp32'"]
+    argv = [
+        f"--data_root={str(root)!r}",
+        f"--output_dir={str(Path(folder) / 'out')!r}",
+        "--backbone_weights=None",
+        "--image_size=64",
+        "--epochs=2",
+        "--num_workers=0",
+        "--precision='fp32'",
+    ]
     train.main(argv)
     embed.main(argv)
     output_lock.release_locks()
@@ -76,17 +84,23 @@ def search_ms(n, dim, rounds):
     return float(np.median(times)), float(np.min(times))
 
 
-PEAK = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, '.')\n"
-        "try:\n    runpy.run_path('similar.py', run_name='__main__')\n"
-        "finally:\n    print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
-        "          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, file=sys.stderr)")
+PEAK = (
+    "import resource, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, '.')\n"
+    "try:\n    runpy.run_path('similar.py', run_name='__main__')\n"
+    "finally:\n    print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+    "          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, file=sys.stderr)"
+)
 
 
 def command(argv, query):
     """(wall seconds, peak MB of the process, peak MB of its largest decoding worker) of `python similar.py`."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK, "similar.py", *argv, f"--query={str(query)!r}"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK, "similar.py", *argv, f"--query={str(query)!r}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"similar.py failed:\n{proc.stderr[-3000:]}")
@@ -104,29 +118,50 @@ def main(argv=None):
         total = grow_embeddings(cfg, n)
         median, best = search_ms(n, cfg.embedding_dim, 5 if quick else SEARCH_ROUNDS)
         folder = Path(scratch) / "queries"
-        images = sorted(p for c in demo_data.CLASSES for p in (root / c).iterdir())[:max(QUERIES)]
+        images = sorted(p for c in demo_data.CLASSES for p in (root / c).iterdir())[: max(QUERIES)]
         folder.mkdir()
         for i, image in enumerate(images):
             os.symlink(image, folder / f"q{i:03d}{image.suffix}")
         runs = {1: command(model_argv, images[0]), len(images): command(model_argv, folder)}
-        raw = {"embeddings": total, "search_ms_median": median, "search_ms_best": best,
-               "commands": {str(k): {"seconds": s, "peak_mb": m, "worker_peak_mb": w} for k, (s, m, w) in runs.items()},
-               "machine": common.machine(), "quick": quick}
+        raw = {
+            "embeddings": total,
+            "search_ms_median": median,
+            "search_ms_best": best,
+            "commands": {str(k): {"seconds": s, "peak_mb": m, "worker_peak_mb": w} for k, (s, m, w) in runs.items()},
+            "machine": common.machine(),
+            "quick": quick,
+        }
         target = TARGETS["similar search"]
-        rows = [common.verdict("similar search", f"one query among {n:,} embeddings, exact cosine (median of "
-                               f"{5 if quick else SEARCH_ROUNDS}; best {best:.1f} ms)", round(median, 1), str(target),
-                               target.met(median), "ms", "the matrix-vector product is memory-bound")]
+        rows = [
+            common.verdict(
+                "similar search",
+                f"one query among {n:,} embeddings, exact cosine (median of "
+                f"{5 if quick else SEARCH_ROUNDS}; best {best:.1f} ms)",
+                round(median, 1),
+                str(target),
+                target.met(median),
+                "ms",
+                "the matrix-vector product is memory-bound",
+            )
+        ]
         for queries, (seconds, peak, workers) in runs.items():
-            rows.append(common.information(f"similar.py, {queries} quer{'y' if queries == 1 else 'ies'}",
-                                           f"whole command, {total:,} embeddings loaded and checked; peak "
-                                           f"{peak:.0f} MB (+ decoding workers {workers:.0f} MB)",
-                                           round(seconds, 1), "s"))
+            rows.append(
+                common.information(
+                    f"similar.py, {queries} quer{'y' if queries == 1 else 'ies'}",
+                    f"whole command, {total:,} embeddings loaded and checked; peak "
+                    f"{peak:.0f} MB (+ decoding workers {workers:.0f} MB)",
+                    round(seconds, 1),
+                    "s",
+                )
+            )
         out = Path(next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("--output_dir=")), scratch))
         (out / "results").mkdir(parents=True, exist_ok=True)
         (out / "results" / "benchmark_similar.json").write_text(json.dumps({"raw": raw, "rows": rows}, indent=2))
         for r in rows:
-            print(f"{r['what']:<26} {str(r['measured']) + r.get('unit', ''):>10}  {r['target']:<10} {r['status']:<6} "
-                  f"{r['compared']}")
+            print(
+                f"{r['what']:<26} {str(r['measured']) + r.get('unit', ''):>10}  {r['target']:<10} {r['status']:<6} "
+                f"{r['compared']}"
+            )
         return raw, rows
 
 

@@ -1,6 +1,7 @@
 """What the benchmark's modules share: the CPU's features, rates measured side by side, peak memory, child
 processes and the rows of the table. Reads /proc/cpuinfo and /proc/self/status; writes nothing.
 """
+
 import json
 import os
 import platform
@@ -21,15 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def machine():
     import torch
+
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_features": hardware.cpu_features(),
-            "precision_rule": hardware.describe(), "load_average": load_average(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_features": hardware.cpu_features(),
+        "precision_rule": hardware.describe(),
+        "load_average": load_average(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def load_average():
@@ -52,6 +64,7 @@ def best_rates(variants, items, rounds, single_thread=False, sync=None):
     disturbed. single_thread: on one torch thread, timed in that thread's CPU time, which other processes on a
     shared machine cannot inflate (they take turns on the core, not work from this thread)."""
     import torch
+
     threads = torch.get_num_threads()
     clock = time.thread_time if single_thread else time.perf_counter
     if single_thread:
@@ -105,8 +118,13 @@ def children_peak_mb():
 # --------------------------------------------------------------------------- child processes
 def run_child(code, env=None):
     """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON."""
-    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({code[:120]}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -115,8 +133,9 @@ def run_child(code, env=None):
 def wall_of_child(args, env=None):
     """Seconds a fresh process running `python args...` at the repository root takes, start to exit."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({' '.join(args)[:200]}):\n{proc.stderr[-3000:]}")
@@ -132,24 +151,49 @@ def measurement_options(argv, measurements):
     rest = [a for a in argv if a != "--quick" and not a.startswith("--only=")]
     unknown = set(only or ()) - {name for name, _ in measurements}
     if unknown:
-        raise lab.LabError(f"--only names unknown measurements {sorted(unknown)}; choose from "
-                           f"{[name for name, _ in measurements]}.")
+        raise lab.LabError(
+            f"--only names unknown measurements {sorted(unknown)}; choose from {[name for name, _ in measurements]}."
+        )
     return quick, only, rest
 
 
 # --------------------------------------------------------------------------- rows of the table
 def verdict(name, compared, value, target, ok, unit, reason=""):
     """A target measured here: met, or missed with its reason."""
-    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": target,
-            "status": "met" if ok else "MISSED", "met": bool(ok), "reason": "" if ok else reason}
+    return {
+        "what": name,
+        "compared": compared,
+        "measured": value,
+        "unit": unit,
+        "target": target,
+        "status": "met" if ok else "MISSED",
+        "met": bool(ok),
+        "reason": "" if ok else reason,
+    }
 
 
 def not_here(name, compared, value, target, unit, reason):
     """A target that does not apply on this machine (or in --quick): the figure is shown, the verdict is not."""
-    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": target,
-            "status": "n/a", "met": None, "reason": f"n/a here: {reason}"}
+    return {
+        "what": name,
+        "compared": compared,
+        "measured": value,
+        "unit": unit,
+        "target": target,
+        "status": "n/a",
+        "met": None,
+        "reason": f"n/a here: {reason}",
+    }
 
 
 def information(name, compared, value, unit, note=""):
-    return {"what": name, "compared": compared, "measured": value, "unit": unit, "target": "(information)",
-            "status": "info", "met": None, "reason": note}
+    return {
+        "what": name,
+        "compared": compared,
+        "measured": value,
+        "unit": unit,
+        "target": "(information)",
+        "status": "info",
+        "met": None,
+        "reason": note,
+    }

@@ -6,6 +6,7 @@
 Imports are inside the functions: a fresh process timing the 2-D map imports this module and must pay only what
 the original script paid.
 """
+
 import time
 
 import numpy as np
@@ -17,9 +18,11 @@ def reduce_to_2d(x, cfg):
     """dimensionality_reduction.reduce_to_2d as it was: UMAP finds the neighbours itself."""
     import umap
     from sklearn.preprocessing import StandardScaler
+
     x = StandardScaler().fit_transform(x)
-    reducer = umap.UMAP(n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1), min_dist=cfg.umap_min_dist,
-                        random_state=cfg.seed, n_jobs=1)
+    reducer = umap.UMAP(
+        n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1), min_dist=cfg.umap_min_dist, random_state=cfg.seed, n_jobs=1
+    )
     return reducer.fit_transform(x)
 
 
@@ -29,16 +32,18 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
     import torch
 
     from lab import trunk_cache
-    loader = trunk_cache.trunk_loader(paths[:n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size,
-                                      cfg.num_workers, device)
+
+    loader = trunk_cache.trunk_loader(
+        paths[: n_batches * cfg.batch_size], cfg.image_size, cfg.batch_size, cfg.num_workers, device
+    )
     model = model.to(device)
     torch.nn.Module.train(model, True)  # as the original: all in train mode (not PlanktonNet.train's frozen trunk)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    targets = torch.as_tensor(labels[:n_batches * cfg.batch_size])
+    targets = torch.as_tensor(labels[: n_batches * cfg.batch_size])
     seen, start = 0, None
     for i, (x, _) in enumerate(loader):
         logits, _ = model(image_io.normalise(x.to(device)))
-        batch_targets = targets[i * cfg.batch_size:i * cfg.batch_size + len(x)].to(device)
+        batch_targets = targets[i * cfg.batch_size : i * cfg.batch_size + len(x)].to(device)
         loss = torch.nn.functional.cross_entropy(logits, batch_targets)
         optimizer.zero_grad()
         loss.backward()
@@ -53,6 +58,7 @@ def original_training_steps(model, paths, labels, cfg, device, n_batches):
 def brute_force_distances(groups):
     """[euclidean, angular] k x k mean distances by cdist, self-pairs left out within a class."""
     from scipy.spatial.distance import cdist
+
     k = len(groups)
     out = np.zeros((2, k, k))
     for p in range(k):

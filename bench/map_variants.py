@@ -2,6 +2,7 @@
 function that adjusts the script's module before its main runs. Imported only in that child process, so it imports
 nothing beyond what the script itself does (and the original approach, bench/legacy.py).
 """
+
 import dimensionality_reduction
 from bench import legacy
 

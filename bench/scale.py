@@ -19,6 +19,7 @@ of a shared machine cannot distort as it distorts wall time; wall seconds are re
 
     python -m bench.scale [--quick]    # alone; bench/bench_pipeline.py runs it as its last section
 """
+
 import json
 import math
 import sys
@@ -69,6 +70,7 @@ def class_name(c):
 def write_image_files(folder, n, classes, seed=0):
     """n distinct 32 x 32 PNG files (random pixels: no two are byte-identical) in `classes` class folders."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for c, size in enumerate(class_sizes(n, classes, seed)):
         target = Path(folder) / class_name(c)
@@ -81,23 +83,34 @@ def write_image_files(folder, n, classes, seed=0):
 # --------------------------------------------------------------------------- the stages
 def scan_and_split(folder, output_dir, num_workers, classes):
     import dataloader
+
     names = [class_name(c) for c in range(classes)]
-    dataloader.main([f"--data_root={str(folder)!r}", f"--output_dir={str(output_dir)!r}",
-                     f"--seen_classes={names[:-3]!r}", f"--unseen_classes={names[-3:]!r}",
-                     "--min_images_per_class=3", f"--num_workers={num_workers}"])
+    dataloader.main(
+        [
+            f"--data_root={str(folder)!r}",
+            f"--output_dir={str(output_dir)!r}",
+            f"--seen_classes={names[:-3]!r}",
+            f"--unseen_classes={names[-3:]!r}",
+            "--min_images_per_class=3",
+            f"--num_workers={num_workers}",
+        ]
+    )
 
 
 def distances(x, y, cfg):
     import compute_average_distances
+
     groups = [x[y == c].astype(np.float64) for c in np.unique(y)]
     compute_average_distances.average_distances(
-        compute_average_distances.sampled_groups(groups, cfg.distance_max_per_class, cfg.seed))
+        compute_average_distances.sampled_groups(groups, cfg.distance_max_per_class, cfg.seed)
+    )
 
 
 def map_sample(x, y, cfg):
     from sklearn.preprocessing import StandardScaler
 
     import dimensionality_reduction
+
     rng = np.random.default_rng(cfg.seed)
     parts = np.array_split(np.arange(len(x)), 3)  # as train, test and unseen
     kept = [part[dimensionality_reduction.sample_rows(part, cfg.umap_samples_per_split, rng)] for part in parts]
@@ -106,33 +119,43 @@ def map_sample(x, y, cfg):
 
 def galleries(x, y, cfg):
     import dimensionality_reduction
+
     for c in np.unique(y):
         dimensionality_reduction.gallery(x, y, c, cfg.gallery_size)
 
 
 def transfer(x, y, cfg):
     import transfer_learning
+
     transfer_learning.transfer_curves(x, y, cfg)
 
 
 def novelty(x, y, cfg):
     from lab import novelty_scores
+
     part = np.random.default_rng(cfg.seed).random(len(x))
     train, val, scored = part < 0.70, (part >= 0.70) & (part < 0.75), part >= 0.75
     weight = np.random.default_rng(cfg.seed).normal(size=(len(np.unique(y)), x.shape[1]))
-    scorer = novelty_scores.NoveltyScorer(x[train], y[train], weight, np.zeros(len(weight)), cfg.novelty_knn_k,
-                                          x[val], cfg.novelty_bank_max, cfg.seed)
+    scorer = novelty_scores.NoveltyScorer(
+        x[train], y[train], weight, np.zeros(len(weight)), cfg.novelty_knn_k, x[val], cfg.novelty_bank_max, cfg.seed
+    )
     scorer.scores(x[scored])
 
 
-STAGE_FUNCTIONS = {"distances": distances, "map sample": map_sample, "galleries": galleries, "transfer": transfer,
-                   "novelty": novelty}
+STAGE_FUNCTIONS = {
+    "distances": distances,
+    "map sample": map_sample,
+    "galleries": galleries,
+    "transfer": transfer,
+    "novelty": novelty,
+}
 
 
 # --------------------------------------------------------------------------- children: one process, its stages
 def cpu_seconds():
     """CPU seconds of this process and of its finished children (decoding workers)."""
     import resource
+
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
@@ -142,16 +165,29 @@ def measured(fn, *args):
     common.reset_peak_rss()
     start, cpu = time.perf_counter(), cpu_seconds()
     fn(*args)
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
-            "peak_rss_mb": common.rss_mb("VmHWM"), "workers_peak_mb": common.children_peak_mb()}
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "peak_rss_mb": common.rss_mb("VmHWM"),
+        "workers_peak_mb": common.children_peak_mb(),
+    }
 
 
 def import_stages():
     """Import what the stages use before any is timed: an import is a process's cost, not a stage's, and would
     flatter the growth of a stage by inflating its small size."""
     import importlib
-    for module in ("compute_average_distances", "dataloader", "dimensionality_reduction", "transfer_learning",
-                   "sklearn.linear_model", "sklearn.neighbors", "sklearn.preprocessing", "sklearn.svm"):
+
+    for module in (
+        "compute_average_distances",
+        "dataloader",
+        "dimensionality_reduction",
+        "transfer_learning",
+        "sklearn.linear_model",
+        "sklearn.neighbors",
+        "sklearn.preprocessing",
+        "sklearn.svm",
+    ):
         importlib.import_module(module)
 
 
@@ -171,8 +207,9 @@ def files_child(folder, output_dir, num_workers, classes, embeddings=None):
     """In a fresh process: the scan and split of the files in folder (and, given (n, stages, overrides), the
     embedding stages after it); prints {stage: measurement}."""
     import_stages()
-    results = {"scan and split": {**measured(scan_and_split, folder, output_dir, num_workers, classes),
-                                  "workers": num_workers}}
+    results = {
+        "scan and split": {**measured(scan_and_split, folder, output_dir, num_workers, classes), "workers": num_workers}
+    }
     output_lock.release_locks()
     if embeddings:
         n, stages, overrides = embeddings
@@ -219,21 +256,34 @@ def rows(results, quick):
         workers = large.get("workers", 0) * large["workers_peak_mb"]  # each worker's peak counts pages it shares
         peak = max(large["peak_rss_mb"], small["peak_rss_mb"]) + workers
         what = "files" if stage == "scan and split" else "embeddings"
-        compared = (f"{n_small:,} -> {n_large:,} {what}: {small['cpu_seconds']:.2f} -> {large['cpu_seconds']:.2f} "
-                    f"CPU s on 1 thread (wall {small['seconds']:.2f} -> {large['seconds']:.2f} s), "
-                    f"peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB"
-                    + (f" (+ {large['workers']} decoding workers, {large['workers_peak_mb']:.0f} MB each)" if workers
-                       else ""))
+        compared = (
+            f"{n_small:,} -> {n_large:,} {what}: {small['cpu_seconds']:.2f} -> {large['cpu_seconds']:.2f} "
+            f"CPU s on 1 thread (wall {small['seconds']:.2f} -> {large['seconds']:.2f} s), "
+            f"peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB"
+            + (f" (+ {large['workers']} decoding workers, {large['workers_peak_mb']:.0f} MB each)" if workers else "")
+        )
         name = f"scale: {stage}"
         target = f"growth <= linear, peak {TARGETS['scale: memory']}"
         if quick:
-            out.append(common.not_here(name, compared, round(exponent, 2), target, "",
-                                       "--quick sizes are too small to show growth"))
+            out.append(
+                common.not_here(
+                    name, compared, round(exponent, 2), target, "", "--quick sizes are too small to show growth"
+                )
+            )
             continue
         linear = exponent <= GROWTH_SLACK or large["cpu_seconds"] < FAST_ENOUGH_S
-        reason = ("needs more memory" if linear else REASONS.get(stage, "grows faster than its data"))
-        out.append(common.verdict(name, compared, f"n^{exponent:.2f}, {peak:.0f} MB", target,
-                                  linear and TARGETS["scale: memory"].met(peak), "", reason))
+        reason = "needs more memory" if linear else REASONS.get(stage, "grows faster than its data")
+        out.append(
+            common.verdict(
+                name,
+                compared,
+                f"n^{exponent:.2f}, {peak:.0f} MB",
+                target,
+                linear and TARGETS["scale: memory"].met(peak),
+                "",
+                reason,
+            )
+        )
     return out
 
 

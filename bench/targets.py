@@ -3,19 +3,24 @@
 A row of the benchmark's table is `met` or `MISSED` against its target here; rows whose target depends on the kind
 of machine (the trunk's bf16 speed-up) take it from TRUNK_BF16 by CPU kind (lab/hardware.py). Imports nothing.
 """
+
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Target:
-    op: str        # ">=", ">", "<=" or "within" (the absolute value at most)
+    op: str  # ">=", ">", "<=" or "within" (the absolute value at most)
     value: float
     unit: str = ""
     why: str = ""
 
     def met(self, measured):
-        return {">=": measured >= self.value, ">": measured > self.value, "<=": measured <= self.value,
-                "within": abs(measured) <= self.value}[self.op]
+        return {
+            ">=": measured >= self.value,
+            ">": measured > self.value,
+            "<=": measured <= self.value,
+            "within": abs(measured) <= self.value,
+        }[self.op]
 
     def __str__(self):
         return f"{self.op} {self.value:g}{self.unit}"
@@ -46,5 +51,9 @@ TARGETS = {
 # bf16 tiles in hardware; AVX512-BF16 alone only doubles the dot-product rate, and an AMD EPYC of that kind measured
 # 2.09x while its trunk ran at 0.88 of its own bf16 matmul peak, so 2.5x there would ask for more than the hardware
 # has. On an AVX2-only CPU bf16 is emulated and precision="auto" keeps fp32: no target (docs/performance.md).
-TRUNK_BF16 = {"amx": Target(">=", 2.5, "x"), "avx512_bf16": Target(">=", 1.8, "x"), "avx2": None,
-              "gpu": Target(">=", 2.5, "x")}
+TRUNK_BF16 = {
+    "amx": Target(">=", 2.5, "x"),
+    "avx512_bf16": Target(">=", 1.8, "x"),
+    "avx2": None,
+    "gpu": Target(">=", 2.5, "x"),
+}

@@ -9,6 +9,7 @@ tables (label_tables), the split (splitting), embedding files (embedding_files),
 and the demo data. Scripts import these modules, `backbone` and `configfile`, never another script; no module
 imports another in a circle. This file holds only what every module shares, and imports none of them.
 """
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: every relative path hangs on it (tested)

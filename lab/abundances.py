@@ -34,6 +34,7 @@ Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_ne
 embeddings/embeddings_val.pkl, and for out_of_fold results/label_issues.csv (audit.py's, of this checkpoint) and
 embeddings/embeddings_train.pkl; writes nothing: predict.py saves the table as results/abundances.csv.
 """
+
 import contextlib
 import sys
 import warnings
@@ -57,14 +58,29 @@ LEVEL = 0.95
 FIT_ERRORS = (RuntimeError, ValueError, ArithmeticError, AssertionError, np.linalg.LinAlgError)
 FALLBACK = "pacc"  # fits on any calibration set (a least-squares solve): used where abundance_method cannot be
 POSSIBLY_NEW = "possibly new"  # the class column of the row that counts the images flagged possibly new
-COLUMNS = (["class", "possibly_new", "cc_count", "cc_proportion", "method", "proportion", "proportion_low",
-            "proportion_high", "count", "count_low", "count_high"] + [f"proportion_{m}" for m in METHODS]
-           + ["calibration", "calibration_images", "bootstrap_draws"])
+COLUMNS = (
+    [
+        "class",
+        "possibly_new",
+        "cc_count",
+        "cc_proportion",
+        "method",
+        "proportion",
+        "proportion_low",
+        "proportion_high",
+        "count",
+        "count_low",
+        "count_high",
+    ]
+    + [f"proportion_{m}" for m in METHODS]
+    + ["calibration", "calibration_images", "bootstrap_draws"]
+)
 
 
 class Calibration(NamedTuple):
     """The calibration images of the corrections: the head's probabilities and their true class indices, their
     paths (for the record), and the class prior the head's probabilities assume (emq's starting point)."""
+
     probabilities: np.ndarray
     labels: np.ndarray
     prior: np.ndarray
@@ -107,14 +123,21 @@ def quapy_method(method, probabilities, labels):
     aggregation (val_split=None: the data given to fit() is the calibration data itself; the re-calibrated emq
     takes it as an explicit (X, y) pair, QuaPy's way to say so there)."""
     from quapy.method import aggregative as qa
+
     head = TrainedHead(probabilities.shape[1])
-    makers = {"cc": lambda: qa.CC(head, fit_classifier=False),
-              "acc": lambda: qa.ACC(head, fit_classifier=False, val_split=None),
-              "pcc": lambda: qa.PCC(head, fit_classifier=False),
-              "pacc": lambda: qa.PACC(head, fit_classifier=False, val_split=None),
-              "emq": lambda: qa.EMQ(head, fit_classifier=False, val_split=None)}
-    makers.update({name: lambda calib=calib: qa.EMQ(head, fit_classifier=False, val_split=(probabilities, labels),
-                                                     calib=calib) for name, calib in RECALIBRATION.items()})
+    makers = {
+        "cc": lambda: qa.CC(head, fit_classifier=False),
+        "acc": lambda: qa.ACC(head, fit_classifier=False, val_split=None),
+        "pcc": lambda: qa.PCC(head, fit_classifier=False),
+        "pacc": lambda: qa.PACC(head, fit_classifier=False, val_split=None),
+        "emq": lambda: qa.EMQ(head, fit_classifier=False, val_split=None),
+    }
+    makers.update(
+        {
+            name: lambda calib=calib: qa.EMQ(head, fit_classifier=False, val_split=(probabilities, labels), calib=calib)
+            for name, calib in RECALIBRATION.items()
+        }
+    )
     if method not in makers:
         raise ValueError(f"unknown abundance method {method!r}; known: {METHODS}")
     return makers[method]()
@@ -145,8 +168,9 @@ def estimate(quantifier, probabilities):
 def stratified_resample(labels, rng):
     """Row indices of a bootstrap resample that keeps each class's number of rows (rows drawn within classes)."""
     labels = np.asarray(labels)
-    return np.concatenate([rng.choice(rows, size=len(rows)) for rows in
-                           (np.flatnonzero(labels == c) for c in np.unique(labels))])
+    return np.concatenate(
+        [rng.choice(rows, size=len(rows)) for rows in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    )
 
 
 class Calibrated:
@@ -168,8 +192,9 @@ class Calibrated:
                     self.resampled.append(fitted(method, probabilities[rows], labels[rows], calibration.prior))
         self.failed = draws - len(self.resampled)
         if self.failed > draws / 2:
-            raise RuntimeError(f"{self.failed} of its {draws} fits on bootstrap resamples of the calibration images "
-                               f"failed")
+            raise RuntimeError(
+                f"{self.failed} of its {draws} fits on bootstrap resamples of the calibration images failed"
+            )
 
     def estimate(self, probabilities):
         return estimate(self.point, probabilities)
@@ -202,14 +227,19 @@ def calibrated_or_fallback(method, calibration, draws, seed):
         calibrated = Calibrated(method, calibration, draws, seed)
     except FIT_ERRORS as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"warning: abundance_method={method!r} could not be fitted on the {len(calibration.labels)} "
-              f"calibration images ({reason}); results/abundances.csv gives {FALLBACK!r} instead (its method "
-              f"column says so). More validation images (val_fraction) or another abundance_method avoid this.",
-              file=sys.stderr)
+        print(
+            f"warning: abundance_method={method!r} could not be fitted on the {len(calibration.labels)} "
+            f"calibration images ({reason}); results/abundances.csv gives {FALLBACK!r} instead (its method "
+            f"column says so). More validation images (val_fraction) or another abundance_method avoid this.",
+            file=sys.stderr,
+        )
         return Calibrated(FALLBACK, calibration, draws, seed)
     if calibrated.failed:
-        print(f"note: {calibrated.failed} of the {draws} bootstrap fits of {method} failed on a resample of the "
-              f"calibration images and were left out of its interval", file=sys.stderr)
+        print(
+            f"note: {calibrated.failed} of the {draws} bootstrap fits of {method} failed on a resample of the "
+            f"calibration images and were left out of its interval",
+            file=sys.stderr,
+        )
     return calibrated
 
 
@@ -224,8 +254,9 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
     kept = probabilities[~flagged]
     n, k = len(kept), len(classes)
     cc = np.bincount(kept.argmax(axis=1), minlength=k) if n else np.zeros(k, int)
-    table = pd.DataFrame({"class": list(classes), "possibly_new": False, "cc_count": cc,
-                          "cc_proportion": cc / n if n else np.nan})
+    table = pd.DataFrame(
+        {"class": list(classes), "possibly_new": False, "cc_count": cc, "cc_proportion": cc / n if n else np.nan}
+    )
     for m in METHODS:
         table[f"proportion_{m}"] = np.nan
         with contextlib.suppress(*FIT_ERRORS):  # a method that cannot be fitted here has no estimate: left empty
@@ -242,10 +273,18 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
     table["calibration"] = calibration.source
     table["calibration_images"], table["bootstrap_draws"] = len(calibration.labels), draws
     flagged_count = int(flagged.sum())
-    new_row = {"class": POSSIBLY_NEW, "possibly_new": True, "cc_count": flagged_count, "method": "novelty flag",
-               "count": flagged_count, "count_low": flagged_count, "count_high": flagged_count,
-               "calibration": calibration.source, "calibration_images": len(calibration.labels),
-               "bootstrap_draws": draws}
+    new_row = {
+        "class": POSSIBLY_NEW,
+        "possibly_new": True,
+        "cc_count": flagged_count,
+        "method": "novelty flag",
+        "count": flagged_count,
+        "count_low": flagged_count,
+        "count_high": flagged_count,
+        "calibration": calibration.source,
+        "calibration_images": len(calibration.labels),
+        "bootstrap_draws": draws,
+    }
     return pd.concat([table, pd.DataFrame([new_row])], ignore_index=True)[COLUMNS]
 
 
@@ -283,13 +322,20 @@ def out_of_fold_audit(cfg, checkpoint_digest):
     elif audit is not None and audit["inputs"].get("test_images_trained_on") is not False:
         audit, problem = None, "it was made by an older audit.py, whose fold heads trained on the test images"
     elif audit is not None and audit["inputs"].get("audit_model", "head") != "head":
-        audit, problem = None, (f"its out-of-fold model was audit_model={audit['inputs']['audit_model']!r}, not "
-                                f"the lab's head, whose confusions these abundances correct")
+        audit, problem = (
+            None,
+            (
+                f"its out-of-fold model was audit_model={audit['inputs']['audit_model']!r}, not "
+                f"the lab's head, whose confusions these abundances correct"
+            ),
+        )
     if audit is None:
-        raise lab.LabError(f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model "
-                           f"by its head, and the audit in results/ cannot serve ({problem}). Run `python audit.py "
-                           f"--audit_model=head` with this model first, or use --abundance_calibration=validation "
-                           f"(the default).")
+        raise lab.LabError(
+            f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model "
+            f"by its head, and the audit in results/ cannot serve ({problem}). Run `python audit.py "
+            f"--audit_model=head` with this model first, or use --abundance_calibration=validation "
+            f"(the default)."
+        )
     return audit
 
 
@@ -306,8 +352,13 @@ def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, 
     paths = np.asarray(splitting.absolute_paths(cfg, issues["path"]), dtype=object)  # as the embeddings name them
     keep = np.array([bool(kept.get(p, False)) for p in paths], dtype=bool) & issues["label"].isin(index).to_numpy()
     probabilities = issues[columns].to_numpy(np.float64)[keep]
-    return Calibration(probabilities / probabilities.sum(axis=1, keepdims=True),
-                       issues["label"][keep].map(index).to_numpy(np.int64), prior, tuple(paths[keep]), "out_of_fold")
+    return Calibration(
+        probabilities / probabilities.sum(axis=1, keepdims=True),
+        issues["label"][keep].map(index).to_numpy(np.int64),
+        prior,
+        tuple(paths[keep]),
+        "out_of_fold",
+    )
 
 
 def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes, source="validation"):
@@ -319,15 +370,23 @@ def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classe
     prior = training_prior(cfg, labels, len(scorer.weight))
     if source == "out_of_fold":
         return out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, by_path)
-    return Calibration(probabilities_from_embeddings(scorer, vectors[keep]), labels[keep], prior,
-                       tuple(frame["path"].to_numpy()[keep]), "validation")
+    return Calibration(
+        probabilities_from_embeddings(scorer, vectors[keep]),
+        labels[keep],
+        prior,
+        tuple(frame["path"].to_numpy()[keep]),
+        "validation",
+    )
 
 
 def sample_probabilities(predictions_path, classes):
     """(probabilities, possibly_new) of every image in predict.py's predictions.csv, read a block at a time."""
     columns = [f"p_{c}" for c in classes] + ["possibly_new"]
-    blocks = list(pd.read_csv(artifacts.require(predictions_path, "predict.py", "predictions file"),
-                              usecols=columns, chunksize=100_000))
+    blocks = list(
+        pd.read_csv(
+            artifacts.require(predictions_path, "predict.py", "predictions file"), usecols=columns, chunksize=100_000
+        )
+    )
     frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
     probabilities = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64)
     return probabilities / probabilities.sum(axis=1, keepdims=True), frame["possibly_new"].to_numpy(bool)
@@ -336,11 +395,13 @@ def sample_probabilities(predictions_path, classes):
 def sample_abundances(cfg, classes, scorer, threshold, predictions_path, checkpoint_digest):
     """The abundances table of the sample predict.py has just classified (predictions_path: its
     predictions.csv), corrected by cfg.abundance_method with cfg.abundance_bootstrap draws, seeded by cfg.seed."""
-    calibration = calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes,
-                                             cfg.abundance_calibration)
+    calibration = calibration_from_artifacts(
+        cfg, scorer, threshold, checkpoint_digest, classes, cfg.abundance_calibration
+    )
     probabilities, possibly_new = sample_probabilities(predictions_path, classes)
-    return abundance_frame(classes, probabilities, possibly_new, calibration, cfg.abundance_method,
-                           cfg.abundance_bootstrap, cfg.seed)
+    return abundance_frame(
+        classes, probabilities, possibly_new, calibration, cfg.abundance_method, cfg.abundance_bootstrap, cfg.seed
+    )
 
 
 # --------------------------------------------------------------------------- the report's chart
@@ -350,17 +411,31 @@ def abundance_chart(table):
     import io
 
     from lab import plotting
+
     plt = plotting.pyplot()
     rows = table[~table["possibly_new"].astype(bool)]
     names = plotting.drawable_names([str(c) for c in rows["class"]])
     y = np.arange(len(rows))
     corrected = rows["proportion"].to_numpy(np.float64)
-    errors = np.clip([corrected - rows["proportion_low"].to_numpy(np.float64),
-                      rows["proportion_high"].to_numpy(np.float64) - corrected], 0, None)
+    errors = np.clip(
+        [
+            corrected - rows["proportion_low"].to_numpy(np.float64),
+            rows["proportion_high"].to_numpy(np.float64) - corrected,
+        ],
+        0,
+        None,
+    )
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.4))
     ax.barh(y - 0.2, rows["cc_proportion"], height=0.4, color="#bbbbbb", label="classify and count")
-    ax.barh(y + 0.2, corrected, height=0.4, xerr=errors, color="#2a7ab0", capsize=3,
-            label=f"corrected ({rows['method'].iloc[0] if len(rows) else ''}), 95 % interval")
+    ax.barh(
+        y + 0.2,
+        corrected,
+        height=0.4,
+        xerr=errors,
+        color="#2a7ab0",
+        capsize=3,
+        label=f"corrected ({rows['method'].iloc[0] if len(rows) else ''}), 95 % interval",
+    )
     ax.set_yticks(y)
     ax.set_yticklabels(names)
     ax.invert_yaxis()

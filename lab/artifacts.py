@@ -7,6 +7,7 @@ File names that are not valid UTF-8 (old zips, Windows archives: Linux names are
 errors="surrogateescape"); every valid name is plain UTF-8 as before. Read them back with pandas'
 `encoding_errors="surrogateescape"` (read_csv below does). `printable` shows them in messages and pages.
 """
+
 import contextlib
 import errno
 import hashlib
@@ -35,8 +36,10 @@ def require(path, made_by, what="file"):
     """Fail loudly, naming the script that makes a missing input artifact."""
     path = Path(path)
     if not path.exists():
-        raise lab.LabError(f"The {what} {path} does not exist yet. It is made by `python {made_by}`: run that first "
-                           f"(with the same --output_dir), or run the whole pipeline with `python run_pipeline.py`.")
+        raise lab.LabError(
+            f"The {what} {path} does not exist yet. It is made by `python {made_by}`: run that first "
+            f"(with the same --output_dir), or run the whole pipeline with `python run_pipeline.py`."
+        )
     return path
 
 
@@ -56,8 +59,10 @@ def atomic_write(path, write):
             tmp.unlink()
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         kept = "The previous version is intact." if path.exists() else "Nothing was written."
-        raise lab.LabError(f"Could not save {path}: {reason}. {kept} Free some space or choose another "
-                           f"--output_dir, then run the script again.") from None
+        raise lab.LabError(
+            f"Could not save {path}: {reason}. {kept} Free some space or choose another "
+            f"--output_dir, then run the script again."
+        ) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -96,8 +101,10 @@ def read_json(path, made_by, what="file"):
     else:
         problem = None if isinstance(body, dict) else f"JSON, but {type(body).__name__}, not an object"
     if problem:
-        raise lab.LabError(f"The {what} {path} is damaged ({problem}): it was cut short or edited. It is made by "
-                           f"`python {made_by}`: run that again (with the same --output_dir), then this script.")
+        raise lab.LabError(
+            f"The {what} {path} is damaged ({problem}): it was cut short or edited. It is made by "
+            f"`python {made_by}`: run that again (with the same --output_dir), then this script."
+        )
     return body
 
 
@@ -114,10 +121,15 @@ def read_csv(path, text_columns):
     folder named 01, NA, None or nan stays that string. The other columns are parsed as numbers, with empty
     cells as missing values."""
     import pandas as pd
+
     header = list(pd.read_csv(path, nrows=0, encoding_errors="surrogateescape").columns)
-    return pd.read_csv(path, dtype={c: str for c in header if c in text_columns}, keep_default_na=False,
-                       na_values={c: MISSING_NUMBERS for c in header if c not in text_columns},
-                       encoding_errors="surrogateescape")
+    return pd.read_csv(
+        path,
+        dtype={c: str for c in header if c in text_columns},
+        keep_default_na=False,
+        na_values={c: MISSING_NUMBERS for c in header if c not in text_columns},
+        encoding_errors="surrogateescape",
+    )
 
 
 def file_digest(path, chunk=1 << 20):

@@ -6,6 +6,7 @@ config, the class names, the split's digest and the trunk weights used, so every
 model and its settings from the checkpoint alone, whatever configfile.py says today (as nanoGPT's sample.py).
 Reads and writes nothing by itself.
 """
+
 import sys
 import time
 from dataclasses import dataclass
@@ -20,19 +21,44 @@ from lab import artifacts, provenance, runtime, splitting
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
 # that they analyse what was trained, whatever configfile.py says today.
-MODEL_KEYS = ("data_root", "seen_classes", "unseen_classes", "val_fraction", "test_fraction",
-              "min_images_per_class", "max_images_per_class", "image_size", "backbone_weights", "dropout",
-              "embedding_dim", "seed", "precision", "labels_file", "labels_columns", "labels_statuses", "labels_map",
-              "near_copies")
+MODEL_KEYS = (
+    "data_root",
+    "seen_classes",
+    "unseen_classes",
+    "val_fraction",
+    "test_fraction",
+    "min_images_per_class",
+    "max_images_per_class",
+    "image_size",
+    "backbone_weights",
+    "dropout",
+    "embedding_dim",
+    "seed",
+    "precision",
+    "labels_file",
+    "labels_columns",
+    "labels_statuses",
+    "labels_map",
+    "near_copies",
+)
 # Settings that may differ when resuming; everything else must match the interrupted run.
 RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
 
 
 def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
-    return {"format": FORMAT, "model_state": model.state_dict(), "classes": list(cfg.seen_classes),
-            "config": vars(cfg).copy(), "weights": weights_id, "random_trunk": cfg.backbone_weights is None,
-            "split_digest": split_digest, "trunk_precision": trunk_precision,
-            "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": provenance.package_versions(), **extra}
+    return {
+        "format": FORMAT,
+        "model_state": model.state_dict(),
+        "classes": list(cfg.seen_classes),
+        "config": vars(cfg).copy(),
+        "weights": weights_id,
+        "random_trunk": cfg.backbone_weights is None,
+        "split_digest": split_digest,
+        "trunk_precision": trunk_precision,
+        "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": provenance.package_versions(),
+        **extra,
+    }
 
 
 def random_trunk(ckpt):
@@ -49,12 +75,17 @@ def trunk_dtype(ckpt, device):
     if name is None:  # a checkpoint of an earlier version of the lab: resolve its setting as it did
         return backbone.trunk_dtype(ckpt["config"].get("precision", "fp32"), device)
     if name == "fp16" and device.type == "cpu":
-        raise lab.LabError("This model's head was trained on fp16 trunk features (on a GPU), and the CPU has no "
-                           "fp16: its features here would differ from those it learned on. Run this script on a "
-                           "GPU (--device=cuda), or retrain with --precision=fp32 or bf16.")
+        raise lab.LabError(
+            "This model's head was trained on fp16 trunk features (on a GPU), and the CPU has no "
+            "fp16: its features here would differ from those it learned on. Run this script on a "
+            "GPU (--device=cuda), or retrain with --precision=fp32 or bf16."
+        )
     if name == "bf16" and device.type == "cpu" and not backbone.cpu_supports_bf16():
-        print("[checkpoint] note: the head was trained on bf16 trunk features; this CPU has no native bf16, so "
-              "they are computed in emulation (slower, same values)", file=sys.stderr)
+        print(
+            "[checkpoint] note: the head was trained on bf16 trunk features; this CPU has no native bf16, so "
+            "they are computed in emulation (slower, same values)",
+            file=sys.stderr,
+        )
     return backbone.PRECISIONS[name]
 
 
@@ -68,12 +99,16 @@ def load(path, made_by="train.py"):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise lab.LabError(f"The checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). It is "
-                           f"damaged or not a file made by this lab; delete it and run `python {made_by}` "
-                           f"again.") from None
+        raise lab.LabError(
+            f"The checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}). It is "
+            f"damaged or not a file made by this lab; delete it and run `python {made_by}` "
+            f"again."
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise lab.LabError(f"{path} is not a checkpoint made by this lab's train.py (it lacks our format tag). "
-                           f"Run `python {made_by}` to make one, or point --output_dir at the right folder.")
+        raise lab.LabError(
+            f"{path} is not a checkpoint made by this lab's train.py (it lacks our format tag). "
+            f"Run `python {made_by}` to make one, or point --output_dir at the right folder."
+        )
     return ckpt
 
 
@@ -85,8 +120,10 @@ def config_from_checkpoint(ckpt, cfg):
         if key in ckpt["config"]:
             theirs, ours = ckpt["config"][key], getattr(cfg, key)
             if theirs != ours and key == "data_root" and _holds_the_split(cfg):
-                print(f"[checkpoint] data_root: the split's files are in {artifacts.resolve(ours)}, unchanged (the "
-                      f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}")
+                print(
+                    f"[checkpoint] data_root: the split's files are in {artifacts.resolve(ours)}, unchanged (the "
+                    f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}"
+                )
                 continue
             if theirs != ours:
                 print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
@@ -101,14 +138,15 @@ def _holds_the_split(cfg):
 
 def model_from_checkpoint(ckpt, cfg):
     """Rebuild the trained model from the checkpoint alone (it holds the trunk too: no weights file needed)."""
-    model = backbone.PlanktonNet(len(ckpt["classes"]), cfg.image_size, None, cfg.seed, cfg.embedding_dim,
-                                 cfg.dropout)
+    model = backbone.PlanktonNet(len(ckpt["classes"]), cfg.image_size, None, cfg.seed, cfg.embedding_dim, cfg.dropout)
     try:
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, KeyError) as exc:
-        raise lab.LabError(f"The checkpoint's weights do not fit the model it describes ({str(exc)[:200]}); it "
-                           f"was made by another version of the lab or is damaged. Retrain with "
-                           f"`python train.py`.") from None
+        raise lab.LabError(
+            f"The checkpoint's weights do not fit the model it describes ({str(exc)[:200]}); it "
+            f"was made by another version of the lab or is damaged. Retrain with "
+            f"`python train.py`."
+        ) from None
     return model.eval()
 
 
@@ -117,18 +155,21 @@ def resume_state(cfg):
     last = load(artifacts.out_path(cfg, "checkpoints", "last.pth"))
     differs = [k for k, v in last["config"].items() if k not in RESUMABLE and getattr(cfg, k, v) != v]
     if differs:
-        raise lab.LabError(f"Cannot resume: the settings {differs} differ from those of the interrupted run in "
-                           f"checkpoints/last.pth. Resume with the same settings, or start afresh without "
-                           f"--resume=True.")
+        raise lab.LabError(
+            f"Cannot resume: the settings {differs} differ from those of the interrupted run in "
+            f"checkpoints/last.pth. Resume with the same settings, or start afresh without "
+            f"--resume=True."
+        )
     return last
 
 
 @dataclass
 class Trained:
     """The trained model as every script after train.py sees it."""
+
     cfg: SimpleNamespace  # the current config with the checkpoint's data and model settings
     ckpt: dict
-    digest: str           # short sha256 of best.pth: what later artifacts record they came from
+    digest: str  # short sha256 of best.pth: what later artifacts record they came from
     model: object = None  # PlanktonNet in eval mode on `device` (None when not asked for)
     device: object = None
     split: object = None  # results/split.csv, checked against the checkpoint (None when not asked for)
@@ -151,16 +192,20 @@ def load_trained(cfg, model=True, split=True, made_for=""):
     cfg = config_from_checkpoint(ckpt, cfg)
     print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
     if random_trunk(ckpt):
-        print(f"[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
-              f"{made_for or 'embeddings'} say nothing about plankton beyond showing that the code runs.",
-              file=sys.stderr)
+        print(
+            f"[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
+            f"{made_for or 'embeddings'} say nothing about plankton beyond showing that the code runs.",
+            file=sys.stderr,
+        )
     trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
     if split:
         trained.split = splitting.load_split(cfg, grow=False)
         if splitting.split_digest(cfg) != ckpt["split_digest"]:
-            raise lab.LabError("results/split.csv has changed since the checkpoint was trained (it was rebuilt, or "
-                               "grew by new images). "
-                               "Retrain with `python train.py` so that the test set holds no training images.")
+            raise lab.LabError(
+                "results/split.csv has changed since the checkpoint was trained (it was rebuilt, or "
+                "grew by new images). "
+                "Retrain with `python train.py` so that the test set holds no training images."
+            )
     if model:
         trained.device = runtime.select_device(cfg.device)
         trained.model = model_from_checkpoint(ckpt, cfg).to(trained.device)

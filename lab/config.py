@@ -2,6 +2,7 @@
 against the defaults and validated from one table of choices and ranges before any work starts.
 Reads configfile.py; writes nothing.
 """
+
 import ast
 import difflib
 import math
@@ -33,9 +34,11 @@ def config_defaults():
     other = os.environ.get("PLANKTON_LAB_CONFIG")
     if other:
         import runpy
+
         values = runpy.run_path(other)
     else:
         import configfile
+
         values = vars(configfile)
     settings = (bool, int, float, str, list, tuple, type(None))
     return {k: v for k, v in values.items() if not k.startswith("_") and k.islower() and isinstance(v, settings)}
@@ -43,9 +46,12 @@ def config_defaults():
 
 def _check_type(name, value, default):
     def fail(expected):
-        raise lab.LabError(f"--{name}={value!r} has the wrong type: expected {expected} (the default is "
-                           f"{default!r}). Strings need quotes inside the shell, e.g. --{name}=\"'text'\" "
-                           f"or a bare word, lists look like --{name}=\"['a', 'b']\".")
+        raise lab.LabError(
+            f"--{name}={value!r} has the wrong type: expected {expected} (the default is "
+            f"{default!r}). Strings need quotes inside the shell, e.g. --{name}=\"'text'\" "
+            f"or a bare word, lists look like --{name}=\"['a', 'b']\"."
+        )
+
     if name in NULLABLE and value is None:
         return None
     if name in NULLABLE_LISTS:
@@ -82,14 +88,18 @@ def parse_overrides(argv, defaults):
     overrides = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise lab.LabError(f"Cannot read the argument {arg!r}: every argument must look like --name=value, "
-                               f"with a name from configfile.py (e.g. --lr=0.001).")
+            raise lab.LabError(
+                f"Cannot read the argument {arg!r}: every argument must look like --name=value, "
+                f"with a name from configfile.py (e.g. --lr=0.001)."
+            )
         name, text = arg[2:].split("=", 1)
         if name not in defaults:
             close = difflib.get_close_matches(name, defaults, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
-            raise lab.LabError(f"Unknown setting --{name}: it is not a name in configfile.py.{hint} "
-                               f"Run the script with --help to list the settings.")
+            raise lab.LabError(
+                f"Unknown setting --{name}: it is not a name in configfile.py.{hint} "
+                f"Run the script with --help to list the settings."
+            )
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -103,10 +113,12 @@ def parse_overrides(argv, defaults):
 # the rule, so a range is written once. Rules between settings come after the table.
 def at_least(low, zero_means=None):
     """An integer >= low; zero_means: 0 is also allowed and means that (e.g. 'every image')."""
+
     def check(value):
         ok = value >= low or (zero_means is not None and value == 0)
         text = f"at least {low}" + (f", or 0 ({zero_means})" if zero_means else "")
         return ok, text
+
     return check
 
 
@@ -114,9 +126,13 @@ def between(low, high, low_open=False, high_open=False):
     def check(value):
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
-        text = (f"strictly between {low:g} and {high:g}" if low_open and high_open else
-                f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        text = (
+            f"strictly between {low:g} and {high:g}"
+            if low_open and high_open
+            else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        )
         return math.isfinite(value) and above and below, text
+
     return check
 
 
@@ -127,12 +143,15 @@ def positive(value):
 def one_of(*choices):
     def check(value):
         return value in choices, "one of " + ", ".join(map(repr, choices))
+
     return check
 
 
 def a_device(value):
-    return (value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"),
-            "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return (
+        value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"),
+        "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+    )
 
 
 def distinct_classes(value):
@@ -141,13 +160,16 @@ def distinct_classes(value):
 
 def tables_or_none(value):
     names = [value] if isinstance(value, str) else value
-    return value is None or (len(names) > 0 and all(n.strip() for n in names)), \
-        "None, or the path of a table or folder of tables (or a list of them)"
+    return value is None or (
+        len(names) > 0 and all(n.strip() for n in names)
+    ), "None, or the path of a table or folder of tables (or a list of them)"
 
 
 def two_columns_or_none(value):
-    return (value is None or (len(value) == 2 and all(v.strip() for v in value) and value[0] != value[1]),
-            "None, or two different column names: the image path's, then the label's")
+    return (
+        value is None or (len(value) == 2 and all(v.strip() for v in value) and value[0] != value[1]),
+        "None, or two different column names: the image path's, then the label's",
+    )
 
 
 def a_path_or_none(value):
@@ -155,31 +177,54 @@ def a_path_or_none(value):
 
 
 def statuses(value):
-    return (len(value) > 0 and set(value) <= set(LABEL_STATUSES),
-            "a non-empty list of EcoTaxa statuses among " + ", ".join(map(repr, LABEL_STATUSES)))
+    return (
+        len(value) > 0 and set(value) <= set(LABEL_STATUSES),
+        "a non-empty list of EcoTaxa statuses among " + ", ".join(map(repr, LABEL_STATUSES)),
+    )
 
 
 RULES = {
-    "seen_classes": distinct_classes, "unseen_classes": distinct_classes,
-    "val_fraction": between(0, 1, True, True), "test_fraction": between(0, 1, True, True),
-    "min_images_per_class": at_least(3), "max_images_per_class": at_least(0, "every image"),
+    "seen_classes": distinct_classes,
+    "unseen_classes": distinct_classes,
+    "val_fraction": between(0, 1, True, True),
+    "test_fraction": between(0, 1, True, True),
+    "min_images_per_class": at_least(3),
+    "max_images_per_class": at_least(0, "every image"),
     "near_copies": one_of("report", "group"),
     "image_size": between(32, 1024),
-    "dropout": between(0, 1, high_open=True), "embedding_dim": at_least(2),
-    "batch_size": at_least(1), "lr": positive, "epochs": at_least(1), "patience": at_least(1),
-    "class_weighting": one_of("none", "balanced"), "seed": at_least(0),
-    "device": a_device, "precision": one_of("auto", "fp32", "bf16", "fp16"),
-    "head_precision": one_of("auto", "fp32", "bf16"), "num_workers": at_least(0),
-    "umap_samples_per_split": at_least(10), "reduction_method": one_of("umap", "tsne", "pca"),
-    "umap_n_neighbors": at_least(2), "umap_min_dist": between(0, 1),
-    "distance_max_per_class": at_least(2, "every image"), "gallery_size": at_least(1),
-    "transfer_repeats": at_least(1), "transfer_test_fraction": between(0, 1, True, True),
-    "transfer_max_images": at_least(2), "knn_k": at_least(1),
-    "novelty_knn_k": at_least(1), "novelty_score": one_of(*NOVELTY_SCORES), "similar_k": at_least(1),
-    "audit_folds": at_least(2), "audit_model": one_of("linear", "head"),
-    "labels_file": tables_or_none, "labels_columns": two_columns_or_none, "labels_statuses": statuses,
+    "dropout": between(0, 1, high_open=True),
+    "embedding_dim": at_least(2),
+    "batch_size": at_least(1),
+    "lr": positive,
+    "epochs": at_least(1),
+    "patience": at_least(1),
+    "class_weighting": one_of("none", "balanced"),
+    "seed": at_least(0),
+    "device": a_device,
+    "precision": one_of("auto", "fp32", "bf16", "fp16"),
+    "head_precision": one_of("auto", "fp32", "bf16"),
+    "num_workers": at_least(0),
+    "umap_samples_per_split": at_least(10),
+    "reduction_method": one_of("umap", "tsne", "pca"),
+    "umap_n_neighbors": at_least(2),
+    "umap_min_dist": between(0, 1),
+    "distance_max_per_class": at_least(2, "every image"),
+    "gallery_size": at_least(1),
+    "transfer_repeats": at_least(1),
+    "transfer_test_fraction": between(0, 1, True, True),
+    "transfer_max_images": at_least(2),
+    "knn_k": at_least(1),
+    "novelty_knn_k": at_least(1),
+    "novelty_score": one_of(*NOVELTY_SCORES),
+    "similar_k": at_least(1),
+    "audit_folds": at_least(2),
+    "audit_model": one_of("linear", "head"),
+    "labels_file": tables_or_none,
+    "labels_columns": two_columns_or_none,
+    "labels_statuses": statuses,
     "labels_map": a_path_or_none,
-    "abundance_method": one_of(*ABUNDANCE_METHODS), "abundance_bootstrap": at_least(20),
+    "abundance_method": one_of(*ABUNDANCE_METHODS),
+    "abundance_bootstrap": at_least(20),
     "abundance_calibration": one_of("validation", "out_of_fold"),
 }
 # Why a value is refused, where the range alone does not say it.
@@ -196,20 +241,28 @@ WHY = {
 def _cross_setting_problems(c):
     """The rules that involve two settings or more."""
     if c.val_fraction + c.test_fraction >= 1:
-        yield (f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
-               f"their sum must be below 1 (the defaults are 0.05 + 0.20).")
+        yield (
+            f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
+            f"their sum must be below 1 (the defaults are 0.05 + 0.20)."
+        )
     both = sorted(set(c.seen_classes) & set(c.unseen_classes))
     if both:
-        yield (f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
-               f"(seen) or held out (unseen), so remove it from one of the two lists.")
+        yield (
+            f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
+            f"(seen) or held out (unseen), so remove it from one of the two lists."
+        )
     needed = c.novelty_knn_k * len(c.seen_classes)
     if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
-        yield (f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
-               f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
-               f"score needs novelty_knn_k neighbours of each class in its reference (default 20000).")
+        yield (
+            f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
+            f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
+            f"score needs novelty_knn_k neighbours of each class in its reference (default 20000)."
+        )
     if c.predict_dir is not None and not c.predict_dir.strip():
-        yield (f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
-               f"--predict_dir=/data/cruise42.")
+        yield (
+            f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
+            f"--predict_dir=/data/cruise42."
+        )
     if c.query is not None and not c.query.strip():
         yield "query='' names no image: give an image or a folder, e.g. --query=/data/cruise42/img_0001.png."
 
@@ -224,14 +277,15 @@ def validate_config(c):
         if not ok:
             why = f" ({WHY[name]})" if name in WHY else ""
             default = f" The default is {defaults[name]!r}." if name in defaults else ""
-            raise lab.LabError(f"Invalid configuration: {name}={value!r} must be {expected}{why}.{default} Fix it "
-                               f"in configfile.py or with a --name=value override.")
+            raise lab.LabError(
+                f"Invalid configuration: {name}={value!r} must be {expected}{why}.{default} Fix it "
+                f"in configfile.py or with a --name=value override."
+            )
     for problem in _cross_setting_problems(c):
-        raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value "
-                           f"override.")
+        raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value override.")
 
 
-HELP = ("Settings (defaults from configfile.py; override with --name=value, values as Python literals):\n")
+HELP = "Settings (defaults from configfile.py; override with --name=value, values as Python literals):\n"
 
 
 def load_config(argv=None, describe=None):
@@ -258,8 +312,17 @@ _UNSET = object()
 def print_config(cfg, title="configuration"):
     """The whole configuration, wrapped to the terminal's usual width (run_pipeline.py, once at its start)."""
     items = [f"{k}={v!r}" for k, v in vars(cfg).items()]
-    print(f"[{title}]\n" + textwrap.fill("  ".join(items), width=118, initial_indent="  ", subsequent_indent="  ",
-                                          break_long_words=False, break_on_hyphens=False))
+    print(
+        f"[{title}]\n"
+        + textwrap.fill(
+            "  ".join(items),
+            width=118,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )
     _shown.update(vars(cfg))
 
 
@@ -267,11 +330,9 @@ def print_settings(cfg):
     """One line: the settings that differ from configfile.py and that this process has not printed yet (a script's
     own overrides; nothing inside run_pipeline.py, which printed them all at its start)."""
     defaults = config_defaults()
-    changed = {k: v for k, v in vars(cfg).items()
-               if defaults.get(k, _UNSET) != v and _shown.get(k, _UNSET) != v}
+    changed = {k: v for k, v in vars(cfg).items() if defaults.get(k, _UNSET) != v and _shown.get(k, _UNSET) != v}
     if changed:
-        print("[settings] " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
-              + " (the others as in configfile.py)")
+        print("[settings] " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + " (the others as in configfile.py)")
     elif not _shown:
         print("[settings] as in configfile.py")
     _shown.update(vars(cfg))

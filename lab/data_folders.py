@@ -2,6 +2,7 @@
 images, which are ignored or skipped and why, byte-identical copies, each class's count and share. Reads data_root
 and the labels tables; writes nothing (splitting.py writes the reports).
 """
+
 import contextlib
 import difflib
 import errno
@@ -77,8 +78,10 @@ def class_folders(root):
                     if entry.is_dir() and not _is_hidden(entry.name):
                         folders.setdefault(unicodedata.normalize("NFC", entry.name), []).append(entry.name)
     except OSError as exc:
-        raise lab.LabError(f"Cannot list the data root {root} ({exc.strerror or exc}). Check its permissions, or "
-                           f"point data_root at another folder.") from None
+        raise lab.LabError(
+            f"Cannot list the data root {root} ({exc.strerror or exc}). Check its permissions, or "
+            f"point data_root at another folder."
+        ) from None
     return folders
 
 
@@ -147,12 +150,16 @@ def folder_names(cfg, root):
             close = difflib.get_close_matches(name, list(existing), n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             listing = ", ".join(sorted(existing)[:40]) + (" ..." if len(existing) > 40 else "")
-            raise lab.LabError(f"The class folder {name!r} is not in {root}.{hint} The classes there are: "
-                               f"{listing or '(none)'}. Fix seen_classes / unseen_classes in configfile.py.")
+            raise lab.LabError(
+                f"The class folder {name!r} is not in {root}.{hint} The classes there are: "
+                f"{listing or '(none)'}. Fix seen_classes / unseen_classes in configfile.py."
+            )
         if len(on_disk) > 1:
-            raise lab.LabError(f"{root} holds {len(on_disk)} folders spelt {name!r}, in different Unicode forms "
-                               f"(composed and decomposed: {', '.join(map(ascii, on_disk))}), so the class is "
-                               f"ambiguous. Merge them into one folder, or rename one.")
+            raise lab.LabError(
+                f"{root} holds {len(on_disk)} folders spelt {name!r}, in different Unicode forms "
+                f"(composed and decomposed: {', '.join(map(ascii, on_disk))}), so the class is "
+                f"ambiguous. Merge them into one folder, or rename one."
+            )
         names[name] = on_disk[0]
     return names
 
@@ -162,9 +169,11 @@ def check_data_root(cfg):
     demo_data.ensure_demo_data(cfg)
     root = artifacts.resolve(cfg.data_root)
     if not root.is_dir():
-        raise lab.LabError(f"The data root {root} does not exist or is not a folder. Point data_root in "
-                           f"configfile.py (or --data_root=...) at a folder with one sub-folder of images per class, "
-                           f"e.g. .../FlowCamNet/imgs.")
+        raise lab.LabError(
+            f"The data root {root} does not exist or is not a folder. Point data_root in "
+            f"configfile.py (or --data_root=...) at a folder with one sub-folder of images per class, "
+            f"e.g. .../FlowCamNet/imgs."
+        )
     folder_names(cfg, root)
     return root
 
@@ -215,29 +224,38 @@ def scan(cfg, tables=None):
     files, skipped, ignored, notes, digests = {}, [], [], [], {}
     for name, (images, others) in listing.items():
         files[name] = [p for p in images if results[p][0] is None]
-        skipped += [{"path": p, "label": name, "stage": "scan", "reason": results[p][0]}
-                    for p in images if results[p][0]]
+        skipped += [
+            {"path": p, "label": name, "stage": "scan", "reason": results[p][0]} for p in images if results[p][0]
+        ]
         ignored += [{"path": p, "label": name, "reason": r} for p, r in others]
         notes += [{"path": p, "label": name, "note": n, "detail": d} for p in images for n, d in results[p][1]]
         digests.update({p: results[p][2] for p in files[name]})
         if not files[name] and cfg.labels_file is not None:
-            raise lab.LabError(f"The class {name!r} has no readable images: {len(images)} image file(s) in its class "
-                               f"folder under {root} and the labels tables together, {len(others)} other entries. "
-                               f"Check its spelling against the tables' labels (or the labels_map), add images, or "
-                               f"remove {name!r} from the class lists in configfile.py.")
+            raise lab.LabError(
+                f"The class {name!r} has no readable images: {len(images)} image file(s) in its class "
+                f"folder under {root} and the labels tables together, {len(others)} other entries. "
+                f"Check its spelling against the tables' labels (or the labels_map), add images, or "
+                f"remove {name!r} from the class lists in configfile.py."
+            )
         if not files[name]:
-            raise lab.LabError(f"The class folder {root / name} holds no readable images ({len(images)} image "
-                               f"files, {len(others)} other entries). Put its images there (jpg, png, tif, bmp, "
-                               f"webp, gif...) or remove {name!r} from the class lists in configfile.py.")
+            raise lab.LabError(
+                f"The class folder {root / name} holds no readable images ({len(images)} image "
+                f"files, {len(others)} other entries). Put its images there (jpg, png, tif, bmp, "
+                f"webp, gif...) or remove {name!r} from the class lists in configfile.py."
+            )
         if len(files[name]) < cfg.min_images_per_class:
-            raise lab.LabError(f"The class {name!r} has only {len(files[name])} readable images, fewer than "
-                               f"min_images_per_class={cfg.min_images_per_class}: too few to give the train, "
-                               f"validation and test splits (or the transfer-learning splits) some of each. Add "
-                               f"images, remove the class from configfile.py, or lower min_images_per_class.")
+            raise lab.LabError(
+                f"The class {name!r} has only {len(files[name])} readable images, fewer than "
+                f"min_images_per_class={cfg.min_images_per_class}: too few to give the train, "
+                f"validation and test splits (or the transfer-learning splits) some of each. Add "
+                f"images, remove the class from configfile.py, or lower min_images_per_class."
+            )
     if skipped:
         names = artifacts.printable(", ".join(s["path"] for s in skipped[:5])) + (" ..." if len(skipped) > 5 else "")
-        print(f"warning: skipping {len(skipped)} unreadable image file(s) (listed in results/skipped_files.csv): "
-              f"{names}", file=sys.stderr)
+        print(
+            f"warning: skipping {len(skipped)} unreadable image file(s) (listed in results/skipped_files.csv): {names}",
+            file=sys.stderr,
+        )
     return files, skipped, ignored, notes, digests
 
 
@@ -247,13 +265,27 @@ def summarise(cfg, files, skipped, ignored):
     for group, classes in (("seen", cfg.seen_classes), ("unseen", cfg.unseen_classes)):
         total = sum(len(files[c]) for c in classes)
         for c in classes:
-            rows.append({"group": group, "class": c, "images": len(files[c]), "share": len(files[c]) / total,
-                         "skipped_unreadable": sum(s["label"] == c for s in skipped),
-                         "ignored_non_image": sum(i["label"] == c for i in ignored)})
+            rows.append(
+                {
+                    "group": group,
+                    "class": c,
+                    "images": len(files[c]),
+                    "share": len(files[c]) / total,
+                    "skipped_unreadable": sum(s["label"] == c for s in skipped),
+                    "ignored_non_image": sum(i["label"] == c for i in ignored),
+                }
+            )
         # the total's own group, so that no class name (a class may be called TOTAL) can be mistaken for it
-        rows.append({"group": f"{group} total", "class": f"all {group} classes", "images": total, "share": 1.0,
-                     "skipped_unreadable": sum(r["skipped_unreadable"] for r in rows if r["group"] == group),
-                     "ignored_non_image": sum(r["ignored_non_image"] for r in rows if r["group"] == group)})
+        rows.append(
+            {
+                "group": f"{group} total",
+                "class": f"all {group} classes",
+                "images": total,
+                "share": 1.0,
+                "skipped_unreadable": sum(r["skipped_unreadable"] for r in rows if r["group"] == group),
+                "ignored_non_image": sum(r["ignored_non_image"] for r in rows if r["group"] == group),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -269,8 +301,17 @@ def find_duplicates(cfg, files, digests):
         if len(copies) > 1:
             labels = list(dict.fromkeys(c for _, c in copies))
             kind = "across classes" if len(labels) > 1 else "same class"
-            rows += [{"path": p, "label": c, "digest": digest, "copies": len(copies),
-                      "labels": json.dumps(labels, ensure_ascii=False), "kind": kind} for p, c in copies]
+            rows += [
+                {
+                    "path": p,
+                    "label": c,
+                    "digest": digest,
+                    "copies": len(copies),
+                    "labels": json.dumps(labels, ensure_ascii=False),
+                    "kind": kind,
+                }
+                for p, c in copies
+            ]
     return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
 
 
@@ -278,16 +319,22 @@ def report_duplicates(duplicates):
     """One warning line naming the images filed under two or more classes; one note for copies within a class."""
     across = duplicates[duplicates["kind"] == "across classes"].drop_duplicates("digest")
     if len(across):
-        named = ", ".join(f"{p!r} {', '.join(json.loads(labels))}" for p, labels in
-                          zip(across["path"][:5], across["labels"][:5])) + (" ..." if len(across) > 5 else "")
-        print(f"warning: {len(across)} image(s) are byte-identical files filed under two or more classes ({named}): "
-              f"listed with all their labels in results/duplicates.csv. Each copy keeps its class and the copies of "
-              f"one image share a split (train, where two seen classes disagree); decide which label is right and "
-              f"delete the other copies.", file=sys.stderr)
+        named = ", ".join(
+            f"{p!r} {', '.join(json.loads(labels))}" for p, labels in zip(across["path"][:5], across["labels"][:5])
+        ) + (" ..." if len(across) > 5 else "")
+        print(
+            f"warning: {len(across)} image(s) are byte-identical files filed under two or more classes ({named}): "
+            f"listed with all their labels in results/duplicates.csv. Each copy keeps its class and the copies of "
+            f"one image share a split (train, where two seen classes disagree); decide which label is right and "
+            f"delete the other copies.",
+            file=sys.stderr,
+        )
     within = duplicates[duplicates["kind"] == "same class"]
     if len(within):
-        print(f"note: {len(within)} files are byte-identical copies within their class ({within['digest'].nunique()} "
-              f"distinct images): each image's copies are kept together in one split (results/duplicates.csv)")
+        print(
+            f"note: {len(within)} files are byte-identical copies within their class ({within['digest'].nunique()} "
+            f"distinct images): each image's copies are kept together in one split (results/duplicates.csv)"
+        )
 
 
 def _reason_lines(reasons, examples=None):
@@ -301,11 +348,13 @@ def _reason_lines(reasons, examples=None):
 def print_file_report(ignored, notes):
     """One line per reason a file in the class folders was ignored, and per remark on an image used."""
     if len(ignored):
-        types = ignored.loc[ignored["reason"] == NOT_IMAGE, "path"].map(lambda p: os.path.splitext(p)[1].lower() or
-                                                                        "no extension")
+        types = ignored.loc[ignored["reason"] == NOT_IMAGE, "path"].map(
+            lambda p: os.path.splitext(p)[1].lower() or "no extension"
+        )
         examples = {NOT_IMAGE: ", ".join(f"{ext} {n}" for ext, n in types.value_counts().head(6).items())}
-        print(f"ignored {len(ignored)} file(s) or folder(s) in the class folders (listed in "
-              f"results/ignored_files.csv):")
+        print(
+            f"ignored {len(ignored)} file(s) or folder(s) in the class folders (listed in results/ignored_files.csv):"
+        )
         print(artifacts.printable("\n".join(_reason_lines(ignored["reason"], examples))))  # names' bytes shown
     if len(notes):
         print(f"note: {notes['path'].nunique()} image(s) used with a remark (listed in results/image_notes.csv):")
@@ -321,5 +370,7 @@ def print_summary(summary, split):
     rounds = pd.to_numeric(split["round"]) if "round" in split else pd.Series(0, index=split.index)
     if rounds.max() > 0:
         grown = split[rounds > 0].groupby("split").size().to_dict()
-        print(f"  of them added since the first draw, as the data grew ({rounds.max()} time(s)): "
-              + ", ".join(f"{k} {grown.get(k, 0)}" for k in ("train", "val", "test", "unseen")))
+        print(
+            f"  of them added since the first draw, as the data grew ({rounds.max()} time(s)): "
+            + ", ".join(f"{k} {grown.get(k, 0)}" for k in ("train", "val", "test", "unseen"))
+        )

@@ -9,6 +9,7 @@ have a near neighbour to show.
 
     python -m lab.demo_data                   # (re)generates data/demo
 """
+
 import math
 import os
 import shutil
@@ -41,9 +42,16 @@ def _chain(draw, rng, setae):
             for sign in (-1, 1):
                 angle = sign * rng.uniform(0.6, 1.3) + math.pi / 2 * (1 - sign)
                 length = rng.uniform(35, 70)
-                draw.line([x + w / 2, y + sign * h / 2,
-                           x + w / 2 + length * math.cos(angle), y + sign * (h / 2 + length * abs(math.sin(angle)))],
-                          fill=ink + 30, width=1)
+                draw.line(
+                    [
+                        x + w / 2,
+                        y + sign * h / 2,
+                        x + w / 2 + length * math.cos(angle),
+                        y + sign * (h / 2 + length * abs(math.sin(angle))),
+                    ],
+                    fill=ink + 30,
+                    width=1,
+                )
     draw.line([x0, y, x0 + n * w, y], fill=ink, width=1)
 
 
@@ -101,8 +109,16 @@ def _three_horns(draw, rng):
     for sign in (-1, 1):  # two antapical horns curving down
         length = rng.uniform(45, 80)
         ang = math.pi / 2 + sign * rng.uniform(0.25, 0.6)
-        draw.line([c + sign * r * 0.6, c + r * 0.6, c + sign * r * 0.6 - length * math.cos(ang),
-                   c + r * 0.6 + length * math.sin(ang)], fill=ink, width=4)
+        draw.line(
+            [
+                c + sign * r * 0.6,
+                c + r * 0.6,
+                c + sign * r * 0.6 - length * math.cos(ang),
+                c + r * 0.6 + length * math.sin(ang),
+            ],
+            fill=ink,
+            width=4,
+        )
 
 
 def _spiny_sphere(draw, rng):
@@ -110,8 +126,11 @@ def _spiny_sphere(draw, rng):
     ink = _ink(rng)
     for _ in range(int(rng.integers(14, 26))):  # radial spines
         a, length = rng.uniform(0, 2 * math.pi), rng.uniform(15, 40)
-        draw.line([c + r * math.cos(a), c + r * math.sin(a), c + (r + length) * math.cos(a),
-                   c + (r + length) * math.sin(a)], fill=ink + 20, width=2)
+        draw.line(
+            [c + r * math.cos(a), c + r * math.sin(a), c + (r + length) * math.cos(a), c + (r + length) * math.sin(a)],
+            fill=ink + 20,
+            width=2,
+        )
     draw.ellipse([c - r, c - r, c + r, c + r], fill=150, outline=ink, width=3)
     draw.ellipse([c - r / 2, c - r / 2, c + r / 2, c + r / 2], fill=ink + 30)
 
@@ -158,8 +177,12 @@ def draw_crop(class_name, rng):
     img = img.rotate(rng.uniform(0, 360), resample=Image.BILINEAR, fillcolor=background)
     ys, xs = np.nonzero(np.asarray(img) < background - 10)
     margin = int(rng.integers(3, 12))
-    box = (max(xs.min() - margin, 0), max(ys.min() - margin, 0),
-           min(xs.max() + margin, CANVAS), min(ys.max() + margin, CANVAS))
+    box = (
+        max(xs.min() - margin, 0),
+        max(ys.min() - margin, 0),
+        min(xs.max() + margin, CANVAS),
+        min(ys.max() + margin, CANVAS),
+    )
     img = img.crop(box)
     scale = rng.uniform(0.35, 0.9)
     img = img.resize((max(int(img.width * scale), 8), max(int(img.height * scale), 8)), Image.BILINEAR)
@@ -169,7 +192,7 @@ def draw_crop(class_name, rng):
 
 
 DEMO_ROOT = lab.ROOT / "data" / "demo"  # the one place the demo lives: never a user's data_root
-MARKER = ".plankton-lab-demo"           # written at generation; only a folder holding it is ever replaced
+MARKER = ".plankton-lab-demo"  # written at generation; only a folder holding it is ever replaced
 
 
 def _made_by_the_lab(folder):
@@ -178,9 +201,11 @@ def _made_by_the_lab(folder):
 
 def _refuse_foreign(folder):
     if folder.exists() and not _made_by_the_lab(folder):
-        raise lab.LabError(f"{folder} exists and was not made by the lab (lab/demo_data.py): it has no {MARKER} "
-                           f"file, so the demo generator will not touch it: it may be your data. Move it away if it is "
-                           f"an old demo set, or leave it; the demo always lives in {DEMO_ROOT}.")
+        raise lab.LabError(
+            f"{folder} exists and was not made by the lab (lab/demo_data.py): it has no {MARKER} "
+            f"file, so the demo generator will not touch it: it may be your data. Move it away if it is "
+            f"an old demo set, or leave it; the demo always lives in {DEMO_ROOT}."
+        )
 
 
 def generate(root=DEMO_ROOT, counts=None, seed=0):
@@ -193,8 +218,9 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
     _refuse_foreign(staging)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / MARKER).write_text(f"synthetic demo data written by the lab (lab/demo_data.py, seed {seed}); safe to "
-                                  f"delete\n")
+    (staging / MARKER).write_text(
+        f"synthetic demo data written by the lab (lab/demo_data.py, seed {seed}); safe to delete\n"
+    )
     for c_idx, name in enumerate(counts):
         folder = staging / name
         folder.mkdir()
@@ -222,9 +248,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     config.load_config(argv, __doc__)  # the same --help and checks as every script
     if any(a.startswith("--data_root=") for a in argv):
-        raise lab.LabError(f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and "
-                           f"nowhere else, so that it can never overwrite your data; drop --data_root. data_root only "
-                           f"says where the other scripts read images from.")
+        raise lab.LabError(
+            f"The demo generator (python -m lab.demo_data) always writes into {DEMO_ROOT} and "
+            f"nowhere else, so that it can never overwrite your data; drop --data_root. data_root only "
+            f"says where the other scripts read images from."
+        )
     root = generate(DEMO_ROOT)
     print(f"wrote {sum(DEFAULT_COUNTS.values())} images of {len(DEFAULT_COUNTS)} classes to {root}")
 

@@ -19,6 +19,7 @@ Reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, 
 Writes nothing of the lab's; on rank 0, when the run fails, torchrun's error file, so that torchrun's closing
 report carries the lab's message instead of a pointer to its documentation.
 """
+
 import datetime
 import json
 import os
@@ -86,13 +87,16 @@ def shard_bounds(n, shard, shards, align=1):
 def rank_device(device):
     """This rank's device: under torchrun, one GPU per rank (cuda:LOCAL_RANK) whatever index the setting names."""
     import torch
+
     if not active() or device.type != "cuda":
         return device
     index = local_rank()
     if index >= torch.cuda.device_count():
-        raise lab.LabError(f"This is local rank {index} on {socket.gethostname()}, which has only "
-                           f"{torch.cuda.device_count()} GPU(s) visible: each rank computes on its own GPU, so "
-                           f"--nproc_per_node must not exceed the GPUs of one machine (or use --device=cpu).")
+        raise lab.LabError(
+            f"This is local rank {index} on {socket.gethostname()}, which has only "
+            f"{torch.cuda.device_count()} GPU(s) visible: each rank computes on its own GPU, so "
+            f"--nproc_per_node must not exceed the GPUs of one machine (or use --device=cpu)."
+        )
     torch.cuda.set_device(index)  # pinned memory and CUDA contexts on this rank's GPU, not on GPU 0
     return torch.device("cuda", index)
 
@@ -105,8 +109,10 @@ def timeout():
         if minutes <= 0:
             raise ValueError
     except ValueError:
-        raise lab.LabError(f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of minutes (how long the ranks "
-                           f"wait for one that is stuck; default {DEFAULT_TIMEOUT_MINUTES}).") from None
+        raise lab.LabError(
+            f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of minutes (how long the ranks "
+            f"wait for one that is stuck; default {DEFAULT_TIMEOUT_MINUTES})."
+        ) from None
     return datetime.timedelta(minutes=minutes)
 
 
@@ -115,6 +121,7 @@ def start():
     if not active() or _state["started"]:
         return
     import torch.distributed as dist
+
     wait = timeout()
     signal.signal(signal.SIGTERM, _terminate)
     dist.init_process_group("gloo", timeout=START_WAIT)
@@ -122,8 +129,11 @@ def start():
     _state["shards"] = dist.new_group(backend="gloo", timeout=wait)
     _state["started"] = True
     if is_main():
-        print(f"[torchrun] {world_size()} ranks: each computes a shard of every trunk pass; rank 0 (this one) runs "
-              f"everything else and writes every output", flush=True)
+        print(
+            f"[torchrun] {world_size()} ranks: each computes a shard of every trunk pass; rank 0 (this one) runs "
+            f"everything else and writes every output",
+            flush=True,
+        )
 
 
 def _terminate(signum, frame):
@@ -143,6 +153,7 @@ def stop():
     if not _state["started"]:
         return
     import torch.distributed as dist
+
     _state["started"] = False
     if is_main() and not _state["broken"] and not _state["released"]:
         _state["released"] = True
@@ -160,6 +171,7 @@ def stop():
 @dataclass
 class Outcome:
     """What one rank's shard came to: its result, or why it failed."""
+
     rank: int
     host: str
     ok: bool
@@ -181,8 +193,12 @@ def _attempt(task, n, align, kwargs):
     except Exception as exc:  # a bug: its traceback is wanted, on the stderr of the rank where it happened
         print(f"[{whoami()}] unexpected failure:", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
-        return Outcome(rank(), host, False, reason=f"unexpected failure ({type(exc).__name__}: {exc}), traceback "
-                                                   f"printed by that rank")
+        return Outcome(
+            rank(),
+            host,
+            False,
+            reason=f"unexpected failure ({type(exc).__name__}: {exc}), traceback printed by that rank",
+        )
 
 
 def map_shards(task, n, what, align=1, **kwargs):
@@ -193,6 +209,7 @@ def map_shards(task, n, what, align=1, **kwargs):
     if not _state["started"]:
         return [task(0, 0, n, **kwargs)]
     import torch.distributed as dist
+
     assert is_main(), "only rank 0 hands out shards"
     job = (task, n, align, kwargs)
     try:
@@ -208,28 +225,37 @@ def map_shards(task, n, what, align=1, **kwargs):
     if failed:
         stopping()
         reasons = " ".join(f"Rank {o.rank} of {world_size()} (host {o.host}): {o.reason.rstrip('.')}." for o in failed)
-        raise lab.LabError(f"{what[0].upper()}{what[1:]} failed on {len(failed)} of {world_size()} ranks. {reasons} "
-                           f"Nothing of it was kept as complete (the next run computes it again); fix the cause on "
-                           f"that machine and run the same command again.")
+        raise lab.LabError(
+            f"{what[0].upper()}{what[1:]} failed on {len(failed)} of {world_size()} ranks. {reasons} "
+            f"Nothing of it was kept as complete (the next run computes it again); fix the cause on "
+            f"that machine and run the same command again."
+        )
     return [o.result for o in outcomes]
 
 
 def _lost_rank(exc, what):
     first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if "timed out" in first_line.lower():
-        cause = (f"A rank did not finish its shard within {TIMEOUT_VARIABLE}={timeout().total_seconds() / 60:g} "
-                 f"minutes of the others: it is stuck (e.g. on an unreachable file system), or merely slower (then "
-                 f"raise {TIMEOUT_VARIABLE}).")
+        cause = (
+            f"A rank did not finish its shard within {TIMEOUT_VARIABLE}={timeout().total_seconds() / 60:g} "
+            f"minutes of the others: it is stuck (e.g. on an unreachable file system), or merely slower (then "
+            f"raise {TIMEOUT_VARIABLE})."
+        )
     else:
-        cause = ("A rank that is killed (e.g. by the out-of-memory killer: lower batch_size or num_workers) or "
-                 "crashes ends a run like this; torchrun's report names it and how it ended.")
-    return (f"A rank stopped answering during {what} ({first_line}). {cause} Nothing of {what} was kept as "
-            f"complete; run the same command again once the cause is fixed.")
+        cause = (
+            "A rank that is killed (e.g. by the out-of-memory killer: lower batch_size or num_workers) or "
+            "crashes ends a run like this; torchrun's report names it and how it ended."
+        )
+    return (
+        f"A rank stopped answering during {what} ({first_line}). {cause} Nothing of {what} was kept as "
+        f"complete; run the same command again once the cause is fixed."
+    )
 
 
 def serve():
     """On ranks other than 0: compute the shards rank 0 hands out until it releases this rank."""
     import torch.distributed as dist
+
     while True:
         box = [None]
         try:
@@ -243,8 +269,9 @@ def serve():
         except RuntimeError as exc:  # gloo: rank 0 is gone
             _state["broken"] = True
             stopping()
-            raise lab.LabError(f"lost rank 0 ({str(exc).strip()[:200]}); torchrun's report says why it "
-                               f"stopped.") from None
+            raise lab.LabError(
+                f"lost rank 0 ({str(exc).strip()[:200]}); torchrun's report says why it stopped."
+            ) from None
 
 
 # --------------------------------------------------------------------------- how a rank ends
@@ -259,8 +286,15 @@ def report_failure(message):
     if error_file:
         try:
             with open(error_file, "w") as f:
-                json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
-                                                                         "timestamp": str(int(time.time()))}}}, f)
+                json.dump(
+                    {
+                        "message": {
+                            "message": message,
+                            "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))},
+                        }
+                    },
+                    f,
+                )
         except OSError:
             pass  # torchrun's report then points at its documentation, and the message above stands alone
     return message

@@ -5,6 +5,7 @@ An EcoTaxa import table is tab-separated: a header row of lower-case `table_fiel
 object_id, object_annotation_category, object_annotation_status, object_<anything>), then a type row ([t] text,
 [f] number), then one row per image. Writes only the file it is handed (a set's temporary file).
 """
+
 import re
 
 import pandas as pd
@@ -39,8 +40,9 @@ def probability_columns(classes):
 
 def type_row(frame):
     """EcoTaxa's second row: [f] for a numeric column, [t] for any other."""
-    return ["[f]" if pd.api.types.is_numeric_dtype(frame[c]) and frame[c].dtype != bool else "[t]"
-            for c in frame.columns]
+    return [
+        "[f]" if pd.api.types.is_numeric_dtype(frame[c]) and frame[c].dtype != bool else "[t]" for c in frame.columns
+    ]
 
 
 def write_table(path, frames):

@@ -7,15 +7,29 @@ to a lesser CPU than the one it is on, read as torch reads them:
 Both must be set before torch loads. A run held to AVX2 then decides as an AVX2-only CPU would.
 Reads /proc/cpuinfo and the environment; writes nothing. Imports nothing of the lab.
 """
+
 import os
 from pathlib import Path
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # oneDNN's names for ONEDNN_MAX_CPU_ISA, lowest first (oneDNN's dnnl_cpu_isa_t). From AVX512_CORE_BF16 on, oneDNN
 # has bf16 dot-product instructions (AVX512-BF16, then AMX); below it, bf16 is emulated through fp32 and is slower.
-ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
-               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+ONEDNN_ISAS = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+)
 FIRST_NATIVE_BF16_ISA = "AVX512_CORE_BF16"
 UNCAPPED = ("", "ALL", "DEFAULT")  # oneDNN's own words for "no cap"
 
@@ -58,6 +72,7 @@ def onednn_isa_cap(environ=None):
 def aten_capability():
     """PyTorch's own kernels' instruction set: 'AVX512', 'AVX2', 'DEFAULT', ... (honours ATEN_CPU_CAPABILITY)."""
     import torch
+
     return torch.backends.cpu.get_cpu_capability()
 
 

@@ -2,6 +2,7 @@
 when an optimizer is given). Shared by train.py, the benchmark and every stage that retrains the head on the cache
 (no trunk pass is ever repeated). Reads and writes nothing.
 """
+
 import contextlib
 import math
 

@@ -2,6 +2,7 @@
 JPEGs in bounded memory), the letterbox to a square, uint8 pixels normalised on the device with the ImageNet
 statistics, and the Dataset of the trunk pass. Reads image files; writes nothing.
 """
+
 import hashlib
 import os
 import warnings
@@ -11,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not grey pixels to learn from
-Image.MAX_IMAGE_PIXELS = 200_000_000     # above it Pillow warns of a decompression bomb (a note), above 2x it refuses
+Image.MAX_IMAGE_PIXELS = 200_000_000  # above it Pillow warns of a decompression bomb (a note), above 2x it refuses
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
@@ -29,24 +30,45 @@ REDUCING_GAP = 3  # images are reduced to no less than 3x the output side before
 
 
 # The common formats Pillow reads, by extension (any case); a format whose codec this Pillow lacks is left out.
-COMMON_FORMATS = {"JPEG": None, "PNG": None, "TIFF": None, "BMP": None, "DIB": None, "GIF": None, "PPM": None,
-                  "WEBP": "webp", "JPEG2000": "jpg_2000", "AVIF": "avif"}
+COMMON_FORMATS = {
+    "JPEG": None,
+    "PNG": None,
+    "TIFF": None,
+    "BMP": None,
+    "DIB": None,
+    "GIF": None,
+    "PPM": None,
+    "WEBP": "webp",
+    "JPEG2000": "jpg_2000",
+    "AVIF": "avif",
+}
 
 
 EXIF_ORIENTATION = 0x0112
 
 
-ORIENTATION_FIX = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def readable_extensions():
     from PIL import features as pil_features
+
     Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items()
-            if fmt in COMMON_FORMATS and fmt in Image.OPEN
-            and (COMMON_FORMATS[fmt] is None or pil_features.check(COMMON_FORMATS[fmt]))}
+    return {
+        ext
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in COMMON_FORMATS
+        and fmt in Image.OPEN
+        and (COMMON_FORMATS[fmt] is None or pil_features.check(COMMON_FORMATS[fmt]))
+    }
 
 
 IMAGE_EXTENSIONS = readable_extensions()
@@ -77,7 +99,7 @@ def to_rgb(img, scale=None):
             pixels *= 255.0 / (high - low or 1.0)
         else:  # 12- or 16-bit sensors: scale by the bit depth actually used, not by the image's own max
             bits = max(8, int(np.ceil(np.log2(max(high, 1.0) + 1))))
-            pixels *= 255.0 / (2 ** bits - 1)
+            pixels *= 255.0 / (2**bits - 1)
         img = Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -122,18 +144,24 @@ def decode(path, side=None):
                 scale = REDUCING_GAP * side / max(img.size)  # libjpeg decodes at 1/2, 1/4 or 1/8 directly
                 img.draft(None, (max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))))
             if img.size[0] * img.size[1] > DECODE_PIXEL_BOUND:
-                raise ImageTooLarge(f"too large to decode within memory: {full_size[0]} x {full_size[1]} px "
-                                    f"({full_size[0] * full_size[1] / 1e6:.0f} MP), above the lab's bound of "
-                                    f"{DECODE_PIXEL_BOUND / 1e6:.0f} MP for {img.format} files (only JPEGs are "
-                                    f"decoded at reduced size); downscale it or save it as JPEG")
+                raise ImageTooLarge(
+                    f"too large to decode within memory: {full_size[0]} x {full_size[1]} px "
+                    f"({full_size[0] * full_size[1] / 1e6:.0f} MP), above the lab's bound of "
+                    f"{DECODE_PIXEL_BOUND / 1e6:.0f} MP for {img.format} files (only JPEGs are "
+                    f"decoded at reduced size); downscale it or save it as JPEG"
+                )
             img.load()
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
             rgb = reduced_rgb(img, side)
         if orientation in ORIENTATION_FIX:
             rgb = rgb.transpose(ORIENTATION_FIX[orientation])
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-        notes.append(("very large image (Pillow's decompression-bomb warning)",
-                      f"{full_size[0]} x {full_size[1]} px, decoded at {rgb.size[0]} x {rgb.size[1]}"))
+        notes.append(
+            (
+                "very large image (Pillow's decompression-bomb warning)",
+                f"{full_size[0]} x {full_size[1]} px, decoded at {rgb.size[0]} x {rgb.size[1]}",
+            )
+        )
     return rgb, notes
 
 

@@ -8,6 +8,7 @@ JavaScript and every thumbnail inlined: no server, no network, no files beside i
 Where the label audit (audit.py) has run, the tooltip of a labelled image also shows its label quality.
 Reads the image files the points name (for the thumbnails); writes nothing itself.
 """
+
 import base64
 import html
 import io
@@ -24,8 +25,26 @@ SPLIT_ORDER = ("train", "test", "unseen", "predict")
 SPLIT_MARKERS = {"train": "circle", "test": "triangle", "unseen": "square", "predict": "diamond"}
 SPLIT_SYMBOLS = {"train": "\u25cf", "test": "\u25b2", "unseen": "\u25a0", "predict": "\u25c6"}
 # The colours of figs/umap_embeddings.png (matplotlib's tab10 then Dark2), so both maps agree.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#1b9e77",
+    "#d95f02",
+    "#7570b3",
+    "#e7298a",
+    "#66a61e",
+    "#e6ab02",
+    "#a6761d",
+    "#666666",
+)
 NO_LABEL = "no label"
 AUDITED_SPLITS = ("train", "val", "test")  # the splits whose labels audit.py scores
 TOOLTIP = """
@@ -70,8 +89,10 @@ def prediction_text(row):
         text += " \u2713" if row["predicted"] == row["label"] else " \u2717"
     if pd.notna(row.get("novelty")):  # predict.py's images: the ones flagged possibly new are to be looked at first
         flag = "<b>possibly new</b>" if row.get("possibly_new") is True else "not flagged as new"
-        text += (f"<br>{flag}: novelty {html.escape(str(row.get('novelty_score')))} = {row['novelty']:.3g} "
-                 f"({'above' if row.get('possibly_new') is True else 'at or below'} its validation threshold)")
+        text += (
+            f"<br>{flag}: novelty {html.escape(str(row.get('novelty_score')))} = {row['novelty']:.3g} "
+            f"({'above' if row.get('possibly_new') is True else 'at or below'} its validation threshold)"
+        )
     return text
 
 
@@ -86,7 +107,7 @@ def attach_predictions(points, split, table):
     table = table.copy()
     score = next((c for c in table.columns if c.startswith("novelty_")), None)
     if score is not None:
-        table["novelty"], table["novelty_score"] = table[score], score[len("novelty_"):]
+        table["novelty"], table["novelty_score"] = table[score], score[len("novelty_") :]
     if "possibly_new" in table:
         table["possibly_new"] = table["possibly_new"].map(lambda v: str(v).strip().lower() in ("true", "1"))
     chosen = np.flatnonzero(points["split"].to_numpy() == split)
@@ -107,9 +128,13 @@ def attach_label_quality(points, issues):
     chosen = np.flatnonzero(points["split"].isin(AUDITED_SPLITS).to_numpy())
     matches = rows_by_path(points["path"].iloc[chosen], issues)  # absolute paths, as the others
     quality, flagged, suggested = (issues[c].to_numpy() for c in ("label_quality", "flagged", "suggested_label"))
-    texts = ["" if m is None else f"label quality {quality[m]:.2f}" + (
-        f" &middot; <b>label suspect</b>: looks like {html.escape(str(suggested[m]))}" if flagged[m] else "")
-        for m in matches]
+    texts = [
+        ""
+        if m is None
+        else f"label quality {quality[m]:.2f}"
+        + (f" &middot; <b>label suspect</b>: looks like {html.escape(str(suggested[m]))}" if flagged[m] else "")
+        for m in matches
+    ]
     points.loc[points.index[chosen], "audit"] = pd.Series(texts, index=points.index[chosen], dtype=object)
     return points
 
@@ -201,42 +226,100 @@ def build_map(points, method="umap", width=1100, height=700):
     )
     from bokeh.plotting import figure
     from bokeh.transform import factor_mark
+
     splits = splits_present(points)
     source = ColumnDataSource(points[MAP_COLUMNS])
     split_filter, hover_filter = (BooleanFilter(booleans=[True] * len(points)) for _ in range(2))
-    plot = figure(width=width, height=height, name="embedding_map", tools="pan,wheel_zoom,box_zoom,reset,save",
-                  active_scroll="wheel_zoom", title=f"{method.upper()} of the 128-d embeddings",
-                  match_aspect=True, toolbar_location="above")
+    plot = figure(
+        width=width,
+        height=height,
+        name="embedding_map",
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        active_scroll="wheel_zoom",
+        title=f"{method.upper()} of the 128-d embeddings",
+        match_aspect=True,
+        toolbar_location="above",
+    )
     plot.xaxis.visible = plot.yaxis.visible = False
     plot.grid.visible = False
     plot.scatter(points["x"], points["y"], size=3, color="#d9d9d9", level="underlay")  # all points, for orientation
     markers = factor_mark("split", [SPLIT_MARKERS.get(s, "circle") for s in splits], splits)
     class_renderers = [
-        plot.scatter("x", "y", source=source, marker=markers, size=8, fill_color=PALETTE[i % len(PALETTE)],
-                     line_color="white", line_width=0.5, fill_alpha=0.85, name=cls,
-                     view=CDSView(filter=GroupFilter(column_name="colour_class", group=cls) & split_filter))
-        for i, cls in enumerate(class_order(points))]
-    hover_layer = plot.scatter("x", "y", source=source, view=CDSView(filter=hover_filter), marker=markers, size=8,
-                               fill_alpha=0, line_alpha=0, hover_fill_alpha=0, hover_line_alpha=1,
-                               hover_line_color="black", hover_line_width=2, name="hover_layer")
-    plot.add_tools(HoverTool(renderers=[hover_layer], tooltips=TOOLTIP, point_policy="snap_to_data", limit=1,
-                             filters={"@x": CustomJS(code=NEAREST_ONLY)}))
-    plot.add_layout(Legend(items=[LegendItem(label=legend_label(r.name, points, splits), renderers=[r])
-                                  for r in class_renderers],
-                           click_policy="hide", title="class (click to hide or show)", label_text_font_size="9pt",
-                           glyph_height=14, spacing=1), "right")
-    toggle = CheckboxButtonGroup(labels=[f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip()
-                                         for s in splits],
-                                 active=list(range(len(splits))), button_type="primary", name="split_toggle")
-    show_points = CustomJS(args={"toggle": toggle, "splits": splits, "class_renderers": class_renderers,
-                                 "source": source, "split_filter": split_filter, "hover_filter": hover_filter},
-                           code=SHOW_POINTS)
+        plot.scatter(
+            "x",
+            "y",
+            source=source,
+            marker=markers,
+            size=8,
+            fill_color=PALETTE[i % len(PALETTE)],
+            line_color="white",
+            line_width=0.5,
+            fill_alpha=0.85,
+            name=cls,
+            view=CDSView(filter=GroupFilter(column_name="colour_class", group=cls) & split_filter),
+        )
+        for i, cls in enumerate(class_order(points))
+    ]
+    hover_layer = plot.scatter(
+        "x",
+        "y",
+        source=source,
+        view=CDSView(filter=hover_filter),
+        marker=markers,
+        size=8,
+        fill_alpha=0,
+        line_alpha=0,
+        hover_fill_alpha=0,
+        hover_line_alpha=1,
+        hover_line_color="black",
+        hover_line_width=2,
+        name="hover_layer",
+    )
+    plot.add_tools(
+        HoverTool(
+            renderers=[hover_layer],
+            tooltips=TOOLTIP,
+            point_policy="snap_to_data",
+            limit=1,
+            filters={"@x": CustomJS(code=NEAREST_ONLY)},
+        )
+    )
+    plot.add_layout(
+        Legend(
+            items=[LegendItem(label=legend_label(r.name, points, splits), renderers=[r]) for r in class_renderers],
+            click_policy="hide",
+            title="class (click to hide or show)",
+            label_text_font_size="9pt",
+            glyph_height=14,
+            spacing=1,
+        ),
+        "right",
+    )
+    toggle = CheckboxButtonGroup(
+        labels=[f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip() for s in splits],
+        active=list(range(len(splits))),
+        button_type="primary",
+        name="split_toggle",
+    )
+    show_points = CustomJS(
+        args={
+            "toggle": toggle,
+            "splits": splits,
+            "class_renderers": class_renderers,
+            "source": source,
+            "split_filter": split_filter,
+            "hover_filter": hover_filter,
+        },
+        code=SHOW_POINTS,
+    )
     toggle.js_on_change("active", show_points)
     for renderer in class_renderers:
         renderer.js_on_change("visible", show_points)
-    help_text = Div(text="Splits shown (click to show together or apart); grey dots are all mapped points, kept for "
-                         "orientation. Drag to pan, scroll to zoom, hover a point for its image.",
-                    styles={"font-size": "13px", "color": "#444"})
+    help_text = Div(
+        text="Splits shown (click to show together or apart); grey dots are all mapped points, kept for "
+        "orientation. Drag to pan, scroll to zoom, hover a point for its image.",
+        styles={"font-size": "13px", "color": "#444"},
+    )
     return column(help_text, toggle, plot)
 
 
@@ -259,5 +342,11 @@ def standalone_page(layout, title, style, before, after):
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
     from jinja2 import Template
-    return file_html(layout, INLINE, title, template=Template(PAGE),
-                     template_variables={"style": style, "before": before, "after": after})
+
+    return file_html(
+        layout,
+        INLINE,
+        title,
+        template=Template(PAGE),
+        template_variables={"style": style, "before": before, "after": after},
+    )

@@ -27,6 +27,7 @@ out-of-fold probability of the given label; lower = more likely wrong) and flags
 (`cleanlab.filter.find_label_issues`, pruning by the noise rates it estimates from the confident joint).
 Used by audit.py and bench/bench_audit.py; reads and writes nothing.
 """
+
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -63,6 +64,7 @@ class FoldTraining:
     """How each fold's head is trained: the main run's rules. With patience, at most `epochs` epochs, stopped after
     `patience` epochs without a better loss on the inner validation part, its best epoch kept; without (None),
     exactly `epochs` epochs on all the fold's training images."""
+
     epochs: int
     lr: float
     batch_size: int
@@ -82,21 +84,30 @@ def fold_training(ckpt, cfg, device):
     epochs and patience it was trained with (the current config's, for a checkpoint that lacks one), the head
     precision resolved on this device as train.py resolves it."""
     trained_with = {key: ckpt.get("config", {}).get(key, getattr(cfg, key)) for key in TRAINING_KEYS}
-    return FoldTraining(epochs=int(trained_with["epochs"]), lr=float(trained_with["lr"]),
-                        batch_size=int(trained_with["batch_size"]), class_weighting=trained_with["class_weighting"],
-                        head_dtype=backbone.head_dtype(trained_with["head_precision"], device), seed=cfg.seed,
-                        patience=int(trained_with["patience"]), best_epoch=int(ckpt["epoch"]))
+    return FoldTraining(
+        epochs=int(trained_with["epochs"]),
+        lr=float(trained_with["lr"]),
+        batch_size=int(trained_with["batch_size"]),
+        class_weighting=trained_with["class_weighting"],
+        head_dtype=backbone.head_dtype(trained_with["head_precision"], device),
+        seed=cfg.seed,
+        patience=int(trained_with["patience"]),
+        best_epoch=int(ckpt["epoch"]),
+    )
 
 
 def assign_folds(labels, folds, seed):
     """The fold (0 .. folds-1) of each image: stratified by label, shuffled with the seed. A class with fewer
     images than folds is missing from some folds' held-out part, never from a training part."""
     from sklearn.model_selection import StratifiedKFold
+
     labels = np.asarray(labels)
     largest = np.bincount(labels).max() if len(labels) else 0
     if folds > largest:
-        raise lab.LabError(f"audit_folds={folds} is more than the images of the largest class ({largest}): a fold "
-                           f"needs at least one image of it. Lower audit_folds (the default is 5).")
+        raise lab.LabError(
+            f"audit_folds={folds} is more than the images of the largest class ({largest}): a fold "
+            f"needs at least one image of it. Lower audit_folds (the default is 5)."
+        )
     fold = np.empty(len(labels), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -122,6 +133,7 @@ def inner_split(labels, seed):
     stays in the training part (else the head would never learn its class); the inner part is empty when nothing
     else is left to set apart."""
     from sklearn.model_selection import train_test_split
+
     positions = np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
     alone = np.isin(labels, classes[counts < 2])
@@ -131,7 +143,7 @@ def inner_split(labels, seed):
         return positions, np.zeros(0, dtype=np.int64)
     rest_classes = np.unique(labels[rest])
     stratify = labels[rest] if 1 < len(rest_classes) <= size else None  # else a plain seeded draw
-    part, inner = train_test_split(rest, test_size=size, stratify=stratify, random_state=seed % 2 ** 32)
+    part, inner = train_test_split(rest, test_size=size, stratify=stratify, random_state=seed % 2**32)
     return np.sort(np.concatenate([part, positions[alone]])), np.sort(inner)
 
 
@@ -159,18 +171,28 @@ def train_fold(model, data, training, device, fold, n_classes):
     best_loss, best_epoch, best_state, stale = math.inf, epochs, None, 0
     for epoch in range(1, epochs + 1):
         shuffle = torch.Generator().manual_seed(training.seed * 100003 + 1000 * (fold + 1) + epoch)
-        loss, _ = head_training.run_epoch(model, data, device, training.batch_size, optimizer,
-                                          torch.randperm(len(data), generator=shuffle),
-                                          desc=f"audit fold {fold + 1} epoch {epoch}/{epochs}",
-                                          weights=weights, dtype=training.head_dtype)
+        loss, _ = head_training.run_epoch(
+            model,
+            data,
+            device,
+            training.batch_size,
+            optimizer,
+            torch.randperm(len(data), generator=shuffle),
+            desc=f"audit fold {fold + 1} epoch {epoch}/{epochs}",
+            weights=weights,
+            dtype=training.head_dtype,
+        )
         if stopping:
-            inner_loss, _ = head_training.run_epoch(model, inner_data, device, training.batch_size, weights=weights,
-                                                    dtype=training.head_dtype)
+            inner_loss, _ = head_training.run_epoch(
+                model, inner_data, device, training.batch_size, weights=weights, dtype=training.head_dtype
+            )
             loss = loss + inner_loss  # either one non-finite: diverged
         if not math.isfinite(loss):
-            raise lab.LabError(f"The label audit's head diverged in fold {fold + 1}, epoch {epoch} (the loss became "
-                               f"NaN or infinite at lr={training.lr}, the main run's). Retrain with a lower learning "
-                               f"rate (`python train.py --lr=...`), then run audit.py again.")
+            raise lab.LabError(
+                f"The label audit's head diverged in fold {fold + 1}, epoch {epoch} (the loss became "
+                f"NaN or infinite at lr={training.lr}, the main run's). Retrain with a lower learning "
+                f"rate (`python train.py --lr=...`), then run audit.py again."
+            )
         if not stopping:
             continue
         if inner_loss < best_loss:
@@ -211,6 +233,7 @@ def rank_labels(labels, probabilities):
     equal qualities in image order)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
+
     labels = np.asarray(labels)
     quality = get_label_quality_scores(labels, probabilities, method=QUALITY_METHOD)
     with warnings.catch_warnings():  # a class of very few images: cleanlab warns that it may miss some there
@@ -227,11 +250,20 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
     suggested_probability, fold (1..K) and p_<class> for every class."""
     names = np.asarray(classes, dtype=object)
     suggested = probabilities.argmax(1) if len(probabilities) else np.zeros(0, dtype=np.int64)
-    frame = pd.DataFrame({"rank": rank, "path": rows["path"].values, "split": rows["split"].values,
-                          "label": rows["label"].values, "suggested_label": names[suggested],
-                          "label_quality": quality, "flagged": flagged, "corrected_label": "",
-                          "suggested_probability": probabilities[np.arange(len(suggested)), suggested],
-                          "fold": fold + 1})
+    frame = pd.DataFrame(
+        {
+            "rank": rank,
+            "path": rows["path"].values,
+            "split": rows["split"].values,
+            "label": rows["label"].values,
+            "suggested_label": names[suggested],
+            "label_quality": quality,
+            "flagged": flagged,
+            "corrected_label": "",
+            "suggested_probability": probabilities[np.arange(len(suggested)), suggested],
+            "fold": fold + 1,
+        }
+    )
     for i, c in enumerate(classes):
         frame[f"p_{c}"] = probabilities[:, i]
     return frame.sort_values("rank", kind="stable").reset_index(drop=True)
@@ -240,8 +272,9 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
 def pooled_features(data, batch_size=1024):
     """(images x channels * POOL_GRID**2) float32: each image's cached trunk features averaged over a POOL_GRID x
     POOL_GRID grid, read from the cache in batches (never the whole cache in memory)."""
-    parts = [torch.nn.functional.adaptive_avg_pool2d(x, POOL_GRID).flatten(1).numpy()
-             for x, _ in data.batches(batch_size)]
+    parts = [
+        torch.nn.functional.adaptive_avg_pool2d(x, POOL_GRID).flatten(1).numpy() for x, _ in data.batches(batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
@@ -250,15 +283,18 @@ def fit_linear(features, labels, class_weighting):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
     weight = "balanced" if class_weighting == "balanced" else None
-    return make_pipeline(StandardScaler(), LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER,
-                                                              class_weight=weight)).fit(features, labels)
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER, class_weight=weight)
+    ).fit(features, labels)
 
 
 def one_blas_thread():
     """The linear folds' products are small (thousands x 256): on a 2-core machine BLAS's second thread made them
     17 times the CPU time and 9 times the wall time (measured), so they run on one."""
     from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -286,8 +322,9 @@ def audit_labels(model, data, classes, training, folds, device, log=print, audit
     fold = assign_folds(labels, folds, training.seed)
     trains = (rows["split"] != "test").to_numpy() if "split" in rows else None  # the test images: scored only
     if audit_model == "linear":
-        probabilities = linear_out_of_fold_probabilities(pooled_features(data), labels, fold,
-                                                         training.class_weighting, len(classes), log, trains)
+        probabilities = linear_out_of_fold_probabilities(
+            pooled_features(data), labels, fold, training.class_weighting, len(classes), log, trains
+        )
     elif audit_model == "head":
         probabilities = out_of_fold_probabilities(model, data, fold, training, device, len(classes), log, trains)
     else:

@@ -11,6 +11,7 @@ the previous manifest had been withdrawn first), and the message says which. Fil
 one lacks are removed when it is published: a stale EcoTaxa table never stays beside another sample's predictions.
 Writes the sets' files and results/<set>_manifest.json; reads the manifests for every script that checks its inputs.
 """
+
 import contextlib
 import errno
 import hashlib
@@ -144,8 +145,10 @@ class OutputSet:
                 os.fsync(f.fileno())
         except OSError as exc:
             self.discard()
-            raise lab.LabError(f"Could not save {path}: {_reason(exc)}. {self.kept()} Free some space or choose "
-                               f"another --output_dir, then run `python {self.made_by}` again.") from None
+            raise lab.LabError(
+                f"Could not save {path}: {_reason(exc)}. {self.kept()} Free some space or choose "
+                f"another --output_dir, then run `python {self.made_by}` again."
+            ) from None
         return tmp
 
     def save_csv(self, kind, name, frame):
@@ -160,15 +163,24 @@ class OutputSet:
         if previous is None:
             return f"Nothing was written: the output folder holds no complete results of {self.made_by}."
         about = f" ({previous['about']})" if previous.get("about") else ""
-        return (f"The previous complete set of {self.made_by}'s results{about}, written {previous.get('written')}, "
-                f"is intact: nothing of this run was kept.")
+        return (
+            f"The previous complete set of {self.made_by}'s results{about}, written {previous.get('written')}, "
+            f"is intact: nothing of this run was kept."
+        )
 
     def publish(self, **inputs):
         """Move every file into place, remove the previous set's files the new one lacks, then write the manifest
         (last). Returns the manifest."""
         outputs = {key: digest(tmp) for key, tmp in self.staged.items()}
-        body = {"set": self.set_name, "made_by": self.made_by, "about": self.about, "id": set_id(inputs, outputs),
-                "inputs": inputs, "outputs": outputs, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+        body = {
+            "set": self.set_name,
+            "made_by": self.made_by,
+            "about": self.about,
+            "id": set_id(inputs, outputs),
+            "inputs": inputs,
+            "outputs": outputs,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         previous = read(self.cfg, self.set_name) or {}
         old = previous.get("outputs") if isinstance(previous.get("outputs"), dict) else {}
         stale = [key for key in sorted((self.members | set(old)) - set(outputs)) if OUTPUT_KEY.fullmatch(key)]
@@ -186,11 +198,13 @@ class OutputSet:
             _write_manifest(path, body)
         except OSError as exc:
             self.discard()
-            raise lab.LabError(f"Could not publish the results of {self.made_by} ({_reason(exc)}) while moving them "
-                               f"into place: the previous set had been withdrawn, so the output folder now holds "
-                               f"none of them (nothing): no later script will take the files there for a complete "
-                               f"set. Free some space or fix the folder, then run `python {self.made_by}` "
-                               f"again.") from None
+            raise lab.LabError(
+                f"Could not publish the results of {self.made_by} ({_reason(exc)}) while moving them "
+                f"into place: the previous set had been withdrawn, so the output folder now holds "
+                f"none of them (nothing): no later script will take the files there for a complete "
+                f"set. Free some space or fix the folder, then run `python {self.made_by}` "
+                f"again."
+            ) from None
         self.published = body
         return body
 
@@ -235,9 +249,11 @@ def require(cfg, set_name):
     """The manifest of a complete set; else the error that names the script to run again."""
     body, problem = check(cfg, set_name)
     if body is None:
-        raise lab.LabError(f"The results of {made_by(set_name)} in {artifacts.out_path(cfg, 'results')} are "
-                           f"missing or incomplete ({problem}). Run `python {made_by(set_name)}` (again), then this "
-                           f"script.")
+        raise lab.LabError(
+            f"The results of {made_by(set_name)} in {artifacts.out_path(cfg, 'results')} are "
+            f"missing or incomplete ({problem}). Run `python {made_by(set_name)}` (again), then this "
+            f"script."
+        )
     return body
 
 
@@ -253,7 +269,9 @@ def replace_output(cfg, set_name, kind, name, write):
         try:
             _write_manifest(manifest_path(cfg, set_name), body)
         except OSError as exc:
-            raise lab.LabError(f"Could not update results/{set_name}_manifest.json ({_reason(exc)}): the set of "
-                               f"{made_by(set_name)} is now incomplete. Free some space, then run "
-                               f"`python {made_by(set_name)}` again.") from None
+            raise lab.LabError(
+                f"Could not update results/{set_name}_manifest.json ({_reason(exc)}): the set of "
+                f"{made_by(set_name)} is now incomplete. Free some space, then run "
+                f"`python {made_by(set_name)}` again."
+            ) from None
     return path

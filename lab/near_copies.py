@@ -16,6 +16,7 @@ shapes on white, so distinct images of one class share a 64-bit phash while a 2-
 Reads image files; writes cache/near_copy_thumbnails.npz (thumbnails per file, keyed by path, size and
 modification time), results/near_copies.csv and results/near_copies.json (splitting.py calls save_report).
 """
+
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -26,16 +27,29 @@ from PIL import Image
 
 from lab import artifacts, image_io, manifest, particle_match
 
-SIZE_SLACK = 4           # pixels: a re-crop by a few pixels changes the size by that much
-CANVAS = 64              # thumbnail side (the coarse step): larger crops are resized to it
-MARGIN = 4               # white border around each thumbnail, so that the coarse offsets never wrap the image
-GRID = 2                 # thumbnail pixels per coarse grid cell
-COARSE_SHIFT = 2         # grid cells of offset tried in the coarse step (4 thumbnail pixels)
-COARSE_MIN = 0.75        # coarse correlation below which a pair is not compared further
-BATCH = 2048             # pairs correlated at once in the coarse step
-VERSION = 5              # of the thumbnails in the cache
-PAIR_COLUMNS = ["group", "path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind", "texture_distance",
-                "shape_mismatch", "noise_correlation", "shift_y", "shift_x"]
+SIZE_SLACK = 4  # pixels: a re-crop by a few pixels changes the size by that much
+CANVAS = 64  # thumbnail side (the coarse step): larger crops are resized to it
+MARGIN = 4  # white border around each thumbnail, so that the coarse offsets never wrap the image
+GRID = 2  # thumbnail pixels per coarse grid cell
+COARSE_SHIFT = 2  # grid cells of offset tried in the coarse step (4 thumbnail pixels)
+COARSE_MIN = 0.75  # coarse correlation below which a pair is not compared further
+BATCH = 2048  # pairs correlated at once in the coarse step
+VERSION = 5  # of the thumbnails in the cache
+PAIR_COLUMNS = [
+    "group",
+    "path_a",
+    "label_a",
+    "split_a",
+    "path_b",
+    "label_b",
+    "split_b",
+    "kind",
+    "texture_distance",
+    "shape_mismatch",
+    "noise_correlation",
+    "shift_y",
+    "shift_x",
+]
 SIDE = CANVAS + 2 * MARGIN
 THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept by any later run that fails
 
@@ -44,6 +58,7 @@ THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept 
 def file_size(path):
     """The image's (width, height) as the lab decodes it (EXIF rotation applied), from its header."""
     import warnings
+
     with warnings.catch_warnings():  # a huge image: image_io.decode has noted it already (image_notes.csv)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as img:
@@ -63,7 +78,7 @@ def thumbnail(path):
         img = img.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.BOX)
     pixels = np.full((SIDE, SIDE), 255, np.uint8)
     grey = particle_match.white_background(img).astype(np.uint8)
-    pixels[MARGIN:MARGIN + grey.shape[0], MARGIN:MARGIN + grey.shape[1]] = grey
+    pixels[MARGIN : MARGIN + grey.shape[0], MARGIN : MARGIN + grey.shape[1]] = grey
     return pixels, file_size(path)
 
 
@@ -110,8 +125,9 @@ def thumbnails(cfg, abs_paths):
     for i, (p, s) in zip(missing, made):
         pixels[i], sizes[i] = p, s
     if missing or len(known) != len(keys):
-        artifacts.atomic_write(cache, lambda f: np.savez(f, version=VERSION, keys=np.asarray(keys), pixels=pixels,
-                                                         sizes=sizes))
+        artifacts.atomic_write(
+            cache, lambda f: np.savez(f, version=VERSION, keys=np.asarray(keys), pixels=pixels, sizes=sizes)
+        )
     return pixels, sizes
 
 
@@ -130,8 +146,9 @@ def candidate_pairs(sizes, chunk=1 << 22):
     while start < n:  # blocks of about `chunk` pairs, so that memory stays bounded for large sets
         stop = start + max(1, int(np.searchsorted(np.cumsum(counts[start:]), chunk)))
         rows = np.repeat(np.arange(start, min(stop, n)), counts[start:stop])
-        offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts[start:stop]) - counts[start:stop],
-                                                   counts[start:stop])
+        offsets = np.arange(len(rows)) - np.repeat(
+            np.cumsum(counts[start:stop]) - counts[start:stop], counts[start:stop]
+        )
         cols = rows + 1 + offsets
         keep = (np.abs(height[rows] - height[cols]) <= SIZE_SLACK) & (width[rows] > 0) & (width[cols] > 0)
         found_i.append(order[rows[keep]])
@@ -147,7 +164,7 @@ def coarse_grids(pixels):
     cells = SIDE // GRID
     dark = (255.0 - pixels.astype(np.float32)).reshape(len(pixels), cells, GRID, cells, GRID).mean((2, 4))
     dark -= dark.mean((1, 2), keepdims=True)
-    return dark / (np.sqrt((dark ** 2).sum((1, 2), keepdims=True)) + 1e-6)
+    return dark / (np.sqrt((dark**2).sum((1, 2), keepdims=True)) + 1e-6)
 
 
 def coarse_similarity(grids_a, grids_b):
@@ -168,13 +185,17 @@ def coarse_candidates(pixels, sizes, classes=None):
         i, j = candidate_pairs(sizes)
     else:
         classes = np.asarray(classes)
-        parts = [(idx[a], idx[b]) for c in np.unique(classes) for idx in [np.flatnonzero(classes == c)]
-                 for a, b in [candidate_pairs(sizes[idx])]]
+        parts = [
+            (idx[a], idx[b])
+            for c in np.unique(classes)
+            for idx in [np.flatnonzero(classes == c)]
+            for a, b in [candidate_pairs(sizes[idx])]
+        ]
         i, j = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int64) for k in (0, 1))
     grids = coarse_grids(pixels)
     keep_i, keep_j, keep_s = [], [], []
     for start in range(0, len(i), BATCH):
-        bi, bj = i[start:start + BATCH], j[start:start + BATCH]
+        bi, bj = i[start : start + BATCH], j[start : start + BATCH]
         similarity = coarse_similarity(grids[bi], grids[bj])
         keep = similarity >= COARSE_MIN
         keep_i.append(bi[keep]), keep_j.append(bj[keep]), keep_s.append(similarity[keep])
@@ -193,6 +214,7 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
         if (k, factor) not in greys:
             greys[(k, factor)] = particle_match.full_grey(abs_paths[k], factor)
         return greys[(k, factor)]
+
     rows = []
     for a, b in zip(i.tolist(), j.tolist()):
         factor = max(particle_match.reduction(sizes[a]), particle_match.reduction(sizes[b]))
@@ -202,8 +224,11 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
         if len(greys) > 4096:  # bounded memory: the pairs come sorted by class and size, so neighbours repeat
             greys.clear()
     types = (np.int64, np.int64, float, float, float, int, int)
-    found = tuple(np.array(col, dtype=t) for col, t in zip(zip(*rows), types)) if rows \
+    found = (
+        tuple(np.array(col, dtype=t) for col, t in zip(zip(*rows), types))
+        if rows
         else tuple(np.zeros(0, t) for t in types)
+    )
     return found, len(i)
 
 
@@ -211,6 +236,7 @@ def groups(n, i, j):
     """Component label of each of n images, near-copy pairs (i, j) joined (transitively)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
@@ -228,11 +254,20 @@ def search(cfg, files):
     pixels, sizes = thumbnails(cfg, abs_paths)
     (i, j, texture, shape, noise, dy, dx), compared = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
     component = groups(len(paths), i, j)
-    frame = pd.DataFrame({"group": component[i], "path_a": [paths[k][0] for k in i],
-                          "label_a": [paths[k][1] for k in i], "path_b": [paths[k][0] for k in j],
-                          "label_b": [paths[k][1] for k in j], "texture_distance": np.round(texture, 4),
-                          "shape_mismatch": np.round(shape, 4), "noise_correlation": np.round(noise, 4),
-                          "shift_y": dy, "shift_x": dx})
+    frame = pd.DataFrame(
+        {
+            "group": component[i],
+            "path_a": [paths[k][0] for k in i],
+            "label_a": [paths[k][1] for k in i],
+            "path_b": [paths[k][0] for k in j],
+            "label_b": [paths[k][1] for k in j],
+            "texture_distance": np.round(texture, 4),
+            "shape_mismatch": np.round(shape, 4),
+            "noise_correlation": np.round(noise, 4),
+            "shift_y": dy,
+            "shift_x": dx,
+        }
+    )
     if len(frame):  # groups numbered 0, 1, ... in order of first appearance
         frame["group"] = pd.factorize(frame["group"])[0]
     return frame, compared
@@ -253,8 +288,11 @@ def group_keys(pairs, digests):
     files = list(dict.fromkeys(paired + [q for _, q in copies]))
     index = {p: k for k, p in enumerate(files)}
     links = [*zip(pairs["path_a"], pairs["path_b"]), *copies]
-    component = groups(len(files), np.array([index[a] for a, _ in links], dtype=np.int64),
-                       np.array([index[b] for _, b in links], dtype=np.int64))
+    component = groups(
+        len(files),
+        np.array([index[a] for a, _ in links], dtype=np.int64),
+        np.array([index[b] for _, b in links], dtype=np.int64),
+    )
     shared = {}
     for path, c in zip(files, component):
         shared[c] = min(shared.get(c, digests.get(path) or path), digests.get(path) or path)
@@ -276,8 +314,9 @@ def with_splits(pairs, split):
 def test_images_with_train_copies(pairs):
     """Paths of the test images that have a near-copy in train."""
     sides = (("split_a", "path_a", "split_b"), ("split_b", "path_b", "split_a"))
-    return {p for mine, path, other in sides
-            for p in pairs.loc[(pairs[mine] == "test") & (pairs[other] == "train"), path]}
+    return {
+        p for mine, path, other in sides for p in pairs.loc[(pairs[mine] == "test") & (pairs[other] == "train"), path]
+    }
 
 
 def report_frames(cfg, pairs, split, compared):
@@ -288,21 +327,36 @@ def report_frames(cfg, pairs, split, compared):
     flagged = set(frame["path_a"]) | set(frame["path_b"])
     leaks = test_images_with_train_copies(frame)
     across = int((frame["kind"] == "across splits").sum())
-    summary = {"mode": cfg.near_copies, "pairs": len(frame), "pairs_across_splits": across,
-               "images_flagged": len(flagged), "images": len(split), "test_images_with_train_copy": len(leaks),
-               "pairs_compared_at_full_resolution": int(compared),
-               "criterion": {"size_slack": SIZE_SLACK, "coarse_min": COARSE_MIN, **particle_match.criterion()}}
+    summary = {
+        "mode": cfg.near_copies,
+        "pairs": len(frame),
+        "pairs_across_splits": across,
+        "images_flagged": len(flagged),
+        "images": len(split),
+        "test_images_with_train_copy": len(leaks),
+        "pairs_compared_at_full_resolution": int(compared),
+        "criterion": {"size_slack": SIZE_SLACK, "coarse_min": COARSE_MIN, **particle_match.criterion()},
+    }
     if across:
-        advice = ("" if cfg.near_copies == "group" else " The test accuracy may be inflated (report.py gives it "
-                  "without them); --near_copies=group --rebuild_split=True keeps each group in one split.")
-        print(f"warning: {len(flagged)} of {len(split)} images ({100 * len(flagged) / max(len(split), 1):.1f} %) "
-              f"have a near-copy; {across} near-copy pair(s) cross splits and {len(leaks)} test image(s) have one "
-              f"in train (results/near_copies.csv).{advice}", file=sys.stderr)
+        advice = (
+            ""
+            if cfg.near_copies == "group"
+            else " The test accuracy may be inflated (report.py gives it "
+            "without them); --near_copies=group --rebuild_split=True keeps each group in one split."
+        )
+        print(
+            f"warning: {len(flagged)} of {len(split)} images ({100 * len(flagged) / max(len(split), 1):.1f} %) "
+            f"have a near-copy; {across} near-copy pair(s) cross splits and {len(leaks)} test image(s) have one "
+            f"in train (results/near_copies.csv).{advice}",
+            file=sys.stderr,
+        )
     elif len(frame):
         print(f"[split] {len(frame)} near-copy pair(s), each within one split (results/near_copies.csv)")
     else:
-        print(f"[split] no near-copies among the images ({int(compared)} look-alike pairs compared at full "
-              f"resolution; results/near_copies.csv)")
+        print(
+            f"[split] no near-copies among the images ({int(compared)} look-alike pairs compared at full "
+            f"resolution; results/near_copies.csv)"
+        )
     return frame, summary
 
 
@@ -312,16 +366,20 @@ def current_report(cfg):
     body = manifest.complete(cfg, "split")
     if body is None or "results/near_copies.csv" not in body["outputs"]:
         return None
-    return artifacts.read_csv(artifacts.out_path(cfg, "results", "near_copies.csv"),
-                              ["path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind"])
+    return artifacts.read_csv(
+        artifacts.out_path(cfg, "results", "near_copies.csv"),
+        ["path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind"],
+    )
 
 
 def accuracy_without_copies(cfg, test_predictions):
     """One sentence: the test accuracy with the test images that have a near-copy in train left out."""
     pairs = current_report(cfg)
     if pairs is None:
-        return ("Near-copies: not searched for this split (it was drawn before the search existed); a new split "
-                "(`python dataloader.py --rebuild_split=True`, then retrain) searches them.")
+        return (
+            "Near-copies: not searched for this split (it was drawn before the search existed); a new split "
+            "(`python dataloader.py --rebuild_split=True`, then retrain) searches them."
+        )
     root = artifacts.resolve(cfg.data_root)
     leaks = test_images_with_train_copies(pairs)
     leaks |= {str(root / p) for p in leaks}  # the predictions' paths may be absolute
@@ -330,5 +388,7 @@ def accuracy_without_copies(cfg, test_predictions):
     if not left_out:
         return f"Near-copies: no test image has a near-copy in train ({len(pairs)} near-copy pairs in all)."
     correct = kept["label"].astype(str) == kept["predicted"].astype(str)
-    return (f"Without the {left_out} test image(s) that have a near-copy in train, the test accuracy is "
-            f"{100 * correct.mean():.2f} % on {len(kept)} images (results/near_copies.csv).")
+    return (
+        f"Without the {left_out} test image(s) that have a near-copy in train, the test accuracy is "
+        f"{100 * correct.mean():.2f} % on {len(kept)} images (results/near_copies.csv)."
+    )

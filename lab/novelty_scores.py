@@ -24,6 +24,7 @@ Everything above is pure numpy / scikit-learn. The last section builds the score
 lab's artifacts (checkpoints/best.pth, embeddings/embeddings_{train,val}.pkl, results/novelty_thresholds.json)
 for novelty.py and predict.py; it reads them and writes nothing.
 """
+
 import hashlib
 import sys
 
@@ -68,12 +69,12 @@ def kth_neighbour_distance(bank, queries, k):
     """Euclidean distance from each query to its k-th nearest row of bank, computed in blocks of queries."""
     bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
     k = min(k, len(bank))
-    bank_sq = (bank ** 2).sum(1)
+    bank_sq = (bank**2).sum(1)
     out = np.empty(len(queries))
     for start in range(0, len(queries), BLOCK):
-        q = queries[start:start + BLOCK]
-        squared = (q ** 2).sum(1)[:, None] + bank_sq[None, :] - 2.0 * q @ bank.T
-        out[start:start + BLOCK] = np.partition(np.maximum(squared, 0.0), k - 1, axis=1)[:, k - 1]
+        q = queries[start : start + BLOCK]
+        squared = (q**2).sum(1)[:, None] + bank_sq[None, :] - 2.0 * q @ bank.T
+        out[start : start + BLOCK] = np.partition(np.maximum(squared, 0.0), k - 1, axis=1)[:, k - 1]
     return np.sqrt(out)
 
 
@@ -100,8 +101,10 @@ def bank_rows(labels, bank_max, seed):
         return np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
     rng = np.random.default_rng(seed)
-    kept = [rows if len(rows) <= quota else rng.choice(rows, size=quota, replace=False)
-            for rows, quota in zip((np.flatnonzero(labels == c) for c in classes), class_quota(counts, bank_max))]
+    kept = [
+        rows if len(rows) <= quota else rng.choice(rows, size=quota, replace=False)
+        for rows, quota in zip((np.flatnonzero(labels == c) for c in classes), class_quota(counts, bank_max))
+    ]
     return np.sort(np.concatenate(kept))
 
 
@@ -127,7 +130,7 @@ class Gaussians:
         fitted = LedoitWolf(assume_centered=True).fit(residuals)
         covariance = fitted.covariance_
         spread = np.trace(covariance) / len(covariance)
-        self.degenerate = spread <= 1e-12 * max(float(np.mean(x ** 2)), np.finfo(float).tiny)  # rounding error only
+        self.degenerate = spread <= 1e-12 * max(float(np.mean(x**2)), np.finfo(float).tiny)  # rounding error only
         self.precision = np.eye(len(covariance)) if self.degenerate else fitted.precision_
         # precision = L L', so (x - m)' precision (x - m) = |L'x - L'm|^2: a Euclidean distance after one linear map,
         # which costs one matrix product per block of images instead of one per class
@@ -137,15 +140,15 @@ class Gaussians:
             self.precision = np.linalg.inv(covariance + 1e-6 * spread * np.eye(len(covariance)))
             self.whiten, self.degenerate = np.linalg.cholesky(self.precision), True
         self.white_means = self.means @ self.whiten
-        self.white_means_sq = (self.white_means ** 2).sum(1)
+        self.white_means_sq = (self.white_means**2).sum(1)
 
     def mahalanobis(self, embeddings):
         """Distance to the nearest class mean: min over classes of sqrt((x - mean)' precision (x - mean))."""
         out = np.empty(len(embeddings))
         for start in range(0, len(embeddings), BLOCK):
-            z = np.asarray(embeddings[start:start + BLOCK], np.float64) @ self.whiten
-            squared = (z ** 2).sum(1)[:, None] + self.white_means_sq[None, :] - 2.0 * z @ self.white_means.T
-            out[start:start + BLOCK] = squared.min(axis=1)
+            z = np.asarray(embeddings[start : start + BLOCK], np.float64) @ self.whiten
+            squared = (z**2).sum(1)[:, None] + self.white_means_sq[None, :] - 2.0 * z @ self.white_means.T
+            out[start : start + BLOCK] = squared.min(axis=1)
         return np.sqrt(np.maximum(out, 0.0))
 
 
@@ -159,8 +162,10 @@ class NoveltyScorer:
         rows = bank_rows(train_labels, bank_max, seed)
         self.bank = l2_normalise(train_embeddings[rows])
         # which training rows the kNN score is measured against: thresholds are valid for this reference only
-        self.bank_id = {"knn_bank_size": len(rows),
-                        "knn_bank_digest": hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]}
+        self.bank_id = {
+            "knn_bank_size": len(rows),
+            "knn_bank_digest": hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16],
+        }
         self.weight, self.bias, self.knn_k = np.asarray(weight), np.asarray(bias), knn_k
         self.gaussians = Gaussians(train_embeddings, train_labels)
         self.standardise = {}
@@ -190,11 +195,13 @@ class NoveltyScorer:
         def get(name):
             if name not in done:
                 if name in COMBINED_PARTS:
-                    done[name] = np.mean([standardised(get(part), *self.standardise[part])
-                                          for part in COMBINED_PARTS[name]], axis=0)
+                    done[name] = np.mean(
+                        [standardised(get(part), *self.standardise[part]) for part in COMBINED_PARTS[name]], axis=0
+                    )
                 else:
                     done[name] = self._single(name, embeddings, logits)
             return done[name]
+
         return {name: get(name) for name in names}
 
 
@@ -214,7 +221,7 @@ def auroc(known, new):
     """Area under the ROC curve with 'new' as the positive class (Mann-Whitney U / (n_known n_new))."""
     known, new = _check(known, new)
     ranks = rankdata(np.concatenate([known, new]))  # ties get their average rank: a tie counts one half
-    u = ranks[len(known):].sum() - len(new) * (len(new) + 1) / 2.0
+    u = ranks[len(known) :].sum() - len(new) * (len(new) + 1) / 2.0
     return float(u / (len(known) * len(new)))
 
 
@@ -266,12 +273,16 @@ def scorer_from_artifacts(cfg, ckpt, checkpoint_digest):
     train, x_train = embedding_files.load_embeddings(cfg, "train")  # refused if made from another checkpoint
     _, x_val = embedding_files.load_embeddings(cfg, "val")
     weight, bias = classifier_layer(ckpt)
-    scorer = NoveltyScorer(x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val,
-                           cfg.novelty_bank_max, cfg.seed)
+    scorer = NoveltyScorer(
+        x_train, train["label_idx"].to_numpy(), weight, bias, cfg.novelty_knn_k, x_val, cfg.novelty_bank_max, cfg.seed
+    )
     if scorer.gaussians.degenerate:
-        print("note: the training embeddings do not vary around their class means (identical or all-zero "
-              "embeddings: the model collapsed?), so the mahalanobis score is the Euclidean distance to the nearest "
-              "class mean; retraining (e.g. with a lower lr) gives scores worth reading", file=sys.stderr)
+        print(
+            "note: the training embeddings do not vary around their class means (identical or all-zero "
+            "embeddings: the model collapsed?), so the mahalanobis score is the Euclidean distance to the nearest "
+            "class mean; retraining (e.g. with a lower lr) gives scores worth reading",
+            file=sys.stderr,
+        )
     return scorer
 
 
@@ -284,13 +295,16 @@ def score_settings(cfg, scorer):
 def load_thresholds(cfg, checkpoint_digest, scorer):
     """results/novelty_thresholds.json, refused when made for another checkpoint, another k or another kNN
     reference than `scorer` (the current settings') uses."""
-    path = artifacts.require(artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py",
-                             "thresholds file")
+    path = artifacts.require(
+        artifacts.out_path(cfg, "results", "novelty_thresholds.json"), "novelty.py", "thresholds file"
+    )
     saved = artifacts.read_json(path, "novelty.py", "thresholds file")  # a damaged file names novelty.py
     thresholds = saved.get("thresholds")
     if not (isinstance(thresholds, dict) and all(isinstance(thresholds.get(n), (int, float)) for n in SCORES)):
-        raise lab.LabError(f"The thresholds file {path} is damaged (it lacks a threshold per score): it was cut short "
-                           f"or edited. It is made by `python novelty.py`: run that again, then this script.")
+        raise lab.LabError(
+            f"The thresholds file {path} is damaged (it lacks a threshold per score): it was cut short "
+            f"or edited. It is made by `python novelty.py`: run that again, then this script."
+        )
     now = score_settings(cfg, scorer)
     if saved.get("checkpoint_sha256") != checkpoint_digest:
         which = "another checkpoint than checkpoints/best.pth now holds"
@@ -299,11 +313,15 @@ def load_thresholds(cfg, checkpoint_digest, scorer):
     elif saved.get("novelty_knn_k") != now["novelty_knn_k"]:
         which = f"novelty_knn_k={saved.get('novelty_knn_k')} (the config says {now['novelty_knn_k']})"
     elif saved["knn_bank_digest"] != now["knn_bank_digest"]:
-        which = (f"a kNN reference of {saved.get('knn_bank_size')} training embeddings (novelty_bank_max="
-                 f"{saved.get('novelty_bank_max')}), not the {now['knn_bank_size']} that novelty_bank_max="
-                 f"{now['novelty_bank_max']} keeps (pass --novelty_bank_max={saved.get('novelty_bank_max')} to use "
-                 f"them)")
+        which = (
+            f"a kNN reference of {saved.get('knn_bank_size')} training embeddings (novelty_bank_max="
+            f"{saved.get('novelty_bank_max')}), not the {now['knn_bank_size']} that novelty_bank_max="
+            f"{now['novelty_bank_max']} keeps (pass --novelty_bank_max={saved.get('novelty_bank_max')} to use "
+            f"them)"
+        )
     else:
         return saved
-    raise lab.LabError(f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint and "
-                       f"settings, then this script.")
+    raise lab.LabError(
+        f"{path} was made for {which}. Run `python novelty.py` again with the current checkpoint and "
+        f"settings, then this script."
+    )

@@ -2,6 +2,7 @@
 over) and the sweep of temporary files that killed runs left behind. Writes output_dir/.plankton-lab.lock, which is
 linked into place whole (never empty), so two runs never hold it at once.
 """
+
 import atexit
 import contextlib
 import errno
@@ -29,9 +30,11 @@ def ensure_output_dirs(cfg, kinds=artifacts.ARTIFACT_DIRS):
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
                 pass
         except OSError as exc:
-            raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable, "
-                               f"free some space, or choose another with --output_dir=/some/writable/folder; "
-                               f"nothing was changed.") from None
+            raise lab.LabError(
+                f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it writable, "
+                f"free some space, or choose another with --output_dir=/some/writable/folder; "
+                f"nothing was changed."
+            ) from None
 
 
 LOCK_NAME = ".plankton-lab.lock"
@@ -125,18 +128,22 @@ def _shown(content):
 
 
 def _busy(folder, lock, owner):
-    return lab.LabError(f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
-                        f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started {owner.get('started')}). "
-                        f"Two runs on one output folder would mix their checkpoints and results. Wait for it to "
-                        f"finish, stop it, or give this run its own --output_dir. (If that run is gone for good, e.g. "
-                        f"its machine crashed, delete {lock}.)")
+    return lab.LabError(
+        f"Another run of the lab is writing into {folder}: {owner.get('script')} (pid "
+        f"{owner.get('pid')} on {owner.get('host', 'this machine')}, started {owner.get('started')}). "
+        f"Two runs on one output folder would mix their checkpoints and results. Wait for it to "
+        f"finish, stop it, or give this run its own --output_dir. (If that run is gone for good, e.g. "
+        f"its machine crashed, delete {lock}.)"
+    )
 
 
 def _unreadable(folder, lock, content, age):
-    return lab.LabError(f"The output folder {folder} is locked by {lock}, which names no run ({_shown(content)}, "
-                        f"{age:.0f} s old): another run may be writing it this very moment. Wait a minute and run "
-                        f"this again (a lock that stays unreadable is taken over once it is {UNREADABLE_LOCK_S} s "
-                        f"old), or give this run its own --output_dir.")
+    return lab.LabError(
+        f"The output folder {folder} is locked by {lock}, which names no run ({_shown(content)}, "
+        f"{age:.0f} s old): another run may be writing it this very moment. Wait a minute and run "
+        f"this again (a lock that stays unreadable is taken over once it is {UNREADABLE_LOCK_S} s "
+        f"old), or give this run its own --output_dir."
+    )
 
 
 def claim_output_dir(cfg):
@@ -148,13 +155,20 @@ def claim_output_dir(cfg):
     if lock in _held_locks:
         return  # run_pipeline.py runs every stage in this process
     script = Path(sys.argv[0]).name or "python"
-    me = {"pid": os.getpid(), "process_start": _process_start(os.getpid()), "script": script,
-          "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "pid": os.getpid(),
+        "process_start": _process_start(os.getpid()),
+        "script": script,
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
-                           f"--output_dir=/some/writable/folder; nothing was changed.") from None
+        raise lab.LabError(
+            f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
+            f"--output_dir=/some/writable/folder; nothing was changed."
+        ) from None
     for _ in range(5):
         try:
             if _publish_lock(lock, me):
@@ -163,21 +177,27 @@ def claim_output_dir(cfg):
         except FileNotFoundError:
             continue  # released meanwhile: try again
         except OSError as exc:
-            raise lab.LabError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it "
-                               f"writable or choose another with --output_dir=/some/writable/folder; nothing was "
-                               f"changed.") from None
+            raise lab.LabError(
+                f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Make it "
+                f"writable or choose another with --output_dir=/some/writable/folder; nothing was "
+                f"changed."
+            ) from None
         owner = _owner(content)
         if owner is None and age < UNREADABLE_LOCK_S:
             raise _unreadable(folder, lock, content, age)
         if owner is not None and _alive(owner) and owner["pid"] != os.getpid():
             raise _busy(folder, lock, owner)
-        what = (f"{owner.get('script')}, pid {owner.get('pid')}, started {owner.get('started')}" if owner else
-                f"its lock names no run: {_shown(content)}, {age:.0f} s old")
+        what = (
+            f"{owner.get('script')}, pid {owner.get('pid')}, started {owner.get('started')}"
+            if owner
+            else f"its lock names no run: {_shown(content)}, {age:.0f} s old"
+        )
         print(f"[lock] taking over the lock of an earlier run that is gone ({what})", file=sys.stderr)
         _remove_stale(lock, content)
     else:
-        raise lab.LabError(f"Could not take the lock {lock}: another run keeps taking it. Give this run its own "
-                           f"--output_dir.")
+        raise lab.LabError(
+            f"Could not take the lock {lock}: another run keeps taking it. Give this run its own --output_dir."
+        )
     _held_locks.add(lock)
     atexit.register(_release, lock)
     remove_leftovers(cfg)

@@ -24,25 +24,26 @@ one's noise away, so such a copy is often missed (docs/similar.md).
 
 Reads image files (full_grey); writes nothing.
 """
+
 import numpy as np
 
 from lab import image_io
 
-FULL_MAX = 256           # full-resolution side: larger crops are reduced by a whole factor (memory and time)
-FULL_SHIFT = 4           # pixels of misalignment searched at full resolution
-ALIGNMENT_PEAKS = 5      # offsets of highest cross-correlation tried, the most alike kept
-FAR = 4                  # ... while the pair is within FAR times a threshold of a near-copy
-OBJECT_LEVEL = 250       # grey level below which a pixel belongs to the particle (the background is at 255)
-MIN_INNER_PIXELS = 8     # fewer particle pixels in common: no texture to compare, never a near-copy
-TEXTURE_MAX = 0.05       # the decision's thresholds (docs/similar.md: how they were chosen)
+FULL_MAX = 256  # full-resolution side: larger crops are reduced by a whole factor (memory and time)
+FULL_SHIFT = 4  # pixels of misalignment searched at full resolution
+ALIGNMENT_PEAKS = 5  # offsets of highest cross-correlation tried, the most alike kept
+FAR = 4  # ... while the pair is within FAR times a threshold of a near-copy
+OBJECT_LEVEL = 250  # grey level below which a pixel belongs to the particle (the background is at 255)
+MIN_INNER_PIXELS = 8  # fewer particle pixels in common: no texture to compare, never a near-copy
+TEXTURE_MAX = 0.05  # the decision's thresholds (docs/similar.md: how they were chosen)
 SHAPE_DARK = 240
 SHAPE_BACKGROUND = 252
 SHAPE_MAX = 0.02
-FAINT_BACKGROUND = 254   # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
-NOISE_SIGMA = 1.0        # px: the blur whose residual is an image's fine detail and noise
-NOISE_ERODE = 5          # px: the rim left out of the noise: a blurred rim is alike in any two particles, and the
+FAINT_BACKGROUND = 254  # the background level of the shape mismatch for a particle with no pixel under SHAPE_DARK
+NOISE_SIGMA = 1.0  # px: the blur whose residual is an image's fine detail and noise
+NOISE_ERODE = 5  # px: the rim left out of the noise: a blurred rim is alike in any two particles, and the
 #                          residual of a NOISE_SIGMA blur reaches 4 px past it
-NOISE_MIN = 0.75         # copies of ndsb9 images measured 0.91 or more, distinct discs at most 0.53 (docs/similar.md)
+NOISE_MIN = 0.75  # copies of ndsb9 images measured 0.91 or more, distinct discs at most 0.53 (docs/similar.md)
 
 
 def white_background(grey):
@@ -98,6 +99,7 @@ def _noise_correlation(a, b, both):
     particle pixels they share, NOISE_ERODE px in from the rim; NaN for a particle too thin to have such an interior
     (a diatom chain, a rod): no noise to judge there, so texture and shape decide alone."""
     from scipy.ndimage import binary_erosion, gaussian_filter
+
     inner = both & (a < OBJECT_LEVEL) & (b < OBJECT_LEVEL)
     interior = binary_erosion(inner, iterations=NOISE_ERODE)
     if interior.sum() < MIN_INNER_PIXELS:
@@ -119,8 +121,8 @@ def confirm(grey_a, grey_b):
     canvases, covers = [], []
     for grey in (grey_a, grey_b):
         canvas, cover = np.full((h, w), 255.0), np.zeros((h, w), bool)
-        canvas[FULL_SHIFT:FULL_SHIFT + grey.shape[0], FULL_SHIFT:FULL_SHIFT + grey.shape[1]] = grey
-        cover[FULL_SHIFT:FULL_SHIFT + grey.shape[0], FULL_SHIFT:FULL_SHIFT + grey.shape[1]] = True
+        canvas[FULL_SHIFT : FULL_SHIFT + grey.shape[0], FULL_SHIFT : FULL_SHIFT + grey.shape[1]] = grey
+        cover[FULL_SHIFT : FULL_SHIFT + grey.shape[0], FULL_SHIFT : FULL_SHIFT + grey.shape[1]] = True
         canvases.append(canvas)
         covers.append(cover)
     a, b = canvases
@@ -145,12 +147,23 @@ def confirm(grey_a, grey_b):
 def is_near_copy(texture, shape, noise):
     """The decision; a NaN noise (no interior to judge: _noise_correlation) leaves it to texture and shape."""
     noise = np.asarray(noise, dtype=float)
-    return (np.asarray(texture) <= TEXTURE_MAX) & (np.asarray(shape) <= SHAPE_MAX) & \
-        (np.isnan(noise) | (noise >= NOISE_MIN))
+    return (
+        (np.asarray(texture) <= TEXTURE_MAX)
+        & (np.asarray(shape) <= SHAPE_MAX)
+        & (np.isnan(noise) | (noise >= NOISE_MIN))
+    )
 
 
 def criterion():
     """The decision's constants, for results/near_copies.json."""
-    return {"full_shift": FULL_SHIFT, "texture_max": TEXTURE_MAX, "shape_max": SHAPE_MAX, "shape_dark": SHAPE_DARK,
-            "shape_background": SHAPE_BACKGROUND, "object_level": OBJECT_LEVEL, "noise_min": NOISE_MIN,
-            "noise_sigma": NOISE_SIGMA, "noise_erode": NOISE_ERODE}
+    return {
+        "full_shift": FULL_SHIFT,
+        "texture_max": TEXTURE_MAX,
+        "shape_max": SHAPE_MAX,
+        "shape_dark": SHAPE_DARK,
+        "shape_background": SHAPE_BACKGROUND,
+        "object_level": OBJECT_LEVEL,
+        "noise_min": NOISE_MIN,
+        "noise_sigma": NOISE_SIGMA,
+        "noise_erode": NOISE_ERODE,
+    }

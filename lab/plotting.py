@@ -1,6 +1,7 @@
 """Figures: matplotlib on the file-only Agg backend, class names every installed font can draw (or escaped, with
 one note), file names that stand for a class on every disk, and atomic saving.
 """
+
 import contextlib
 import hashlib
 import logging
@@ -19,8 +20,9 @@ def figure_slug(name, class_names=()):
     same figures; a name that differs from one of them only in letter case gets the hash too, as macOS and
     Windows disks take Odontella.png and odontella.png for one file."""
     name = unicodedata.normalize("NFC", name)
-    case_twin = any(name != other and name.casefold() == unicodedata.normalize("NFC", other).casefold()
-                    for other in class_names)
+    case_twin = any(
+        name != other and name.casefold() == unicodedata.normalize("NFC", other).casefold() for other in class_names
+    )
     if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name) and not case_twin:
         return name
     ascii_part = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
@@ -32,8 +34,10 @@ def figure_slug(name, class_names=()):
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend: scripts run on servers without a display."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -46,6 +50,7 @@ _NOTED_UNDRAWABLE = set()
 def _font_characters(font_file):
     if font_file not in _FONT_CHARACTERS:
         from matplotlib.ft2font import FT2Font
+
         try:
             _FONT_CHARACTERS[font_file] = frozenset(FT2Font(font_file).get_charmap())
         except (OSError, RuntimeError, ValueError):  # a damaged font file: it draws nothing for us
@@ -57,6 +62,7 @@ def _missing_characters(text):
     """Code points of text that none of the fonts matplotlib is set to use can draw."""
     import matplotlib
     from matplotlib import font_manager
+
     missing = {ord(ch) for ch in text if not ch.isspace()}
     for family in matplotlib.rcParams["font.family"]:
         with contextlib.suppress(ValueError):  # a family that is not installed
@@ -69,6 +75,7 @@ def font_with(code_points):
     """The family of an installed font that draws all these characters, or None. matplotlib's 'Last Resort'
     font is left out: it maps every character to an empty box, the very thing to avoid."""
     from matplotlib import font_manager
+
     for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
         if not entry.name.startswith("Last Resort") and code_points <= _font_characters(entry.fname):
             return entry.name
@@ -81,6 +88,7 @@ def drawable_names(names):
     shown escaped (\\u73ea) and one note says so, instead of empty boxes. '$' is escaped so a name is never
     read as a formula."""
     import matplotlib
+
     pyplot()
     shown, undrawable = [], []
     for name in names:
@@ -98,15 +106,19 @@ def drawable_names(names):
     new = [n for n in undrawable if n not in _NOTED_UNDRAWABLE]
     if new:
         _NOTED_UNDRAWABLE.update(new)
-        print(f"note: no installed font has the characters of the class name(s) {', '.join(map(repr, new))}: figures "
-              f"show those characters escaped (\\uXXXX). To see them drawn, install a font that has them (e.g. "
-              f"Noto Sans CJK: `apt install fonts-noto-cjk`, or from fonts.google.com/noto) and delete "
-              f"matplotlib's font cache ({_matplotlib_cache()}).", file=sys.stderr)
+        print(
+            f"note: no installed font has the characters of the class name(s) {', '.join(map(repr, new))}: figures "
+            f"show those characters escaped (\\uXXXX). To see them drawn, install a font that has them (e.g. "
+            f"Noto Sans CJK: `apt install fonts-noto-cjk`, or from fonts.google.com/noto) and delete "
+            f"matplotlib's font cache ({_matplotlib_cache()}).",
+            file=sys.stderr,
+        )
     return shown
 
 
 def _matplotlib_cache():
     import matplotlib
+
     return matplotlib.get_cachedir()
 
 

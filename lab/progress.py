@@ -1,6 +1,7 @@
 """Progress that speaks when a person waits: a tqdm bar on a terminal, and in a log (make demo > log, a batch job)
 a plain line at most every few seconds, so that no long step is silent. Reads and writes nothing but stdout.
 """
+
 import sys
 import time
 

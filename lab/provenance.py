@@ -1,6 +1,7 @@
 """What each artifact was computed from: short digests of artifacts, the inputs each output set's manifest records
 (results/<set>_manifest.json, written by manifest.OutputSet), and the package versions a checkpoint records.
 """
+
 import contextlib
 import sys
 
@@ -22,6 +23,7 @@ def recorded_inputs(cfg, set_name):
 
 def package_versions():
     import importlib.metadata as md
+
     versions = {"python": sys.version.split()[0]}
     for name in ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "umap-learn"):
         with contextlib.suppress(md.PackageNotFoundError):

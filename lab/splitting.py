@@ -5,6 +5,7 @@ script. When the data grows, the rows already split keep their split and the new
 split.json, dataset_summary.csv, label_sources.csv, unused_labels.csv, skipped_files.csv, ignored_files.csv,
 image_notes.csv, duplicates.csv, near_copies.csv and near_copies.json (lab/near_copies.py), as one output set.
 """
+
 import os
 import sys
 
@@ -54,9 +55,11 @@ def draw_split(cfg, files, digests=None):
         n_val = max(1, round(n * cfg.val_fraction))
         n_test = max(1, round(n * cfg.test_fraction))
         if n - n_val - n_test < 1:
-            raise lab.LabError(f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
-                               f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
-                               f"the fractions, or raise min_images_per_class to keep such classes out.")
+            raise lab.LabError(
+                f"The class {c!r} has {n} images: with val_fraction={cfg.val_fraction} and "
+                f"test_fraction={cfg.test_fraction} none would be left for training. Add images, lower "
+                f"the fractions, or raise min_images_per_class to keep such classes out."
+            )
         taken = {"val": 0, "test": 0, "train": 0}
         for g in [free[i] for i in rng.permutation(len(free))]:
             part = "val" if taken["val"] < n_val else "test" if taken["test"] < n_test else "train"
@@ -66,10 +69,12 @@ def draw_split(cfg, files, digests=None):
         taken["train"] += len(pinned)
         rows += [{"path": paths[i], "label": c, "split": "train"} for i in pinned]
         if not (taken["val"] and taken["test"] and taken["train"]):
-            raise lab.LabError(f"The class {c!r} cannot be split into train, validation and test images: of its {n} "
-                               f"images, {len(pinned)} are byte-identical to images of other classes and the "
-                               f"rest are copies of too few distinct images (see results/duplicates.csv). Delete "
-                               f"the duplicates, add images, or remove the class.")
+            raise lab.LabError(
+                f"The class {c!r} cannot be split into train, validation and test images: of its {n} "
+                f"images, {len(pinned)} are byte-identical to images of other classes and the "
+                f"rest are copies of too few distinct images (see results/duplicates.csv). Delete "
+                f"the duplicates, add images, or remove the class."
+            )
     for c in cfg.unseen_classes:
         rows += [{"path": p, "label": c, "split": "unseen"} for p in files[c]]
     for row in rows:
@@ -101,8 +106,11 @@ def extend_split(cfg, previous, files, digests):
         paths, free = new[c], []
         before = old.loc[old["label"] == c, "split"].value_counts()
         total = int(before.sum()) + len(paths)
-        wanted = {"val": max(1, round(total * cfg.val_fraction)) - before.get("val", 0),
-                  "test": max(1, round(total * cfg.test_fraction)) - before.get("test", 0), "train": len(paths)}
+        wanted = {
+            "val": max(1, round(total * cfg.val_fraction)) - before.get("val", 0),
+            "test": max(1, round(total * cfg.test_fraction)) - before.get("test", 0),
+            "train": len(paths),
+        }
         for g in _duplicate_groups(paths, digests):
             key = digests.get(paths[g[0]]) or paths[g[0]]
             part = placed.get(key) or ("train" if len(owners[key]) > 1 else None)
@@ -127,9 +135,14 @@ def extend_split(cfg, previous, files, digests):
 def split_identity(cfg):
     """The settings that define a split. Where the files live is not one of them: moved data keeps its split
     (verify_split checks that the files are the same)."""
-    identity = {"max_images_per_class": cfg.max_images_per_class, "seen_classes": cfg.seen_classes,
-                "unseen_classes": cfg.unseen_classes, "val_fraction": cfg.val_fraction,
-                "test_fraction": cfg.test_fraction, "seed": cfg.seed}
+    identity = {
+        "max_images_per_class": cfg.max_images_per_class,
+        "seen_classes": cfg.seen_classes,
+        "unseen_classes": cfg.unseen_classes,
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+    }
     # only with "group": the splits drawn with "report" (or before the setting, whose checkpoints lack it) stay valid
     if getattr(cfg, "near_copies", "report") == "group":
         identity["near_copies"] = "group"
@@ -176,8 +189,10 @@ def make_split(cfg, previous=None):
     data_folders.print_file_report(ignored, notes)
     if added is not None:
         parts = ", ".join(f"{k} {n}" for k, n in added["split"].value_counts().items()) or "none readable"
-        print(f"[split] the data grew: {len(added)} new image(s) added to results/split.csv ({parts}); the "
-              f"{len(previous)} rows already split keep their split")
+        print(
+            f"[split] the data grew: {len(added)} new image(s) added to results/split.csv ({parts}); the "
+            f"{len(previous)} rows already split keep their split"
+        )
     return split
 
 
@@ -198,14 +213,23 @@ def record_trunk_failures(cfg, split_rows, ok):
     skipped = read_skipped(cfg)
     mine = (skipped["stage"] == TRUNK_STAGE) & skipped["path"].isin(set(split_rows["path"]))
     failed = split_rows[~np.asarray(ok, dtype=bool)]
-    new = pd.DataFrame({"path": failed["path"].values, "label": failed["label"].values, "stage": TRUNK_STAGE,
-                        "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)"})
+    new = pd.DataFrame(
+        {
+            "path": failed["path"].values,
+            "label": failed["label"].values,
+            "stage": TRUNK_STAGE,
+            "reason": "decoded at the scan, but not in the trunk pass (the file changed since?)",
+        }
+    )
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
         changed = pd.concat([skipped[~mine], new], ignore_index=True)
         manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(changed, p))
     if len(new):
-        print(f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
-              f"results/skipped_files.csv): {artifacts.printable(', '.join(new['path'][:5]))}", file=sys.stderr)
+        print(
+            f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
+            f"results/skipped_files.csv): {artifacts.printable(', '.join(new['path'][:5]))}",
+            file=sys.stderr,
+        )
 
 
 def verify_split(cfg, split):
@@ -227,9 +251,11 @@ def verify_split(cfg, split):
         relabelled = len({p for p, _ in removed} & {p for p, _ in added})
         changed = f" ({relabelled} of them relabelled: listed under another class now)" if relabelled else ""
         examples = ", ".join(p for p, _ in (removed + added)[:4])
-        raise lab.LabError(f"results/split.csv no longer matches the files in {where}: {len(added)} image(s) were "
-                           f"added{fixed} and {len(removed)} removed{changed} since it was made (e.g. {examples}). "
-                           f"Rebuild the split with `{rebuild}` and retrain with `python train.py`.")
+        raise lab.LabError(
+            f"results/split.csv no longer matches the files in {where}: {len(added)} image(s) were "
+            f"added{fixed} and {len(removed)} removed{changed} since it was made (e.g. {examples}). "
+            f"Rebuild the split with `{rebuild}` and retrain with `python train.py`."
+        )
     return added, f"{len(added)} image(s) were added to {where}{fixed} since results/split.csv was made"
 
 
@@ -240,8 +266,10 @@ def read_split_file(cfg):
         return None
     split = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape")
     if list(split.columns) not in (SPLIT_COLUMNS, SPLIT_COLUMNS[:4], SPLIT_COLUMNS[:3]):  # earlier versions' too
-        raise lab.LabError(f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
-                           f"rebuild it with `python dataloader.py --rebuild_split=True`.")
+        raise lab.LabError(
+            f"{path} is not a split file of this lab (columns {list(split.columns)}). Delete it or "
+            f"rebuild it with `python dataloader.py --rebuild_split=True`."
+        )
     return split
 
 
@@ -272,9 +300,11 @@ def load_split(cfg, verify=True, grow=True):
         wanted = split_identity(cfg)
         changed = [k for k in wanted if identity.get(k) != wanted[k]]
         if changed:
-            print(f"[split] {', '.join(changed)} differ from the settings of results/split.csv: drawing the split "
-                  f"of the current settings (a checkpoint records the split it was trained on, so the later "
-                  f"scripts stay safe)")
+            print(
+                f"[split] {', '.join(changed)} differ from the settings of results/split.csv: drawing the split "
+                f"of the current settings (a checkpoint records the split it was trained on, so the later "
+                f"scripts stay safe)"
+            )
             split = None
     if split is None:
         output_lock.ensure_output_dirs(cfg, ("results",))
@@ -282,9 +312,11 @@ def load_split(cfg, verify=True, grow=True):
     if verify:
         added, what = verify_split(cfg, split)
         if added and not grow:
-            raise lab.LabError(f"{what} (e.g. {', '.join(p for p, _ in added[:4])}); the model was trained "
-                               f"without them. `python train.py` adds them to the split, every row already split "
-                               f"keeping its split, and retrains; or remove them to use this model as it is.")
+            raise lab.LabError(
+                f"{what} (e.g. {', '.join(p for p, _ in added[:4])}); the model was trained "
+                f"without them. `python train.py` adds them to the split, every row already split "
+                f"keeping its split, and retrains; or remove them to use this model as it is."
+            )
         if added:
             output_lock.ensure_output_dirs(cfg, ("results",))
             return make_split(cfg, previous=split)

@@ -12,6 +12,7 @@ folder can be deleted at any time. Both files are written under temporary names 
 when whole. Under torchrun (distributed.py) each rank writes its contiguous shard to `..._<key>.npy.part<rank>`
 and rank 0 assembles them, in order, into the same two files.
 """
+
 import contextlib
 import copy
 import glob
@@ -62,9 +63,15 @@ def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
     DataLoader draws its workers' base seed from the generator it is given, by default torch's global one, and
     a draw there would make a run whose trunk cache was cold train another model than one whose cache was warm."""
     dataset = image_io.ImageDataset(abs_paths, image_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda", persistent_workers=False,
-                                       generator=torch.Generator())
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator(),
+    )
 
 
 @torch.no_grad()
@@ -73,8 +80,7 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in progress.progress(loader, len(loader), desc, unit="batches"):
-        images = image_io.normalise(images.to(device, non_blocking=True)).contiguous(
-            memory_format=torch.channels_last)
+        images = image_io.normalise(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         with autocast:
             out = trunk(images)
         write(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16), ok.numpy())
@@ -86,13 +92,15 @@ def _stream_features(target, n, shape, fill):
     ok = np.zeros(n, dtype=bool)
     position = [0]
     with open(target, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                 "shape": (n, *shape)})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (n, *shape)}
+        )
 
         def write(batch, batch_ok):
             f.write(np.ascontiguousarray(batch).tobytes())
-            ok[position[0]:position[0] + len(batch)] = batch_ok
+            ok[position[0] : position[0] + len(batch)] = batch_ok
             position[0] += len(batch)
+
         fill(write)
         if position[0] != n:  # a loader that ended early must not leave a file that looks whole
             raise RuntimeError(f"the trunk pass gave {position[0]} rows, {n} were expected")
@@ -134,16 +142,34 @@ def part_path(path, rank):
     return path.with_name(f"{path.name}.part{rank}")
 
 
-def trunk_shard(rank, start, stop, *, cache_path, abs_paths, image_size, batch_size, num_workers, trunk, precision,
-                device_type, data_root, desc):
+def trunk_shard(
+    rank,
+    start,
+    stop,
+    *,
+    cache_path,
+    abs_paths,
+    image_size,
+    batch_size,
+    num_workers,
+    trunk,
+    precision,
+    device_type,
+    data_root,
+    desc,
+):
     """On one torchrun rank: the trunk's output for abs_paths[start:stop], written to part_path(cache_path, rank);
     returns their ok flags. The part is removed if this fails."""
     if not os.path.isdir(data_root):
-        raise lab.LabError(f"data_root {data_root} is not a folder on this machine. Every machine of the run must see "
-                           f"the images at the same path (a shared or identically mounted file system).")
+        raise lab.LabError(
+            f"data_root {data_root} is not a folder on this machine. Every machine of the run must see "
+            f"the images at the same path (a shared or identically mounted file system)."
+        )
     if not cache_path.parent.is_dir():
-        raise lab.LabError(f"the cache folder {cache_path.parent} does not exist on this machine. output_dir must be "
-                           f"on a file system every machine of the run sees at the same path.")
+        raise lab.LabError(
+            f"the cache folder {cache_path.parent} does not exist on this machine. output_dir must be "
+            f"on a file system every machine of the run sees at the same path."
+        )
     paths = abs_paths[start:stop]
     if not paths:
         return np.zeros(0, dtype=bool)
@@ -153,8 +179,12 @@ def trunk_shard(rank, start, stop, *, cache_path, abs_paths, image_size, batch_s
     loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
     part = part_path(cache_path, rank)
     try:
-        return _stream_features(part, len(paths), (backbone.TRUNK_CHANNELS, side, side),
-                                lambda write: run_trunk(trunk, loader, device, dtype, write, desc))
+        return _stream_features(
+            part,
+            len(paths),
+            (backbone.TRUNK_CHANNELS, side, side),
+            lambda write: run_trunk(trunk, loader, device, dtype, write, desc),
+        )
     except BaseException:
         with contextlib.suppress(OSError):
             part.unlink()
@@ -167,16 +197,19 @@ def assemble_parts(path, ok_path, n, shape, oks):
     tmp = _temporary(path)
     row_bytes = int(np.prod(shape)) * 2
     with open(tmp, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                   "shape": (n, *shape)})
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (n, *shape)}
+        )
         for rank, ok in enumerate(oks):
             if not len(ok):
                 continue
             part = part_path(path, rank)
             if not part.exists():
-                raise lab.LabError(f"Rank {rank} wrote its part of the trunk cache to {part}, which this machine "
-                                   f"({socket.gethostname()}) does not see. output_dir must be on a file system every "
-                                   f"machine of the run shares, at the same path.")
+                raise lab.LabError(
+                    f"Rank {rank} wrote its part of the trunk cache to {part}, which this machine "
+                    f"({socket.gethostname()}) does not see. output_dir must be on a file system every "
+                    f"machine of the run shares, at the same path."
+                )
             with open(part, "rb") as source:
                 np.lib.format.read_magic(source)
                 part_shape, _, _ = np.lib.format.read_array_header_1_0(source)
@@ -193,13 +226,22 @@ def assemble_parts(path, ok_path, n, shape, oks):
 def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name):
     """torchrun: every rank computes a contiguous shard and writes it beside the cache file; rank 0 assembles the
     file a single process would write. On any failure, no part and no temporary file is left behind."""
-    job = {"cache_path": path, "abs_paths": abs_paths, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
-           "num_workers": cfg.num_workers, "trunk": copy.deepcopy(trunk).cpu(), "device_type": device.type,
-           "precision": backbone.precision_name(dtype), "data_root": str(artifacts.resolve(cfg.data_root)),
-           "desc": f"trunk {split_name}"}
+    job = {
+        "cache_path": path,
+        "abs_paths": abs_paths,
+        "image_size": cfg.image_size,
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "trunk": copy.deepcopy(trunk).cpu(),
+        "device_type": device.type,
+        "precision": backbone.precision_name(dtype),
+        "data_root": str(artifacts.resolve(cfg.data_root)),
+        "desc": f"trunk {split_name}",
+    }
     try:
-        oks = distributed.map_shards(trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split",
-                                     align=cfg.batch_size, **job)
+        oks = distributed.map_shards(
+            trunk_shard, len(abs_paths), f"the trunk pass of the {split_name} split", align=cfg.batch_size, **job
+        )
         assemble_parts(path, ok_path, len(abs_paths), shape, oks)
     except BaseException:
         for leftover in (*path.parent.glob(glob.escape(path.name) + ".part*"), _temporary(path)):
@@ -212,21 +254,33 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
     """Logits, embeddings and decoded flags of images that have no trunk cache (predict.py's new sample): the
     trunk's float16 output goes through the head exactly as it does from the cache, so the results equal
     evaluate.py's and embed.py's. Under torchrun every rank computes a contiguous shard; rank 0 joins them."""
-    job = {"model": copy.deepcopy(model).cpu(), "abs_paths": abs_paths, "image_size": image_size,
-           "batch_size": batch_size, "num_workers": num_workers, "device_type": device.type,
-           "precision": backbone.precision_name(dtype), "desc": desc}
-    parts = distributed.map_shards(image_outputs_shard, len(abs_paths), f"the pass over {desc}", align=batch_size,
-                                   **job)
+    job = {
+        "model": copy.deepcopy(model).cpu(),
+        "abs_paths": abs_paths,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device_type": device.type,
+        "precision": backbone.precision_name(dtype),
+        "desc": desc,
+    }
+    parts = distributed.map_shards(
+        image_outputs_shard, len(abs_paths), f"the pass over {desc}", align=batch_size, **job
+    )
     return {name: np.concatenate([part[name] for part in parts]) for name in ("logits", "embeddings", "ok")}
 
 
-def image_outputs_shard(rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type,
-                        precision, desc):
+def image_outputs_shard(
+    rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type, precision, desc
+):
     """On one rank (or the single process): image_outputs of abs_paths[start:stop]."""
     device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
     model = model.to(device).eval()
-    outputs = {"logits": [np.zeros((0, model.classifier.out_features), np.float32)],
-               "embeddings": [np.zeros((0, model.classifier.in_features), np.float32)], "ok": [np.zeros(0, bool)]}
+    outputs = {
+        "logits": [np.zeros((0, model.classifier.out_features), np.float32)],
+        "embeddings": [np.zeros((0, model.classifier.in_features), np.float32)],
+        "ok": [np.zeros(0, bool)],
+    }
 
     def head(trunk_out, ok):
         x = torch.from_numpy(trunk_out.astype(np.float32)).to(device).contiguous(memory_format=torch.channels_last)
@@ -235,6 +289,7 @@ def image_outputs_shard(rank, start, stop, *, model, abs_paths, image_size, batc
         outputs["logits"].append(logits.float().cpu().numpy())
         outputs["embeddings"].append(embedding.float().cpu().numpy())
         outputs["ok"].append(ok)
+
     paths = abs_paths[start:stop]
     if paths:
         loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
@@ -273,8 +328,10 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
         remove_stale_caches(folder, split_name, dtype)
         side = backbone.trunk_side(cfg.image_size)
         shared = f", shared by {distributed.world_size()} ranks" if distributed.active() else ""
-        print(f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
-              f"({backbone.precision_name(dtype)}{shared}, cached in {folder})")
+        print(
+            f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
+            f"({backbone.precision_name(dtype)}{shared}, cached in {folder})"
+        )
         shape = (backbone.TRUNK_CHANNELS, side, side)
         started = time.perf_counter()
         try:
@@ -282,15 +339,24 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
                 _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name)
             else:
                 loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
-                _write_cache(path, ok_path, len(abs_paths), shape,
-                             lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"))
+                _write_cache(
+                    path,
+                    ok_path,
+                    len(abs_paths),
+                    shape,
+                    lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"),
+                )
         except OSError as exc:
-            raise lab.LabError(f"Could not write the trunk cache in {folder} ({exc.strerror or exc}). Free some "
-                               f"disk space (it needs about {len(abs_paths) * np.prod(shape) * 2 / 1e6:.0f} MB) "
-                               f"or choose another --output_dir.") from None
+            raise lab.LabError(
+                f"Could not write the trunk cache in {folder} ({exc.strerror or exc}). Free some "
+                f"disk space (it needs about {len(abs_paths) * np.prod(shape) * 2 / 1e6:.0f} MB) "
+                f"or choose another --output_dir."
+            ) from None
         seconds = time.perf_counter() - started
-        print(f"[trunk] {split_name}: {len(abs_paths)} images in {seconds:.1f} s "
-              f"({len(abs_paths) / max(seconds, 1e-9):.0f} images/s)")
+        print(
+            f"[trunk] {split_name}: {len(abs_paths)} images in {seconds:.1f} s "
+            f"({len(abs_paths) / max(seconds, 1e-9):.0f} images/s)"
+        )
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
     splitting.record_trunk_failures(cfg, split_rows, ok)
@@ -322,7 +388,7 @@ class CachedSplit:
     def batches(self, batch_size, order=None):
         order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(self), batch_size):
-            chosen = order[start:start + batch_size].numpy()
+            chosen = order[start : start + batch_size].numpy()
             yield self.read(chosen).contiguous(memory_format=torch.channels_last), self.labels[chosen]
 
 
@@ -355,7 +421,7 @@ class PooledSplit:
     def batches(self, batch_size, order=None):
         order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(self), batch_size):
-            chosen = order[start:start + batch_size].numpy()
+            chosen = order[start : start + batch_size].numpy()
             part, within = self.part[chosen], self.within[chosen]
             x = None
             for k in np.unique(part):
@@ -388,6 +454,8 @@ def head_outputs(model, data, device, batch_size):
         logits.append(out.float().cpu())
         embeddings.append(emb.float().cpu())
     if not logits:
-        return (np.zeros((0, model.classifier.out_features), np.float32),
-                np.zeros((0, model.classifier.in_features), np.float32))
+        return (
+            np.zeros((0, model.classifier.out_features), np.float32),
+            np.zeros((0, model.classifier.in_features), np.float32),
+        )
     return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny demo data set, configs pointing at temporary folders, an offline TORCH_HOME."""
+
 import os
 import sys
 from pathlib import Path
@@ -29,17 +30,34 @@ from lab import artifacts, config, demo_data, output_lock  # noqa: E402
 
 TINY_COUNTS = {c: 36 for c in demo_data.CLASSES}
 # ../shared/data/ndsb9's roles, as its README gives them: 6 seen classes and 3 unseen.
-NDSB9_SEEN = ["diatom_chain_string", "protist_noctiluca", "acantharia_protist", "copepod_cyclopoid_oithona",
-              "chaetognath_sagitta", "hydromedusae_solmaris"]
+NDSB9_SEEN = [
+    "diatom_chain_string",
+    "protist_noctiluca",
+    "acantharia_protist",
+    "copepod_cyclopoid_oithona",
+    "chaetognath_sagitta",
+    "hydromedusae_solmaris",
+]
 NDSB9_UNSEEN = ["diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"]
 # Small images and a random trunk keep every test fast; the architecture is the mission's.
-FAST = ["--backbone_weights=None", "--image_size=64", "--num_workers=0", "--batch_size=32", "--epochs=15",
-        "--patience=4", "--umap_samples_per_split=300", "--transfer_repeats=2", "--precision=fp32"]
+FAST = [
+    "--backbone_weights=None",
+    "--image_size=64",
+    "--num_workers=0",
+    "--batch_size=32",
+    "--epochs=15",
+    "--patience=4",
+    "--umap_samples_per_split=300",
+    "--transfer_repeats=2",
+    "--precision=fp32",
+]
 
 
-SLOW = ("slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs the whole pipeline, or a stage at "
-        "scale; "
-        "`make test-fast` leaves it out (-m 'not slow')")
+SLOW = (
+    "slow: starts a subprocess, torchrun or Chromium, reads ../shared, runs the whole pipeline, or a stage at "
+    "scale; "
+    "`make test-fast` leaves it out (-m 'not slow')"
+)
 
 
 def pytest_configure(config):
@@ -57,6 +75,7 @@ def slow_tests_are_marked(request, monkeypatch):
 
         def refuse(*args, **kwargs):
             raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
+
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     yield
 
@@ -78,6 +97,7 @@ def tiny_pipeline(tiny_demo, tmp_path_factory):
     """The whole pipeline, run once on the tiny demo set: (config, argv, stage timings). Copy its output folder
     before changing anything in it: other tests read it."""
     import run_pipeline
+
     argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(tmp_path_factory.mktemp('pipeline'))!r}", *FAST]
     timings = run_pipeline.main(argv)
     return config.load_config(argv), argv, timings
@@ -89,6 +109,7 @@ def novelty_ready(tiny_demo, tmp_path_factory):
     import embed
     import novelty
     import train
+
     out = tmp_path_factory.mktemp("novelty-ready")
     argv = [f"--data_root={str(tiny_demo)!r}", f"--output_dir={str(out)!r}", *FAST]
     train.main(argv)
@@ -100,20 +121,27 @@ def novelty_ready(tiny_demo, tmp_path_factory):
 @pytest.fixture
 def make_cfg(tmp_path, tiny_demo):
     """make_cfg(*overrides) -> config on the tiny demo set, artifacts in this test's tmp folder."""
+
     def make(*overrides, data_root=None, output_dir=None):
-        argv = [f"--data_root={str(data_root or tiny_demo)!r}", f"--output_dir={str(output_dir or tmp_path / 'out')!r}",
-                *FAST, *overrides]
+        argv = [
+            f"--data_root={str(data_root or tiny_demo)!r}",
+            f"--output_dir={str(output_dir or tmp_path / 'out')!r}",
+            *FAST,
+            *overrides,
+        ]
         return config.load_config(argv), argv
+
     return make
 
 
 def shared_dataset(name):
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"{path} is absent: the real-image tests need the shared data folder beside the repository "
-                    f"(../shared/data/{name}); a user's fresh clone does not have it")
+        pytest.skip(
+            f"{path} is absent: the real-image tests need the shared data folder beside the repository "
+            f"(../shared/data/{name}); a user's fresh clone does not have it"
+        )
     return path
-
 
 
 def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine is slow, never wrong
@@ -121,6 +149,7 @@ def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine i
     import time
 
     from lab import checkpoint
+
     last = artifacts.out_path(cfg, "checkpoints", "last.pth")
     deadline = time.time() + timeout
     while time.time() < deadline:

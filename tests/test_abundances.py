@@ -2,6 +2,7 @@
 proportions of a synthetic classifier with a known confusion matrix, within their intervals, where classify and
 count does not; the table adds up; the calibration reads the validation split and never a test image; a failed
 run leaves the previous files; the report's chart; the benchmark's measurement on arrays."""
+
 import shutil
 
 import numpy as np
@@ -14,10 +15,9 @@ from lab import abundances, artifacts, config, embedding_files, splitting
 
 # Column j: where the images of true class j go, P(predicted i | true j). Each row's largest entry is on the
 # diagonal, so the calibrated posterior of a prediction i has its argmax at i (the head predicts what it says).
-CONFUSION = np.array([[0.80, 0.10, 0.05, 0.05],
-                      [0.10, 0.75, 0.10, 0.05],
-                      [0.05, 0.10, 0.75, 0.15],
-                      [0.05, 0.05, 0.10, 0.75]])
+CONFUSION = np.array(
+    [[0.80, 0.10, 0.05, 0.05], [0.10, 0.75, 0.10, 0.05], [0.05, 0.10, 0.75, 0.15], [0.05, 0.05, 0.10, 0.75]]
+)
 TRAINING_PRIOR = np.full(4, 0.25)
 SAMPLE_PRIOR = np.array([0.60, 0.25, 0.10, 0.05])  # a bloom of class 0, the shift a field sample brings
 
@@ -137,9 +137,11 @@ def test_a_method_that_cannot_be_fitted_falls_back_to_pacc_and_says_so(synthetic
         if method == "emq_nbvs":
             raise RuntimeError("no finite optimum")
         return real(method, *args, **kwargs)
+
     monkeypatch.setattr(abundances, "fitted", fitted)
-    table = abundances.abundance_frame(["a", "b", "c", "d"], sample[:300], np.zeros(300, bool), calibration,
-                                       "emq_nbvs", 20, 0)
+    table = abundances.abundance_frame(
+        ["a", "b", "c", "d"], sample[:300], np.zeros(300, bool), calibration, "emq_nbvs", 20, 0
+    )
     seen = table[~table["possibly_new"]]
     assert (seen["method"] == abundances.FALLBACK).all() and seen["proportion_emq_nbvs"].isna().all()
     assert (seen["proportion"] == seen["proportion_pacc"]).all()
@@ -171,10 +173,12 @@ def calibration_inputs(cfg):
 
     from lab import checkpoint
     from lab import novelty_scores as ns
+
     trained = checkpoint.load_trained(cfg, model=False)
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
-    threshold = json.loads(artifacts.out_path(cfg, "results", "novelty_thresholds.json").read_text())[
-        "thresholds"][cfg.novelty_score]
+    threshold = json.loads(artifacts.out_path(cfg, "results", "novelty_thresholds.json").read_text())["thresholds"][
+        cfg.novelty_score
+    ]
     return trained, (trained.cfg, scorer, threshold, trained.digest, trained.ckpt["classes"])
 
 
@@ -185,6 +189,7 @@ def scrambled_test_embeddings(monkeypatch):
     def scrambled(c, name):
         frame, x = real(c, name)
         return (frame, np.random.default_rng(0).permutation(x)) if name == "test" else (frame, x)
+
     monkeypatch.setattr(embedding_files, "load_embeddings", scrambled)
 
 
@@ -198,8 +203,10 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     probabilities, labels, prior, paths, source = calibration
     assert read == ["val"] and source == "validation"
     split = splitting.load_split(trained.cfg)
-    by_split = {name: set(splitting.absolute_paths(trained.cfg, split[split["split"] == name]["path"]))
-                for name in ("val", "test", "train")}
+    by_split = {
+        name: set(splitting.absolute_paths(trained.cfg, split[split["split"] == name]["path"]))
+        for name in ("val", "test", "train")
+    }
     assert set(paths) <= by_split["val"] and not set(paths) & (by_split["test"] | by_split["train"])
     assert len(paths) >= 0.8 * len(by_split["val"])  # the flag leaves out about 5 % of the known images
     assert probabilities.shape == (len(paths), len(cfg.seen_classes)) and len(labels) == len(paths)
@@ -215,6 +222,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     (tests/test_audit.py); the calibration takes their outputs of the training and validation images only, as the
     audit wrote them. No audit, a stale one or the linear model's names audit.py: never a silent fallback."""
     import audit
+
     cfg, argv = trained_copy
     trained, inputs = calibration_inputs(cfg)
     with pytest.raises(lab.LabError, match="Run `python audit.py --audit_model=head`"):
@@ -246,6 +254,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     import json
 
     from lab import manifest
+
     path = manifest.manifest_path(cfg, "audit")
     body = json.loads(path.read_text())
     del body["inputs"]["test_images_trained_on"]
@@ -256,7 +265,8 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
 
 @pytest.mark.slow  # three audits (one of them the head's) and a prediction: 6 s, kept out of make test-fast
 def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_it_once_replaced(
-        trained_copy, tiny_demo, monkeypatch):
+    trained_copy, tiny_demo, monkeypatch
+):
     """predict.py refuses abundance_calibration='out_of_fold' with a linear audit before its trunk pass (nothing to
     wait for); with the head's audit it calibrates on it; once audit.py has run again with another model, the
     report leaves those abundances out and names the commands: never abundances beside an audit that did not make
@@ -265,9 +275,13 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
 
     import audit
     import report
+
     cfg, argv = trained_copy
-    sample = argv + [f"--predict_dir={str(tiny_demo / 'chainthin')!r}", "--abundance_bootstrap=20",
-                     "--abundance_calibration=out_of_fold"]
+    sample = argv + [
+        f"--predict_dir={str(tiny_demo / 'chainthin')!r}",
+        "--abundance_bootstrap=20",
+        "--abundance_calibration=out_of_fold",
+    ]
     audit.main(argv)
     real_chunks = predict.run_chunks
     monkeypatch.setattr(predict, "run_chunks", lambda *a, **k: pytest.fail("the trunk pass ran before the refusal"))
@@ -286,6 +300,7 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     assert len(left_out) == 1 and "Left out" in left_out[0] and "--audit_model=head" in left_out[0]
     assert "Classify and count" not in left_out[0]
     from lab import manifest
+
     manifest.manifest_path(cfg, "audit").unlink()  # no complete audit at all: left out too, and said so
     assert "no complete audit" in report.abundances_part(cfg, results, run)[0]
 
@@ -293,11 +308,14 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
     cfg, argv = trained_copy
     predict.main(argv + [f"--predict_dir={str(tiny_demo / 'chainthin')!r}", "--abundance_bootstrap=20"])
-    kept = {name: artifacts.out_path(cfg, "results", name).read_bytes()
-            for name in ("abundances.csv", "prediction_counts.csv")}
+    kept = {
+        name: artifacts.out_path(cfg, "results", name).read_bytes()
+        for name in ("abundances.csv", "prediction_counts.csv")
+    }
 
     def broken(*args, **kwargs):
         raise lab.LabError("the calibration failed")
+
     monkeypatch.setattr(abundances, "sample_abundances", broken)
     with pytest.raises(lab.LabError, match="calibration failed"):
         predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}", "--abundance_bootstrap=20"])
@@ -308,9 +326,11 @@ def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, ti
 
 def test_the_report_section_shows_the_chart_and_the_table(synthetic):
     import report
+
     calibration, sample, _ = synthetic
-    table = abundances.abundance_frame(["a", "b", "c", "d"], sample[:200], np.zeros(200, bool), calibration, "emq",
-                                       20, 0)
+    table = abundances.abundance_frame(
+        ["a", "b", "c", "d"], sample[:200], np.zeros(200, bool), calibration, "emq", 20, 0
+    )
     png = abundances.abundance_chart(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     section = report.abundances_section(table)
@@ -319,14 +339,15 @@ def test_the_report_section_shows_the_chart_and_the_table(synthetic):
 
 def test_the_benchmark_measures_every_method_on_shifted_samples(synthetic):
     from bench import bench_abundances
+
     calibration, _, _ = synthetic
     rng = np.random.default_rng(1)
     test_labels = np.repeat(np.arange(4), 150)
     flagged = np.zeros(600, bool)
     test = (synthetic_head(test_labels, rng), test_labels, flagged)
-    summary, per_sample = bench_abundances.measure(calibration, test,
-                                                   samples=4, sample_size=300, draws=20, seed=0,
-                                                   methods=("cc", "emq"))
+    summary, per_sample = bench_abundances.measure(
+        calibration, test, samples=4, sample_size=300, draws=20, seed=0, methods=("cc", "emq")
+    )
     assert len(per_sample) == 4 and set(summary) == {"cc", "emq"}
     assert all(np.sum(s["truth"]) == pytest.approx(1) for s in per_sample)
     assert summary["emq"]["mae"] < summary["cc"]["mae"]

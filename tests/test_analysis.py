@@ -1,4 +1,5 @@
 """Embeddings, distances, galleries and transfer learning against brute-force references."""
+
 import tracemalloc
 
 import numpy as np
@@ -52,8 +53,11 @@ def test_zero_embeddings_leave_the_angular_and_cosine_averages_across_blocks_and
     rng = np.random.default_rng(11)
     directed = [np.abs(rng.normal(c, 1, size=(n, 8))) for c, n in ((0, 9), (1, 7))]
     with_zeros = [np.insert(directed[0], [0, 4, 4], 0.0, axis=0), np.insert(directed[1], [6], 0.0, axis=0)]
-    ours, on_directed, on_all = (distances.average_distances(with_zeros), brute_force(directed),
-                                 brute_force(with_zeros))
+    ours, on_directed, on_all = (
+        distances.average_distances(with_zeros),
+        brute_force(directed),
+        brute_force(with_zeros),
+    )
     np.testing.assert_allclose(ours["angular"], on_directed["angular"], rtol=1e-9)
     np.testing.assert_allclose(ours["cosine"], on_directed["cosine"], rtol=1e-9)
     np.testing.assert_allclose(ours["euclidean"], on_all["euclidean"], rtol=1e-9)  # zeros keep their distances
@@ -214,14 +218,15 @@ def test_the_map_gets_exact_neighbours_each_point_first_copies_included():
 def test_the_umap_map_keeps_clusters_apart_and_neighbourhoods_intact(make_cfg):
     from sklearn.manifold import trustworthiness
     from sklearn.preprocessing import StandardScaler
+
     cfg, _ = make_cfg()
     rng = np.random.default_rng(4)
     x = np.vstack([rng.normal(8 * c, 1, (80, 32)) for c in range(3)])
     xy = reduction.reduce_to_2d(x, cfg)
     assert xy.shape == (240, 2) and np.isfinite(xy).all()
-    centres = [xy[80 * c:80 * (c + 1)].mean(0) for c in range(3)]
-    spread = max(xy[80 * c:80 * (c + 1)].std(0).max() for c in range(3))
-    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3 * spread
+    centres = [xy[80 * c : 80 * (c + 1)].mean(0) for c in range(3)]
+    spread = max(xy[80 * c : 80 * (c + 1)].std(0).max() for c in range(3))
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :]) > 3 * spread
     assert trustworthiness(StandardScaler().fit_transform(x), xy, n_neighbors=cfg.umap_n_neighbors) > 0.9
 
 
@@ -229,6 +234,7 @@ def test_the_map_leaves_torchs_thread_count_as_it_found_it(make_cfg):
     """UMAP's numba code resets OpenMP's thread count to the number of cores: the stages after the map in one
     process (run_pipeline.py) would then train and embed with other threads than alone, under OMP_NUM_THREADS=1."""
     import torch
+
     cfg, _ = make_cfg()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -241,10 +247,16 @@ def test_the_map_leaves_torchs_thread_count_as_it_found_it(make_cfg):
 
 def test_umaps_progress_is_passed_on_without_its_parameters():
     import io
+
     out = io.StringIO()
     stream = reduction.Prefixed("[map] umap: ", out)
-    stream.write("UMAP(n_jobs=1, precomputed_knn=(array([[   0, 20],\n       [1, 3]])), verbose=True)\n"
-                 "Mon Nov 30 02:26:12 2026 Construct fuzzy simplicial set\n\tcompleted  0  /  500 ")
+    stream.write(
+        "UMAP(n_jobs=1, precomputed_knn=(array([[   0, 20],\n       [1, 3]])), verbose=True)\n"
+        "Mon Nov 30 02:26:12 2026 Construct fuzzy simplicial set\n\tcompleted  0  /  500 "
+    )
     stream.write("epochs\nMon Nov 30 02:26:14 2026 Finished embedding\n")
-    assert out.getvalue().splitlines() == ["[map] umap: Construct fuzzy simplicial set",
-                                           "[map] umap: completed 0 / 500 epochs", "[map] umap: Finished embedding"]
+    assert out.getvalue().splitlines() == [
+        "[map] umap: Construct fuzzy simplicial set",
+        "[map] umap: completed 0 / 500 epochs",
+        "[map] umap: Finished embedding",
+    ]

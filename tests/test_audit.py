@@ -2,6 +2,7 @@
 scores, planted label flips rank first, the cached splits pool without copies, the EcoTaxa table's layout, the
 map's hover text, and the stage end to end on the tiny demo. Synthetic sets are small and in memory: these tests
 are fast."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,16 +19,23 @@ IMAGE_SIZE = 32  # the trunk's output: 64 x 4 x 4
 
 def cached_split(features, labels, split):
     """A CachedSplit of in-memory features, with split.csv-like rows (every image decoded)."""
-    rows = pd.DataFrame({"path": [f"{CLASSES[y]}/{split}_{i:03d}.png" for i, y in enumerate(labels)],
-                         "label": [CLASSES[y] for y in labels], "split": split})
+    rows = pd.DataFrame(
+        {
+            "path": [f"{CLASSES[y]}/{split}_{i:03d}.png" for i, y in enumerate(labels)],
+            "label": [CLASSES[y] for y in labels],
+            "split": split,
+        }
+    )
     return trunk_cache.CachedSplit(features.astype(np.float16), np.ones(len(labels), bool), labels, rows)
 
 
 def pooled(features, labels):
     """The images as train, val and test parts (60/20/20 %), pooled as audit.py pools them."""
     cut = np.cumsum([0, round(0.6 * len(labels)), round(0.2 * len(labels))])
-    parts = [cached_split(features[a:b], labels[a:b], s)
-             for s, a, b in zip(("train", "val", "test"), cut, [*cut[1:], len(labels)])]
+    parts = [
+        cached_split(features[a:b], labels[a:b], s)
+        for s, a, b in zip(("train", "val", "test"), cut, [*cut[1:], len(labels)])
+    ]
     return trunk_cache.PooledSplit(parts)
 
 
@@ -37,7 +45,7 @@ def separable_set(per_class, seed=0):
     labels = rng.permutation(np.repeat(np.arange(len(CLASSES)), per_class))
     features = rng.normal(0, 1, (len(labels), backbone.TRUNK_CHANNELS, 4, 4))
     for c in range(len(CLASSES)):
-        features[labels == c, 20 * c:20 * c + 20] += 2.5
+        features[labels == c, 20 * c : 20 * c + 20] += 2.5
     return features, labels
 
 
@@ -56,8 +64,9 @@ def model():
 
 
 def training(epochs, lr=3e-3, batch_size=32):
-    return label_audit.FoldTraining(epochs=epochs, lr=lr, batch_size=batch_size, class_weighting="none",
-                                    head_dtype=None, seed=0)
+    return label_audit.FoldTraining(
+        epochs=epochs, lr=lr, batch_size=batch_size, class_weighting="none", head_dtype=None, seed=0
+    )
 
 
 def test_pooled_splits_batch_every_part_in_place_and_subsets_compose():
@@ -100,11 +109,13 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
     def outputs(model, part, *args, **kwargs):
         calls.append(("score", set(part.positions.tolist())))
         return real_outputs(model, part, *args, **kwargs)
+
     monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
     monkeypatch.setattr(label_audit.trunk_cache, "head_outputs", outputs)
     folds, epochs = 4, 2
-    issues = label_audit.audit_labels(model, data, CLASSES, training(epochs), folds, torch.device("cpu"),
-                                      log=lambda _: None, audit_model="head")
+    issues = label_audit.audit_labels(
+        model, data, CLASSES, training(epochs), folds, torch.device("cpu"), log=lambda _: None, audit_model="head"
+    )
 
     assert [kind for kind, _ in calls] == (["train"] * epochs + ["score"]) * folds  # no loss on held-out images
     everything, scored_so_far = set(range(len(data))), set()
@@ -112,7 +123,7 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
     assert len(test_images) == len(data) // 5
     fold_of_path = dict(zip(issues["path"], issues["fold"]))
     for k in range(folds):
-        block = calls[k * (epochs + 1):(k + 1) * (epochs + 1)]
+        block = calls[k * (epochs + 1) : (k + 1) * (epochs + 1)]
         trained_on, scored = block[0][1], block[-1][1]
         assert all(positions == trained_on for _, positions in block[:-1])
         assert not trained_on & scored and not trained_on & test_images
@@ -139,19 +150,23 @@ def test_an_early_stopped_head_stops_on_its_own_training_images_and_keeps_its_be
             snapshots.append(model.classifier.weight.detach().clone())
             return next(scripted), result[1]
         return result
+
     monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
-    rules = label_audit.FoldTraining(epochs=12, lr=3e-3, batch_size=16, class_weighting="none", head_dtype=None,
-                                     seed=0, patience=3)
+    rules = label_audit.FoldTraining(
+        epochs=12, lr=3e-3, batch_size=16, class_weighting="none", head_dtype=None, seed=0, patience=3
+    )
     folds = label_audit.assign_folds(labels, 3, seed=0)
     test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
     trains = ~np.isin(np.arange(len(data)), list(test_images))
     trained_on = set(np.flatnonzero((folds != 0) & trains).tolist())
-    kept, trained, inner_count = label_audit.train_fold(model, data.subset(sorted(trained_on)), rules,
-                                                        torch.device("cpu"), 0, 3)
+    kept, trained, inner_count = label_audit.train_fold(
+        model, data.subset(sorted(trained_on)), rules, torch.device("cpu"), 0, 3
+    )
     part, inner = calls[0][1], calls[1][1]  # positions among all the images
     assert [kind for kind, _ in calls] == ["train", "loss"] * 6  # epochs 1-3, then 3 without a better inner loss
-    assert all(p == part for kind, p in calls if kind == "train") and all(p == inner for kind, p in calls
-                                                                          if kind == "loss")
+    assert all(p == part for kind, p in calls if kind == "train") and all(
+        p == inner for kind, p in calls if kind == "loss"
+    )
     assert not part & inner and part | inner == trained_on and len(inner) == round(0.1 * len(trained_on))
     assert (trained, inner_count) == (len(part), len(inner)) and set(labels[list(inner)]) == {0, 1, 2}
     assert kept == 3 and not torch.equal(snapshots[2], snapshots[-1])
@@ -163,7 +178,7 @@ def test_the_inner_part_keeps_a_lone_image_of_its_class_for_training_and_handles
     for seed in range(50):
         part, inner = label_audit.inner_split(labels, seed)
         assert 30 in part and len(inner) == 3 and not set(part) & set(inner)
-    part, inner = label_audit.inner_split(np.array([0, 0, 1]), 2 ** 40)  # a seed beyond numpy's 2**32
+    part, inner = label_audit.inner_split(np.array([0, 0, 1]), 2**40)  # a seed beyond numpy's 2**32
     assert 2 in part and set(part) | set(inner) == {0, 1, 2}
     part, inner = label_audit.inner_split(np.array([0, 1, 2]), 0)  # nothing to set apart: no inner part
     assert list(part) == [0, 1, 2] and len(inner) == 0
@@ -186,10 +201,10 @@ def test_an_out_of_fold_linear_model_never_saw_the_images_it_scores_nor_any_test
         real_proba = fold_model.predict_proba
         fold_model.predict_proba = lambda z: scored.append({pooled_rows[row.tobytes()] for row in z}) or real_proba(z)
         return fold_model
+
     monkeypatch.setattr(label_audit, "fit_linear", fit)
     folds = 4
-    issues = label_audit.audit_labels(model, data, CLASSES, training(1), folds, torch.device("cpu"),
-                                      log=lambda _: None)
+    issues = label_audit.audit_labels(model, data, CLASSES, training(1), folds, torch.device("cpu"), log=lambda _: None)
     everything = set(range(len(data)))
     test_images = set(np.flatnonzero(data.rows["split"] == "test").tolist())
     fold_of_path = dict(zip(issues["path"], issues["fold"]))
@@ -207,7 +222,7 @@ def test_out_of_fold_linear_probabilities_do_not_remember_labels_that_a_fitted_m
     rng = np.random.default_rng(1)
     features, labels = rng.normal(0, 1, (36, 64, 4, 4)), rng.permutation(np.repeat([0, 1, 2], 12))
     vectors = label_audit.pooled_features(pooled(features, labels))
-    assert vectors.shape == (36, 64 * label_audit.POOL_GRID ** 2)
+    assert vectors.shape == (36, 64 * label_audit.POOL_GRID**2)
     folds = label_audit.assign_folds(labels, 3, seed=0)
     out_of_fold = label_audit.linear_out_of_fold_probabilities(vectors, labels, folds, "none", 3, log=lambda _: None)
     in_sample = label_audit.fit_linear(vectors, labels, "none").predict_proba(vectors)
@@ -222,8 +237,9 @@ def test_a_class_missing_from_a_folds_training_images_gets_no_probability_there(
     labels = np.array([0] * 8 + [2] * 8 + [1])
     vectors = np.random.default_rng(0).normal(size=(17, 8)) + labels[:, None]
     fold = np.where(labels == 1, 0, np.arange(17) % 2)
-    probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "balanced", 3,
-                                                                 log=lambda _: None)
+    probabilities = label_audit.linear_out_of_fold_probabilities(
+        vectors, labels, fold, "balanced", 3, log=lambda _: None
+    )
     held_out, fitted_on = fold == 0, fold == 1
     assert (probabilities[held_out, 1] == 0).all() and (probabilities[fitted_on, 1] > 0).all()
     direct = label_audit.fit_linear(vectors[fitted_on], labels[fitted_on], "balanced")
@@ -235,8 +251,7 @@ def test_a_fold_that_saw_one_class_is_certain_of_it_and_weighting_reaches_the_fi
     labels = np.array([0, 0, 0, 0, 1])
     fold = np.array([0, 1, 0, 1, 0])  # fold 0 is fitted on images 1 and 3: class 0 only
     vectors = np.arange(10.0).reshape(5, 2)
-    probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "none", 2,
-                                                                 log=lambda _: None)
+    probabilities = label_audit.linear_out_of_fold_probabilities(vectors, labels, fold, "none", 2, log=lambda _: None)
     assert (probabilities[fold == 0] == [1.0, 0.0]).all()
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], [90, 10])
@@ -267,8 +282,9 @@ def test_planted_label_flips_rank_first_and_are_flagged(model, audit_model):
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + 1 + np.arange(6) % 2) % 3
     data = pooled(features, noisy)
-    issues = label_audit.audit_labels(model, data, CLASSES, training(8), 5, torch.device("cpu"), log=lambda _: None,
-                                      audit_model=audit_model)
+    issues = label_audit.audit_labels(
+        model, data, CLASSES, training(8), 5, torch.device("cpu"), log=lambda _: None, audit_model=audit_model
+    )
     planted = {data.rows["path"][i] for i in flipped}
     assert set(issues["path"].head(6)) == planted  # ranks 1..6
     assert planted <= set(issues.loc[issues["flagged"], "path"])
@@ -292,11 +308,23 @@ def test_label_quality_is_the_probability_of_the_given_label_and_ranks_ascending
 
 
 def issues_frame():
-    rows = pd.DataFrame({"path": ["alpha/a.png", "beta/sub/b.png", "beta/b.png", "gamma/c.jpg"],
-                         "split": ["train", "test", "val", "train"], "label": ["alpha", "beta", "beta", "gamma"]})
+    rows = pd.DataFrame(
+        {
+            "path": ["alpha/a.png", "beta/sub/b.png", "beta/b.png", "gamma/c.jpg"],
+            "split": ["train", "test", "val", "train"],
+            "label": ["alpha", "beta", "beta", "gamma"],
+        }
+    )
     probabilities = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]])
-    return label_audit.issue_table(rows, CLASSES, probabilities, probabilities[np.arange(4), [0, 1, 1, 2]],
-                                   np.array([False, True, True, False]), np.array([3, 1, 2, 4]), np.arange(4) % 2)
+    return label_audit.issue_table(
+        rows,
+        CLASSES,
+        probabilities,
+        probabilities[np.arange(4), [0, 1, 1, 2]],
+        np.array([False, True, True, False]),
+        np.array([3, 1, 2, 4]),
+        np.arange(4) % 2,
+    )
 
 
 def test_ecotaxa_table_of_the_flagged_labels(tmp_path):
@@ -305,8 +333,14 @@ def test_ecotaxa_table_of_the_flagged_labels(tmp_path):
     header, types = lines[0].split("\t"), lines[1].split("\t")
     assert header[:4] == ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status"]
     assert all(h == h.lower() and h.split("_", 1)[0] in ("img", "object") for h in header)
-    text = {"img_file_name", "object_id", "object_annotation_category", "object_annotation_status",
-            "object_suggested_category", "object_split"}
+    text = {
+        "img_file_name",
+        "object_id",
+        "object_annotation_category",
+        "object_annotation_status",
+        "object_suggested_category",
+        "object_split",
+    }
     assert types == ["[t]" if h in text else "[f]" for h in header]
     table = pd.read_csv(path, sep="\t", skiprows=[1], dtype=str)
     assert list(table["img_file_name"]) == ["beta/sub/b.png", "beta/b.png"]  # flagged only, most suspect first
@@ -319,20 +353,31 @@ def test_ecotaxa_table_of_the_flagged_labels(tmp_path):
 
 def test_object_ids_stay_unique_across_extensions_and_blocks():
     used = set()
-    assert ecotaxa.object_ids(["a/x.jpg", "a/x.png"], used) + ecotaxa.object_ids(["a/x.tif"], used) == \
-        ["a__x", "a__x_2", "a__x_3"]
+    assert ecotaxa.object_ids(["a/x.jpg", "a/x.png"], used) + ecotaxa.object_ids(["a/x.tif"], used) == [
+        "a__x",
+        "a__x_2",
+        "a__x_3",
+    ]
 
 
 def test_hovering_a_labelled_point_shows_its_label_quality(tmp_path):
     issues = issues_frame()
     issues["path"] = "/data/" + issues["path"]  # made absolute by report.py, as every table the map joins on paths
-    coords = pd.DataFrame({"split": ["train", "test", "unseen", "train"], "label": ["alpha", "beta", "x", "alpha"],
-                           "path": [f"/data/{p}" for p in ("alpha/a.png", "beta/sub/b.png", "x/a.png", "alpha/z.png")],
-                           "x": [0.0, 1, 2, 3], "y": 0.0})
+    coords = pd.DataFrame(
+        {
+            "split": ["train", "test", "unseen", "train"],
+            "label": ["alpha", "beta", "x", "alpha"],
+            "path": [f"/data/{p}" for p in ("alpha/a.png", "beta/sub/b.png", "x/a.png", "alpha/z.png")],
+            "x": [0.0, 1, 2, 3],
+            "y": 0.0,
+        }
+    )
     points = interactive_map.map_points(coords, issues=issues).set_index("path")
     assert points.loc["/data/alpha/a.png", "audit"] == "label quality 0.90"
-    assert points.loc["/data/beta/sub/b.png", "audit"] == \
-        "label quality 0.10 &middot; <b>label suspect</b>: looks like alpha"
+    assert (
+        points.loc["/data/beta/sub/b.png", "audit"]
+        == "label quality 0.10 &middot; <b>label suspect</b>: looks like alpha"
+    )
     assert points.loc["/data/x/a.png", "audit"] == "" and points.loc["/data/alpha/z.png", "audit"] == ""
     assert (interactive_map.map_points(coords)["audit"] == "").all()  # before audit.py ran
 
@@ -351,8 +396,9 @@ def test_audit_script_on_the_tiny_demo_writes_its_tables_figure_and_provenance(n
     issues = audit.main(argv)
     split = pd.read_csv(artifacts.out_path(cfg, "results", "split.csv"))
     labelled = split[split["split"].isin(["train", "val", "test"])]
-    table = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "label",
-                                                                                        "corrected_label"))
+    table = artifacts.read_csv(
+        artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "label", "corrected_label")
+    )
     assert sorted(table["path"]) == sorted(labelled["path"]) and len(table) == len(issues)
     assert dict(zip(table["path"], table["label"])) == dict(zip(labelled["path"], labelled["label"]))
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
@@ -381,6 +427,7 @@ def test_the_pipeline_reports_the_audit_and_its_map_shows_label_quality(tiny_pip
 # --------------------------------------------------------------------------- the benchmark (bench/bench_audit.py)
 def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_a_scratch_root_only(make_cfg, tmp_path):
     from bench import bench_audit
+
     cfg, _ = make_cfg()
     source = artifacts.resolve(cfg.data_root)
     before = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
@@ -400,6 +447,7 @@ def test_the_benchmark_flips_a_seeded_share_of_the_seen_labels_in_a_scratch_root
 
 def test_the_benchmark_counts_flips_in_the_top_shares_and_the_flags_precision():
     from bench import bench_audit
+
     issues = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "flagged": [True] * 3 + [False] * 37})
     found = bench_audit.found_shares(issues, {"0.png", "1.png", "3.png", "30.png"})
     assert (found["top_5"], found["top_10"]) == (0.5, 0.75)  # top 2 and top 4 of 40
@@ -413,12 +461,18 @@ def test_audit_benchmark_quick_run_reports_every_row(tmp_path):
     from conftest import shared_dataset
 
     from bench import bench_audit
+
     shared_dataset("ndsb9")
     raw = bench_audit.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
     saved = json.loads((tmp_path / "results" / "audit_benchmark.json").read_text())
     rows = {r["what"]: r for r in saved["rows"]}
-    assert set(rows) == {"audit: flips found", "audit: cleanlab's flags", "audit: wall time", "audit: growth",
-                         "audit: demo share"}
+    assert set(rows) == {
+        "audit: flips found",
+        "audit: cleanlab's flags",
+        "audit: wall time",
+        "audit: growth",
+        "audit: demo share",
+    }
     assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))
     assert raw["found"]["flips"] == round(0.05 * raw["found"]["images"]) and raw["found"]["seconds"] > 0
     assert raw["growth"]["large"]["images"] == bench_audit.GROWTH_FACTOR * raw["growth"]["small"]["images"]

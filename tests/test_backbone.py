@@ -1,4 +1,5 @@
 """The mission's architecture, the frozen trunk, and loading ImageNet weights offline."""
+
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,9 @@ def test_imagenet_weights_load_through_torchvision_from_torch_home(tmp_path, mon
 
 def test_offline_without_weights_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known")))
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known"))
+    )
     with pytest.raises(lab.LabError) as err:
         backbone.build_trunk("IMAGENET1K_V1", seed=0)
     message = str(err.value)

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark on tiny inputs, so that it cannot rot. No timing is asserted: what is asserted is
 that every measurement runs and reports, and that each target is applied only where it holds. The quick run trains
 on 24 images per class and runs only the pipeline stages its measurements need."""
+
 import json
 
 import pytest
@@ -26,13 +27,26 @@ def test_targets_read_their_operator():
 
 def test_scale_rows_apply_the_growth_and_memory_targets():
     def stage(small_s, large_s, peak_mb=500):
-        return {1000: {"cpu_seconds": small_s, "seconds": 9.9, "peak_rss_mb": 400, "workers_peak_mb": 0},
-                10000: {"cpu_seconds": large_s, "seconds": 0.1, "peak_rss_mb": peak_mb, "workers_peak_mb": 0}}
-    results = {"linear": stage(1.0, 10.0), "better": stage(2.0, 3.0), "quadratic": stage(1.0, 100.0),
-               "tiny": stage(0.01, 0.5), "too big": stage(1.0, 9.0, peak_mb=5000)}
+        return {
+            1000: {"cpu_seconds": small_s, "seconds": 9.9, "peak_rss_mb": 400, "workers_peak_mb": 0},
+            10000: {"cpu_seconds": large_s, "seconds": 0.1, "peak_rss_mb": peak_mb, "workers_peak_mb": 0},
+        }
+
+    results = {
+        "linear": stage(1.0, 10.0),
+        "better": stage(2.0, 3.0),
+        "quadratic": stage(1.0, 100.0),
+        "tiny": stage(0.01, 0.5),
+        "too big": stage(1.0, 9.0, peak_mb=5000),
+    }
     status = {row["what"]: row["status"] for row in scale.rows(results, quick=False)}
-    assert status == {"scale: linear": "met", "scale: better": "met", "scale: quadratic": "MISSED",
-                      "scale: tiny": "met", "scale: too big": "MISSED"}
+    assert status == {
+        "scale: linear": "met",
+        "scale: better": "met",
+        "scale: quadratic": "MISSED",
+        "scale: tiny": "met",
+        "scale: too big": "MISSED",
+    }
     assert {row["status"] for row in scale.rows(results, quick=True)} == {"n/a"}
 
 
@@ -40,13 +54,25 @@ def test_scale_rows_apply_the_growth_and_memory_targets():
 def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hold(tmp_path):
     shared_dataset("ndsb9")
     from bench import bench_pipeline
+
     raw = bench_pipeline.main(["--quick", f"--output_dir={str(tmp_path)!r}"])
     saved = json.loads((tmp_path / "results" / "benchmark.json").read_text())
     rows = {r["what"]: r for r in saved["rows"]}
-    for expected in ("end to end", "trunk pass", "trunk pass accuracy", "trunk efficiency", "head training epoch",
-                     "data loading", "2-D map stage", "average distances", "distance memory", "cache memory",
-                     "FlowCamNet run", "predict memory",
-                     *(f"scale: {stage}" for stage in ("scan and split", *scale.EMBEDDING_STAGES))):
+    for expected in (
+        "end to end",
+        "trunk pass",
+        "trunk pass accuracy",
+        "trunk efficiency",
+        "head training epoch",
+        "data loading",
+        "2-D map stage",
+        "average distances",
+        "distance memory",
+        "cache memory",
+        "FlowCamNet run",
+        "predict memory",
+        *(f"scale: {stage}" for stage in ("scan and split", *scale.EMBEDDING_STAGES)),
+    ):
         assert expected in rows, expected
     assert all(r["status"] in ("met", "MISSED", "n/a", "info") for r in rows.values())
     assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))  # always says why

@@ -1,5 +1,6 @@
 """class_weighting: inverse-frequency weights as scikit-learn's, recorded in the checkpoint, and the rare classes
 of an imbalanced real subset of ndsb9 (symbolic links into ../shared, never copies) recalled better."""
+
 import numpy as np
 import pytest
 from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
@@ -29,11 +30,17 @@ def test_an_unknown_weighting_is_refused_before_work():
 def test_balanced_weighting_raises_the_rare_classes_recall_on_imbalanced_real_plankton(tmp_path):
     source = shared_dataset("ndsb9")
     seen, unseen = NDSB9_SEEN, NDSB9_UNSEEN[:2]
-    counts = build_imbalanced_root(source, tmp_path / "data", seen, unseen, counts=(400, 200, 100, 50, 25, 25),
-                                   unseen_count=10)
+    counts = build_imbalanced_root(
+        source, tmp_path / "data", seen, unseen, counts=(400, 200, 100, 50, 25, 25), unseen_count=10
+    )
     rare = [c for c in seen if counts[c] <= 50]
-    argv = [f"--data_root={str(tmp_path / 'data')!r}", f"--output_dir={str(tmp_path / 'out')!r}",
-            f"--seen_classes={seen!r}", f"--unseen_classes={unseen!r}", *FAST]
+    argv = [
+        f"--data_root={str(tmp_path / 'data')!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        f"--seen_classes={seen!r}",
+        f"--unseen_classes={unseen!r}",
+        *FAST,
+    ]
     recall = {}
     for weighting in ("none", "balanced"):
         train.main(argv + [f"--class_weighting={weighting!r}"])

@@ -6,6 +6,7 @@ from lab import config
 
 def test_the_tests_run_on_a_frozen_copy_with_the_same_setting_names():
     import runpy
+
     frozen = config.config_defaults()
     own = {k for k in runpy.run_path(str(lab.ROOT / "configfile.py")) if k.islower() and not k.startswith("_")}
     assert set(frozen) == own  # a new setting goes into tests/mission_config.py too
@@ -17,62 +18,123 @@ def test_a_students_configfile_does_not_change_the_tests(tmp_path):
     import shutil
     import subprocess
     import sys
+
     copy = tmp_path / "repo"
-    shutil.copytree(lab.ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "data", "results", "figs",
-                                                                  "embeddings", "cache", "checkpoints", "__pycache__"))
+    shutil.copytree(
+        lab.ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "data", "results", "figs", "embeddings", "cache", "checkpoints", "__pycache__"
+        ),
+    )
     # The student's file is made from the tests' frozen copy, not from the live configfile.py, which may already
     # be a student's own (this test must pass after a real student's edit too).
     student_config = (lab.ROOT / "tests" / "mission_config.py").read_text()
-    for line, student in (('data_root = "data/demo"', 'data_root = "/mnt/unmounted/FlowCamNet/imgs"'),
-                          ("lr = 0.0014", "lr = 0.05"), ("epochs = 50 ", "epochs = 2 "),
-                          ('seen_classes = ["chainthin"', 'seen_classes = ["Retaria", "chainthin"'),
-                          ('unseen_classes = ["Retaria", ', 'unseen_classes = ["Odontella", ')):
+    for line, student in (
+        ('data_root = "data/demo"', 'data_root = "/mnt/unmounted/FlowCamNet/imgs"'),
+        ("lr = 0.0014", "lr = 0.05"),
+        ("epochs = 50 ", "epochs = 2 "),
+        ('seen_classes = ["chainthin"', 'seen_classes = ["Retaria", "chainthin"'),
+        ('unseen_classes = ["Retaria", ', 'unseen_classes = ["Odontella", '),
+    ):
         assert line in student_config, line
         student_config = student_config.replace(line, student)
     (copy / "configfile.py").write_text(student_config)
     env = {k: v for k, v in __import__("os").environ.items() if k != "PLANKTON_LAB_CONFIG"}
-    check = subprocess.run([sys.executable, "-c", "from lab import config; print(config.config_defaults()['lr'])"],
-                           cwd=copy,
-                           env=env, capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-c", "from lab import config; print(config.config_defaults()['lr'])"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert check.stdout.strip() == "0.05"  # the copy really holds the student's values
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
-                             "-k", "not students_configfile and not every_script"], cwd=copy, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_config.py",
+            "-k",
+            "not students_configfile and not every_script",
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-@pytest.mark.parametrize("arg, name, value", [
-    ("--lr=0.001", "lr", 0.001), ("--lr=1", "lr", 1.0), ("--batch_size=32", "batch_size", 32),
-    ("--device=cpu", "device", "cpu"), ("--device='cpu'", "device", "cpu"),
-    ("--backbone_weights=None", "backbone_weights", None), ("--resume=True", "resume", True),
-    ("--seen_classes=['a','b']", "seen_classes", ["a", "b"]), ("--seen_classes=('a','b')", "seen_classes", ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "arg, name, value",
+    [
+        ("--lr=0.001", "lr", 0.001),
+        ("--lr=1", "lr", 1.0),
+        ("--batch_size=32", "batch_size", 32),
+        ("--device=cpu", "device", "cpu"),
+        ("--device='cpu'", "device", "cpu"),
+        ("--backbone_weights=None", "backbone_weights", None),
+        ("--resume=True", "resume", True),
+        ("--seen_classes=['a','b']", "seen_classes", ["a", "b"]),
+        ("--seen_classes=('a','b')", "seen_classes", ["a", "b"]),
+    ],
+)
 def test_good_overrides(arg, name, value):
     cfg = config.load_config([arg, "--unseen_classes=['x','y']"] if name == "seen_classes" else [arg])
     assert getattr(cfg, name) == value and type(getattr(cfg, name)) is type(value)
 
 
-@pytest.mark.parametrize("arg, fragment", [
-    ("--lrr=0.1", "Did you mean --lr"), ("--nonsense=1", "Unknown setting"), ("lr=0.1", "--name=value"),
-    ("--batch_size=2.5", "an integer"), ("--batch_size=True", "an integer"), ("--lr='fast'", "a number"),
-    ("--resume=1", "True or False"), ("--seen_classes='a'", "a list of strings"), ("--device=3", "a string"),
-    ("--lr=0", "positive"), ("--lr=-1", "positive"), ("--lr=float('nan')", "a number"),
-    ("--batch_size=0", "at least 1"),
-    ("--val_fraction=0", "strictly between"), ("--test_fraction=1.5", "strictly between"),
-    ("--test_fraction=0.96", "leaves no training images"), ("--image_size=16", "cannot be taken by the architecture"),
-    ("--image_size=4096", "cannot be taken"), ("--precision='fp8'", "precision"), ("--device='tpu'", "device"),
-    ("--unseen_classes=['chainthin','Retaria']", "both seen_classes and unseen_classes"),
-    ("--seen_classes=['a']", "at least 2"), ("--reduction_method='lda'", "reduction_method"),
-    ("--head_precision='fp16'", "head_precision"), ("--distance_max_per_class=1", "distance_max_per_class"),
-    ("--transfer_max_images=1", "transfer_max_images"),
-])
+@pytest.mark.parametrize(
+    "arg, fragment",
+    [
+        ("--lrr=0.1", "Did you mean --lr"),
+        ("--nonsense=1", "Unknown setting"),
+        ("lr=0.1", "--name=value"),
+        ("--batch_size=2.5", "an integer"),
+        ("--batch_size=True", "an integer"),
+        ("--lr='fast'", "a number"),
+        ("--resume=1", "True or False"),
+        ("--seen_classes='a'", "a list of strings"),
+        ("--device=3", "a string"),
+        ("--lr=0", "positive"),
+        ("--lr=-1", "positive"),
+        ("--lr=float('nan')", "a number"),
+        ("--batch_size=0", "at least 1"),
+        ("--val_fraction=0", "strictly between"),
+        ("--test_fraction=1.5", "strictly between"),
+        ("--test_fraction=0.96", "leaves no training images"),
+        ("--image_size=16", "cannot be taken by the architecture"),
+        ("--image_size=4096", "cannot be taken"),
+        ("--precision='fp8'", "precision"),
+        ("--device='tpu'", "device"),
+        ("--unseen_classes=['chainthin','Retaria']", "both seen_classes and unseen_classes"),
+        ("--seen_classes=['a']", "at least 2"),
+        ("--reduction_method='lda'", "reduction_method"),
+        ("--head_precision='fp16'", "head_precision"),
+        ("--distance_max_per_class=1", "distance_max_per_class"),
+        ("--transfer_max_images=1", "transfer_max_images"),
+    ],
+)
 def test_bad_overrides_are_rejected_before_work(arg, fragment):
     with pytest.raises(lab.LabError, match=fragment):
         config.load_config([arg])
 
 
-SCRIPTS = ["dataloader.py", "train.py", "evaluate.py", "embed.py", "compute_average_distances.py",
-           "dimensionality_reduction.py", "transfer_learning.py", "report.py", "run_pipeline.py"]
+SCRIPTS = [
+    "dataloader.py",
+    "train.py",
+    "evaluate.py",
+    "embed.py",
+    "compute_average_distances.py",
+    "dimensionality_reduction.py",
+    "transfer_learning.py",
+    "report.py",
+    "run_pipeline.py",
+]
 
 
 # Runs every script as `python <script> ...` would (run_path as __main__), all in one child process: the imports
@@ -99,11 +161,11 @@ def test_every_script_rejects_an_unknown_name_in_one_paragraph(tmp_path):
     import json
     import subprocess
     import sys
+
     scripts = sorted(p.name for p in lab.ROOT.glob("*.py") if "__main__" in p.read_text())
     assert set(SCRIPTS) <= set(scripts)  # a new script joins this test through the glob
     code = f"OUT = {str(tmp_path)!r}\n" + EVERY_SCRIPT
-    result = subprocess.run([sys.executable, "-c", code, *scripts], cwd=lab.ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code, *scripts], cwd=lab.ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
     assert sorted(outcomes) == scripts
@@ -132,6 +194,7 @@ def test_progress_speaks_in_a_log_at_most_every_few_seconds(monkeypatch):
     import io
 
     from lab import progress
+
     log = io.StringIO()  # not a terminal
     clock = iter(range(0, 100, 3))  # each item takes 3 s
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))

@@ -7,6 +7,7 @@ equality, predict.py against evaluate.py) must pass under each setting. The mach
 itself; the other two run the sensitive tests again here, in child pytest processes started with the variables set
 (they must be set before torch loads).
 """
+
 import os
 import subprocess
 import sys
@@ -44,19 +45,22 @@ def test_auto_precision_is_what_the_setting_allows():
     assert backbone.precision_name(backbone.head_dtype("auto", cpu)) == expected, hardware.describe()
 
 
-@pytest.mark.parametrize(("flags", "environ", "capability", "native"), [
-    ({"avx2"}, {}, "AVX2", False),                                                    # an AVX2-only CPU
-    ({"avx2", "avx512f", "avx512_bf16"}, {}, "AVX512", True),                         # AVX512-BF16, no AMX
-    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, {}, "AVX512", True),  # AMX
-    ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "AVX512", False),    # oneDNN held to AVX2
-    ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "AVX512", False),
-    ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "AVX512", True),
-    ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "AVX512", True),      # a cap above the CPU
-    ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "ALL"}, "AVX512", True),
-    ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "nonsense"}, "AVX512", True),             # oneDNN ignores it too
-    ({"avx512_bf16"}, {}, "AVX2", False),                                              # ATEN_CPU_CAPABILITY=avx2
-    ({"avx512_bf16"}, {}, "DEFAULT", False),
-])
+@pytest.mark.parametrize(
+    ("flags", "environ", "capability", "native"),
+    [
+        ({"avx2"}, {}, "AVX2", False),  # an AVX2-only CPU
+        ({"avx2", "avx512f", "avx512_bf16"}, {}, "AVX512", True),  # AVX512-BF16, no AMX
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, {}, "AVX512", True),  # AMX
+        ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "AVX512", False),  # oneDNN held to AVX2
+        ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "AVX512", False),
+        ({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "AVX512", True),
+        ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "AVX512", True),  # a cap above the CPU
+        ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "ALL"}, "AVX512", True),
+        ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "nonsense"}, "AVX512", True),  # oneDNN ignores it too
+        ({"avx512_bf16"}, {}, "AVX2", False),  # ATEN_CPU_CAPABILITY=avx2
+        ({"avx512_bf16"}, {}, "DEFAULT", False),
+    ],
+)
 def test_native_bf16_rule(flags, environ, capability, native):
     features = {flag: flag in flags for flag in hardware.CPU_FLAGS}
     assert hardware.native_cpu_bf16(features, environ, capability) is native
@@ -76,8 +80,13 @@ def test_sensitive_tests_pass_on_a_cpu_held_to(setting):
     if setting == "avx512_bf16" and own_cpu_precision() != "bf16":
         pytest.skip("this CPU has no AVX512-BF16: it cannot be held to it (the avx2 setting runs everywhere)")
     env = {**os.environ, **environ, EXPECTED: expected}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SENSITIVE],
-                            cwd=lab.ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SENSITIVE],
+        cwd=lab.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"under {environ}:\n{result.stdout[-4000:]}"
     summary = result.stdout.strip().splitlines()[-1]
     assert "passed" in summary and "skipped" not in summary, summary  # every sensitive test ran, none skipped

@@ -1,4 +1,5 @@
 """Scanning, the class summary, the persisted split, and every kind of messy plankton folder."""
+
 import io
 import shutil
 
@@ -86,8 +87,9 @@ def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
     cfg3, _ = make_cfg("--min_images_per_class=3", data_root=root)  # documented: 3 is the floor, one per split
     split = splitting.load_split(cfg3)
     assert split[split["label"] == "Odontella"]["split"].value_counts().to_dict() == {"val": 1, "test": 1, "train": 1}
-    greedy, _ = make_cfg("--min_images_per_class=3", "--val_fraction=0.45", "--test_fraction=0.5",
-                         "--rebuild_split=True", data_root=root)
+    greedy, _ = make_cfg(
+        "--min_images_per_class=3", "--val_fraction=0.45", "--test_fraction=0.5", "--rebuild_split=True", data_root=root
+    )
     with pytest.raises(lab.LabError, match="none would be left for training"):
         splitting.load_split(greedy)
 
@@ -126,13 +128,20 @@ def _save(img, fmt=None):
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Image.new("1", (50, 40), 1), lambda: Image.new("L", (50, 40), 200),
-    lambda: Image.new("LA", (50, 40), (10, 0)),
-    lambda: Image.new("P", (50, 40), 3), lambda: Image.new("RGBA", (50, 40), (0, 0, 0, 0)),
-    lambda: Image.new("CMYK", (50, 40), (0, 0, 0, 0)), lambda: Image.new("RGB", (1, 1), (5, 5, 5)),
-    lambda: Image.new("RGB", (1000, 3), (5, 5, 5)), lambda: Image.new("L", (5000, 5000), 250),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("1", (50, 40), 1),
+        lambda: Image.new("L", (50, 40), 200),
+        lambda: Image.new("LA", (50, 40), (10, 0)),
+        lambda: Image.new("P", (50, 40), 3),
+        lambda: Image.new("RGBA", (50, 40), (0, 0, 0, 0)),
+        lambda: Image.new("CMYK", (50, 40), (0, 0, 0, 0)),
+        lambda: Image.new("RGB", (1, 1), (5, 5, 5)),
+        lambda: Image.new("RGB", (1000, 3), (5, 5, 5)),
+        lambda: Image.new("L", (5000, 5000), 250),
+    ],
+)
 def test_every_mode_and_shape_becomes_a_normalised_rgb_tensor(make):
     tensor = image_io.image_tensor(image_io.to_rgb(_save(make())), 64)
     assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
@@ -143,8 +152,11 @@ def test_uint8_pixels_normalised_on_the_device_equal_the_imagenet_formula():
     img = Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8))
     pixels = image_io.image_pixels(img, 32)
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 32, 32)
-    expected = (np.asarray(image_io.letterbox(img, 32), np.float64) / 255.0 - (0.485, 0.456, 0.406)) \
-        / (0.229, 0.224, 0.225)  # torchvision's ImageNet statistics, written out
+    expected = (np.asarray(image_io.letterbox(img, 32), np.float64) / 255.0 - (0.485, 0.456, 0.406)) / (
+        0.229,
+        0.224,
+        0.225,
+    )  # torchvision's ImageNet statistics, written out
     batch = image_io.normalise(torch.stack([pixels, pixels]))
     assert batch.dtype == torch.float32 and batch.shape == (2, 3, 32, 32)
     np.testing.assert_allclose(batch[1].numpy(), expected.transpose(2, 0, 1), atol=1e-6)

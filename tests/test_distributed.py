@@ -2,6 +2,7 @@
 CPU) write the single-process run's files; a rank that fails or is killed stops the whole run, with one message,
 and leaves nothing that looks complete. The shards themselves are checked in-process against the single-process
 writer."""
+
 import json
 import os
 import subprocess
@@ -31,8 +32,7 @@ def environment(**extra):
 
 
 def run(command, env=None):
-    return subprocess.run(command, cwd=lab.ROOT, capture_output=True, text=True, env=env or environment(),
-                          timeout=600)
+    return subprocess.run(command, cwd=lab.ROOT, capture_output=True, text=True, env=env or environment(), timeout=600)
 
 
 def argv(data_root, output_dir):
@@ -92,8 +92,10 @@ def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
         theirs = pd.read_pickle(single / "embeddings" / f"embeddings_{split}.pkl")
         assert len(mine) > 0
         pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
-    predictions = [artifacts.read_csv(folder / "results" / "test_predictions.csv", ("path", "label", "predicted"))
-                   for folder in (single, shared)]
+    predictions = [
+        artifacts.read_csv(folder / "results" / "test_predictions.csv", ("path", "label", "predicted"))
+        for folder in (single, shared)
+    ]
     assert predictions[1][["path", "label", "predicted"]].equals(predictions[0][["path", "label", "predicted"]])
     metrics = [json.loads((folder / "results" / "test_metrics.json").read_text()) for folder in (single, shared)]
     assert metrics[1]["accuracy"] == metrics[0]["accuracy"] and metrics[1]["n_test"] == metrics[0]["n_test"]
@@ -154,8 +156,9 @@ def run_with_fault(tiny_demo, tmp_path, fault, **env):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(FAULTS)
     out = tmp_path / "out"
-    result = run([*TORCHRUN, "train.py", *argv(tiny_demo, out)],
-                 env=environment(PYTHONPATH=str(hooks), FAULT=fault, **env))
+    result = run(
+        [*TORCHRUN, "train.py", *argv(tiny_demo, out)], env=environment(PYTHONPATH=str(hooks), FAULT=fault, **env)
+    )
     return out, result
 
 
@@ -204,8 +207,10 @@ def test_a_rank_that_is_stuck_stops_the_run_after_the_timeout(tiny_demo, tmp_pat
 
 
 # ---------------------------------------------------------------- the shards, in one process
-@pytest.mark.parametrize(("n", "shards", "align"), [(10, 3, 1), (2, 3, 1), (0, 2, 1), (162, 2, 1), (162, 2, 32),
-                                                    (100, 3, 32), (5, 7, 2), (64, 2, 64), (1000, 4, 64)])
+@pytest.mark.parametrize(
+    ("n", "shards", "align"),
+    [(10, 3, 1), (2, 3, 1), (0, 2, 1), (162, 2, 1), (162, 2, 32), (100, 3, 32), (5, 7, 2), (64, 2, 64), (1000, 4, 64)],
+)
 def test_shards_are_contiguous_in_order_aligned_and_cover_every_item(n, shards, align):
     bounds = [distributed.shard_bounds(n, r, shards, align) for r in range(shards)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
@@ -232,12 +237,23 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     ok_bytes = single_path.with_name(single_path.stem + ".ok.npy").read_bytes()
     for shards in (3, 7):  # 7 ranks for 5 images: two ranks have nothing to do
         target = artifacts.out_path(cfg, "cache") / f"assembled_{shards}.npy"
-        oks = [trunk_cache.trunk_shard(r, *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
-                                       cache_path=target, abs_paths=paths, image_size=cfg.image_size,
-                                       batch_size=cfg.batch_size, num_workers=0,
-                                       trunk=trunk, precision="fp32", device_type="cpu",
-                                       data_root=str(artifacts.resolve(cfg.data_root)), desc="test")
-               for r in range(shards)]
+        oks = [
+            trunk_cache.trunk_shard(
+                r,
+                *distributed.shard_bounds(len(paths), r, shards, cfg.batch_size),
+                cache_path=target,
+                abs_paths=paths,
+                image_size=cfg.image_size,
+                batch_size=cfg.batch_size,
+                num_workers=0,
+                trunk=trunk,
+                precision="fp32",
+                device_type="cpu",
+                data_root=str(artifacts.resolve(cfg.data_root)),
+                desc="test",
+            )
+            for r in range(shards)
+        ]
         assert sum(len(ok) for ok in oks) == len(paths)
         side = backbone.trunk_side(cfg.image_size)
         ok_path = target.with_name(f"assembled_{shards}.ok.npy")
@@ -251,8 +267,13 @@ def test_leftover_parts_of_a_killed_run_are_removed_and_nothing_else(make_cfg):
     cfg, _ = make_cfg()
     output_lock.ensure_output_dirs(cfg)
     cache = artifacts.out_path(cfg, "cache")
-    names = {"trunk_train_fp32_0123456789abcdef.npy.part0": True, "trunk_train_fp32_0123456789abcdef.npy.part12": True,
-             "trunk_train_fp32_0123456789abcdef.npy": False, "my.part1": False, "trunk_train_fp32_x.npy.partial": False}
+    names = {
+        "trunk_train_fp32_0123456789abcdef.npy.part0": True,
+        "trunk_train_fp32_0123456789abcdef.npy.part12": True,
+        "trunk_train_fp32_0123456789abcdef.npy": False,
+        "my.part1": False,
+        "trunk_train_fp32_x.npy.partial": False,
+    }
     for name in names:
         (cache / name).write_bytes(b"x")
     assert output_lock.remove_leftovers(cfg) == 2

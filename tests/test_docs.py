@@ -2,6 +2,7 @@
 
 Fast and offline: reads README.md and docs/*.md only, starts no process, fetches no URL.
 """
+
 import re
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def test_docs_folder_exists():
 def test_readme_is_short():
     count = len(README.read_text(encoding="utf-8").splitlines())
     assert count <= MAX_README_LINES, (
-        f"README.md has {count} lines, more than {MAX_README_LINES}: move the depth into a docs/ page")
+        f"README.md has {count} lines, more than {MAX_README_LINES}: move the depth into a docs/ page"
+    )
 
 
 def test_every_relative_link_resolves():
@@ -107,16 +109,19 @@ def test_every_relative_link_resolves():
                 if linked.suffix.lower() != ".md" or linked.is_dir():
                     broken.append(f"{where}:{number}: link '{target}': an anchor into a file that is not Markdown")
                 elif anchor not in anchors(linked):
-                    broken.append(f"{where}:{number}: link '{target}': no heading of "
-                                  f"{linked.relative_to(ROOT)} has the anchor #{anchor}")
+                    broken.append(
+                        f"{where}:{number}: link '{target}': no heading of "
+                        f"{linked.relative_to(ROOT)} has the anchor #{anchor}"
+                    )
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
 def test_every_former_section_has_a_home():
     everywhere = {h.strip() for path in markdown_files() for h in headings(path)}
     missing = [h for h in SECTION_HEADINGS if h not in everywhere]
-    assert not missing, ("these README sections are no longer a heading in README.md or docs/*.md: "
-                         + "; ".join(repr(h) for h in missing))
+    assert not missing, "these README sections are no longer a heading in README.md or docs/*.md: " + "; ".join(
+        repr(h) for h in missing
+    )
 
 
 def test_slug_follows_github():

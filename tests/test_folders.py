@@ -1,5 +1,6 @@
 """Real-world folders (issue #9): free-text class names, folders as they come, huge crops, duplicates, small
 unseen classes and a trunk cache that notices changed files."""
+
 import base64
 import html
 import io
@@ -37,8 +38,14 @@ def class_root(tiny_demo, root, names, per_class=20):
 
 
 def argv_for(root, out, seen, unseen, *extra):
-    return [f"--data_root={str(root)!r}", f"--output_dir={str(out)!r}", f"--seen_classes={seen!r}",
-            f"--unseen_classes={unseen!r}", *FAST, *extra]
+    return [
+        f"--data_root={str(root)!r}",
+        f"--output_dir={str(out)!r}",
+        f"--seen_classes={seen!r}",
+        f"--unseen_classes={unseen!r}",
+        *FAST,
+        *extra,
+    ]
 
 
 def no_glyph_warnings(draw):
@@ -52,8 +59,10 @@ def no_glyph_warnings(draw):
 # --------------------------------------------------------------------------- 1. class names are free text
 @pytest.mark.slow
 def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_survive_the_whole_pipeline(
-        tiny_demo, tmp_path):
+    tiny_demo, tmp_path
+):
     import run_pipeline
+
     decomposed = unicodedata.normalize("NFD", "Cératium")  # as a macOS zip writes it
     seen_on_disk = ["01", "NA", "珪藻", "渦鞭毛藻", decomposed]
     unseen = ["None", "nan", "TOTAL"]
@@ -65,8 +74,9 @@ def test_class_names_that_read_as_numbers_missing_values_or_other_scripts_surviv
     split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), splitting.SPLIT_COLUMNS)
     assert set(split["label"]) == set(seen + unseen)
     assert split.loc[split["label"] == "Cératium", "path"].str.startswith(decomposed + "/").all()  # the disk's name
-    galleries = artifacts.read_csv(artifacts.out_path(cfg, "results", "galleries.csv"),
-                                   ("set", "class", "row", "path", "label"))
+    galleries = artifacts.read_csv(
+        artifacts.out_path(cfg, "results", "galleries.csv"), ("set", "class", "row", "path", "label")
+    )
     assert set(galleries["class"]) == set(seen + unseen)
     figures = {c: artifacts.out_path(cfg, "figs", f"gallery_{plotting.figure_slug(c)}.png") for c in seen + unseen}
     assert len(set(figures.values())) == 8 and all(f.stat().st_size > 1000 for f in figures.values())
@@ -100,8 +110,9 @@ def test_figure_names_are_unique_stable_and_ascii():
 
 def test_csv_text_columns_read_back_exactly(tmp_path):
     path = tmp_path / "t.csv"
-    artifacts.save_csv(path, pd.DataFrame({"class": ["01", "NA", "None", "nan"],
-                                           "mean": [1.5, float("nan"), 2.0, 3.0]}))
+    artifacts.save_csv(
+        path, pd.DataFrame({"class": ["01", "NA", "None", "nan"], "mean": [1.5, float("nan"), 2.0, 3.0]})
+    )
     table = artifacts.read_csv(path, ("class",))
     assert list(table["class"]) == ["01", "NA", "None", "nan"]
     assert table["mean"].dtype == float and table["mean"].isna().tolist() == [False, True, False, False]
@@ -122,11 +133,13 @@ def test_names_no_installed_font_can_draw_are_escaped_with_one_note(monkeypatch,
         ax.set_title(shown[0])
         fig.canvas.draw()
         plt.close(fig)
+
     assert no_glyph_warnings(draw) == []
 
 
 def test_an_installed_font_that_has_the_glyphs_is_used():
     import matplotlib
+
     name = "Ceratium ᶁ"  # U+1D81: not in DejaVu Sans, but in the STIX fonts matplotlib ships
     with matplotlib.rc_context():
         assert plotting.drawable_names([name]) == [name]
@@ -139,14 +152,17 @@ def test_an_installed_font_that_has_the_glyphs_is_used():
             ax.set_title(name)
             fig.canvas.draw()
             plt.close(fig)
+
         assert no_glyph_warnings(draw) == []
 
 
 def test_cjk_names_are_drawn_when_a_cjk_font_is_installed():
     import matplotlib
+
     if plotting.font_with({ord("珪"), ord("藻")}) is None:
-        pytest.skip("no installed font has CJK glyphs (e.g. apt install fonts-noto-cjk); the escaped fallback is "
-                    "tested above")
+        pytest.skip(
+            "no installed font has CJK glyphs (e.g. apt install fonts-noto-cjk); the escaped fallback is tested above"
+        )
     with matplotlib.rc_context():
         assert plotting.drawable_names(["珪藻"]) == ["珪藻"]
 
@@ -168,17 +184,17 @@ def _png_bytes(img):
 
 def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny_demo, tmp_path, capsys):
     root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", "d"])
-    os.symlink("loop", root / "loop")                # a self-loop beside the classes
-    os.symlink(".", root / "here")                   # a folder loop beside the classes
+    os.symlink("loop", root / "loop")  # a self-loop beside the classes
+    os.symlink(".", root / "here")  # a folder loop beside the classes
     folder = root / "a"
-    os.symlink("self", folder / "self")              # a self-loop inside a class
-    os.symlink("..", folder / "up")                  # a link to the data root: would pull every class in
+    os.symlink("self", folder / "self")  # a self-loop inside a class
+    os.symlink("..", folder / "up")  # a link to the data root: would pull every class in
     os.symlink("missing.png", folder / "broken.png")
     (folder / "notes.txt").write_text("counts")
     (folder / ".DS_Store").write_bytes(b"junk")
     (folder / "sub" / "deeper").mkdir(parents=True)  # images in sub-folders belong to the class
     (folder / "sub" / "deeper" / "x.png").write_bytes(_png_bytes(Image.new("L", (30, 20), 90)))
-    os.symlink("..", folder / "sub" / "back")        # a loop from a sub-folder to the class folder
+    os.symlink("..", folder / "sub" / "back")  # a loop from a sub-folder to the class folder
     Image.new("RGB", (30, 20), (1, 2, 3)).save(folder / "crop.webp")
     frames = [Image.new("L", (30, 20), v) for v in (10, 120, 240)]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
@@ -192,9 +208,14 @@ def test_loops_links_sub_folders_and_other_formats_are_handled_and_reported(tiny
     assert (split["label"] == "a").sum() == 20 + 4
     ignored = artifacts.read_csv(artifacts.out_path(cfg, "results", "ignored_files.csv"), data_folders.IGNORED_COLUMNS)
     reasons = dict(zip(ignored["path"], ignored["reason"]))
-    assert reasons == {"a/self": data_folders.LOOP, "a/up": data_folders.LOOP, "a/sub/back": data_folders.LOOP,
-                       "a/broken.png": data_folders.BROKEN_LINK, "a/notes.txt": data_folders.NOT_IMAGE,
-                       "a/.DS_Store": data_folders.HIDDEN}
+    assert reasons == {
+        "a/self": data_folders.LOOP,
+        "a/up": data_folders.LOOP,
+        "a/sub/back": data_folders.LOOP,
+        "a/broken.png": data_folders.BROKEN_LINK,
+        "a/notes.txt": data_folders.NOT_IMAGE,
+        "a/.DS_Store": data_folders.HIDDEN,
+    }
     notes = artifacts.read_csv(artifacts.out_path(cfg, "results", "image_notes.csv"), data_folders.NOTE_COLUMNS)
     assert set(notes["path"]) == {"a/anim.gif", "a/stack.tif"}
     assert (notes["note"] == "multi-frame file: first frame used").all() and set(notes["detail"]) == {"3 frames"}
@@ -231,8 +252,10 @@ def test_exif_orientation_is_applied(tmp_path, orientation, expected):
 # --------------------------------------------------------------------------- 3. huge and extreme crops
 def write_blank_png(path, width, height):
     """A white grey-level PNG written row by row: 20,000 x 20,000 px in 0.4 MB without holding 400 MB."""
+
     def chunk(kind, data):
         return len(data).to_bytes(4, "big") + kind + data + (zlib.crc32(kind + data) & 0xFFFFFFFF).to_bytes(4, "big")
+
     compressor, row = zlib.compressobj(9), b"\x00" + b"\xff" * width
     data = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
@@ -241,11 +264,18 @@ def write_blank_png(path, width, height):
 
 def run_measured(script, argv):
     """Run a script in a child process; (completed process, its peak resident memory in MB)."""
-    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
-               "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(r.returncode)")
-    result = subprocess.run([sys.executable, "-c", wrapper, sys.executable, script, *argv], cwd=lab.ROOT,
-                            capture_output=True, text=True, timeout=600)
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
+        "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(r.returncode)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, script, *argv],
+        cwd=lab.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     peak_kb = int(result.stdout.rsplit("PEAK_RSS_KB=", 1)[1])
     return result, peak_kb / 1024
 
@@ -253,6 +283,7 @@ def run_measured(script, argv):
 @pytest.mark.slow
 def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, tmp_path):
     from PIL import ImageDraw
+
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     folder = root / "Odontella"
@@ -264,8 +295,13 @@ def test_huge_and_extreme_crops_stay_within_memory_and_are_reported(tiny_demo, t
     ImageDraw.Draw(big).ellipse([5000, 5000, 10_000, 10_000], fill=30)
     big.save(folder / "big.jpg", quality=85)
     del strip, big
-    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=1",
-            "--num_workers=0"]  # every image decoded in the measured process
+    argv = [
+        f"--data_root={str(root)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        "--epochs=1",
+        "--num_workers=0",
+    ]  # every image decoded in the measured process
     scan, scan_mb = run_measured("dataloader.py", argv)
     assert scan.returncode == 0, scan.stderr
     assert scan_mb < 1024, f"the scan's peak resident memory is {scan_mb:.0f} MB"
@@ -321,8 +357,12 @@ def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(ti
     text = ("path", "label", "digest", "labels", "kind")
     duplicates = artifacts.read_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), text)
     across = duplicates[duplicates["kind"] == "across classes"].set_index("path")
-    assert set(across.index) == {"darksphere/darksphere_0003.png", "Neoceratium/misfiled.png",
-                                 "Retaria/Retaria_0001.png", "chainthin/unseen_twin.png"}
+    assert set(across.index) == {
+        "darksphere/darksphere_0003.png",
+        "Neoceratium/misfiled.png",
+        "Retaria/Retaria_0001.png",
+        "chainthin/unseen_twin.png",
+    }
     assert json.loads(across.loc["Neoceratium/misfiled.png", "labels"]) == ["darksphere", "Neoceratium"]
     assert across.loc["Neoceratium/misfiled.png", "label"] == "Neoceratium"
     misfiled = ["darksphere/darksphere_0003.png", "Neoceratium/misfiled.png"]
@@ -333,8 +373,13 @@ def test_byte_identical_files_share_a_split_and_cross_class_copies_are_listed(ti
 
 def test_a_class_made_only_of_another_classes_images_is_a_clear_error(make_cfg):
     cfg, _ = make_cfg("--seen_classes=['a', 'b', 'c']", "--unseen_classes=['x', 'y']")
-    files = {"a": [f"a/{i}.png" for i in range(20)], "b": [f"b/{i}.png" for i in range(20)],
-             "c": [f"c/{i}.png" for i in range(20)], "x": [], "y": []}
+    files = {
+        "a": [f"a/{i}.png" for i in range(20)],
+        "b": [f"b/{i}.png" for i in range(20)],
+        "c": [f"c/{i}.png" for i in range(20)],
+        "x": [],
+        "y": [],
+    }
     digests = {p: p.split("/")[1] for paths in files.values() for p in paths}  # c's images are a's and b's too
     digests.update({p: f"own {p}" for p in files["b"]})
     with pytest.raises(lab.LabError, match=r"'a' cannot be split.*20 are byte-identical to images of other classes"):
@@ -368,8 +413,13 @@ def test_copies_of_one_image_stay_on_one_side_of_the_held_out_split():
 @pytest.mark.parametrize("fraction", [0.3, 0.05])
 def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path, fraction):
     classes = [f"class_{i}" for i in range(10)]
-    argv = [f"--output_dir={str(tmp_path)!r}", f"--unseen_classes={classes!r}", "--min_images_per_class=3",
-            f"--transfer_test_fraction={fraction}", *FAST]
+    argv = [
+        f"--output_dir={str(tmp_path)!r}",
+        f"--unseen_classes={classes!r}",
+        "--min_images_per_class=3",
+        f"--transfer_test_fraction={fraction}",
+        *FAST,
+    ]
     cfg = config.load_config(argv)
     rng = np.random.default_rng(3)
     labels = np.repeat(classes, 3)
@@ -398,6 +448,7 @@ def same_size_png(size, value):
 def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_demo, tmp_path, capsys):
     import evaluate
     import train
+
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=1"]
@@ -419,6 +470,7 @@ def test_trunk_cache_notices_a_file_restored_with_its_old_size_and_time(tiny_dem
 
 def test_content_fingerprint_reads_both_ends_of_a_big_file(tmp_path):
     from lab import trunk_cache
+
     path = tmp_path / "big.bin"
     data = bytearray(os.urandom(300_000))
     path.write_bytes(data)

@@ -1,6 +1,7 @@
 """Labels from tables (labels_file): the layouts found, EcoTaxa's export with its statuses, the labels_map, clear
 errors for bad tables, missing and conflicting rows, the split that keeps its rows when the data grows, and the
 round trip predict -> validate in EcoTaxa -> retrain."""
+
 import json
 import shutil
 
@@ -15,16 +16,50 @@ from lab import artifacts, config, data_folders, demo_data, label_tables, splitt
 SEEN = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
 # EcoTaxa's export (the general TSV export, one per sample), in its order: the columns the lab reads, and the others
 # a real export carries (where, when, who annotated, the taxonomy, measurements, sample, process, acquisition).
-ECOTAXA_COLUMNS = ["object_id", "object_lat", "object_lon", "object_date", "object_time", "object_link",
-                   "object_depth_min", "object_depth_max", "object_annotation_status", "object_annotation_person_name",
-                   "object_annotation_person_email", "object_annotation_date", "object_annotation_time",
-                   "object_annotation_category", "object_annotation_hierarchy", "img_file_name", "img_rank",
-                   "object_area", "object_mean", "object_major", "object_minor", "sample_id", "sample_cruise",
-                   "sample_station", "process_id", "acq_id", "acq_instrument"]
-NUMBERS = {"object_lat", "object_lon", "object_depth_min", "object_depth_max", "img_rank", "object_area",
-           "object_mean", "object_major", "object_minor"}
-LINEAGE = {"Odontella": "living>Eukaryota>Harosa>Stramenopiles>Ochrophyta>Bacillariophyta>Odontella",
-           "Neoceratium": "living>Eukaryota>Harosa>Alveolata>Myzozoa>Dinophyceae>Ceratiaceae>Neoceratium"}
+ECOTAXA_COLUMNS = [
+    "object_id",
+    "object_lat",
+    "object_lon",
+    "object_date",
+    "object_time",
+    "object_link",
+    "object_depth_min",
+    "object_depth_max",
+    "object_annotation_status",
+    "object_annotation_person_name",
+    "object_annotation_person_email",
+    "object_annotation_date",
+    "object_annotation_time",
+    "object_annotation_category",
+    "object_annotation_hierarchy",
+    "img_file_name",
+    "img_rank",
+    "object_area",
+    "object_mean",
+    "object_major",
+    "object_minor",
+    "sample_id",
+    "sample_cruise",
+    "sample_station",
+    "process_id",
+    "acq_id",
+    "acq_instrument",
+]
+NUMBERS = {
+    "object_lat",
+    "object_lon",
+    "object_depth_min",
+    "object_depth_max",
+    "img_rank",
+    "object_area",
+    "object_mean",
+    "object_major",
+    "object_minor",
+}
+LINEAGE = {
+    "Odontella": "living>Eukaryota>Harosa>Stramenopiles>Ochrophyta>Bacillariophyta>Odontella",
+    "Neoceratium": "living>Eukaryota>Harosa>Alveolata>Myzozoa>Dinophyceae>Ceratiaceae>Neoceratium",
+}
 
 
 def ecotaxa_export(path, objects, type_row=True, sample="cruise42_st3"):
@@ -33,19 +68,37 @@ def ecotaxa_export(path, objects, type_row=True, sample="cruise42_st3"):
     rows = []
     for i, (image, category, status) in enumerate(objects):
         annotated = status in ("validated", "dubious")
-        rows.append({"object_id": f"{sample}_{i:05d}", "object_lat": "43.685", "object_lon": "7.315",
-                     "object_date": "20230514", "object_time": "101500", "object_link": "",
-                     "object_depth_min": "0", "object_depth_max": "5", "object_annotation_status": status,
-                     "object_annotation_person_name": "A. Taxonomist" if annotated else "",
-                     "object_annotation_person_email": "a.taxonomist@example.org" if annotated else "",
-                     "object_annotation_date": "20240102" if annotated else "",
-                     "object_annotation_time": "093000" if annotated else "",
-                     "object_annotation_category": category,
-                     "object_annotation_hierarchy": LINEAGE.get(category, f"living>Eukaryota>{category}"),
-                     "img_file_name": image, "img_rank": "0", "object_area": str(120 + i),
-                     "object_mean": "201.5", "object_major": "18.2", "object_minor": "7.9", "sample_id": sample,
-                     "sample_cruise": "cruise42", "sample_station": "st3", "process_id": f"{sample}_process",
-                     "acq_id": f"{sample}_acq", "acq_instrument": "FlowCam"})
+        rows.append(
+            {
+                "object_id": f"{sample}_{i:05d}",
+                "object_lat": "43.685",
+                "object_lon": "7.315",
+                "object_date": "20230514",
+                "object_time": "101500",
+                "object_link": "",
+                "object_depth_min": "0",
+                "object_depth_max": "5",
+                "object_annotation_status": status,
+                "object_annotation_person_name": "A. Taxonomist" if annotated else "",
+                "object_annotation_person_email": "a.taxonomist@example.org" if annotated else "",
+                "object_annotation_date": "20240102" if annotated else "",
+                "object_annotation_time": "093000" if annotated else "",
+                "object_annotation_category": category,
+                "object_annotation_hierarchy": LINEAGE.get(category, f"living>Eukaryota>{category}"),
+                "img_file_name": image,
+                "img_rank": "0",
+                "object_area": str(120 + i),
+                "object_mean": "201.5",
+                "object_major": "18.2",
+                "object_minor": "7.9",
+                "sample_id": sample,
+                "sample_cruise": "cruise42",
+                "sample_station": "st3",
+                "process_id": f"{sample}_process",
+                "acq_id": f"{sample}_acq",
+                "acq_instrument": "FlowCam",
+            }
+        )
     frame = pd.DataFrame(rows, columns=ECOTAXA_COLUMNS)
     with open(path, "w", newline="") as f:
         f.write("\t".join(ECOTAXA_COLUMNS) + "\n")
@@ -60,33 +113,46 @@ def demo_images(tiny_demo, classes=SEEN, per_class=36):
 
 
 # --------------------------------------------------------------------------- layouts
-@pytest.mark.parametrize("header, sep, suffix, columns", [
-    ("file,label", ",", ".csv", None), ("Image Path;Taxon", ";", ".csv", None),
-    ("filename\tclass", "\t", ".tsv", None), ("roi\tspecies\tnotes", "\t", ".txt", None),
-    ("my_file,my_class,other", ",", ".csv", ["my_file", "my_class"]),
-])
-def test_the_common_layouts_are_found_with_paths_relative_to_the_table(make_cfg, tmp_path, header, sep, suffix,
-                                                                        columns):
+@pytest.mark.parametrize(
+    "header, sep, suffix, columns",
+    [
+        ("file,label", ",", ".csv", None),
+        ("Image Path;Taxon", ";", ".csv", None),
+        ("filename\tclass", "\t", ".tsv", None),
+        ("roi\tspecies\tnotes", "\t", ".txt", None),
+        ("my_file,my_class,other", ",", ".csv", ["my_file", "my_class"]),
+    ],
+)
+def test_the_common_layouts_are_found_with_paths_relative_to_the_table(
+    make_cfg, tmp_path, header, sep, suffix, columns
+):
     folder = tmp_path / "sample"
     folder.mkdir()
     names = header.split(sep)
-    lines = [header] + [sep.join([f"img/{i}.png", "chainthin" if i % 2 else "NA"] + ["x"] * (len(names) - 2))
-                        for i in range(4)]
+    lines = [header] + [
+        sep.join([f"img/{i}.png", "chainthin" if i % 2 else "NA"] + ["x"] * (len(names) - 2)) for i in range(4)
+    ]
     (folder / f"labels{suffix}").write_text("\n".join(lines) + "\n")
     extra = [f"--labels_columns={columns!r}"] if columns else []
-    cfg, _ = make_cfg(f"--labels_file={str(folder / f'labels{suffix}')!r}", "--unseen_classes=['NA', 'Retaria']",
-                      *extra)
+    cfg, _ = make_cfg(
+        f"--labels_file={str(folder / f'labels{suffix}')!r}", "--unseen_classes=['NA', 'Retaria']", *extra
+    )
     tables = label_tables.read_labels(cfg, tmp_path)
     assert list(tables.entries["path"]) == [f"sample/img/{i}.png" for i in range(4)]  # relative to data_root
-    assert list(tables.entries["label"]) == ["NA", "chainthin", "NA", "chainthin"]   # NA stays a name
+    assert list(tables.entries["label"]) == ["NA", "chainthin", "NA", "chainthin"]  # NA stays a name
     assert (tables.entries["reason"] == "").all() and tables.sources[0]["kind"] == "table"
     outside = label_tables.read_labels(cfg, tmp_path / "elsewhere")
     assert list(outside.entries["path"]) == [str(folder / "img" / f"{i}.png") for i in range(4)]  # absolute
 
 
 def test_an_ecotaxa_export_is_recognised_with_or_without_its_type_row(make_cfg, tmp_path, capsys):
-    objects = [("a.png", "chainthin", "validated"), ("b.png", "Odontella", "validated"),
-               ("c.png", "darksphere", "predicted"), ("d.png", "Odontella", "dubious"), ("e.png", "", "")]
+    objects = [
+        ("a.png", "chainthin", "validated"),
+        ("b.png", "Odontella", "validated"),
+        ("c.png", "darksphere", "predicted"),
+        ("d.png", "Odontella", "dubious"),
+        ("e.png", "", ""),
+    ]
     for type_row in (True, False):
         export = ecotaxa_export(tmp_path / f"export_{type_row}.tsv", objects, type_row)
         cfg, _ = make_cfg(f"--labels_file={str(export)!r}")
@@ -105,13 +171,21 @@ def test_an_ecotaxa_export_is_recognised_with_or_without_its_type_row(make_cfg, 
 
 
 def test_the_labels_map_merges_categories_and_every_category_left_out_is_counted(make_cfg, tmp_path, capsys):
-    objects = [("1.png", "Neoceratium<Ceratiaceae", "validated"), ("2.png", "Tripos<Ceratiaceae", "validated"),
-               ("3.png", "chainthin", "validated"), ("4.png", "detritus", "validated"),
-               ("5.png", "detritus", "validated"), ("6.png", "badfocus<artefact", "validated"),
-               ("7.png", "Calanoida<Copepoda", "validated"), ("8.png", "Tripos<Ceratiaceae", "predicted")]
+    objects = [
+        ("1.png", "Neoceratium<Ceratiaceae", "validated"),
+        ("2.png", "Tripos<Ceratiaceae", "validated"),
+        ("3.png", "chainthin", "validated"),
+        ("4.png", "detritus", "validated"),
+        ("5.png", "detritus", "validated"),
+        ("6.png", "badfocus<artefact", "validated"),
+        ("7.png", "Calanoida<Copepoda", "validated"),
+        ("8.png", "Tripos<Ceratiaceae", "predicted"),
+    ]
     export = ecotaxa_export(tmp_path / "export.tsv", objects)
-    (tmp_path / "map.csv").write_text("category,class\nNeoceratium<Ceratiaceae,Neoceratium\nTripos<Ceratiaceae,"
-                                      "Neoceratium\nbadfocus<artefact,\nCalanoida<Copepoda,Copepoda\n")
+    (tmp_path / "map.csv").write_text(
+        "category,class\nNeoceratium<Ceratiaceae,Neoceratium\nTripos<Ceratiaceae,"
+        "Neoceratium\nbadfocus<artefact,\nCalanoida<Copepoda,Copepoda\n"
+    )
     cfg, _ = make_cfg(f"--labels_file={str(export)!r}", f"--labels_map={str(tmp_path / 'map.csv')!r}")
     tables = label_tables.read_labels(cfg, tmp_path, announce=True)
     assert tables.labelled() == {"Neoceratium": ["1.png", "2.png"], "chainthin": ["3.png"]}  # many to one, and as is
@@ -130,8 +204,11 @@ def test_the_labels_map_merges_categories_and_every_category_left_out_is_counted
 BAD_TABLES = {
     "empty label": ("file,label\na.png,chainthin\nb.png,\n", [], r"1 row\(s\) with an empty label cell.*line\(s\) 3"),
     "empty path": ("file,label\n,chainthin\n", [], r"empty image path cell.*line\(s\) 2"),
-    "unknown columns": ("image_id,annotation_group\na.png,chainthin\n", ["--labels_columns=['image', 'annotation']"],
-                        r"names the column\(s\) \['image', 'annotation'\].*Did you mean 'image_id' for 'image'"),
+    "unknown columns": (
+        "image_id,annotation_group\na.png,chainthin\n",
+        ["--labels_columns=['image', 'annotation']"],
+        r"names the column\(s\) \['image', 'annotation'\].*Did you mean 'image_id' for 'image'",
+    ),
     "no known columns": ("foo,bar\na.png,chainthin\n", [], r"no image-path and label column.*'foo', 'bar'"),
     "ragged": ('file,label\na.png,chainthin\nb.png,"x",y,z\n', [], r"Cannot read .* as a CSV or TSV table"),
     "empty file": ("", [], r"is empty: it needs a header line"),
@@ -152,6 +229,7 @@ def test_unreadable_tables_and_maps_get_clear_errors(make_cfg, tmp_path):
         cfg, _ = make_cfg(*overrides)
         with pytest.raises(lab.LabError, match=message):
             label_tables.read_labels(cfg, tmp_path)
+
     (tmp_path / "book.xlsx").write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(40))
     refused(r"not a text table .*Save it as CSV", f"--labels_file={str(tmp_path / 'book.xlsx')!r}")
     (tmp_path / "latin1.csv").write_bytes("file,label\na.png,Cératium\n".encode("latin-1"))
@@ -168,12 +246,19 @@ def test_unreadable_tables_and_maps_get_clear_errors(make_cfg, tmp_path):
     refused(r"labels_map table .* does not exist", good, f"--labels_map={str(tmp_path / 'nomap.csv')!r}")
 
 
-@pytest.mark.parametrize("arg, fragment", [
-    ("--labels_file=3", "a string or a list of strings"), ("--labels_file=[]", "labels_file"),
-    ("--labels_columns='file'", "a list of strings"), ("--labels_columns=['file']", "two different column names"),
-    ("--labels_columns=['f', 'f']", "two different"), ("--labels_statuses=['Validated']", "EcoTaxa statuses"),
-    ("--labels_statuses=[]", "non-empty"), ("--labels_map=' '", "labels_map"),
-])
+@pytest.mark.parametrize(
+    "arg, fragment",
+    [
+        ("--labels_file=3", "a string or a list of strings"),
+        ("--labels_file=[]", "labels_file"),
+        ("--labels_columns='file'", "a list of strings"),
+        ("--labels_columns=['file']", "two different column names"),
+        ("--labels_columns=['f', 'f']", "two different"),
+        ("--labels_statuses=['Validated']", "EcoTaxa statuses"),
+        ("--labels_statuses=[]", "non-empty"),
+        ("--labels_map=' '", "labels_map"),
+    ],
+)
 def test_bad_label_settings_are_refused_before_work(arg, fragment):
     with pytest.raises(lab.LabError, match=fragment):
         config.load_config([arg])
@@ -212,8 +297,10 @@ def test_a_table_labelled_copy_is_split_exactly_as_the_folders(make_cfg, tiny_de
     sources = pd.read_csv(artifacts.out_path(cfg, "results", "label_sources.csv"), dtype={"sha256": str})
     assert sources[["source", "kind", "rows", "used"]].values.tolist() == [[str(table), "table", 324, 324]]
     assert sources["sha256"].item() == artifacts.file_digest(table)[:16]
-    assert json.loads(artifacts.out_path(cfg, "results", "split.json").read_text())["labels_tables"][0]["sha256"] == \
-        sources["sha256"].item()
+    assert (
+        json.loads(artifacts.out_path(cfg, "results", "split.json").read_text())["labels_tables"][0]["sha256"]
+        == sources["sha256"].item()
+    )
 
 
 def test_missing_unreadable_and_twice_listed_files(make_cfg, tiny_demo, tmp_path, capsys):
@@ -221,9 +308,17 @@ def test_missing_unreadable_and_twice_listed_files(make_cfg, tiny_demo, tmp_path
     frame = pd.read_csv(table, dtype=str)
     (tmp_path / "flat" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     conflicting = "images/chainthin_0001.png"
-    frame = pd.concat([frame, pd.DataFrame({"file": ["images/gone.png", "images/broken.png", conflicting,
-                                                     "images/chainthin_0002.png"],
-                                            "label": ["Odontella", "Odontella", "darksphere", "chainthin"]})])
+    frame = pd.concat(
+        [
+            frame,
+            pd.DataFrame(
+                {
+                    "file": ["images/gone.png", "images/broken.png", conflicting, "images/chainthin_0002.png"],
+                    "label": ["Odontella", "Odontella", "darksphere", "chainthin"],
+                }
+            ),
+        ]
+    )
     frame.to_csv(table, index=False)
     cfg, _ = make_cfg(f"--labels_file={str(table)!r}", "--min_images_per_class=5", data_root=tmp_path / "flat")
     split = splitting.load_split(cfg)
@@ -294,7 +389,7 @@ def ecotaxa_copy_of_the_demo(tiny_demo, root):
         (root / sample).mkdir(parents=True)
         objects = []
         for c in demo_data.CLASSES:
-            for image in sorted((tiny_demo / c).iterdir())[18 * half:18 * (half + 1)]:
+            for image in sorted((tiny_demo / c).iterdir())[18 * half : 18 * (half + 1)]:
                 shutil.copy(image, root / sample / image.name)
                 objects.append((image.name, c, "validated"))
         for c, image in demo_images(extra, per_class=1 + half):
@@ -308,10 +403,15 @@ def ecotaxa_copy_of_the_demo(tiny_demo, root):
 @pytest.mark.slow
 def test_the_whole_pipeline_on_an_ecotaxa_export_equals_the_folder_layout(tiny_pipeline, tiny_demo, tmp_path):
     import run_pipeline
+
     folder_cfg = tiny_pipeline[0]
     root = ecotaxa_copy_of_the_demo(tiny_demo, tmp_path / "export")
-    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST,
-            f"--labels_file={str(root)!r}"]
+    argv = [
+        f"--data_root={str(root)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        f"--labels_file={str(root)!r}",
+    ]
     run_pipeline.main(argv)
     cfg = config.load_config(argv)
     split, folder_split = splitting.read_split_file(cfg), splitting.read_split_file(folder_cfg)
@@ -321,10 +421,16 @@ def test_the_whole_pipeline_on_an_ecotaxa_export_equals_the_folder_layout(tiny_p
     assert metrics["accuracy"] == folder_metrics["accuracy"] and metrics["n_test"] == folder_metrics["n_test"]
     assert metrics["per_class"] == folder_metrics["per_class"]
     sources = pd.read_csv(artifacts.out_path(cfg, "results", "label_sources.csv"), dtype={"sha256": str})
-    counts = {(s.split("/")[-1], status): (n, used) for s, status, n, used in
-              sources[["source", "status", "rows", "used"]].itertuples(index=False)}
-    assert counts == {("ecotaxa_sample_a.tsv", "validated"): (162, 162), ("ecotaxa_sample_a.tsv", "dubious"): (6, 0),
-                      ("ecotaxa_sample_b.tsv", "validated"): (162, 162), ("ecotaxa_sample_b.tsv", "predicted"): (12, 0)}
+    counts = {
+        (s.split("/")[-1], status): (n, used)
+        for s, status, n, used in sources[["source", "status", "rows", "used"]].itertuples(index=False)
+    }
+    assert counts == {
+        ("ecotaxa_sample_a.tsv", "validated"): (162, 162),
+        ("ecotaxa_sample_a.tsv", "dubious"): (6, 0),
+        ("ecotaxa_sample_b.tsv", "validated"): (162, 162),
+        ("ecotaxa_sample_b.tsv", "predicted"): (12, 0),
+    }
     page = artifacts.out_path(cfg, "results", "report.html").read_text()
     for source, digest in zip(sources["source"], sources["sha256"]):
         assert source in page and digest in page  # the report says where the labels came from
@@ -338,13 +444,25 @@ def test_torchrun_resume_and_evaluate_run_on_a_table_of_images_outside_data_root
 
     import evaluate
     import train
+
     table = flat_copy(tiny_demo, tmp_path / "elsewhere", per_class=12)
     (tmp_path / "root").mkdir()  # no class folder: every label comes from the table
-    argv = [f"--data_root={str(tmp_path / 'root')!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST,
-            f"--labels_file={str(table)!r}", "--min_images_per_class=5"]
+    argv = [
+        f"--data_root={str(tmp_path / 'root')!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        f"--labels_file={str(table)!r}",
+        "--min_images_per_class=5",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    ranks = subprocess.run([*torchrun, *argv, "--epochs=2"], cwd=lab.ROOT, capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    ranks = subprocess.run(
+        [*torchrun, *argv, "--epochs=2"],
+        cwd=lab.ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     assert "shared by 2 ranks" in ranks.stdout
     split = splitting.read_split_file(config.load_config(argv))
@@ -377,6 +495,7 @@ def test_the_round_trip_train_predict_validate_in_ecotaxa_and_retrain(novelty_re
     import evaluate
     import predict
     import train
+
     ready_cfg, ready_argv = novelty_ready
     out = tmp_path / "out"
     shutil.copytree(artifacts.resolve(ready_cfg.output_dir), out)  # other tests read novelty_ready's folder
@@ -386,10 +505,15 @@ def test_the_round_trip_train_predict_validate_in_ecotaxa_and_retrain(novelty_re
     sample = demo_data.generate(tmp_path / "cruise42", {c: 6 for c in SEEN}, seed=7)  # new images, same taxa
     predict.main(argv + [f"--predict_dir={str(sample)!r}", "--ecotaxa=True"])
     renames = {"Neoceratium": "Neoceratium<Ceratiaceae", "Odontella": "Odontella<Eupodiscaceae"}
-    export, validated = corrected_export(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), sample,
-                                         lambda image: image.split("/")[0], renames)
-    (tmp_path / "map.tsv").write_text("category\tclass\n" + "".join(f"{e}\t{c}\n" for c, e in renames.items())
-                                      + "Tripos<Ceratiaceae\tNeoceratium\n")
+    export, validated = corrected_export(
+        artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"),
+        sample,
+        lambda image: image.split("/")[0],
+        renames,
+    )
+    (tmp_path / "map.tsv").write_text(
+        "category\tclass\n" + "".join(f"{e}\t{c}\n" for c, e in renames.items()) + "Tripos<Ceratiaceae\tNeoceratium\n"
+    )
     retrain = argv + [f"--labels_file={str(export)!r}", f"--labels_map={str(tmp_path / 'map.tsv')!r}"]
     train.main(retrain)
     after = splitting.read_split_file(cfg)
@@ -405,5 +529,6 @@ def test_the_round_trip_train_predict_validate_in_ecotaxa_and_retrain(novelty_re
     assert metrics["by_round"]["0"]["n_test"] == first_draw
     assert metrics["by_round"]["1"]["n_test"] == int((joined["split"] == "test").sum())
     assert metrics["n_test"] == first_draw + metrics["by_round"]["1"]["n_test"]
-    assert np.isclose(sum(m["n_test"] * m["accuracy"] for m in metrics["by_round"].values()),
-                      metrics["accuracy"] * metrics["n_test"])
+    assert np.isclose(
+        sum(m["n_test"] * m["accuracy"] for m in metrics["by_round"].values()), metrics["accuracy"] * metrics["n_test"]
+    )

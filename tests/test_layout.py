@@ -1,6 +1,7 @@
 """The house rules of the layout: scripts on top, plumbing in the package lab/, no import circles, no script
 importing another (run_pipeline.py, bench/ and the tests may call a script's main), no module above 450 lines,
 and lab.ROOT is the repository root every relative path hangs on."""
+
 import ast
 from pathlib import Path
 
@@ -32,8 +33,15 @@ def test_lab_root_is_the_repository_root():
 
 
 def test_the_design_cards_files_are_scripts_on_top():
-    for name in ("dataloader", "train", "evaluate", "embed", "compute_average_distances", "dimensionality_reduction",
-                 "transfer_learning"):
+    for name in (
+        "dataloader",
+        "train",
+        "evaluate",
+        "embed",
+        "compute_average_distances",
+        "dimensionality_reduction",
+        "transfer_learning",
+    ):
         assert name in SCRIPTS, name
     assert (ROOT / "backbone.py").is_file() and (ROOT / "configfile.py").is_file()
 
@@ -52,6 +60,7 @@ def test_no_module_imports_another_in_a_circle():
         for nxt in sorted(graph[node]):
             visit(nxt, trail + [node])
         state[node] = "done"
+
     for name in sorted(graph):
         visit(name, [])
 

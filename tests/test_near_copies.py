@@ -2,6 +2,7 @@
 them) are found, distinct images of one class are not, nor look-alikes whose faint parts differ; candidate pairs
 equal a brute-force search; 'group' keeps a near-copy group in one split; the accuracy without the test images that
 have a near-copy in train."""
+
 import itertools
 from types import SimpleNamespace
 
@@ -34,6 +35,7 @@ def textured_particle(seed, size=60):
     """A round particle with a texture of its own (smoothed noise, as a real cell's granules), on a light ground."""
     from PIL import ImageDraw
     from scipy.ndimage import gaussian_filter
+
     rng = np.random.default_rng(seed)
     disc = Image.new("L", (size, size), 0)
     ImageDraw.Draw(disc).ellipse((6, 6, size - 6, size - 6), fill=255)
@@ -59,8 +61,9 @@ def test_synthetic_near_copies_are_found(demo_class, tmp_path):
             if kind == "shift2":
                 assert (dy, dx) == (-2, -2)  # the alignment undoes the shift
         # and the search over originals and copies together finds exactly the 12 pairs
-        (i, j, *_), _ = near_copies.find_pairs(paths + copy_paths, np.concatenate([pixels, copy_pixels]),
-                                               np.concatenate([sizes, copy_sizes]))
+        (i, j, *_), _ = near_copies.find_pairs(
+            paths + copy_paths, np.concatenate([pixels, copy_pixels]), np.concatenate([sizes, copy_sizes])
+        )
         assert sorted(zip(i.tolist(), j.tolist())) == [(k, k + 12) for k in range(12)], kind
 
 
@@ -68,8 +71,10 @@ def test_distinct_images_of_one_class_are_not_flagged(demo_class, tmp_path):
     paths, pixels, sizes = saved(demo_class, tmp_path / "distinct")
     assert len(near_copies.find_pairs(paths, pixels, sizes)[0][0]) == 0
     greys = [particle_match.full_grey(p) for p in paths]  # every pair at full resolution, past the coarse step too
-    decisions = [particle_match.is_near_copy(*particle_match.confirm(greys[a], greys[b])[:3])
-                 for a, b in itertools.combinations(range(len(paths)), 2)]
+    decisions = [
+        particle_match.is_near_copy(*particle_match.confirm(greys[a], greys[b])[:3])
+        for a, b in itertools.combinations(range(len(paths)), 2)
+    ]
     assert len(decisions) == 630 and not any(decisions)
     # and the same images with one re-saved copy among them: exactly that pair is found
     copy = synthetic_copies(demo_class[3])["jpeg70"]
@@ -93,6 +98,7 @@ def test_spines_at_other_angles_are_another_individual(tmp_path):
         draw.ellipse((20, 20, 40, 40), fill=40)
         noise = np.random.default_rng(0).integers(-6, 7, (60, 60))
         return Image.fromarray(np.clip(np.asarray(img, np.int16) + noise, 0, 255).astype(np.uint8))
+
     one, other = acantharia(np.arange(0, 6.28, 0.8)), acantharia(np.arange(0.4, 6.28, 0.8))
     brighter = ImageEnhance.Brightness(one).enhance(1.1)
     paths, _, _ = saved([one, other, brighter], tmp_path)
@@ -116,6 +122,7 @@ def test_two_featureless_discs_are_told_apart_by_their_own_noise(tmp_path, fill,
         pixels = np.asarray(img.filter(ImageFilter.GaussianBlur(0.8)), np.float32)
         pixels = pixels + np.random.default_rng(seed).normal(0, noise, pixels.shape)
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
     one, other = disc(1), disc(2)
     copies = synthetic_copies(one)
     paths, _, _ = saved([one, other, copies["shift2"], copies["bright10"]], tmp_path)
@@ -131,6 +138,7 @@ def test_a_particle_too_thin_for_an_interior_is_judged_on_texture_and_shape_alon
     """A 3-px rod has no pixel 5 px in from its rim: its noise is not measured (NaN), and the decision is texture
     and shape's, as for every thin particle (a diatom chain); a measured noise below the threshold refuses."""
     from PIL import ImageDraw
+
     img = Image.new("L", (40, 40), 230)
     ImageDraw.Draw(img).line((5, 20, 35, 20), fill=40, width=3)
     rod = particle_match.white_background(np.asarray(img) + np.random.default_rng(0).integers(-4, 5, (40, 40)))
@@ -144,6 +152,7 @@ def test_a_large_crop_keeps_its_own_size_and_its_resave_is_found(tmp_path):
     """A large JPEG is decoded reduced for its thumbnail; the size check must still compare the files' sizes (a
     600-px JPEG and its PNG re-save are one candidate pair), and both are compared at one scale."""
     from PIL import ImageDraw
+
     img = Image.new("L", (600, 430), 250)
     draw = ImageDraw.Draw(img)
     for k in range(12):
@@ -153,14 +162,21 @@ def test_a_large_crop_keeps_its_own_size_and_its_resave_is_found(tmp_path):
     Image.open(original).save(resaved)
     made = [near_copies.thumbnail(str(p)) for p in (original, resaved)]
     assert [m[1] for m in made] == [(600, 430), (600, 430)]
-    (i, j, *_), _ = near_copies.find_pairs([str(original), str(resaved)], np.stack([m[0] for m in made]),
-                                           np.array([m[1] for m in made]))
+    (i, j, *_), _ = near_copies.find_pairs(
+        [str(original), str(resaved)], np.stack([m[0] for m in made]), np.array([m[1] for m in made])
+    )
     assert list(zip(i.tolist(), j.tolist())) == [(0, 1)]
 
 
 def test_a_checkpoint_from_before_the_setting_still_names_its_split():
-    old_config = SimpleNamespace(max_images_per_class=0, seen_classes=["a", "b"], unseen_classes=["c", "d"],
-                                 val_fraction=0.05, test_fraction=0.2, seed=42)  # no near_copies
+    old_config = SimpleNamespace(
+        max_images_per_class=0,
+        seen_classes=["a", "b"],
+        unseen_classes=["c", "d"],
+        val_fraction=0.05,
+        test_fraction=0.2,
+        seed=42,
+    )  # no near_copies
     assert "near_copies" not in splitting.split_identity(old_config)
 
 
@@ -168,9 +184,13 @@ def test_candidate_pairs_equal_a_brute_force_search():
     sizes = np.random.default_rng(0).integers(20, 60, (300, 2))
     i, j = near_copies.candidate_pairs(sizes, chunk=500)  # small blocks: the chunking is exercised too
     found = set(zip(i.tolist(), j.tolist()))
-    brute = {(a, b) for a in range(300) for b in range(a + 1, 300)
-             if abs(sizes[a, 0] - sizes[b, 0]) <= near_copies.SIZE_SLACK
-             and abs(sizes[a, 1] - sizes[b, 1]) <= near_copies.SIZE_SLACK}
+    brute = {
+        (a, b)
+        for a in range(300)
+        for b in range(a + 1, 300)
+        if abs(sizes[a, 0] - sizes[b, 0]) <= near_copies.SIZE_SLACK
+        and abs(sizes[a, 1] - sizes[b, 1]) <= near_copies.SIZE_SLACK
+    }
     assert found == brute and len(found) == len(i) and len(brute) > 100
 
 
@@ -183,12 +203,19 @@ def test_group_mode_keeps_a_near_copy_group_in_one_split(tmp_path):
         for k in range(20):
             (root / c / f"{k}.png").write_bytes(bytes([k]))
             files[c].append(f"{c}/{k}.png")
-    cfg = SimpleNamespace(seed=0, data_root=str(root), seen_classes=["a", "b"], unseen_classes=["u1", "u2"],
-                          val_fraction=0.1, test_fraction=0.2)
+    cfg = SimpleNamespace(
+        seed=0,
+        data_root=str(root),
+        seen_classes=["a", "b"],
+        unseen_classes=["u1", "u2"],
+        val_fraction=0.1,
+        test_fraction=0.2,
+    )
     digests = {p: p for c in files for p in files[c]}
     digests["a/7.png"] = digests["a/8.png"] = "same bytes"
-    pairs = pd.DataFrame({"group": [0, 0, 1], "path_a": ["a/1.png", "a/2.png", "b/4.png"],
-                          "path_b": ["a/2.png", "a/7.png", "b/5.png"]})  # a/1 ~ a/2 ~ a/7 == a/8 (bytes)
+    pairs = pd.DataFrame(
+        {"group": [0, 0, 1], "path_a": ["a/1.png", "a/2.png", "b/4.png"], "path_b": ["a/2.png", "a/7.png", "b/5.png"]}
+    )  # a/1 ~ a/2 ~ a/7 == a/8 (bytes)
     keys = near_copies.group_keys(pairs, digests)
     assert len({keys[p] for p in ("a/1.png", "a/2.png", "a/7.png", "a/8.png")}) == 1
     assert keys["b/4.png"] == keys["b/5.png"]
@@ -207,8 +234,9 @@ def test_group_keys_join_groups_linked_through_a_byte_identical_copy_under_anoth
     digests["a/2.png"] = digests["b/9.png"] = "same bytes"
     one = ["a/1.png", "a/2.png", "b/9.png", "b/3.png"]
     for order in ([0, 1], [1, 0]):
-        pairs = pd.DataFrame({"group": [0, 1], "path_a": ["a/1.png", "b/3.png"],
-                              "path_b": ["a/2.png", "b/9.png"]}).iloc[order]
+        pairs = pd.DataFrame(
+            {"group": [0, 1], "path_a": ["a/1.png", "b/3.png"], "path_b": ["a/2.png", "b/9.png"]}
+        ).iloc[order]
         keys = near_copies.group_keys(pairs, digests)
         assert len({keys[p] for p in one}) == 1
         assert keys["a/5.png"] == "a/5.png" and keys["b/6.png"] == "b/6.png"
@@ -217,19 +245,37 @@ def test_group_keys_join_groups_linked_through_a_byte_identical_copy_under_anoth
 
 def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_path):
     from lab import manifest
+
     cfg = SimpleNamespace(output_dir=str(tmp_path), data_root=str(tmp_path / "data"), near_copies="report")
-    split = pd.DataFrame({"path": ["c/t1", "c/t2", "c/t3", "c/t4", "c/r1", "c/r2", "c/v1"],
-                          "label": "c", "split": ["test"] * 4 + ["train"] * 2 + ["val"]})
+    split = pd.DataFrame(
+        {
+            "path": ["c/t1", "c/t2", "c/t3", "c/t4", "c/r1", "c/r2", "c/v1"],
+            "label": "c",
+            "split": ["test"] * 4 + ["train"] * 2 + ["val"],
+        }
+    )
     (tmp_path / "results").mkdir()
-    pairs = pd.DataFrame({"group": [0, 1, 2], "path_a": ["c/r1", "c/t2", "c/t3"], "label_a": "c",
-                          "path_b": ["c/t1", "c/v1", "c/t4"], "label_b": "c", "texture_distance": 0.01,
-                          "shape_mismatch": 0.0, "noise_correlation": 0.99, "shift_y": 0, "shift_x": 0})
+    pairs = pd.DataFrame(
+        {
+            "group": [0, 1, 2],
+            "path_a": ["c/r1", "c/t2", "c/t3"],
+            "label_a": "c",
+            "path_b": ["c/t1", "c/v1", "c/t4"],
+            "label_b": "c",
+            "texture_distance": 0.01,
+            "shape_mismatch": 0.0,
+            "noise_correlation": 0.99,
+            "shift_y": 0,
+            "shift_x": 0,
+        }
+    )
     frame, summary = near_copies.report_frames(cfg, pairs, split, compared=3)
     assert list(frame["kind"]) == ["across splits", "across splits", "within a split"]
     assert summary["test_images_with_train_copy"] == 1 and summary["images_flagged"] == 6
     assert near_copies.test_images_with_train_copies(frame) == {"c/t1"}  # t2's copy is in val, t3's in test
-    predictions = pd.DataFrame({"path": ["c/t1", "c/t2", "c/t3", "c/t4"], "label": "c",
-                                "predicted": ["c", "c", "c", "x"]})
+    predictions = pd.DataFrame(
+        {"path": ["c/t1", "c/t2", "c/t3", "c/t4"], "label": "c", "predicted": ["c", "c", "c", "x"]}
+    )
     assert "not searched" in near_copies.accuracy_without_copies(cfg, predictions)  # no split set yet
     with manifest.OutputSet(cfg, "split") as out:  # as splitting.make_split writes them: one set
         out.save_csv("results", "split.csv", split)
@@ -239,7 +285,8 @@ def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_pat
     assert "1 test image" in line and "66.67 % on 3 images" in line
     split.iloc[:1].to_csv(tmp_path / "results" / "split.csv", index=False)  # changed behind the set's back
     assert near_copies.current_report(cfg) is None and "not searched" in near_copies.accuracy_without_copies(
-        cfg, predictions)
+        cfg, predictions
+    )
 
 
 def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(make_cfg, tiny_demo, tmp_path, capsys):
@@ -248,14 +295,14 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
     import shutil
 
     from lab import artifacts, manifest
+
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     original = sorted((root / "Odontella").iterdir())[5]
     Image.open(original).convert("RGB").save(root / "Odontella" / "resaved_copy.jpg", quality=70)
     pair = {f"Odontella/{original.name}", "Odontella/resaved_copy.jpg"}
     for mode in ("report", "group"):
-        cfg, _ = make_cfg(f"--near_copies='{mode}'", "--rebuild_split=True", data_root=root,
-                          output_dir=tmp_path / mode)
+        cfg, _ = make_cfg(f"--near_copies='{mode}'", "--rebuild_split=True", data_root=root, output_dir=tmp_path / mode)
         split = splitting.load_split(cfg).set_index("path")["split"]
         copies = pd.read_csv(artifacts.out_path(cfg, "results", "near_copies.csv"))
         assert len(copies) == 1 and {copies["path_a"][0], copies["path_b"][0]} == pair
@@ -271,6 +318,7 @@ def test_the_benchmark_finds_copies_of_real_flowcam_images_and_flags_none_of_the
     from conftest import shared_dataset
 
     from bench import bench_near_copies
+
     root = shared_dataset("flowcam-vliz-demo")
     result = bench_near_copies.main([f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}"])
     assert (tmp_path / "results" / "near_copies_benchmark.json").is_file()

@@ -1,5 +1,6 @@
 """novelty.py on a trained tiny demo: its table equals scikit-learn's on its own per-image scores, and its
 thresholds come from the validation images alone."""
+
 import json
 
 import numpy as np
@@ -49,8 +50,10 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
     val = scores[scores["split"] == "val"]
     for name in ns.SCORES:
         assert first["thresholds"][name] == pytest.approx(np.sort(val[name])[int(np.ceil(0.95 * len(val))) - 1])
-    originals = {split: pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
-                 for split in ("train", "val", "test", "unseen")}
+    originals = {
+        split: pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{split}.pkl"))
+        for split in ("train", "val", "test", "unseen")
+    }
     meta = embedding_files.embedding_set(cfg)
 
     def embed_as(changed_splits):
@@ -60,6 +63,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
             emb = [c for c in frames[split].columns if c.startswith("emb_")]
             frames[split][emb] = frames[split][emb] * 3.0 + 1.0
         embedding_files.save_embedding_set(cfg, frames, meta)
+
     try:
         embed_as(("test", "unseen"))  # other test and unseen images: not one threshold moves
         novelty.main(argv)
@@ -87,11 +91,13 @@ def test_embeddings_of_another_checkpoint_are_refused(embedded):
 
 def test_novelty_settings_are_validated():
     assert config.NOVELTY_SCORES == ns.SCORES
-    for bad, fragment in (("--novelty_score='odin'", "novelty_score='odin' must be one of"),
-                          ("--novelty_knn_k=0", "novelty_knn_k=0 must be at least 1"),
-                          ("--novelty_bank_max=-1", "novelty_bank_max=-1 must be 0"),
-                          ("--novelty_bank_max=59", r"at least novelty_knn_k x the seen classes \(10 x 6 = 60\)"),
-                          ("--predict_dir=''", "names no folder")):
+    for bad, fragment in (
+        ("--novelty_score='odin'", "novelty_score='odin' must be one of"),
+        ("--novelty_knn_k=0", "novelty_knn_k=0 must be at least 1"),
+        ("--novelty_bank_max=-1", "novelty_bank_max=-1 must be 0"),
+        ("--novelty_bank_max=59", r"at least novelty_knn_k x the seen classes \(10 x 6 = 60\)"),
+        ("--predict_dir=''", "names no folder"),
+    ):
         with pytest.raises(lab.LabError, match=fragment):
             config.load_config([bad])
     assert config.load_config(["--predict_dir=None"]).predict_dir is None

@@ -1,4 +1,5 @@
 """Novelty scores against hand-computed values, and their evaluation against scikit-learn's."""
+
 import math
 
 import numpy as np
@@ -66,7 +67,8 @@ def test_knn_bank_is_a_seeded_per_class_sample_and_scores_equal_brute_force_on_i
     assert everything.scores(query, ["knn"])["knn"] == pytest.approx(ns.knn_score(train, query, 3), abs=1e-12)
     # the Gaussians use every training image whatever the bank holds
     assert scorer.scores(query, ["mahalanobis"])["mahalanobis"] == pytest.approx(
-        everything.scores(query, ["mahalanobis"])["mahalanobis"])
+        everything.scores(query, ["mahalanobis"])["mahalanobis"]
+    )
 
 
 def test_mahalanobis_by_hand_where_shrinkage_changes_nothing():

@@ -1,6 +1,7 @@
 """One run, one story (issue #18): what the report and predict.py show or join together comes from one run, proven
 by digests; multi-file outputs are all or nothing; file names that are not UTF-8, a lock being written, degenerate
 embeddings and damaged JSON never crash a script. One test per case of the issue (and per bullet of its case 8)."""
+
 import contextlib
 import errno
 import io
@@ -35,7 +36,7 @@ def sample(folder, images, names=None):
 
 
 def class_images(root, cls, n, skip=0):
-    return sorted((root / cls).iterdir())[skip:skip + n]
+    return sorted((root / cls).iterdir())[skip : skip + n]
 
 
 def pipeline_copy(tiny_pipeline, tmp_path):
@@ -47,10 +48,15 @@ def pipeline_copy(tiny_pipeline, tmp_path):
     return config.load_config(argv), argv
 
 
-PREDICT_FILES = (("results", "predictions.csv"), ("results", "prediction_counts.csv"),
-                 ("results", "predict_skipped.csv"), ("results", "ecotaxa_predictions.tsv"),
-                 ("embeddings", "embeddings_predict.pkl"), ("embeddings", "embeddings_predict_meta.json"),
-                 ("results", "predict_manifest.json"))
+PREDICT_FILES = (
+    ("results", "predictions.csv"),
+    ("results", "prediction_counts.csv"),
+    ("results", "predict_skipped.csv"),
+    ("results", "ecotaxa_predictions.tsv"),
+    ("embeddings", "embeddings_predict.pkl"),
+    ("embeddings", "embeddings_predict_meta.json"),
+    ("results", "predict_manifest.json"),
+)
 
 
 def set_files(cfg):
@@ -66,8 +72,9 @@ def set_files(cfg):
 def captured_map_points(monkeypatch):
     """The points report.py hands to the interactive map, captured as it builds the page."""
     captured, build_map = [], interactive_map.build_map
-    monkeypatch.setattr(interactive_map, "build_map", lambda points, *a, **k: (captured.append(points),
-                                                                                 build_map(points, *a, **k))[1])
+    monkeypatch.setattr(
+        interactive_map, "build_map", lambda points, *a, **k: (captured.append(points), build_map(points, *a, **k))[1]
+    )
     return captured
 
 
@@ -94,8 +101,9 @@ def haul(novelty_ready, tiny_demo, tmp_path_factory):
 
 # --------------------------------------------------------------------------- 1. the map mixes two samples
 @pytest.mark.slow
-def test_1_the_map_never_shows_one_samples_points_with_anothers_predictions(tiny_pipeline, tiny_demo, tmp_path,
-                                                                           monkeypatch):
+def test_1_the_map_never_shows_one_samples_points_with_anothers_predictions(
+    tiny_pipeline, tiny_demo, tmp_path, monkeypatch
+):
     cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
     a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 12))
     b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 12))  # the same file names, other images
@@ -118,8 +126,9 @@ def test_1_the_map_never_shows_one_samples_points_with_anothers_predictions(tiny
 
 
 # --------------------------------------------------------------------------- 2. a failed predict.py
-def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_set(novelty_ready, tiny_demo,
-                                                                                 tmp_path, monkeypatch):
+def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_set(
+    novelty_ready, tiny_demo, tmp_path, monkeypatch
+):
     cfg, argv = novelty_ready
     a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 6))
     b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 2))
@@ -128,10 +137,14 @@ def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_se
 
     def disk_full(frame, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
     with monkeypatch.context() as patched:
         patched.setattr(pd.DataFrame, "to_pickle", disk_full)  # the disk fills while the embeddings are saved
-        with pytest.raises(lab.LabError, match=rf"the disk is full\. The previous complete set of predict.py's "
-                                               rf"results \(the predictions of {re.escape(str(a))}\).*is intact"):
+        with pytest.raises(
+            lab.LabError,
+            match=rf"the disk is full\. The previous complete set of predict.py's "
+            rf"results \(the predictions of {re.escape(str(a))}\).*is intact",
+        ):
             predict.main(argv + [f"--predict_dir={str(b)!r}"])
     assert set_files(cfg) == before  # A's CSV files, embeddings and manifest, all of them
     assert embedding_files.current_predict_set(cfg)["inputs"]["predict_dir"] == str(a)
@@ -146,6 +159,7 @@ def test_2_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_se
 
 def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(make_cfg, monkeypatch):
     from lab import manifest
+
     cfg, _ = make_cfg()
     with manifest.OutputSet(cfg, "demo_set", about="the first") as out:
         out.save_csv("results", "a.csv", pd.DataFrame({"x": [1]}))
@@ -159,6 +173,7 @@ def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(ma
         if len(moved) == 2:
             raise OSError(errno.EIO, "Input/output error")
         return real_replace(src, dst)
+
     monkeypatch.setattr(manifest.os, "replace", fail_second)
     with pytest.raises(lab.LabError, match=r"holds none of them \(nothing\)"):
         with manifest.OutputSet(cfg, "demo_set", about="the second") as out:
@@ -208,9 +223,9 @@ def test_4_a_predict_run_removes_the_ecotaxa_table_of_the_sample_before(novelty_
 
 
 # --------------------------------------------------------------------------- 5. file names that are not UTF-8
-def test_5_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_out_of_ecotaxa(novelty_ready,
-                                                                                             tiny_demo, tmp_path,
-                                                                                             capsys):
+def test_5_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_out_of_ecotaxa(
+    novelty_ready, tiny_demo, tmp_path, capsys
+):
     cfg, argv = novelty_ready
     names = ["good.png", BAD_NAME, "caf\u00e9.png"]
     folder = sample(tmp_path / "old_zip", class_images(tiny_demo, "Retaria", 3), names)
@@ -228,8 +243,7 @@ def test_5_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_o
     assert "not valid UTF-8" in err and "convmv" in err and "bad\\xff\\xfename.png" in err
 
 
-def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reversibly(tiny_demo, tmp_path,
-                                                                                       make_cfg):
+def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reversibly(tiny_demo, tmp_path, make_cfg):
     root = shutil.copytree(tiny_demo, tmp_path / "data")
     shutil.copy(root / "Odontella" / "Odontella_0000.png", root / "Odontella" / BAD_NAME)
     cfg, _ = make_cfg(data_root=root)
@@ -244,15 +258,19 @@ def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reve
 @pytest.mark.slow
 def test_5_names_that_are_not_utf8_go_through_the_whole_pipeline_and_the_report(tiny_demo, tmp_path):
     import run_pipeline
+
     root = shutil.copytree(tiny_demo, tmp_path / "data")
     for cls in ("Odontella", "Retaria"):
         os.rename(root / cls / f"{cls}_0001.png", root / cls / BAD_NAME)
-    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST,
-            "--reduction_method='pca'"]
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--reduction_method='pca'"]
     run_pipeline.main(argv)
     cfg = config.load_config(argv)
-    embedded = pd.concat([pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{s}.pkl"))
-                          for s in ("train", "val", "test", "unseen")])
+    embedded = pd.concat(
+        [
+            pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{s}.pkl"))
+            for s in ("train", "val", "test", "unseen")
+        ]
+    )
     assert {str(root / c / BAD_NAME) for c in ("Odontella", "Retaria")} <= set(embedded["path"])
     page = artifacts.out_path(cfg, "results", "report.html").read_text(encoding="utf-8")  # valid UTF-8 throughout
     assert "bad\\\\xff\\\\xfename.png" in page or "bad\\xff\\xfename.png" in page  # shown escaped, in the map's data
@@ -274,6 +292,7 @@ def test_6_a_lock_being_written_is_never_taken_by_a_second_run(make_cfg, monkeyp
                 other.setattr(output_lock.os, "getpid", os.getppid)
                 output_lock.claim_output_dir(cfg)  # the second run takes the folder: it found it free
         return real_dump(obj, f, *args, **kwargs)
+
     monkeypatch.setattr(output_lock.json, "dump", second_run_arrives)
     output_lock._held_locks.discard(lock)
     with pytest.raises(lab.LabError, match=rf"Another run of the lab is writing into .*pid {os.getppid()}"):
@@ -283,7 +302,7 @@ def test_6_a_lock_being_written_is_never_taken_by_a_second_run(make_cfg, monkeyp
     output_lock._held_locks.discard(lock)
 
 
-@pytest.mark.parametrize("content", [b"", b"[1]", b"5", b"\"text\"", b"{\"pid\": \"12\"}", b"\x00garbage{"])
+@pytest.mark.parametrize("content", [b"", b"[1]", b"5", b'"text"', b'{"pid": "12"}', b"\x00garbage{"])
 def test_6_a_lock_that_names_no_run_is_waited_for_then_taken_over_with_the_usual_line(make_cfg, content, capsys):
     cfg, argv = make_cfg()
     lock = artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME
@@ -338,8 +357,15 @@ def test_8_the_tooltip_of_a_predicted_image_shows_its_novelty_score_and_flag(tin
     new = sample(tmp_path / "new", class_images(tiny_demo, "Retaria", 2))
     paths = [str(new / "img_0000.png"), str(new / "img_0001.png")]
     coords = pd.DataFrame({"split": "predict", "label": None, "path": paths, "x": [0.0, 1.0], "y": 0.0})
-    predictions = pd.DataFrame({"path": paths, "predicted": ["Odontella", "chainthin"], "probability": [0.8, 0.6],
-                                "novelty_mahalanobis_knn": [2.5, -0.25], "possibly_new": [True, False]})
+    predictions = pd.DataFrame(
+        {
+            "path": paths,
+            "predicted": ["Odontella", "chainthin"],
+            "probability": [0.8, 0.6],
+            "novelty_mahalanobis_knn": [2.5, -0.25],
+            "possibly_new": [True, False],
+        }
+    )
     points = interactive_map.map_points(coords, None, predictions).set_index("file")
     assert "<b>possibly new</b>: novelty mahalanobis_knn = 2.5" in points.loc["img_0000.png", "prediction"]
     assert "not flagged as new: novelty mahalanobis_knn = -0.25" in points.loc["img_0001.png", "prediction"]
@@ -352,11 +378,14 @@ def test_8_predict_says_which_command_puts_the_new_images_on_the_map(haul):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("figure, message", [
-    ("novelty_roc.png", r"novelty: figs/novelty_roc.png is missing.*python novelty.py"),
-    ("gallery_Odontella.png", r"gallery_Odontella.png is missing.*python dimensionality_reduction.py")])
-def test_8_a_missing_figure_stops_the_report_naming_the_script_that_makes_it(tiny_pipeline, tmp_path, figure,
-                                                                              message):
+@pytest.mark.parametrize(
+    "figure, message",
+    [
+        ("novelty_roc.png", r"novelty: figs/novelty_roc.png is missing.*python novelty.py"),
+        ("gallery_Odontella.png", r"gallery_Odontella.png is missing.*python dimensionality_reduction.py"),
+    ],
+)
+def test_8_a_missing_figure_stops_the_report_naming_the_script_that_makes_it(tiny_pipeline, tmp_path, figure, message):
     cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
     artifacts.out_path(cfg, "figs", figure).unlink()
     with pytest.raises(lab.LabError, match=message):
@@ -372,8 +401,10 @@ def test_8_an_unreadable_file_is_not_counted_as_an_image(haul):
 
 def test_8_the_ecotaxa_table_says_why_its_columns_are_lower_case(haul):
     cfg, _, out, _ = haul
-    assert "lower case because EcoTaxa's import takes no other (object_p_rhabdonellidae is the class " \
-           "'Rhabdonellidae')" in out
+    assert (
+        "lower case because EcoTaxa's import takes no other (object_p_rhabdonellidae is the class "
+        "'Rhabdonellidae')" in out
+    )
     header = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()[0].split("\t")
     assert "object_p_rhabdonellidae" in header
 

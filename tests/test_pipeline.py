@@ -1,4 +1,5 @@
 """The whole mission end to end: on a tiny demo set, and on real plankton images from ../shared."""
+
 import base64
 import io
 import json
@@ -14,18 +15,50 @@ import run_pipeline
 from lab import artifacts, config
 
 ARTIFACTS = {
-    "results": ["dataset_summary.csv", "split.csv", "split.json", "skipped_files.csv", "train_history.csv",
-                "test_metrics.json", "test_predictions.csv", "average_distances_test.csv",
-                "average_distances_unseen.csv", "umap_coordinates.csv", "galleries.csv", "transfer_learning.csv",
-                "novelty.csv", "novelty_scores.csv", "novelty_thresholds.json", "pipeline_timings.csv", "report.html",
-                "label_issues.csv", "label_issues_ecotaxa.tsv"],
-    "figs": ["training_plot.png", "confusion_matrix.png", "average_euclidean_distances_test.png",
-             "average_angular_distances_test.png", "average_euclidean_distances_unseen.png",
-             "average_angular_distances_unseen.png", "umap_embeddings.png", "accuracy_SVC.png",
-             "accuracy_Linear.png", "accuracy_kNN.png", "accuracy_all.png", "novelty_roc.png", "novelty_scores.png",
-             "label_issues.png"],
-    "embeddings": ["embeddings_train.pkl", "embeddings_val.pkl", "embeddings_test.pkl", "embeddings_unseen.pkl",
-                   "embeddings_meta.json"],
+    "results": [
+        "dataset_summary.csv",
+        "split.csv",
+        "split.json",
+        "skipped_files.csv",
+        "train_history.csv",
+        "test_metrics.json",
+        "test_predictions.csv",
+        "average_distances_test.csv",
+        "average_distances_unseen.csv",
+        "umap_coordinates.csv",
+        "galleries.csv",
+        "transfer_learning.csv",
+        "novelty.csv",
+        "novelty_scores.csv",
+        "novelty_thresholds.json",
+        "pipeline_timings.csv",
+        "report.html",
+        "label_issues.csv",
+        "label_issues_ecotaxa.tsv",
+    ],
+    "figs": [
+        "training_plot.png",
+        "confusion_matrix.png",
+        "average_euclidean_distances_test.png",
+        "average_angular_distances_test.png",
+        "average_euclidean_distances_unseen.png",
+        "average_angular_distances_unseen.png",
+        "umap_embeddings.png",
+        "accuracy_SVC.png",
+        "accuracy_Linear.png",
+        "accuracy_kNN.png",
+        "accuracy_all.png",
+        "novelty_roc.png",
+        "novelty_scores.png",
+        "label_issues.png",
+    ],
+    "embeddings": [
+        "embeddings_train.pkl",
+        "embeddings_val.pkl",
+        "embeddings_test.pkl",
+        "embeddings_unseen.pkl",
+        "embeddings_meta.json",
+    ],
     "checkpoints": ["best.pth", "last.pth"],
 }
 
@@ -61,8 +94,14 @@ def test_pipeline_on_tiny_demo_makes_every_artifact_and_a_report(tiny_pipeline):
 @pytest.mark.slow
 def test_pipeline_on_real_ndsb9_plankton(tmp_path):
     root = shared_dataset("ndsb9")
-    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path)!r}", f"--seen_classes={NDSB9_SEEN!r}",
-            f"--unseen_classes={NDSB9_UNSEEN!r}", "--max_images_per_class=60", *FAST]
+    argv = [
+        f"--data_root={str(root)!r}",
+        f"--output_dir={str(tmp_path)!r}",
+        f"--seen_classes={NDSB9_SEEN!r}",
+        f"--unseen_classes={NDSB9_UNSEEN!r}",
+        "--max_images_per_class=60",
+        *FAST,
+    ]
     run_pipeline.main(argv)
     cfg = config.load_config(argv)
     check_all_artifacts(cfg, NDSB9_SEEN + NDSB9_UNSEEN)
@@ -78,10 +117,13 @@ def test_pipeline_on_real_ndsb9_plankton(tmp_path):
 
 def test_demo_offline_falls_back_to_a_random_trunk_loudly_but_real_data_does_not(tmp_path, monkeypatch, capsys):
     import pytest
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     import torch
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known")))
+
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("Name or service not known"))
+    )
     demo_cfg = config.load_config([])  # the default data_root is the demo set
     assert run_pipeline.weights_overrides(demo_cfg) == ["--backbone_weights=None"]
     assert "DEMO ON A RANDOM TRUNK" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """predict.py: a nested folder with junk in it, its predictions equal evaluate.py's, the EcoTaxa layout, and an
 interrupted run that continues where it stopped."""
+
 import json
 import shutil
 
@@ -78,8 +79,9 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     trained = checkpoint.load_trained(cfg)  # evaluate.py's own path to its logits
     trained_cfg, model, split, device = trained.cfg, trained.model, trained.split, trained.device
     ckpt = checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
-    test = trunk_cache.prepare(trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device),
-                               names=("test",))["test"]
+    test = trunk_cache.prepare(
+        trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device), names=("test",)
+    )["test"]
     probabilities = softmax(trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
     assert ours.loc[test.rows["path"], p_columns].to_numpy() == pytest.approx(probabilities, abs=1e-5)
@@ -90,8 +92,13 @@ def test_ecotaxa_table_layout(novelty_ready, messy_sample):
     predict.main(argv + [f"--predict_dir={str(messy_sample)!r}", "--ecotaxa=True"])
     lines = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()
     header, types = lines[0].split("\t"), lines[1].split("\t")
-    assert header[:5] == ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status",
-                          "object_probability"]
+    assert header[:5] == [
+        "img_file_name",
+        "object_id",
+        "object_annotation_category",
+        "object_annotation_status",
+        "object_probability",
+    ]
     assert types == ["[t]"] * 4 + ["[f]"] * (len(header) - 4)
     assert all(h == h.lower() and h.split("_", 1)[0] in ("img", "object") for h in header)
     table = pd.read_csv(artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv"), sep="\t", skiprows=[1])
@@ -117,6 +124,7 @@ def test_an_interrupted_run_continues_where_it_stopped(novelty_ready, tiny_demo,
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_run_trunk(*args, **kwargs)
+
     for stale in artifacts.out_path(cfg, "cache").glob("predict_*.npz"):
         stale.unlink()
     monkeypatch.setattr(trunk_cache, "run_trunk", failing_third)
@@ -149,9 +157,11 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
     saved = thresholds.read_text()
     retaria = f"--predict_dir={str(tiny_demo / 'Retaria')!r}"
     try:
-        for changed, message in (({"novelty_knn_k": 3}, "novelty_knn_k=3"),
-                                 ({"knn_bank_digest": "0" * 16}, "kNN reference of"),
-                                 ({"knn_bank_digest": None}, "earlier version")):
+        for changed, message in (
+            ({"novelty_knn_k": 3}, "novelty_knn_k=3"),
+            ({"knn_bank_digest": "0" * 16}, "kNN reference of"),
+            ({"knn_bank_digest": None}, "earlier version"),
+        ):
             thresholds.write_text(json.dumps({**json.loads(saved), **changed}))
             if changed.get("knn_bank_digest", "") is None:  # a file from before the reference was recorded
                 older = {k: v for k, v in json.loads(saved).items() if k != "knn_bank_digest"}

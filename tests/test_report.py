@@ -1,4 +1,5 @@
 """The report: its interactive map's points and thumbnails, its optional sections, and the page in a real browser."""
+
 import base64
 import io
 import os
@@ -34,12 +35,16 @@ def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo,
     coords = pd.DataFrame(
         [{"split": "train", "label": seen, "path": str(p)} for p in train]
         + [{"split": "test", "label": seen, "path": str(p)} for p in test]
-        + [{"split": "unseen", "label": unseen, "path": str(class_images(tiny_demo, unseen, 1)[0])},
-           {"split": "predict", "label": None, "path": str(new_image)},
-           {"split": "unseen", "label": unseen, "path": str(tmp_path / "gone.png")}])
+        + [
+            {"split": "unseen", "label": unseen, "path": str(class_images(tiny_demo, unseen, 1)[0])},
+            {"split": "predict", "label": None, "path": str(new_image)},
+            {"split": "unseen", "label": unseen, "path": str(tmp_path / "gone.png")},
+        ]
+    )
     coords["x"], coords["y"] = range(len(coords)), 0.0
-    test_predictions = pd.DataFrame({"path": [str(p) for p in test], "label": seen,
-                                     "predicted": [seen, "chainthin"], "probability": [0.91, 0.55]})
+    test_predictions = pd.DataFrame(
+        {"path": [str(p) for p in test], "label": seen, "predicted": [seen, "chainthin"], "probability": [0.91, 0.55]}
+    )
     predictions = pd.DataFrame({"path": [str(new_image)], "predicted": ["Odontella"], "probability": [0.75]})
 
     points = interactive_map.map_points(coords, test_predictions, predictions).set_index("file")
@@ -48,8 +53,11 @@ def test_points_carry_thumbnails_predictions_and_the_predicted_colour(tiny_demo,
     assert points.loc[test[1].name, "prediction"] == "predicted <b>chainthin</b>, p = 0.55 \u2717"
     assert points.loc[train[0].name, "prediction"] == ""  # the classifier trained on it: no prediction shown
     new = points.loc["sample_1.png"]
-    assert (new["colour_class"], new["label"], new["prediction"]) == ("Odontella", "no label",
-                                                                      "predicted <b>Odontella</b>, p = 0.75")
+    assert (new["colour_class"], new["label"], new["prediction"]) == (
+        "Odontella",
+        "no label",
+        "predicted <b>Odontella</b>, p = 0.75",
+    )
     assert points.loc["gone.png", "thumbnail"] == ""  # a file gone since the map: the point stays, without image
     for uri in points.drop(index="gone.png")["thumbnail"]:
         assert uri.startswith("data:image/jpeg;base64,")
@@ -80,10 +88,16 @@ def fabricate_predict_results(cfg, incoming):
     predicted = [cfg.seen_classes[i % 2] for i in range(len(names))]
     with manifest.OutputSet(cfg, "predict") as out:
         embedding_files.save_embedding_set(cfg, {"predict": unseen}, meta, embedding_files.PREDICT_META, out=out)
-        out.save_csv("results", "predictions.csv", pd.DataFrame(
-            {"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}))
-        out.save_csv("results", "prediction_counts.csv",
-                     pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"))
+        out.save_csv(
+            "results",
+            "predictions.csv",
+            pd.DataFrame({"path": names, "predicted": predicted, "probability": np.linspace(0.4, 0.95, len(names))}),
+        )
+        out.save_csv(
+            "results",
+            "prediction_counts.csv",
+            pd.Series(predicted).value_counts().rename_axis("class").reset_index(name="images"),
+        )
         out.publish(checkpoint=meta["checkpoint_sha256"], embeddings=meta["set"], predict_dir=str(incoming))
 
 
@@ -130,8 +144,10 @@ def test_report_prints_its_size_and_caps_thumbnails_per_split(tiny_pipeline, tmp
     cfg, argv, _ = tiny_pipeline
     out = tmp_path / "out"
     shutil.copytree(artifacts.resolve(cfg.output_dir), out)
-    path = report.main([a for a in argv if not a.startswith("--output_dir=")]
-                       + [f"--output_dir={str(out)!r}", "--umap_samples_per_split=10"])
+    path = report.main(
+        [a for a in argv if not a.startswith("--output_dir=")]
+        + [f"--output_dir={str(out)!r}", "--umap_samples_per_split=10"]
+    )
     size_mb = path.stat().st_size / 1e6
     assert f"({size_mb:.1f} MB" in capsys.readouterr().out
     splits = pd.read_csv(out / "results" / "umap_coordinates.csv")["split"].nunique()
@@ -153,8 +169,16 @@ def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(
 
 
 # --------------------------------------------------------------------------- the report in a real browser
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MAP_READY = """() => window.Bokeh !== undefined && Bokeh.documents.length > 0
     && [...Bokeh.index].length > 0 && [...Bokeh.index].every((view) => view.is_idle)"""
 # Screen position of the first point of a split that can be hovered, from the plot's own scales.
@@ -193,9 +217,11 @@ def chromium():
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
-                "chrome): the report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run "
-                "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary.")
+    pytest.skip(
+        "No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
+        "chrome): the report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run "
+        "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary."
+    )
 
 
 def hover_tooltip(page, split):
@@ -210,10 +236,11 @@ def hover_tooltip(page, split):
 
 
 @pytest.mark.slow
-def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(chromium,
-                                                                                       report_with_predictions,
-                                                                                       tmp_path):
+def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the_image(
+    chromium, report_with_predictions, tmp_path
+):
     from playwright.sync_api import sync_playwright
+
     cfg, _ = report_with_predictions
     coords = pd.read_csv(artifacts.out_path(cfg, "results", "umap_coordinates.csv"))
     screenshots = tmp_path
@@ -232,6 +259,7 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
                 else:
                     requests.append(route.request.url)
                     route.abort()
+
             page.route("**/*", only_the_file)
             page.goto(artifacts.out_path(cfg, "results", "report.html").as_uri())
             page.wait_for_function(MAP_READY, timeout=60_000)

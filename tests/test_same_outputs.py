@@ -1,5 +1,6 @@
 """tools/same_outputs.py, the refactoring check: a changed time, digest or folder path is masked, a changed number
 or a missing file is a difference."""
+
 import json
 import sys
 

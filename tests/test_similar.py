@@ -1,5 +1,6 @@
 """similar.py: the neighbours equal a brute-force search, a query's own image is marked and not counted, all-zero
 embeddings are listed and never ranked; and the script on a trained demo model."""
+
 import numpy as np
 import pandas as pd
 
@@ -16,8 +17,10 @@ def test_nearest_equals_a_brute_force_search():
     for _ in range(5):
         query = rng.normal(size=16)
         top, distance = similar.nearest(unit, zero, (query / np.linalg.norm(query)).astype(np.float32), 10)
-        cosine = [1 - v @ query / (np.linalg.norm(v) * np.linalg.norm(query)) if v.any() else np.inf
-                  for v in vectors.astype(np.float64)]
+        cosine = [
+            1 - v @ query / (np.linalg.norm(v) * np.linalg.norm(query)) if v.any() else np.inf
+            for v in vectors.astype(np.float64)
+        ]
         brute = np.argsort(cosine, kind="stable")[:10]
         assert list(top) == list(brute) and np.allclose(distance, np.sort(cosine)[:10], atol=1e-5)
         assert 3 not in top and 77 not in top
@@ -27,8 +30,13 @@ def test_the_query_image_is_marked_not_counted_and_zero_embeddings_are_listed(tm
     files = [tmp_path / f"{k}.png" for k in range(6)]
     for f in files:
         f.write_bytes(b"x")
-    rows = pd.DataFrame({"path": [str(f) for f in files], "label": list("aabbcc"),
-                         "split": ["train", "val", "test", "unseen", "predict", "train"]})
+    rows = pd.DataFrame(
+        {
+            "path": [str(f) for f in files],
+            "label": list("aabbcc"),
+            "split": ["train", "val", "test", "unseen", "predict", "train"],
+        }
+    )
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0, 0], [0.5, 0.5], [1, 0.01]], np.float32)
     unit, zero = similar.unit_rows(vectors)
     where = {str(f.resolve()): [k] for k, f in enumerate(files)}

@@ -1,4 +1,5 @@
 """Training, evaluation, checkpoints, and the faults a long run meets (crash, Ctrl-C, divergence, full disk)."""
+
 import errno
 import os
 import shutil
@@ -50,6 +51,7 @@ def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
 @pytest.mark.parametrize("native", [True, False])
 def test_the_head_trains_in_bf16_only_where_the_hardware_has_it(native, monkeypatch):
     import backbone
+
     monkeypatch.setattr(backbone, "cpu_supports_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert backbone.head_dtype("auto", cpu) == (torch.bfloat16 if native else None)
@@ -63,6 +65,7 @@ def test_a_bf16_head_learns_as_well_and_the_checkpoint_says_so(make_cfg, monkeyp
     def recording_autocast(device_type, dtype=None, **kwargs):
         seen.append(dtype)
         return real_autocast(device_type, dtype=dtype, **kwargs)
+
     monkeypatch.setattr(train.torch, "autocast", recording_autocast)
     cfg, argv = make_cfg("--head_precision='bf16'", "--epochs=6")
     history = train.main(argv)
@@ -152,6 +155,7 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
+
     torch.save({"format": "plankton-lab-checkpoint/1", "x": Evil()}, path)
     with pytest.raises(lab.LabError, match="cannot be read"):  # weights_only refuses arbitrary objects
         checkpoint.load(path)
@@ -179,6 +183,7 @@ def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
     def full_disk(obj, f, *a, **k):
         open(f, "wb").write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(lab.LabError, match="disk is full.*previous version is intact"):
         checkpoint.save(path, {"format": "plankton-lab-checkpoint/1", "v": torch.zeros(3)})
@@ -195,8 +200,14 @@ def _as_in_a_terminal():
 
 
 def _start(argv):
-    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=lab.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *argv],
+        cwd=lab.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
+    )
 
 
 def test_the_same_seed_trains_the_same_model_whether_the_trunk_cache_was_cold_or_warm(make_cfg):
@@ -288,13 +299,15 @@ def test_divergence_after_good_epochs_keeps_the_last_good_best_model(make_cfg, m
     cfg, argv = make_cfg("--epochs=8", "--patience=100")
     real_epoch, calls = head_training.run_epoch, {"n": 0}
 
-    def diverging_from_epoch_3(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None,
-                               dtype=None):
+    def diverging_from_epoch_3(
+        model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None
+    ):
         if optimizer is not None:
             calls["n"] += 1
         if calls["n"] >= 3:
             return float("nan"), 0.0
         return real_epoch(model, data, device, batch_size, optimizer, order, desc, weights, dtype)
+
     monkeypatch.setattr(head_training, "run_epoch", diverging_from_epoch_3)
     with pytest.raises(lab.LabError, match="diverged in epoch 3.*keeps the best model so far"):
         train.main(argv)
@@ -322,9 +335,14 @@ def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_c
 
 @pytest.mark.slow
 def test_scripts_run_out_of_order_name_the_script_to_run_first(tmp_path):
-    for script, needed in (("compute_average_distances.py", "embed.py"), ("transfer_learning.py", "embed.py"),
-                           ("dimensionality_reduction.py", "embed.py"), ("embed.py", "train.py")):
-        result = subprocess.run([sys.executable, script, f"--output_dir={str(tmp_path)!r}"], cwd=lab.ROOT,
-                                capture_output=True, text=True)
+    for script, needed in (
+        ("compute_average_distances.py", "embed.py"),
+        ("transfer_learning.py", "embed.py"),
+        ("dimensionality_reduction.py", "embed.py"),
+        ("embed.py", "train.py"),
+    ):
+        result = subprocess.run(
+            [sys.executable, script, f"--output_dir={str(tmp_path)!r}"], cwd=lab.ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 2 and f"python {needed}" in result.stderr, (script, result.stderr)
         assert "Traceback" not in result.stderr

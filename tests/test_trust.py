@@ -1,5 +1,6 @@
 """Trust: no command loses a user's data, no result is silently stale or mixed, through the scripts as a user
 runs them (issue #8, and the folder issues #9.5, #9.6, #9.8 and #9.9)."""
+
 import json
 import shutil
 import signal
@@ -32,8 +33,7 @@ from lab import (
 
 
 def run_script(script, *argv, env=None):
-    return subprocess.run([sys.executable, script, *argv], cwd=lab.ROOT, capture_output=True, text=True,
-                          env=env)
+    return subprocess.run([sys.executable, script, *argv], cwd=lab.ROOT, capture_output=True, text=True, env=env)
 
 
 def snapshot(folder):
@@ -72,8 +72,12 @@ def test_the_demo_generator_replaces_only_its_own_folder(tmp_path):
 @pytest.mark.slow
 def test_a_missing_data_root_is_an_error_naming_it_and_nothing_is_created(tmp_path):
     missing = tmp_path / "unmounted" / "FlowCamNet" / "imgs"
-    result = run_script("run_pipeline.py", f"--data_root={str(missing)!r}", f"--output_dir={str(tmp_path / 'o')!r}",
-                        "--backbone_weights=None")
+    result = run_script(
+        "run_pipeline.py",
+        f"--data_root={str(missing)!r}",
+        f"--output_dir={str(tmp_path / 'o')!r}",
+        "--backbone_weights=None",
+    )
     assert result.returncode == 2 and str(missing) in result.stderr and "does not exist" in result.stderr
     assert not missing.parent.parent.exists() and "RANDOM TRUNK" not in result.stderr
 
@@ -87,8 +91,13 @@ def test_the_random_trunk_fallback_is_for_the_demo_folder_alone(tmp_path):
 # ---------------------------------------------------------------- a trained run on a user's copy of the data
 @pytest.fixture
 def trained_copy(own_data, tmp_path):
-    argv = [f"--data_root={str(own_data)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=3",
-            "--reduction_method='pca'"]
+    argv = [
+        f"--data_root={str(own_data)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        "--epochs=3",
+        "--reduction_method='pca'",
+    ]
     train.main(argv)
     return config.load_config(argv), argv, own_data
 
@@ -143,8 +152,11 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
         report.main(argv)  # everything that must be re-run, at once, in order
     embed.main(argv)
     compute_average_distances.main(argv)
-    with pytest.raises(lab.LabError, match=r"evaluate, dimensionality_reduction, transfer_learning.*python "
-                                           r"evaluate.py; python dimensionality_reduction.py"):
+    with pytest.raises(
+        lab.LabError,
+        match=r"evaluate, dimensionality_reduction, transfer_learning.*python "
+        r"evaluate.py; python dimensionality_reduction.py",
+    ):
         report.main(argv)
     evaluate.main(argv)
     dimensionality_reduction.main(argv)
@@ -166,8 +178,13 @@ def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
 
 # ---------------------------------------------------------------- 4. the same trunk features for training and analysis
 def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data, tmp_path, monkeypatch):
-    argv = [f"--data_root={str(own_data)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--epochs=2",
-            "--precision='auto'"]
+    argv = [
+        f"--data_root={str(own_data)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        "--epochs=2",
+        "--precision='auto'",
+    ]
     monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
     cfg = config.load_config(argv)
@@ -189,6 +206,7 @@ def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monk
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
+
     monkeypatch.setattr(trunk_cache, "run_trunk", no_trunk)
     with pytest.raises(lab.LabError, match="Cannot resume: results/split.csv has changed"):
         train.main(argv + ["--resume=True", "--epochs=6"])
@@ -230,8 +248,11 @@ def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, o
     assert "darksphere/broken.png" not in set(split["path"])
     splitting.load_split(cfg)  # still broken: not a change
     (own_data / "darksphere" / "broken.png").write_bytes(good)
-    with pytest.raises(lab.LabError, match=r"1 image\(s\) were added to .* \(1 of them unreadable before and "
-                                           r"readable now\).*`python train.py` adds them"):
+    with pytest.raises(
+        lab.LabError,
+        match=r"1 image\(s\) were added to .* \(1 of them unreadable before and "
+        r"readable now\).*`python train.py` adds them",
+    ):
         splitting.load_split(cfg, grow=False)  # the scripts after training
     grown = splitting.load_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
     assert grown.loc["darksphere/broken.png", "round"] == "1"
@@ -256,8 +277,9 @@ def test_moved_data_is_found_where_the_user_says_when_its_files_match(trained_co
 @pytest.mark.slow
 def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_taken_over(make_cfg):
     cfg, argv = make_cfg("--epochs=1000", "--patience=1000", "--batch_size=8")
-    first = subprocess.Popen([sys.executable, "train.py", *argv], cwd=lab.ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *argv], cwd=lab.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_epoch(cfg, 1, first)
         second = run_script("train.py", *argv)
