@@ -29,6 +29,7 @@ import pandas as pd
 
 from lab import (
     artifacts,
+    cached_features,
     checkpoint,
     config,
     ecotaxa,
@@ -58,7 +59,7 @@ def audited_images(trained):
         trained.trunk_dtype,
         names=SPLITS,
     )
-    return trunk_cache.PooledSplit([data[name] for name in SPLITS])
+    return cached_features.PooledSplit([data[name] for name in SPLITS])
 
 
 def ecotaxa_frame(issues, classes):

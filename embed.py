@@ -18,6 +18,7 @@ import sys
 import backbone
 from lab import (
     artifacts,
+    cached_features,
     checkpoint,
     config,
     embedding_files,
@@ -42,7 +43,7 @@ def main(argv=None):
     frames = {}
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
-        vectors = trunk_cache.head_outputs(model, data[name], device, cfg.batch_size)[1]
+        vectors = cached_features.head_outputs(model, data[name], device, cfg.batch_size)[1]
         frames[name] = embedding_files.embedding_frame(cfg, data[name].rows, vectors, names)
     meta = {
         "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),

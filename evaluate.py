@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import checkpoint, config, manifest, output_lock, plotting, runtime, trunk_cache
+from lab import cached_features, checkpoint, config, manifest, output_lock, plotting, runtime, trunk_cache
 
 
 def confusion_matrix(y_true, y_pred, n_classes):
@@ -104,7 +104,7 @@ def main(argv=None):
         cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype, names=("test",)
     )["test"]
     classes = ckpt["classes"]
-    logits = trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0]
+    logits = cached_features.head_outputs(model, test, device, cfg.batch_size)[0]
     probabilities = softmax(logits.astype(np.float64), axis=1)
     y_pred = probabilities.argmax(1)
     y_true = test.labels.numpy()

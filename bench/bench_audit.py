@@ -49,6 +49,7 @@ from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
 from bench.common import information, not_here, verdict  # noqa: E402
 from lab import (  # noqa: E402
     artifacts,
+    cached_features,
     checkpoint,
     config,
     data_folders,
@@ -56,7 +57,6 @@ from lab import (  # noqa: E402
     label_audit,
     output_lock,
     runtime,
-    trunk_cache,
 )
 
 FLIP_SHARE = 0.05
@@ -230,7 +230,7 @@ def timed_audit(run, factor, threads=1, c_scale=1.0):
     _ = run.flipped  # the model trained on the flipped labels, and its caches
     trained = checkpoint.load_trained(config.load_config(run.argv))
     data = audit.audited_images(trained)
-    pooled = trunk_cache.PooledSplit(data.parts * factor)
+    pooled = cached_features.PooledSplit(data.parts * factor)
     rules = label_audit.fold_training(trained.ckpt, trained.cfg, trained.device).with_epochs(GROWTH_EPOCHS)
     before, fit, c = torch.get_num_threads(), label_audit.fit_linear, label_audit.LINEAR_C
     fits = {"iterations": 0, "cpu_seconds": 0.0}

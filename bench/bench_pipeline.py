@@ -40,6 +40,7 @@ from bench.common import information, not_here, verdict  # noqa: E402
 from bench.targets import TARGETS, TRUNK_BF16  # noqa: E402
 from lab import (  # noqa: E402
     artifacts,
+    cached_features,
     checkpoint,
     config,
     data_folders,
@@ -327,8 +328,8 @@ def reduced_test_accuracy(t, reduced):
     feats, ok = trunk_cache.trunk_features(
         t.cfg, t.model.trunk, test_rows, "test_reduced", t.ckpt["weights"], t.device, reduced
     )
-    data = trunk_cache.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
-    predicted = trunk_cache.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
+    data = cached_features.CachedSplit(feats, ok, [t.cfg.seen_classes.index(c) for c in test_rows["label"]])
+    predicted = cached_features.head_outputs(t.model, data, t.device, t.cfg.batch_size)[0].argmax(1)
     reference = json.loads(artifacts.out_path(t.cfg, "results", "test_metrics.json").read_text())["accuracy"]
     return float((predicted == data.labels.numpy()).mean()), reference
 
@@ -550,7 +551,7 @@ def train_heads_side_by_side(t, dtypes, epochs, data, seed):
     for name, (_, state, rate) in best.items():
         model = heads[name][0]
         model.load_state_dict(state)
-        predicted = trunk_cache.head_outputs(model, data["test"], t.device, t.cfg.batch_size)[0].argmax(1)
+        predicted = cached_features.head_outputs(model, data["test"], t.device, t.cfg.batch_size)[0].argmax(1)
         out[name] = (float((predicted == data["test"].labels.numpy()).mean()), rate)
     return out
 

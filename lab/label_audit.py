@@ -1,7 +1,7 @@
 """The label audit: out-of-fold class probabilities of every labelled image, and its given labels ranked by how
 likely they are wrong, with cleanlab (Confident Learning, Northcutt et al., JAIR 2021).
 
-The images (the train, validation and test splits together, as a trunk_cache.PooledSplit) fall into `folds`
+The images (the train, validation and test splits together, as a cached_features.PooledSplit) fall into `folds`
 stratified folds, shuffled with the seed. For each fold a model is fitted on the cached trunk features of the other
 folds' *training and validation* images, and it scores the fold's own images: their probabilities are their
 out-of-fold probabilities. No trunk pass is run, and nothing is chosen on the images a model scores. Two models
@@ -39,7 +39,7 @@ from scipy.special import softmax
 
 import backbone
 import lab
-from lab import head_training, trunk_cache
+from lab import cached_features, head_training
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
 AUDIT_MODELS = ("linear", "head")
@@ -221,7 +221,7 @@ def out_of_fold_probabilities(model, data, fold, training, device, n_classes, lo
     probabilities = np.zeros((len(data), n_classes))
     for k, folds, held_out, trained_on in fold_parts(fold, trains):
         kept, trained, inner = train_fold(model, data.subset(trained_on), training, device, k, n_classes)
-        logits = trunk_cache.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
+        logits = cached_features.head_outputs(model, data.subset(held_out), device, training.batch_size)[0]
         probabilities[held_out] = softmax(logits.astype(np.float64), axis=1)
         stopped = f", stopped on {inner} more (epoch {kept} kept)" if inner else ""
         log(f"[audit] fold {k + 1}/{folds}: trained on {trained} images{stopped}, scored {len(held_out)}")

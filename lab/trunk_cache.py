@@ -1,10 +1,9 @@
-"""The frozen trunk's output, computed once per image and cached on disk, and the head run on it.
+"""The frozen trunk's output, computed once per image and cached on disk.
 
 The trunk is frozen and deterministic, so its output for an image never changes: train.py, evaluate.py
-and embed.py share one pass (`prepare` -> one `CachedSplit` per split; `head_outputs` -> logits and
-embeddings); `PooledSplit` joins splits, or takes a subset of them, for the stages that retrain the head on
-other parts (audit.py's folds). Writes `cache/trunk_<split>_<precision>_<key>.npy` (float16, N x 64 x s/8 x
-s/8, read back memory-mapped so memory stays flat as the data grows) and `..._<key>.ok.npy` (images that decoded), and
+and embed.py share one pass (`prepare` -> one `cached_features.CachedSplit` per split). Writes
+`cache/trunk_<split>_<precision>_<key>.npy` (float16, N x 64 x s/8 x s/8, read back memory-mapped so memory stays
+flat as the data grows) and `..._<key>.ok.npy` (images that decoded), and
 lists images that fail to decode here in results/skipped_files.csv. The key covers the image list (paths,
 sizes, modification times and a fingerprint of each file's content), the image size, the trunk weights and
 the precision, so a change to any of them recomputes; features of another precision are kept apart. The
@@ -25,12 +24,12 @@ import socket
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 import backbone
 import lab
 from lab import artifacts, distributed, image_io, progress, runtime, splitting
+from lab.cached_features import CachedSplit
 
 FP16_MAX = 65504.0
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file: the whole of a typical crop, a sample of a big one
@@ -363,76 +362,6 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
     return features, ok
 
 
-class CachedSplit:
-    """Trunk features (memory-mapped float16), labels and split.csv rows of the images that decoded,
-    batched as float32 tensors."""
-
-    def __init__(self, feats, ok, labels, rows=None):
-        self.index = np.flatnonzero(ok)
-        self.feats = feats
-        self.labels = torch.as_tensor(np.asarray(labels)[self.index], dtype=torch.long)
-        self.rows = None if rows is None else rows.iloc[self.index].reset_index(drop=True)
-
-    def __len__(self):
-        return len(self.index)
-
-    def read(self, chosen):
-        """The float32 features of the images at positions `chosen` (numpy), in that order."""
-        rows = self.index[chosen]
-        sort = np.argsort(rows)  # ascending reads are kinder to the memory map
-        x = torch.from_numpy(np.asarray(self.feats[rows[sort]], dtype=np.float32))
-        inverse = np.empty_like(sort)
-        inverse[sort] = np.arange(len(sort))
-        return x[inverse]
-
-    def batches(self, batch_size, order=None):
-        order = torch.arange(len(self)) if order is None else order
-        for start in range(0, len(self), batch_size):
-            chosen = order[start : start + batch_size].numpy()
-            yield self.read(chosen).contiguous(memory_format=torch.channels_last), self.labels[chosen]
-
-
-class PooledSplit:
-    """Several CachedSplits as one (e.g. train, validation and test together), or a subset of their images, batched
-    as a CachedSplit is: the features are read from each split's cache in place, never copied. `positions` are
-    the images' places in the concatenation of the parts; `rows` their split.csv rows."""
-
-    def __init__(self, parts, positions=None):
-        self.parts = list(parts)
-        sizes = [len(part) for part in self.parts]
-        every = np.arange(sum(sizes))
-        self.positions = every if positions is None else np.asarray(positions, dtype=np.int64)
-        self.part = np.repeat(np.arange(len(sizes)), sizes)[self.positions]
-        self.within = (every - np.repeat(np.cumsum([0] + sizes[:-1]), sizes))[self.positions]
-        self.labels = torch.cat([part.labels for part in self.parts])[torch.from_numpy(self.positions)]
-
-    def __len__(self):
-        return len(self.positions)
-
-    def subset(self, chosen):
-        """The images at places `chosen` of this one, as a PooledSplit of the same parts."""
-        return PooledSplit(self.parts, self.positions[np.asarray(chosen, dtype=np.int64)])
-
-    @property
-    def rows(self):
-        frames = [part.rows for part in self.parts]
-        return pd.concat(frames, ignore_index=True).iloc[self.positions].reset_index(drop=True)
-
-    def batches(self, batch_size, order=None):
-        order = torch.arange(len(self)) if order is None else order
-        for start in range(0, len(self), batch_size):
-            chosen = order[start : start + batch_size].numpy()
-            part, within = self.part[chosen], self.within[chosen]
-            x = None
-            for k in np.unique(part):
-                mine = part == k
-                features = self.parts[k].read(within[mine])
-                if x is None:
-                    x = torch.empty((len(chosen), *features.shape[1:]), dtype=features.dtype)
-                x[torch.from_numpy(mine)] = features
-            yield x.contiguous(memory_format=torch.channels_last), self.labels[chosen]
-
-
 def prepare(cfg, device, split, model, weights_id, dtype, names=("train", "val")):
     """CachedSplit per split name, computing the trunk pass (in dtype) where the cache misses."""
     class_index = {c: i for i, c in enumerate(cfg.seen_classes)}
@@ -442,20 +371,3 @@ def prepare(cfg, device, split, model, weights_id, dtype, names=("train", "val")
         feats, ok = trunk_features(cfg, model.trunk, rows, name, weights_id, device, dtype)
         out[name] = CachedSplit(feats, ok, [class_index.get(label, -1) for label in rows["label"]], rows)
     return out
-
-
-@torch.no_grad()
-def head_outputs(model, data, device, batch_size):
-    """(logits, embeddings) as numpy arrays for every image of a CachedSplit, model in eval mode."""
-    model.eval()
-    logits, embeddings = [], []
-    for x, _ in data.batches(batch_size):
-        out, emb = model.head(x.to(device))
-        logits.append(out.float().cpu())
-        embeddings.append(emb.float().cpu())
-    if not logits:
-        return (
-            np.zeros((0, model.classifier.out_features), np.float32),
-            np.zeros((0, model.classifier.in_features), np.float32),
-        )
-    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()

@@ -11,7 +11,7 @@ import torch
 import audit
 import backbone
 import lab
-from lab import artifacts, config, ecotaxa, interactive_map, label_audit, provenance, trunk_cache
+from lab import artifacts, cached_features, config, ecotaxa, interactive_map, label_audit, provenance
 
 CLASSES = ["alpha", "beta", "gamma"]
 IMAGE_SIZE = 32  # the trunk's output: 64 x 4 x 4
@@ -26,7 +26,7 @@ def cached_split(features, labels, split):
             "split": split,
         }
     )
-    return trunk_cache.CachedSplit(features.astype(np.float16), np.ones(len(labels), bool), labels, rows)
+    return cached_features.CachedSplit(features.astype(np.float16), np.ones(len(labels), bool), labels, rows)
 
 
 def pooled(features, labels):
@@ -36,7 +36,7 @@ def pooled(features, labels):
         cached_split(features[a:b], labels[a:b], s)
         for s, a, b in zip(("train", "val", "test"), cut, [*cut[1:], len(labels)])
     ]
-    return trunk_cache.PooledSplit(parts)
+    return cached_features.PooledSplit(parts)
 
 
 def separable_set(per_class, seed=0):
@@ -100,7 +100,7 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
     features, labels = separable_set(12)
     data = pooled(features, labels)
     calls = []
-    real_epoch, real_outputs = label_audit.head_training.run_epoch, label_audit.trunk_cache.head_outputs
+    real_epoch, real_outputs = label_audit.head_training.run_epoch, label_audit.cached_features.head_outputs
 
     def epoch(model, part, device, batch_size, optimizer=None, *args, **kwargs):
         calls.append(("train" if optimizer is not None else "loss", set(part.positions.tolist())))
@@ -111,7 +111,7 @@ def test_an_out_of_fold_head_never_saw_the_images_it_scores_nor_any_test_image(m
         return real_outputs(model, part, *args, **kwargs)
 
     monkeypatch.setattr(label_audit.head_training, "run_epoch", epoch)
-    monkeypatch.setattr(label_audit.trunk_cache, "head_outputs", outputs)
+    monkeypatch.setattr(label_audit.cached_features, "head_outputs", outputs)
     folds, epochs = 4, 2
     issues = label_audit.audit_labels(
         model, data, CLASSES, training(epochs), folds, torch.device("cpu"), log=lambda _: None, audit_model="head"
@@ -270,7 +270,7 @@ def test_out_of_fold_probabilities_do_not_remember_labels_that_a_trained_head_me
     folds = label_audit.assign_folds(labels, 3, seed=0)
     out_of_fold = label_audit.out_of_fold_probabilities(model, data, folds, rules, cpu, 3, log=lambda _: None)
     label_audit.train_fold(model, data, rules, cpu, 0, 3)
-    in_sample = trunk_cache.head_outputs(model, data, cpu, 36)[0]
+    in_sample = cached_features.head_outputs(model, data, cpu, 36)[0]
     assert (in_sample.argmax(1) == labels).mean() >= 0.9
     assert (out_of_fold.argmax(1) == labels).mean() <= 0.6
 

@@ -13,7 +13,7 @@ from scipy.special import softmax
 import evaluate
 import lab
 import predict
-from lab import artifacts, checkpoint, output_lock, trunk_cache
+from lab import artifacts, cached_features, checkpoint, output_lock, trunk_cache
 
 
 def threshold_of(cfg):
@@ -82,7 +82,9 @@ def test_predictions_equal_evaluates_on_the_test_images(novelty_ready, tiny_demo
     test = trunk_cache.prepare(
         trained_cfg, device, split, model, ckpt["weights"], checkpoint.trunk_dtype(ckpt, device), names=("test",)
     )["test"]
-    probabilities = softmax(trunk_cache.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1)
+    probabilities = softmax(
+        cached_features.head_outputs(model, test, device, cfg.batch_size)[0].astype(np.float64), axis=1
+    )
     p_columns = [f"p_{c}" for c in cfg.seen_classes]
     assert ours.loc[test.rows["path"], p_columns].to_numpy() == pytest.approx(probabilities, abs=1e-5)
 
