@@ -46,7 +46,10 @@ def synthetic():
 def test_the_head_as_quapy_sees_it_counts_and_averages_as_the_lab_does(synthetic):
     calibration, sample, _ = synthetic
     head = abundances.TrainedHead(4)
-    assert (head.predict(sample) == sample.argmax(1)).all() and head.predict_proba(sample) is not None
+    assert (head.predict(sample) == sample.argmax(1)).all()
+    np.testing.assert_array_equal(head.predict_proba(sample), sample)  # the rows are the probabilities
+    with pytest.raises(ValueError, match="expected probability rows of 4 classes"):
+        head.predict_proba(sample[:, :3])
     cc = abundances.estimate(abundances.fitted("cc", *calibration[:2]), sample)
     pcc = abundances.estimate(abundances.fitted("pcc", *calibration[:2]), sample)
     assert cc == pytest.approx(np.bincount(sample.argmax(1), minlength=4) / len(sample))

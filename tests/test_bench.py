@@ -3,6 +3,7 @@ that every measurement runs and reports, and that each target is applied only wh
 on 24 images per class and runs only the pipeline stages its measurements need."""
 
 import json
+import math
 
 import pytest
 from conftest import shared_dataset
@@ -75,6 +76,15 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     ):
         assert expected in rows, expected
     assert all(r["status"] in ("met", "MISSED", "n/a", "info") for r in rows.values())
+    for row in rows.values():  # a row holds a measurement (a finite number, or a text quoting one) or says why not
+        measured = row["measured"]
+        if measured is None:
+            assert row["status"] == "n/a" and row["reason"], row
+        elif isinstance(measured, str):
+            assert any(ch.isdigit() for ch in measured), row
+        else:
+            assert isinstance(measured, (int, float)) and math.isfinite(measured), row
+    assert rows["trunk pass"]["measured"] > 0 and rows["data loading"]["measured"] > 0
     assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))  # always says why
     assert saved["machine"]["cpu_features"] == hardware.cpu_features()
     native = backbone.cpu_supports_bf16()

@@ -103,7 +103,11 @@ def test_the_checkpoint_says_whether_its_trunk_is_random_and_older_checkpoints_s
     del ckpt["random_trunk"]
     torch.save(ckpt, older / "checkpoints" / "best.pth")
     loaded = checkpoint.load_trained(config.load_config([*argv, f"--output_dir={str(older)!r}"]))
-    assert loaded.random_trunk and loaded.split is not None and loaded.model is not None
+    assert loaded.random_trunk
+    assert len(loaded.split) == len(pd.read_csv(artifacts.out_path(cfg, "results", "split.csv")))
+    state = loaded.model.state_dict()  # the checkpoint's weights, every one of them
+    assert set(state) == set(ckpt["model_state"])
+    assert all(torch.equal(state[name].cpu(), tensor.cpu()) for name, tensor in ckpt["model_state"].items())
     assert loaded.digest == provenance.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
     imagenet = {**ckpt, "weights": "torchvision EfficientNet_V2_S_Weights.IMAGENET1K_V1"}
     assert not checkpoint.random_trunk(imagenet)
