@@ -1,0 +1,137 @@
+"""What must hold at a research group's size (100+ classes, a long tail): the metrics a taxonomist cites, against
+scikit-learn; the clustered order of the matrix figures; figures within their size bound."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import classification_report
+
+import compute_average_distances as distances
+import evaluate
+from lab import class_matrices
+
+
+def long_tail_predictions(n_classes=120, seed=0):
+    """Labels with a long tail (2 to 200 test images a class) and predictions right about 70 % of the time, the
+    errors falling mostly on a 'sister' class (c + 1), so that the confusions have structure."""
+    rng = np.random.default_rng(seed)
+    support = np.maximum(2, (200 * rng.pareto(1.2, n_classes) / 10).astype(int)).clip(max=200)
+    y_true = np.repeat(np.arange(n_classes), support)
+    y_pred = y_true.copy()
+    wrong = rng.random(len(y_true)) < 0.3
+    sister = rng.random(len(y_true)) < 0.7
+    y_pred[wrong & sister] = (y_true[wrong & sister] + 1) % n_classes
+    y_pred[wrong & ~sister] = rng.integers(0, n_classes, (wrong & ~sister).sum())
+    return y_true, y_pred
+
+
+def test_per_class_and_headline_metrics_equal_scikit_learns_classification_report():
+    y_true, y_pred = long_tail_predictions()
+    classes = [f"taxon_{i:03d}" for i in range(120)]
+    matrix = evaluate.confusion_matrix(y_true, y_pred, len(classes))
+    metrics = evaluate.metrics_from_confusion(matrix, classes)
+    report = classification_report(
+        y_true, y_pred, labels=range(len(classes)), target_names=classes, output_dict=True, zero_division=0
+    )
+    table = evaluate.per_class_table(matrix, classes, metrics)
+    for row in table.to_dict("records"):
+        theirs = report[row["class"]]
+        assert row["precision"] == pytest.approx(theirs["precision"])
+        assert row["recall"] == pytest.approx(theirs["recall"])
+        assert row["f1"] == pytest.approx(theirs["f1-score"])
+        assert row["support"] == theirs["support"]
+    assert metrics["accuracy"] == pytest.approx(report["accuracy"])
+    assert metrics["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+    assert metrics["balanced_accuracy"] == pytest.approx(report["macro avg"]["recall"])
+
+
+def test_top_confusions_count_every_error_once_most_frequent_first():
+    y_true, y_pred = long_tail_predictions(30, seed=1)
+    classes = [f"c{i}" for i in range(30)]
+    matrix = evaluate.confusion_matrix(y_true, y_pred, 30)
+    confusions = evaluate.top_confusions(matrix, classes)
+    assert confusions["count"].sum() == (y_true != y_pred).sum()
+    assert confusions["count"].is_monotonic_decreasing and (confusions["true"] != confusions["predicted"]).all()
+    first = confusions.iloc[0]
+    i, j = classes.index(first["true"]), classes.index(first["predicted"])
+    assert first["share_of_true"] == pytest.approx(((y_true == i) & (y_pred == j)).sum() / (y_true == i).sum())
+    table = evaluate.per_class_table(matrix, classes, evaluate.metrics_from_confusion(matrix, classes))
+    top = table.set_index("class").loc[first["true"]]  # the most frequent confusion is its class's top one
+    assert top["top_confusion_count"] == first["count"]
+
+
+def test_catch_all_classes_are_reported_apart():
+    classes = ["copepod", "artifacts_edge", "detritus_blob", "diatom_chain", "unknown_sticks", "chaetognath_other"]
+    assert evaluate.catch_all_classes(classes) == ["artifacts_edge", "detritus_blob", "unknown_sticks"]
+    y_true = np.array([0, 0, 1, 2, 3, 3, 4, 5])
+    y_pred = np.array([0, 1, 1, 0, 3, 3, 4, 5])
+    matrix = evaluate.confusion_matrix(y_true, y_pred, 6)
+    taxa = evaluate.without_catch_all(matrix, classes, evaluate.metrics_from_confusion(matrix, classes))
+    assert taxa["n_test"] == 5 and taxa["accuracy"] == pytest.approx(4 / 5)  # copepod 1 of 2, the others right
+    assert taxa["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert evaluate.without_catch_all(matrix[:1, :1], classes[:1], {}) is None
+
+
+@pytest.mark.parametrize("kind", ["confusion", "distance"])
+def test_the_cluster_order_is_a_permutation_that_keeps_every_value(kind):
+    y_true, y_pred = long_tail_predictions(60, seed=2)
+    if kind == "confusion":
+        matrix = evaluate.confusion_matrix(y_true, y_pred, 60).astype(float)
+        order = class_matrices.confusion_order(matrix)
+    else:
+        points = np.random.default_rng(3).normal(size=(60, 8))
+        matrix = np.linalg.norm(points[:, None] - points[None], axis=2)
+        order = class_matrices.distance_order(matrix)
+    assert sorted(order) == list(range(60))
+    reordered = matrix[np.ix_(order, order)]
+    back = np.empty_like(order)
+    back[order] = np.arange(60)
+    np.testing.assert_array_equal(reordered[np.ix_(back, back)], matrix)
+    assert sorted(reordered.ravel()) == sorted(matrix.ravel())
+    assert list(class_matrices.confusion_order(matrix[:6, :6])) == list(range(6))  # 6 classes: their own order
+
+
+def test_the_cluster_order_puts_confused_classes_side_by_side():
+    rng = np.random.default_rng(4)
+    n = 40
+    twins = rng.permutation(n).reshape(-1, 2)  # each class confused with one twin, never with the others
+    matrix = np.diag(np.full(n, 50.0))
+    for a, b in twins:
+        matrix[a, b] = matrix[b, a] = 20
+    position = np.argsort(class_matrices.confusion_order(matrix))
+    assert all(abs(position[a] - position[b]) == 1 for a, b in twins)
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_a_120_class_confusion_matrix_and_heatmap_are_drawn_within_the_size_bound(tmp_path):
+    y_true, y_pred = long_tail_predictions(120, seed=5)
+    classes = [f"hydromedusae_{'very_long_name_' * (i % 4)}{i:03d}" for i in range(120)]
+    matrix = evaluate.confusion_matrix(y_true, y_pred, 120)
+    evaluate.plot_confusion(matrix, classes, tmp_path / "confusion.png")
+    points = np.random.default_rng(6).normal(size=(120, 8))
+    distance = np.linalg.norm(points[:, None] - points[None], axis=2)
+    distances.plot_heatmap(distance, classes, "Average distance", "note", tmp_path / "heatmap.png")
+    for name in ("confusion.png", "heatmap.png"):
+        width, height = png_size(tmp_path / name)
+        assert max(width, height) <= class_matrices.MAX_SIDE_PX, (name, width, height)
+        assert min(width, height) >= 1500, (name, width, height)  # 120 rows of names, still readable
+
+
+def test_six_classes_keep_two_numbered_panels(tmp_path):
+    y_true, y_pred = long_tail_predictions(6, seed=7)
+    evaluate.plot_confusion(evaluate.confusion_matrix(y_true, y_pred, 6), list("abcdef"), tmp_path / "c.png")
+    width, height = png_size(tmp_path / "c.png")
+    assert width > 1.8 * height  # counts and row-normalised side by side
+
+
+def test_a_long_class_name_is_shortened_on_a_large_matrix_only():
+    name = "a" * 30 + "_middle_" + "z" * 30
+    assert class_matrices.axis_names([name] * 6) == [name] * 6
+    short = class_matrices.axis_names([name] * 30)[0]
+    assert len(short) <= class_matrices.LONG_NAME and short.startswith("aaaa") and short.endswith("zzzz")
+    assert pd.Series(class_matrices.axis_names([f"{name}{i}" for i in range(30)])).is_unique
