@@ -135,3 +135,25 @@ def test_a_long_class_name_is_shortened_on_a_large_matrix_only():
     short = class_matrices.axis_names([name] * 30)[0]
     assert len(short) <= class_matrices.LONG_NAME and short.startswith("aaaa") and short.endswith("zzzz")
     assert pd.Series(class_matrices.axis_names([f"{name}{i}" for i in range(30)])).is_unique
+
+
+def test_a_110_class_map_has_distinct_colours_and_stays_within_the_size_bound(tmp_path):
+    from types import SimpleNamespace
+
+    import dimensionality_reduction as reduction
+
+    rng = np.random.default_rng(8)
+    names = [f"taxon_{i:03d}_{'a_long_group_name' if i % 3 else 'x'}" for i in range(110)]
+    rows = []
+    for i, name in enumerate(names):
+        centre = rng.normal(size=2) * 10
+        for split in ("train", "test") if i < 100 else ("unseen",):
+            for x, y in centre + rng.normal(size=(20, 2)) * 0.5:
+                rows.append({"x": x, "y": y, "split": split, "label": name})
+    coords = pd.DataFrame(rows)
+    colours = reduction.class_colours(names[:100], names[100:])
+    assert len(set(colours.values())) == 110
+    few = list(reduction.class_colours(names[:6], names[6:9]).values())  # tab10 for 9 classes, as always
+    np.testing.assert_allclose(few[:6], list(colours.values())[:6], atol=1e-5)  # Glasbey's first ten are tab10's
+    reduction.plot_map(coords, SimpleNamespace(reduction_method="umap"), tmp_path / "map.png")
+    assert max(png_size(tmp_path / "map.png")) <= class_matrices.MAX_SIDE_PX
