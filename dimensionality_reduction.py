@@ -146,18 +146,12 @@ LEGEND_IN_PANEL_UP_TO = 20  # classes: up to this many each panel has its legend
 
 
 def class_colours(seen, unseen):
-    """A colour per class: tab10 then Dark2 up to 16 classes (as always); past that colorcet's Glasbey palette
-    (256 colours chosen to be told apart, its first ten tab10's), cycled beyond 256."""
-    import matplotlib
+    """A colour per class (plotting.class_palette: tab10 then Dark2 up to 18 classes, then Glasbey's), as the
+    report's interactive map has them."""
+    from matplotlib.colors import to_rgb
 
     names = list(seen) + [c for c in unseen if c not in seen]
-    if len(names) <= 16:
-        palette = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
-    else:
-        import colorcet
-
-        palette = [tuple(c) for c in colorcet.glasbey_category10]
-    return {c: palette[i % len(palette)] for i, c in enumerate(names)}
+    return {c: to_rgb(colour) for c, colour in zip(names, plotting.class_palette(len(names)))}
 
 
 def label_clusters(ax, part, classes, numbers):
