@@ -168,12 +168,20 @@ def test_the_interactive_map_finds_one_class_among_110_in_chromium(chromium, tmp
 
     rng = np.random.default_rng(9)
     names = [f"taxon_{i:03d}" for i in range(110)]
+    empty = dict.fromkeys(("prediction", "audit", "thumbnail"), "")
     rows = [
-        {"x": rng.normal(), "y": rng.normal(), "split": "train", "label": name, "colour_class": name, "file": f"{name}.png",
-         "prediction": "", "audit": "", "thumbnail": ""}
-        for name in names
+        {
+            "x": rng.normal(),
+            "y": rng.normal(),
+            "split": "train",
+            "label": n,
+            "colour_class": n,
+            "file": f"{n}.png",
+            **empty,
+        }
+        for n in names
         for _ in range(3)
-    ]  # fmt: skip
+    ]
     layout = interactive_map.build_map(pd.DataFrame(rows))
     page_html = interactive_map.standalone_page(layout, "map", "", "", "")
     (tmp_path / "map.html").write_text(page_html, encoding="utf-8")
