@@ -21,11 +21,11 @@ NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_c
 NULLABLE_LISTS = {"labels_file": "a string or a list of strings", "labels_columns": "a list of strings"}
 
 
-LABEL_STATUSES = ("validated", "predicted", "dubious")  # label_tables.STATUSES (tested)
-
-
-NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
+# The choice lists, defined here once; the modules that use them import them from here.
+LABEL_STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's statuses of a classified object
+NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.py computes each
 ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # abundances.METHODS (tested)
+AUDIT_MODELS = ("linear", "head")  # label_audit.py fits one per fold
 
 
 # --------------------------------------------------------------------------- config
@@ -218,7 +218,7 @@ RULES = {
     "novelty_score": one_of(*NOVELTY_SCORES),
     "similar_k": at_least(1),
     "audit_folds": at_least(2),
-    "audit_model": one_of("linear", "head"),
+    "audit_model": one_of(*AUDIT_MODELS),
     "labels_file": tables_or_none,
     "labels_columns": two_columns_or_none,
     "labels_statuses": statuses,

@@ -39,10 +39,10 @@ from scipy.special import softmax
 
 import backbone
 import lab
-from lab import cached_features, head_training
+from lab import cached_features, config, head_training
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
-AUDIT_MODELS = ("linear", "head")
+AUDIT_MODELS = config.AUDIT_MODELS  # the choices of audit_model, defined once in config.py
 # The linear model's features: the trunk's 64 channels averaged over a 2 x 2 grid (256 numbers per image), which
 # keeps the particle's coarse layout; and its regularisation, strong because a class may have few images. Chosen on
 # ndsb9 among 1 x 1 / 2 x 2 / 4 x 4 grids and C = 0.1 / 1 (four flip seeds): 2 x 2 at C = 0.1 ranked the most flips
