@@ -44,6 +44,12 @@ def config_defaults():
     return {k: v for k, v in values.items() if not k.startswith("_") and k.islower() and isinstance(v, settings)}
 
 
+def default_of(name):
+    """One setting's value in the defaults file (configfile.py, or PLANKTON_LAB_CONFIG's): what a message quotes as
+    "the default", so that the message says what the user's own file holds."""
+    return config_defaults()[name]
+
+
 def _check_type(name, value, default):
     def fail(expected):
         raise lab.LabError(
@@ -238,12 +244,13 @@ WHY = {
 }
 
 
-def _cross_setting_problems(c):
-    """The rules that involve two settings or more."""
+def _cross_setting_problems(c, defaults):
+    """The rules that involve two settings or more; `defaults`: the defaults file's values, which messages quote."""
     if c.val_fraction + c.test_fraction >= 1:
         yield (
             f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
-            f"their sum must be below 1 (the defaults are 0.05 + 0.20)."
+            f"their sum must be below 1 (the defaults are {defaults['val_fraction']!r} + "
+            f"{defaults['test_fraction']!r})."
         )
     both = sorted(set(c.seen_classes) & set(c.unseen_classes))
     if both:
@@ -256,7 +263,8 @@ def _cross_setting_problems(c):
         yield (
             f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
             f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
-            f"score needs novelty_knn_k neighbours of each class in its reference (default 20000)."
+            f"score needs novelty_knn_k neighbours of each class in its reference "
+            f"(default {defaults['novelty_bank_max']!r})."
         )
     if c.predict_dir is not None and not c.predict_dir.strip():
         yield (
@@ -281,7 +289,7 @@ def validate_config(c):
                 f"Invalid configuration: {name}={value!r} must be {expected}{why}.{default} Fix it "
                 f"in configfile.py or with a --name=value override."
             )
-    for problem in _cross_setting_problems(c):
+    for problem in _cross_setting_problems(c, defaults):
         raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value override.")
 
 

@@ -106,7 +106,7 @@ def assign_folds(labels, folds, seed):
     if folds > largest:
         raise lab.LabError(
             f"audit_folds={folds} is more than the images of the largest class ({largest}): a fold "
-            f"needs at least one image of it. Lower audit_folds (the default is 5)."
+            f"needs at least one image of it. Lower audit_folds (the default is {config.default_of('audit_folds')!r})."
         )
     fold = np.empty(len(labels), dtype=np.int64)
     with warnings.catch_warnings():

@@ -124,6 +124,23 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
         config.load_config([arg])
 
 
+def test_a_default_quoted_in_a_message_is_the_defaults_files(own_defaults):
+    own_defaults(
+        {
+            "val_fraction = 0.05": "val_fraction = 0.1",
+            "novelty_bank_max = 20000": "novelty_bank_max = 30000",
+            "lr = 0.0014": "lr = 0.003",
+        }
+    )
+    with pytest.raises(lab.LabError, match=r"their sum must be below 1 \(the defaults are 0\.1 \+ 0\.2\)"):
+        config.load_config(["--test_fraction=0.9"])
+    with pytest.raises(lab.LabError, match=r"in its reference \(default 30000\)"):
+        config.load_config(["--novelty_bank_max=59"])
+    with pytest.raises(lab.LabError, match=r"lr=0\.0 must be a positive finite number\. The default is 0\.003\."):
+        config.load_config(["--lr=0"])
+    assert config.default_of("lr") == 0.003
+
+
 SCRIPTS = [
     "dataloader.py",
     "train.py",
