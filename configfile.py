@@ -2,7 +2,9 @@
 
 Edit the values here, or override any of them for one run with `--name=value`
 (e.g. `python train.py --lr=0.001 --seen_classes="['a', 'b']"`). Relative paths are
-taken relative to this file's folder (the repository root).
+taken relative to this file's folder (the repository root). The comment lines directly
+above a setting and the comment at the end of its line say what it means: `--help`
+shows them, read from this file.
 """
 
 # --- data -----------------------------------------------------------------------

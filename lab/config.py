@@ -10,9 +10,11 @@ import os
 import sys
 import textwrap
 import unicodedata
+from pathlib import Path
 from types import SimpleNamespace
 
 import lab
+from lab import settings_help
 
 NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_columns", "labels_map"}
 
@@ -42,6 +44,16 @@ def config_defaults():
         values = vars(configfile)
     settings = (bool, int, float, str, list, tuple, type(None))
     return {k: v for k, v in values.items() if not k.startswith("_") and k.islower() and isinstance(v, settings)}
+
+
+def defaults_file():
+    """The path of the defaults file: the one PLANKTON_LAB_CONFIG names, else configfile.py."""
+    other = os.environ.get("PLANKTON_LAB_CONFIG")
+    if other:
+        return Path(other)
+    import configfile
+
+    return Path(configfile.__file__)
 
 
 def default_of(name):
@@ -293,15 +305,15 @@ def validate_config(c):
         raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value override.")
 
 
-HELP = "Settings (defaults from configfile.py; override with --name=value, values as Python literals):\n"
-
-
 def load_config(argv=None, describe=None):
     """Defaults from configfile.py, then `--name=value` overrides, type-checked and validated."""
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = config_defaults()
     if any(a in ("-h", "--help") for a in argv):
-        print((describe or "") + "\n\n" + HELP + "\n".join(f"  --{k}={v!r}" for k, v in defaults.items()))
+        try:
+            print(settings_help.help_text(defaults, defaults_file(), describe), flush=True)
+        except BrokenPipeError:  # `--help | head` read what it wanted; Python's last flush must not fail too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
     # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
