@@ -9,7 +9,7 @@ Every score is oriented so that a HIGHER value means MORE LIKELY NEW. The four s
                   the same however large the training set is (Sun et al. sample their bank too)
   mahalanobis     Mahalanobis distance to the nearest class mean under one shared covariance, shrunk by
                   Ledoit-Wolf (Lee et al. 2018)
-and one combination, kept because it beats all four on ndsb9 (README, "Novelty"):
+and one combination, the default (how each score tells new taxa, measured: docs/novelty.md):
   mahalanobis_knn mean of the mahalanobis and knn scores, each standardised by its mean and standard deviation
                   on the known validation images: the class-Gaussian view (global shape of each class) and the
                   nearest-neighbour view (local density, no shape assumed) err on different images
