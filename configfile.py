@@ -2,7 +2,9 @@
 
 Edit the values here, or override any of them for one run with `--name=value`
 (e.g. `python train.py --lr=0.001 --seen_classes="['a', 'b']"`). Relative paths are
-taken relative to this file's folder (the repository root).
+taken relative to this file's folder (the repository root). The comment lines directly
+above a setting and the comment at the end of its line say what it means: `--help`
+shows them, read from this file.
 """
 
 # --- data -----------------------------------------------------------------------
@@ -80,17 +82,17 @@ knn_k = 10  # neighbours of the kNN transfer classifier (capped by the training 
 # Stratified, seeded folds of the out-of-fold probabilities: each image is scored by a model fitted on the other
 # folds' training and validation images, >= 2.
 audit_folds = 5
-# That model: "linear" (a logistic regression on the pooled trunk features: under a second per fold; it found as
-# many planted label errors on ndsb9 as the head, at a small fraction of the cost) or "head" (the lab's head
-# retrained per fold as train.py trains it, stopped on a tenth of its training images; needed by
-# abundance_calibration="out_of_fold").
+# That model: "linear" (a logistic regression on the pooled trunk features) or "head" (the lab's head retrained per
+# fold as train.py trains it, stopped on a tenth of its training images; needed by
+# abundance_calibration="out_of_fold"). What each finds and costs, measured: docs/label-audit.md.
 audit_model = "linear"
 
 # --- novelty and prediction (novelty.py, predict.py) -------------------------------
 novelty_knn_k = 10  # k of the kNN novelty score: distance to the k-th nearest training embedding, >= 1
 novelty_bank_max = 20000  # most training embeddings in the kNN score's reference (big classes sampled); 0: all
-# The score behind predict.py's possibly_new flag: "mahalanobis_knn" (best on ndsb9, README "Novelty"), "msp",
-# "energy", "knn" or "mahalanobis".
+# The score behind predict.py's possibly_new flag: "mahalanobis_knn" (the mean of the mahalanobis and knn scores,
+# each standardised), "msp", "energy", "knn" or "mahalanobis". How well each tells new taxa, measured:
+# docs/novelty.md.
 novelty_score = "mahalanobis_knn"
 # Folder of new images to classify with predict.py, searched recursively; a relative path is taken relative to
 # the repository, like data_root. None: predict.py asks for it.
@@ -101,13 +103,12 @@ ecotaxa = False  # True: predict.py also writes results/ecotaxa_predictions.tsv 
 query = None
 similar_k = 10  # neighbours listed per query image, >= 1
 # predict.py's results/abundances.csv (docs/abundances.md): each taxon's share of the sample, corrected for the
-# sample's class proportions differing from the training set's. The correction: "emq_nbvs" (measured best on
-# ndsb9: EM of Saerens et al. 2002 on re-calibrated probabilities), "emq_bcts", "emq", "pacc", "acc", "pcc" or
-# "cc" (none: the plain count of predicted classes).
+# sample's class proportions differing from the training set's. The correction: "emq_nbvs" (EM of Saerens et al.
+# 2002 on re-calibrated probabilities), "emq_bcts", "emq", "pacc", "acc", "pcc" or "cc" (none: the plain count of
+# predicted classes). How close each comes to the truth, measured: docs/abundances.md.
 abundance_method = "emq_nbvs"
 abundance_bootstrap = 200  # bootstrap draws behind each 95 % interval of abundances.csv, >= 20
 # The images that calibrate the correction, never a test image: "validation" (the validation split), or
 # "out_of_fold" (audit.py's out-of-fold outputs of the training and validation images, 16 times as many; run
-# audit.py --audit_model=head first). On ndsb9 (random trunk) the fold heads' confusions were not the model's:
-# emq_nbvs's error 1.28x classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
+# audit.py --audit_model=head first). The two compared, measured: docs/abundances.md.
 abundance_calibration = "validation"

@@ -57,7 +57,7 @@ def exact_neighbours(x, k):
 
 def cache_umap_compilation():
     """Switch on numba's on-disk cache for UMAP's compiled functions, which UMAP leaves off: otherwise numba
-    compiles its graph and layout code in every new process (about 8 s of this stage on 2 cores). The cache lies
+    compiles its graph and layout code in every new process (its cost: docs/performance.md). The cache lies
     beside UMAP's code (or in NUMBA_CACHE_DIR) and is renewed when UMAP changes; where it cannot be written,
     UMAP compiles as before."""
     import numba

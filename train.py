@@ -225,7 +225,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
                 raise lab.LabError(
                     f"Training diverged in epoch {epoch}: the loss became NaN or infinite "
                     f"(lr={cfg.lr}). Training stopped; {kept}. Lower the learning rate (the default "
-                    f"is 0.0014) and run train.py again."
+                    f"is {config.default_of('lr')!r}) and run train.py again."
                 )
             history.append(
                 {

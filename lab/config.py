@@ -10,9 +10,11 @@ import os
 import sys
 import textwrap
 import unicodedata
+from pathlib import Path
 from types import SimpleNamespace
 
 import lab
+from lab import settings_help
 
 NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_columns", "labels_map"}
 
@@ -21,11 +23,11 @@ NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_c
 NULLABLE_LISTS = {"labels_file": "a string or a list of strings", "labels_columns": "a list of strings"}
 
 
-LABEL_STATUSES = ("validated", "predicted", "dubious")  # label_tables.STATUSES (tested)
-
-
-NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.SCORES (tested)
+# The choice lists, defined here once; the modules that use them import them from here.
+LABEL_STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's statuses of a classified object
+NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.py computes each
 ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # abundances.METHODS (tested)
+AUDIT_MODELS = ("linear", "head")  # label_audit.py fits one per fold
 
 
 # --------------------------------------------------------------------------- config
@@ -42,6 +44,22 @@ def config_defaults():
         values = vars(configfile)
     settings = (bool, int, float, str, list, tuple, type(None))
     return {k: v for k, v in values.items() if not k.startswith("_") and k.islower() and isinstance(v, settings)}
+
+
+def defaults_file():
+    """The path of the defaults file: the one PLANKTON_LAB_CONFIG names, else configfile.py."""
+    other = os.environ.get("PLANKTON_LAB_CONFIG")
+    if other:
+        return Path(other)
+    import configfile
+
+    return Path(configfile.__file__)
+
+
+def default_of(name):
+    """One setting's value in the defaults file (configfile.py, or PLANKTON_LAB_CONFIG's): what a message quotes as
+    "the default", so that the message says what the user's own file holds."""
+    return config_defaults()[name]
 
 
 def _check_type(name, value, default):
@@ -218,7 +236,7 @@ RULES = {
     "novelty_score": one_of(*NOVELTY_SCORES),
     "similar_k": at_least(1),
     "audit_folds": at_least(2),
-    "audit_model": one_of("linear", "head"),
+    "audit_model": one_of(*AUDIT_MODELS),
     "labels_file": tables_or_none,
     "labels_columns": two_columns_or_none,
     "labels_statuses": statuses,
@@ -238,12 +256,13 @@ WHY = {
 }
 
 
-def _cross_setting_problems(c):
-    """The rules that involve two settings or more."""
+def _cross_setting_problems(c, defaults):
+    """The rules that involve two settings or more; `defaults`: the defaults file's values, which messages quote."""
     if c.val_fraction + c.test_fraction >= 1:
         yield (
             f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g} leaves no training images; "
-            f"their sum must be below 1 (the defaults are 0.05 + 0.20)."
+            f"their sum must be below 1 (the defaults are {defaults['val_fraction']!r} + "
+            f"{defaults['test_fraction']!r})."
         )
     both = sorted(set(c.seen_classes) & set(c.unseen_classes))
     if both:
@@ -256,7 +275,8 @@ def _cross_setting_problems(c):
         yield (
             f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
             f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
-            f"score needs novelty_knn_k neighbours of each class in its reference (default 20000)."
+            f"score needs novelty_knn_k neighbours of each class in its reference "
+            f"(default {defaults['novelty_bank_max']!r})."
         )
     if c.predict_dir is not None and not c.predict_dir.strip():
         yield (
@@ -281,11 +301,8 @@ def validate_config(c):
                 f"Invalid configuration: {name}={value!r} must be {expected}{why}.{default} Fix it "
                 f"in configfile.py or with a --name=value override."
             )
-    for problem in _cross_setting_problems(c):
+    for problem in _cross_setting_problems(c, defaults):
         raise lab.LabError(f"Invalid configuration: {problem} Fix it in configfile.py or with a --name=value override.")
-
-
-HELP = "Settings (defaults from configfile.py; override with --name=value, values as Python literals):\n"
 
 
 def load_config(argv=None, describe=None):
@@ -293,7 +310,10 @@ def load_config(argv=None, describe=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = config_defaults()
     if any(a in ("-h", "--help") for a in argv):
-        print((describe or "") + "\n\n" + HELP + "\n".join(f"  --{k}={v!r}" for k, v in defaults.items()))
+        try:
+            print(settings_help.help_text(defaults, defaults_file(), describe), flush=True)
+        except BrokenPipeError:  # `--help | head` read what it wanted; Python's last flush must not fail too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
     # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)

@@ -9,16 +9,15 @@ out-of-fold probabilities. No trunk pass is run, and nothing is chosen on the im
   "linear" (the default)  a multinomial logistic regression (scikit-learn, L2, C = LINEAR_C, the main run's class
                           weighting) on the trunk features average-pooled to a POOL_GRID x POOL_GRID grid and
                           standardised: cleanlab's own recipe for images (a simple classifier on a pretrained
-                          network's features, cross-validated). Fitting it costs well under a second per fold.
+                          network's features, cross-validated).
   "head"                  a fresh lab head (each layer initialised anew, seeded) trained by the main run's rules
                           (`FoldTraining`: its learning rate, batch size, class weighting, head precision, epochs and
                           patience), stopped on an inner validation part of its own training images (INNER_SHARE,
                           stratified, seeded) as train.py stops on the validation split, the best epoch kept: about
-                          audit_folds - 1 times the main run's training (3.2 times its CPU time on the demo). Its
+                          audit_folds - 1 times the main run's training. Its
                           out-of-fold outputs are the head's own, which the abundances' out-of-fold calibration
                           needs.
-On ndsb9 with 5 % planted flips the linear model ranked as many of them in its top 10 % as the fold heads, at
-a fiftieth of the CPU time (docs/label-audit.md).
+How many planted label errors each model finds, and at what cost, measured: docs/label-audit.md.
 The test images are scored like the others (each by the model of its fold) but never train one: they set the
 reported accuracy and the abundances' measurement, and the out-of-fold outputs of the training and validation
 images calibrate the abundances (lab/abundances.py), which must never have touched a test image.
@@ -39,10 +38,10 @@ from scipy.special import softmax
 
 import backbone
 import lab
-from lab import cached_features, head_training
+from lab import cached_features, config, head_training
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
-AUDIT_MODELS = ("linear", "head")
+AUDIT_MODELS = config.AUDIT_MODELS  # the choices of audit_model, defined once in config.py
 # The linear model's features: the trunk's 64 channels averaged over a 2 x 2 grid (256 numbers per image), which
 # keeps the particle's coarse layout; and its regularisation, strong because a class may have few images. Chosen on
 # ndsb9 among 1 x 1 / 2 x 2 / 4 x 4 grids and C = 0.1 / 1 (four flip seeds): 2 x 2 at C = 0.1 ranked the most flips
@@ -106,7 +105,7 @@ def assign_folds(labels, folds, seed):
     if folds > largest:
         raise lab.LabError(
             f"audit_folds={folds} is more than the images of the largest class ({largest}): a fold "
-            f"needs at least one image of it. Lower audit_folds (the default is 5)."
+            f"needs at least one image of it. Lower audit_folds (the default is {config.default_of('audit_folds')!r})."
         )
     fold = np.empty(len(labels), dtype=np.int64)
     with warnings.catch_warnings():
@@ -291,8 +290,8 @@ def fit_linear(features, labels, class_weighting):
 
 
 def one_blas_thread():
-    """The linear folds' products are small (thousands x 256): on a 2-core machine BLAS's second thread made them
-    17 times the CPU time and 9 times the wall time (measured), so they run on one."""
+    """The linear folds' products are small (thousands x 256): a second BLAS thread costs them more time than it
+    saves (measured: docs/label-audit.md), so they run on one."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

@@ -20,7 +20,6 @@ from lab import artifacts, demo_data
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")  # the files a folder named in labels_file contributes
 ECOTAXA_PATH, ECOTAXA_LABEL = "img_file_name", "object_annotation_category"
 ECOTAXA_STATUS = "object_annotation_status"
-STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's statuses of a classified object
 UNCLASSIFIED = "unclassified"  # what an empty status (an object never classified) is counted as
 # Column names of the common layouts (compared in lower case, spaces and hyphens read as '_'), in order of
 # preference: the first one present is used.

@@ -9,7 +9,7 @@ Every score is oriented so that a HIGHER value means MORE LIKELY NEW. The four s
                   the same however large the training set is (Sun et al. sample their bank too)
   mahalanobis     Mahalanobis distance to the nearest class mean under one shared covariance, shrunk by
                   Ledoit-Wolf (Lee et al. 2018)
-and one combination, kept because it beats all four on ndsb9 (README, "Novelty"):
+and one combination, the default (how each score tells new taxa, measured: docs/novelty.md):
   mahalanobis_knn mean of the mahalanobis and knn scores, each standardised by its mean and standard deviation
                   on the known validation images: the class-Gaussian view (global shape of each class) and the
                   nearest-neighbour view (local density, no shape assumed) err on different images
@@ -34,12 +34,11 @@ from scipy.stats import rankdata
 from sklearn.covariance import LedoitWolf
 
 import lab
-from lab import artifacts, embedding_files
+from lab import artifacts, config, embedding_files
 
-STANDARD_SCORES = ("msp", "energy", "knn", "mahalanobis")
-COMBINED_SCORES = ("mahalanobis_knn",)
-SCORES = STANDARD_SCORES + COMBINED_SCORES
+SCORES = config.NOVELTY_SCORES  # the choices of novelty_score, defined once in config.py
 COMBINED_PARTS = {"mahalanobis_knn": ("mahalanobis", "knn")}
+STANDARD_SCORES = tuple(name for name in SCORES if name not in COMBINED_PARTS)
 KEEP_KNOWN = 0.95  # a threshold keeps 95 % of the known validation images, the usual operating point (FPR95)
 BLOCK = 2048  # query rows per block: the kNN distance block is BLOCK x n_train floats, whatever the query count
 

@@ -19,7 +19,7 @@ lie on the other's background. It is taken in the smaller direction because brig
 faintest pixels (they clip to white), so that the brighter copy's particle lies inside the original's, never
 beside it. The noise catches two featureless particles of one size (the demo's dark discs): alike in texture and
 shape, but each image's own pixel noise is its own, while a shifted, re-cropped or brightened copy keeps it. A JPEG
-re-save at quality 70 keeps a textured particle's detail (ndsb9's copies: 0.91 or more) but blurs a featureless
+re-save at quality 70 keeps a textured particle's detail (measured: docs/similar.md) but blurs a featureless
 one's noise away, so such a copy is often missed (docs/similar.md).
 
 Reads image files (full_grey); writes nothing.

@@ -135,6 +135,24 @@ def make_cfg(tmp_path, tiny_demo):
     return make
 
 
+@pytest.fixture
+def own_defaults(tmp_path, monkeypatch):
+    """own_defaults({line: replacement}) -> a copy of the mission's defaults file with those texts replaced, made the
+    defaults file (PLANKTON_LAB_CONFIG) of this test: a student's own configfile.py."""
+
+    def make(replacements):
+        text = MISSION_CONFIG.read_text()
+        for line, replacement in replacements.items():
+            assert line in text, line
+            text = text.replace(line, replacement)
+        path = tmp_path / "own_configfile.py"
+        path.write_text(text)
+        monkeypatch.setenv("PLANKTON_LAB_CONFIG", str(path))
+        return path
+
+    return make
+
+
 def shared_dataset(name):
     path = SHARED_DATA / name
     if not path.is_dir():

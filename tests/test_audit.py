@@ -83,14 +83,15 @@ def test_pooled_splits_batch_every_part_in_place_and_subsets_compose():
     assert list(inner.rows["path"]) == [data.rows["path"][i] for i in (29, 17, 20)]
 
 
-def test_folds_are_stratified_seeded_and_refused_beyond_the_largest_class():
+def test_folds_are_stratified_seeded_and_refused_beyond_the_largest_class(own_defaults):
+    own_defaults({"audit_folds = 5": "audit_folds = 4"})  # the default the message quotes is the defaults file's
     labels = np.repeat([0, 1, 2], [20, 10, 5])
     folds = label_audit.assign_folds(labels, 5, seed=3)
     assert np.array_equal(folds, label_audit.assign_folds(labels, 5, seed=3))
     assert not np.array_equal(folds, label_audit.assign_folds(labels, 5, seed=4))
     for c, per_fold in ((0, 4), (1, 2), (2, 1)):
         assert np.bincount(folds[labels == c], minlength=5).tolist() == [per_fold] * 5
-    with pytest.raises(lab.LabError, match="audit_folds=21"):
+    with pytest.raises(lab.LabError, match=r"audit_folds=21 .*Lower audit_folds \(the default is 4\)"):
         label_audit.assign_folds(labels, 21, seed=0)
 
 

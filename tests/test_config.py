@@ -124,6 +124,66 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
         config.load_config([arg])
 
 
+def help_of(argv, capsys):
+    """What --help prints, its whitespace (wrapping, indents) made single spaces."""
+    with pytest.raises(SystemExit) as stop:
+        config.load_config(argv)
+    assert stop.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_gives_each_setting_its_meaning_from_the_defaults_file_comments(capsys):
+    text = help_of(["--help"], capsys)
+    assert "Settings (defaults and their meaning from tests/mission_config.py;" in text
+    # a trailing comment, under the section heading above it
+    assert "training: --batch_size=64 images per optimisation step, >= 1 --lr=0.0014 Adam learning rate, > 0" in text
+    # a comment block directly above the setting, the heading above the block left out
+    assert (
+        "data: --data_root='data/demo' A folder with one sub-folder of images per class. The default is the "
+        'synthetic demo data set, generated on first use. For FlowCamNet use ".../FlowCamNet/imgs". '
+        "--seen_classes=" in text
+    )
+    assert "--unseen_classes=['Retaria', 'Thalassionematales', 'Chaetoceros'] Classes held out of training" in text
+    names = [name for name in config.config_defaults()]
+    assert [text.index(f" --{name}=") for name in names] == sorted(text.index(f" --{name}=") for name in names)
+
+
+def test_help_reads_the_comments_of_the_file_plankton_lab_config_names(own_defaults, capsys):
+    own_defaults(
+        {
+            "lr = 0.0014  # Adam learning rate, > 0": "lr = 0.003  # my own rate, not 'Adam' # nor this",
+            "epochs = 50  # maximum number of epochs, >= 1": "# Two lines\n# of meaning.\nepochs = 50",
+            "patience = 5  # stop": "# a note apart\n\npatience = 5  # stop",
+            'data_root = "data/demo"': 'data_root = "data/#demo"  # a # in a string is no comment',
+            "# --- compute ----": "# --- my machine ----",
+        }
+    )
+    text = help_of(["--lr=0.01", "--help"], capsys)
+    assert "own_configfile.py;" in text and "Adam learning rate" not in text
+    assert "--lr=0.003 my own rate, not 'Adam' # nor this --epochs=50 Two lines of meaning. --patience=5 stop" in text
+    assert "a note apart" not in text  # a blank line parts a comment from the setting below it
+    assert "--data_root='data/#demo' A folder with one sub-folder of images per class." in text
+    assert 'generated on first use. For FlowCamNet use ".../FlowCamNet/imgs". a # in a string is no comment' in text
+    assert "my machine: --device='auto'" in text and "compute:" not in text
+
+
+def test_a_default_quoted_in_a_message_is_the_defaults_files(own_defaults):
+    own_defaults(
+        {
+            "val_fraction = 0.05": "val_fraction = 0.1",
+            "novelty_bank_max = 20000": "novelty_bank_max = 30000",
+            "lr = 0.0014": "lr = 0.003",
+        }
+    )
+    with pytest.raises(lab.LabError, match=r"their sum must be below 1 \(the defaults are 0\.1 \+ 0\.2\)"):
+        config.load_config(["--test_fraction=0.9"])
+    with pytest.raises(lab.LabError, match=r"in its reference \(default 30000\)"):
+        config.load_config(["--novelty_bank_max=59"])
+    with pytest.raises(lab.LabError, match=r"lr=0\.0 must be a positive finite number\. The default is 0\.003\."):
+        config.load_config(["--lr=0"])
+    assert config.default_of("lr") == 0.003
+
+
 SCRIPTS = [
     "dataloader.py",
     "train.py",

@@ -264,10 +264,16 @@ def test_bad_label_settings_are_refused_before_work(arg, fragment):
         config.load_config([arg])
 
 
-def test_the_settings_know_ecotaxas_statuses():
-    assert config.LABEL_STATUSES == label_tables.STATUSES
-    cfg = config.load_config(["--labels_file=['a.tsv', 'exports/']", "--labels_columns=['file', 'taxon']"])
+def test_the_label_settings_read_lists_and_every_ecotaxa_status():
+    cfg = config.load_config(
+        [
+            "--labels_file=['a.tsv', 'exports/']",
+            "--labels_columns=['file', 'taxon']",
+            "--labels_statuses=['validated', 'predicted', 'dubious']",
+        ]
+    )
     assert cfg.labels_file == ["a.tsv", "exports/"] and cfg.labels_columns == ["file", "taxon"]
+    assert cfg.labels_statuses == ["validated", "predicted", "dubious"]
 
 
 # --------------------------------------------------------------------------- the split from tables

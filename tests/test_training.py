@@ -165,9 +165,13 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(make_cfg, trained):
         checkpoint.load(path)
 
 
-def test_divergence_stops_with_a_message(make_cfg):
+def test_divergence_stops_with_a_message(make_cfg, own_defaults):
+    own_defaults({"lr = 0.0014": "lr = 0.003"})  # the default the message quotes is the defaults file's
     cfg, argv = make_cfg("--lr=1e12", "--epochs=6")
-    with pytest.raises(lab.LabError, match="diverged in epoch 1.*no model was saved.*Lower the learning rate"):
+    with pytest.raises(
+        lab.LabError,
+        match=r"diverged in epoch 1.*no model was saved.*Lower the learning rate \(the default is 0\.003\)",
+    ):
         train.main(argv)
     assert not artifacts.out_path(cfg, "checkpoints", "best.pth").exists()  # nothing diverged is ever saved as best
 
