@@ -177,6 +177,17 @@ def evaluate(model, data, device, cfg, weights, head_dtype):
     return head_training.run_epoch(model, data, device, cfg.batch_size, weights=weights, dtype=head_dtype)
 
 
+def weights_text(classes, weights):
+    """Each class's loss weight; past config.NAMES_SHOWN classes, their range."""
+    if len(classes) <= config.NAMES_SHOWN:
+        return ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights))
+    low, high = min(range(len(weights)), key=weights.__getitem__), max(range(len(weights)), key=weights.__getitem__)
+    return (
+        f"from {weights[low]:.2f} ({classes[low]}) to {weights[high]:.2f} ({classes[high]}) over {len(classes)} "
+        "classes (n / (classes x n_class), n_class from results/dataset_summary.csv)"
+    )
+
+
 def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     """The epochs: train, validate, keep the best model, stop early; a summary whatever happens."""
     best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
@@ -188,10 +199,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     )
     weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
-        print(
-            "[train] class_weighting='balanced': loss weights "
-            + ", ".join(f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist()))
-        )
+        print("[train] class_weighting='balanced': loss weights " + weights_text(cfg.seen_classes, weights.tolist()))
     history, best_loss, stale, epoch = run.history, run.best_loss, run.stale, run.first_epoch - 1
 
     def save(path, **extra):

@@ -16,7 +16,7 @@ import torch
 
 import backbone
 import lab
-from lab import artifacts, provenance, runtime, splitting
+from lab import artifacts, config, provenance, runtime, splitting
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -126,7 +126,10 @@ def config_from_checkpoint(ckpt, cfg):
                 )
                 continue
             if theirs != ours:
-                print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
+                print(
+                    f"[checkpoint] using the checkpoint's {config.setting_text(key, theirs)} (the current config "
+                    f"says {config.setting_text(key, ours).partition('=')[2]})"
+                )
             setattr(merged, key, theirs)
     return merged
 
@@ -190,7 +193,10 @@ def load_trained(cfg, model=True, split=True, made_for=""):
     was loaded, and warns when the trunk was random."""
     ckpt = load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     cfg = config_from_checkpoint(ckpt, cfg)
-    print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
+    print(
+        f"[checkpoint] epoch {ckpt['epoch']}, classes {config.names_text(ckpt['classes'])}; "
+        f"trunk weights: {ckpt['weights']}"
+    )
     if random_trunk(ckpt):
         print(
             f"[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "

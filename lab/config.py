@@ -329,9 +329,28 @@ _shown = {}
 _UNSET = object()
 
 
+NAMES_SHOWN = 12  # class names: a longer list is printed as its count and first few, and the file that lists them
+
+
+def names_text(names, listed_in="results/split.json"):
+    """A list of class names for a printed line: the list itself up to NAMES_SHOWN names, else how many, the first
+    three and the file that lists them all (no line spells out 110 names)."""
+    names = list(names)
+    if len(names) <= NAMES_SHOWN:
+        return repr(names)
+    return f"[{len(names)} classes: {', '.join(map(repr, names[:3]))}, ... (all in {listed_in})]"
+
+
+def setting_text(name, value):
+    """`name=value` for a printed line, class lists shortened by names_text."""
+    if name in ("seen_classes", "unseen_classes") and isinstance(value, (list, tuple)):
+        return f"{name}={names_text(value)}"
+    return f"{name}={value!r}"
+
+
 def print_config(cfg, title="configuration"):
     """The whole configuration, wrapped to the terminal's usual width (run_pipeline.py, once at its start)."""
-    items = [f"{k}={v!r}" for k, v in vars(cfg).items()]
+    items = [setting_text(k, v) for k, v in vars(cfg).items()]
     print(
         f"[{title}]\n"
         + textwrap.fill(
@@ -352,7 +371,11 @@ def print_settings(cfg):
     defaults = config_defaults()
     changed = {k: v for k, v in vars(cfg).items() if defaults.get(k, _UNSET) != v and _shown.get(k, _UNSET) != v}
     if changed:
-        print("[settings] " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + " (the others as in configfile.py)")
+        print(
+            "[settings] "
+            + ", ".join(setting_text(k, v) for k, v in changed.items())
+            + " (the others as in configfile.py)"
+        )
     elif not _shown:
         print("[settings] as in configfile.py")
     _shown.update(vars(cfg))

@@ -205,3 +205,19 @@ def test_the_interactive_map_finds_one_class_among_110_in_chromium(chromium, tmp
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_no_printed_line_spells_out_110_class_names():
+    import train
+    from lab import config
+
+    few = ["Odontella", "chainthin"]
+    assert config.names_text(few) == repr(few) and config.setting_text("seen_classes", few) == f"seen_classes={few!r}"
+    many = [f"taxon_{i:03d}" for i in range(110)]
+    text = config.setting_text("seen_classes", many)
+    assert text.startswith("seen_classes=[110 classes: 'taxon_000', 'taxon_001', 'taxon_002', ...")
+    assert "results/split.json" in text and "taxon_003" not in text
+    weights = [1.0 + i / 100 for i in range(110)]
+    line = train.weights_text(many, weights)
+    assert "0.99" not in line and "1.00 (taxon_000)" in line and "2.09 (taxon_109)" in line and "taxon_050" not in line
+    assert train.weights_text(few, [0.5, 2.0]) == "Odontella 0.50, chainthin 2.00"
