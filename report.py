@@ -36,6 +36,7 @@ from lab import (
     manifest,
     near_copies,
     output_lock,
+    prediction_table,
     provenance,
     runtime,
     splitting,
@@ -46,7 +47,7 @@ NOVELTY_FIGURES = (
     ("novelty_scores.png", "Novelty scores of seen and unseen images"),
 )
 # Free-text columns (class names, paths) of the optional tables, read back exactly as written.
-PREDICTION_TEXT = ("path", "predicted", "class", "top1_class", "top2_class", "top3_class")
+PREDICTION_TEXT = (*prediction_table.TEXT_COLUMNS, "class")  # predictions.csv and prediction_counts.csv
 NOVELTY_TEXT = ("score", "unseen_class", "group", "class")
 AUDIT_TEXT = ("path", "split", "label", "suggested_label", "corrected_label")
 TABLE_ROWS = 30  # longer optional tables are cut in the page; the CSV holds them all
