@@ -45,7 +45,7 @@ import pandas as pd
 
 import lab
 from lab import (
-    abundances,
+    abundance_inputs,
     artifacts,
     checkpoint,
     config,
@@ -311,7 +311,7 @@ def main(argv=None):
         f"{threshold:.4g}, its validation threshold"
     )
     # before the trunk pass, so that a refusal costs no wait; its id is recorded with the abundances it calibrates
-    audit = abundances.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
+    audit = abundance_inputs.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     inputs = {
@@ -331,7 +331,7 @@ def main(argv=None):
         out.save_csv(
             "results",
             "abundances.csv",
-            abundances.sample_abundances(
+            abundance_inputs.sample_abundances(
                 cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest
             ),
         )

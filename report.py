@@ -27,7 +27,6 @@ import pandas as pd
 
 import lab
 from lab import (
-    abundances,
     artifacts,
     checkpoint,
     config,
@@ -38,6 +37,7 @@ from lab import (
     output_lock,
     prediction_table,
     provenance,
+    report_charts,
     runtime,
     splitting,
 )
@@ -458,7 +458,7 @@ CALIBRATION_WORDS = {
 def abundances_section(table):
     """The sample's abundances (predict.py's results/abundances.csv): classify-and-count beside the correction
     for the sample's class proportions, with 95 % intervals, as a chart and a table."""
-    data = base64.b64encode(abundances.abundance_chart(table)).decode("ascii")
+    data = base64.b64encode(report_charts.abundance_chart(table)).decode("ascii")
     new = table[table["possibly_new"].astype(bool)]
     seen = table[~table["possibly_new"].astype(bool)]
     flagged = int(new["count"].iloc[0]) if len(new) else 0
