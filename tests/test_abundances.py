@@ -11,7 +11,16 @@ import pytest
 
 import lab
 import predict
-from lab import abundance_inputs, abundances, artifacts, config, embedding_files, report_charts, splitting
+from lab import (
+    abundance_inputs,
+    abundances,
+    artifacts,
+    config,
+    embedding_files,
+    report_charts,
+    report_optional,
+    splitting,
+)
 
 # Column j: where the images of true class j go, P(predicted i | true j). Each row's largest entry is on the
 # diagonal, so the calibrated posterior of a prediction i has its argmax at i (the head predicts what it says).
@@ -307,7 +316,6 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     from types import SimpleNamespace
 
     import audit
-    import report
 
     cfg, argv = trained_copy
     sample = argv + [
@@ -326,16 +334,16 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     results = artifacts.out_path(cfg, "results")
     run = SimpleNamespace(predict=embedding_files.current_predict_set(cfg))
     assert run.predict["inputs"]["audit"] is not None
-    shown = report.abundances_part(cfg, results, run)
+    shown = report_optional.abundances_part(cfg, results, run)
     assert len(shown) == 1 and "out-of-fold training and validation images" in shown[0] and "Left out" not in shown[0]
     audit.main(argv)  # the pipeline's default audit replaces the head's
-    left_out = report.abundances_part(cfg, results, run)
+    left_out = report_optional.abundances_part(cfg, results, run)
     assert len(left_out) == 1 and "Left out" in left_out[0] and "--audit_model=head" in left_out[0]
     assert "Classify and count" not in left_out[0]
     from lab import manifest
 
     manifest.manifest_path(cfg, "audit").unlink()  # no complete audit at all: left out too, and said so
-    assert "no complete audit" in report.abundances_part(cfg, results, run)[0]
+    assert "no complete audit" in report_optional.abundances_part(cfg, results, run)[0]
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
@@ -358,15 +366,13 @@ def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, ti
 
 
 def test_the_report_section_shows_the_chart_and_the_table(synthetic):
-    import report
-
     calibration, sample, _ = synthetic
     table = abundances.abundance_frame(
         ["a", "b", "c", "d"], sample[:200], np.zeros(200, bool), calibration, "emq", 20, 0
     )
     png = report_charts.abundance_chart(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    section = report.abundances_section(table)
+    section = report_optional.abundances_section(table)
     assert "data:image/png;base64," in section and section.count("</tr>") == 5 and "emq" in section
 
 
