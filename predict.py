@@ -42,12 +42,10 @@ import sys
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
-from tqdm import tqdm
 
 import lab
 from lab import (
-    abundances,
+    abundance_inputs,
     artifacts,
     checkpoint,
     config,
@@ -57,6 +55,8 @@ from lab import (
     image_io,
     manifest,
     output_lock,
+    prediction_table,
+    progress,
     provenance,
     runtime,
     trunk_cache,
@@ -64,7 +64,6 @@ from lab import (
 from lab import novelty_scores as ns
 
 CHUNK = 1000  # images per cached chunk: an interruption loses at most this much work
-TOP = 3
 # Every file of predict.py's output set (manifest.py), published together, the manifest last; a file that a run does
 # not write (the EcoTaxa table without --ecotaxa=True) is removed, so no file of another sample stays beside them.
 PREDICT_OUTPUTS = (
@@ -128,17 +127,16 @@ def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_pat
     """Cached outputs of every chunk, computing only the missing ones; returns the chunk files in order.
     dtype is the trunk precision the checkpoint was trained on, so its scores match evaluate.py's."""
     files, reused = [], 0
-    with tqdm(total=len(abs_paths), desc="predict", unit="image", disable=None) as bar:
-        for start in range(0, len(abs_paths), CHUNK):
-            paths = abs_paths[start : start + CHUNK]
-            path = chunk_path(cfg, paths, weights_id, dtype, checkpoint_digest)
-            if path.exists():
-                reused += 1
-            else:
-                outputs = compute_chunk(cfg, model, device, dtype, paths)
-                artifacts.atomic_write(path, lambda p, o=outputs: np.savez(p, **o))
-            files.append(path)
-            bar.update(len(paths))
+    starts = range(0, len(abs_paths), CHUNK)
+    for start in progress.progress(starts, len(starts), "predict", unit=f"chunks of {CHUNK} images"):
+        paths = abs_paths[start : start + CHUNK]
+        path = chunk_path(cfg, paths, weights_id, dtype, checkpoint_digest)
+        if path.exists():
+            reused += 1
+        else:
+            outputs = compute_chunk(cfg, model, device, dtype, paths)
+            artifacts.atomic_write(path, lambda p, o=outputs: np.savez(p, **o))
+        files.append(path)
     if reused:
         print(f"[predict] {reused} of {len(files)} chunk(s) were already done by an earlier run and were reused")
     return files
@@ -153,34 +151,6 @@ def remove_stale_chunks(cfg, keep):
 
 
 # --------------------------------------------------------------------------- tables
-def prediction_columns(classes, score_name):
-    tops = [f"top{k + 1}_{what}" for k in range(min(TOP, len(classes))) for what in ("class", "probability")]
-    return (
-        ["path", "predicted", "probability"]
-        + tops
-        + [f"p_{c}" for c in classes]
-        + [f"novelty_{score_name}", "possibly_new"]
-    )
-
-
-def prediction_rows(rel_paths, logits, novelty, threshold, classes, score_name):
-    """One row per image: the predicted class (the logits' argmax, as evaluate.py), its probability, the top
-    classes, the full probability vector and the novelty score with its flag."""
-    probabilities = softmax(np.asarray(logits, np.float64), axis=1)
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP]
-    rows = np.arange(len(probabilities))
-    names = np.asarray(classes, dtype=object)
-    frame = {"path": rel_paths, "predicted": names[order[:, 0]], "probability": probabilities[rows, order[:, 0]]}
-    for k in range(order.shape[1]):
-        frame[f"top{k + 1}_class"] = names[order[:, k]]
-        frame[f"top{k + 1}_probability"] = probabilities[rows, order[:, k]]
-    for i, c in enumerate(classes):
-        frame[f"p_{c}"] = probabilities[:, i]
-    frame[f"novelty_{score_name}"] = novelty
-    frame["possibly_new"] = novelty > threshold
-    return pd.DataFrame(frame, columns=prediction_columns(classes, score_name))
-
-
 def skipped_reason(abs_path):
     return image_io.check_image(abs_path) or "failed to decode during the trunk pass"
 
@@ -194,14 +164,14 @@ def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score
 
     def write(tmp):
         with open(tmp, "w", newline="", errors="surrogateescape") as f:  # a name that is not UTF-8: its own bytes
-            pd.DataFrame(columns=prediction_columns(classes, score_name)).to_csv(f, index=False)
+            pd.DataFrame(columns=prediction_table.prediction_columns(classes, score_name)).to_csv(f, index=False)
             for start, chunk_file in zip(range(0, len(images), CHUNK), chunk_files):
                 with np.load(chunk_file) as data:
                     ok, logits, embeddings = data["ok"], data["logits"][data["ok"]], data["embeddings"][data["ok"]]
                 rel = np.asarray(images[start : start + CHUNK], dtype=object)
                 unreadable.extend({"path": p, "reason": skipped_reason(str(folder / p))} for p in rel[~ok])
                 novelty = scorer.scores(embeddings, (score_name,))[score_name]
-                rows = prediction_rows(list(rel[ok]), logits, novelty, threshold, classes, score_name)
+                rows = prediction_table.prediction_rows(list(rel[ok]), logits, novelty, threshold, classes, score_name)
                 rows.to_csv(f, header=False, index=False)
                 counts["images"] += rows["predicted"].value_counts().reindex(classes, fill_value=0)
                 counts["possibly_new"] += (
@@ -272,7 +242,7 @@ def write_ecotaxa(out, classes, score_name):
     listed in results/ecotaxa_left_out.csv; returns them."""
     source = out.staged_path("results", "predictions.csv")
     used_ids, left_out = set(), []
-    text = {c: str for c in ("path", "predicted", "top1_class", "top2_class", "top3_class")}
+    text = {c: str for c in prediction_table.TEXT_COLUMNS}
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:  # UTF-8 only: EcoTaxa reads nothing else
@@ -341,7 +311,7 @@ def main(argv=None):
         f"{threshold:.4g}, its validation threshold"
     )
     # before the trunk pass, so that a refusal costs no wait; its id is recorded with the abundances it calibrates
-    audit = abundances.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
+    audit = abundance_inputs.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
     inputs = {
@@ -361,7 +331,7 @@ def main(argv=None):
         out.save_csv(
             "results",
             "abundances.csv",
-            abundances.sample_abundances(
+            abundance_inputs.sample_abundances(
                 cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest
             ),
         )

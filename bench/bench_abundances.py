@@ -37,7 +37,17 @@ import train  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
 from bench.targets import TARGETS  # noqa: E402
-from lab import abundances, artifacts, checkpoint, config, embedding_files, output_lock, progress, runtime  # noqa: E402
+from lab import (  # noqa: E402
+    abundance_inputs,
+    abundances,
+    artifacts,
+    checkpoint,
+    config,
+    embedding_files,
+    output_lock,
+    progress,
+    runtime,
+)
 from lab import novelty_scores as ns  # noqa: E402
 
 OWN_OPTIONS = {
@@ -71,7 +81,7 @@ def quantify_samples(calibrated, probabilities, labels, flagged, indices, seed, 
         everything = np.bincount(labels[rows], minlength=n_classes) / len(rows)
         methods = {}
         for name, method in calibrated.items():
-            rng = np.random.default_rng([seed, i, abundances.METHODS.index(name)])
+            rng = np.random.default_rng([seed, i, config.ABUNDANCE_METHODS.index(name)])
             methods[name] = [x.tolist() for x in method.interval(probabilities[kept], rng)]
         out.append({"truth": truth.tolist(), "truth_all_images": everything.tolist(), "methods": methods})
     return out
@@ -95,7 +105,7 @@ def summarise(per_sample, methods):
     return summary
 
 
-def measure(calibration, test, samples, sample_size, draws, seed, jobs=1, methods=abundances.METHODS):
+def measure(calibration, test, samples, sample_size, draws, seed, jobs=1, methods=config.ABUNDANCE_METHODS):
     """calibration: an abundances.Calibration; test: (probabilities, labels, flagged possibly new). Returns the
     per-method summary and the per-sample estimates."""
     probabilities, labels, flagged = (np.asarray(a) for a in test)
@@ -147,16 +157,16 @@ def lab_argv(argv, output_dir):
 def model_outputs(argv, calibration_source="validation"):
     """(cfg, calibration (probabilities, labels), test (probabilities, labels, flagged), test accuracy) of the
     model trained in argv's output folder, from its embeddings: the calibration set exactly as predict.py takes
-    it (lab/abundances.py), the test split through the same last layer and novelty flag."""
+    it (lab/abundance_inputs.py), the test split through the same last layer and novelty flag."""
     cfg = config.load_config(argv)
     trained = checkpoint.load_trained(cfg, split=False, made_for="abundances")
     scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
     threshold = ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"][trained.cfg.novelty_score]
-    calibration = abundances.calibration_from_artifacts(
+    calibration = abundance_inputs.calibration_from_artifacts(
         trained.cfg, scorer, threshold, trained.digest, trained.ckpt["classes"], calibration_source
     )
     frame, vectors = embedding_files.load_embeddings(trained.cfg, "test")
-    probabilities = abundances.probabilities_from_embeddings(scorer, vectors)
+    probabilities = abundance_inputs.probabilities_from_embeddings(scorer, vectors)
     labels = frame["label_idx"].to_numpy()
     flagged = scorer.scores(vectors, (trained.cfg.novelty_score,))[trained.cfg.novelty_score] > threshold
     accuracy = float((probabilities.argmax(1) == labels).mean())

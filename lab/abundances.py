@@ -1,4 +1,6 @@
 """Abundances: how many images of each seen taxon a sample holds, corrected for prior shift, with 95 % intervals.
+The QuaPy adapter, the bootstrap and results/abundances.csv's table, on arrays of probabilities; which images
+calibrate the corrections, and reading them from the lab's artifacts, is lab/abundance_inputs.py's.
 
 Counting the predicted classes ("classify and count", prediction_counts.csv) is biased whenever the sample's
 class proportions differ from the training set's: the classifier's errors flow from the common classes into the
@@ -13,26 +15,13 @@ for plankton González et al. 2019). The methods, all QuaPy's (Moreo et al.), no
   emq_bcts, emq_nbvs   emq on probabilities first re-calibrated on the calibration images (Alexandari et al.
         2020): bias-corrected temperature scaling, or vector scaling without bias; EM trusts the probabilities,
         and a head trained to fit its training images is over-confident on others
-Calibration data (abundance_calibration), never a test image (they are kept for the measurement,
-bench/bench_abundances.py):
-  validation   the default: the validation split's embeddings (embeddings_val.pkl) through the classifier's last
-               layer, which never trained on them
-  out_of_fold  the label audit's out-of-fold probabilities of the training and validation images (audit.py, of
-               this checkpoint): each from a head trained, by the main run's rules, on nine tenths of the other
-               folds' training and validation images only and stopped on the rest; about 16 times as many
-               (QuaPy's val_split=k does the same). Measured worse on ndsb9: the fold heads are not the model,
-               and their confusions were not its confusions
-The table's calibration column names the one used.
-Images flagged possibly new are left out of both the sample's and the calibration's images, so that the
-correction is measured on the population it is applied to; the sample's flagged images are counted apart.
+The settings' list of them is lab/config.py's ABUNDANCE_METHODS.
 
 Uncertainty: a 95 % percentile interval over `draws` bootstrap resamples of the sample's images and, for the
 methods that use calibration data (all but cc, pcc and emq), of the calibration images within each class (the
 class sizes of a calibration set are fixed by design, and a class must not vanish from a draw).
 
-Reads (sample_abundances) results/predictions.csv (its p_<class> and possibly_new columns),
-embeddings/embeddings_val.pkl, and for out_of_fold results/label_issues.csv (audit.py's, of this checkpoint) and
-embeddings/embeddings_train.pkl; writes nothing: predict.py saves the table as results/abundances.csv.
+Reads and writes nothing.
 """
 
 import contextlib
@@ -42,20 +31,19 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-import lab
-from lab import artifacts, embedding_files, manifest, splitting
+from lab.config import ABUNDANCE_METHODS
 
-METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")
 USES_CALIBRATION = ("acc", "pacc", "emq_bcts", "emq_nbvs")  # their estimate moves with the calibration images
 # emq uses the calibration labels only for the training prior, which the within-class resampling keeps fixed
 RECALIBRATION = {"emq_bcts": "bcts", "emq_nbvs": "nbvs"}  # QuaPy's names of the re-calibrations (abstention's)
 LEVEL = 0.95
 # What a fit on too few or too clean calibration images raises: a re-calibration whose optimiser finds no finite
-# optimum (a class the head never confuses sends its scale to infinity) is a RuntimeError from QuaPy.
-FIT_ERRORS = (RuntimeError, ValueError, ArithmeticError, AssertionError, np.linalg.LinAlgError)
+# optimum (a class the head never confuses sends its scale to infinity) is a RuntimeError from QuaPy. Never
+# AssertionError: QuaPy 0.2.3 asserts only on its arguments (ours: a bug), and turns its calibrators' failed asserts
+# into RuntimeError, so an assert is a bug to see, not a fit to skip (tests/test_abundances.py)
+FIT_ERRORS = (RuntimeError, ValueError, ArithmeticError, np.linalg.LinAlgError)
 FALLBACK = "pacc"  # fits on any calibration set (a least-squares solve): used where abundance_method cannot be
 POSSIBLY_NEW = "possibly new"  # the class column of the row that counts the images flagged possibly new
 COLUMNS = (
@@ -72,7 +60,7 @@ COLUMNS = (
         "count_low",
         "count_high",
     ]
-    + [f"proportion_{m}" for m in METHODS]
+    + [f"proportion_{m}" for m in ABUNDANCE_METHODS]
     + ["calibration", "calibration_images", "bootstrap_draws"]
 )
 
@@ -139,7 +127,7 @@ def quapy_method(method, probabilities, labels):
         }
     )
     if method not in makers:
-        raise ValueError(f"unknown abundance method {method!r}; known: {METHODS}")
+        raise ValueError(f"unknown abundance method {method!r}; known: {ABUNDANCE_METHODS}")
     return makers[method]()
 
 
@@ -185,7 +173,7 @@ class Calibrated:
         self.point = fitted(method, probabilities, labels, calibration.prior)
         self.resampled = [self.point] * draws
         if method in USES_CALIBRATION:
-            rng = np.random.default_rng([seed, METHODS.index(method), 0])
+            rng = np.random.default_rng([seed, ABUNDANCE_METHODS.index(method), 0])
             self.resampled = []
             for rows in (stratified_resample(labels, rng) for _ in range(draws)):
                 with contextlib.suppress(*FIT_ERRORS):
@@ -216,7 +204,7 @@ class Calibrated:
 def sample_rng(seed, method):
     """The sample's bootstrap stream of one method: the same seed gives the same interval, whatever the other
     methods computed before."""
-    return np.random.default_rng([seed, METHODS.index(method), 1])
+    return np.random.default_rng([seed, ABUNDANCE_METHODS.index(method), 1])
 
 
 # --------------------------------------------------------------------------- the table
@@ -257,7 +245,7 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
     table = pd.DataFrame(
         {"class": list(classes), "possibly_new": False, "cc_count": cc, "cc_proportion": cc / n if n else np.nan}
     )
-    for m in METHODS:
+    for m in ABUNDANCE_METHODS:
         table[f"proportion_{m}"] = np.nan
         with contextlib.suppress(*FIT_ERRORS):  # a method that cannot be fitted here has no estimate: left empty
             table[f"proportion_{m}"] = estimate(fitted(m, *calibration[:3]), kept) if n else np.nan
@@ -286,162 +274,3 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
         "bootstrap_draws": draws,
     }
     return pd.concat([table, pd.DataFrame([new_row])], ignore_index=True)[COLUMNS]
-
-
-# --------------------------------------------------------------------------- from the lab's artifacts
-def probabilities_from_embeddings(scorer, embeddings):
-    """The head's class probabilities of embeddings: softmax of the last layer's logits."""
-    return softmax(scorer.logits(embeddings), axis=1)
-
-
-def training_prior(cfg, labels, n_classes):
-    """The class shares the head's probabilities assume: the training set's, which the stratified validation split
-    repeats (all its images, before the novelty flag), or equal shares where class_weighting="balanced" weighted
-    the loss so that every class counts alike."""
-    if cfg.class_weighting == "balanced":
-        return np.full(n_classes, 1.0 / n_classes)
-    return np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
-
-
-def novelty_kept(cfg, scorer, threshold, split):
-    """{path: whether the novelty flag keeps it} of one split's embedded images, and its frame."""
-    frame, vectors = embedding_files.load_embeddings(cfg, split)
-    if set(frame["split"]) - {split}:
-        raise lab.LabError(f"embeddings/embeddings_{split}.pkl holds rows of other splits. Re-run `python embed.py`.")
-    kept = scorer.scores(vectors, (cfg.novelty_score,))[cfg.novelty_score] <= threshold
-    return dict(zip(frame["path"], kept)), frame, vectors, kept
-
-
-def out_of_fold_audit(cfg, checkpoint_digest):
-    """The audit manifest whose out-of-fold outputs may calibrate this model's abundances: audit.py's, of this
-    checkpoint, by the lab's head, never trained on a test image. Otherwise a LabError naming the command; predict.py
-    asks before its trunk pass, so that a refusal costs no wait."""
-    audit, problem = manifest.check(cfg, "audit")
-    if audit is not None and audit["inputs"].get("checkpoint") != checkpoint_digest:
-        audit, problem = None, "it was made from another checkpoint"
-    elif audit is not None and audit["inputs"].get("test_images_trained_on") is not False:
-        audit, problem = None, "it was made by an older audit.py, whose fold heads trained on the test images"
-    elif audit is not None and audit["inputs"].get("audit_model", "head") != "head":
-        audit, problem = (
-            None,
-            (
-                f"its out-of-fold model was audit_model={audit['inputs']['audit_model']!r}, not "
-                f"the lab's head, whose confusions these abundances correct"
-            ),
-        )
-    if audit is None:
-        raise lab.LabError(
-            f"abundance_calibration='out_of_fold' takes audit.py's out-of-fold outputs of this model "
-            f"by its head, and the audit in results/ cannot serve ({problem}). Run `python audit.py "
-            f"--audit_model=head` with this model first, or use --abundance_calibration=validation "
-            f"(the default)."
-        )
-    return audit
-
-
-def out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, val_kept):
-    """The Calibration of audit.py's out-of-fold probabilities of the training and validation images, those the
-    novelty flag keeps (val_kept: novelty_kept's map of the validation images, already scored). An audit that
-    cannot serve (out_of_fold_audit) names audit.py."""
-    out_of_fold_audit(cfg, checkpoint_digest)
-    columns = [f"p_{c}" for c in classes]
-    issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
-    issues = issues[issues["split"].isin(["train", "val"])]
-    kept = {**val_kept, **novelty_kept(cfg, scorer, threshold, "train")[0]}
-    index = {str(c): i for i, c in enumerate(classes)}
-    paths = np.asarray(splitting.absolute_paths(cfg, issues["path"]), dtype=object)  # as the embeddings name them
-    keep = np.array([bool(kept.get(p, False)) for p in paths], dtype=bool) & issues["label"].isin(index).to_numpy()
-    probabilities = issues[columns].to_numpy(np.float64)[keep]
-    return Calibration(
-        probabilities / probabilities.sum(axis=1, keepdims=True),
-        issues["label"][keep].map(index).to_numpy(np.int64),
-        prior,
-        tuple(paths[keep]),
-        "out_of_fold",
-    )
-
-
-def calibration_from_artifacts(cfg, scorer, threshold, checkpoint_digest, classes, source="validation"):
-    """The Calibration of the corrections, never a test image: the validation images, or (source "out_of_fold")
-    audit.py's out-of-fold outputs of the training and validation images of this checkpoint (checkpoint_digest);
-    in both, only the images the novelty flag keeps."""
-    by_path, frame, vectors, keep = novelty_kept(cfg, scorer, threshold, "val")
-    labels = frame["label_idx"].to_numpy()
-    prior = training_prior(cfg, labels, len(scorer.weight))
-    if source == "out_of_fold":
-        return out_of_fold_calibration(cfg, classes, scorer, threshold, checkpoint_digest, prior, by_path)
-    return Calibration(
-        probabilities_from_embeddings(scorer, vectors[keep]),
-        labels[keep],
-        prior,
-        tuple(frame["path"].to_numpy()[keep]),
-        "validation",
-    )
-
-
-def sample_probabilities(predictions_path, classes):
-    """(probabilities, possibly_new) of every image in predict.py's predictions.csv, read a block at a time."""
-    columns = [f"p_{c}" for c in classes] + ["possibly_new"]
-    blocks = list(
-        pd.read_csv(
-            artifacts.require(predictions_path, "predict.py", "predictions file"), usecols=columns, chunksize=100_000
-        )
-    )
-    frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=columns)
-    probabilities = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64)
-    return probabilities / probabilities.sum(axis=1, keepdims=True), frame["possibly_new"].to_numpy(bool)
-
-
-def sample_abundances(cfg, classes, scorer, threshold, predictions_path, checkpoint_digest):
-    """The abundances table of the sample predict.py has just classified (predictions_path: its
-    predictions.csv), corrected by cfg.abundance_method with cfg.abundance_bootstrap draws, seeded by cfg.seed."""
-    calibration = calibration_from_artifacts(
-        cfg, scorer, threshold, checkpoint_digest, classes, cfg.abundance_calibration
-    )
-    probabilities, possibly_new = sample_probabilities(predictions_path, classes)
-    return abundance_frame(
-        classes, probabilities, possibly_new, calibration, cfg.abundance_method, cfg.abundance_bootstrap, cfg.seed
-    )
-
-
-# --------------------------------------------------------------------------- the report's chart
-def abundance_chart(table):
-    """PNG bytes of a bar chart: each seen class's share of the sample's images not flagged, as classify-and-count
-    gives it beside the correction with its 95 % interval (the report's section; nothing is written)."""
-    import io
-
-    from lab import plotting
-
-    plt = plotting.pyplot()
-    rows = table[~table["possibly_new"].astype(bool)]
-    names = plotting.drawable_names([str(c) for c in rows["class"]])
-    y = np.arange(len(rows))
-    corrected = rows["proportion"].to_numpy(np.float64)
-    errors = np.clip(
-        [
-            corrected - rows["proportion_low"].to_numpy(np.float64),
-            rows["proportion_high"].to_numpy(np.float64) - corrected,
-        ],
-        0,
-        None,
-    )
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.4))
-    ax.barh(y - 0.2, rows["cc_proportion"], height=0.4, color="#bbbbbb", label="classify and count")
-    ax.barh(
-        y + 0.2,
-        corrected,
-        height=0.4,
-        xerr=errors,
-        color="#2a7ab0",
-        capsize=3,
-        label=f"corrected ({rows['method'].iloc[0] if len(rows) else ''}), 95 % interval",
-    )
-    ax.set_yticks(y)
-    ax.set_yticklabels(names)
-    ax.invert_yaxis()
-    ax.set_xlabel("share of the images not flagged possibly new")
-    ax.legend(loc="lower right", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()

@@ -26,7 +26,7 @@ NULLABLE_LISTS = {"labels_file": "a string or a list of strings", "labels_column
 # The choice lists, defined here once; the modules that use them import them from here.
 LABEL_STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's statuses of a classified object
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.py computes each
-ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # abundances.METHODS (tested)
+ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # QuaPy's methods, lab/abundances.py
 AUDIT_MODELS = ("linear", "head")  # label_audit.py fits one per fold
 
 

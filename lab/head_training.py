@@ -8,18 +8,25 @@ import math
 
 import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from lab import progress
 
 
 def class_weights(labels, n_classes, weighting):
-    """None for plain cross-entropy; for "balanced", n / (classes x n_class) per class, as scikit-learn's
-    compute_class_weight: the weights average 1 over the training images, so the loss keeps its scale."""
+    """None for plain cross-entropy; for "balanced", scikit-learn's compute_class_weight, n / (classes x n_class)
+    per class: the weights average 1 over the training images, so the loss keeps its scale. A class absent from the
+    labels (an audit fold can lack a rare class) gets weight 0, and the others keep n / (n_classes x n_class), as if
+    it were counted with no image."""
     if weighting == "none":
         return None
-    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
-    weights = np.divide(counts.sum(), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    weights = np.zeros(n_classes)
+    if len(present):  # compute_class_weight refuses a class missing from the labels: it is given the present ones,
+        # and its n / (present x n_class) is rescaled to n / (n_classes x n_class) (times 1.0, exact, when all are)
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels) * (len(present) / n_classes)
     return torch.tensor(weights, dtype=torch.float32)
 
 

@@ -370,25 +370,3 @@ def current_report(cfg):
         artifacts.out_path(cfg, "results", "near_copies.csv"),
         ["path_a", "label_a", "split_a", "path_b", "label_b", "split_b", "kind"],
     )
-
-
-def accuracy_without_copies(cfg, test_predictions):
-    """One sentence: the test accuracy with the test images that have a near-copy in train left out."""
-    pairs = current_report(cfg)
-    if pairs is None:
-        return (
-            "Near-copies: not searched for this split (it was drawn before the search existed); a new split "
-            "(`python dataloader.py --rebuild_split=True`, then retrain) searches them."
-        )
-    root = artifacts.resolve(cfg.data_root)
-    leaks = test_images_with_train_copies(pairs)
-    leaks |= {str(root / p) for p in leaks}  # the predictions' paths may be absolute
-    kept = test_predictions[~test_predictions["path"].astype(str).isin(leaks)]
-    left_out = len(test_predictions) - len(kept)
-    if not left_out:
-        return f"Near-copies: no test image has a near-copy in train ({len(pairs)} near-copy pairs in all)."
-    correct = kept["label"].astype(str) == kept["predicted"].astype(str)
-    return (
-        f"Without the {left_out} test image(s) that have a near-copy in train, the test accuracy is "
-        f"{100 * correct.mean():.2f} % on {len(kept)} images (results/near_copies.csv)."
-    )

@@ -11,7 +11,16 @@ import pytest
 
 import lab
 import predict
-from lab import abundances, artifacts, config, embedding_files, splitting
+from lab import (
+    abundance_inputs,
+    abundances,
+    artifacts,
+    config,
+    embedding_files,
+    report_charts,
+    report_optional,
+    splitting,
+)
 
 # Column j: where the images of true class j go, P(predicted i | true j). Each row's largest entry is on the
 # diagonal, so the calibrated posterior of a prediction i has its argmax at i (the head predicts what it says).
@@ -114,8 +123,7 @@ def test_the_table_adds_up_and_counts_the_possibly_new_apart(synthetic):
 
 
 def test_abundance_settings_are_validated(make_cfg):
-    assert config.ABUNDANCE_METHODS == abundances.METHODS
-    assert make_cfg()[0].abundance_method in abundances.METHODS
+    assert make_cfg()[0].abundance_method in config.ABUNDANCE_METHODS
     for bad in ("--abundance_method=median", "--abundance_bootstrap=5"):
         with pytest.raises(lab.LabError, match=bad.split("=")[0][2:]):
             make_cfg(bad)
@@ -149,6 +157,40 @@ def test_a_method_that_cannot_be_fitted_falls_back_to_pacc_and_says_so(synthetic
     assert (seen["method"] == abundances.FALLBACK).all() and seen["proportion_emq_nbvs"].isna().all()
     assert (seen["proportion"] == seen["proportion_pacc"]).all()
     assert "abundance_method='emq_nbvs' could not be fitted" in capsys.readouterr().err
+
+
+def test_a_bug_stops_the_table_instead_of_passing_for_a_method_that_cannot_be_fitted(synthetic, monkeypatch):
+    """An AssertionError is a broken invariant, not a refusal of QuaPy's: never an empty column or the fallback."""
+    calibration, sample, _ = synthetic
+    real = abundances.fitted
+
+    def fitted(method, *args, **kwargs):
+        if method == "emq_nbvs":
+            raise AssertionError("a broken invariant")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(abundances, "fitted", fitted)
+    for method in ("pacc", "emq_nbvs"):  # the column of every method, and the method asked for
+        with pytest.raises(AssertionError, match="broken invariant"):
+            abundances.abundance_frame(
+                ["a", "b", "c", "d"], sample[:300], np.zeros(300, bool), calibration, method, 20, 0
+            )
+
+
+def test_quapy_refuses_calibration_sets_it_cannot_fit_by_the_errors_fit_errors_names():
+    """No image, one image, one class only: where QuaPy refuses to fit or estimate, it says so by one of FIT_ERRORS
+    (which the table turns into an empty column or the fallback), never by an assert, which it lets through."""
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(4), 12)
+    prior = np.full(4, 0.25)
+    refused = set()
+    for method in config.ABUNDANCE_METHODS:
+        for rows, labels in ((slice(0, 0), []), (slice(0, 1), [2]), (slice(0, 12), [1] * 12)):
+            try:
+                quantifier = abundances.fitted(method, probabilities[rows], np.array(labels, int), prior)
+                assert abundances.estimate(quantifier, probabilities).shape == (4,)
+            except abundances.FIT_ERRORS:
+                refused.add(method)
+    assert {"acc", "emq_bcts", "emq_nbvs"} <= refused  # the refusals happen, and are of the kind caught
 
 
 def test_predict_writes_abundances_that_agree_with_its_counts(trained_copy, tiny_demo, capsys):
@@ -202,7 +244,7 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     read = []
     original = embedding_files.load_embeddings
     monkeypatch.setattr(embedding_files, "load_embeddings", lambda c, name: read.append(name) or original(c, name))
-    calibration = abundances.calibration_from_artifacts(*inputs)
+    calibration = abundance_inputs.calibration_from_artifacts(*inputs)
     probabilities, labels, prior, paths, source = calibration
     assert read == ["val"] and source == "validation"
     split = splitting.load_split(trained.cfg)
@@ -216,7 +258,7 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     val_labels = split[split["split"] == "val"]["label"]
     assert prior == pytest.approx(val_labels.value_counts(normalize=True)[cfg.seen_classes].to_numpy())
     scrambled_test_embeddings(monkeypatch)
-    again = abundances.calibration_from_artifacts(*inputs)
+    again = abundance_inputs.calibration_from_artifacts(*inputs)
     assert (again.probabilities == probabilities).all() and again.paths == paths
 
 
@@ -229,12 +271,12 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     cfg, argv = trained_copy
     trained, inputs = calibration_inputs(cfg)
     with pytest.raises(lab.LabError, match="Run `python audit.py --audit_model=head`"):
-        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+        abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
     audit.main(argv)  # the default linear model: not the head whose confusions the abundances correct
     with pytest.raises(lab.LabError, match="audit_model='linear'"):
-        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+        abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
     audit.main(argv + ["--audit_model=head"])
-    calibration = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+    calibration = abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
     assert calibration.source == "out_of_fold"
     issues = artifacts.read_csv(artifacts.out_path(cfg, "results", "label_issues.csv"), ("path", "split", "label"))
     issues.index = splitting.absolute_paths(trained.cfg, issues["path"])  # the calibration's paths are absolute
@@ -248,11 +290,11 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     read = []
     original = embedding_files.load_embeddings
     monkeypatch.setattr(embedding_files, "load_embeddings", lambda c, name: read.append(name) or original(c, name))
-    again = abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+    again = abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
     assert (again.probabilities == calibration.probabilities).all() and again.paths == calibration.paths
     assert sorted(set(read)) == ["train", "val"]  # for the novelty flag; never the test embeddings
     with pytest.raises(lab.LabError, match="another checkpoint"):
-        abundances.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4], "out_of_fold")
+        abundance_inputs.calibration_from_artifacts(*inputs[:3], "0" * 64, inputs[4], "out_of_fold")
     # an audit written before its fold heads left the test images alone is refused
     import json
 
@@ -263,7 +305,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
     del body["inputs"]["test_images_trained_on"]
     path.write_text(json.dumps(body))
     with pytest.raises(lab.LabError, match="older audit.py"):
-        abundances.calibration_from_artifacts(*inputs, "out_of_fold")
+        abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
 
 
 @pytest.mark.slow  # three audits (one of them the head's) and a prediction: 6 s, kept out of make test-fast
@@ -277,7 +319,6 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     from types import SimpleNamespace
 
     import audit
-    import report
 
     cfg, argv = trained_copy
     sample = argv + [
@@ -296,16 +337,16 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     results = artifacts.out_path(cfg, "results")
     run = SimpleNamespace(predict=embedding_files.current_predict_set(cfg))
     assert run.predict["inputs"]["audit"] is not None
-    shown = report.abundances_part(cfg, results, run)
+    shown = report_optional.abundances_part(cfg, results, run)
     assert len(shown) == 1 and "out-of-fold training and validation images" in shown[0] and "Left out" not in shown[0]
     audit.main(argv)  # the pipeline's default audit replaces the head's
-    left_out = report.abundances_part(cfg, results, run)
+    left_out = report_optional.abundances_part(cfg, results, run)
     assert len(left_out) == 1 and "Left out" in left_out[0] and "--audit_model=head" in left_out[0]
     assert "Classify and count" not in left_out[0]
     from lab import manifest
 
     manifest.manifest_path(cfg, "audit").unlink()  # no complete audit at all: left out too, and said so
-    assert "no complete audit" in report.abundances_part(cfg, results, run)[0]
+    assert "no complete audit" in report_optional.abundances_part(cfg, results, run)[0]
 
 
 def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
@@ -319,7 +360,7 @@ def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, ti
     def broken(*args, **kwargs):
         raise lab.LabError("the calibration failed")
 
-    monkeypatch.setattr(abundances, "sample_abundances", broken)
+    monkeypatch.setattr(abundance_inputs, "sample_abundances", broken)
     with pytest.raises(lab.LabError, match="calibration failed"):
         predict.main(argv + [f"--predict_dir={str(tiny_demo / 'Retaria')!r}", "--abundance_bootstrap=20"])
     for name, content in kept.items():
@@ -328,15 +369,13 @@ def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, ti
 
 
 def test_the_report_section_shows_the_chart_and_the_table(synthetic):
-    import report
-
     calibration, sample, _ = synthetic
     table = abundances.abundance_frame(
         ["a", "b", "c", "d"], sample[:200], np.zeros(200, bool), calibration, "emq", 20, 0
     )
-    png = abundances.abundance_chart(table)
+    png = report_charts.abundance_chart(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    section = report.abundances_section(table)
+    section = report_optional.abundances_section(table)
     assert "data:image/png;base64," in section and section.count("</tr>") == 5 and "emq" in section
 
 

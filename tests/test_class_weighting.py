@@ -21,6 +21,17 @@ def test_balanced_weights_equal_sklearns_and_none_means_plain_cross_entropy():
     assert head_training.class_weights(labels, 4, "none") is None
 
 
+def test_a_class_missing_from_the_labels_weighs_0_and_the_others_keep_their_weights():
+    """An audit fold can lack a rare class, which compute_class_weight refuses: it weighs 0, and every other class
+    n / (classes x n_class) with all 5 classes counted, brute force."""
+    labels = np.repeat([0, 1, 3], [50, 5, 20])  # classes 2 and 4 have no image
+    weights = head_training.class_weights(labels, 5, "balanced").numpy()
+    expected = np.array([75 / (5 * 50), 75 / (5 * 5), 0.0, 75 / (5 * 20), 0.0], np.float32)
+    assert weights.tolist() == expected.tolist()
+    with pytest.raises(ValueError):  # why class_weights does not hand it every class
+        compute_class_weight("balanced", classes=np.arange(5), y=labels)
+
+
 def test_an_unknown_weighting_is_refused_before_work():
     with pytest.raises(lab.LabError, match="class_weighting='inverse' must be one of 'none', 'balanced'"):
         config.load_config(["--class_weighting=inverse"])

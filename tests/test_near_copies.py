@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from bench.bench_near_copies import synthetic_copies
-from lab import near_copies, particle_match, splitting
+from lab import near_copies, particle_match, report_sections, splitting
 
 
 def saved(images, folder):
@@ -276,15 +276,15 @@ def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_pat
     predictions = pd.DataFrame(
         {"path": ["c/t1", "c/t2", "c/t3", "c/t4"], "label": "c", "predicted": ["c", "c", "c", "x"]}
     )
-    assert "not searched" in near_copies.accuracy_without_copies(cfg, predictions)  # no split set yet
+    assert "not searched" in report_sections.accuracy_without_copies(cfg, predictions)  # no split set yet
     with manifest.OutputSet(cfg, "split") as out:  # as splitting.make_split writes them: one set
         out.save_csv("results", "split.csv", split)
         out.save_csv("results", "near_copies.csv", frame)
         out.publish()
-    line = near_copies.accuracy_without_copies(cfg, predictions)
+    line = report_sections.accuracy_without_copies(cfg, predictions)
     assert "1 test image" in line and "66.67 % on 3 images" in line
     split.iloc[:1].to_csv(tmp_path / "results" / "split.csv", index=False)  # changed behind the set's back
-    assert near_copies.current_report(cfg) is None and "not searched" in near_copies.accuracy_without_copies(
+    assert near_copies.current_report(cfg) is None and "not searched" in report_sections.accuracy_without_copies(
         cfg, predictions
     )
 

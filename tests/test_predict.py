@@ -13,7 +13,7 @@ from scipy.special import softmax
 import evaluate
 import lab
 import predict
-from lab import artifacts, cached_features, checkpoint, output_lock, trunk_cache
+from lab import artifacts, cached_features, checkpoint, output_lock, prediction_table, trunk_cache
 
 
 def threshold_of(cfg):
@@ -38,6 +38,27 @@ def messy_sample(tiny_demo, tmp_path):
     (sample / ".thumbnails").mkdir()
     shutil.copy(sources[0], sample / ".thumbnails" / "hidden.jpg")
     return sample
+
+
+def test_the_rows_name_the_top_classes_and_the_report_reads_every_class_column_as_text():
+    """TOP classes per row, most probable first (fewer when the model has fewer classes), against a brute-force
+    sort; TEXT_COLUMNS, by which the report and the EcoTaxa table read the file back, names every class column."""
+    classes = ["a", "b", "c", "d"]
+    logits = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 1.0]])
+    rows = prediction_table.prediction_rows(["x.png", "y.png"], logits, np.array([0.1, 0.9]), 0.5, classes, "energy")
+    probabilities = softmax(logits, axis=1)
+    for i in range(2):
+        ranked = sorted(range(4), key=lambda c: -probabilities[i, c])[: prediction_table.TOP]
+        assert [rows[f"top{k + 1}_class"][i] for k in range(len(ranked))] == [classes[c] for c in ranked]
+        assert [rows[f"top{k + 1}_probability"][i] for k in range(len(ranked))] == pytest.approx(
+            probabilities[i, ranked]
+        )
+    assert list(rows["predicted"]) == ["b", "a"] and list(rows["possibly_new"]) == [False, True]
+    for n_classes in (2, 4):
+        columns = prediction_table.prediction_columns(classes[:n_classes], "energy")
+        class_columns = {c for c in columns if c.endswith("_class")} | {"path", "predicted"}
+        assert class_columns <= set(prediction_table.TEXT_COLUMNS)
+        assert sum(c.endswith("_class") for c in columns) == min(n_classes, prediction_table.TOP)
 
 
 def test_a_nested_folder_with_junk_is_classified_and_the_junk_listed(novelty_ready, messy_sample):
