@@ -26,6 +26,7 @@ from lab import (
     config,
     interactive_map,
     output_lock,
+    report_many,
     report_optional,
     report_run,
     report_sections,
@@ -44,8 +45,12 @@ def build(cfg, explicit_root=None):
     after = [static_map, sections.galleries_section(results, figs), sections.transfer_section(results, figs)]
     extra = report_optional.optional_sections(cfg, results, figs, run)
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]
+    style = report_tables.STYLE
+    if report_many.many(len(run.trained.ckpt["classes"])):  # sortable tables and the gallery picker
+        style += report_many.STYLE
+        after.append(report_many.SORT_SCRIPT)
     page = interactive_map.standalone_page(
-        layout, "Plankton embedding lab", report_tables.STYLE, "".join(before + [intro]), "".join(after)
+        layout, "Plankton embedding lab", style, "".join(before + [intro]), "".join(after)
     )
     return artifacts.save_text(results / "report.html", page)
 

@@ -221,3 +221,34 @@ def test_no_printed_line_spells_out_110_class_names():
     line = train.weights_text(many, weights)
     assert "0.99" not in line and "1.00 (taxon_000)" in line and "2.09 (taxon_109)" in line and "taxon_050" not in line
     assert train.weights_text(few, [0.5, 2.0]) == "Odontella 0.50, chainthin 2.00"
+
+
+def test_the_reports_per_class_table_ranks_worst_first_and_never_a_class_with_under_5_test_images():
+    from lab import report_many
+
+    per_class = pd.DataFrame(
+        {
+            "class": ["rare", "good", "bad", "middling", "rare_good"],
+            "precision": [0.0, 0.9, 0.2, 0.6, 1.0],
+            "recall": [0.0, 0.9, 0.2, 0.6, 1.0],
+            "f1": [0.0, 0.9, 0.2, 0.6, 1.0],
+            "support": [2, 40, 30, 5, 4],
+        }
+    )
+    assert list(report_many.ranked(per_class)["class"]) == ["bad", "middling", "good", "rare", "rare_good"]
+    page = report_many.sortable_table(report_many.ranked(per_class), "caption")
+    assert page.count("<tr>") == 6 and page.count('onclick="sortTable(this)"') == 5 and "0.200" in page
+
+
+def test_the_report_lists_many_classes_under_their_count_and_picks_one_gallery_at_a_time(tmp_path):
+    from lab import report_many
+
+    few, many = [f"c{i}" for i in range(9)], [f"c{i}" for i in range(110)]
+    assert report_many.names_html(few) == ", ".join(few)
+    assert report_many.names_html(many).startswith("<details") and "110 classes" in report_many.names_html(many)
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 80, 0, 0)).save(tmp_path / f"gallery_c{i}.png")
+    tiles = [(f"c{i}", "test", f"gallery_c{i}.png") for i in range(3)]
+    page = report_many.gallery_picker(tmp_path, tiles)
+    assert page.count("<option") == 3 and page.count("data:image/jpeg;base64,") == 3
+    assert page.count('style="display:none"') == 2  # the first gallery shown, the others hidden until picked
