@@ -37,9 +37,8 @@ import pandas as pd
 import torch
 from scipy.special import softmax
 
-import backbone
 import lab
-from lab import cached_features, head_training
+from lab import cached_features, head_training, precision
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
 AUDIT_MODELS = ("linear", "head")
@@ -89,7 +88,7 @@ def fold_training(ckpt, cfg, device):
         lr=float(trained_with["lr"]),
         batch_size=int(trained_with["batch_size"]),
         class_weighting=trained_with["class_weighting"],
-        head_dtype=backbone.head_dtype(trained_with["head_precision"], device),
+        head_dtype=precision.head_dtype(trained_with["head_precision"], device),
         seed=cfg.seed,
         patience=int(trained_with["patience"]),
         best_epoch=int(ckpt["epoch"]),

@@ -26,6 +26,7 @@ from lab import (
     demo_data,
     embedding_files,
     output_lock,
+    precision,
     provenance,
     splitting,
     trunk_cache,
@@ -185,11 +186,11 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
         "--epochs=2",
         "--precision='auto'",
     ]
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
     cfg = config.load_config(argv)
     assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # analysed where it is not
     evaluate.main(argv)
     embed.main(argv)
     cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
