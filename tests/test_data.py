@@ -10,8 +10,10 @@ import torch
 from conftest import TINY_COUNTS, shared_dataset
 from PIL import Image
 
+import dataloader
 import lab
-from lab import artifacts, config, data_folders, image_io, splitting
+import train
+from lab import artifacts, config, data_folders, demo_data, image_io, splitting
 
 
 def copy_demo(src, dst):
@@ -68,6 +70,24 @@ def test_missing_root_and_missing_class_name_the_fix(make_cfg, tmp_path):
     cfg, _ = make_cfg("--seen_classes=['chainthn', 'darksphere']")
     with pytest.raises(lab.LabError, match=r"'chainthn' is not in .*Did you mean 'chainthin'\?.*Retaria"):
         splitting.load_split(cfg)
+
+
+def test_the_demo_is_generated_by_the_entry_point_and_a_later_script_names_the_command(make_cfg, tmp_path, monkeypatch):
+    demo_root = tmp_path / "data" / "demo"  # the demo's folder for this test, not the repository's data/demo
+    monkeypatch.setattr(artifacts, "DEMO_ROOT", demo_root)
+    monkeypatch.setattr(demo_data, "DEMO_ROOT", demo_root)
+    monkeypatch.setattr(demo_data, "DEFAULT_COUNTS", {c: 12 for c in demo_data.CLASSES})  # a second, not seven
+    cfg, argv = make_cfg(data_root=demo_root)
+    command = r"not been generated yet.*`python dataloader\.py`.*`python -m lab\.demo_data`"
+    with pytest.raises(lab.LabError, match=command):
+        data_folders.check_data_root(cfg)  # a check: it writes nothing
+    with pytest.raises(lab.LabError, match=command):
+        train.main(argv)  # a script after dataloader.py: the message, not a traceback, and no demo drawn
+    assert not demo_root.exists()
+    dataloader.main(argv)  # the entry point generates it on first use, then draws the split
+    assert sorted(p.name for p in demo_root.iterdir() if p.is_dir()) == sorted(demo_data.CLASSES)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), ("path", "label", "split"))
+    assert split["label"].value_counts().to_dict() == {c: 12 for c in cfg.seen_classes + cfg.unseen_classes}
 
 
 def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
