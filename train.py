@@ -288,7 +288,7 @@ def main(argv=None):
     output_lock.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     split_digest = splitting.split_digest(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
     trunk_weights = backbone.describe_weights(cfg.backbone_weights, cfg.seed)

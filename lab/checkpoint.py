@@ -199,7 +199,8 @@ def load_trained(cfg, model=True, split=True, made_for=""):
         )
     trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
     if split:
-        trained.split = splitting.load_split(cfg, grow=False)
+        # drawn here only when split.csv is missing or of other settings; the digest check below then refuses it
+        trained.split = splitting.read_or_draw_split(cfg, grow=False)
         if splitting.split_digest(cfg) != ckpt["split_digest"]:
             raise lab.LabError(
                 "results/split.csv has changed since the checkpoint was trained (it was rebuilt, or "

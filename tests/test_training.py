@@ -332,7 +332,7 @@ def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_c
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     cfg, argv = make_cfg("--epochs=1", data_root=root)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     victim = split[split["split"] == "train"]["path"].iloc[0]
     (root / victim).write_bytes(b"broken since the split was made")
     history = train.main(argv)
