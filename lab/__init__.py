@@ -7,8 +7,9 @@ torchrun (distributed), the CPU's bf16 (hardware), the trunk's and the head's pr
 files (embedding_files), the frozen trunk's cache (trunk_cache), the head's training (head_training), checkpoints
 and the one loader of the trained model (checkpoint), novelty scores, the label audit (label_audit), EcoTaxa's
 table layout (ecotaxa), the interactive map and the demo data. Scripts import these modules, `backbone` and
-`configfile`, never another script; no module imports another in a circle. This file holds only what every module
-shares, and imports none of them.
+`configfile`, never another script; no module imports another in a circle, and every import points down the
+layers of docs/layout.md (tests/test_layout.py). This file holds only what every module shares, and imports none of
+them.
 """
 
 from pathlib import Path
