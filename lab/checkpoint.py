@@ -125,7 +125,7 @@ def config_from_checkpoint(ckpt, cfg):
                     f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}"
                 )
                 continue
-            if theirs != ours:
+            if theirs != ours and not (key == "seen_classes" and ours == config.ALL_CLASSES):  # what "all" meant then
                 print(
                     f"[checkpoint] using the checkpoint's {config.setting_text(key, theirs)} (the current config "
                     f"says {config.setting_text(key, ours).partition('=')[2]})"

@@ -72,6 +72,8 @@ def _check_type(name, value, default):
 
     if name in NULLABLE and value is None:
         return None
+    if name == "seen_classes" and value == ALL_CLASSES:
+        return value
     if name in NULLABLE_LISTS:
         if isinstance(value, str) and name == "labels_file":
             return value
@@ -172,8 +174,26 @@ def a_device(value):
     )
 
 
+ALL_CLASSES = "all"  # seen_classes: every class folder (or table label) that is not an unseen class
+
+
 def distinct_classes(value):
     return len(value) >= 2 and len(set(value)) == len(value), "a list of at least 2 distinct classes"
+
+
+def all_or_distinct_classes(value):
+    if value == ALL_CLASSES:
+        return True, ""
+    ok, _ = distinct_classes(value)
+    return (
+        ok,
+        f"{ALL_CLASSES!r} (every class folder that is not an unseen class) or a list of at least 2 distinct classes",
+    )
+
+
+def every_class(cfg):
+    """True when seen_classes is 'all' and the scan has not yet made it a list (data_folders.candidate_classes)."""
+    return cfg.seen_classes == ALL_CLASSES
 
 
 def tables_or_none(value):
@@ -202,7 +222,7 @@ def statuses(value):
 
 
 RULES = {
-    "seen_classes": distinct_classes,
+    "seen_classes": all_or_distinct_classes,
     "unseen_classes": distinct_classes,
     "val_fraction": between(0, 1, True, True),
     "test_fraction": between(0, 1, True, True),
@@ -264,20 +284,21 @@ def _cross_setting_problems(c, defaults):
             f"their sum must be below 1 (the defaults are {defaults['val_fraction']!r} + "
             f"{defaults['test_fraction']!r})."
         )
-    both = sorted(set(c.seen_classes) & set(c.unseen_classes))
-    if both:
-        yield (
-            f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
-            f"(seen) or held out (unseen), so remove it from one of the two lists."
-        )
-    needed = c.novelty_knn_k * len(c.seen_classes)
-    if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
-        yield (
-            f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
-            f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
-            f"score needs novelty_knn_k neighbours of each class in its reference "
-            f"(default {defaults['novelty_bank_max']!r})."
-        )
+    if not every_class(c):  # the rules that count classes run once the scan has made "all" a list
+        both = sorted(set(c.seen_classes) & set(c.unseen_classes))
+        if both:
+            yield (
+                f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
+                f"(seen) or held out (unseen), so remove it from one of the two lists."
+            )
+        needed = c.novelty_knn_k * len(c.seen_classes)
+        if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
+            yield (
+                f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
+                f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
+                f"score needs novelty_knn_k neighbours of each class in its reference "
+                f"(default {defaults['novelty_bank_max']!r})."
+            )
     if c.predict_dir is not None and not c.predict_dir.strip():
         yield (
             f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
@@ -318,7 +339,8 @@ def load_config(argv=None, describe=None):
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
     # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
     # is matched in that form too (data_folders.class_folders), and both spell the same label.
-    cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
+    if not every_class(cfg):
+        cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
     cfg.unseen_classes = [unicodedata.normalize("NFC", c) for c in cfg.unseen_classes]
     validate_config(cfg)
     return cfg

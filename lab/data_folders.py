@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, image_io, label_tables
+from lab import artifacts, config, image_io, label_tables
 
 # --------------------------------------------------------------------------- scanning
 SYSTEM_NAMES = {"thumbs.db", "desktop.ini", "__macosx", "icon\r"}  # made by file managers, never data
@@ -142,7 +142,8 @@ def folder_names(cfg, root):
     name (as macOS zips write it) is the same class."""
     existing = class_folders(root)
     names = {}
-    for name in cfg.seen_classes + cfg.unseen_classes:
+    seen = [] if config.every_class(cfg) else cfg.seen_classes  # "all": every folder, so none can be missing
+    for name in seen + cfg.unseen_classes:
         on_disk = existing.get(unicodedata.normalize("NFC", name), [])
         if not on_disk and cfg.labels_file is not None:
             continue
@@ -162,6 +163,13 @@ def folder_names(cfg, root):
             )
         names[name] = on_disk[0]
     return names
+
+
+def candidate_classes(cfg, root, tables):
+    """seen_classes="all": every class folder of root (composed Unicode) and every label the tables give, that is not
+    an unseen class, sorted; the scan then leaves out those with too few images (scan's left_out)."""
+    names = set(class_folders(root)) | set(tables.labelled())
+    return sorted(names - set(cfg.unseen_classes))
 
 
 def check_data_root(cfg):
@@ -220,9 +228,11 @@ def inspect_all(cfg, root, paths):
     return [found.get(p, (MISSING, [], None)) for p in absolute]
 
 
-def scan(cfg, tables=None):
+def scan(cfg, tables=None, left_out=None):
     """Check every image of the configured classes (tables: label_tables.read_labels's, read here when not
-    given). Returns (files per class, skipped rows, ignored rows, note rows, sha256 per readable file)."""
+    given). Returns (files per class, skipped rows, ignored rows, note rows, sha256 per readable file). left_out:
+    a dict for seen_classes="all", where a seen class with fewer than min_images_per_class readable images is left
+    out ({class: readable images}, its files not returned) instead of stopping the run."""
     root = check_data_root(cfg)
     listing = listed_images(cfg, root, tables)
     paths = [p for images, _ in listing.values() for p in images]
@@ -235,6 +245,9 @@ def scan(cfg, tables=None):
         ]
         ignored += [{"path": p, "label": name, "reason": r} for p, r in others]
         notes += [{"path": p, "label": name, "note": n, "detail": d} for p in images for n, d in results[p][1]]
+        if left_out is not None and name not in cfg.unseen_classes and len(files[name]) < cfg.min_images_per_class:
+            left_out[name] = len(files.pop(name))
+            continue
         digests.update({p: results[p][2] for p in files[name]})
         if not files[name] and cfg.labels_file is not None:
             raise lab.LabError(
@@ -265,8 +278,12 @@ def scan(cfg, tables=None):
     return files, skipped, ignored, notes, digests
 
 
-def summarise(cfg, files, skipped, ignored):
-    """Tasks 1-2: each class's image count and share of its group, with totals."""
+SUMMARY_COLUMNS = ["group", "class", "images", "share", "skipped_unreadable", "ignored_non_image", "note"]
+
+
+def summarise(cfg, files, skipped, ignored, left_out=None):
+    """Tasks 1-2: each class's image count and share of its group, with totals; with seen_classes="all", the classes
+    left out for too few readable images (group 'left out', not in the seen total, the reason in `note`)."""
     rows = []
     for group, classes in (("seen", cfg.seen_classes), ("unseen", cfg.unseen_classes)):
         total = sum(len(files[c]) for c in classes)
@@ -292,7 +309,19 @@ def summarise(cfg, files, skipped, ignored):
                 "ignored_non_image": sum(r["ignored_non_image"] for r in rows if r["group"] == group),
             }
         )
-    return pd.DataFrame(rows)
+    for c, readable in (left_out or {}).items():
+        rows.append(
+            {
+                "group": "left out",
+                "class": c,
+                "images": readable,
+                "share": None,
+                "skipped_unreadable": sum(s["label"] == c for s in skipped),
+                "ignored_non_image": sum(i["label"] == c for i in ignored),
+                "note": f"fewer than min_images_per_class={cfg.min_images_per_class} readable images",
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).fillna({"note": ""})
 
 
 def find_duplicates(cfg, files, digests):
@@ -369,8 +398,15 @@ def print_file_report(ignored, notes):
 
 def print_summary(summary, split):
     print("\nclasses (images, share of their group):")
-    for _, r in summary.iterrows():
+    left_out = summary[summary["group"] == "left out"]
+    for _, r in summary.drop(left_out.index).iterrows():
         print(f"  {r['group']:<12} {r['class']:<32} {r['images']:>7}  {100 * r['share']:6.2f} %")
+    if len(left_out):
+        print(
+            f"  {len(left_out)} class(es) left out of seen_classes='all', with fewer readable images than "
+            f"min_images_per_class (group 'left out' in results/dataset_summary.csv): "
+            + config.names_text(list(left_out["class"]), "results/dataset_summary.csv")
+        )
     counts = split.groupby(["split"]).size().to_dict()
     print("split sizes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "val", "test", "unseen")))
     rounds = pd.to_numeric(split["round"]) if "round" in split else pd.Series(0, index=split.index)

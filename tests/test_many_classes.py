@@ -252,3 +252,63 @@ def test_the_report_lists_many_classes_under_their_count_and_picks_one_gallery_a
     page = report_many.gallery_picker(tmp_path, tiles)
     assert page.count("<option") == 3 and page.count("data:image/jpeg;base64,") == 3
     assert page.count('style="display:none"') == 2  # the first gallery shown, the others hidden until picked
+
+
+def test_seen_classes_all_takes_every_class_folder_leaves_out_the_small_ones_and_redraws_for_a_new_one(
+    tmp_path, capsys
+):
+    import shutil
+
+    from conftest import FAST
+
+    import dataloader
+    from lab import artifacts, config, demo_data, splitting
+
+    counts = {c: 30 for c in demo_data.CLASSES}
+    small = list(demo_data.CLASSES)[0]
+    counts[small] = 5  # under min_images_per_class=8
+    root = demo_data.generate(tmp_path / "data", counts=counts)
+    unseen = list(demo_data.CLASSES)[-1]
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--seen_classes=all"]
+    argv += [f"--unseen_classes={[unseen, list(demo_data.CLASSES)[-2]]!r}", "--min_images_per_class=8"]
+    cfg = config.load_config(argv)
+    assert cfg.seen_classes == "all"
+    dataloader.main(argv)
+    out = capsys.readouterr().out
+    expected = sorted(set(demo_data.CLASSES) - {unseen, list(demo_data.CLASSES)[-2], small})
+    identity = artifacts.read_json(tmp_path / "out" / "results" / "split.json", "dataloader.py")
+    assert identity["seen_classes"] == expected and identity["left_out"] == {small: 5}
+    assert identity["seen_classes_setting"] == "all" and small in identity["all_candidates"]
+    summary = pd.read_csv(tmp_path / "out" / "results" / "dataset_summary.csv", keep_default_na=False)
+    left = summary[summary["group"] == "left out"]
+    assert list(left["class"]) == [small] and "min_images_per_class=8" in left["note"].iloc[0]
+    seen_total = summary.loc[summary["group"] == "seen total", "images"].iloc[0]
+    assert seen_total == 30 * len(expected)  # the left-out class is not counted among the seen
+    assert "left out of seen_classes='all'" in out
+    split = pd.read_csv(tmp_path / "out" / "results" / "split.csv")
+    assert small not in set(split["label"]) and set(split.loc[split["split"] == "train", "label"]) == set(expected)
+
+    again = config.load_config(argv)  # unchanged folders: the persisted split, and "all" is its list
+    splitting.read_or_draw_split(again)
+    assert again.seen_classes == expected and "drawing the split anew" not in capsys.readouterr().out
+
+    more = demo_data.generate(tmp_path / "more", counts={list(demo_data.CLASSES)[1]: 30}, seed=5)
+    shutil.copytree(more / list(demo_data.CLASSES)[1], root / "newcomer")  # a class folder added later
+    grown = config.load_config(argv)
+    splitting.read_or_draw_split(grown)
+    assert "new: ['newcomer']" in capsys.readouterr().out and "newcomer" in grown.seen_classes
+
+
+def test_a_named_class_under_the_minimum_stays_an_error(tmp_path):
+    from conftest import FAST
+
+    import lab
+    from lab import config, demo_data, splitting
+
+    counts = {c: 30 for c in demo_data.CLASSES}
+    counts[list(demo_data.CLASSES)[0]] = 5
+    root = demo_data.generate(tmp_path / "data", counts=counts)
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--min_images_per_class=8"]
+    argv += [f"--seen_classes={list(demo_data.CLASSES)[:4]!r}", f"--unseen_classes={list(demo_data.CLASSES)[4:6]!r}"]
+    with pytest.raises(lab.LabError, match="fewer than min_images_per_class=8"):
+        splitting.read_or_draw_split(config.load_config(argv))
