@@ -15,7 +15,6 @@ The validation embeddings are what novelty.py chooses its thresholds on, so that
 
 import sys
 
-import backbone
 from lab import (
     artifacts,
     cached_features,
@@ -24,6 +23,7 @@ from lab import (
     embedding_files,
     manifest,
     output_lock,
+    precision,
     provenance,
     runtime,
     trunk_cache,
@@ -51,7 +51,7 @@ def main(argv=None):
         "checkpoint_epoch": ckpt["epoch"],
         "checkpoint_saved_at": ckpt.get("saved_at"),
         "trunk_weights": ckpt["weights"],
-        "trunk_precision": backbone.precision_name(dtype),
+        "trunk_precision": precision.precision_name(dtype),
         "seed": cfg.seed,
         "config": vars(cfg),
         "versions": provenance.package_versions(),

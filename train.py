@@ -39,6 +39,7 @@ from lab import (
     manifest,
     output_lock,
     plotting,
+    precision,
     provenance,
     runtime,
     splitting,
@@ -133,7 +134,7 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     """A fresh run's precisions, or everything of the interrupted run (checkpoints/last.pth): refused, before any
     trunk work, when the split or a setting changed since. The one place that knows about resuming."""
     if not cfg.resume:
-        return Run(backbone.trunk_dtype(cfg.precision, device), backbone.head_dtype(cfg.head_precision, device))
+        return Run(precision.trunk_dtype(cfg.precision, device), precision.head_dtype(cfg.head_precision, device))
     last = checkpoint.resume_state(cfg)
     if last["split_digest"] != split_digest:
         raise lab.LabError(
@@ -148,7 +149,7 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     # the same features and the same arithmetic as before, whatever "auto" says on this machine
     return Run(
         checkpoint.trunk_dtype(last, device),
-        backbone.PRECISIONS[last.get("head_precision", "fp32")],
+        precision.PRECISIONS[last.get("head_precision", "fp32")],
         last["history"],
         last["best_loss"],
         last["stale"],
@@ -181,7 +182,8 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     """The epochs: train, validate, keep the best model, stop early; a summary whatever happens."""
     best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     last_path = artifacts.out_path(cfg, "checkpoints", "last.pth")
-    trunk_precision, head_precision = backbone.precision_name(run.trunk_dtype), backbone.precision_name(run.head_dtype)
+    trunk_precision = precision.precision_name(run.trunk_dtype)
+    head_precision = precision.precision_name(run.head_dtype)
     print(
         f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
         f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}"
@@ -286,7 +288,7 @@ def main(argv=None):
     output_lock.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     split_digest = splitting.split_digest(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
     trunk_weights = backbone.describe_weights(cfg.backbone_weights, cfg.seed)

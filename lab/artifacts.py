@@ -32,6 +32,15 @@ def out_path(cfg, kind, name=""):
     return resolve(cfg.output_dir) / kind / name if name else resolve(cfg.output_dir) / kind
 
 
+# The one place the synthetic demo data set lives, never a user's data_root. Only the entry points (dataloader.py,
+# run_pipeline.py, python -m lab.demo_data) generate it; the data layer below them only compares paths with it.
+DEMO_ROOT = lab.ROOT / "data" / "demo"
+
+
+def is_demo_root(cfg):
+    return resolve(cfg.data_root) == DEMO_ROOT
+
+
 def require(path, made_by, what="file"):
     """Fail loudly, naming the script that makes a missing input artifact."""
     path = Path(path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 import lab
-from lab import artifacts, demo_data
+from lab import artifacts
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")  # the files a folder named in labels_file contributes
 ECOTAXA_PATH, ECOTAXA_LABEL = "img_file_name", "object_annotation_category"
@@ -378,7 +378,7 @@ def announce_tables(cfg, tables, mapping):
             f"labels_map, or add the class to seen_classes / unseen_classes.",
             file=sys.stderr,
         )
-    if demo_data.is_demo_root(cfg):
+    if artifacts.is_demo_root(cfg):
         print(
             "note: data_root is the demo's folder, so the demo's class folders of the configured classes are read "
             "beside the labels tables; point data_root at your tables' folder to leave them out"

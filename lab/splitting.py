@@ -286,10 +286,12 @@ def same_files(root, split):
     return True
 
 
-def load_split(cfg, verify=True, grow=True):
-    """The persisted split: drawn and written on first use or for other settings, checked against the disk. New
-    images join it (grow, train.py and dataloader.py), every row already split keeping its split; without grow
-    (the scripts after training) they stop the run with the command that adds them."""
+def read_or_draw_split(cfg, verify=True, grow=True):
+    """The persisted split, checked against the disk; or, on first use and for other settings, drawn and written:
+    then it takes the output folder's lock, scans every image and runs the near-copy search (minutes on a large
+    data set), as dataloader.py does. New images join it (grow, train.py and dataloader.py), every row already
+    split keeping its split; without grow (the scripts after training) they stop the run with the command that
+    adds them."""
     split = None if cfg.rebuild_split else read_split_file(cfg)
     if split is not None:
         identity_path = artifacts.out_path(cfg, "results", "split.json")

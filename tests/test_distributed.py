@@ -226,7 +226,7 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     to the batch size, so each image is computed in the same batch as in one process (oneDNN's result for an image
     may differ in the last bit with the size of the batch around it)."""
     cfg, _ = make_cfg("--batch_size=2")
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     rows = split[split["split"] == "val"].reset_index(drop=True).iloc[:5]
     paths = splitting.absolute_paths(cfg, rows["path"])
     trunk = backbone.build_trunk(None, cfg.seed)

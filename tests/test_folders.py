@@ -172,7 +172,7 @@ def test_composed_and_decomposed_folders_of_one_name_are_an_ambiguity(tiny_demo,
     root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", composed, unicodedata.normalize("NFD", composed)])
     cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
     with pytest.raises(lab.LabError, match="different Unicode forms"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
 
 
 # --------------------------------------------------------------------------- 2. folders as they are

@@ -247,7 +247,7 @@ def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reve
     root = shutil.copytree(tiny_demo, tmp_path / "data")
     shutil.copy(root / "Odontella" / "Odontella_0000.png", root / "Odontella" / BAD_NAME)
     cfg, _ = make_cfg(data_root=root)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     assert f"Odontella/{BAD_NAME}" in set(split["path"])
     assert b"Odontella/bad\xff\xfename.png," in artifacts.out_path(cfg, "results", "split.csv").read_bytes()
     assert f"Odontella/{BAD_NAME}" in set(splitting.read_split_file(cfg)["path"])  # read back the same

@@ -26,6 +26,7 @@ from lab import (
     demo_data,
     embedding_files,
     output_lock,
+    precision,
     provenance,
     splitting,
     trunk_cache,
@@ -185,11 +186,11 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
         "--epochs=2",
         "--precision='auto'",
     ]
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
     cfg = config.load_config(argv)
     assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # analysed where it is not
     evaluate.main(argv)
     embed.main(argv)
     cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
@@ -202,7 +203,7 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
 def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monkeypatch):
     cfg, argv, root = trained_copy
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
-    splitting.load_split(config.load_config(argv + ["--rebuild_split=True"]))
+    splitting.read_or_draw_split(config.load_config(argv + ["--rebuild_split=True"]))
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
@@ -244,17 +245,17 @@ def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, o
     good = (own_data / "darksphere" / "darksphere_0000.png").read_bytes()
     (own_data / "darksphere" / "broken.png").write_bytes(good[:100])
     cfg, argv = make_cfg(data_root=own_data)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     assert "darksphere/broken.png" not in set(split["path"])
-    splitting.load_split(cfg)  # still broken: not a change
+    splitting.read_or_draw_split(cfg)  # still broken: not a change
     (own_data / "darksphere" / "broken.png").write_bytes(good)
     with pytest.raises(
         lab.LabError,
         match=r"1 image\(s\) were added to .* \(1 of them unreadable before and "
         r"readable now\).*`python train.py` adds them",
     ):
-        splitting.load_split(cfg, grow=False)  # the scripts after training
-    grown = splitting.load_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
+        splitting.read_or_draw_split(cfg, grow=False)  # the scripts after training
+    grown = splitting.read_or_draw_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
     assert grown.loc["darksphere/broken.png", "round"] == "1"
     assert grown.loc["darksphere/broken.png", "split"] == grown.loc["darksphere/darksphere_0000.png", "split"]
     assert (grown["round"] == "0").sum() == len(split)
