@@ -44,51 +44,86 @@ def require(path, made_by, what="file"):
 
 
 # --------------------------------------------------------------------------- atomic artifact I/O
-def atomic_write(path, write):
-    """Call write(tmp_path), then move tmp over path: a crash or a full disk never leaves half a file."""
+# Every artifact is written in one way, with the destination first and the content last: save_csv(path, frame),
+# write_csv(path, frame), OutputSet.save_csv(kind, name, frame), atomic_write(path, write).
+def temporary_path(path):
+    """Where path is written before it is moved into place: `.name.tmp<pid>.ext` beside it (the next run
+    in the folder removes the ones a killed run left)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def stage(path, write):
+    """Call write(temporary path) and flush the file to the disk; return the temporary path. On any failure the
+    temporary file is removed and the error raised as it came."""
+    tmp = temporary_path(path)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        kept = "The previous version is intact." if path.exists() else "Nothing was written."
-        raise lab.LabError(
-            f"Could not save {path}: {reason}. {kept} Free some space or choose another "
-            f"--output_dir, then run the script again."
-        ) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return path
+    return tmp
+
+
+def replace_whole(path, write):
+    """The one atomic write: stage(path, write), then move the whole file over path. An OSError is raised as it
+    came (for callers that say in their own words what a failure leaves); nothing half-written is left."""
+    tmp = stage(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return Path(path)
+
+
+def failure_reason(exc):
+    """An OSError in words: "the disk is full" for the one a user meets most."""
+    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+
+
+def save_failed(path, exc, kept, rerun="the script"):
+    """The error for a write that failed: what happened, what the folder still holds (`kept`), what to do."""
+    return lab.LabError(
+        f"Could not save {path}: {failure_reason(exc)}. {kept} Free some space or choose another "
+        f"--output_dir, then run {rerun} again."
+    )
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then move tmp over path: a crash or a full disk never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return replace_whole(path, write)
+    except OSError as exc:
+        kept = "The previous version is intact." if path.exists() else "Nothing was written."
+        raise save_failed(path, exc, kept) from None
 
 
 def save_text(path, text):
     return atomic_write(path, lambda p: Path(p).write_text(text))
 
 
-def write_json(obj, path):
+def write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")  # ASCII: escapes any name losslessly
 
 
 def save_json(path, obj):
-    return atomic_write(path, lambda p: write_json(obj, p))
+    return atomic_write(path, lambda p: write_json(p, obj))
 
 
-def write_csv(frame, path):
+def write_csv(path, frame):
     """A CSV artifact; a file name that is not valid UTF-8 is written as its own bytes (see above)."""
     frame.to_csv(path, index=False, errors="surrogateescape")
 
 
 def save_csv(path, frame):
-    return atomic_write(path, lambda p: write_csv(frame, p))
+    return atomic_write(path, lambda p: write_csv(p, frame))
 
 
 def read_json(path, made_by, what="file"):

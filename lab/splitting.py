@@ -223,7 +223,7 @@ def record_trunk_failures(cfg, split_rows, ok):
     )
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
         changed = pd.concat([skipped[~mine], new], ignore_index=True)
-        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(changed, p))
+        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(p, changed))
     if len(new):
         print(
             f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "

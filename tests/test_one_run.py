@@ -185,6 +185,29 @@ def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(ma
     assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))  # no temporary file left behind
 
 
+def test_2_a_single_file_and_a_sets_file_fail_on_a_full_disk_alike_and_leave_no_temporary(make_cfg):
+    """One atomic write (artifacts.stage / replace_whole) behind every writer, one message for a full disk."""
+    from lab import manifest
+
+    cfg, _ = make_cfg()
+    target = artifacts.out_path(cfg, "results", "a.csv")
+    artifacts.save_csv(target, pd.DataFrame({"x": [1]}))
+
+    def disk_fills(path):
+        with open(path, "w") as f:
+            f.write("x\n")  # half of it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    saving = rf"Could not save {re.escape(str(target))}: the disk is full\. "
+    with pytest.raises(lab.LabError, match=saving + r"The previous version is intact\. .*run the script again\.$"):
+        artifacts.atomic_write(target, disk_fills)
+    with pytest.raises(lab.LabError, match=saving + r"Nothing was written: .*run `python demo_set.py` again\.$"):
+        with manifest.OutputSet(cfg, "demo_set") as out:
+            out.write("results", "a.csv", disk_fills)
+    assert target.read_text() == "x\n1\n"
+    assert [p.name for p in target.parent.iterdir()] == ["a.csv"]  # no temporary file left behind
+
+
 # --------------------------------------------------------------------------- 3. the checkpoint's run, not the settings
 def section(page, number):
     return page.split(f"<h2>{number}. ")[1].split("<h2>")[0]
