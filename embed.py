@@ -24,7 +24,6 @@ from lab import (
     embedding_files,
     manifest,
     output_lock,
-    provenance,
     runtime,
     trunk_cache,
 )
@@ -54,7 +53,7 @@ def main(argv=None):
         "trunk_precision": backbone.precision_name(dtype),
         "seed": cfg.seed,
         "config": vars(cfg),
-        "versions": provenance.package_versions(),
+        "versions": manifest.package_versions(),
     }
     with manifest.OutputSet(cfg, "embed") as out:
         set_id = embedding_files.save_embedding_set(cfg, frames, meta, out=out)

@@ -57,7 +57,6 @@ from lab import (
     image_io,
     manifest,
     output_lock,
-    provenance,
     runtime,
     trunk_cache,
 )
@@ -347,7 +346,7 @@ def main(argv=None):
     inputs = {
         "checkpoint": digest,
         "embeddings": embedding_files.embedding_set(cfg)["set"],
-        "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+        "thresholds": manifest.artifact_digest(cfg, "results", "novelty_thresholds.json"),
         "sample": sample_digest(chunk_files),
         "predict_dir": str(folder),
         "abundance_calibration": cfg.abundance_calibration,
@@ -375,7 +374,7 @@ def main(argv=None):
             "predict_dir": str(folder),
             "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"],
-            "versions": provenance.package_versions(),
+            "versions": manifest.package_versions(),
         }
         embedding_files.save_embedding_set(
             cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta, embedding_files.PREDICT_META, out=out

@@ -36,7 +36,6 @@ from lab import (
     manifest,
     near_copies,
     output_lock,
-    provenance,
     runtime,
     splitting,
 )
@@ -526,7 +525,7 @@ def the_run(cfg, explicit_root=None):
     predict = embedding_files.current_predict_set(cfg)
     mapped = (
         predict is not None
-        and (provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict["id"]
+        and (manifest.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict["id"]
     )
     return SimpleNamespace(
         trained=trained, inputs=inputs, data_root=data_root, image_root=image_root, predict=predict, mapped=mapped

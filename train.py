@@ -39,7 +39,6 @@ from lab import (
     manifest,
     output_lock,
     plotting,
-    provenance,
     runtime,
     splitting,
     trunk_cache,
@@ -70,7 +69,7 @@ def save_summary(cfg, history):
         out.save_csv("results", "train_history.csv", frame)
         plot_history(frame, out.file("figs", "training_plot.png"))
         out.publish(
-            checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
+            checkpoint=manifest.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
         )
 
 

@@ -11,6 +11,8 @@ while moving: the previous manifest had been withdrawn first), and the message s
 that the new one lacks are removed when it is published: a stale EcoTaxa table never stays beside another sample's
 predictions.
 Writes the sets' files and results/<set>_manifest.json; reads the manifests for every script that checks its inputs.
+Also what each artifact was computed from, for the scripts that record it: an artifact's short digest
+(`artifact_digest`), a set's recorded inputs (`recorded_inputs`) and the package versions (`package_versions`).
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 
 import lab
@@ -46,6 +49,12 @@ def digest(path):
     if key not in _DIGESTS:
         _DIGESTS[key] = artifacts.file_digest(path)[:16]
     return _DIGESTS[key]
+
+
+def artifact_digest(cfg, kind, name):
+    """A short sha256 of one artifact (what later artifacts record they were computed from), or None if absent."""
+    path = artifacts.out_path(cfg, kind, name)
+    return digest(path) if path.is_file() else None
 
 
 def set_id(inputs, outputs):
@@ -225,6 +234,13 @@ def complete(cfg, set_name):
     return check(cfg, set_name)[0]
 
 
+def recorded_inputs(cfg, set_name):
+    """What a script's outputs were computed from (its manifest's inputs), or None when they are not there as one
+    complete set (not run in this output folder, interrupted, a file changed since)."""
+    body = complete(cfg, set_name)
+    return body["inputs"] if body else None
+
+
 def require(cfg, set_name):
     """The manifest of a complete set; else the error that names the script to run again."""
     body, problem = check(cfg, set_name)
@@ -255,3 +271,14 @@ def replace_output(cfg, set_name, kind, name, write):
                 f"`python {made_by(set_name)}` again."
             ) from None
     return path
+
+
+def package_versions():
+    """The versions of Python and the packages a result depends on (a checkpoint and predict.py's meta record them)."""
+    import importlib.metadata as md
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "umap-learn"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[name] = md.version(name)
+    return versions

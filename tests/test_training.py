@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 import evaluate
 import lab
 import train
-from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, provenance, splitting
+from lab import artifacts, checkpoint, config, embedding_files, head_training, manifest, output_lock, splitting
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_the_checkpoint_says_whether_its_trunk_is_random_and_older_checkpoints_s
     torch.save(ckpt, older / "checkpoints" / "best.pth")
     loaded = checkpoint.load_trained(config.load_config([*argv, f"--output_dir={str(older)!r}"]))
     assert loaded.random_trunk and loaded.split is not None and loaded.model is not None
-    assert loaded.digest == provenance.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
+    assert loaded.digest == manifest.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
     imagenet = {**ckpt, "weights": "torchvision EfficientNet_V2_S_Weights.IMAGENET1K_V1"}
     assert not checkpoint.random_trunk(imagenet)
 

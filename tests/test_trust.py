@@ -25,8 +25,8 @@ from lab import (
     config,
     demo_data,
     embedding_files,
+    manifest,
     output_lock,
-    provenance,
     splitting,
     trunk_cache,
 )
@@ -141,10 +141,10 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     analyse_all(argv)
     page = report.main(argv).read_text()
-    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    digest = manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     assert digest in page
     train.main(argv + ["--lr=0.003"])  # a retrain: every later result is now stale
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") != digest
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") != digest
     for script in (compute_average_distances, dimensionality_reduction, transfer_learning):
         with pytest.raises(lab.LabError, match=r"another model.*python embed.py"):
             script.main(argv)
@@ -161,7 +161,7 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     dimensionality_reduction.main(argv)
     transfer_learning.main(argv)
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
 
 
 def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
