@@ -23,7 +23,6 @@ from lab import (
     config,
     embedding_files,
     manifest,
-    output_lock,
     runtime,
     trunk_cache,
 )
@@ -34,7 +33,7 @@ SPLITS = ("train", "val", "test", "unseen")
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
+    artifacts.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     trained = checkpoint.load_trained(cfg)
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
     dtype = trained.trunk_dtype

@@ -56,7 +56,6 @@ from lab import (
     embedding_files,
     image_io,
     manifest,
-    output_lock,
     runtime,
     trunk_cache,
 )
@@ -328,7 +327,7 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     folder, images, others = sample_images(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images
     cfg, ckpt, digest, model, device = trained.cfg, trained.ckpt, trained.digest, trained.model, trained.device
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)

@@ -35,7 +35,6 @@ from lab import (
     interactive_map,
     manifest,
     near_copies,
-    output_lock,
     runtime,
     splitting,
 )
@@ -550,7 +549,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results",))
+    artifacts.ensure_output_dirs(cfg, ("results",))
     given = any(a.startswith("--data_root=") for a in argv)  # asked for on the command line: refused if not the same
     path = build(cfg, cfg.data_root if given else None)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")

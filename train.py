@@ -37,7 +37,6 @@ from lab import (
     config,
     head_training,
     manifest,
-    output_lock,
     plotting,
     runtime,
     splitting,
@@ -282,7 +281,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg)
+    artifacts.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     split = splitting.load_split(cfg)

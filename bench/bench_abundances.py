@@ -37,7 +37,7 @@ import train  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
 from bench.targets import TARGETS  # noqa: E402
-from lab import abundances, artifacts, checkpoint, config, embedding_files, output_lock, progress, runtime  # noqa: E402
+from lab import abundances, artifacts, checkpoint, config, embedding_files, progress, runtime  # noqa: E402
 from lab import novelty_scores as ns  # noqa: E402
 
 OWN_OPTIONS = {
@@ -271,7 +271,7 @@ def run(argv):
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    output_lock.ensure_output_dirs(base, ("results",))
+    artifacts.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "abundances_benchmark.json"), result)
     print_table(result)
     print(f"written to {path}")

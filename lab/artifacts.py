@@ -1,4 +1,5 @@
-"""Where artifacts live and how they are written: paths under output_dir, atomic writes (a crash or a full disk
+"""Where artifacts live and how they are written: paths under output_dir, the output folders (taken with
+output_lock, created, and cleared of what killed runs left), atomic writes (a crash or a full disk
 never leaves half a file), CSV and JSON read exactly as written, file digests, and the loud failure that
 names the script making a missing (or damaged) artifact.
 
@@ -13,9 +14,12 @@ import errno
 import hashlib
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import lab
+from lab import output_lock
 
 ARTIFACT_DIRS = ("checkpoints", "results", "figs", "embeddings", "cache")
 
@@ -30,6 +34,59 @@ def out_path(cfg, kind, name=""):
     """Where an artifact lives: out_path(cfg, "checkpoints", "best.pth")."""
     assert kind in ARTIFACT_DIRS, kind
     return resolve(cfg.output_dir) / kind / name if name else resolve(cfg.output_dir) / kind
+
+
+def ensure_output_dirs(cfg, kinds=ARTIFACT_DIRS):
+    """Take the output folder for this run (one lab run at a time: output_lock), clear what interrupted runs left
+    behind, create the artifact folders and prove they are writable, so a run never fails at its end."""
+    folder = resolve(cfg.output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise lab.LabError(
+            f"Cannot write to the output folder {folder} ({exc.strerror or exc}). Choose another with "
+            f"--output_dir=/some/writable/folder; nothing was changed."
+        ) from None
+    if output_lock.claim(folder):  # the first time in this process: no other lab run is writing the folder
+        remove_leftovers(cfg)
+    for kind in kinds:
+        path = out_path(cfg, kind)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise lab.LabError(
+                f"Cannot write to the output folder {path} ({exc.strerror or exc}). Make it writable, "
+                f"free some space, or choose another with --output_dir=/some/writable/folder; "
+                f"nothing was changed."
+            ) from None
+
+
+# Temporary files of an interrupted write: `.name.tmp<pid>.ext` (temporary_path), `name.npy.tmp<pid>` (the trunk
+# cache) and `name.npy.part<rank>` (a torchrun rank's shard of it). Only files named so, in the lab's own artifact
+# folders, are ever removed.
+LEFTOVER = re.compile(r"(\..+\.tmp(?P<a>\d+)(\.[^.]*)?|trunk_.+\.npy\.tmp(?P<b>\d+)|trunk_.+\.npy\.part\d+)")
+
+
+def remove_leftovers(cfg):
+    """Delete the temporary files that killed runs left (they can be gigabytes); called with the folder's lock
+    held, so no other lab run is writing them."""
+    removed, size = 0, 0
+    for kind in ARTIFACT_DIRS:
+        folder = out_path(cfg, kind)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = LEFTOVER.fullmatch(entry.name)
+            pid = match and (match["a"] or match["b"])  # a torchrun rank's part has no pid: never in use here
+            if match and entry.is_file(follow_symlinks=False) and (pid is None or int(pid) != os.getpid()):
+                size += entry.stat().st_size
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        print(f"[cleanup] removed {removed} temporary file(s) ({size / 1e6:.1f} MB) left by an interrupted run")
+    return removed
 
 
 def require(path, made_by, what="file"):
@@ -47,8 +104,8 @@ def require(path, made_by, what="file"):
 # Every artifact is written in one way, with the destination first and the content last: save_csv(path, frame),
 # write_csv(path, frame), OutputSet.save_csv(kind, name, frame), atomic_write(path, write).
 def temporary_path(path):
-    """Where path is written before it is moved into place: `.name.tmp<pid>.ext` beside it (the next run
-    in the folder removes the ones a killed run left)."""
+    """Where path is written before it is moved into place: `.name.tmp<pid>.ext` beside it (remove_leftovers
+    recognises the ones a killed run left)."""
     path = Path(path)
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 

@@ -1,8 +1,8 @@
 """Output sets: the files one run of a script writes together, published at once, and the manifest that proves
 they belong together and what they were computed from.
 
-A script writes every file of its set under a temporary name beside it (`.name.tmp<pid>.ext`, which the
-next run in the folder removes when a run was killed). Only when every file is whole are they moved into place,
+A script writes every file of its set under a temporary name beside it (`.name.tmp<pid>.ext`, which
+artifacts.remove_leftovers sweeps when a run was killed). Only when every file is whole are they moved into place,
 and the set's manifest, results/<set>_manifest.json, is written last: the digest of each output and the digests of
 the inputs they were computed from (the checkpoint, the split, the embeddings set, the sample ...). A reader trusts a
 set only when its manifest is there and every output still has the digest it records (`check`). So after any failure

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import FAST, wait_for_epoch
+from conftest import FAST, lock_is_free, wait_for_epoch
 
 import compute_average_distances
 import dimensionality_reduction
@@ -26,7 +26,6 @@ from lab import (
     demo_data,
     embedding_files,
     manifest,
-    output_lock,
     splitting,
     trunk_cache,
 )
@@ -297,7 +296,7 @@ def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_
     assert "temporary file(s)" in third.stdout and "left by an interrupted run" in third.stdout
     assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*"))
     assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
-    assert not (artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME).exists()  # released at the end of the run
+    assert lock_is_free(artifacts.resolve(cfg.output_dir))  # released at the end of the run
 
 
 # ---------------------------------------------------------------- #9.9 a retrain that diverges at once
