@@ -356,6 +356,19 @@ def test_6_garbage_in_the_lock_file_or_its_record_never_crashes_a_run(make_cfg, 
             report.main(argv)
 
 
+def test_6_a_file_system_that_refuses_locks_stops_the_run_with_a_clear_error(make_cfg, monkeypatch):
+    import filelock._native._unix as native
+
+    def no_lock_service(fd):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))  # as NFS says when lockd is not running
+
+    cfg, argv = make_cfg()
+    monkeypatch.setattr(native, "lock_fd_nonblocking", no_lock_service)
+    with pytest.raises(lab.LabError, match=r"The file system of the output folder .* cannot lock files .*local disk"):
+        report.main(argv)
+    assert not output_lock._held
+
+
 # A lab run reduced to its lock, in a process of its own: it claims the folder at the moment GO, says whether it
 # took it, and holds it until it is killed. FLOCK=no takes flock away, as on a file system that lacks it (ENOSYS).
 CLAIMANT = textwrap.dedent("""
