@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import cached_features, checkpoint, config, manifest, output_lock, plotting, runtime, trunk_cache
+from lab import artifacts, cached_features, checkpoint, config, manifest, plotting, runtime, trunk_cache
 
 
 def confusion_matrix(y_true, y_pred, n_classes):
@@ -97,7 +97,7 @@ def plot_confusion(matrix, classes, path):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     trained = checkpoint.load_trained(cfg, made_for="test accuracies")
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
     test = trunk_cache.prepare(

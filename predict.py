@@ -54,10 +54,8 @@ from lab import (
     embedding_files,
     image_io,
     manifest,
-    output_lock,
     prediction_table,
     progress,
-    provenance,
     runtime,
     trunk_cache,
 )
@@ -299,7 +297,7 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     folder, images, others = sample_images(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images
     cfg, ckpt, digest, model, device = trained.cfg, trained.ckpt, trained.digest, trained.model, trained.device
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
@@ -317,7 +315,7 @@ def main(argv=None):
     inputs = {
         "checkpoint": digest,
         "embeddings": embedding_files.embedding_set(cfg)["set"],
-        "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+        "thresholds": manifest.artifact_digest(cfg, "results", "novelty_thresholds.json"),
         "sample": sample_digest(chunk_files),
         "predict_dir": str(folder),
         "abundance_calibration": cfg.abundance_calibration,
@@ -345,7 +343,7 @@ def main(argv=None):
             "predict_dir": str(folder),
             "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"],
-            "versions": provenance.package_versions(),
+            "versions": manifest.package_versions(),
         }
         embedding_files.save_embedding_set(
             cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta, embedding_files.PREDICT_META, out=out

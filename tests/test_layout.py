@@ -59,7 +59,6 @@ LAYERS = (
             "lab.plotting",
             "lab.precision",
             "lab.progress",
-            "lab.provenance",
             "lab.runtime",
             "lab.settings_help",
         ),
