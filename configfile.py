@@ -111,3 +111,8 @@ abundance_bootstrap = 200  # bootstrap draws behind each 95 % interval of abunda
 # audit.py --audit_model=head first). On ndsb9 (random trunk) the fold heads' confusions were not the model's:
 # emq_nbvs's error 1.28x classify-and-count's, against 0.52x with the validation split (docs/abundances.md).
 abundance_calibration = "validation"
+# Operating points (evaluate.py's results/operating_points.csv, predict.py's `accepted`; docs/operating-points.md):
+# the precision that the predictions accepted without a look must have, certified on the validation split per class
+# where a class has enough images, pooled over the others; None turns accepting off. In (0, 1).
+accept_precision = 0.95
+accept_confidence = 0.9  # the confidence of that guarantee (each class's, and the pooled one's, on its own), in (0, 1)
