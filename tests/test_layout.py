@@ -35,6 +35,7 @@ LAYERS = (
             "lab.interactive_map",
             "lab.label_audit",
             "lab.novelty_scores",
+            "lab.operating_points",
             "lab.prediction_table",
             "lab.report_charts",
             "lab.report_optional",
