@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from lab import class_matrices, config, embedding_files, manifest, output_lock, plotting, runtime
+from lab import artifacts, class_matrices, config, embedding_files, manifest, plotting, runtime
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
@@ -168,7 +168,7 @@ def analyse(cfg, set_name, out):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     with manifest.OutputSet(cfg, "compute_average_distances") as out:
         results = {name: analyse(cfg, name, out) for name in ("test", "unseen")}
         out.publish(**embedding_files.embedding_inputs(cfg))

@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from lab import config, embedding_files, image_io, manifest, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, image_io, manifest, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -310,7 +310,7 @@ def map_splits(cfg):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     splits, predict = map_splits(cfg)
     frames = {s: embedding_files.load_embeddings(cfg, s) for s in splits}

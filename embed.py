@@ -22,9 +22,7 @@ from lab import (
     config,
     embedding_files,
     manifest,
-    output_lock,
     precision,
-    provenance,
     runtime,
     trunk_cache,
 )
@@ -35,7 +33,7 @@ SPLITS = ("train", "val", "test", "unseen")
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
+    artifacts.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     trained = checkpoint.load_trained(cfg)
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
     dtype = trained.trunk_dtype
@@ -54,7 +52,7 @@ def main(argv=None):
         "trunk_precision": precision.precision_name(dtype),
         "seed": cfg.seed,
         "config": vars(cfg),
-        "versions": provenance.package_versions(),
+        "versions": manifest.package_versions(),
     }
     with manifest.OutputSet(cfg, "embed") as out:
         set_id = embedding_files.save_embedding_set(cfg, frames, meta, out=out)

@@ -13,7 +13,11 @@ Writes:
   results/confusion_matrix.csv counts, true classes as rows, predicted as columns
   figs/confusion_matrix.png    up to 20 classes: counts and row-normalised, a number in each cell; past that the
                                row-normalised matrix, similar classes together (lab/class_matrices.py), bounded size
-  results/evaluate_manifest.json  the digests of these and of the checkpoint and split (manifest.py)
+  results/operating_points.csv per class, the probability above which a prediction is accepted with at least
+                               accept_precision precision (accept_confidence), fitted on the VALIDATION split
+                               only (lab/operating_points.py) and measured on the test split; with the
+                               checkpoint's sha256, read by predict.py. Not written when accept_precision=None
+  results/evaluate_manifest.json  the digests of these files and of the checkpoint and split (manifest.py)
 """
 
 import re
@@ -23,17 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from lab import (
-    cached_features,
-    checkpoint,
-    class_matrices,
-    config,
-    manifest,
-    output_lock,
-    plotting,
-    runtime,
-    trunk_cache,
-)
+from lab import artifacts, cached_features, checkpoint, class_matrices, config, manifest, plotting, runtime, trunk_cache
+from lab import operating_points as op
 
 MIN_SUPPORT_TO_RANK = 5  # test images: a class with fewer is never ranked among the worst (one error is 20 points)
 WORST_SHOWN = 10  # classes printed past class_matrices.NUMBERED_UP_TO classes
@@ -194,15 +189,33 @@ def print_per_class(metrics, table):
         )
 
 
+def fitted_operating_points(cfg, model, device, classes, val, test, digest):
+    """operating_points.csv's table: thresholds fitted on the validation split alone (never a test image), measured
+    on the test split, given as (predicted class index, probabilities, true class index)."""
+    logits = cached_features.head_outputs(model, val, device, cfg.batch_size)[0]
+    probabilities = softmax(logits.astype(np.float64), axis=1)
+    predicted, labels = probabilities.argmax(1), val.labels.numpy()
+    test_predicted, test_probabilities, test_labels = test
+    return op.operating_points(
+        classes,
+        (predicted, probabilities.max(1), labels),
+        (test_predicted, test_probabilities.max(1), test_labels),
+        cfg.accept_precision,
+        cfg.accept_confidence,
+        digest,
+    )
+
+
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     trained = checkpoint.load_trained(cfg, made_for="test accuracies")
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
-    test = trunk_cache.prepare(
-        cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype, names=("test",)
-    )["test"]
+    prepared = trunk_cache.prepare(
+        cfg, device, trained.split, model, ckpt["weights"], trained.trunk_dtype, names=("val", "test")
+    )
+    test = prepared["test"]
     classes = ckpt["classes"]
     logits = cached_features.head_outputs(model, test, device, cfg.batch_size)[0]
     probabilities = softmax(logits.astype(np.float64), axis=1)
@@ -247,6 +260,10 @@ def main(argv=None):
         out.save_csv("results", "top_confusions.csv", top_confusions(matrix, classes))
         counts = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes).reset_index()
         out.save_csv("results", "confusion_matrix.csv", counts)
+        if cfg.accept_precision is not None:
+            test_outputs = (y_pred, probabilities, y_true)
+            points = fitted_operating_points(cfg, model, device, classes, prepared["val"], test_outputs, trained.digest)
+            out.save_csv("results", op.FILE, points)
         plot_confusion(matrix, classes, out.file("figs", "confusion_matrix.png"))
         out.publish(checkpoint=trained.digest, split=ckpt["split_digest"])
     print_per_class(metrics, table)

@@ -25,7 +25,6 @@ from lab import (
     artifacts,
     config,
     interactive_map,
-    output_lock,
     report_many,
     report_optional,
     report_run,
@@ -59,7 +58,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results",))
+    artifacts.ensure_output_dirs(cfg, ("results",))
     given = any(a.startswith("--data_root=") for a in argv)  # asked for on the command line: refused if not the same
     path = build(cfg, cfg.data_root if given else None)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")

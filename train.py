@@ -37,10 +37,8 @@ from lab import (
     config,
     head_training,
     manifest,
-    output_lock,
     plotting,
     precision,
-    provenance,
     runtime,
     splitting,
     trunk_cache,
@@ -71,7 +69,7 @@ def save_summary(cfg, history):
         out.save_csv("results", "train_history.csv", frame)
         plot_history(frame, out.file("figs", "training_plot.png"))
         out.publish(
-            checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
+            checkpoint=manifest.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
         )
 
 
@@ -293,7 +291,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg)
+    artifacts.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     split = splitting.read_or_draw_split(cfg)

@@ -16,7 +16,7 @@ import torch
 
 import backbone
 import lab
-from lab import artifacts, config, precision, provenance, runtime, splitting
+from lab import artifacts, config, manifest, precision, runtime, splitting
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -56,7 +56,7 @@ def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
         "split_digest": split_digest,
         "trunk_precision": trunk_precision,
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": provenance.package_versions(),
+        "versions": manifest.package_versions(),
         **extra,
     }
 
@@ -203,7 +203,7 @@ def load_trained(cfg, model=True, split=True, made_for=""):
             f"{made_for or 'embeddings'} say nothing about plankton beyond showing that the code runs.",
             file=sys.stderr,
         )
-    trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
+    trained = Trained(cfg, ckpt, manifest.artifact_digest(cfg, "checkpoints", "best.pth"))
     if split:
         # drawn here only when split.csv is missing or of other settings; the digest check below then refuses it
         trained.split = splitting.read_or_draw_split(cfg, grow=False)

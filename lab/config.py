@@ -16,7 +16,17 @@ from types import SimpleNamespace
 import lab
 from lab import settings_help
 
-NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_columns", "labels_map"}
+NULLABLE = {
+    "backbone_weights",
+    "predict_dir",
+    "query",
+    "labels_file",
+    "labels_columns",
+    "labels_map",
+    "accept_precision",
+}
+# Settings that are a number or None, whatever configfile.py holds (accept_precision=None there stays a number's).
+NULLABLE_NUMBERS = {"accept_precision"}
 
 
 # Settings whose default is None but whose values are lists of strings (labels_file: a string too).
@@ -74,6 +84,10 @@ def _check_type(name, value, default):
         return None
     if name == "seen_classes" and value == ALL_CLASSES:
         return value
+    if name in NULLABLE_NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number or None")
+        return float(value)
     if name in NULLABLE_LISTS:
         if isinstance(value, str) and name == "labels_file":
             return value
@@ -214,6 +228,11 @@ def a_path_or_none(value):
     return value is None or bool(value.strip()), "None, or the path of a two-column table"
 
 
+def a_share_or_none(value):
+    ok = value is None or (math.isfinite(value) and 0 < value < 1)
+    return ok, "None (accept nothing automatically), or a precision strictly between 0 and 1"
+
+
 def statuses(value):
     return (
         len(value) > 0 and set(value) <= set(LABEL_STATUSES),
@@ -264,6 +283,8 @@ RULES = {
     "abundance_method": one_of(*ABUNDANCE_METHODS),
     "abundance_bootstrap": at_least(20),
     "abundance_calibration": one_of("validation", "out_of_fold"),
+    "accept_precision": a_share_or_none,
+    "accept_confidence": between(0, 1, True, True),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {

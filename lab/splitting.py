@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, config, data_folders, image_io, label_tables, manifest, near_copies, output_lock
+from lab import artifacts, config, data_folders, image_io, label_tables, manifest, near_copies
 
 # bytes: to recognise the same files after a move; round: 0 for the rows of the first draw, k for those added when
 # the data grew the k-th time. path: relative to data_root, or absolute for a table's image outside it.
@@ -231,7 +231,7 @@ def record_trunk_failures(cfg, split_rows, ok):
     )
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
         changed = pd.concat([skipped[~mine], new], ignore_index=True)
-        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(changed, p))
+        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(p, changed))
     if len(new):
         print(
             f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
@@ -320,7 +320,7 @@ def read_or_draw_split(cfg, verify=True, grow=True):
             )
             split = None
     if split is None:
-        output_lock.ensure_output_dirs(cfg, ("results",))
+        artifacts.ensure_output_dirs(cfg, ("results",))
         return make_split(cfg, candidates=candidates)
     if verify:
         added, what = verify_split(cfg, split)
@@ -331,7 +331,7 @@ def read_or_draw_split(cfg, verify=True, grow=True):
                 f"keeping its split, and retrains; or remove them to use this model as it is."
             )
         if added:
-            output_lock.ensure_output_dirs(cfg, ("results",))
+            artifacts.ensure_output_dirs(cfg, ("results",))
             return make_split(cfg, previous=split, candidates=candidates)
     return split
 

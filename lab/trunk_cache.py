@@ -138,7 +138,7 @@ def _write_cache(path, ok_path, n, shape, fill):
 
 
 def part_path(path, rank):
-    """Where a torchrun rank writes its shard of the cache file path (a leftover for output_lock.remove_leftovers)."""
+    """Where a torchrun rank writes its shard of the cache file path (a leftover for artifacts.remove_leftovers)."""
     return path.with_name(f"{path.name}.part{rank}")
 
 

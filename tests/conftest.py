@@ -81,6 +81,20 @@ def slow_tests_are_marked(request, monkeypatch):
     yield
 
 
+def lock_is_free(folder):
+    """Whether no process holds the output folder's lock (another process could take it now), and no record names a
+    holder: what a run leaves when it gave the lock back."""
+    import filelock
+
+    lock = filelock.FileLock(Path(folder) / output_lock.LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return not (Path(folder) / output_lock.OWNER_NAME).exists()
+
+
 @pytest.fixture(autouse=True)
 def release_output_locks():
     """Scripts run in-process keep their output folder's lock until the process ends; a test ends sooner."""

@@ -27,6 +27,7 @@ def test_times_digests_and_paths_are_masked_and_numbers_are_not(tmp_path):
     write_run(tmp_path / "a", 0.5, "2026-12-06 00:38:49", "29bcc97c09041be9")
     write_run(tmp_path / "b", 0.5, "2026-12-06 00:39:28", "6061e7e0108935cb")
     write_run(tmp_path / "c", 0.25, "2026-12-06 00:39:28", "6061e7e0108935cb", extra=True)
+    (tmp_path / "b" / ".plankton-lab.lock").write_bytes(b"")  # the lock a run leaves: not an output
     assert same_outputs.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     compared, problems = same_outputs.compare(tmp_path / "a", tmp_path / "c")
     assert len(compared) == 3

@@ -24,9 +24,9 @@ from lab import (
     config,
     embedding_files,
     head_training,
+    manifest,
     output_lock,
     precision,
-    provenance,
     splitting,
 )
 
@@ -116,7 +116,7 @@ def test_the_checkpoint_says_whether_its_trunk_is_random_and_older_checkpoints_s
     state = loaded.model.state_dict()  # the checkpoint's weights, every one of them
     assert set(state) == set(ckpt["model_state"])
     assert all(torch.equal(state[name].cpu(), tensor.cpu()) for name, tensor in ckpt["model_state"].items())
-    assert loaded.digest == provenance.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
+    assert loaded.digest == manifest.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
     imagenet = {**ckpt, "weights": "torchvision EfficientNet_V2_S_Weights.IMAGENET1K_V1"}
     assert not checkpoint.random_trunk(imagenet)
 

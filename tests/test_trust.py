@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import FAST, wait_for_epoch
+from conftest import FAST, lock_is_free, wait_for_epoch
 
 import compute_average_distances
 import dimensionality_reduction
@@ -25,9 +25,8 @@ from lab import (
     config,
     demo_data,
     embedding_files,
-    output_lock,
+    manifest,
     precision,
-    provenance,
     splitting,
     trunk_cache,
 )
@@ -142,10 +141,10 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     analyse_all(argv)
     page = report.main(argv).read_text()
-    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    digest = manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     assert digest in page
     train.main(argv + ["--lr=0.003"])  # a retrain: every later result is now stale
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") != digest
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") != digest
     for script in (compute_average_distances, dimensionality_reduction, transfer_learning):
         with pytest.raises(lab.LabError, match=r"another model.*python embed.py"):
             script.main(argv)
@@ -162,7 +161,7 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     dimensionality_reduction.main(argv)
     transfer_learning.main(argv)
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
 
 
 def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
@@ -298,7 +297,7 @@ def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_
     assert "temporary file(s)" in third.stdout and "left by an interrupted run" in third.stdout
     assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*"))
     assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
-    assert not (artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME).exists()  # released at the end of the run
+    assert lock_is_free(artifacts.resolve(cfg.output_dir))  # released at the end of the run
 
 
 # ---------------------------------------------------------------- #9.9 a retrain that diverges at once
