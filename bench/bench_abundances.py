@@ -18,9 +18,7 @@ the output folder (the scratch folder's is deleted: give --output_dir to keep it
     python bench/bench_abundances.py --trained_dir=/tmp/run --samples=100 --jobs=2
 """
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -238,19 +236,16 @@ def print_table(result):
 def run(argv):
     own, argv = own_options(argv)
     base = config.load_config(argv)
-    scratch = None
-    if own["--trained_dir"]:
-        run_argv = lab_argv(argv, artifacts.resolve(own["--trained_dir"]))
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="plankton-abundances-"))
-        run_argv = lab_argv(argv, scratch)
+
+    def train(run_argv):
         if not artifacts.resolve(config.load_config(run_argv).data_root).is_dir():
             raise lab.LabError(
                 f"The benchmark data {NDSB9} is absent. Pass --data_root=... with --seen_classes=[...] "
                 f"and --unseen_classes=[...], or --trained_dir=... of a trained model."
             )
         train_model(run_argv, own["--calibration"])
-    try:
+
+    with common.trained_model(own["--trained_dir"], argv, lab_argv, "plankton-abundances-", train) as run_argv:
         start = time.perf_counter()
         cfg, calibration, test, accuracy = model_outputs(run_argv, own["--calibration"])
         summary, per_sample = measure(
@@ -277,14 +272,7 @@ def run(argv):
             "argv": argv,
             "per_sample": per_sample,
         }
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-    artifacts.ensure_output_dirs(base, ("results",))
-    path = artifacts.save_json(artifacts.out_path(base, "results", "abundances_benchmark.json"), result)
-    print_table(result)
-    print(f"written to {path}")
-    return result
+    return common.save_result(base, "abundances_benchmark.json", result, print_table)
 
 
 def main(argv=None):

@@ -25,9 +25,7 @@ Writes results/operating_points_benchmark.json under the output folder and print
     python bench/bench_operating_points.py --ndsb112=True --epochs=5 --backbone_weights=None   # a short training
 """
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from scipy.stats import binom  # noqa: E402
 import lab  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_abundances import draw_samples, lab_argv, train_model  # noqa: E402
-from lab import abundances, artifacts, checkpoint, config, data_folders, embedding_files, output_lock, runtime  # noqa: E402
+from lab import abundances, checkpoint, config, data_folders, embedding_files, runtime  # noqa: E402
 from lab import novelty_scores as ns  # noqa: E402
 from lab import operating_points as op  # noqa: E402
 
@@ -235,14 +233,10 @@ def print_table(result):
 def run(argv):
     own, argv = own_options(argv)
     base = config.load_config(argv)
-    scratch = None
-    if own["--trained_dir"]:
-        run_argv = lab_argv(argv, artifacts.resolve(own["--trained_dir"]))
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="plankton-operating-points-"))
-        run_argv = lab_argv(argv, scratch)
-        train_model(run_argv, "validation")
-    try:
+    trained = common.trained_model(
+        own["--trained_dir"], argv, lab_argv, "plankton-operating-points-", lambda a: train_model(a, "validation")
+    )
+    with trained as run_argv:
         start = time.perf_counter()
         cfg, outputs = model_outputs(run_argv)
         if cfg.accept_precision is None:
@@ -275,14 +269,7 @@ def run(argv):
             "argv": argv,
             "own_options": own,
         }
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-    output_lock.ensure_output_dirs(base, ("results",))
-    path = artifacts.save_json(artifacts.out_path(base, "results", "operating_points_benchmark.json"), result)
-    print_table(result)
-    print(f"written to {path}")
-    return result
+    return common.save_result(base, "operating_points_benchmark.json", result, print_table)
 
 
 def main(argv=None):

@@ -2,12 +2,15 @@
 processes and the rows of the table. Reads /proc/cpuinfo and /proc/self/status; writes nothing.
 """
 
+import contextlib
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,3 +200,34 @@ def information(name, compared, value, unit, note=""):
         "met": None,
         "reason": note,
     }
+
+
+def save_result(base, file_name, result, print_table):
+    """Write a benchmark's result JSON under results/ of the config `base` (the folder created, and locked, as every
+    script's), print its table and where it went; returns the result."""
+    from lab import artifacts
+
+    artifacts.ensure_output_dirs(base, ("results",))
+    path = artifacts.save_json(artifacts.out_path(base, "results", file_name), result)
+    print_table(result)
+    print(f"written to {path}")
+    return result
+
+
+@contextlib.contextmanager
+def trained_model(trained_dir, argv, lab_argv, prefix, train):
+    """The lab's argv of a trained model: of trained_dir's when given, else of a model `train(run_argv)` trains in a
+    scratch folder, removed at the end (also when training or the measurement fails). lab_argv(argv, folder) makes
+    the run's argv for an output folder."""
+    from lab import artifacts
+
+    if trained_dir:
+        yield lab_argv(argv, artifacts.resolve(trained_dir))
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        run_argv = lab_argv(argv, scratch)
+        train(run_argv)
+        yield run_argv
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
