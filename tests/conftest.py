@@ -167,6 +167,66 @@ def own_defaults(tmp_path, monkeypatch):
     return make
 
 
+# ----------------------------------------------------- a user's data, new samples, scripts run as a user runs them
+BAD_NAME = os.fsdecode(b"bad\xff\xfename.png")  # Latin-1 bytes, as an old zip or a Windows archive leaves them
+
+
+def run_script(script, *argv, env=None):
+    """Run a script (or `-m module`, `-c code`) in a process of its own, from the repository root."""
+    import subprocess
+
+    return subprocess.run([sys.executable, script, *argv], cwd=lab.ROOT, capture_output=True, text=True, env=env)
+
+
+def sample(folder, images, names=None):
+    """A folder of new images: copies of `images`, named `names` (img_0000.png ... by default)."""
+    folder.mkdir(parents=True)
+    for i, source in enumerate(images):
+        shutil.copy(source, folder / (names[i] if names else f"img_{i:04d}.png"))
+    return folder
+
+
+def class_images(root, cls, n, skip=0):
+    return sorted((root / cls).iterdir())[skip : skip + n]
+
+
+@pytest.fixture
+def own_data(tiny_demo, tmp_path):
+    """A user's data folder (a copy of the tiny demo set, without the demo marker)."""
+    root = shutil.copytree(tiny_demo, tmp_path / "FlowCamNet" / "imgs")
+    (root / demo_data.MARKER).unlink()
+    return root
+
+
+@pytest.fixture
+def trained_copy(own_data, tmp_path):
+    """(config, argv, data root) of a model trained on a user's copy of the tiny demo set, in this test's folder."""
+    import train
+
+    argv = [
+        f"--data_root={str(own_data)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        "--epochs=3",
+        "--reduction_method='pca'",
+    ]
+    train.main(argv)
+    return config.load_config(argv), argv, own_data
+
+
+def analyse_all(argv):
+    """The analysis stages after embed.py: distances, the map and transfer learning."""
+    import compute_average_distances
+    import dimensionality_reduction
+    import embed
+    import transfer_learning
+
+    embed.main(argv)
+    compute_average_distances.main(argv)
+    dimensionality_reduction.main(argv)
+    transfer_learning.main(argv)
+
+
 def shared_dataset(name):
     path = SHARED_DATA / name
     if not path.is_dir():

@@ -1,4 +1,6 @@
-"""Scanning, the class summary, the persisted split, and every kind of messy plankton folder."""
+"""Scanning, the class summary, the persisted split, and every kind of messy plankton folder: other settings draw
+their own split, a file unreadable at the scan comes back once repaired, a class folder whose name is not UTF-8 is
+split and written reversibly."""
 
 import io
 import shutil
@@ -7,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_COUNTS, shared_dataset
+from conftest import BAD_NAME, TINY_COUNTS, shared_dataset
 from PIL import Image
 
 import dataloader
+import evaluate
 import lab
 import train
 from lab import artifacts, config, data_folders, demo_data, image_io, splitting
@@ -208,3 +211,49 @@ def test_real_flowcam_files_of_mixed_modes_load():
         assert image_io.check_image(p) is None
         tensor = image_io.image_tensor(image_io.load_rgb(p), 64)
         assert tensor.shape == (3, 64, 64) and torch.isfinite(tensor).all()
+
+
+def test_other_settings_draw_their_own_split_but_changed_files_are_refused(trained_copy, capsys):
+    cfg, argv, root = trained_copy
+    first = splitting.read_split_file(cfg)
+    classes = "--seen_classes=['chainthin', 'darksphere', 'Odontella']"
+    train.main(argv + [classes, "--epochs=1"])
+    assert "seen_classes differ from the settings of results/split.csv: drawing" in capsys.readouterr().out
+    assert set(splitting.read_split_file(cfg)["label"]) != set(first["label"])
+    metrics = evaluate.main(argv)  # evaluates the model just trained, on its own split
+    assert set(metrics["per_class"]) == {"chainthin", "darksphere", "Odontella"}
+    (root / "Odontella" / "Odontella_0003.png").unlink()
+    with pytest.raises(lab.LabError, match="no longer matches the files"):
+        train.main(argv + [classes, "--epochs=1"])
+
+
+def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, own_data):
+    good = (own_data / "darksphere" / "darksphere_0000.png").read_bytes()
+    (own_data / "darksphere" / "broken.png").write_bytes(good[:100])
+    cfg, argv = make_cfg(data_root=own_data)
+    split = splitting.read_or_draw_split(cfg)
+    assert "darksphere/broken.png" not in set(split["path"])
+    splitting.read_or_draw_split(cfg)  # still broken: not a change
+    (own_data / "darksphere" / "broken.png").write_bytes(good)
+    with pytest.raises(
+        lab.LabError,
+        match=r"1 image\(s\) were added to .* \(1 of them unreadable before and "
+        r"readable now\).*`python train.py` adds them",
+    ):
+        splitting.read_or_draw_split(cfg, grow=False)  # the scripts after training
+    grown = splitting.read_or_draw_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
+    assert grown.loc["darksphere/broken.png", "round"] == "1"
+    assert grown.loc["darksphere/broken.png", "split"] == grown.loc["darksphere/darksphere_0000.png", "split"]
+    assert (grown["round"] == "0").sum() == len(split)
+
+
+def test_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reversibly(tiny_demo, tmp_path, make_cfg):
+    root = shutil.copytree(tiny_demo, tmp_path / "data")
+    shutil.copy(root / "Odontella" / "Odontella_0000.png", root / "Odontella" / BAD_NAME)
+    cfg, _ = make_cfg(data_root=root)
+    split = splitting.read_or_draw_split(cfg)
+    assert f"Odontella/{BAD_NAME}" in set(split["path"])
+    assert b"Odontella/bad\xff\xfename.png," in artifacts.out_path(cfg, "results", "split.csv").read_bytes()
+    assert f"Odontella/{BAD_NAME}" in set(splitting.read_split_file(cfg)["path"])  # read back the same
+    duplicates = artifacts.read_csv(artifacts.out_path(cfg, "results", "duplicates.csv"), ("path", "label"))
+    assert f"Odontella/{BAD_NAME}" in set(duplicates["path"])  # a copy of Odontella_0000.png

@@ -1,5 +1,5 @@
 """novelty.py on a trained tiny demo: its table equals scikit-learn's on its own per-image scores, and its
-thresholds come from the validation images alone."""
+thresholds come from the validation images alone; a damaged thresholds file is one paragraph naming novelty.py."""
 
 import json
 
@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 import lab
 import novelty
-from lab import artifacts, config, embedding_files, manifest
+from lab import artifacts, checkpoint, config, embedding_files, manifest
 from lab import novelty_scores as ns
 
 
@@ -100,3 +100,19 @@ def test_novelty_settings_are_validated():
         with pytest.raises(lab.LabError, match=fragment):
             config.load_config([bad])
     assert config.load_config(["--predict_dir=None"]).predict_dir is None
+
+
+def test_a_damaged_thresholds_file_is_one_paragraph_naming_novelty_py(novelty_ready):
+    cfg, _ = novelty_ready
+    trained = checkpoint.load_trained(cfg, model=False, split=False)
+    scorer = ns.scorer_from_artifacts(trained.cfg, trained.ckpt, trained.digest)
+    path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
+    saved = path.read_text()
+    try:
+        for damage in ('{"thresholds": {"msp": 0.', "[1]", '{"thresholds": 3}'):  # cut short, not an object, edited
+            path.write_text(damage)
+            with pytest.raises(lab.LabError, match=r"novelty_thresholds.json is damaged.*python novelty.py"):
+                ns.load_thresholds(trained.cfg, trained.digest, scorer)  # what predict.py reads them with
+    finally:
+        path.write_text(saved)
+    assert ns.load_thresholds(trained.cfg, trained.digest, scorer)["thresholds"]

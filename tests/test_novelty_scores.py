@@ -1,4 +1,5 @@
-"""Novelty scores against hand-computed values, and their evaluation against scikit-learn's."""
+"""Novelty scores against hand-computed values, their evaluation against scikit-learn's, and finite scores on
+degenerate (identical or all-zero) training embeddings."""
 
 import math
 
@@ -149,3 +150,18 @@ def test_perfectly_separated_and_reversed_scores():
     assert ns.auroc(np.ones(5), np.zeros(3)) == 0.0 and ns.fpr_at_tpr(np.ones(5), np.zeros(3)) == 1.0
     with pytest.raises(ValueError):
         ns.auroc(np.zeros(0), np.ones(3))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_identical_or_all_zero_training_embeddings_give_finite_novelty_scores(value):
+    train = np.full((30, 8), value)
+    labels = np.repeat([0, 1, 2], 10)
+    gaussians = ns.Gaussians(train, labels)
+    assert gaussians.degenerate
+    queries = np.random.default_rng(0).normal(size=(5, 8))
+    expected = np.sqrt(((queries - value) ** 2).sum(1))  # no spread: the Euclidean distance to the (one) mean
+    assert gaussians.mahalanobis(queries) == pytest.approx(expected)
+    scorer = ns.NoveltyScorer(train, labels, np.ones((3, 8)), np.zeros(3), 5, np.full((4, 8), value))
+    scores = scorer.scores(queries)
+    assert all(np.isfinite(v).all() for v in scores.values())
+    assert not ns.Gaussians(np.random.default_rng(1).normal(size=(30, 8)), labels).degenerate

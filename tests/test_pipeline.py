@@ -1,13 +1,16 @@
-"""The whole mission end to end: on a tiny demo set, and on real plankton images from ../shared."""
+"""The whole mission end to end: on a tiny demo set, on real plankton images from ../shared, and on file names that
+are not UTF-8; a missing data root is an error that creates nothing."""
 
 import base64
 import io
 import json
+import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
-from conftest import FAST, NDSB9_SEEN, NDSB9_UNSEEN, shared_dataset
+from conftest import BAD_NAME, FAST, NDSB9_SEEN, NDSB9_UNSEEN, run_script, shared_dataset
 from PIL import Image
 
 import lab
@@ -130,3 +133,35 @@ def test_demo_offline_falls_back_to_a_random_trunk_loudly_but_real_data_does_not
     real_cfg = config.load_config([f"--data_root={str(tmp_path)!r}"])
     with pytest.raises(lab.LabError, match="seems to be offline"):
         run_pipeline.weights_overrides(real_cfg)
+
+
+@pytest.mark.slow
+def test_a_missing_data_root_is_an_error_naming_it_and_nothing_is_created(tmp_path):
+    missing = tmp_path / "unmounted" / "FlowCamNet" / "imgs"
+    result = run_script(
+        "run_pipeline.py",
+        f"--data_root={str(missing)!r}",
+        f"--output_dir={str(tmp_path / 'o')!r}",
+        "--backbone_weights=None",
+    )
+    assert result.returncode == 2 and str(missing) in result.stderr and "does not exist" in result.stderr
+    assert not missing.parent.parent.exists() and "RANDOM TRUNK" not in result.stderr
+
+
+@pytest.mark.slow
+def test_names_that_are_not_utf8_go_through_the_whole_pipeline_and_the_report(tiny_demo, tmp_path):
+    root = shutil.copytree(tiny_demo, tmp_path / "data")
+    for cls in ("Odontella", "Retaria"):
+        os.rename(root / cls / f"{cls}_0001.png", root / cls / BAD_NAME)
+    argv = [f"--data_root={str(root)!r}", f"--output_dir={str(tmp_path / 'out')!r}", *FAST, "--reduction_method='pca'"]
+    run_pipeline.main(argv)
+    cfg = config.load_config(argv)
+    embedded = pd.concat(
+        [
+            pd.read_pickle(artifacts.out_path(cfg, "embeddings", f"embeddings_{s}.pkl"))
+            for s in ("train", "val", "test", "unseen")
+        ]
+    )
+    assert {str(root / c / BAD_NAME) for c in ("Odontella", "Retaria")} <= set(embedded["path"])
+    page = artifacts.out_path(cfg, "results", "report.html").read_text(encoding="utf-8")  # valid UTF-8 throughout
+    assert "bad\\\\xff\\\\xfename.png" in page or "bad\\xff\\xfename.png" in page  # shown escaped, in the map's data

@@ -1,19 +1,35 @@
 """predict.py: a nested folder with junk in it, its predictions equal evaluate.py's, the EcoTaxa layout, and an
-interrupted run that continues where it stopped."""
+interrupted run that continues where it stopped; a run that fails while saving leaves the previous complete set, the
+EcoTaxa table of the sample before is removed, file names that are not UTF-8 are kept as their bytes and left out of
+EcoTaxa, what it prints (the images counted, the next command, the lower-case columns), and a blank predict_dir."""
 
+import contextlib
+import errno
+import io
 import json
+import re
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BAD_NAME, class_images, sample
 from PIL import Image
 from scipy.special import softmax
 
 import evaluate
 import lab
 import predict
-from lab import artifacts, cached_features, checkpoint, output_lock, prediction_table, trunk_cache
+from lab import (
+    artifacts,
+    cached_features,
+    checkpoint,
+    config,
+    embedding_files,
+    output_lock,
+    prediction_table,
+    trunk_cache,
+)
 
 
 def threshold_of(cfg):
@@ -198,3 +214,136 @@ def test_missing_folder_and_missing_thresholds_say_what_to_do(novelty_ready, tin
         predict.main(argv + [retaria, "--novelty_bank_max=100000"])  # another cap that keeps the same reference
     finally:
         thresholds.write_text(saved)
+
+
+PREDICT_FILES = (
+    ("results", "predictions.csv"),
+    ("results", "prediction_counts.csv"),
+    ("results", "predict_skipped.csv"),
+    ("results", "ecotaxa_predictions.tsv"),
+    ("embeddings", "embeddings_predict.pkl"),
+    ("embeddings", "embeddings_predict_meta.json"),
+    ("results", "predict_manifest.json"),
+)
+
+
+def set_files(cfg):
+    """The bytes of every file of predict.py's set that exists."""
+    found = {}
+    for kind, name in PREDICT_FILES:
+        path = artifacts.out_path(cfg, kind, name)
+        if path.exists():
+            found[f"{kind}/{name}"] = path.read_bytes()
+    return found
+
+
+@pytest.fixture(scope="module")
+def haul(novelty_ready, tiny_demo, tmp_path_factory):
+    """One predict.py run (with --ecotaxa=True), in a copy of the trained output folder, on a haul holding three
+    images, a file that does not decode and a text file: (config, the folder, its stdout, its stderr). Several
+    tests read this one run."""
+    cfg, argv = novelty_ready
+    out = tmp_path_factory.mktemp("haul") / "out"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    folder = sample(out.parent / "haul", class_images(tiny_demo, "Retaria", 3))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("CTD cast 7\n")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            predict.main(argv + [f"--predict_dir={str(folder)!r}", "--ecotaxa=True"])
+    finally:
+        output_lock.release_locks()
+    return config.load_config(argv), folder, stdout.getvalue(), stderr.getvalue()
+
+
+def test_a_predict_run_that_fails_while_saving_leaves_the_previous_complete_set(
+    novelty_ready, tiny_demo, tmp_path, monkeypatch
+):
+    cfg, argv = novelty_ready
+    a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 6))
+    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 2))
+    predict.main(argv + [f"--predict_dir={str(a)!r}"])
+    before = set_files(cfg)
+
+    def disk_full(frame, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pd.DataFrame, "to_pickle", disk_full)  # the disk fills while the embeddings are saved
+        with pytest.raises(
+            lab.LabError,
+            match=rf"the disk is full\. The previous complete set of predict.py's "
+            rf"results \(the predictions of {re.escape(str(a))}\).*is intact",
+        ):
+            predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    assert set_files(cfg) == before  # A's CSV files, embeddings and manifest, all of them
+    assert embedding_files.current_predict_set(cfg)["inputs"]["predict_dir"] == str(a)
+    for key in before:  # no set at all before: nothing is left, and the message says so
+        artifacts.out_path(cfg, *key.split("/")).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(pd.DataFrame, "to_pickle", disk_full)
+        with pytest.raises(lab.LabError, match="Nothing was written"):
+            predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    assert set_files(cfg) == {}
+
+
+def test_a_predict_run_removes_the_ecotaxa_table_of_the_sample_before(novelty_ready, tiny_demo, tmp_path):
+    cfg, argv = novelty_ready
+    x = sample(tmp_path / "X", class_images(tiny_demo, "Retaria", 4))
+    y = sample(tmp_path / "Y", class_images(tiny_demo, "chainthin", 5))
+    table = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv")
+    predict.main(argv + [f"--predict_dir={str(x)!r}", "--ecotaxa=True"])
+    assert table.exists()
+    predict.main(argv + [f"--predict_dir={str(y)!r}"])
+    assert not table.exists(), "X's EcoTaxa table stayed beside Y's predictions"
+    assert len(pd.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"))) == 5
+
+
+def test_names_that_are_not_utf8_are_classified_kept_as_their_bytes_and_left_out_of_ecotaxa(
+    novelty_ready, tiny_demo, tmp_path, capsys
+):
+    cfg, argv = novelty_ready
+    names = ["good.png", BAD_NAME, "caf\u00e9.png"]
+    folder = sample(tmp_path / "old_zip", class_images(tiny_demo, "Retaria", 3), names)
+    predict.main(argv + [f"--predict_dir={str(folder)!r}", "--ecotaxa=True"])
+    raw = artifacts.out_path(cfg, "results", "predictions.csv").read_bytes()
+    assert b"\nbad\xff\xfename.png," in raw and "\ncaf\u00e9.png,".encode() in raw  # the names' own bytes
+    rows = artifacts.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"), ("path", "predicted"))
+    assert sorted(rows["path"]) == sorted(names)  # read back exactly
+    assert (folder / rows["path"][rows["path"] == BAD_NAME].item()).is_file()
+    tsv = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text(encoding="utf-8")  # valid UTF-8
+    assert "good.png" in tsv and "caf\u00e9.png" in tsv and "bad" not in tsv
+    left_out = artifacts.read_csv(artifacts.out_path(cfg, "results", "ecotaxa_left_out.csv"), ("path", "reason"))
+    assert list(left_out["path"]) == [BAD_NAME] and "convmv -f latin1 -t utf8 --notest" in left_out["reason"][0]
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err and "convmv" in err and "bad\\xff\\xfename.png" in err
+
+
+def test_predict_says_which_command_puts_the_new_images_on_the_map(haul):
+    out = haul[2]
+    assert "next: `python dimensionality_reduction.py` puts these images on the 2-D map" in out
+    assert "`python report.py` shows them" in out
+
+
+def test_an_unreadable_file_is_not_counted_as_an_image(haul):
+    out = haul[2]  # three images, a file that does not decode, a text file
+    assert not re.search(r"\b4 images\b", out), out
+    assert "4 image files under" in out and "(1 other entry ignored)" in out
+    assert "3 images classified" in out and "1 image file that could not be decoded and 1 other entry skipped" in out
+
+
+def test_the_ecotaxa_table_says_why_its_columns_are_lower_case(haul):
+    cfg, _, out, _ = haul
+    assert (
+        "lower case because EcoTaxa's import takes no other (object_p_rhabdonellidae is the class "
+        "'Rhabdonellidae')" in out
+    )
+    header = artifacts.out_path(cfg, "results", "ecotaxa_predictions.tsv").read_text().splitlines()[0].split("\t")
+    assert "object_p_rhabdonellidae" in header
+
+
+def test_a_blank_predict_dir_is_quoted_as_given():
+    with pytest.raises(lab.LabError, match=r"predict_dir=' ' names no folder"):
+        config.load_config(["--predict_dir=' '"])

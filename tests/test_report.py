@@ -1,4 +1,6 @@
-"""The report: its interactive map's points and thumbnails, its optional sections, and the page in a real browser."""
+"""The report: its interactive map's points, thumbnails and tooltips, never one sample's points with another's
+predictions, its optional sections, the checkpoint's split and data root, a missing figure naming the script that
+makes it, and the page in a real browser."""
 
 import base64
 import io
@@ -8,16 +10,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CHROMIUM_FLAGS
+from conftest import CHROMIUM_FLAGS, class_images, sample
 from PIL import Image
 
+import dataloader
 import dimensionality_reduction
+import lab
+import predict
 import report
 from lab import artifacts, config, embedding_files, interactive_map, manifest
-
-
-def class_images(root, cls, n):
-    return sorted(p for p in (root / cls).iterdir())[:n]
 
 
 def test_rows_join_on_the_exact_path_never_on_a_file_name():
@@ -270,3 +271,102 @@ def test_report_opens_offline_in_chromium_renders_the_map_and_hovering_shows_the
     print(f"screenshots of the map with a tooltip and of the whole report: {screenshots}/map-tooltip.png, report.png")
     assert not errors, errors
     assert not requests, f"the report asked the network for {requests}"
+
+
+def pipeline_copy(tiny_pipeline, tmp_path):
+    """(cfg, argv) of a copy of the tiny pipeline's output folder, which the test may change."""
+    cfg, argv, _ = tiny_pipeline
+    out = tmp_path / "out"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    return config.load_config(argv), argv
+
+
+def captured_map_points(monkeypatch):
+    """The points report.py hands to the interactive map, captured as it builds the page."""
+    captured, build_map = [], interactive_map.build_map
+    monkeypatch.setattr(
+        interactive_map, "build_map", lambda points, *a, **k: (captured.append(points), build_map(points, *a, **k))[1]
+    )
+    return captured
+
+
+def section(page, number):
+    return page.split(f"<h2>{number}. ")[1].split("<h2>")[0]
+
+
+@pytest.mark.slow
+def test_the_map_never_shows_one_samples_points_with_anothers_predictions(
+    tiny_pipeline, tiny_demo, tmp_path, monkeypatch
+):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    a = sample(tmp_path / "A", class_images(tiny_demo, "Retaria", 12))
+    b = sample(tmp_path / "B", class_images(tiny_demo, "chainthin", 12))  # the same file names, other images
+    predict.main(argv + [f"--predict_dir={str(a)!r}"])
+    dimensionality_reduction.main(argv + ["--reduction_method=pca"])
+    predict.main(argv + [f"--predict_dir={str(b)!r}"])
+    captured = captured_map_points(monkeypatch)
+    page = report.main(argv).read_text()
+    points = captured[-1]
+    assert (points["split"] == "predict").sum() == 0, points[points["split"] == "predict"][["file", "prediction"]]
+    assert "python dimensionality_reduction.py" in page and str(b) in page  # the line naming the command
+    dimensionality_reduction.main(argv + ["--reduction_method=pca"])
+    report.main(argv)
+    mapped = captured[-1][captured[-1]["split"] == "predict"].set_index("file")
+    rows = artifacts.read_csv(artifacts.out_path(cfg, "results", "predictions.csv"), ("path", "predicted"))
+    assert len(mapped) == len(rows) == 12
+    for _, row in rows.iterrows():  # every point carries the prediction of its own file of B
+        assert f"<b>{row['predicted']}</b>" in mapped.loc[row["path"], "prediction"]
+        assert mapped.loc[row["path"], "colour_class"] == row["predicted"]
+
+
+@pytest.mark.slow
+def test_the_report_describes_the_checkpoints_split_and_data_root(tiny_pipeline, tiny_demo, tmp_path):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    dataloader.main(argv + ["--seen_classes=['chainthin', 'darksphere', 'Odontella']", "--max_images_per_class=20"])
+    page = report.main(argv).read_text()
+    data = section(page, 1)
+    assert "Left out" in data and "python dataloader.py" in data and "--max_images_per_class=0" in data, data
+    assert "<table" not in data and "Rhabdonellidae" in section(page, 3)  # the 6-class model's test set
+    dataloader.main(argv)  # the command's settings: the model's split again, byte for byte
+    assert "Rhabdonellidae" in section(report.main(argv).read_text(), 1)
+    other = shutil.copytree(tiny_demo, tmp_path / "other")
+    (other / "Odontella" / "Odontella_0003.png").unlink()  # another folder: not the files the model saw
+    with pytest.raises(lab.LabError, match=r"does not hold the files that checkpoints/best.pth was trained on"):
+        report.main(argv + [f"--data_root={str(other)!r}"])
+    moved = shutil.copytree(tiny_demo, tmp_path / "moved")
+    page = report.main(argv + [f"--data_root={str(moved)!r}"]).read_text()
+    assert f"Data root <code>{tiny_demo}</code>; images read from <code>{moved}</code> (same files)" in page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "figure, message",
+    [
+        ("novelty_roc.png", r"novelty: figs/novelty_roc.png is missing.*python novelty.py"),
+        ("gallery_Odontella.png", r"gallery_Odontella.png is missing.*python dimensionality_reduction.py"),
+    ],
+)
+def test_a_missing_figure_stops_the_report_naming_the_script_that_makes_it(tiny_pipeline, tmp_path, figure, message):
+    cfg, argv = pipeline_copy(tiny_pipeline, tmp_path)
+    artifacts.out_path(cfg, "figs", figure).unlink()
+    with pytest.raises(lab.LabError, match=message):
+        report.main(argv)
+
+
+def test_the_tooltip_of_a_predicted_image_shows_its_novelty_score_and_flag(tiny_demo, tmp_path):
+    new = sample(tmp_path / "new", class_images(tiny_demo, "Retaria", 2))
+    paths = [str(new / "img_0000.png"), str(new / "img_0001.png")]
+    coords = pd.DataFrame({"split": "predict", "label": None, "path": paths, "x": [0.0, 1.0], "y": 0.0})
+    predictions = pd.DataFrame(
+        {
+            "path": paths,
+            "predicted": ["Odontella", "chainthin"],
+            "probability": [0.8, 0.6],
+            "novelty_mahalanobis_knn": [2.5, -0.25],
+            "possibly_new": [True, False],
+        }
+    )
+    points = interactive_map.map_points(coords, None, predictions).set_index("file")
+    assert "<b>possibly new</b>: novelty mahalanobis_knn = 2.5" in points.loc["img_0000.png", "prediction"]
+    assert "not flagged as new: novelty mahalanobis_knn = -0.25" in points.loc["img_0001.png", "prediction"]

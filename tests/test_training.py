@@ -1,6 +1,10 @@
-"""Training, evaluation, checkpoints, and the faults a long run meets (crash, Ctrl-C, divergence, full disk)."""
+"""Training, evaluation, checkpoints, and the faults a long run meets (crash, Ctrl-C, divergence, full disk): a file
+broken after the split left out of every later stage and listed once, later scripts using the trunk precision and
+finding the data where the checkpoint's files are, a resume that refuses a changed split, and a retrain that diverges
+at once keeping the previous model aside."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -12,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, wait_for_epoch
+from conftest import FAST, analyse_all, wait_for_epoch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+import embed
 import evaluate
 import lab
+import report
 import train
 from lab import (
     artifacts,
@@ -28,6 +34,7 @@ from lab import (
     output_lock,
     precision,
     splitting,
+    trunk_cache,
 )
 
 
@@ -362,3 +369,87 @@ def test_scripts_run_out_of_order_name_the_script_to_run_first(tmp_path):
         )
         assert result.returncode == 2 and f"python {needed}" in result.stderr, (script, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_file_broken_after_the_split_is_left_out_everywhere_and_listed_once(trained_copy):
+    cfg, argv, root = trained_copy
+    split = splitting.read_split_file(cfg)
+    victims = [split[split["split"] == s]["path"].iloc[0] for s in ("test", "unseen")]
+    originals = {v: (root / v).read_bytes() for v in victims}
+    for v in victims:
+        (root / v).write_bytes(originals[v][: len(originals[v]) // 3])  # truncated since the split was made
+    metrics = evaluate.main(argv)
+    analyse_all(argv)
+    report.main(argv)
+    skipped = splitting.read_skipped(cfg)
+    assert sorted(skipped["path"]) == sorted(victims) and (skipped["stage"] == splitting.TRUNK_STAGE).all()
+    assert metrics["n_test"] == (split["split"] == "test").sum() - 1
+    for name in ("test", "unseen"):
+        frame, _ = embedding_files.load_embeddings(cfg, name)
+        assert not set(frame["path"]) & {str(root / v) for v in victims}
+    for v, data in originals.items():  # repaired: it comes back, and leaves the list
+        (root / v).write_bytes(data)
+    assert evaluate.main(argv)["n_test"] == (split["split"] == "test").sum()
+    embed.main(argv)
+    assert set(splitting.read_skipped(cfg)["path"]) == set()
+
+
+def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data, tmp_path, monkeypatch):
+    argv = [
+        f"--data_root={str(own_data)!r}",
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        *FAST,
+        "--epochs=2",
+        "--precision='auto'",
+    ]
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
+    train.main(argv)
+    cfg = config.load_config(argv)
+    assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # analysed where it is not
+    evaluate.main(argv)
+    embed.main(argv)
+    cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
+    assert cached and all("_bf16_" in name for name in cached), cached  # no fp32 features, nothing rewritten
+    meta = artifacts.out_path(cfg, "embeddings", "embeddings_meta.json")
+    assert json.loads(meta.read_text())["trunk_precision"] == "bf16"
+
+
+def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monkeypatch):
+    cfg, argv, root = trained_copy
+    shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
+    splitting.read_or_draw_split(config.load_config(argv + ["--rebuild_split=True"]))
+
+    def no_trunk(*args, **kwargs):
+        raise AssertionError("the trunk pass ran before the refusal")
+
+    monkeypatch.setattr(trunk_cache, "run_trunk", no_trunk)
+    with pytest.raises(lab.LabError, match="Cannot resume: results/split.csv has changed"):
+        train.main(argv + ["--resume=True", "--epochs=6"])
+
+
+def test_moved_data_is_found_where_the_user_says_when_its_files_match(trained_copy, tmp_path, capsys):
+    cfg, argv, root = trained_copy
+    moved = tmp_path / "new_disk" / "imgs"
+    shutil.move(root, moved)
+    new_argv = [a for a in argv if not a.startswith("--data_root=")] + [f"--data_root={str(moved)!r}"]
+    metrics = evaluate.main(new_argv)
+    assert "the split's files are in" in capsys.readouterr().out and metrics["accuracy"] > 0.4
+    (moved / "Odontella" / "Odontella_0005.png").write_bytes(b"other content, other size")
+    with pytest.raises(lab.LabError, match="does not exist"):  # not the same files: the checkpoint's root is used
+        evaluate.main(new_argv)
+
+
+def test_a_retrain_that_diverges_at_once_does_not_leave_the_previous_model_as_its_own(trained_copy):
+    cfg, argv, _ = trained_copy
+    previous = artifacts.out_path(cfg, "checkpoints", "best.pth").read_bytes()
+    with pytest.raises(lab.LabError, match=r"no model was saved \(the previous run's checkpoints.*previous/"):
+        train.main(argv + ["--lr=1e12"])
+    assert not artifacts.out_path(cfg, "checkpoints", "best.pth").exists()
+    assert (artifacts.out_path(cfg, "checkpoints") / "previous" / "best.pth").read_bytes() == previous  # kept, not lost
+    for where in (("results", "train_history.csv"), ("figs", "training_plot.png")):  # no stale summary either
+        assert not artifacts.out_path(cfg, *where).exists()
+        assert (artifacts.out_path(cfg, "checkpoints") / "previous" / where[1]).stat().st_size > 0
+    with pytest.raises(lab.LabError, match="does not exist yet.*python train.py"):
+        evaluate.main(argv)
