@@ -321,7 +321,9 @@ def summarise(cfg, files, skipped, ignored, left_out=None):
                 "note": f"fewer than min_images_per_class={cfg.min_images_per_class} readable images",
             }
         )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).fillna({"note": ""})
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["note"] = frame["note"].astype(object).where(frame["note"].notna(), "")  # the classes kept have no note
+    return frame
 
 
 def find_duplicates(cfg, files, digests):
