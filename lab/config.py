@@ -16,7 +16,16 @@ from types import SimpleNamespace
 import lab
 from lab import settings_help
 
-NULLABLE = {"backbone_weights", "predict_dir", "query", "labels_file", "labels_columns", "labels_map"}
+NULLABLE = {
+    "backbone_weights",
+    "predict_dir",
+    "query",
+    "labels_file",
+    "labels_columns",
+    "labels_map",
+    "samples",
+    "sample_metadata",
+}
 
 
 # Settings whose default is None but whose values are lists of strings (labels_file: a string too).
@@ -194,6 +203,10 @@ def a_path_or_none(value):
     return value is None or bool(value.strip()), "None, or the path of a two-column table"
 
 
+def samples_or_none(value):
+    return value is None or bool(value.strip()), "None, 'subfolders', or the path of a table of samples and images"
+
+
 def statuses(value):
     return (
         len(value) > 0 and set(value) <= set(LABEL_STATUSES),
@@ -244,6 +257,8 @@ RULES = {
     "abundance_method": one_of(*ABUNDANCE_METHODS),
     "abundance_bootstrap": at_least(20),
     "abundance_calibration": one_of("validation", "out_of_fold"),
+    "samples": samples_or_none,
+    "sample_metadata": a_path_or_none,
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {
@@ -282,6 +297,12 @@ def _cross_setting_problems(c, defaults):
         yield (
             f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
             f"--predict_dir=/data/cruise42."
+        )
+    if c.sample_metadata is not None and c.samples is None:
+        yield (
+            f"sample_metadata={c.sample_metadata!r} describes samples, but samples=None makes predict_dir one "
+            f"sample: add --samples=subfolders (each sub-folder of predict_dir a sample) or --samples=<table of "
+            f"sample and image path>, or leave sample_metadata out."
         )
     if c.query is not None and not c.query.strip():
         yield "query='' names no image: give an image or a folder, e.g. --query=/data/cruise42/img_0001.png."
