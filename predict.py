@@ -16,7 +16,13 @@ not entered; a file that does not decode is skipped). The training images themse
                                      proportions (abundance_method, calibrated on the validation embeddings) with
                                      a 95 % interval, beside the plain count; a last row counts the possibly new
                                      images (lab/abundances.py, docs/abundances.md: the file to cite)
-  results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
+  results/predict_skipped.csv        files left out (unreadable images, non-image files, in a cruise those outside
+                                     every sample) and why
+  results/sample_abundances.csv      with samples= (a cruise, docs/cruise.md): abundances.csv's table per sample,
+                                     with concentrations per litre (lab/cruise_abundances.py); predictions.csv then
+                                     has a sample column, the EcoTaxa table a sample_id, and abundances.csv and
+                                     prediction_counts.csv hold the cruise as one pool
+  results/sample_summary.csv         with samples=: one row per sample (images, read, skipped, volume, why none)
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
   results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (lab/ecotaxa.py); a file
                                      whose name is not valid UTF-8 is left out of it (EcoTaxa could not match it
