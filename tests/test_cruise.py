@@ -271,6 +271,25 @@ def test_a_cruise_resumed_after_a_crash_equals_an_uninterrupted_run(trained_copy
         assert artifacts.out_path(cfg, "results", name).read_bytes() == content, name
 
 
+def test_the_report_draws_the_samples_by_taxa_chart_along_time(tiny_pipeline, cruise, tmp_path):
+    """The fresh-clone criterion, on the tiny demo: the whole pipeline, then a cruise, then the report."""
+    import report
+
+    cfg, argv, _ = tiny_pipeline
+    out = tmp_path / "with-cruise"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    root, metadata = cruise
+    predict_cruise(argv, root, metadata, "--abundance_bootstrap=20")
+    page = report.main(argv).read_text()
+    section = page[page.index("A cruise: 3 samples") :]
+    assert "Samples along time (date)" in section and "per litre (95 % interval)" in section
+    assert section.count('class="bk-root"') + section.count("data-root-id") >= 1  # the bokeh chart's own div
+    # the chart's data lists the samples in time order: st02 (May 1) before st01 (May 2)
+    assert section.index('"st02"') < section.index('"st01"')
+    assert "The top taxa by concentration per litre" in section
+
+
 def predict_outputs():
     return {name for kind, name in predict.PREDICT_OUTPUTS if kind == "results"}
 
