@@ -36,7 +36,6 @@ from lab import (
     image_io,
     label_audit,
     manifest,
-    output_lock,
     plotting,
     runtime,
     splitting,
@@ -144,7 +143,7 @@ def print_summary(issues, folds, paths):
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs", "cache"))
     trained = checkpoint.load_trained(cfg, made_for="label-quality scores")
     cfg, ckpt = trained.cfg, trained.ckpt
     runtime.seed_everything(cfg.seed)

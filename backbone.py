@@ -6,8 +6,8 @@
            dropout, FC(classes)                                                    -> logits
 
 `forward(images)` returns `(logits, embedding)`; `head(trunk_features)` does the same from cached trunk
-outputs, which is how train.py and embed.py use it. Also decides the precision of the trunk pass
-(`trunk_dtype`) and of the head's training (`head_dtype`).
+outputs, which is how train.py and embed.py use it. The model and nothing else: the precision the trunk pass and
+the head's training run in is lab/precision.py's, the data and the caches lab/'s stage modules'.
 Reads the ImageNet weights through torchvision (`$TORCH_HOME/hub/checkpoints/`), or a state-dict file;
 writes nothing.
 """
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import lab
-from lab import artifacts, hardware
+from lab import artifacts
 
 TRUNK_BLOCKS = 4
 TRUNK_CHANNELS = 64
@@ -35,50 +35,6 @@ def trunk_side(image_size):
     for _ in range(int(math.log2(TRUNK_STRIDE))):
         side = (side + 1) // 2
     return side
-
-
-def cpu_supports_bf16():
-    """bf16 pays off only where the CPU has native bf16 instructions (AVX512-BF16 or AMX) and the run is not held
-    below them (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY); elsewhere oneDNN emulates it, slower than fp32."""
-    return hardware.native_cpu_bf16()
-
-
-def trunk_dtype(precision, device):
-    """The autocast dtype of the frozen-trunk pass, or None for plain fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type == "cpu":
-            raise lab.LabError("precision='fp16' is not supported on the CPU; use 'bf16', 'fp32' or 'auto'.")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
-
-
-def head_dtype(precision, device):
-    """The autocast dtype of the head's training, or None for plain fp32: "auto" is bf16 where the hardware has
-    it natively (the trunk's rule: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere. The
-    weights and Adam's state stay fp32 either way; only the forward and backward passes run in bf16."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or (device.type == "cpu" and cpu_supports_bf16()):
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def precision_name(dtype):
-    """'fp32', 'bf16' or 'fp16': how checkpoints and cache files name the trunk pass's precision."""
-    return next(name for name, d in PRECISIONS.items() if d == dtype)
 
 
 def describe_weights(spec, seed):

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from lab import config, embedding_files, manifest, output_lock, plotting, runtime
+from lab import artifacts, class_matrices, config, embedding_files, manifest, plotting, runtime
 
 BLOCK = 1024  # rows per block: a few 8 MB temporaries whatever the class sizes
 
@@ -105,25 +105,16 @@ def distance_table(classes, groups, result, used):
 
 
 def plot_heatmap(matrix, classes, title, note, path):
+    """Up to class_matrices.NUMBERED_UP_TO classes in their order with a number in each cell; past that, similar
+    classes together (clustered on the distances), no numbers (the CSV holds them), within the size bound."""
     plt = plotting.pyplot()
-    size = 3 + 0.75 * len(classes)
+    size = class_matrices.matrix_inches(len(classes), per_class=0.75)
+    if not class_matrices.numbered(len(classes)):
+        order = class_matrices.distance_order(matrix)
+        matrix, classes = matrix[np.ix_(order, order)], [classes[i] for i in order]
+        note += "; similar classes together (clustered), values in the CSV"
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(matrix, cmap="viridis")
-    ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels(plotting.drawable_names(classes), rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)))
-    ax.set_yticklabels(plotting.drawable_names(classes))
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(
-                j,
-                i,
-                f"{matrix[i, j]:.3g}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if matrix[i, j] < np.nanmean(matrix) else "black",
-            )
+    image = class_matrices.draw(ax, matrix, classes, ".3g", "viridis", high_is_dark=False)
     ax.set_title(title + "\n" + note, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     plotting.save_figure(path, fig)
@@ -149,8 +140,14 @@ def analyse(cfg, set_name, out):
             note,
             out.file("figs", f"average_{metric}_distances_{set_name}.png"),
         )
-        print(f"\naverage {metric} distance, {set_name} set:")
-        print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
+        if class_matrices.numbered(len(classes)):
+            print(f"\naverage {metric} distance, {set_name} set:")
+            print(pd.DataFrame(result[metric], index=classes, columns=classes).round(4).to_string())
+    if not class_matrices.numbered(len(classes)):
+        print(
+            f"average distances between the {len(classes)} classes of the {set_name} set: "
+            f"results/average_distances_{set_name}.csv and the heatmaps in figs/"
+        )
     sampled = [c for c, g, u in zip(classes, groups, used) if len(u) < len(g)]
     if sampled:
         print(
@@ -171,7 +168,7 @@ def analyse(cfg, set_name, out):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     with manifest.OutputSet(cfg, "compute_average_distances") as out:
         results = {name: analyse(cfg, name, out) for name in ("test", "unseen")}
         out.publish(**embedding_files.embedding_inputs(cfg))

@@ -119,3 +119,8 @@ abundance_bootstrap = 200  # bootstrap draws behind each 95 % interval of abunda
 # "out_of_fold" (audit.py's out-of-fold outputs of the training and validation images, 16 times as many; run
 # audit.py --audit_model=head first). The two compared, measured: docs/abundances.md.
 abundance_calibration = "validation"
+# Operating points (evaluate.py's results/operating_points.csv, predict.py's `accepted`; docs/operating-points.md):
+# the precision that the predictions accepted without a look must have, certified on the validation split per class
+# where a class has enough images, pooled over the others; None turns accepting off. In (0, 1).
+accept_precision = 0.95
+accept_confidence = 0.9  # the confidence of that guarantee (each class's, and the pooled one's, on its own), in (0, 1)

@@ -27,15 +27,16 @@ rebuilds it.
 
 import sys
 
-from lab import artifacts, config, data_folders, label_tables, runtime, splitting
+from lab import artifacts, config, data_folders, demo_data, label_tables, runtime, splitting
 
 
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
+    demo_data.ensure_demo_data(cfg)  # the entry point generates the demo on first use; the data layer only reads
     existed = artifacts.out_path(cfg, "results", "split.csv").exists() and not cfg.rebuild_split
     before = existed and splitting.split_digest(cfg)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     existed = existed and splitting.split_digest(cfg) == before  # else: it grew, and the scan printed its summary
     if existed:
         summary = artifacts.read_csv(artifacts.out_path(cfg, "results", "dataset_summary.csv"), ("group", "class"))

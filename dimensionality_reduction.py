@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from lab import config, embedding_files, image_io, manifest, output_lock, plotting, runtime
+from lab import artifacts, config, embedding_files, image_io, manifest, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -142,12 +142,28 @@ class Prefixed(io.TextIOBase):
         return len(text)
 
 
-def class_colours(seen, unseen):
-    import matplotlib
+LEGEND_IN_PANEL_UP_TO = 20  # classes: up to this many each panel has its legend, as always; past it, numbers
 
-    tab = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
+
+def class_colours(seen, unseen):
+    """A colour per class (plotting.class_palette: tab10 then Dark2 up to 18 classes, then Glasbey's), as the
+    report's interactive map has them."""
+    from matplotlib.colors import to_rgb
+
     names = list(seen) + [c for c in unseen if c not in seen]
-    return {c: tab[i % len(tab)] for i, c in enumerate(names)}
+    return {c: to_rgb(colour) for c, colour in zip(names, plotting.class_palette(len(names)))}
+
+
+def label_clusters(ax, part, classes, numbers):
+    """Past LEGEND_IN_PANEL_UP_TO classes: each class's number at the median of its points in this panel."""
+    import matplotlib.patheffects as effects
+
+    outline = [effects.withStroke(linewidth=2, foreground="white")]
+    for c in classes:
+        pts = part[part["label"] == c]
+        if len(pts):
+            x, y = pts["x"].median(), pts["y"].median()
+            ax.text(x, y, str(numbers[c]), fontsize=6, ha="center", va="center", path_effects=outline, zorder=3)
 
 
 def plot_map(coords, cfg, path):
@@ -156,22 +172,39 @@ def plot_map(coords, cfg, path):
     unseen = list(dict.fromkeys(coords.loc[coords["split"] == "unseen", "label"]))
     colours = class_colours(seen, unseen)
     shown = dict(zip(seen + unseen, plotting.drawable_names(seen + unseen)))
-    fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharex=True, sharey=True)
+    many = len(colours) > LEGEND_IN_PANEL_UP_TO
+    numbers = {c: i + 1 for i, c in enumerate(colours)}
+    fig, axes = plt.subplots(1, 3, figsize=(24, 8) if many else (18, 6), sharex=True, sharey=True)
     for ax, split in zip(axes, SPLITS):
         ax.scatter(coords["x"], coords["y"], s=2, color="0.88", zorder=0)  # all points, for orientation
         part = coords[coords["split"] == split]
-        for c in unseen if split == "unseen" else seen:
+        classes = unseen if split == "unseen" else seen
+        for c in classes:
             pts = part[part["label"] == c]
             ax.scatter(pts["x"], pts["y"], s=4, color=colours[c], label=f"{shown[c]} ({len(pts)})", alpha=0.8)
         ax.set_title(f"{split} ({len(part)} points)")
-        ax.legend(markerscale=3, fontsize=8, loc="best")
+        if many:
+            label_clusters(ax, part, classes, numbers)
+        else:
+            ax.legend(markerscale=3, fontsize=8, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
         f"{cfg.reduction_method.upper()} of the 128-d embeddings (one fit on all "
         f"{coords['split'].nunique()} splits, standardised)"
     )
+    if many:  # one legend beside the map, numbered as the clusters are labelled
+        legend_below(fig, colours, numbers, shown, set(unseen) - set(seen))
     plotting.save_figure(path, fig)
+
+
+def legend_below(fig, colours, numbers, shown, unseen):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, markersize=5) for colour in colours.values()]
+    names = [f"{numbers[c]} {shown[c]}{' (unseen)' if c in unseen else ''}" for c in colours]
+    columns = 5
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=columns, fontsize=7, frameon=False)
 
 
 def distances_to(vectors, centre, block=8192):
@@ -277,7 +310,7 @@ def map_splits(cfg):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     splits, predict = map_splits(cfg)
     frames = {s: embedding_files.load_embeddings(cfg, s) for s in splits}

@@ -15,7 +15,6 @@ The validation embeddings are what novelty.py chooses its thresholds on, so that
 
 import sys
 
-import backbone
 from lab import (
     artifacts,
     cached_features,
@@ -23,8 +22,7 @@ from lab import (
     config,
     embedding_files,
     manifest,
-    output_lock,
-    provenance,
+    precision,
     runtime,
     trunk_cache,
 )
@@ -35,7 +33,7 @@ SPLITS = ("train", "val", "test", "unseen")
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
+    artifacts.ensure_output_dirs(cfg, ("embeddings", "cache", "results"))
     trained = checkpoint.load_trained(cfg)
     cfg, ckpt, model, device = trained.cfg, trained.ckpt, trained.model, trained.device
     dtype = trained.trunk_dtype
@@ -51,10 +49,10 @@ def main(argv=None):
         "checkpoint_epoch": ckpt["epoch"],
         "checkpoint_saved_at": ckpt.get("saved_at"),
         "trunk_weights": ckpt["weights"],
-        "trunk_precision": backbone.precision_name(dtype),
+        "trunk_precision": precision.precision_name(dtype),
         "seed": cfg.seed,
         "config": vars(cfg),
-        "versions": provenance.package_versions(),
+        "versions": manifest.package_versions(),
     }
     with manifest.OutputSet(cfg, "embed") as out:
         set_id = embedding_files.save_embedding_set(cfg, frames, meta, out=out)

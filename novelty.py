@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, checkpoint, config, embedding_files, manifest, output_lock, plotting, runtime
+from lab import artifacts, checkpoint, config, embedding_files, manifest, plotting, runtime
 from lab import novelty_scores as ns
 
 SPLITS = ("val", "test", "unseen")
@@ -143,7 +143,7 @@ def plot_distributions(scores, thresholds, default, path):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     cfg, ckpt, digest, scorer, frames, scores = load_inputs(cfg)
     check_enough(frames)
     thresholds = {name: ns.threshold_keeping(scores["val"][name]) for name in ns.SCORES}

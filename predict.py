@@ -4,14 +4,19 @@
     python predict.py --predict_dir=/data/cruise42/flowcam --ecotaxa=True  # also a table to import into EcoTaxa
 
 Reads checkpoints/best.pth (train.py), embeddings/embeddings_{train,val}.pkl (embed.py: the reference of the
-novelty score), results/novelty_thresholds.json (novelty.py) and every image under predict_dir, recursively, by
-the scan's rules (the formats image_io.IMAGE_EXTENSIONS lists, any case, mode and bit depth; hidden entries are
-not entered; a file that does not decode is skipped). The training images themselves are not needed. Writes
+novelty score), results/novelty_thresholds.json (novelty.py), results/operating_points.csv (evaluate.py) and
+every image under predict_dir, recursively, by the scan's rules (the formats image_io.IMAGE_EXTENSIONS lists, any
+case, mode and bit depth; hidden entries are not entered; a file that does not decode is skipped). The training
+images themselves are not needed. Writes
   results/predictions.csv            one row per image: path (relative to predict_dir), predicted, probability,
                                      top1_class, top1_probability ... top3_*, p_<class> for every seen class
                                      (they sum to 1), novelty_<score> (the novelty_score setting; higher = more
-                                     likely new) and possibly_new (above that score's validation threshold)
-  results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share
+                                     likely new) and possibly_new (above that score's validation threshold);
+                                     accepted (probability at or above accept_threshold, its class's threshold
+                                     in results/operating_points.csv, and not possibly new; empty when that file
+                                     is missing or made for another checkpoint: the message names the command)
+  results/prediction_counts.csv      per seen class: images predicted, how many of them possibly new, share;
+                                     accepted and to_review (the others), and each as a share of the sample
   results/abundances.csv             per seen class: its share and count corrected for the sample's class
                                      proportions (abundance_method, calibrated on the validation embeddings) with
                                      a 95 % interval, beside the plain count; a last row counts the possibly new
@@ -61,15 +66,14 @@ from lab import (
     embedding_files,
     image_io,
     manifest,
-    output_lock,
     prediction_table,
     progress,
-    provenance,
     runtime,
     samples,
     trunk_cache,
 )
 from lab import novelty_scores as ns
+from lab import operating_points as op
 
 CHUNK = 1000  # images per cached chunk: an interruption loses at most this much work
 # Every file of predict.py's output set (manifest.py), published together, the manifest last; a file that a run does
@@ -168,12 +172,14 @@ def skipped_reason(abs_path):
     return image_io.check_image(abs_path) or "failed to decode during the trunk pass"
 
 
-def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, sample_of=None):
+def write_predictions(
+    out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, accept_thresholds, sample_of=None
+):
     """Stream predictions.csv (a file of the output set `out`) chunk by chunk; returns (embedding frames, per-class
     counts, unreadable files). sample_of: each image's sample in a cruise (the column `sample`), else None."""
     classes = ckpt["classes"]
     embedding_parts, unreadable = [], []
-    counts = pd.DataFrame(0, index=classes, columns=["images", "possibly_new"])
+    counts = pd.DataFrame(0, index=classes, columns=["images", "possibly_new", "accepted"])
 
     def write(tmp):
         with open(tmp, "w", newline="", errors="surrogateescape") as f:  # a name that is not UTF-8: its own bytes
@@ -187,13 +193,16 @@ def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score
                 novelty = scorer.scores(embeddings, (score_name,))[score_name]
                 sample = None if sample_of is None else np.asarray(sample_of[start : start + CHUNK], dtype=object)[ok]
                 rows = prediction_table.prediction_rows(
-                    list(rel[ok]), logits, novelty, threshold, classes, score_name, sample
+                    list(rel[ok]), logits, novelty, threshold, classes, score_name, accept_thresholds, sample
                 )
                 rows.to_csv(f, header=False, index=False)
                 counts["images"] += rows["predicted"].value_counts().reindex(classes, fill_value=0)
                 counts["possibly_new"] += (
                     rows[rows["possibly_new"]]["predicted"].value_counts().reindex(classes, fill_value=0)
                 )
+                if accept_thresholds is not None:
+                    accepted = rows["accepted"].astype(bool)
+                    counts["accepted"] += rows[accepted]["predicted"].value_counts().reindex(classes, fill_value=0)
                 embedding_parts.append(
                     embedding_files.embedding_frame(
                         cfg,
@@ -213,14 +222,22 @@ def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score
     return embedding_parts, counts, unreadable
 
 
-def count_table(counts):
+def count_table(counts, accepting=True):
+    """Per class: images, possibly new, share; accepted and to_review with their shares of the whole sample (empty
+    when nothing could be accepted: no operating points for this checkpoint)."""
     total = max(int(counts["images"].sum()), 1)
+    accepted = counts["accepted"].values if accepting else np.full(len(counts), np.nan)
+    to_review = counts["images"].values - accepted
     return pd.DataFrame(
         {
             "class": counts.index,
             "images": counts["images"].values,
             "possibly_new": counts["possibly_new"].values,
             "share": counts["images"].values / total,
+            "accepted": accepted,  # integers, or NaN (an empty cell) when unknown: as read back from the CSV
+            "to_review": to_review,
+            "accepted_share": accepted / total,
+            "to_review_share": to_review / total,
         }
     )
 
@@ -244,6 +261,10 @@ def ecotaxa_frame(predictions, classes, score_name, used_ids):
     frame["object_possibly_new"] = predictions["possibly_new"].astype(int).values
     if "sample" in predictions:  # a cruise: EcoTaxa files each object under its sample
         frame["sample_id"] = predictions["sample"].values
+    # 1 accepted (operating_points.csv), 0 to review, empty when no operating points applied: for sorting in EcoTaxa,
+    # where every prediction stays `predicted` until a taxonomist validates it
+    accepted = predictions["accepted"].map({True: 1, False: 0, "True": 1, "False": 0})
+    frame["object_accepted"] = pd.array(accepted.values, dtype="Int64")
     return frame
 
 
@@ -323,12 +344,15 @@ def main(argv=None):
     cruise = samples.assign(cfg, folder, images)  # None: the folder is one sample
     metadata = samples.read_metadata(cfg)  # checked before any wait, as the samples are
     images = cruise.images if cruise else images
-    output_lock.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
+    artifacts.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images
     cfg, ckpt, digest, model, device = trained.cfg, trained.ckpt, trained.digest, trained.model, trained.device
     scorer = ns.scorer_from_artifacts(cfg, ckpt, digest)
     score_name = cfg.novelty_score
     threshold = ns.load_thresholds(cfg, digest, scorer)["thresholds"][score_name]
+    accept_thresholds, not_accepting = op.load(cfg, ckpt["classes"], digest)
+    if not_accepting:
+        print(f"note: `accepted` is left empty: {not_accepting}.", file=sys.stderr)
     print(
         f"[predict] {plural(len(images), 'image file')} under {artifacts.printable(folder)} "
         f"({plural(len(others), 'other entry', 'other entries')} ignored); possibly_new: {score_name} above "
@@ -345,7 +369,10 @@ def main(argv=None):
     inputs = {
         "checkpoint": digest,
         "embeddings": embedding_files.embedding_set(cfg)["set"],
-        "thresholds": provenance.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+        "thresholds": manifest.artifact_digest(cfg, "results", "novelty_thresholds.json"),
+        "operating_points": (
+            manifest.artifact_digest(cfg, "results", op.FILE) if accept_thresholds is not None else None
+        ),
         "sample": sample_digest(chunk_files),
         "predict_dir": str(folder),
         "abundance_calibration": cfg.abundance_calibration,
@@ -355,7 +382,17 @@ def main(argv=None):
     left_out = []
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
         parts, counts, unreadable = write_predictions(
-            out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, cruise and cruise.sample_of
+            out,
+            cfg,
+            ckpt,
+            folder,
+            images,
+            chunk_files,
+            scorer,
+            score_name,
+            threshold,
+            accept_thresholds,
+            cruise and cruise.sample_of,
         )
         predictions_path = out.staged_path("results", "predictions.csv")
         fits = abundance_inputs.abundance_fits(cfg, ckpt["classes"], scorer, threshold, digest)  # once per run
@@ -370,7 +407,7 @@ def main(argv=None):
             out.save_csv("results", "sample_summary.csv", summary)
         ignored = [{"path": p, "reason": reason} for p, reason in others] + (cruise.skipped if cruise else [])
         out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
-        counts_table = count_table(counts)
+        counts_table = count_table(counts, accept_thresholds is not None)
         out.save_csv("results", "prediction_counts.csv", counts_table)
         meta = {
             "checkpoint_sha256": digest,
@@ -378,7 +415,7 @@ def main(argv=None):
             "predict_dir": str(folder),
             "checkpoint_saved_at": ckpt.get("saved_at"),
             "trunk_weights": ckpt["weights"],
-            "versions": provenance.package_versions(),
+            "versions": manifest.package_versions(),
         }
         embedding_files.save_embedding_set(
             cfg, {"predict": pd.concat(parts, ignore_index=True)}, meta, embedding_files.PREDICT_META, out=out
@@ -410,6 +447,12 @@ def print_summary(table, unreadable, others, path):
     )
     for _, r in table.iterrows():
         print(f"  {r['class']:<32} {r['images']:>7}  ({r['possibly_new']} possibly new)")
+    if table["accepted"].notna().all():
+        accepted = int(table["accepted"].sum())
+        print(
+            f"[predict] accepted without review (operating_points.csv): {accepted} "
+            f"({100 * accepted / max(total, 1):.1f} %); to review: {total - accepted}"
+        )
     print(f"[predict] per-image results: {path}")
     print(
         "[predict] next: `python dimensionality_reduction.py` puts these images on the 2-D map (the split "

@@ -25,7 +25,7 @@ from lab import (
     artifacts,
     config,
     interactive_map,
-    output_lock,
+    report_many,
     report_optional,
     report_run,
     report_sections,
@@ -44,8 +44,12 @@ def build(cfg, explicit_root=None):
     after = [static_map, sections.galleries_section(results, figs), sections.transfer_section(results, figs)]
     extra = report_optional.optional_sections(cfg, results, figs, run)
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]
+    style = report_tables.STYLE
+    if report_many.many(len(run.trained.ckpt["classes"])):  # sortable tables and the gallery picker
+        style += report_many.STYLE
+        after.append(report_many.SORT_SCRIPT)
     page = interactive_map.standalone_page(
-        layout, "Plankton embedding lab", report_tables.STYLE, "".join(before + [intro]), "".join(after)
+        layout, "Plankton embedding lab", style, "".join(before + [intro]), "".join(after)
     )
     return artifacts.save_text(results / "report.html", page)
 
@@ -54,7 +58,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results",))
+    artifacts.ensure_output_dirs(cfg, ("results",))
     given = any(a.startswith("--data_root=") for a in argv)  # asked for on the command line: refused if not the same
     path = build(cfg, cfg.data_root if given else None)
     print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB, one file: open it in any browser, offline)")

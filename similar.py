@@ -30,7 +30,6 @@ from lab import (
     embedding_files,
     image_io,
     manifest,
-    output_lock,
     plotting,
     runtime,
     trunk_cache,
@@ -184,7 +183,7 @@ def figure_name(query_path, taken):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     queries = query_paths(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="neighbours")
     cfg, model, device = trained.cfg, trained.model, trained.device
     rows, vectors = reference_set(cfg)

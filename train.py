@@ -37,9 +37,8 @@ from lab import (
     config,
     head_training,
     manifest,
-    output_lock,
     plotting,
-    provenance,
+    precision,
     runtime,
     splitting,
     trunk_cache,
@@ -70,7 +69,7 @@ def save_summary(cfg, history):
         out.save_csv("results", "train_history.csv", frame)
         plot_history(frame, out.file("figs", "training_plot.png"))
         out.publish(
-            checkpoint=provenance.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
+            checkpoint=manifest.artifact_digest(cfg, "checkpoints", "best.pth"), split=splitting.split_digest(cfg)
         )
 
 
@@ -133,7 +132,7 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     """A fresh run's precisions, or everything of the interrupted run (checkpoints/last.pth): refused, before any
     trunk work, when the split or a setting changed since. The one place that knows about resuming."""
     if not cfg.resume:
-        return Run(backbone.trunk_dtype(cfg.precision, device), backbone.head_dtype(cfg.head_precision, device))
+        return Run(precision.trunk_dtype(cfg.precision, device), precision.head_dtype(cfg.head_precision, device))
     last = checkpoint.resume_state(cfg)
     if last["split_digest"] != split_digest:
         raise lab.LabError(
@@ -148,7 +147,7 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     # the same features and the same arithmetic as before, whatever "auto" says on this machine
     return Run(
         checkpoint.trunk_dtype(last, device),
-        backbone.PRECISIONS[last.get("head_precision", "fp32")],
+        precision.PRECISIONS[last.get("head_precision", "fp32")],
         last["history"],
         last["best_loss"],
         last["stale"],
@@ -177,21 +176,30 @@ def evaluate(model, data, device, cfg, weights, head_dtype):
     return head_training.run_epoch(model, data, device, cfg.batch_size, weights=weights, dtype=head_dtype)
 
 
+def weights_text(classes, weights):
+    """Each class's loss weight; past config.NAMES_SHOWN classes, their range."""
+    if len(classes) <= config.NAMES_SHOWN:
+        return ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights))
+    low, high = min(range(len(weights)), key=weights.__getitem__), max(range(len(weights)), key=weights.__getitem__)
+    return (
+        f"from {weights[low]:.2f} ({classes[low]}) to {weights[high]:.2f} ({classes[high]}) over {len(classes)} "
+        "classes (n / (classes x n_class), n_class from results/dataset_summary.csv)"
+    )
+
+
 def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     """The epochs: train, validate, keep the best model, stop early; a summary whatever happens."""
     best_path = artifacts.out_path(cfg, "checkpoints", "best.pth")
     last_path = artifacts.out_path(cfg, "checkpoints", "last.pth")
-    trunk_precision, head_precision = backbone.precision_name(run.trunk_dtype), backbone.precision_name(run.head_dtype)
+    trunk_precision = precision.precision_name(run.trunk_dtype)
+    head_precision = precision.precision_name(run.head_dtype)
     print(
         f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
         f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}"
     )
     weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
-        print(
-            "[train] class_weighting='balanced': loss weights "
-            + ", ".join(f"{c} {w:.2f}" for c, w in zip(cfg.seen_classes, weights.tolist()))
-        )
+        print("[train] class_weighting='balanced': loss weights " + weights_text(cfg.seen_classes, weights.tolist()))
     history, best_loss, stale, epoch = run.history, run.best_loss, run.stale, run.first_epoch - 1
 
     def save(path, **extra):
@@ -283,10 +291,10 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg)
+    artifacts.ensure_output_dirs(cfg)
     device = runtime.select_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     split_digest = splitting.split_digest(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
     trunk_weights = backbone.describe_weights(cfg.backbone_weights, cfg.seed)

@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import lab
-from lab import config, embedding_files, manifest, output_lock, plotting, progress, runtime
+from lab import artifacts, config, embedding_files, manifest, plotting, progress, runtime
 
 CLASSIFIERS = ("SVC", "Linear", "kNN")
 PER_CLASS_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -164,7 +164,7 @@ def plot_curves(table, names, path, chance):
 def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
-    output_lock.ensure_output_dirs(cfg, ("results", "figs"))
+    artifacts.ensure_output_dirs(cfg, ("results", "figs"))
     runtime.seed_everything(cfg.seed)
     frame, x = embedding_files.load_embeddings(cfg, "unseen")
     classes, y = np.unique(frame["label"].to_numpy(), return_inverse=True)

@@ -44,7 +44,6 @@ from lab import (  # noqa: E402
     checkpoint,
     config,
     embedding_files,
-    output_lock,
     progress,
     runtime,
 )
@@ -293,7 +292,7 @@ def run(argv):
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    output_lock.ensure_output_dirs(base, ("results",))
+    artifacts.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "abundances_benchmark.json"), result)
     print_table(result)
     print(f"written to {path}")

@@ -442,7 +442,7 @@ def run(argv):
                 rows += new_rows
         output_lock.release_locks()
     raw["rows"] = rows
-    output_lock.ensure_output_dirs(base, ("results",))
+    artifacts.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "audit_benchmark.json"), raw)
     print_table(rows, raw)
     print(f"\nwritten to {path}")

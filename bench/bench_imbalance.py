@@ -28,7 +28,7 @@ import evaluate  # noqa: E402
 import lab  # noqa: E402
 import train  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402
-from lab import artifacts, config, data_folders, output_lock, runtime  # noqa: E402
+from lab import artifacts, config, data_folders, runtime  # noqa: E402
 
 SEEN_COUNTS = (800, 400, 200, 100, 50, 25)  # images per seen class, most common first
 UNSEEN_COUNT = 20
@@ -72,7 +72,7 @@ def run(argv):
             w: float(np.std([r["balanced_accuracy"][w] for r in results])) for w in ("none", "balanced")
         },
     }
-    output_lock.ensure_output_dirs(base, ("results",))
+    artifacts.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "imbalance.json"), summary)
     for result in results:
         print_table(result)

@@ -49,6 +49,7 @@ from lab import (  # noqa: E402
     head_training,
     image_io,
     output_lock,
+    precision,
     runtime,
     splitting,
     trunk_cache,
@@ -150,13 +151,13 @@ class Run:
             device=device,
             paths=paths,
             batches=batches,
-            auto_dtype=backbone.trunk_dtype(cfg.precision, device),
+            auto_dtype=precision.trunk_dtype(cfg.precision, device),
         )
 
 
 def native_bf16(device):
     """Whether bf16 arithmetic is native here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else backbone.cpu_supports_bf16()
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else precision.cpu_supports_bf16()
 
 
 def trunk_bf16_target(device):
@@ -251,7 +252,7 @@ def measure_trunk(run):
         "embedding_cosine": cosine,
         "test_accuracy_fp32": acc_32,
         "test_accuracy_reduced": acc_red,
-        "auto_precision_here": backbone.precision_name(t.auto_dtype),
+        "auto_precision_here": precision.precision_name(t.auto_dtype),
     }
     name = str(reduced)[6:]
     wall_ratio = wall["reduced"] / wall["fp32"]
@@ -393,7 +394,7 @@ def measure_efficiency(run):
 def measure_trunk_settings(run):
     """What layout, batch size and oneDNN ISA do to fp32 and bf16, on one thread in CPU time (information)."""
     t = run.trained
-    if t.device.type != "cpu" or not backbone.cpu_supports_bf16():
+    if t.device.type != "cpu" or not precision.cpu_supports_bf16():
         return {}, [
             not_here(
                 "trunk settings",
@@ -417,7 +418,7 @@ def measure_trunk_settings(run):
                 for b in images.split(size)
             ]
             for dtype in (None, torch.bfloat16):
-                variants[(layout, size, backbone.precision_name(dtype))] = trunk_pass(trunk, shaped, t.device, dtype)
+                variants[(layout, size, precision.precision_name(dtype))] = trunk_pass(trunk, shaped, t.device, dtype)
     rates = common.best_rates(variants, len(images), max(1, run.sizes["rounds"] // 2), single_thread=True)
     table = {
         f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
@@ -481,7 +482,7 @@ def measure_head_training(run):
     """An epoch on cached features (the head in its automatic precision) vs the original kind of step."""
     t = run.trained
     data = cached_train(t)
-    head = backbone.head_dtype(t.cfg.head_precision, t.device)
+    head = precision.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
 
@@ -493,7 +494,7 @@ def measure_head_training(run):
     original = legacy.original_training_steps(
         checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg, t.device, run.sizes["original_batches"]
     )
-    name = backbone.precision_name(head)
+    name = precision.precision_name(head)
     run.measured["head_epoch_images_per_s"] = ours
     return {"cached_epoch_images_per_s": ours, "head_precision": name, "original_step_images_per_s": original}, [
         verdict(
@@ -1007,7 +1008,7 @@ def run(argv):
                 rows += new_rows
         output_lock.release_locks()
     raw["rows"] = rows
-    output_lock.ensure_output_dirs(base, ("results",))
+    artifacts.ensure_output_dirs(base, ("results",))
     path = artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
     print_table(rows, raw)
     print(f"\nwritten to {path}")

@@ -16,7 +16,7 @@ import torch
 
 import backbone
 import lab
-from lab import artifacts, provenance, runtime, splitting
+from lab import artifacts, config, manifest, precision, runtime, splitting
 
 FORMAT = "plankton-lab-checkpoint/1"
 # Settings that define the data, the split and the model: later scripts take them from the checkpoint so
@@ -56,7 +56,7 @@ def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):
         "split_digest": split_digest,
         "trunk_precision": trunk_precision,
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": provenance.package_versions(),
+        "versions": manifest.package_versions(),
         **extra,
     }
 
@@ -73,20 +73,20 @@ def trunk_dtype(ckpt, device):
     """The trunk precision the head was trained on: later scripts must feed it the same features."""
     name = ckpt.get("trunk_precision")
     if name is None:  # a checkpoint of an earlier version of the lab: resolve its setting as it did
-        return backbone.trunk_dtype(ckpt["config"].get("precision", "fp32"), device)
+        return precision.trunk_dtype(ckpt["config"].get("precision", "fp32"), device)
     if name == "fp16" and device.type == "cpu":
         raise lab.LabError(
             "This model's head was trained on fp16 trunk features (on a GPU), and the CPU has no "
             "fp16: its features here would differ from those it learned on. Run this script on a "
             "GPU (--device=cuda), or retrain with --precision=fp32 or bf16."
         )
-    if name == "bf16" and device.type == "cpu" and not backbone.cpu_supports_bf16():
+    if name == "bf16" and device.type == "cpu" and not precision.cpu_supports_bf16():
         print(
             "[checkpoint] note: the head was trained on bf16 trunk features; this CPU has no native bf16, so "
             "they are computed in emulation (slower, same values)",
             file=sys.stderr,
         )
-    return backbone.PRECISIONS[name]
+    return precision.PRECISIONS[name]
 
 
 def save(path, content):
@@ -125,8 +125,11 @@ def config_from_checkpoint(ckpt, cfg):
                     f"checkpoint was trained on {theirs!r}, which moved): using {ours!r}"
                 )
                 continue
-            if theirs != ours:
-                print(f"[checkpoint] using the checkpoint's {key}={theirs!r} (the current config says {ours!r})")
+            if theirs != ours and not (key == "seen_classes" and ours == config.ALL_CLASSES):  # what "all" meant then
+                print(
+                    f"[checkpoint] using the checkpoint's {config.setting_text(key, theirs)} (the current config "
+                    f"says {config.setting_text(key, ours).partition('=')[2]})"
+                )
             setattr(merged, key, theirs)
     return merged
 
@@ -190,16 +193,20 @@ def load_trained(cfg, model=True, split=True, made_for=""):
     was loaded, and warns when the trunk was random."""
     ckpt = load(artifacts.out_path(cfg, "checkpoints", "best.pth"))
     cfg = config_from_checkpoint(ckpt, cfg)
-    print(f"[checkpoint] epoch {ckpt['epoch']}, classes {ckpt['classes']}; trunk weights: {ckpt['weights']}")
+    print(
+        f"[checkpoint] epoch {ckpt['epoch']}, classes {config.names_text(ckpt['classes'])}; "
+        f"trunk weights: {ckpt['weights']}"
+    )
     if random_trunk(ckpt):
         print(
             f"[checkpoint] WARNING: this model was trained on a RANDOM trunk (backbone_weights=None): its "
             f"{made_for or 'embeddings'} say nothing about plankton beyond showing that the code runs.",
             file=sys.stderr,
         )
-    trained = Trained(cfg, ckpt, provenance.artifact_digest(cfg, "checkpoints", "best.pth"))
+    trained = Trained(cfg, ckpt, manifest.artifact_digest(cfg, "checkpoints", "best.pth"))
     if split:
-        trained.split = splitting.load_split(cfg, grow=False)
+        # drawn here only when split.csv is missing or of other settings; the digest check below then refuses it
+        trained.split = splitting.read_or_draw_split(cfg, grow=False)
         if splitting.split_digest(cfg) != ckpt["split_digest"]:
             raise lab.LabError(
                 "results/split.csv has changed since the checkpoint was trained (it was rebuilt, or "

@@ -25,7 +25,10 @@ NULLABLE = {
     "labels_map",
     "samples",
     "sample_metadata",
+    "accept_precision",
 }
+# Settings that are a number or None, whatever configfile.py holds (accept_precision=None there stays a number's).
+NULLABLE_NUMBERS = {"accept_precision"}
 
 
 # Settings whose default is None but whose values are lists of strings (labels_file: a string too).
@@ -81,6 +84,12 @@ def _check_type(name, value, default):
 
     if name in NULLABLE and value is None:
         return None
+    if name == "seen_classes" and value == ALL_CLASSES:
+        return value
+    if name in NULLABLE_NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number or None")
+        return float(value)
     if name in NULLABLE_LISTS:
         if isinstance(value, str) and name == "labels_file":
             return value
@@ -181,8 +190,26 @@ def a_device(value):
     )
 
 
+ALL_CLASSES = "all"  # seen_classes: every class folder (or table label) that is not an unseen class
+
+
 def distinct_classes(value):
     return len(value) >= 2 and len(set(value)) == len(value), "a list of at least 2 distinct classes"
+
+
+def all_or_distinct_classes(value):
+    if value == ALL_CLASSES:
+        return True, ""
+    ok, _ = distinct_classes(value)
+    return (
+        ok,
+        f"{ALL_CLASSES!r} (every class folder that is not an unseen class) or a list of at least 2 distinct classes",
+    )
+
+
+def every_class(cfg):
+    """True when seen_classes is 'all' and the scan has not yet made it a list (data_folders.candidate_classes)."""
+    return cfg.seen_classes == ALL_CLASSES
 
 
 def tables_or_none(value):
@@ -207,6 +234,11 @@ def samples_or_none(value):
     return value is None or bool(value.strip()), "None, 'subfolders', or the path of a table of samples and images"
 
 
+def a_share_or_none(value):
+    ok = value is None or (math.isfinite(value) and 0 < value < 1)
+    return ok, "None (accept nothing automatically), or a precision strictly between 0 and 1"
+
+
 def statuses(value):
     return (
         len(value) > 0 and set(value) <= set(LABEL_STATUSES),
@@ -215,7 +247,7 @@ def statuses(value):
 
 
 RULES = {
-    "seen_classes": distinct_classes,
+    "seen_classes": all_or_distinct_classes,
     "unseen_classes": distinct_classes,
     "val_fraction": between(0, 1, True, True),
     "test_fraction": between(0, 1, True, True),
@@ -259,6 +291,8 @@ RULES = {
     "abundance_calibration": one_of("validation", "out_of_fold"),
     "samples": samples_or_none,
     "sample_metadata": a_path_or_none,
+    "accept_precision": a_share_or_none,
+    "accept_confidence": between(0, 1, True, True),
 }
 # Why a value is refused, where the range alone does not say it.
 WHY = {
@@ -279,20 +313,21 @@ def _cross_setting_problems(c, defaults):
             f"their sum must be below 1 (the defaults are {defaults['val_fraction']!r} + "
             f"{defaults['test_fraction']!r})."
         )
-    both = sorted(set(c.seen_classes) & set(c.unseen_classes))
-    if both:
-        yield (
-            f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
-            f"(seen) or held out (unseen), so remove it from one of the two lists."
-        )
-    needed = c.novelty_knn_k * len(c.seen_classes)
-    if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
-        yield (
-            f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
-            f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
-            f"score needs novelty_knn_k neighbours of each class in its reference "
-            f"(default {defaults['novelty_bank_max']!r})."
-        )
+    if not every_class(c):  # the rules that count classes run once the scan has made "all" a list
+        both = sorted(set(c.seen_classes) & set(c.unseen_classes))
+        if both:
+            yield (
+                f"the classes {both} are in both seen_classes and unseen_classes; a class is either trained on "
+                f"(seen) or held out (unseen), so remove it from one of the two lists."
+            )
+        needed = c.novelty_knn_k * len(c.seen_classes)
+        if c.novelty_bank_max < 0 or 0 < c.novelty_bank_max < needed:
+            yield (
+                f"novelty_bank_max={c.novelty_bank_max} must be 0 (every training embedding) or at least "
+                f"novelty_knn_k x the seen classes ({c.novelty_knn_k} x {len(c.seen_classes)} = {needed}): the kNN "
+                f"score needs novelty_knn_k neighbours of each class in its reference "
+                f"(default {defaults['novelty_bank_max']!r})."
+            )
     if c.predict_dir is not None and not c.predict_dir.strip():
         yield (
             f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
@@ -339,7 +374,8 @@ def load_config(argv=None, describe=None):
     cfg = SimpleNamespace(**{**defaults, **parse_overrides(argv, defaults)})
     # Composed Unicode (NFC), as typed on most systems: a folder name that a macOS zip wrote decomposed (NFD)
     # is matched in that form too (data_folders.class_folders), and both spell the same label.
-    cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
+    if not every_class(cfg):
+        cfg.seen_classes = [unicodedata.normalize("NFC", c) for c in cfg.seen_classes]
     cfg.unseen_classes = [unicodedata.normalize("NFC", c) for c in cfg.unseen_classes]
     validate_config(cfg)
     return cfg
@@ -350,9 +386,28 @@ _shown = {}
 _UNSET = object()
 
 
+NAMES_SHOWN = 12  # class names: a longer list is printed as its count and first few, and the file that lists them
+
+
+def names_text(names, listed_in="results/split.json"):
+    """A list of class names for a printed line: the list itself up to NAMES_SHOWN names, else how many, the first
+    three and the file that lists them all (no line spells out 110 names)."""
+    names = list(names)
+    if len(names) <= NAMES_SHOWN:
+        return repr(names)
+    return f"[{len(names)} classes: {', '.join(map(repr, names[:3]))}, ... (all in {listed_in})]"
+
+
+def setting_text(name, value):
+    """`name=value` for a printed line, class lists shortened by names_text."""
+    if name in ("seen_classes", "unseen_classes") and isinstance(value, (list, tuple)):
+        return f"{name}={names_text(value)}"
+    return f"{name}={value!r}"
+
+
 def print_config(cfg, title="configuration"):
     """The whole configuration, wrapped to the terminal's usual width (run_pipeline.py, once at its start)."""
-    items = [f"{k}={v!r}" for k, v in vars(cfg).items()]
+    items = [setting_text(k, v) for k, v in vars(cfg).items()]
     print(
         f"[{title}]\n"
         + textwrap.fill(
@@ -373,7 +428,11 @@ def print_settings(cfg):
     defaults = config_defaults()
     changed = {k: v for k, v in vars(cfg).items() if defaults.get(k, _UNSET) != v and _shown.get(k, _UNSET) != v}
     if changed:
-        print("[settings] " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + " (the others as in configfile.py)")
+        print(
+            "[settings] "
+            + ", ".join(setting_text(k, v) for k, v in changed.items())
+            + " (the others as in configfile.py)"
+        )
     elif not _shown:
         print("[settings] as in configfile.py")
     _shown.update(vars(cfg))

@@ -34,20 +34,39 @@ NO_VOLUME = "no volume_l in sample_metadata: no concentration"
 
 
 def read_predictions(predictions_path, classes):
-    """(probabilities, possibly_new, sample) of every image of predictions.csv: the sample names read as text,
-    exactly as written (a sample called NA stays NA, a name that is not UTF-8 keeps its bytes)."""
+    """(probabilities, possibly_new, sample, predicted, accepted) of every image of predictions.csv: the sample and
+    class names read as text, exactly as written (a sample called NA stays NA, a name that is not UTF-8 keeps its
+    bytes); accepted as 1.0, 0.0, or NaN where no operating points applied."""
     columns = [f"p_{c}" for c in classes]
     frame = pd.read_csv(
         predictions_path,
-        usecols=[*columns, "possibly_new", "sample"],
-        dtype={"sample": str},
+        usecols=[*columns, "possibly_new", "sample", "predicted", "accepted"],
+        dtype={"sample": str, "predicted": str, "accepted": str},
         keep_default_na=False,
         na_values={c: [""] for c in columns},
         encoding_errors="surrogateescape",
     )
     probabilities = frame[columns].to_numpy(np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    return probabilities, frame["possibly_new"].astype(str).eq("True").to_numpy(), frame["sample"].to_numpy(object)
+    accepted = frame["accepted"].map({"True": 1.0, "False": 0.0}).to_numpy(np.float64)  # "" (no points): NaN
+    flagged = frame["possibly_new"].astype(str).eq("True").to_numpy()
+    return probabilities, flagged, frame["sample"].to_numpy(object), frame["predicted"].to_numpy(object), accepted
+
+
+def operating_point_counts(frame, predicted, flagged, accepted):
+    """Per row of a sample's abundance table: the images accepted without a look (operating_points.csv) and those
+    to review (the rest of the images predicted as the class; every image flagged possibly new). NaN for both when
+    no operating points applied to the run (predict.py left `accepted` empty)."""
+    if np.isnan(accepted).all():
+        return np.full(len(frame), np.nan), np.full(len(frame), np.nan)
+    taken = accepted == 1.0
+    counted = [
+        (0, int(flagged.sum()))
+        if new
+        else (int((taken & (predicted == c)).sum()), int(((predicted == c) & ~flagged & ~taken).sum()))
+        for c, new in zip(frame["class"], frame["possibly_new"].astype(bool))
+    ]
+    return np.array([a for a, _ in counted], float), np.array([r for _, r in counted], float)
 
 
 def stream_key(name):
@@ -67,7 +86,7 @@ def with_concentrations(frame, volume):
 def cruise_tables(cruise, samples_table, classes, fits, predictions_path, seed):
     """(sample_abundances, sample_summary) of the cruise. samples_table: samples.sample_table's one row per sample
     (sample, volume_l, metadata); fits: the run's abundances.Fits, shared by every sample."""
-    probabilities, flagged, sample = read_predictions(predictions_path, classes)
+    probabilities, flagged, sample, predicted, accepted = read_predictions(predictions_path, classes)
     rows_of = pd.Series(np.arange(len(sample))).groupby(sample).indices if len(sample) else {}
     assigned = pd.Series(cruise.sample_of).value_counts()
     metadata = samples_table.set_index("sample")
@@ -94,8 +113,9 @@ def cruise_tables(cruise, samples_table, classes, fits, predictions_path, seed):
             frame.insert(0, "sample", name)
             frame[VOLUME] = volume
             frame = with_concentrations(frame, volume)
-            for column in OPERATING_POINT_COLUMNS:
-                frame[column] = np.nan
+            frame["accepted"], frame["to_review"] = operating_point_counts(
+                frame, predicted[rows], flagged[rows], accepted[rows]
+            )
             tables.append(frame[SAMPLE_COLUMNS].assign(**{c: metadata.at[name, c] for c in extra}))
             note = note or ("" if np.isfinite(volume) else NO_VOLUME)
         summary.append(

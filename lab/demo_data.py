@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import lab
 from lab import artifacts, config, runtime
+from lab.artifacts import DEMO_ROOT, is_demo_root  # where the demo lives, known below the generator too
 
 CANVAS = 256  # drawing canvas; each crop is cut to the organism and scaled down afterwards
 
@@ -191,7 +192,6 @@ def draw_crop(class_name, rng):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
 
 
-DEMO_ROOT = lab.ROOT / "data" / "demo"  # the one place the demo lives: never a user's data_root
 MARKER = ".plankton-lab-demo"  # written at generation; only a folder holding it is ever replaced
 
 
@@ -233,12 +233,9 @@ def generate(root=DEMO_ROOT, counts=None, seed=0):
     return root
 
 
-def is_demo_root(cfg):
-    return artifacts.resolve(cfg.data_root) == DEMO_ROOT
-
-
 def ensure_demo_data(cfg):
-    """Generate the demo data on first use, when data_root is the demo folder and it is missing."""
+    """Generate the demo data on first use, when data_root is the demo folder and it is missing. Called by the
+    entry points (dataloader.py, run_pipeline.py) alone: the scripts after them stop with the command instead."""
     if is_demo_root(cfg) and not DEMO_ROOT.exists():
         print(f"[demo] generating the synthetic demo data set in {DEMO_ROOT} (once, a few seconds) ...")
         generate(DEMO_ROOT)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, manifest, provenance, splitting
+from lab import artifacts, manifest, splitting
 
 
 # --------------------------------------------------------------------------- embedding DataFrames
@@ -89,7 +89,7 @@ def embedding_set(cfg, meta_name=EMBEDDINGS_META):
             f"`python {made_by}`, then this script."
         )
     meta = artifacts.read_json(meta_path, made_by, "embeddings set")
-    current = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    current = manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     if "set" not in meta or meta.get("checkpoint_sha256") != current:
         made = f"epoch {meta.get('checkpoint_epoch')} of a checkpoint saved {meta.get('checkpoint_saved_at')}"
         raise lab.LabError(
@@ -128,7 +128,7 @@ def current_predict_set(cfg):
     except lab.LabError:
         embeddings = None
     if (
-        inputs.get("checkpoint") != provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+        inputs.get("checkpoint") != manifest.artifact_digest(cfg, "checkpoints", "best.pth")
         or inputs.get("embeddings") != embeddings
     ):
         print(

@@ -32,7 +32,7 @@ def class_weights(labels, n_classes, weighting):
 
 def run_epoch(model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None):
     """One pass; trains when an optimizer is given. Returns (mean loss, accuracy). weights: per-class loss weights;
-    dtype: the head's autocast dtype (backbone.head_dtype), or None for fp32."""
+    dtype: the head's autocast dtype (precision.head_dtype), or None for fp32."""
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="sum")
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     model.train(optimizer is not None)

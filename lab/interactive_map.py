@@ -17,34 +17,13 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, image_io
+from lab import artifacts, image_io, plotting
 
 THUMBNAIL_PX = 64
 THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
 SPLIT_ORDER = ("train", "test", "unseen", "predict")
 SPLIT_MARKERS = {"train": "circle", "test": "triangle", "unseen": "square", "predict": "diamond"}
 SPLIT_SYMBOLS = {"train": "\u25cf", "test": "\u25b2", "unseen": "\u25a0", "predict": "\u25c6"}
-# The colours of figs/umap_embeddings.png (matplotlib's tab10 then Dark2), so both maps agree.
-PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#1b9e77",
-    "#d95f02",
-    "#7570b3",
-    "#e7298a",
-    "#66a61e",
-    "#e6ab02",
-    "#a6761d",
-    "#666666",
-)
 NO_LABEL = "no label"
 AUDITED_SPLITS = ("train", "val", "test")  # the splits whose labels audit.py scores
 TOOLTIP = """
@@ -192,6 +171,15 @@ export default (args, tool, {vars}) => {
     return (snap_sx - sx) ** 2 + (snap_sy - sy) ** 2 <= nearest
 }
 """
+# The class filter: a class is shown when its name holds the typed text (any case); the legend's clicks still work.
+FILTER_CLASSES = """
+const query = box.value_input.trim().toLowerCase()
+for (const r of class_renderers)
+    r.visible = query === "" || r.name.toLowerCase().includes(query)
+"""
+LEGEND_BESIDE_UP_TO = 30  # classes: up to this many the legend is one column beside the map; past it, below it,
+# in columns, with a box to find a class
+LEGEND_COLUMNS = 4
 MAP_COLUMNS = ["x", "y", "split", "label", "colour_class", "file", "prediction", "audit", "thumbnail"]
 
 
@@ -223,6 +211,7 @@ def build_map(points, method="umap", width=1100, height=700):
         HoverTool,
         Legend,
         LegendItem,
+        TextInput,
     )
     from bokeh.plotting import figure
     from bokeh.transform import factor_mark
@@ -244,6 +233,7 @@ def build_map(points, method="umap", width=1100, height=700):
     plot.grid.visible = False
     plot.scatter(points["x"], points["y"], size=3, color="#d9d9d9", level="underlay")  # all points, for orientation
     markers = factor_mark("split", [SPLIT_MARKERS.get(s, "circle") for s in splits], splits)
+    palette = plotting.class_palette(len(class_order(points)))  # figs/umap_embeddings.png's colours
     class_renderers = [
         plot.scatter(
             "x",
@@ -251,7 +241,7 @@ def build_map(points, method="umap", width=1100, height=700):
             source=source,
             marker=markers,
             size=8,
-            fill_color=PALETTE[i % len(PALETTE)],
+            fill_color=palette[i],
             line_color="white",
             line_width=0.5,
             fill_alpha=0.85,
@@ -284,17 +274,21 @@ def build_map(points, method="umap", width=1100, height=700):
             filters={"@x": CustomJS(code=NEAREST_ONLY)},
         )
     )
+    many = len(class_renderers) > LEGEND_BESIDE_UP_TO
     plot.add_layout(
         Legend(
             items=[LegendItem(label=legend_label(r.name, points, splits), renderers=[r]) for r in class_renderers],
             click_policy="hide",
             title="class (click to hide or show)",
-            label_text_font_size="9pt",
+            label_text_font_size="8pt" if many else "9pt",
             glyph_height=14,
             spacing=1,
+            ncols=LEGEND_COLUMNS if many else 1,
         ),
-        "right",
+        "below" if many else "right",
     )
+    if many:  # the legend's rows below the plot
+        plot.height = height + 16 * -(-len(class_renderers) // LEGEND_COLUMNS) + 40
     toggle = CheckboxButtonGroup(
         labels=[f"{SPLIT_SYMBOLS.get(s, '')} {s} ({(points['split'] == s).sum()})".strip() for s in splits],
         active=list(range(len(splits))),
@@ -320,7 +314,19 @@ def build_map(points, method="umap", width=1100, height=700):
         "orientation. Drag to pan, scroll to zoom, hover a point for its image.",
         styles={"font-size": "13px", "color": "#444"},
     )
-    return column(help_text, toggle, plot)
+    if not many:
+        return column(help_text, toggle, plot)
+    class_filter = TextInput(
+        title=f"Find a class among {len(class_renderers)}: type part of its name to show only the classes that match "
+        "(empty: all)",
+        placeholder="e.g. copepod",
+        name="class_filter",
+        width=500,
+    )
+    class_filter.js_on_change(
+        "value_input", CustomJS(args={"class_renderers": class_renderers, "box": class_filter}, code=FILTER_CLASSES)
+    )
+    return column(help_text, toggle, class_filter, plot)
 
 
 PAGE = """<!doctype html>

@@ -36,9 +36,8 @@ import pandas as pd
 import torch
 from scipy.special import softmax
 
-import backbone
 import lab
-from lab import cached_features, config, head_training
+from lab import cached_features, config, head_training, precision
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
 AUDIT_MODELS = config.AUDIT_MODELS  # the choices of audit_model, defined once in config.py
@@ -88,7 +87,7 @@ def fold_training(ckpt, cfg, device):
         lr=float(trained_with["lr"]),
         batch_size=int(trained_with["batch_size"]),
         class_weighting=trained_with["class_weighting"],
-        head_dtype=backbone.head_dtype(trained_with["head_precision"], device),
+        head_dtype=precision.head_dtype(trained_with["head_precision"], device),
         seed=cfg.seed,
         patience=int(trained_with["patience"]),
         best_epoch=int(ckpt["epoch"]),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 import lab
-from lab import artifacts, demo_data
+from lab import artifacts, config
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")  # the files a folder named in labels_file contributes
 ECOTAXA_PATH, ECOTAXA_LABEL = "img_file_name", "object_annotation_category"
@@ -293,7 +293,8 @@ def table_entries(cfg, table, root, mapping):
                 f"Fill them in or delete those rows: such a row names no image, or no class."
             )
     paths = split_paths(root, table.parent, cells)
-    label, reason = _labels(category, chosen, mapping, set(cfg.seen_classes + cfg.unseen_classes))
+    classes = None if config.every_class(cfg) else set(cfg.seen_classes + cfg.unseen_classes)  # None: any label
+    label, reason = _labels(category, chosen, mapping, classes)
     entries = pd.DataFrame(
         {
             "source": str(table),
@@ -325,8 +326,8 @@ def _labels(category, chosen, mapping, classes):
             why = STATUS_LEFT_OUT
         elif mapping is not None and name in mapping:
             target = mapping[name]
-            why = MAPPED_OUT if not target else "" if target in classes else NOT_A_CLASS
-        elif name not in classes:
+            why = MAPPED_OUT if not target else "" if classes is None or target in classes else NOT_A_CLASS
+        elif classes is not None and name not in classes:
             why = NOT_IN_MAP if mapping is not None else NOT_A_CLASS
         labels.append(target if not why else "")
         reasons.append(why)
@@ -378,7 +379,7 @@ def announce_tables(cfg, tables, mapping):
             f"labels_map, or add the class to seen_classes / unseen_classes.",
             file=sys.stderr,
         )
-    if demo_data.is_demo_root(cfg):
+    if artifacts.is_demo_root(cfg):
         print(
             "note: data_root is the demo's folder, so the demo's class folders of the configured classes are read "
             "beside the labels tables; point data_root at your tables' folder to leave them out"

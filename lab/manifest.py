@@ -1,23 +1,26 @@
 """Output sets: the files one run of a script writes together, published at once, and the manifest that proves
 they belong together and what they were computed from.
 
-A script writes every file of its set under a temporary name beside it (`.name.tmp<pid>.ext`, which output_lock
-sweeps when a run was killed). Only when every file is whole are they moved into place, and the set's manifest,
-results/<set>_manifest.json, is written last: the digest of each output and the digests of the inputs they were
-computed from (the checkpoint, the split, the embeddings set, the sample ...). A reader trusts a set only when its
-manifest is there and every output still has the digest it records (`check`). So after any failure the folder holds
-the previous complete set (the failure came while writing: nothing had been moved) or none (it came while moving:
-the previous manifest had been withdrawn first), and the message says which. Files of the previous set that the new
-one lacks are removed when it is published: a stale EcoTaxa table never stays beside another sample's predictions.
+A script writes every file of its set under a temporary name beside it (`.name.tmp<pid>.ext`, which
+artifacts.remove_leftovers sweeps when a run was killed). Only when every file is whole are they moved into place,
+and the set's manifest, results/<set>_manifest.json, is written last: the digest of each output and the digests of
+the inputs they were computed from (the checkpoint, the split, the embeddings set, the sample ...). A reader trusts a
+set only when its manifest is there and every output still has the digest it records (`check`). So after any failure
+the folder holds the previous complete set (the failure came while writing: nothing had been moved) or none (it came
+while moving: the previous manifest had been withdrawn first), and the message says which. Files of the previous set
+that the new one lacks are removed when it is published: a stale EcoTaxa table never stays beside another sample's
+predictions.
 Writes the sets' files and results/<set>_manifest.json; reads the manifests for every script that checks its inputs.
+Also what each artifact was computed from, for the scripts that record it: an artifact's short digest
+(`artifact_digest`), a set's recorded inputs (`recorded_inputs`) and the package versions (`package_versions`).
 """
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import re
+import sys
 import time
 
 import lab
@@ -48,6 +51,12 @@ def digest(path):
     return _DIGESTS[key]
 
 
+def artifact_digest(cfg, kind, name):
+    """A short sha256 of one artifact (what later artifacts record they were computed from), or None if absent."""
+    path = artifacts.out_path(cfg, kind, name)
+    return digest(path) if path.is_file() else None
+
+
 def set_id(inputs, outputs):
     """One digest for the whole set: its inputs and the digest of every output (not when it was written)."""
     text = json.dumps({"inputs": inputs, "outputs": outputs}, sort_keys=True, default=str)
@@ -65,21 +74,8 @@ def _final(cfg, key):
     return artifacts.out_path(cfg, kind, name)
 
 
-def _reason(exc):
-    return "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-
-
 def _write_manifest(path, body):
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(body, indent=2, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    artifacts.replace_whole(path, lambda p: artifacts.write_json(p, body))
 
 
 class SetFile:
@@ -136,26 +132,19 @@ class OutputSet:
     def write(self, kind, name, write):
         """Call write(temporary path) for the set's file kind/name; a failure leaves the previous set as it was."""
         path = artifacts.out_path(self.cfg, kind, name)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-        self.staged[f"{kind}/{name}"] = tmp
+        self.staged[f"{kind}/{name}"] = artifacts.temporary_path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            return artifacts.stage(path, write)
         except OSError as exc:
             self.discard()
-            raise lab.LabError(
-                f"Could not save {path}: {_reason(exc)}. {self.kept()} Free some space or choose "
-                f"another --output_dir, then run `python {self.made_by}` again."
-            ) from None
-        return tmp
+            raise artifacts.save_failed(path, exc, self.kept(), f"`python {self.made_by}`") from None
 
     def save_csv(self, kind, name, frame):
-        return self.write(kind, name, lambda p: artifacts.write_csv(frame, p))
+        return self.write(kind, name, lambda p: artifacts.write_csv(p, frame))
 
     def save_json(self, kind, name, obj):
-        return self.write(kind, name, lambda p: artifacts.write_json(obj, p))
+        return self.write(kind, name, lambda p: artifacts.write_json(p, obj))
 
     def kept(self):
         """What the output folder holds after a failure before publishing: the previous complete set, or nothing."""
@@ -199,7 +188,7 @@ class OutputSet:
         except OSError as exc:
             self.discard()
             raise lab.LabError(
-                f"Could not publish the results of {self.made_by} ({_reason(exc)}) while moving them "
+                f"Could not publish the results of {self.made_by} ({artifacts.failure_reason(exc)}) while moving them "
                 f"into place: the previous set had been withdrawn, so the output folder now holds "
                 f"none of them (nothing): no later script will take the files there for a complete "
                 f"set. Free some space or fix the folder, then run `python {self.made_by}` "
@@ -245,6 +234,13 @@ def complete(cfg, set_name):
     return check(cfg, set_name)[0]
 
 
+def recorded_inputs(cfg, set_name):
+    """What a script's outputs were computed from (its manifest's inputs), or None when they are not there as one
+    complete set (not run in this output folder, interrupted, a file changed since)."""
+    body = complete(cfg, set_name)
+    return body["inputs"] if body else None
+
+
 def require(cfg, set_name):
     """The manifest of a complete set; else the error that names the script to run again."""
     body, problem = check(cfg, set_name)
@@ -270,8 +266,19 @@ def replace_output(cfg, set_name, kind, name, write):
             _write_manifest(manifest_path(cfg, set_name), body)
         except OSError as exc:
             raise lab.LabError(
-                f"Could not update results/{set_name}_manifest.json ({_reason(exc)}): the set of "
+                f"Could not update results/{set_name}_manifest.json ({artifacts.failure_reason(exc)}): the set of "
                 f"{made_by(set_name)} is now incomplete. Free some space, then run "
                 f"`python {made_by(set_name)}` again."
             ) from None
     return path
+
+
+def package_versions():
+    """The versions of Python and the packages a result depends on (a checkpoint and predict.py's meta record them)."""
+    import importlib.metadata as md
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "umap-learn"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[name] = md.version(name)
+    return versions

@@ -31,6 +31,24 @@ def figure_slug(name, class_names=()):
     return f"{readable}-{digest}" if readable else f"cls-{digest}"
 
 
+FEW_CLASSES_PALETTE = (  # matplotlib's tab10 then Dark2: the maps' colours up to 18 classes, as always
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+)  # fmt: skip
+
+
+def class_palette(n_classes):
+    """Hex colours for n classes, one each, the same in the static and the interactive map: tab10 then Dark2 up to
+    18 classes; past that colorcet's Glasbey palette (256 colours chosen to be told apart; its first ten are
+    tab10's), cycled beyond 256."""
+    if n_classes <= len(FEW_CLASSES_PALETTE):
+        return list(FEW_CLASSES_PALETTE[:n_classes])
+    import colorcet
+
+    glasbey = colorcet.palette["glasbey_category10"]
+    return [glasbey[i % len(glasbey)] for i in range(n_classes)]
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend: scripts run on servers without a display."""
     import matplotlib

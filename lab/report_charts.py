@@ -9,12 +9,17 @@ import numpy as np
 
 from lab import plotting
 
+CHART_ROWS = 30  # classes: a chart of more shows the largest shares (half an inch a class)
+
 
 def abundance_chart(table):
     """PNG bytes of a bar chart: each seen class's share of the sample's images not flagged, as classify-and-count
     gives it beside the correction with its 95 % interval (the report's section; nothing is written)."""
     plt = plotting.pyplot()
     rows = table[~table["possibly_new"].astype(bool)]
+    left_out = max(0, len(rows) - CHART_ROWS)
+    if left_out:  # the largest shares, so that the chart stays readable at 100+ classes; the CSV holds every class
+        rows = rows.sort_values(["proportion", "cc_proportion"], ascending=False, kind="stable").head(CHART_ROWS)
     names = plotting.drawable_names([str(c) for c in rows["class"]])
     y = np.arange(len(rows))
     corrected = rows["proportion"].to_numpy(np.float64)
@@ -41,6 +46,8 @@ def abundance_chart(table):
     ax.set_yticklabels(names)
     ax.invert_yaxis()
     ax.set_xlabel("share of the images not flagged possibly new")
+    if left_out:
+        ax.set_title(f"the {CHART_ROWS} largest corrected shares; {left_out} more classes in results/abundances.csv")
     ax.legend(loc="lower right", fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

@@ -11,7 +11,7 @@ import shlex
 from types import SimpleNamespace
 
 import lab
-from lab import artifacts, checkpoint, embedding_files, manifest, provenance, splitting
+from lab import artifacts, checkpoint, embedding_files, manifest, splitting
 
 # The sets each section shows, and which input of the checkpoint's run their manifest must record.
 SECTION_INPUTS = {
@@ -116,7 +116,7 @@ def the_run(cfg, explicit_root=None):
     predict = embedding_files.current_predict_set(cfg)
     mapped = (
         predict is not None
-        and (provenance.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict["id"]
+        and (manifest.recorded_inputs(cfg, "dimensionality_reduction") or {}).get("predict") == predict["id"]
     )
     return SimpleNamespace(
         trained=trained, inputs=inputs, data_root=data_root, image_root=image_root, predict=predict, mapped=mapped

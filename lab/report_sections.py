@@ -13,7 +13,7 @@ from pathlib import Path, PurePath
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, checkpoint, interactive_map, manifest, near_copies, report_run, report_tables
+from lab import artifacts, checkpoint, interactive_map, manifest, near_copies, report_many, report_run, report_tables
 
 
 # --------------------------------------------------------------------------- 1. data, 2. training, 3. test set
@@ -59,13 +59,15 @@ def first_sections(cfg, results, figs, run):
         if metrics.get("random_trunk", checkpoint.random_trunk({"weights": weights}))
         else ""
     )
-    per_class = pd.DataFrame([{"class": c, **m} for c, m in metrics["per_class"].items()])
     moved = (
         f"; images read from {report_tables.code(run.image_root)} (same files)"
         if run.image_root != run.data_root
         else ""
     )
-    seen, unseen = ", ".join(ckpt["classes"]), ", ".join(ckpt["config"].get("unseen_classes", []))
+    seen, unseen = (
+        report_many.names_html(ckpt["classes"]),
+        report_many.names_html(ckpt["config"].get("unseen_classes", [])),
+    )
     model = (
         f"Checkpoint <code>checkpoints/best.pth</code> sha256 {run.inputs['checkpoint']}, saved "
         f"{html.escape(str(metrics.get('checkpoint_saved_at')))} (epoch {metrics.get('checkpoint_epoch')}); "
@@ -73,17 +75,16 @@ def first_sections(cfg, results, figs, run):
     )
     return [
         f"<h1>Plankton embedding lab: report</h1><p>Data root {report_tables.code(run.data_root)}{moved}; "
-        f"trunk weights: {html.escape(weights)}.</p><p>Classes trained on: {html.escape(seen)}; unseen: "
-        f"{html.escape(unseen)}.</p><p>{model}</p>{warn}",
+        f"trunk weights: {html.escape(weights)}.</p><p>Classes trained on: {seen}; unseen: {unseen}.</p>"
+        f"<p>{model}</p>{warn}",
         data_section(cfg, ckpt),
         f"<h2>2. Training</h2><p>Best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) "
         f"at epoch {int(best['epoch'])} of {len(history)}.</p>"
         + report_tables.figure(figs / "training_plot.png", "Loss and accuracy per epoch", "train.py"),
-        f"<h2>3. Test set</h2><p>Accuracy {100 * metrics['accuracy']:.2f} %, balanced accuracy "
-        f"{100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.3f} on "
-        f"{metrics['n_test']} test images.</p>"
+        "<h2>3. Test set</h2>"
+        + report_many.headline_html(metrics)
         + near_copies_line(cfg, results)
-        + report_tables.table(per_class)
+        + report_many.per_class_html(results, metrics)
         + report_tables.figure(figs / "confusion_matrix.png", "Confusion matrix", "evaluate.py"),
     ]
 
@@ -234,13 +235,15 @@ def galleries_section(results, figs):
         artifacts.require(results / "galleries.csv", "dimensionality_reduction.py"),
         ("set", "class", "figure", "row", "path", "label"),
     )
-    tiles = galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False)
-    return (
+    tiles = list(galleries[["class", "set", "figure"]].drop_duplicates().itertuples(index=False))
+    intro = (
         "<h2>6. Galleries</h2><p>Per class: closest to the class centre, furthest, closest of other classes "
         "(128-d embedding space).</p>"
-        + "".join(
-            report_tables.figure(figs / figure, f"{c} ({s})", "dimensionality_reduction.py") for c, s, figure in tiles
-        )
+    )
+    if report_many.many(galleries["class"].nunique()):
+        return intro + report_many.gallery_picker(figs, tiles)
+    return intro + "".join(
+        report_tables.figure(figs / figure, f"{c} ({s})", "dimensionality_reduction.py") for c, s, figure in tiles
     )
 
 

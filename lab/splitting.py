@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, data_folders, image_io, label_tables, manifest, near_copies, output_lock
+from lab import artifacts, config, data_folders, image_io, label_tables, manifest, near_copies
 
 # bytes: to recognise the same files after a move; round: 0 for the rows of the first draw, k for those added when
 # the data grew the k-th time. path: relative to data_root, or absolute for a table's image outside it.
@@ -149,12 +149,18 @@ def split_identity(cfg):
     return identity
 
 
-def make_split(cfg, previous=None):
-    """Scan, draw the split (or grow previous, split.csv as read, by the new images) and write every report."""
+def make_split(cfg, previous=None, candidates=None):
+    """Scan, draw the split (or grow previous, split.csv as read, by the new images) and write every report.
+    candidates: seen_classes="all"'s classes (cfg.seen_classes holds them too): those with too few readable images
+    are left out, cfg.seen_classes becomes the rest, and split.json records both."""
     root = data_folders.check_data_root(cfg)
     tables = label_tables.read_labels(cfg, root, announce=True)
-    files, skipped, ignored, notes, digests = data_folders.scan(cfg, tables)
-    summary = data_folders.summarise(cfg, files, skipped, ignored)
+    left_out = None if candidates is None else {}
+    files, skipped, ignored, notes, digests = data_folders.scan(cfg, tables, left_out)
+    if left_out:
+        cfg.seen_classes = [c for c in candidates if c not in left_out]
+        config.validate_config(cfg)  # the rules that count classes, now that "all" is a list
+    summary = data_folders.summarise(cfg, files, skipped, ignored, left_out)
     duplicates = data_folders.find_duplicates(cfg, files, digests)
     data_folders.report_duplicates(duplicates)
     copies, compared = near_copies.search(cfg, files)
@@ -170,6 +176,8 @@ def make_split(cfg, previous=None):
     notes = pd.DataFrame(notes, columns=data_folders.NOTE_COLUMNS)
     labels = [{k: s[k] for k in ("source", "kind", "sha256")} for s in tables.sources]
     identity = {**split_identity(cfg), "data_root": str(root), "labels_tables": labels}
+    if candidates is not None:
+        identity.update(seen_classes_setting=config.ALL_CLASSES, all_candidates=candidates, left_out=left_out)
     sources = label_tables.source_counts(root, tables, files, skipped)
     with manifest.OutputSet(cfg, "split") as out:
         out.save_csv("results", "duplicates.csv", duplicates)
@@ -223,7 +231,7 @@ def record_trunk_failures(cfg, split_rows, ok):
     )
     if set(skipped.loc[mine, "path"]) != set(new["path"]):
         changed = pd.concat([skipped[~mine], new], ignore_index=True)
-        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(changed, p))
+        manifest.replace_output(cfg, "split", "results", "skipped_files.csv", lambda p: artifacts.write_csv(p, changed))
     if len(new):
         print(
             f"warning: {len(new)} image(s) could not be decoded and are left out (listed in "
@@ -286,17 +294,22 @@ def same_files(root, split):
     return True
 
 
-def load_split(cfg, verify=True, grow=True):
-    """The persisted split: drawn and written on first use or for other settings, checked against the disk. New
-    images join it (grow, train.py and dataloader.py), every row already split keeping its split; without grow
-    (the scripts after training) they stop the run with the command that adds them."""
+def read_or_draw_split(cfg, verify=True, grow=True):
+    """The persisted split, checked against the disk; or, on first use and for other settings, drawn and written:
+    then it takes the output folder's lock, scans every image and runs the near-copy search (minutes on a large
+    data set), as dataloader.py does. New images join it (grow, train.py and dataloader.py), every row already
+    split keeping its split; without grow (the scripts after training) they stop the run with the command that
+    adds them."""
     split = None if cfg.rebuild_split else read_split_file(cfg)
+    identity = {}
     if split is not None:
         identity_path = artifacts.out_path(cfg, "results", "split.json")
         try:
             identity = artifacts.read_json(identity_path, "dataloader.py", "split file")
         except lab.LabError:  # missing or damaged: what the split was drawn from is unknown, so it is drawn anew
             identity = {}
+    candidates = every_class_candidates(cfg, identity) if config.every_class(cfg) else None
+    if split is not None:
         wanted = split_identity(cfg)
         changed = [k for k in wanted if identity.get(k) != wanted[k]]
         if changed:
@@ -307,8 +320,8 @@ def load_split(cfg, verify=True, grow=True):
             )
             split = None
     if split is None:
-        output_lock.ensure_output_dirs(cfg, ("results",))
-        return make_split(cfg)
+        artifacts.ensure_output_dirs(cfg, ("results",))
+        return make_split(cfg, candidates=candidates)
     if verify:
         added, what = verify_split(cfg, split)
         if added and not grow:
@@ -318,9 +331,35 @@ def load_split(cfg, verify=True, grow=True):
                 f"keeping its split, and retrains; or remove them to use this model as it is."
             )
         if added:
-            output_lock.ensure_output_dirs(cfg, ("results",))
-            return make_split(cfg, previous=split)
+            artifacts.ensure_output_dirs(cfg, ("results",))
+            return make_split(cfg, previous=split, candidates=candidates)
     return split
+
+
+def every_class_candidates(cfg, identity):
+    """seen_classes="all": the classes it means today (every class folder and table label not unseen). When they are
+    those the persisted split was drawn from, cfg.seen_classes becomes that split's list (the classes left out then
+    stay out); otherwise it becomes the new candidates, the split is drawn anew, and a line names what changed."""
+    root = data_folders.check_data_root(cfg)
+    candidates = data_folders.candidate_classes(cfg, root, label_tables.read_labels(cfg, root))
+    before = identity.get("all_candidates") if identity.get("seen_classes_setting") == config.ALL_CLASSES else None
+    if before == candidates:
+        cfg.seen_classes = list(identity["seen_classes"])
+    else:
+        cfg.seen_classes = list(candidates)
+        if before is not None:
+            added, removed = sorted(set(candidates) - set(before)), sorted(set(before) - set(candidates))
+            print(
+                "[split] seen_classes='all': the class folders changed since the split was drawn ("
+                + "; ".join(
+                    f"{what}: {config.names_text(names, 'the data root')}"
+                    for what, names in (("new", added), ("gone", removed))
+                    if names
+                )
+                + "): drawing the split anew"
+            )
+    config.validate_config(cfg)
+    return candidates
 
 
 def split_digest(cfg):

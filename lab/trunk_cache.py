@@ -30,6 +30,7 @@ import backbone
 import lab
 from lab import artifacts, distributed, image_io, progress, runtime, splitting
 from lab.cached_features import CachedSplit
+from lab.precision import PRECISIONS, precision_name
 
 FP16_MAX = 65504.0
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file: the whole of a typical crop, a sample of a big one
@@ -137,7 +138,7 @@ def _write_cache(path, ok_path, n, shape, fill):
 
 
 def part_path(path, rank):
-    """Where a torchrun rank writes its shard of the cache file path (a leftover for output_lock.remove_leftovers)."""
+    """Where a torchrun rank writes its shard of the cache file path (a leftover for artifacts.remove_leftovers)."""
     return path.with_name(f"{path.name}.part{rank}")
 
 
@@ -173,7 +174,7 @@ def trunk_shard(
     if not paths:
         return np.zeros(0, dtype=bool)
     device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
-    dtype = backbone.PRECISIONS[precision]
+    dtype = PRECISIONS[precision]
     side = backbone.trunk_side(image_size)
     loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
     part = part_path(cache_path, rank)
@@ -233,7 +234,7 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
         "num_workers": cfg.num_workers,
         "trunk": copy.deepcopy(trunk).cpu(),
         "device_type": device.type,
-        "precision": backbone.precision_name(dtype),
+        "precision": precision_name(dtype),
         "data_root": str(artifacts.resolve(cfg.data_root)),
         "desc": f"trunk {split_name}",
     }
@@ -260,7 +261,7 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
         "batch_size": batch_size,
         "num_workers": num_workers,
         "device_type": device.type,
-        "precision": backbone.precision_name(dtype),
+        "precision": precision_name(dtype),
         "desc": desc,
     }
     parts = distributed.map_shards(
@@ -292,12 +293,12 @@ def image_outputs_shard(
     paths = abs_paths[start:stop]
     if paths:
         loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
-        run_trunk(model.trunk, loader, device, backbone.PRECISIONS[precision], head, desc)
+        run_trunk(model.trunk, loader, device, PRECISIONS[precision], head, desc)
     return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
 def cache_prefix(split_name, dtype):
-    return f"trunk_{split_name}_{backbone.precision_name(dtype)}_"
+    return f"trunk_{split_name}_{precision_name(dtype)}_"
 
 
 def remove_stale_caches(folder, split_name, dtype):
@@ -329,7 +330,7 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
         shared = f", shared by {distributed.world_size()} ranks" if distributed.active() else ""
         print(
             f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
-            f"({backbone.precision_name(dtype)}{shared}, cached in {folder})"
+            f"({precision_name(dtype)}{shared}, cached in {folder})"
         )
         shape = (backbone.TRUNK_CHANNELS, side, side)
         started = time.perf_counter()

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny demo data set, configs pointing at temporary folders, an offline TORCH_HOME."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def slow_tests_are_marked(request, monkeypatch):
 
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     yield
+
+
+def lock_is_free(folder):
+    """Whether no process holds the output folder's lock (another process could take it now), and no record names a
+    holder: what a run leaves when it gave the lock back."""
+    import filelock
+
+    lock = filelock.FileLock(Path(folder) / output_lock.LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return not (Path(folder) / output_lock.OWNER_NAME).exists()
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +195,31 @@ def wait_for_epoch(cfg, epoch, proc, timeout=600):  # generous: a busy machine i
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.005)
     raise AssertionError("training did not reach the epoch in time")
+
+
+# --------------------------------------------------------------------------- a real browser (the report, the map)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The Chromium binary; session-scoped so a machine without one skips before the pipeline fixture runs."""
+    candidates = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome", "chrome"]
+    for name in filter(None, candidates):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip(
+        "No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
+        "chrome): the browser tests need one. Install it (Debian: apt-get install chromium; .ci/run "
+        "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary."
+    )

@@ -247,7 +247,7 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     calibration = abundance_inputs.calibration_from_artifacts(*inputs)
     probabilities, labels, prior, paths, source = calibration
     assert read == ["val"] and source == "validation"
-    split = splitting.load_split(trained.cfg)
+    split = splitting.read_or_draw_split(trained.cfg)
     by_split = {
         name: set(splitting.absolute_paths(trained.cfg, split[split["split"] == name]["path"]))
         for name in ("val", "test", "train")

@@ -11,7 +11,7 @@ import torch
 import audit
 import backbone
 import lab
-from lab import artifacts, cached_features, config, ecotaxa, interactive_map, label_audit, provenance
+from lab import artifacts, cached_features, config, ecotaxa, interactive_map, label_audit, manifest
 
 CLASSES = ["alpha", "beta", "gamma"]
 IMAGE_SIZE = 32  # the trunk's output: 64 x 4 x 4
@@ -411,8 +411,8 @@ def test_audit_script_on_the_tiny_demo_writes_its_tables_figure_and_provenance(n
     assert len(tsv) == table["flagged"].sum()
     assert all((artifacts.resolve(cfg.data_root) / p).is_file() for p in tsv["img_file_name"])
     assert artifacts.out_path(cfg, "figs", "label_issues.png").stat().st_size > 10_000
-    recorded = provenance.recorded_inputs(cfg, "audit")
-    assert recorded["checkpoint"] == provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    recorded = manifest.recorded_inputs(cfg, "audit")
+    assert recorded["checkpoint"] == manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     assert recorded["audit_model"] == "linear" and recorded["epochs"] is None
 
 

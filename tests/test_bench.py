@@ -8,9 +8,8 @@ import math
 import pytest
 from conftest import shared_dataset
 
-import backbone
 from bench import scale, targets
-from lab import hardware
+from lab import hardware, precision
 
 
 def test_trunk_bf16_target_follows_the_cpu_kind():
@@ -87,7 +86,7 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     assert rows["trunk pass"]["measured"] > 0 and rows["data loading"]["measured"] > 0
     assert all(r["reason"] for r in rows.values() if r["status"] in ("MISSED", "n/a"))  # always says why
     assert saved["machine"]["cpu_features"] == hardware.cpu_features()
-    native = backbone.cpu_supports_bf16()
+    native = precision.cpu_supports_bf16()
     assert (rows["trunk pass"]["status"] == "n/a") == (not native)
     assert ("head bf16 accuracy" in rows) == native and ("head bf16" in rows) == (not native)
     assert (rows["trunk efficiency"]["status"] == "info") == hardware.cpu_features()["amx_bf16"]

@@ -15,9 +15,8 @@ import sys
 import pytest
 import torch
 
-import backbone
 import lab
-from lab import hardware
+from lab import hardware, precision
 
 HELD = {  # setting -> (environment, the precision "auto" must pick there)
     "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}, "fp32"),
@@ -41,8 +40,8 @@ def own_cpu_precision():
 def test_auto_precision_is_what_the_setting_allows():
     expected = os.environ.get(EXPECTED, own_cpu_precision())
     cpu = torch.device("cpu")
-    assert backbone.precision_name(backbone.trunk_dtype("auto", cpu)) == expected, hardware.describe()
-    assert backbone.precision_name(backbone.head_dtype("auto", cpu)) == expected, hardware.describe()
+    assert precision.precision_name(precision.trunk_dtype("auto", cpu)) == expected, hardware.describe()
+    assert precision.precision_name(precision.head_dtype("auto", cpu)) == expected, hardware.describe()
 
 
 @pytest.mark.parametrize(

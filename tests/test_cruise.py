@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import evaluate
 import lab
 import predict
 from lab import abundances, artifacts, checkpoint, config, cruise_abundances, report_cruise, samples, trunk_cache
@@ -155,6 +156,8 @@ def test_a_cruise_in_one_run(trained_copy, cruise, monkeypatch):
     )
     monkeypatch.setattr(checkpoint, "load_trained", lambda *a, **k: (loads.append(1), real_load(*a, **k))[1])
     monkeypatch.setattr(abundances.Fits, "__init__", lambda self, *a: (fits.append(1), real_fits(self, *a))[1])
+    evaluate.main(argv)  # operating_points.csv: the accepted and to_review counts
+    through_trunk.clear(), loads.clear()
     predict_cruise(argv, root, metadata, "--abundance_bootstrap=20", "--ecotaxa=True")
 
     # one model load, one trunk pass (every image of a sample once, nothing else), one calibration
@@ -179,7 +182,12 @@ def test_a_cruise_in_one_run(trained_copy, cruise, monkeypatch):
     assert (st01["date"] == "2024-05-02").all() and (st01["station"] == "S1").all()
     st02 = by_sample[by_sample["sample"] == "st02"]
     assert st02["concentration_per_l"].isna().all() and st02["count"].sum() == pytest.approx(1)
-    assert by_sample[["accepted", "to_review"]].isna().all().all()  # filled once the operating points land
+    for name, rows in by_sample.groupby("sample"):  # each image accepted or to review, as predictions.csv says
+        images = predictions[predictions["sample"] == name]
+        accepted = images["accepted"].astype(str).eq("True")
+        assert rows["accepted"].sum() + rows["to_review"].sum() == read[name]
+        assert rows["accepted"].sum() == accepted.sum()
+        assert rows.loc[rows["possibly_new"], "accepted"].sum() == 0
     assert set(by_sample["sample"]) == {"st01", "st02", NOT_UTF8}
     assert summary.loc["empty", "note"] == "no image file in its folder" and summary.loc["empty", "images"] == 0
     assert summary.loc["broken", ["images", "read", "skipped"]].tolist() == [1, 0, 1]

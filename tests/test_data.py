@@ -10,8 +10,10 @@ import torch
 from conftest import TINY_COUNTS, shared_dataset
 from PIL import Image
 
+import dataloader
 import lab
-from lab import artifacts, config, data_folders, image_io, splitting
+import train
+from lab import artifacts, config, data_folders, demo_data, image_io, splitting
 
 
 def copy_demo(src, dst):
@@ -21,7 +23,7 @@ def copy_demo(src, dst):
 
 def test_split_is_stratified_seeded_and_persisted(make_cfg):
     cfg, _ = make_cfg()
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     assert set(split["split"]) == {"train", "val", "test", "unseen"}
     for c in cfg.seen_classes:
         parts = split[split["label"] == c]["split"].value_counts()
@@ -50,24 +52,42 @@ def _argv(cfg):
 def test_changed_files_are_reported_with_the_rebuild_command(make_cfg, tiny_demo, tmp_path):
     root = copy_demo(tiny_demo, tmp_path / "data")
     cfg, argv = make_cfg(data_root=root)
-    splitting.load_split(cfg)
+    splitting.read_or_draw_split(cfg)
     (root / "Odontella" / "Odontella_0000.png").unlink()
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
     with pytest.raises(lab.LabError, match=r"1 image\(s\) were added and 1 removed.*--rebuild_split=True"):
-        splitting.load_split(cfg)
-    rebuilt = splitting.load_split(config.load_config(argv + ["--rebuild_split=True"]))
+        splitting.read_or_draw_split(cfg)
+    rebuilt = splitting.read_or_draw_split(config.load_config(argv + ["--rebuild_split=True"]))
     assert "Odontella/new.png" in set(rebuilt["path"])
-    other_seed = splitting.load_split(config.load_config(argv + ["--seed=3"]))  # other settings: their own split
+    other_seed = splitting.read_or_draw_split(config.load_config(argv + ["--seed=3"]))  # other settings: own split
     assert set(other_seed["path"]) == set(rebuilt["path"]) and not other_seed.equals(rebuilt)
 
 
 def test_missing_root_and_missing_class_name_the_fix(make_cfg, tmp_path):
     cfg, argv = make_cfg(data_root=tmp_path / "nowhere")
     with pytest.raises(lab.LabError, match="does not exist"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
     cfg, _ = make_cfg("--seen_classes=['chainthn', 'darksphere']")
     with pytest.raises(lab.LabError, match=r"'chainthn' is not in .*Did you mean 'chainthin'\?.*Retaria"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
+
+
+def test_the_demo_is_generated_by_the_entry_point_and_a_later_script_names_the_command(make_cfg, tmp_path, monkeypatch):
+    demo_root = tmp_path / "data" / "demo"  # the demo's folder for this test, not the repository's data/demo
+    monkeypatch.setattr(artifacts, "DEMO_ROOT", demo_root)
+    monkeypatch.setattr(demo_data, "DEMO_ROOT", demo_root)
+    monkeypatch.setattr(demo_data, "DEFAULT_COUNTS", {c: 12 for c in demo_data.CLASSES})  # a second, not seven
+    cfg, argv = make_cfg(data_root=demo_root)
+    command = r"not been generated yet.*`python dataloader\.py`.*`python -m lab\.demo_data`"
+    with pytest.raises(lab.LabError, match=command):
+        data_folders.check_data_root(cfg)  # a check: it writes nothing
+    with pytest.raises(lab.LabError, match=command):
+        train.main(argv)  # a script after dataloader.py: the message, not a traceback, and no demo drawn
+    assert not demo_root.exists()
+    dataloader.main(argv)  # the entry point generates it on first use, then draws the split
+    assert sorted(p.name for p in demo_root.iterdir() if p.is_dir()) == sorted(demo_data.CLASSES)
+    split = artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), ("path", "label", "split"))
+    assert split["label"].value_counts().to_dict() == {c: 12 for c in cfg.seen_classes + cfg.unseen_classes}
 
 
 def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
@@ -77,21 +97,21 @@ def test_empty_and_too_small_classes_are_refused(make_cfg, tiny_demo, tmp_path):
     (root / "Retaria" / "notes.txt").write_text("no images here")
     cfg, _ = make_cfg(data_root=root)
     with pytest.raises(lab.LabError, match="holds no readable images"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
     shutil.rmtree(root / "Retaria")
     shutil.copytree(tiny_demo / "Retaria", root / "Retaria")
     for f in sorted((root / "Odontella").iterdir())[3:]:
         f.unlink()
     with pytest.raises(lab.LabError, match="only 3 readable images.*min_images_per_class"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
     cfg3, _ = make_cfg("--min_images_per_class=3", data_root=root)  # documented: 3 is the floor, one per split
-    split = splitting.load_split(cfg3)
+    split = splitting.read_or_draw_split(cfg3)
     assert split[split["label"] == "Odontella"]["split"].value_counts().to_dict() == {"val": 1, "test": 1, "train": 1}
     greedy, _ = make_cfg(
         "--min_images_per_class=3", "--val_fraction=0.45", "--test_fraction=0.5", "--rebuild_split=True", data_root=root
     )
     with pytest.raises(lab.LabError, match="none would be left for training"):
-        splitting.load_split(greedy)
+        splitting.read_or_draw_split(greedy)
 
 
 def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_demo, tmp_path):
@@ -108,7 +128,7 @@ def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_dem
     Image.new("L", (40, 30), 128).save(buf, format="PNG")
     (folder / "png_named.jpg").write_bytes(buf.getvalue())  # a real image with the wrong extension: loads
     cfg, _ = make_cfg(data_root=root)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     skipped = pd.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv"))
     broken = {"darksphere/empty.png", "darksphere/truncated.png", "darksphere/text_pretending.jpg"}
     assert set(skipped["path"]) == broken
@@ -118,7 +138,7 @@ def test_junk_and_broken_files_are_skipped_listed_and_counted(make_cfg, tiny_dem
     # 4: the empty sub-folder holds nothing to ignore (sub-folders belong to their class: tests/test_folders.py)
     assert summary.loc["darksphere", "ignored_non_image"] == 4 and summary.loc["darksphere", "skipped_unreadable"] == 3
     assert summary.loc["darksphere", "images"] == TINY_COUNTS["darksphere"] + 1
-    splitting.load_split(cfg)  # the skipped files do not count as 'changed' on the next run
+    splitting.read_or_draw_split(cfg)  # the skipped files do not count as 'changed' on the next run
 
 
 def _save(img, fmt=None):

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, lock_is_free
 
 import backbone
 import lab
-from lab import artifacts, distributed, near_copies, output_lock, runtime, splitting, trunk_cache
+from lab import artifacts, distributed, near_copies, runtime, splitting, trunk_cache
 
 # torchrun's module form; --standalone takes a free port, so that other torchrun runs on this machine do not clash
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -99,7 +99,7 @@ def test_torchrun_writes_the_files_of_the_single_process_run(both_runs):
     assert predictions[1][["path", "label", "predicted"]].equals(predictions[0][["path", "label", "predicted"]])
     metrics = [json.loads((folder / "results" / "test_metrics.json").read_text()) for folder in (single, shared)]
     assert metrics[1]["accuracy"] == metrics[0]["accuracy"] and metrics[1]["n_test"] == metrics[0]["n_test"]
-    assert not (shared / output_lock.LOCK_NAME).exists()  # rank 0 took the folder's lock, and gave it back
+    assert lock_is_free(shared)  # rank 0 took the folder's lock, and gave it back
 
 
 @pytest.mark.slow
@@ -169,9 +169,9 @@ def cache_files(out):
 
 def assert_nothing_looks_complete(out):
     left = cache_files(out)
-    assert all(output_lock.LEFTOVER.fullmatch(name) for name in left), left  # removed by the next run, if any
+    assert all(artifacts.LEFTOVER.fullmatch(name) for name in left), left  # removed by the next run, if any
     assert not (out / "checkpoints" / "best.pth").exists() and not (out / "results" / "train_history.csv").exists()
-    assert not (out / output_lock.LOCK_NAME).exists()
+    assert lock_is_free(out)
 
 
 @pytest.mark.slow
@@ -226,7 +226,7 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     to the batch size, so each image is computed in the same batch as in one process (oneDNN's result for an image
     may differ in the last bit with the size of the batch around it)."""
     cfg, _ = make_cfg("--batch_size=2")
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     rows = split[split["split"] == "val"].reset_index(drop=True).iloc[:5]
     paths = splitting.absolute_paths(cfg, rows["path"])
     trunk = backbone.build_trunk(None, cfg.seed)
@@ -265,7 +265,7 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
 
 def test_leftover_parts_of_a_killed_run_are_removed_and_nothing_else(make_cfg):
     cfg, _ = make_cfg()
-    output_lock.ensure_output_dirs(cfg)
+    artifacts.ensure_output_dirs(cfg)
     cache = artifacts.out_path(cfg, "cache")
     names = {
         "trunk_train_fp32_0123456789abcdef.npy.part0": True,
@@ -276,7 +276,7 @@ def test_leftover_parts_of_a_killed_run_are_removed_and_nothing_else(make_cfg):
     }
     for name in names:
         (cache / name).write_bytes(b"x")
-    assert output_lock.remove_leftovers(cfg) == 2
+    assert artifacts.remove_leftovers(cfg) == 2
     assert files(cache, "*") == sorted(n for n, leftover in names.items() if not leftover)
 
 

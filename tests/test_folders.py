@@ -22,7 +22,7 @@ from PIL import Image
 import dataloader
 import lab
 import transfer_learning
-from lab import artifacts, config, data_folders, embedding_files, image_io, output_lock, plotting, splitting
+from lab import artifacts, config, data_folders, embedding_files, image_io, plotting, splitting
 
 
 def class_root(tiny_demo, root, names, per_class=20):
@@ -172,7 +172,7 @@ def test_composed_and_decomposed_folders_of_one_name_are_an_ambiguity(tiny_demo,
     root = class_root(tiny_demo, tmp_path / "data", ["a", "b", "c", composed, unicodedata.normalize("NFD", composed)])
     cfg = config.load_config(argv_for(root, tmp_path / "out", ["a", composed], ["b", "c"]))
     with pytest.raises(lab.LabError, match="different Unicode forms"):
-        splitting.load_split(cfg)
+        splitting.read_or_draw_split(cfg)
 
 
 # --------------------------------------------------------------------------- 2. folders as they are
@@ -425,7 +425,7 @@ def test_transfer_learning_runs_with_ten_unseen_classes_of_three_images(tmp_path
     labels = np.repeat(classes, 3)
     rows = pd.DataFrame({"label": labels, "split": "unseen", "path": [f"{c}/{i}.png" for i, c in enumerate(labels)]})
     vectors = rng.normal(size=(10, 128))[np.repeat(np.arange(10), 3)] * 4 + rng.normal(size=(30, 128))
-    output_lock.ensure_output_dirs(cfg, ("embeddings",))
+    artifacts.ensure_output_dirs(cfg, ("embeddings",))
     frame = embedding_files.embedding_frame(cfg, rows, vectors, classes)
     embedding_files.save_embedding_set(cfg, {"unseen": frame}, {"checkpoint_sha256": None})  # no checkpoint here
     table = transfer_learning.main(argv)  # scikit-learn's stratified split refused this: 3 held out < 10 classes

@@ -295,9 +295,9 @@ def by_name(split):
 
 def test_a_table_labelled_copy_is_split_exactly_as_the_folders(make_cfg, tiny_demo, tmp_path):
     table = flat_copy(tiny_demo, tmp_path / "flat")
-    folders = splitting.load_split(make_cfg(output_dir=tmp_path / "a")[0])
+    folders = splitting.read_or_draw_split(make_cfg(output_dir=tmp_path / "a")[0])
     cfg, _ = make_cfg(f"--labels_file={str(table)!r}", data_root=tmp_path / "flat", output_dir=tmp_path / "b")
-    from_table = splitting.load_split(cfg)
+    from_table = splitting.read_or_draw_split(cfg)
     assert from_table["path"].str.startswith("images/").all()
     pd.testing.assert_frame_equal(by_name(from_table), by_name(folders))
     sources = pd.read_csv(artifacts.out_path(cfg, "results", "label_sources.csv"), dtype={"sha256": str})
@@ -327,7 +327,7 @@ def test_missing_unreadable_and_twice_listed_files(make_cfg, tiny_demo, tmp_path
     )
     frame.to_csv(table, index=False)
     cfg, _ = make_cfg(f"--labels_file={str(table)!r}", "--min_images_per_class=5", data_root=tmp_path / "flat")
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     skipped = pd.read_csv(artifacts.out_path(cfg, "results", "skipped_files.csv")).set_index("path")["reason"]
     assert skipped["images/gone.png"] == data_folders.MISSING and "images/broken.png" in skipped.index
     assert "skipping 2 unreadable image file(s)" in capsys.readouterr().err
@@ -336,13 +336,13 @@ def test_missing_unreadable_and_twice_listed_files(make_cfg, tiny_demo, tmp_path
     assert (split["path"] == "images/chainthin_0002.png").sum() == 1  # listed twice with one label: once
     duplicates = pd.read_csv(artifacts.out_path(cfg, "results", "duplicates.csv"))
     assert set(duplicates.loc[duplicates["kind"] == "across classes", "path"]) == {conflicting}
-    splitting.load_split(cfg)  # the missing and broken files are no change
+    splitting.read_or_draw_split(cfg)  # the missing and broken files are no change
 
 
 # --------------------------------------------------------------------------- a split that grows
 def test_new_rows_join_the_split_and_old_rows_keep_theirs(make_cfg, tiny_demo, tmp_path, capsys):
     cfg, argv = make_cfg()
-    first = splitting.load_split(cfg)
+    first = splitting.read_or_draw_split(cfg)
     sample = tmp_path / "sample"
     sample.mkdir()
     new = demo_images(demo_data.generate(tmp_path / "more", {c: 10 for c in SEEN}, seed=3))
@@ -352,9 +352,9 @@ def test_new_rows_join_the_split_and_old_rows_keep_theirs(make_cfg, tiny_demo, t
     ecotaxa_export(table, [(f"new_{p.name}", c, "validated") for c, p in new])
     grown_argv = argv + [f"--labels_file={str(table)!r}"]
     with pytest.raises(lab.LabError, match=r"60 image\(s\) were added to .* `python train.py` adds them"):
-        splitting.load_split(config.load_config(grown_argv), grow=False)  # the scripts after training
+        splitting.read_or_draw_split(config.load_config(grown_argv), grow=False)  # the scripts after training
     capsys.readouterr()
-    grown = splitting.load_split(config.load_config(grown_argv))
+    grown = splitting.read_or_draw_split(config.load_config(grown_argv))
     assert "the data grew: 60 new image(s) added" in capsys.readouterr().out
     old = grown[grown["round"] == "0"].reset_index(drop=True)
     pd.testing.assert_frame_equal(old[["path", "label", "split"]], first[["path", "label", "split"]].astype(str))
@@ -363,26 +363,26 @@ def test_new_rows_join_the_split_and_old_rows_keep_theirs(make_cfg, tiny_demo, t
     for c in SEEN:
         parts = grown[grown["label"] == c]["split"].value_counts()
         assert parts["test"] == round(46 * 0.2) and parts["val"] == max(1, round(46 * 0.05))  # the grown class
-    reread = splitting.load_split(config.load_config(grown_argv))  # no change now
+    reread = splitting.read_or_draw_split(config.load_config(grown_argv))  # no change now
     pd.testing.assert_frame_equal(reread, grown.astype(str))
     export = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
     assert export.loc[2, "img_file_name"] == f"new_{new[1][1].name}" and new[1][0] == "chainthin"
     export.loc[2, "object_annotation_category"] = "Odontella"
     export.to_csv(table, sep="\t", index=False)  # a taxonomist's correction after the split was drawn
     with pytest.raises(lab.LabError, match=r"1 removed \(1 of them relabelled.*--rebuild_split=True"):
-        splitting.load_split(config.load_config(grown_argv))
+        splitting.read_or_draw_split(config.load_config(grown_argv))
     with pytest.raises(lab.LabError, match=r"0 image\(s\) were added and 60 removed.*--rebuild_split=True"):
-        splitting.load_split(config.load_config(argv))  # the table left out: its rows are removed
+        splitting.read_or_draw_split(config.load_config(argv))  # the table left out: its rows are removed
 
 
 def test_a_copy_of_an_image_already_split_joins_its_copys_split(make_cfg, tiny_demo, tmp_path):
     cfg, argv = make_cfg()
-    first = splitting.load_split(cfg)
+    first = splitting.read_or_draw_split(cfg)
     tested = first[first["split"] == "test"].iloc[0]
     (tmp_path / "sample").mkdir()
     shutil.copy(tiny_demo / tested["path"], tmp_path / "sample" / "copy.png")
     (tmp_path / "sample" / "labels.csv").write_text(f"file,label\ncopy.png,{tested['label']}\n")
-    grown = splitting.load_split(config.load_config(argv + [f"--labels_file={str(tmp_path / 'sample')!r}"]))
+    grown = splitting.read_or_draw_split(config.load_config(argv + [f"--labels_file={str(tmp_path / 'sample')!r}"]))
     assert grown.set_index("path").loc[str(tmp_path / "sample" / "copy.png"), "split"] == "test"  # never train
 
 

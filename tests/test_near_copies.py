@@ -303,7 +303,7 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
     pair = {f"Odontella/{original.name}", "Odontella/resaved_copy.jpg"}
     for mode in ("report", "group"):
         cfg, _ = make_cfg(f"--near_copies='{mode}'", "--rebuild_split=True", data_root=root, output_dir=tmp_path / mode)
-        split = splitting.load_split(cfg).set_index("path")["split"]
+        split = splitting.read_or_draw_split(cfg).set_index("path")["split"]
         copies = pd.read_csv(artifacts.out_path(cfg, "results", "near_copies.csv"))
         assert len(copies) == 1 and {copies["path_a"][0], copies["path_b"][0]} == pair
         assert "results/near_copies.csv" in manifest.complete(cfg, "split")["outputs"]

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 import lab
 import novelty
-from lab import artifacts, config, embedding_files, provenance
+from lab import artifacts, config, embedding_files, manifest
 from lab import novelty_scores as ns
 
 
@@ -45,7 +45,7 @@ def test_thresholds_come_from_the_validation_images_only(embedded):
     novelty.main(argv)
     path = artifacts.out_path(cfg, "results", "novelty_thresholds.json")
     first = json.loads(path.read_text())
-    assert first["checkpoint_sha256"] == provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    assert first["checkpoint_sha256"] == manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     scores = pd.read_csv(artifacts.out_path(cfg, "results", "novelty_scores.csv"))
     val = scores[scores["split"] == "val"]
     for name in ns.SCORES:

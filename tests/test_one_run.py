@@ -9,12 +9,14 @@ import json
 import os
 import re
 import shutil
+import textwrap
 import time
 
+import filelock
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST
+from conftest import FAST, lock_is_free
 
 import dataloader
 import dimensionality_reduction
@@ -185,6 +187,29 @@ def test_2_a_set_cut_while_being_published_is_no_set_and_says_nothing_is_left(ma
     assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))  # no temporary file left behind
 
 
+def test_2_a_single_file_and_a_sets_file_fail_on_a_full_disk_alike_and_leave_no_temporary(make_cfg):
+    """One atomic write (artifacts.stage / replace_whole) behind every writer, one message for a full disk."""
+    from lab import manifest
+
+    cfg, _ = make_cfg()
+    target = artifacts.out_path(cfg, "results", "a.csv")
+    artifacts.save_csv(target, pd.DataFrame({"x": [1]}))
+
+    def disk_fills(path):
+        with open(path, "w") as f:
+            f.write("x\n")  # half of it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    saving = rf"Could not save {re.escape(str(target))}: the disk is full\. "
+    with pytest.raises(lab.LabError, match=saving + r"The previous version is intact\. .*run the script again\.$"):
+        artifacts.atomic_write(target, disk_fills)
+    with pytest.raises(lab.LabError, match=saving + r"Nothing was written: .*run `python demo_set.py` again\.$"):
+        with manifest.OutputSet(cfg, "demo_set") as out:
+            out.write("results", "a.csv", disk_fills)
+    assert target.read_text() == "x\n1\n"
+    assert [p.name for p in target.parent.iterdir()] == ["a.csv"]  # no temporary file left behind
+
+
 # --------------------------------------------------------------------------- 3. the checkpoint's run, not the settings
 def section(page, number):
     return page.split(f"<h2>{number}. ")[1].split("<h2>")[0]
@@ -247,7 +272,7 @@ def test_5_a_class_folder_with_a_name_that_is_not_utf8_is_split_and_written_reve
     root = shutil.copytree(tiny_demo, tmp_path / "data")
     shutil.copy(root / "Odontella" / "Odontella_0000.png", root / "Odontella" / BAD_NAME)
     cfg, _ = make_cfg(data_root=root)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     assert f"Odontella/{BAD_NAME}" in set(split["path"])
     assert b"Odontella/bad\xff\xfename.png," in artifacts.out_path(cfg, "results", "split.csv").read_bytes()
     assert f"Odontella/{BAD_NAME}" in set(splitting.read_split_file(cfg)["path"])  # read back the same
@@ -277,47 +302,129 @@ def test_5_names_that_are_not_utf8_go_through_the_whole_pipeline_and_the_report(
 
 
 # --------------------------------------------------------------------------- 6. the output-folder lock
-def test_6_a_lock_being_written_is_never_taken_by_a_second_run(make_cfg, monkeypatch):
-    """Deterministic race: a second run (the parent process's pid stands for it) arrives while the first is writing
-    its lock. The lock never exists without its content, so exactly one of them holds it."""
+def test_6_a_second_run_arriving_before_the_first_names_itself_is_refused_not_let_in(make_cfg, monkeypatch):
+    """Deterministic race: a second run arrives after the first took the lock but before it wrote the record that
+    names it. The operating system's lock decides, not the record: exactly one of them holds the folder."""
     cfg, _ = make_cfg()
     folder = artifacts.resolve(cfg.output_dir)
     lock = folder / output_lock.LOCK_NAME
-    real_dump, seen = json.dump, []
+    monkeypatch.setattr(output_lock, "WAIT_S", 0.2)
+    real_write, refused = output_lock._write_owner, []
 
-    def second_run_arrives(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("pid") == os.getpid() and not seen:
-            seen.append(lock.exists() and lock.stat().st_size == 0)  # would a second run see an empty lock?
-            with monkeypatch.context() as other:
-                other.setattr(output_lock.os, "getpid", os.getppid)
-                output_lock.claim_output_dir(cfg)  # the second run takes the folder: it found it free
-        return real_dump(obj, f, *args, **kwargs)
+    def second_run_arrives(*args):
+        first = output_lock._held.pop(lock)  # the second run is another process: it does not hold the lock
+        try:
+            artifacts.ensure_output_dirs(cfg, ("results",))
+        except lab.LabError as exc:
+            refused.append(str(exc))
+        output_lock._held[lock] = first
+        real_write(*args)
 
-    monkeypatch.setattr(output_lock.json, "dump", second_run_arrives)
-    output_lock._held_locks.discard(lock)
-    with pytest.raises(lab.LabError, match=rf"Another run of the lab is writing into .*pid {os.getppid()}"):
-        output_lock.claim_output_dir(cfg)  # the first run: it must not hold the folder too
-    assert seen == [False]
-    assert json.loads(lock.read_text())["pid"] == os.getppid()  # the second run's lock, intact
-    output_lock._held_locks.discard(lock)
+    monkeypatch.setattr(output_lock, "_write_owner", second_run_arrives)
+    artifacts.ensure_output_dirs(cfg, ("results",))  # the first run
+    assert len(refused) == 1 and "Another run of the lab is writing into" in refused[0]
+    assert "a run that has not said which (there is no record of it yet" in refused[0]
+    assert json.loads((folder / output_lock.OWNER_NAME).read_text())["pid"] == os.getpid()  # the first run's
+    output_lock.release_locks()
+    assert lock_is_free(folder)
 
 
 @pytest.mark.parametrize("content", [b"", b"[1]", b"5", b'"text"', b'{"pid": "12"}', b"\x00garbage{"])
-def test_6_a_lock_that_names_no_run_is_waited_for_then_taken_over_with_the_usual_line(make_cfg, content, capsys):
+def test_6_garbage_in_the_lock_file_or_its_record_never_crashes_a_run(make_cfg, content, capsys, monkeypatch):
     cfg, argv = make_cfg()
-    lock = artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME
-    lock.parent.mkdir(parents=True)
-    lock.write_bytes(content)
-    with pytest.raises(lab.LabError, match=r"names no run.*Wait a minute"):
-        report.main(argv)  # fresh: another run may be writing it this very moment
-    assert lock.read_bytes() == content
-    old = time.time() - output_lock.UNREADABLE_LOCK_S - 5
-    os.utime(lock, (old, old))
-    with pytest.raises(lab.LabError, match=r"checkpoint .*does not exist yet"):  # past the lock: no model here
+    folder = artifacts.resolve(cfg.output_dir)
+    folder.mkdir(parents=True)
+    past_the_lock = r"checkpoint .*does not exist yet"  # report.py went on: there is no model in this folder
+    (folder / output_lock.LOCK_NAME).write_bytes(content)  # the lock file's content means nothing to the lock
+    with pytest.raises(lab.LabError, match=past_the_lock):
+        report.main(argv)
+    assert "[lock]" not in capsys.readouterr().err
+    output_lock.release_locks()
+
+    (folder / output_lock.OWNER_NAME).write_bytes(content)  # a record that no run removed: a killed run's
+    with pytest.raises(lab.LabError, match=past_the_lock):
         report.main(argv)
     err = capsys.readouterr().err
-    assert "[lock] taking over the lock of an earlier run that is gone (its lock names no run" in err
-    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "[lock] taking over the lock of an earlier run that is gone (its record names no run" in err
+    assert json.loads((folder / output_lock.OWNER_NAME).read_text())["pid"] == os.getpid()
+    output_lock.release_locks()
+
+    (folder / output_lock.OWNER_NAME).write_bytes(content)
+    monkeypatch.setattr(output_lock, "WAIT_S", 0.2)
+    with filelock.FileLock(folder / output_lock.LOCK_NAME):  # held by a run whose record is garbage
+        with pytest.raises(lab.LabError, match=r"Another run .*a run that has not said which \(its record names no"):
+            report.main(argv)
+
+
+def test_6_a_file_system_that_refuses_locks_stops_the_run_with_a_clear_error(make_cfg, monkeypatch):
+    import filelock._native._unix as native
+
+    def no_lock_service(fd):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))  # as NFS says when lockd is not running
+
+    cfg, argv = make_cfg()
+    monkeypatch.setattr(native, "lock_fd_nonblocking", no_lock_service)
+    with pytest.raises(lab.LabError, match=r"The file system of the output folder .* cannot lock files .*local disk"):
+        report.main(argv)
+    assert not output_lock._held
+
+
+# A lab run reduced to its lock, in a process of its own: it claims the folder at the moment GO, says whether it
+# took it, and holds it until it is killed. FLOCK=no takes flock away, as on a file system that lacks it (ENOSYS).
+CLAIMANT = textwrap.dedent("""
+    import errno, os, sys, time
+    from pathlib import Path
+    if os.environ["FLOCK"] == "no":
+        import filelock._native._unix as native
+        def no_flock(fd):
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        native.lock_fd_nonblocking = no_flock
+    import lab
+    from lab import output_lock
+    while time.time() < float(os.environ["GO"]):
+        pass
+    try:
+        output_lock.claim(Path(os.environ["FOLDER"]))
+    except lab.LabError as exc:
+        print("refused:", exc, flush=True)
+        sys.exit(2)
+    print("took", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flock", ["yes", "no"])
+def test_6_of_runs_racing_for_a_folder_one_takes_it_and_a_killed_ones_is_taken_over(tmp_path, flock):
+    import subprocess
+    import sys
+
+    def start(go):
+        env = {**os.environ, "FOLDER": str(tmp_path), "GO": str(go), "FLOCK": flock, "PYTHONPATH": str(lab.ROOT)}
+        return subprocess.Popen(
+            [sys.executable, "-c", CLAIMANT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    racers = [start(time.time() + 5) for _ in range(6)]  # all started before GO, so they claim at the same moment
+    try:
+        said = {proc.pid: proc.stdout.readline() for proc in racers}
+        holders = [pid for pid, line in said.items() if line.startswith("took")]
+        assert len(holders) == 1, said
+        for proc in racers:
+            if proc.pid != holders[0]:
+                assert proc.wait(timeout=60) == 2 and f"pid {holders[0]} on " in said[proc.pid], said[proc.pid]
+    finally:
+        for proc in racers:
+            proc.kill()  # SIGKILL: the holder is killed as the out-of-memory killer would
+            proc.communicate()
+    late = start(0)
+    try:
+        assert late.stdout.readline().startswith("took")
+    finally:
+        late.kill()
+        _, err = late.communicate()
+    assert f"[lock] taking over the lock of an earlier run that is gone (-c, pid {holders[0]}, started" in err
+    assert ("has no flock" in err) == (flock == "no")
 
 
 # --------------------------------------------------------------------------- 7. degenerate inputs of the scorer

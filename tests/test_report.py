@@ -2,13 +2,13 @@
 
 import base64
 import io
-import os
 import re
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CHROMIUM_FLAGS
 from PIL import Image
 
 import dimensionality_reduction
@@ -169,16 +169,6 @@ def test_report_gains_novelty_and_prediction_sections_and_maps_predicted_images(
 
 
 # --------------------------------------------------------------------------- the report in a real browser
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MAP_READY = """() => window.Bokeh !== undefined && Bokeh.documents.length > 0
     && [...Bokeh.index].length > 0 && [...Bokeh.index].every((view) => view.is_idle)"""
 # Screen position of the first point of a split that can be hovered, from the plot's own scales.
@@ -207,21 +197,6 @@ SHOWN_PER_SPLIT = """() => {
     const classes = plot.renderers.filter((r) => r.name && r.name !== "hover_layer")
     return {drawn: count(classes), hoverable: count([plot.renderers.find((r) => r.name === "hover_layer")])}
 }"""
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """The Chromium binary; session-scoped so a machine without one skips before the pipeline fixture runs."""
-    candidates = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome", "chrome"]
-    for name in filter(None, candidates):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip(
-        "No Chromium on this machine (looked for $CHROMIUM, chromium, chromium-browser, google-chrome, "
-        "chrome): the report's browser test needs one. Install it (Debian: apt-get install chromium; .ci/run "
-        "does so when the package manager is reachable) or point $CHROMIUM at a Chrome/Chromium binary."
-    )
 
 
 def hover_tooltip(page, split):

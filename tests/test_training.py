@@ -18,7 +18,17 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 import evaluate
 import lab
 import train
-from lab import artifacts, checkpoint, config, embedding_files, head_training, output_lock, provenance, splitting
+from lab import (
+    artifacts,
+    checkpoint,
+    config,
+    embedding_files,
+    head_training,
+    manifest,
+    output_lock,
+    precision,
+    splitting,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +60,10 @@ def test_first_epoch_is_saved_when_it_is_the_best(make_cfg):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_head_trains_in_bf16_only_where_the_hardware_has_it(native, monkeypatch):
-    import backbone
-
-    monkeypatch.setattr(backbone, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert backbone.head_dtype("auto", cpu) == (torch.bfloat16 if native else None)
-    assert backbone.head_dtype("fp32", cpu) is None and backbone.head_dtype("bf16", cpu) == torch.bfloat16
+    assert precision.head_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert precision.head_dtype("fp32", cpu) is None and precision.head_dtype("bf16", cpu) == torch.bfloat16
 
 
 def test_a_bf16_head_learns_as_well_and_the_checkpoint_says_so(make_cfg, monkeypatch):
@@ -108,7 +116,7 @@ def test_the_checkpoint_says_whether_its_trunk_is_random_and_older_checkpoints_s
     state = loaded.model.state_dict()  # the checkpoint's weights, every one of them
     assert set(state) == set(ckpt["model_state"])
     assert all(torch.equal(state[name].cpu(), tensor.cpu()) for name, tensor in ckpt["model_state"].items())
-    assert loaded.digest == provenance.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
+    assert loaded.digest == manifest.artifact_digest(loaded.cfg, "checkpoints", "best.pth")
     imagenet = {**ckpt, "weights": "torchvision EfficientNet_V2_S_Weights.IMAGENET1K_V1"}
     assert not checkpoint.random_trunk(imagenet)
 
@@ -332,7 +340,7 @@ def test_an_image_broken_after_the_split_is_skipped_during_the_trunk_pass(make_c
     root = tmp_path / "data"
     shutil.copytree(tiny_demo, root)
     cfg, argv = make_cfg("--epochs=1", data_root=root)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     victim = split[split["split"] == "train"]["path"].iloc[0]
     (root / victim).write_bytes(b"broken since the split was made")
     history = train.main(argv)

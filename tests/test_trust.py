@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import FAST, wait_for_epoch
+from conftest import FAST, lock_is_free, wait_for_epoch
 
 import compute_average_distances
 import dimensionality_reduction
@@ -25,8 +25,8 @@ from lab import (
     config,
     demo_data,
     embedding_files,
-    output_lock,
-    provenance,
+    manifest,
+    precision,
     splitting,
     trunk_cache,
 )
@@ -141,10 +141,10 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     analyse_all(argv)
     page = report.main(argv).read_text()
-    digest = provenance.artifact_digest(cfg, "checkpoints", "best.pth")
+    digest = manifest.artifact_digest(cfg, "checkpoints", "best.pth")
     assert digest in page
     train.main(argv + ["--lr=0.003"])  # a retrain: every later result is now stale
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") != digest
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") != digest
     for script in (compute_average_distances, dimensionality_reduction, transfer_learning):
         with pytest.raises(lab.LabError, match=r"another model.*python embed.py"):
             script.main(argv)
@@ -161,7 +161,7 @@ def test_results_of_an_older_model_are_refused_and_the_report_names_what_to_reru
     evaluate.main(argv)
     dimensionality_reduction.main(argv)
     transfer_learning.main(argv)
-    assert provenance.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
+    assert manifest.artifact_digest(cfg, "checkpoints", "best.pth") in report.main(argv).read_text()
 
 
 def test_an_embeddings_set_cut_in_the_middle_is_refused(trained_copy):
@@ -185,11 +185,11 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
         "--epochs=2",
         "--precision='auto'",
     ]
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)  # trained where bf16 is native
     train.main(argv)
     cfg = config.load_config(argv)
     assert checkpoint.load(artifacts.out_path(cfg, "checkpoints", "best.pth"))["trunk_precision"] == "bf16"
-    monkeypatch.setattr(trunk_cache.backbone, "cpu_supports_bf16", lambda: False)  # analysed where it is not
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # analysed where it is not
     evaluate.main(argv)
     embed.main(argv)
     cached = sorted(p.name for p in artifacts.out_path(cfg, "cache").glob("*.npy"))
@@ -202,7 +202,7 @@ def test_later_scripts_use_the_trunk_precision_the_head_was_trained_on(own_data,
 def test_resume_refuses_a_changed_split_before_any_trunk_work(trained_copy, monkeypatch):
     cfg, argv, root = trained_copy
     shutil.copy(root / "Odontella" / "Odontella_0001.png", root / "Odontella" / "new.png")
-    splitting.load_split(config.load_config(argv + ["--rebuild_split=True"]))
+    splitting.read_or_draw_split(config.load_config(argv + ["--rebuild_split=True"]))
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk pass ran before the refusal")
@@ -244,17 +244,17 @@ def test_a_file_unreadable_at_the_scan_and_repaired_later_comes_back(make_cfg, o
     good = (own_data / "darksphere" / "darksphere_0000.png").read_bytes()
     (own_data / "darksphere" / "broken.png").write_bytes(good[:100])
     cfg, argv = make_cfg(data_root=own_data)
-    split = splitting.load_split(cfg)
+    split = splitting.read_or_draw_split(cfg)
     assert "darksphere/broken.png" not in set(split["path"])
-    splitting.load_split(cfg)  # still broken: not a change
+    splitting.read_or_draw_split(cfg)  # still broken: not a change
     (own_data / "darksphere" / "broken.png").write_bytes(good)
     with pytest.raises(
         lab.LabError,
         match=r"1 image\(s\) were added to .* \(1 of them unreadable before and "
         r"readable now\).*`python train.py` adds them",
     ):
-        splitting.load_split(cfg, grow=False)  # the scripts after training
-    grown = splitting.load_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
+        splitting.read_or_draw_split(cfg, grow=False)  # the scripts after training
+    grown = splitting.read_or_draw_split(cfg).set_index("path")  # train.py, dataloader.py: it joins, the others stay
     assert grown.loc["darksphere/broken.png", "round"] == "1"
     assert grown.loc["darksphere/broken.png", "split"] == grown.loc["darksphere/darksphere_0000.png", "split"]
     assert (grown["round"] == "0").sum() == len(split)
@@ -297,7 +297,7 @@ def test_a_second_run_on_the_same_output_folder_refuses_and_a_dead_runs_lock_is_
     assert "temporary file(s)" in third.stdout and "left by an interrupted run" in third.stdout
     assert not list(artifacts.out_path(cfg, "cache").glob("*.tmp*"))
     assert not list(artifacts.out_path(cfg, "results").glob(".*tmp*"))
-    assert not (artifacts.resolve(cfg.output_dir) / output_lock.LOCK_NAME).exists()  # released at the end of the run
+    assert lock_is_free(artifacts.resolve(cfg.output_dir))  # released at the end of the run
 
 
 # ---------------------------------------------------------------- #9.9 a retrain that diverges at once

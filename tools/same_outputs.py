@@ -15,6 +15,8 @@ What is masked, and why it is safe to mask:
 - timestamps (YYYY-MM-DD HH:MM:SS), 16-hex-digit digests and UUIDs (bokeh's element ids) inside strings: a digest
   is a function of a file, and every file is compared here in full, so masking a digest hides nothing;
 - each folder's own path (the checkpoint and the manifests record `output_dir`).
+The output folder's lock and the record naming its holder (lab/output_lock.py) are not outputs, and are left out:
+the lock file stays after a run since the lock is the operating system's, and earlier versions removed theirs.
 Everything else must be equal: PNGs and pickles byte for byte or frame for frame, checkpoints tensor for tensor.
 """
 
@@ -101,9 +103,12 @@ def first_difference(a, b):
     return f"{str(a)[:120]!r} vs {str(b)[:120]!r}"
 
 
+NOT_OUTPUTS = {Path(".plankton-lab.lock"), Path(".plankton-lab.owner.json")}  # the run's lock, in the folder's root
+
+
 def compare(before, after):
-    files_a = {p.relative_to(before) for p in before.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(after) for p in after.rglob("*") if p.is_file()}
+    files_a = {p.relative_to(before) for p in before.rglob("*") if p.is_file()} - NOT_OUTPUTS
+    files_b = {p.relative_to(after) for p in after.rglob("*") if p.is_file()} - NOT_OUTPUTS
     problems = [f"only in {before}: {p}" for p in sorted(files_a - files_b)]
     problems += [f"only in {after}: {p}" for p in sorted(files_b - files_a)]
     for rel in sorted(files_a & files_b):
