@@ -21,7 +21,13 @@ images themselves are not needed. Writes
                                      proportions (abundance_method, calibrated on the validation embeddings) with
                                      a 95 % interval, beside the plain count; a last row counts the possibly new
                                      images (lab/abundances.py, docs/abundances.md: the file to cite)
-  results/predict_skipped.csv        files left out (unreadable images, non-image files) and why
+  results/predict_skipped.csv        files left out (unreadable images, non-image files, in a cruise those outside
+                                     every sample) and why
+  results/sample_abundances.csv      with samples= (a cruise, docs/cruise.md): abundances.csv's table per sample,
+                                     with concentrations per litre (lab/cruise_abundances.py); predictions.csv then
+                                     has a sample column, the EcoTaxa table a sample_id, and abundances.csv and
+                                     prediction_counts.csv hold the cruise as one pool
+  results/sample_summary.csv         with samples=: one row per sample (images, read, skipped, volume, why none)
   embeddings/embeddings_predict.pkl  as embed.py's files, split "predict"; label is the PREDICTED class
   results/ecotaxa_predictions.tsv    with --ecotaxa=True: EcoTaxa's import layout (lab/ecotaxa.py); a file
                                      whose name is not valid UTF-8 is left out of it (EcoTaxa could not match it
@@ -54,6 +60,7 @@ from lab import (
     artifacts,
     checkpoint,
     config,
+    cruise_abundances,
     data_folders,
     ecotaxa,
     embedding_files,
@@ -62,6 +69,7 @@ from lab import (
     prediction_table,
     progress,
     runtime,
+    samples,
     trunk_cache,
 )
 from lab import novelty_scores as ns
@@ -75,6 +83,8 @@ PREDICT_OUTPUTS = (
     ("results", "prediction_counts.csv"),
     ("results", "abundances.csv"),
     ("results", "predict_skipped.csv"),
+    ("results", "sample_abundances.csv"),
+    ("results", "sample_summary.csv"),
     ("results", "ecotaxa_predictions.tsv"),
     ("results", "ecotaxa_left_out.csv"),
     ("embeddings", "embeddings_predict.pkl"),
@@ -127,9 +137,10 @@ def compute_chunk(cfg, model, device, dtype, abs_paths):
     )
 
 
-def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_paths):
+def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_paths, done=None):
     """Cached outputs of every chunk, computing only the missing ones; returns the chunk files in order.
-    dtype is the trunk precision the checkpoint was trained on, so its scores match evaluate.py's."""
+    dtype is the trunk precision the checkpoint was trained on, so its scores match evaluate.py's. done(n): called
+    when the first n images are through (a cruise says which samples are)."""
     files, reused = [], 0
     starts = range(0, len(abs_paths), CHUNK)
     for start in progress.progress(starts, len(starts), "predict", unit=f"chunks of {CHUNK} images"):
@@ -141,6 +152,8 @@ def run_chunks(cfg, model, device, dtype, checkpoint_digest, weights_id, abs_pat
             outputs = compute_chunk(cfg, model, device, dtype, paths)
             artifacts.atomic_write(path, lambda p, o=outputs: np.savez(p, **o))
         files.append(path)
+        if done:
+            done(start + len(paths))
     if reused:
         print(f"[predict] {reused} of {len(files)} chunk(s) were already done by an earlier run and were reused")
     return files
@@ -159,24 +172,28 @@ def skipped_reason(abs_path):
     return image_io.check_image(abs_path) or "failed to decode during the trunk pass"
 
 
-def write_predictions(out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, accept_thresholds):
+def write_predictions(
+    out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, accept_thresholds, sample_of=None
+):
     """Stream predictions.csv (a file of the output set `out`) chunk by chunk; returns (embedding frames, per-class
-    counts, unreadable files)."""
+    counts, unreadable files). sample_of: each image's sample in a cruise (the column `sample`), else None."""
     classes = ckpt["classes"]
     embedding_parts, unreadable = [], []
     counts = pd.DataFrame(0, index=classes, columns=["images", "possibly_new", "accepted"])
 
     def write(tmp):
         with open(tmp, "w", newline="", errors="surrogateescape") as f:  # a name that is not UTF-8: its own bytes
-            pd.DataFrame(columns=prediction_table.prediction_columns(classes, score_name)).to_csv(f, index=False)
+            header = prediction_table.prediction_columns(classes, score_name, sample_of is not None)
+            pd.DataFrame(columns=header).to_csv(f, index=False)
             for start, chunk_file in zip(range(0, len(images), CHUNK), chunk_files):
                 with np.load(chunk_file) as data:
                     ok, logits, embeddings = data["ok"], data["logits"][data["ok"]], data["embeddings"][data["ok"]]
                 rel = np.asarray(images[start : start + CHUNK], dtype=object)
                 unreadable.extend({"path": p, "reason": skipped_reason(str(folder / p))} for p in rel[~ok])
                 novelty = scorer.scores(embeddings, (score_name,))[score_name]
+                sample = None if sample_of is None else np.asarray(sample_of[start : start + CHUNK], dtype=object)[ok]
                 rows = prediction_table.prediction_rows(
-                    list(rel[ok]), logits, novelty, threshold, classes, score_name, accept_thresholds
+                    list(rel[ok]), logits, novelty, threshold, classes, score_name, accept_thresholds, sample
                 )
                 rows.to_csv(f, header=False, index=False)
                 counts["images"] += rows["predicted"].value_counts().reindex(classes, fill_value=0)
@@ -242,6 +259,8 @@ def ecotaxa_frame(predictions, classes, score_name, used_ids):
         frame[name] = predictions[f"p_{c}"].values
     frame[f"object_novelty_{score_name}"] = predictions[f"novelty_{score_name}"].values
     frame["object_possibly_new"] = predictions["possibly_new"].astype(int).values
+    if "sample" in predictions:  # a cruise: EcoTaxa files each object under its sample
+        frame["sample_id"] = predictions["sample"].values
     # 1 accepted (operating_points.csv), 0 to review, empty when no operating points applied: for sorting in EcoTaxa,
     # where every prediction stays `predicted` until a taxonomist validates it
     accepted = predictions["accepted"].map({True: 1, False: 0, "True": 1, "False": 0})
@@ -272,6 +291,8 @@ def write_ecotaxa(out, classes, score_name):
             )
             for number, block in enumerate(blocks):
                 readable = block["path"].map(is_utf8).to_numpy(bool)
+                if "sample" in block:  # a sample named after a folder whose name is not UTF-8 either
+                    readable = readable & block["sample"].map(is_utf8).to_numpy(bool)
                 left_out.extend(block["path"][~readable])
                 frame = ecotaxa_frame(block[readable], classes, score_name, used_ids)
                 if number == 0:
@@ -320,6 +341,9 @@ def main(argv=None):
     cfg = config.load_config(argv, __doc__)
     config.print_settings(cfg)
     folder, images, others = sample_images(cfg)
+    cruise = samples.assign(cfg, folder, images)  # None: the folder is one sample
+    metadata = samples.read_metadata(cfg)  # checked before any wait, as the samples are
+    images = cruise.images if cruise else images
     artifacts.ensure_output_dirs(cfg, ("results", "embeddings", "cache"))
     trained = checkpoint.load_trained(cfg, split=False, made_for="predictions")  # no split, no training images
     cfg, ckpt, digest, model, device = trained.cfg, trained.ckpt, trained.digest, trained.model, trained.device
@@ -337,7 +361,11 @@ def main(argv=None):
     # before the trunk pass, so that a refusal costs no wait; its id is recorded with the abundances it calibrates
     audit = abundance_inputs.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
-    chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], [str(folder / p) for p in images])
+    if cruise:
+        print(f"[predict] a cruise of {plural(len(cruise.samples), 'sample')} ({cruise.source})")
+    done = samples.SampleProgress(cruise.sample_of).reached if cruise else None
+    abs_paths = [str(folder / p) for p in images]
+    chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], abs_paths, done)
     inputs = {
         "checkpoint": digest,
         "embeddings": embedding_files.embedding_set(cfg)["set"],
@@ -349,23 +377,38 @@ def main(argv=None):
         "predict_dir": str(folder),
         "abundance_calibration": cfg.abundance_calibration,
         **({"audit": audit["id"]} if audit is not None else {}),
+        **(samples.provenance(cfg) if cruise else {}),
     }
     left_out = []
     with manifest.OutputSet(cfg, "predict", PREDICT_OUTPUTS, f"the predictions of {folder}") as out:
         parts, counts, unreadable = write_predictions(
-            out, cfg, ckpt, folder, images, chunk_files, scorer, score_name, threshold, accept_thresholds
+            out,
+            cfg,
+            ckpt,
+            folder,
+            images,
+            chunk_files,
+            scorer,
+            score_name,
+            threshold,
+            accept_thresholds,
+            cruise and cruise.sample_of,
         )
-        out.save_csv(
-            "results",
-            "abundances.csv",
-            abundance_inputs.sample_abundances(
-                cfg, ckpt["classes"], scorer, threshold, out.staged_path("results", "predictions.csv"), digest
-            ),
-        )
-        ignored = [{"path": p, "reason": reason} for p, reason in others]
+        predictions_path = out.staged_path("results", "predictions.csv")
+        fits = abundance_inputs.abundance_fits(cfg, ckpt["classes"], scorer, threshold, digest)  # once per run
+        abundance = abundance_inputs.sample_abundances(cfg, ckpt["classes"], predictions_path, fits)
+        out.save_csv("results", "abundances.csv", abundance)  # a cruise's: all its samples as one pool
+        if cruise:
+            table = samples.sample_table(cruise, metadata)
+            by_sample, summary = cruise_abundances.cruise_tables(
+                cruise, table, ckpt["classes"], fits, predictions_path, cfg.seed
+            )
+            out.save_csv("results", "sample_abundances.csv", by_sample)
+            out.save_csv("results", "sample_summary.csv", summary)
+        ignored = [{"path": p, "reason": reason} for p, reason in others] + (cruise.skipped if cruise else [])
         out.save_csv("results", "predict_skipped.csv", pd.DataFrame(unreadable + ignored, columns=["path", "reason"]))
-        table = count_table(counts, accept_thresholds is not None)
-        out.save_csv("results", "prediction_counts.csv", table)
+        counts_table = count_table(counts, accept_thresholds is not None)
+        out.save_csv("results", "prediction_counts.csv", counts_table)
         meta = {
             "checkpoint_sha256": digest,
             "checkpoint_epoch": ckpt["epoch"],
@@ -383,8 +426,10 @@ def main(argv=None):
     if cfg.ecotaxa:
         ecotaxa_note(cfg, ckpt["classes"], left_out, folder)
     remove_stale_chunks(cfg, chunk_files)
-    print_summary(table, unreadable, others, artifacts.out_path(cfg, "results", "predictions.csv"))
-    return table
+    if cruise:
+        samples.print_cruise(summary, len(cruise.skipped))
+    print_summary(counts_table, unreadable, others, artifacts.out_path(cfg, "results", "predictions.csv"))
+    return counts_table
 
 
 def print_summary(table, unreadable, others, path):

@@ -58,14 +58,26 @@ CALIBRATIONS = ("validation", "out_of_fold")
 
 
 # --------------------------------------------------------------------------- the measurement, on arrays
+def labelled_collection(labels, n_classes):
+    import quapy as qp
+
+    return qp.data.LabelledCollection(np.zeros((len(labels), 1)), np.asarray(labels), classes=range(n_classes))
+
+
 def draw_samples(labels, n_classes, samples, sample_size, seed):
     """Row indices of each sample: QuaPy's uniform-prevalence protocol (UPP) on the labelled rows, seeded."""
     import quapy as qp
 
-    collection = qp.data.LabelledCollection(np.zeros((len(labels), 1)), np.asarray(labels), classes=range(n_classes))
+    collection = labelled_collection(labels, n_classes)
     return list(
         qp.protocol.UPP(collection, sample_size=sample_size, repeats=samples, random_state=seed, return_type="index")()
     )
+
+
+def draw_at(labels, n_classes, prevalences, sample_size, seed):
+    """Row indices of one sample of the given class prevalences, drawn within each class with replacement: QuaPy's
+    sampler, the one UPP above draws each of its samples with (bench/bench_cruise.py's blooms and rare taxa)."""
+    return labelled_collection(labels, n_classes).sampling_index(sample_size, *prevalences, random_state=seed)
 
 
 def quantify_samples(calibrated, probabilities, labels, flagged, indices, seed, first):

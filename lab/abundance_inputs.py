@@ -131,13 +131,19 @@ def sample_probabilities(predictions_path, classes):
     return probabilities / probabilities.sum(axis=1, keepdims=True), frame["possibly_new"].to_numpy(bool)
 
 
-def sample_abundances(cfg, classes, scorer, threshold, predictions_path, checkpoint_digest):
-    """The abundances table of the sample predict.py has just classified (predictions_path: its
-    predictions.csv), corrected by cfg.abundance_method with cfg.abundance_bootstrap draws, seeded by cfg.seed."""
+def abundance_fits(cfg, classes, scorer, threshold, checkpoint_digest):
+    """The run's abundances.Fits: cfg.abundance_method (and every other method's point fit) on the calibration
+    images, with cfg.abundance_bootstrap draws seeded by cfg.seed; fitted once, whatever the number of samples."""
     calibration = calibration_from_artifacts(
         cfg, scorer, threshold, checkpoint_digest, classes, cfg.abundance_calibration
     )
+    return abundances.Fits(calibration, cfg.abundance_method, cfg.abundance_bootstrap, cfg.seed)
+
+
+def sample_abundances(cfg, classes, predictions_path, fits):
+    """The abundances table of every image predict.py has just classified (predictions_path: its predictions.csv),
+    as one sample (a cruise's pooled), corrected by the run's fits (abundance_fits)."""
     probabilities, possibly_new = sample_probabilities(predictions_path, classes)
     return abundances.abundance_frame(
-        classes, probabilities, possibly_new, calibration, cfg.abundance_method, cfg.abundance_bootstrap, cfg.seed
+        classes, probabilities, possibly_new, fits.calibration, fits.method, fits.draws, cfg.seed, fits=fits
     )

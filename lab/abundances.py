@@ -201,10 +201,11 @@ class Calibrated:
         return self.estimate(probabilities), low, high
 
 
-def sample_rng(seed, method):
+def sample_rng(seed, method, key=()):
     """The sample's bootstrap stream of one method: the same seed gives the same interval, whatever the other
-    methods computed before."""
-    return np.random.default_rng([seed, ABUNDANCE_METHODS.index(method), 1])
+    methods computed before. key: more integers that name the sample within a cruise (lab/cruise_abundances.py),
+    so that each sample draws its own stream, and the same one whatever other samples the cruise holds."""
+    return np.random.default_rng([seed, ABUNDANCE_METHODS.index(method), 1, *key])
 
 
 # --------------------------------------------------------------------------- the table
@@ -231,12 +232,47 @@ def calibrated_or_fallback(method, calibration, draws, seed):
     return calibrated
 
 
-def abundance_frame(classes, sample_probabilities, possibly_new, calibration, method, draws, seed):
+class Fits:
+    """Every method's fit on the calibration images, made once: the point fits behind the proportion_<m> columns,
+    and the asked-for method's Calibrated (its bootstrap fits), made when first needed (a sample with no image to
+    quantify needs none, and warns of no fallback). A cruise's samples all share one Fits: the calibration is the
+    run's, not the sample's. A method that cannot be fitted here has no point fit (None: its column stays empty)."""
+
+    def __init__(self, calibration, method, draws, seed):
+        self.calibration, self.method, self.draws, self.seed = calibration, method, draws, seed
+        self.points = {}
+        for m in ABUNDANCE_METHODS:
+            self.points[m] = None
+            with contextlib.suppress(*FIT_ERRORS):
+                self.points[m] = fitted(m, *calibration[:3])
+        self._calibrated = None
+
+    @property
+    def calibrated(self):
+        if self._calibrated is None:
+            self._calibrated = calibrated_or_fallback(self.method, self.calibration, self.draws, self.seed)
+        return self._calibrated
+
+    def point_estimate(self, method, probabilities):
+        """The method's point estimate on these images, or NaN where it cannot be fitted or estimated here."""
+        if self.points[method] is None or not len(probabilities):
+            return np.nan
+        with contextlib.suppress(*FIT_ERRORS):
+            return estimate(self.points[method], probabilities)
+        return np.nan
+
+
+def abundance_frame(
+    classes, sample_probabilities, possibly_new, calibration, method, draws, seed, fits=None, stream_key=()
+):
     """results/abundances.csv's table: one row per seen class, then one row counting the images flagged
     possibly new. The proportions are shares of the images NOT flagged (they sum to 1 over the classes); the
     counts are those shares times the number of such images, so that every row's count together makes the whole
     sample. cc_count: images predicted as the class and not flagged; proportion and count: the `method`'s
-    correction, with its 95 % bootstrap interval; proportion_<m>: every method's point estimate."""
+    correction, with its 95 % bootstrap interval; proportion_<m>: every method's point estimate.
+    fits: the Fits of (calibration, method, draws, seed) when the caller made them already (a cruise makes them
+    once for all its samples); stream_key: sample_rng's key of this sample's bootstrap stream."""
+    fits = fits or Fits(calibration, method, draws, seed)
     probabilities = np.asarray(sample_probabilities, np.float64)
     flagged = np.asarray(possibly_new, bool)
     kept = probabilities[~flagged]
@@ -246,14 +282,12 @@ def abundance_frame(classes, sample_probabilities, possibly_new, calibration, me
         {"class": list(classes), "possibly_new": False, "cc_count": cc, "cc_proportion": cc / n if n else np.nan}
     )
     for m in ABUNDANCE_METHODS:
-        table[f"proportion_{m}"] = np.nan
-        with contextlib.suppress(*FIT_ERRORS):  # a method that cannot be fitted here has no estimate: left empty
-            table[f"proportion_{m}"] = estimate(fitted(m, *calibration[:3]), kept) if n else np.nan
+        table[f"proportion_{m}"] = fits.point_estimate(m, kept)  # empty where the method cannot be fitted here
     point = low = high = np.full(k, np.nan)
     if n:
-        calibrated = calibrated_or_fallback(method, calibration, draws, seed)
+        calibrated = fits.calibrated
         method = calibrated.method
-        point, low, high = calibrated.interval(kept, sample_rng(seed, method))
+        point, low, high = calibrated.interval(kept, sample_rng(seed, method, stream_key))
     table["method"] = method
     table["proportion"], table["proportion_low"], table["proportion_high"] = point, low, high
     # no image left to quantify: every class counts 0 images, and no share of nothing can be given

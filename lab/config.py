@@ -23,6 +23,8 @@ NULLABLE = {
     "labels_file",
     "labels_columns",
     "labels_map",
+    "samples",
+    "sample_metadata",
     "accept_precision",
 }
 # Settings that are a number or None, whatever configfile.py holds (accept_precision=None there stays a number's).
@@ -228,6 +230,10 @@ def a_path_or_none(value):
     return value is None or bool(value.strip()), "None, or the path of a two-column table"
 
 
+def samples_or_none(value):
+    return value is None or bool(value.strip()), "None, 'subfolders', or the path of a table of samples and images"
+
+
 def a_share_or_none(value):
     ok = value is None or (math.isfinite(value) and 0 < value < 1)
     return ok, "None (accept nothing automatically), or a precision strictly between 0 and 1"
@@ -283,6 +289,8 @@ RULES = {
     "abundance_method": one_of(*ABUNDANCE_METHODS),
     "abundance_bootstrap": at_least(20),
     "abundance_calibration": one_of("validation", "out_of_fold"),
+    "samples": samples_or_none,
+    "sample_metadata": a_path_or_none,
     "accept_precision": a_share_or_none,
     "accept_confidence": between(0, 1, True, True),
 }
@@ -324,6 +332,12 @@ def _cross_setting_problems(c, defaults):
         yield (
             f"predict_dir={c.predict_dir!r} names no folder: give the folder of new images, e.g. "
             f"--predict_dir=/data/cruise42."
+        )
+    if c.sample_metadata is not None and c.samples is None:
+        yield (
+            f"sample_metadata={c.sample_metadata!r} describes samples, but samples=None makes predict_dir one "
+            f"sample: add --samples=subfolders (each sub-folder of predict_dir a sample) or --samples=<table of "
+            f"sample and image path>, or leave sample_metadata out."
         )
     if c.query is not None and not c.query.strip():
         yield "query='' names no image: give an image or a folder, e.g. --query=/data/cruise42/img_0001.png."

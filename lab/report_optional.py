@@ -3,12 +3,13 @@
 or one line naming the commands that bring what is left out.
 
 Reads results/novelty.csv, figs/novelty_*.png, predict.py's results (predictions.csv, prediction_counts.csv,
-abundances.csv), results/label_issues.csv and figs/label_issues.png; writes nothing.
+abundances.csv; a cruise's sample tables through lab/report_cruise.py), results/label_issues.csv and
+figs/label_issues.png; writes nothing.
 """
 
 import html
 
-from lab import artifacts, embedding_files, manifest, report_charts, report_run, report_tables
+from lab import artifacts, embedding_files, manifest, report_charts, report_cruise, report_run, report_tables
 
 NOVELTY_FIGURES = (
     ("novelty_roc.png", "Novelty detection: ROC curves"),
@@ -30,8 +31,14 @@ def optional_sections(cfg, results, figs, run):
         )
     predicted = predictions_section(cfg, results, run)
     abundance = abundances_part(cfg, results, run) if predicted else []
+    cruise = [report_cruise.cruise_html(results)] if predicted and abundance and is_cruise(run) else []
     audit = [audit_section(cfg, results, figs)] if report_run.audit_ran(cfg) else []
-    return parts + ([predicted] if predicted else []) + abundance + audit
+    return parts + ([predicted] if predicted else []) + abundance + cruise + audit
+
+
+def is_cruise(run):
+    """Whether the run's predict set is a cruise's (samples set): its manifest lists the per-sample tables."""
+    return "results/sample_abundances.csv" in run.predict.get("outputs", {})
 
 
 def predictions_section(cfg, results, run):

@@ -94,6 +94,13 @@ novelty_score = "mahalanobis_knn"
 # the repository, like data_root. None: predict.py asks for it.
 predict_dir = None
 ecotaxa = False  # True: predict.py also writes results/ecotaxa_predictions.tsv for an EcoTaxa import
+# A cruise of many samples in one predict.py run (docs/cruise.md). None: predict_dir is one sample. "subfolders":
+# each first-level sub-folder of predict_dir is a sample, named after it. Or the path of a CSV/TSV table with a
+# `sample` column (an EcoTaxa export's `sample_id` too) and the images' paths relative to predict_dir.
+samples = None
+# None, or a CSV/TSV table of the samples: a `sample` column, `volume_l` (the litres of water imaged, for the
+# concentrations per litre) and any other columns (date, station, depth ...), carried into the outputs.
+sample_metadata = None
 # similar.py: an image, or a folder of images (searched recursively), anywhere; its similar_k nearest embedded images
 # (train, val, test, unseen, predict) by cosine distance. None: similar.py asks for it.
 query = None
