@@ -1,19 +1,26 @@
-"""Benchmark of the near-copy search (lab/near_copies.py): does it find synthetic copies of real plankton images,
-does it leave distinct images alone, and what does it cost?
+"""Benchmark of the near-copy search (lab/near_copies.py, its index lab/near_copy_index.py): does the indexed search
+find the synthetic copies of real plankton images that the all-pairs search finds, does it leave distinct images
+alone, and how does its time grow?
 
-Reads ../shared/data/ndsb9 (or --data_root=FOLDER, one folder per class) in place; writes the synthetic copies only
-in a scratch folder (removed at the end). Measures:
+Reads ../shared/data/ndsb9 (or --data_root=FOLDER, one folder per class) in place, and for the other measurements
+the folders named below; writes the synthetic copies and the drawn class only in a scratch folder (removed at the
+end). Measures:
   copies   --copies (default 400) random images, seeded, each re-saved as JPEG at quality 70, shifted by 2 px (the
-           uncovered strip background, the far edge lost), re-cropped by 2 px and brightened by 10 %: the share of
-           each kind the search finds as the image's near-copy (the whole search: sizes, coarse step, full
-           resolution), and how many brightened copies kept under a quarter of their particle pixels
-  search   the search over the whole data set, within classes: the pairs compared at full resolution, the pairs
-           and images flagged, and its seconds (thumbnails apart)
-Prints a table and writes results/near_copies_benchmark.json under --output_dir (default: the current folder's
-results/, created when missing), with the flagged pairs.
+           uncovered strip background, the far edge lost), re-cropped by 2 px and brightened by 10 %: per kind, the
+           share the all-pairs search finds (the pair alone: it has no ranking) and the share the indexed search
+           finds with the copies among all the images of their class (its neighbours and ranking see them all)
+  search   the indexed search over --data_root and each of --false_pair_roots (data/demo is generated when
+           missing), and the all-pairs search beside it (--reference=True): pairs found by each, new pairs
+  timing   the indexed search over --timing_root (default ../shared/data/ndsb112; thumbnails apart)
+  big      --big_class=N (default 0: off): one class of N images drawn by lab/demo_data (--big_class_name, default
+           darksphere: featureless look-alikes), 1 % of them planted copies (shift, re-crop, brightened); the
+           indexed search at N/10, N/3 and N, its time, the growth exponent and the planted copies found
+Prints progress lines and a table; writes results/near_copies_benchmark.json under --output_dir (default: the current
+folder's results/, created when missing).
 
-    python bench/bench_near_copies.py                                  # ndsb9: about 1 min 30 s on 2 cores
-    python bench/bench_near_copies.py --data_root=/data/FlowCam --copies=100
+    python bench/bench_near_copies.py                       # ndsb9, demo, flowcam, ndsb112
+    python bench/bench_near_copies.py --big_class=30000     # and one 30,000-image class
+    python bench/bench_near_copies.py --data_root=/data/FlowCam --copies=100 --timing_root= --false_pair_roots=
 """
 
 import io
@@ -32,10 +39,22 @@ from PIL import Image, ImageEnhance  # noqa: E402
 import lab  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_pipeline import NDSB9  # noqa: E402
-from lab import artifacts, image_io, near_copies, particle_match, runtime  # noqa: E402
+from lab import artifacts, demo_data, image_io, near_copies, particle_match, progress, runtime  # noqa: E402
 
-OPTIONS = {"--data_root": str(NDSB9), "--copies": "400", "--seed": "42", "--output_dir": "."}
+SHARED = ROOT.parent / "shared" / "data"
+OPTIONS = {
+    "--data_root": str(NDSB9),
+    "--copies": "400",
+    "--seed": "42",
+    "--output_dir": ".",
+    "--false_pair_roots": f"{demo_data.DEMO_ROOT},{SHARED / 'flowcam-vliz-demo'}",
+    "--timing_root": str(SHARED / "ndsb112"),
+    "--reference": "True",
+    "--big_class": "0",
+    "--big_class_name": "darksphere",
+}
 KINDS = ("jpeg70", "shift2", "recrop2", "bright10")
+PLANTED = ("shift2", "recrop2", "bright10")  # a JPEG re-save of a featureless particle is missed by design
 SURVIVES = 0.25  # a brightened copy whose particle keeps less than this share of its pixels is counted apart
 
 
@@ -83,82 +102,201 @@ def synthetic_copies(img):
     }
 
 
-def measure_copies(paths, count, seed, scratch):
-    """Per kind, the share of `count` random images whose copy the search pairs with them, and the brightened
-    copies whose particle kept under SURVIVES of its pixels."""
+def thumbnails_of(paths, desc="thumbnails"):
+    """(pixels, sizes) of the files, as near_copies.thumbnails makes them (no cache here)."""
+    made = [near_copies.thumbnail(p) for p in progress.progress(paths, len(paths), desc, "images")]
+    return np.stack([m[0] for m in made]), np.array([m[1] for m in made])
+
+
+def is_pair_found(paths, pixels, sizes, a, b):
+    """Whether the full-resolution comparison confirms the pair (a, b)."""
+    factor = max(particle_match.reduction(sizes[a]), particle_match.reduction(sizes[b]))
+    greys = [particle_match.full_grey(paths[k], factor) for k in (a, b)]
+    return bool(particle_match.is_near_copy(*particle_match.confirm(*greys)[:3]))
+
+
+def planted_found(paths, pixels, sizes, classes, originals, first_copy):
+    """For each original (its copy at first_copy + r), whether the indexed search over all the images finds the
+    pair: the index and ranking propose it and the full-resolution comparison confirms it."""
+    i, j, _, _ = near_copies.indexed_candidates(pixels, sizes, classes)
+    proposed = set(zip(i.tolist(), j.tolist()))
+    return np.array(
+        [
+            (int(k), first_copy + r) in proposed and is_pair_found(paths, pixels, sizes, int(k), first_copy + r)
+            for r, k in enumerate(originals)
+        ]
+    )
+
+
+def measure_copies(paths, classes, pixels, sizes, count, seed, scratch):
+    """Per kind, the share of `count` random images whose copy each search finds, those only the all-pairs search
+    finds, and the brightened copies whose particle kept under SURVIVES of its pixels."""
     rng = np.random.default_rng(seed)
-    found, erased = {kind: 0 for kind in KINDS}, 0
-    for k in rng.choice(len(paths), min(count, len(paths)), replace=False):
-        original = near_copies.thumbnail(paths[k])
-        for kind, copy in synthetic_copies(image_io.load_rgb(paths[k])).items():
-            path = str(scratch / f"{kind}.png")
-            copy.save(path)
-            made = near_copies.thumbnail(path)
-            (i, _, *_), _ = near_copies.find_pairs(
-                [paths[k], path], np.stack([original[0], made[0]]), np.array([original[1], made[1]])
-            )
-            found[kind] += int(len(i) == 1)
-            if kind == "bright10":
+    originals = rng.choice(len(paths), min(count, len(paths)), replace=False)
+    result, erased = {"images": len(originals)}, 0
+    for kind in KINDS:
+        (scratch / kind).mkdir()
+        copy_paths = []
+        for r, k in enumerate(progress.progress(originals, len(originals), f"copies {kind}", "images")):
+            copy_paths.append(str(scratch / kind / f"{r}.png"))
+            synthetic_copies(image_io.load_rgb(paths[k]))[kind].save(copy_paths[-1])
+        copy_pixels, copy_sizes = thumbnails_of(copy_paths)
+        all_paths = paths + copy_paths
+        all_pixels, all_sizes = np.concatenate([pixels, copy_pixels]), np.concatenate([sizes, copy_sizes])
+        reference = np.array(
+            [
+                len(near_copies.find_pairs([paths[k], c], all_pixels[[k, n]], all_sizes[[k, n]], all_pairs=True)[0][0])
+                == 1
+                for k, c, n in zip(originals, copy_paths, range(len(paths), len(all_paths)))
+            ]
+        )
+        indexed = planted_found(
+            all_paths, all_pixels, all_sizes, np.concatenate([classes, classes[originals]]), originals, len(paths)
+        )
+        result[kind] = {
+            "all_pairs": float(reference.mean()),
+            "indexed": float(indexed.mean()),
+            "all_pairs_only": int((reference & ~indexed).sum()),
+            "indexed_only": int((indexed & ~reference).sum()),
+        }
+        if kind == "bright10":
+            for k, c in zip(originals, copy_paths):
                 before = (particle_match.full_grey(paths[k]) < particle_match.OBJECT_LEVEL).sum()
-                after = (particle_match.full_grey(path) < particle_match.OBJECT_LEVEL).sum()
+                after = (particle_match.full_grey(c) < particle_match.OBJECT_LEVEL).sum()
                 erased += int(after < SURVIVES * max(before, 1))
-    n = min(count, len(paths))
-    return {"images": n, **{kind: found[kind] / n for kind in KINDS}, "bright10_particle_erased": erased}
+    result["bright10_particle_erased"] = erased
+    return result
 
 
-def measure_search(paths, classes):
+def measure_search(paths, classes, pixels, sizes, reference):
+    """The indexed search over every image (and the all-pairs search with reference): pairs, time, new pairs."""
     started = time.perf_counter()
-    made = [near_copies.thumbnail(p) for p in paths]
-    thumbnails = time.perf_counter() - started
-    pixels, sizes = np.stack([m[0] for m in made]), np.array([m[1] for m in made])
-    started = time.perf_counter()
-    (i, j, texture, shape, noise, _, _), compared = near_copies.find_pairs(paths, pixels, sizes, classes)
+    (i, j, texture, shape, noise, _, _), searched = near_copies.find_pairs(paths, pixels, sizes, classes)
     seconds = time.perf_counter() - started
-    flagged = set(i.tolist()) | set(j.tolist())
-    return {
+    found = set(zip(i.tolist(), j.tolist()))
+    result = {
         "images": len(paths),
         "classes": len(set(classes.tolist())),
-        "thumbnail_seconds": round(thumbnails, 1),
         "search_seconds": round(seconds, 1),
-        "pairs_compared": int(compared),
-        "pairs": int(len(i)),
-        "images_flagged": len(flagged),
-        "share_flagged": len(flagged) / len(paths),
+        "pairs_compared": searched["pairs_compared_at_full_resolution"],
+        "index": near_copies.index_summary(searched),
+        "pairs": len(found),
+        "images_flagged": len(set(i.tolist()) | set(j.tolist())),
         "flagged_pairs": [
             {"a": paths[a], "b": paths[b], "texture": float(t), "shape": float(s), "noise": float(n)}
             for a, b, t, s, n in zip(i, j, texture, shape, noise)
         ],
     }
+    if reference:
+        started = time.perf_counter()
+        (ri, rj, *_), searched = near_copies.find_pairs(paths, pixels, sizes, classes, all_pairs=True)
+        expected = set(zip(ri.tolist(), rj.tolist()))
+        result["all_pairs"] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "pairs_compared": searched["pairs_compared_at_full_resolution"],
+            "pairs": len(expected),
+            "new_pairs": len(found - expected),
+            "missed_pairs": len(expected - found),
+        }
+    return result
 
 
-def rows(copies, search):
-    return [
-        common.information(
-            f"near-copies: {kind}",
-            "synthetic copies of random images found",
-            round(100 * copies[kind], 2),
-            "%",
-            f"{copies['bright10_particle_erased']} of {copies['images']} kept under {SURVIVES:.0%} of their particle"
-            if kind == "bright10"
-            else "",
+def searched_root(root, reference):
+    root = artifacts.resolve(root)
+    if root == demo_data.DEMO_ROOT and not root.exists():
+        demo_data.generate(root)
+    paths, classes = images_of(root)
+    started = time.perf_counter()
+    pixels, sizes = thumbnails_of(paths, f"thumbnails {root.name}")
+    result = {"data_root": str(root), "thumbnail_seconds": round(time.perf_counter() - started, 1)}
+    return {**result, **measure_search(paths, classes, pixels, sizes, reference)}, (paths, classes, pixels, sizes)
+
+
+def big_class(n, name, seed, scratch):
+    """One class of n drawn images, 1 % of them planted copies: the indexed search at n/10, n/3 and n."""
+    planted = max(n // 100, len(PLANTED))
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in progress.progress(range(n - planted), n - planted, f"drawing {name}", "images"):
+        paths.append(str(scratch / f"{k:06d}.png"))
+        demo_data.draw_crop(name, rng).save(paths[-1])
+    copies = []
+    for r in range(planted):
+        copies.append(str(scratch / f"copy_{r:05d}.png"))
+        synthetic_copies(Image.open(paths[r]))[PLANTED[r % len(PLANTED)]].save(copies[-1])
+    pixels, sizes = thumbnails_of(paths + copies, f"thumbnails {name}")
+    runs = []
+    for size in (n // 10, n // 3, n):
+        keep = planted * size // n
+        chosen = list(range(size - keep)) + list(range(n - planted, n - planted + keep))
+        sub_paths = [(paths + copies)[k] for k in chosen]
+        started = time.perf_counter()
+        (i, j, *_), searched = near_copies.find_pairs(sub_paths, pixels[chosen], sizes[chosen])
+        seconds = time.perf_counter() - started
+        found = set(zip(i.tolist(), j.tolist()))
+        hits = [(r, size - keep + r) in found for r in range(keep)]
+        runs.append(
+            {
+                "images": size,
+                "seconds": round(seconds, 1),
+                "pairs_compared": searched["pairs_compared_at_full_resolution"],
+                "index": near_copies.index_summary(searched),
+                "pairs": len(found),
+                "planted": keep,
+                **{kind: float(np.mean(hits[k :: len(PLANTED)])) for k, kind in enumerate(PLANTED)},
+            }
         )
-        for kind in KINDS
-    ] + [
-        common.information(
-            "near-copies: flagged",
-            f"images with a near-copy in their class, of {search['images']}",
-            round(100 * search["share_flagged"], 2),
-            "%",
-            f"{search['pairs']} pairs; {search['pairs_compared']} compared at full resolution",
-        ),
-        common.information(
-            "near-copies: search",
-            "the search over every image, thumbnails apart",
-            search["search_seconds"],
-            " s",
-            f"thumbnails {search['thumbnail_seconds']} s",
-        ),
-    ]
+    sizes_, times = np.log([r["images"] for r in runs]), np.log([max(r["seconds"], 0.1) for r in runs])
+    return {"class": name, "runs": runs, "growth_exponent": round(float(np.polyfit(sizes_, times, 1)[0]), 2)}
+
+
+def rows(result):
+    copies, out = result["copies"], []
+    for kind in KINDS:
+        out.append(
+            common.information(
+                f"near-copies: {kind}",
+                "synthetic copies found: indexed (all-pairs)",
+                round(100 * copies[kind]["indexed"], 2),
+                "%",
+                f"all-pairs {100 * copies[kind]['all_pairs']:.2f} %, found by all-pairs only: "
+                f"{copies[kind]['all_pairs_only']}"
+                + (
+                    f"; {copies['bright10_particle_erased']} kept under {SURVIVES:.0%} of their particle"
+                    if kind == "bright10"
+                    else ""
+                ),
+            )
+        )
+    for search in result["searches"]:
+        reference = search.get("all_pairs")
+        out.append(
+            common.information(
+                f"near-copies: {Path(search['data_root']).name}",
+                f"pairs found by the index, of {search['images']} images",
+                search["pairs"],
+                "",
+                f"{search['search_seconds']} s (thumbnails {search['thumbnail_seconds']} s)"
+                + (
+                    f"; all-pairs {reference['pairs']} pairs in {reference['seconds']} s, new {reference['new_pairs']}"
+                    f", missed {reference['missed_pairs']}"
+                    if reference
+                    else ""
+                ),
+            )
+        )
+    if result.get("big"):
+        big = result["big"]
+        out.append(
+            common.information(
+                f"near-copies: {big['class']}",
+                "growth exponent of the indexed search's time, one class",
+                big["growth_exponent"],
+                "",
+                "; ".join(f"{r['images']}: {r['seconds']} s" for r in big["runs"]),
+            )
+        )
+    return out
 
 
 def main(argv=None):
@@ -166,25 +304,32 @@ def main(argv=None):
     root = artifacts.resolve(chosen["--data_root"])
     if not root.is_dir():
         raise lab.LabError(f"The benchmark data {root} is absent. Pass --data_root=FOLDER (one folder per class).")
-    paths, classes = images_of(root)
+    reference = chosen["--reference"] == "True"
+    search, (paths, classes, pixels, sizes) = searched_root(root, reference)
+    result = {"data_root": str(root), "searches": [search]}
     scratch = Path(tempfile.mkdtemp(prefix="plankton-near-copies-"))
     try:
-        copies = measure_copies(paths, int(chosen["--copies"]), int(chosen["--seed"]), scratch)
+        result["copies"] = measure_copies(
+            paths, classes, pixels, sizes, int(chosen["--copies"]), int(chosen["--seed"]), scratch
+        )
+        for other in filter(None, chosen["--false_pair_roots"].split(",")):
+            result["searches"].append(searched_root(other, reference)[0])
+        if chosen["--timing_root"]:
+            result["searches"].append(searched_root(chosen["--timing_root"], False)[0])
+        if int(chosen["--big_class"]):
+            (scratch / "big").mkdir()
+            result["big"] = big_class(
+                int(chosen["--big_class"]), chosen["--big_class_name"], int(chosen["--seed"]), scratch / "big"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    search = measure_search(paths, classes)
-    result = {
-        "data_root": str(root),
-        "copies": copies,
-        "search": search,
-        "rows": rows(copies, search),
-        "machine": common.machine(),
-    }
+    result["rows"] = rows(result)
+    result["machine"] = common.machine()
     out = artifacts.resolve(chosen["--output_dir"]) / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = artifacts.save_json(out / "near_copies_benchmark.json", result)
     for row in result["rows"]:
-        print(f"{row['what']:<24} {row['compared']:<58} {row['measured']:>8}{row['unit']:<3} {row['reason']}")
+        print(f"{row['what']:<28} {row['compared']:<52} {row['measured']:>8}{row['unit']:<3} {row['reason']}")
     print(f"written to {path}")
     return result
 

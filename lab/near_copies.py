@@ -5,10 +5,14 @@ The search (measured on ndsb9 and on synthetic copies: docs/similar.md, "Near-co
 whose decoded sizes differ by at most SIZE_SLACK pixels in width and height are compared (re-saving, shifting and
 brightening keep the size, a re-crop by a few pixels nearly so). Each image's grey levels are moved so that its
 background (the border's median) is white; a dark-field image is inverted. Then:
-  coarse     on 64-px thumbnails (cached), vectorised over the pairs: 36 x 36 darkness grids correlated at the
-             best of 5 x 5 offsets; under COARSE_MIN a pair is not one particle (cheap, and loose enough to keep the
+  index      on 64-px thumbnails (cached): each image's nearest neighbours in its class, ranked, a few per image
+             (lab/near_copy_index.py): the work grows with n log n, not with the pairs of a class
+  coarse     the index's candidates, vectorised over the pairs: 36 x 36 darkness grids correlated at the best of
+             5 x 5 offsets; under COARSE_MIN a pair is not one particle (cheap, and loose enough to keep the
              synthetic copies whose thin structures a thumbnail's grid blurs)
   confirm    at full resolution, alignment and decision: lab/particle_match.py (texture, shape and noise)
+The all-pairs search (every size-compatible pair through the coarse step: coarse_candidates, find_pairs with
+all_pairs=True) is kept as the reference the index is measured and tested against.
 Pairs join into groups transitively; near_copies="group" keeps a group, with its byte-identical copies, in one
 split (group_keys). A perceptual hash (imagehash) was measured first and fails: plankton crops are small dark
 shapes on white, so distinct images of one class share a 64-bit phash while a 2-pixel shift moves it further.
@@ -17,6 +21,7 @@ Reads image files; writes cache/near_copy_thumbnails.npz (thumbnails per file, k
 modification time), results/near_copies.csv and results/near_copies.json (splitting.py calls save_report).
 """
 
+import functools
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lab import artifacts, image_io, manifest, particle_match
+from lab import artifacts, image_io, manifest, near_copy_index, particle_match, progress
 
 SIZE_SLACK = 4  # pixels: a re-crop by a few pixels changes the size by that much
 CANVAS = 64  # thumbnail side (the coarse step): larger crops are resized to it
@@ -178,36 +183,52 @@ def coarse_similarity(grids_a, grids_b):
     return best
 
 
+def pair_similarity(grids, i, j):
+    """coarse_similarity of the pairs (i, j) of these grids, in batches of BATCH pairs (bounded memory)."""
+    parts = [coarse_similarity(grids[i[s : s + BATCH]], grids[j[s : s + BATCH]]) for s in range(0, len(i), BATCH)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _classes(n, classes):
+    classes = np.zeros(n, int) if classes is None else np.asarray(classes)
+    return [(c, np.flatnonzero(classes == c)) for c in np.unique(classes)]
+
+
 def coarse_candidates(pixels, sizes, classes=None):
-    """(i, j, coarse similarity) of the size-compatible pairs (within a class where classes are given) whose
-    coarse similarity reaches COARSE_MIN."""
-    if classes is None:
-        i, j = candidate_pairs(sizes)
-    else:
-        classes = np.asarray(classes)
-        parts = [
-            (idx[a], idx[b])
-            for c in np.unique(classes)
-            for idx in [np.flatnonzero(classes == c)]
-            for a, b in [candidate_pairs(sizes[idx])]
-        ]
-        i, j = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int64) for k in (0, 1))
-    grids = coarse_grids(pixels)
-    keep_i, keep_j, keep_s = [], [], []
-    for start in range(0, len(i), BATCH):
-        bi, bj = i[start : start + BATCH], j[start : start + BATCH]
-        similarity = coarse_similarity(grids[bi], grids[bj])
+    """The all-pairs search (the reference the index is measured against): (i, j, coarse similarity) of every
+    size-compatible pair (within a class where classes are given) whose coarse similarity reaches COARSE_MIN."""
+    grids, found = coarse_grids(pixels), []
+    for _, idx in _classes(len(pixels), classes):
+        a, b = candidate_pairs(sizes[idx])
+        similarity = pair_similarity(grids, idx[a], idx[b])
         keep = similarity >= COARSE_MIN
-        keep_i.append(bi[keep]), keep_j.append(bj[keep]), keep_s.append(similarity[keep])
-    if not keep_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(keep_i), np.concatenate(keep_j), np.concatenate(keep_s)
+        found.append((idx[a][keep], idx[b][keep], similarity[keep]))
+    return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
 
 
-def find_pairs(abs_paths, pixels, sizes, classes=None):
+def indexed_candidates(pixels, sizes, classes=None):
+    """(i, j, coarse similarity, {class: the index's statistics}) of the pairs the index proposes within each class
+    (lab/near_copy_index.py): a subset of coarse_candidates', at most K_CONFIRM per image."""
+    sizes, grids, found, stats = np.asarray(sizes), coarse_grids(pixels), [], {}
+    parts = _classes(len(pixels), classes)
+    for c, idx in progress.progress(parts, len(parts), "near-copy index", "classes"):
+        a, b, similarity, stats[str(c)] = near_copy_index.class_candidates(
+            pixels[idx], sizes[idx], SIZE_SLACK, COARSE_MIN, functools.partial(pair_similarity, grids[idx])
+        )
+        found.append((idx[a], idx[b], similarity))
+    return (*(np.concatenate([f[k] for f in found]) for k in range(3)), stats)
+
+
+def find_pairs(abs_paths, pixels, sizes, classes=None, all_pairs=False):
     """The near-copy pairs among the files (their thumbnails and decoded sizes given): (i, j, texture distance,
-    shape mismatch, noise correlation, shift y, shift x) arrays, and the number of pairs compared at full resolution."""
-    i, j, _ = coarse_candidates(pixels, sizes, classes)
+    shape mismatch, noise correlation, shift y, shift x) arrays, and the search's summary: pairs compared at full
+    resolution, and per class the index's statistics (none with all_pairs=True, the reference search)."""
+    if all_pairs:
+        (i, j, _), stats = coarse_candidates(pixels, sizes, classes), {}
+    else:
+        i, j, _, stats = indexed_candidates(pixels, sizes, classes)
+    order = np.lexsort((j, i))  # each image's pairs together: its full-resolution decode is reused
+    i, j = i[order], j[order]
     greys = {}
 
     def grey(k, factor):
@@ -216,12 +237,12 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
         return greys[(k, factor)]
 
     rows = []
-    for a, b in zip(i.tolist(), j.tolist()):
+    for a, b in progress.progress(zip(i.tolist(), j.tolist()), len(i), "near-copy confirm", "pairs"):
         factor = max(particle_match.reduction(sizes[a]), particle_match.reduction(sizes[b]))
         texture, shape, noise, dy, dx = particle_match.confirm(grey(a, factor), grey(b, factor))
         if particle_match.is_near_copy(texture, shape, noise):
             rows.append((a, b, texture, shape, noise, dy, dx))
-        if len(greys) > 4096:  # bounded memory: the pairs come sorted by class and size, so neighbours repeat
+        if len(greys) > 4096:  # bounded memory
             greys.clear()
     types = (np.int64, np.int64, float, float, float, int, int)
     found = (
@@ -229,7 +250,7 @@ def find_pairs(abs_paths, pixels, sizes, classes=None):
         if rows
         else tuple(np.zeros(0, t) for t in types)
     )
-    return found, len(i)
+    return found, {"pairs_compared_at_full_resolution": len(i), "classes": stats}
 
 
 def groups(n, i, j):
@@ -243,16 +264,15 @@ def groups(n, i, j):
 
 # --------------------------------------------------------------------------- the split's near-copies
 def search(cfg, files):
-    """(the near-copy pairs among the configured classes' files, the number of pairs compared at full resolution):
-    a DataFrame of path_a, label_a, path_b, label_b, distances and shift (paths relative to data_root), and the
-    group of each pair. Images are compared within their
-    class: a near-copy there is what inflates the test accuracy, and the pairs to compare grow with the square of
-    a class, not of the data set (byte-identical files across classes are found by data_folders.find_duplicates)."""
+    """(the near-copy pairs among the configured classes' files, the search's summary: find_pairs'): a DataFrame of
+    path_a, label_a, path_b, label_b, distances and shift (paths relative to data_root), and the group of each pair.
+    Images are compared within their class: a near-copy there is what inflates the test accuracy (byte-identical
+    files across classes are found by data_folders.find_duplicates)."""
     root = artifacts.resolve(cfg.data_root)
     paths = [(p, c) for c in cfg.seen_classes + cfg.unseen_classes for p in files[c]]
     abs_paths = [str(root / p) for p, _ in paths]
     pixels, sizes = thumbnails(cfg, abs_paths)
-    (i, j, texture, shape, noise, dy, dx), compared = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
+    (i, j, texture, shape, noise, dy, dx), searched = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
     component = groups(len(paths), i, j)
     frame = pd.DataFrame(
         {
@@ -270,7 +290,23 @@ def search(cfg, files):
     )
     if len(frame):  # groups numbered 0, 1, ... in order of first appearance
         frame["group"] = pd.factorize(frame["group"])[0]
-    return frame, compared
+    return frame, searched
+
+
+def index_summary(searched):
+    """near_copies.json's account of the index: its constants, the pairs it proposed, those ranked out (beyond an
+    image's K_CONFIRM best), and the classes with images at its limit (all K_INDEX neighbours passed the size and
+    coarse checks, so that more candidates may have existed: raise K_INDEX if a class is listed)."""
+    per_class = searched.get("classes", {})
+    total = {key: sum(s[key] for s in per_class.values()) for key in ("index_pairs", "coarse_pairs", "ranked_out")}
+    return {
+        "k_index": near_copy_index.K_INDEX,
+        "k_confirm": near_copy_index.K_CONFIRM,
+        **total,
+        "classes_at_index_limit": {
+            c: s["images_at_index_limit"] for c, s in per_class.items() if s["images_at_index_limit"]
+        },
+    }
 
 
 def group_keys(pairs, digests):
@@ -319,7 +355,7 @@ def test_images_with_train_copies(pairs):
     }
 
 
-def report_frames(cfg, pairs, split, compared):
+def report_frames(cfg, pairs, split, searched):
     """(results/near_copies.csv's table: each pair with its group, both splits, the distances; near_copies.json's
     summary) of the pairs found; prints one warning line when near-copies cross splits. splitting.make_split
     writes both files in the split's output set, so that they always belong to the split.csv beside them."""
@@ -334,7 +370,8 @@ def report_frames(cfg, pairs, split, compared):
         "images_flagged": len(flagged),
         "images": len(split),
         "test_images_with_train_copy": len(leaks),
-        "pairs_compared_at_full_resolution": int(compared),
+        "pairs_compared_at_full_resolution": int(searched["pairs_compared_at_full_resolution"]),
+        "index": index_summary(searched),
         "criterion": {"size_slack": SIZE_SLACK, "coarse_min": COARSE_MIN, **particle_match.criterion()},
     }
     if across:
@@ -354,7 +391,8 @@ def report_frames(cfg, pairs, split, compared):
         print(f"[split] {len(frame)} near-copy pair(s), each within one split (results/near_copies.csv)")
     else:
         print(
-            f"[split] no near-copies among the images ({int(compared)} look-alike pairs compared at full "
+            f"[split] no near-copies among the images ({searched['pairs_compared_at_full_resolution']} look-alike "
+            f"pairs compared at full "
             f"resolution; results/near_copies.csv)"
         )
     return frame, summary

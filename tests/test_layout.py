@@ -50,7 +50,17 @@ LAYERS = (
             "lab.trunk_cache",
         ),
     ),
-    ("data", ("lab.data_folders", "lab.label_tables", "lab.near_copies", "lab.particle_match", "lab.splitting")),
+    (
+        "data",
+        (
+            "lab.data_folders",
+            "lab.label_tables",
+            "lab.near_copies",
+            "lab.near_copy_index",
+            "lab.particle_match",
+            "lab.splitting",
+        ),
+    ),
     ("model", ("backbone",)),
     (
         "foundation",

@@ -1,9 +1,11 @@
 """Near-copies: synthetic copies (JPEG at quality 70, a 2-pixel shift, brightness +10 %; made as the benchmark makes
 them) are found, distinct images of one class are not, nor look-alikes whose faint parts differ; candidate pairs
-equal a brute-force search; 'group' keeps a near-copy group in one split; the accuracy without the test images that
-have a near-copy in train."""
+equal a brute-force search; the indexed search finds every pair the all-pairs search finds (copies planted in the
+demo's images and in ndsb9's); 'group' keeps a near-copy group in one split; the accuracy without the test images
+that have a near-copy in train."""
 
 import itertools
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from bench.bench_near_copies import synthetic_copies
-from lab import near_copies, particle_match, report_sections, splitting
+from lab import near_copies, near_copy_index, particle_match, report_sections, splitting
 
 
 def saved(images, folder):
@@ -269,7 +271,8 @@ def test_accuracy_without_the_test_images_that_have_a_near_copy_in_train(tmp_pat
             "shift_x": 0,
         }
     )
-    frame, summary = near_copies.report_frames(cfg, pairs, split, compared=3)
+    searched = {"pairs_compared_at_full_resolution": 3, "classes": {}}
+    frame, summary = near_copies.report_frames(cfg, pairs, split, searched)
     assert list(frame["kind"]) == ["across splits", "across splits", "within a split"]
     assert summary["test_images_with_train_copy"] == 1 and summary["images_flagged"] == 6
     assert near_copies.test_images_with_train_copies(frame) == {"c/t1"}  # t2's copy is in val, t3's in test
@@ -307,6 +310,8 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
         copies = pd.read_csv(artifacts.out_path(cfg, "results", "near_copies.csv"))
         assert len(copies) == 1 and {copies["path_a"][0], copies["path_b"][0]} == pair
         assert "results/near_copies.csv" in manifest.complete(cfg, "split")["outputs"]
+        index = json.loads(artifacts.out_path(cfg, "results", "near_copies.json").read_text())["index"]
+        assert index["classes_at_index_limit"] == {} and index["k_index"] == near_copy_index.K_INDEX
         if mode == "group":
             assert split[sorted(pair)].nunique() == 1
         out = capsys.readouterr()
@@ -320,8 +325,89 @@ def test_the_benchmark_finds_copies_of_real_flowcam_images_and_flags_none_of_the
     from bench import bench_near_copies
 
     root = shared_dataset("flowcam-vliz-demo")
-    result = bench_near_copies.main([f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}"])
+    result = bench_near_copies.main(
+        [f"--data_root={root}", "--copies=6", f"--output_dir={tmp_path}", "--false_pair_roots=", "--timing_root="]
+    )
     assert (tmp_path / "results" / "near_copies_benchmark.json").is_file()
-    assert result["copies"]["images"] == 6 and result["copies"]["jpeg70"] == 1.0 and result["copies"]["shift2"] == 1.0
-    assert result["search"]["images"] == 105 and result["search"]["pairs"] == 0  # real, distinct FlowCam crops
-    assert {r["what"] for r in result["rows"]} >= {"near-copies: jpeg70", "near-copies: flagged"}
+    copies = result["copies"]
+    assert copies["images"] == 6
+    for kind in ("jpeg70", "shift2"):
+        assert copies[kind]["all_pairs"] == copies[kind]["indexed"] == 1.0
+    search = result["searches"][0]
+    assert search["images"] == 105 and search["pairs"] == 0  # real, distinct FlowCam crops
+    assert search["all_pairs"]["pairs"] == 0 and search["all_pairs"]["new_pairs"] == 0
+    assert {r["what"] for r in result["rows"]} >= {"near-copies: jpeg70", "near-copies: flowcam-vliz-demo"}
+
+
+def planted(images, kinds, seed=0):
+    """The images with a copy of some of them appended (each kind of synthetic copy in turn): (images, the indices of
+    the planted pairs)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(images), 3 * len(kinds), replace=False)
+    copies = [synthetic_copies(images[k])[kinds[r % len(kinds)]] for r, k in enumerate(chosen)]
+    return images + copies, {(int(k), len(images) + r) for r, k in enumerate(chosen)}
+
+
+def both_searches(paths, pixels, sizes, classes):
+    """(pairs found by the indexed search, pairs found by the all-pairs search) as sets of (i, j)."""
+    found = []
+    for all_pairs in (False, True):
+        (i, j, *_), _ = near_copies.find_pairs(paths, pixels, sizes, classes, all_pairs=all_pairs)
+        found.append(set(zip(i.tolist(), j.tolist())))
+    return found
+
+
+def test_the_indexed_search_finds_every_pair_the_all_pairs_search_finds_among_the_demo_images(
+    tiny_demo, tmp_path, monkeypatch
+):
+    """Copies planted among the tiny demo's 36 images of each of three classes; the index asked for 4 neighbours
+    and 1 confirmed candidate per image, so that its neighbours and its ranking decide (with the defaults, 36 images
+    are all each other's neighbours)."""
+    monkeypatch.setattr(near_copy_index, "K_INDEX", 4)
+    monkeypatch.setattr(near_copy_index, "K_CONFIRM", 1)
+    images, classes = [], []
+    for c in ("Odontella", "Neoceratium", "Retaria"):
+        drawn = [Image.open(p).convert("L") for p in sorted((tiny_demo / c).iterdir())]
+        with_copies, _ = planted(drawn, ("shift2", "recrop2", "bright10"), seed=len(images))
+        images += with_copies
+        classes += [c] * len(with_copies)
+    paths, pixels, sizes = saved(images, tmp_path)
+    indexed, reference = both_searches(paths, pixels, sizes, classes)
+    assert len(reference) >= 20 and indexed == reference  # the drawings' copies, found alike
+    (_, _, _, stats) = near_copies.indexed_candidates(pixels, sizes, classes)
+    assert sum(s["ranked_out"] for s in stats.values()) > 0  # the ranking did leave candidates out
+
+
+@pytest.mark.slow
+def test_the_indexed_search_finds_every_pair_the_all_pairs_search_finds_inside_ndsb9(tmp_path):
+    """Copies of every kind planted among three whole ndsb9 classes (1,336 real images)."""
+    from conftest import shared_dataset
+
+    root = shared_dataset("ndsb9")
+    images, classes = [], []
+    for c in ("diatom_chain_tube", "trichodesmium_tuft", "radiolarian_colony"):
+        real = [Image.open(p).convert("RGB") for p in sorted((root / c).iterdir())]
+        with_copies, pairs = planted(real, ("jpeg70", "shift2", "recrop2", "bright10"), seed=len(images))
+        images += with_copies
+        classes += [c] * len(with_copies)
+    paths, pixels, sizes = saved(images, tmp_path)
+    indexed, reference = both_searches(paths, pixels, sizes, classes)
+    assert len(reference) >= 30 and indexed == reference
+
+
+def test_the_fine_score_and_the_ranking_equal_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    centred = rng.random((6, near_copy_index.WINDOW, near_copy_index.WINDOW)).astype(np.float32)
+    centred[:, :2], centred[:, -2:], centred[:, :, :2], centred[:, :, -2:] = 0, 0, 0, 0  # the canvas's empty rim
+    i, j = np.array([0, 0, 1, 2, 3]), np.array([1, 4, 5, 5, 4])
+    brute = [
+        max(float((np.roll(centred[a], (dy, dx), (0, 1)) * centred[b]).sum()) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+        for a, b in zip(i, j)
+    ]
+    assert np.allclose(near_copy_index.fine_scores(centred, i, j), brute, rtol=1e-5)
+    scores = rng.random(40)
+    i, j = rng.integers(0, 8, 40), rng.integers(8, 16, 40)
+    kept = near_copy_index.best_per_image(i, j, scores, 2)
+    for p in range(40):  # kept when among the 2 best of either of its images
+        best_of = [sorted(scores[(i == x) | (j == x)], reverse=True)[:2] for x in (i[p], j[p])]
+        assert kept[p] == any(scores[p] in best for best in best_of)
