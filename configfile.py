@@ -11,7 +11,8 @@ shows them, read from this file.
 # A folder with one sub-folder of images per class. The default is the synthetic demo
 # data set, generated on first use. For FlowCamNet use ".../FlowCamNet/imgs".
 data_root = "data/demo"
-# Classes the classifier is trained on (names of sub-folders of data_root), at least 2.
+# Classes the classifier is trained on (names of sub-folders of data_root), at least 2; or "all": every class folder
+# that is not an unseen class, those with fewer than min_images_per_class images left out (docs/many-classes.md).
 seen_classes = ["chainthin", "darksphere", "Rhabdonellidae", "Odontella", "Codonellopsis", "Neoceratium"]
 # Classes held out of training, used only for embeddings analysis and transfer learning.
 unseen_classes = ["Retaria", "Thalassionematales", "Chaetoceros"]

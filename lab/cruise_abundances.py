@@ -6,7 +6,7 @@ results/sample_abundances.csv  abundances.csv's columns for each sample that has
                                volume_l, concentration_per_l, concentration_per_l_low, concentration_per_l_high (the
                                count and its interval bounds over volume_l: the bootstrap's uncertainty of the
                                shares, NOT the Poisson counting error of the images themselves, which a sample of
-                               few images adds), accepted and to_review (left empty: the operating points fill them)
+                               few images adds), accepted and to_review (operating_points.csv's counts, or empty)
                                and the metadata's other columns
 results/sample_summary.csv     one row per sample: images (files assigned to it), read, skipped (could not be
                                decoded), possibly_new, volume_l, note (why a sample has no rows or no
@@ -26,7 +26,7 @@ from lab.samples import VOLUME
 
 CONCENTRATIONS = ("concentration_per_l", "concentration_per_l_low", "concentration_per_l_high")
 # The operating points' counts per sample (images accepted at their class's threshold, and left to review): empty
-# until predictions.csv carries the `accepted` column that fills them.
+# when predict.py applied no operating points (predictions.csv's `accepted` column empty).
 OPERATING_POINT_COLUMNS = ("accepted", "to_review")
 SAMPLE_COLUMNS = ["sample", *abundances.COLUMNS, VOLUME, *CONCENTRATIONS, *OPERATING_POINT_COLUMNS]
 SUMMARY_COLUMNS = ["sample", "images", "read", "skipped", "possibly_new", VOLUME, "note"]
@@ -58,7 +58,7 @@ def operating_point_counts(frame, predicted, flagged, accepted):
     to review (the rest of the images predicted as the class; every image flagged possibly new). NaN for both when
     no operating points applied to the run (predict.py left `accepted` empty)."""
     if np.isnan(accepted).all():
-        return np.full(len(frame), np.nan), np.full(len(frame), np.nan)
+        return pd.array([pd.NA] * len(frame), dtype="Int64"), pd.array([pd.NA] * len(frame), dtype="Int64")
     taken = accepted == 1.0
     counted = [
         (0, int(flagged.sum()))
@@ -66,7 +66,7 @@ def operating_point_counts(frame, predicted, flagged, accepted):
         else (int((taken & (predicted == c)).sum()), int(((predicted == c) & ~flagged & ~taken).sum()))
         for c, new in zip(frame["class"], frame["possibly_new"].astype(bool))
     ]
-    return np.array([a for a, _ in counted], float), np.array([r for _, r in counted], float)
+    return pd.array([a for a, _ in counted], dtype="Int64"), pd.array([r for _, r in counted], dtype="Int64")
 
 
 def stream_key(name):

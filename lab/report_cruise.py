@@ -31,9 +31,18 @@ def axis_order(summary):
                 return list(order["sample"]), f"time ({columns[name]})"
     places = [columns[n] for n in PLACE_NAMES if n in columns]
     if places:
-        order = summary.sort_values(places, kind="stable", key=lambda s: pd.to_numeric(s, errors="coerce").fillna(s))
+        order = summary.sort_values(places, kind="stable", key=numbers_then_text)
         return list(order["sample"]), "station (" + ", ".join(places) + ")"
     return list(summary["sample"]), "the run's order"
+
+
+def numbers_then_text(column):
+    """A sort key for a station or depth column: numbers in numeric order, then text (S3, surface) in text order;
+    never a number compared with a text."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    return pd.Series(
+        [(0, n, "") if pd.notna(n) else (1, 0.0, str(v)) for n, v in zip(numbers, column)], index=column.index
+    )
 
 
 def heatmap(table, order):

@@ -24,11 +24,18 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, label_tables
+from lab import abundances, artifacts, label_tables
 
 SUBFOLDERS = "subfolders"
 SAMPLE_NAMES = ("sample", "sample_id")  # the sample column, in order of preference (compared as label_tables does)
 VOLUME = "volume_l"  # the metadata column of the litres of water each sample imaged
+# The columns the lab computes for sample_abundances.csv and sample_summary.csv: a metadata column may not take one's
+# name (it would overwrite it there, or be overwritten); tests/test_cruise.py checks the two tables' columns are here.
+COMPUTED_COLUMNS = {
+    *abundances.COLUMNS,
+    *("concentration_per_l", "concentration_per_l_low", "concentration_per_l_high", "accepted", "to_review"),
+    *("images", "read", "skipped", "possibly_new", "note"),
+}
 OUTSIDE_SUBFOLDERS = "at the top level of predict_dir, outside every sample folder (samples='subfolders')"
 OUTSIDE_TABLE = "not named in the samples table (the `samples` setting): it belongs to no sample"
 NOT_FOUND = "named in the samples table, line {line}, but no image file of that path is under predict_dir"
@@ -167,6 +174,13 @@ def read_metadata(cfg):
             f"The sample metadata table {path} names {frame['sample'][twice].nunique()} sample(s) twice or more "
             f"({', '.join(sorted(frame['sample'][twice].unique())[:5])}; lines {_lines(first_line, twice)}). "
             f"Each sample needs one row: merge or delete the repeated rows."
+        )
+    clash = [c for c in frame.columns if c != "sample" and c in COMPUTED_COLUMNS]
+    if clash:
+        raise lab.LabError(
+            f"The sample metadata table {path} has column(s) named as columns the lab computes "
+            f"({', '.join(map(repr, clash))}): they would be mistaken for each other in sample_abundances.csv and "
+            f"sample_summary.csv. Rename them (e.g. net_method, station_note) and run predict.py again."
         )
     volume_column = next((c for c in frame.columns if label_tables._normal(c) == VOLUME), None)
     text = frame[volume_column].str.strip() if volume_column else pd.Series("", index=frame.index)

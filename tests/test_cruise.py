@@ -80,6 +80,11 @@ def test_bad_metadata_stops_the_run_naming_the_rows(tmp_path):
     assert metadata("sample_id,station\nA,S1\n")["volume_l"].isna().all()  # no volume column: no concentrations
     with pytest.raises(lab.LabError, match="sample_metadata=.* but samples=None"):
         config.load_config(["--sample_metadata=m.csv"])
+    for column in ("method", "count", "note"):  # a metadata column named as a computed one is refused
+        with pytest.raises(lab.LabError, match=f"named as columns the lab computes \\('{column}'\\)"):
+            metadata(f"sample,volume_l,{column}\nA,1,x\n")
+    computed = set(cruise_abundances.SAMPLE_COLUMNS + cruise_abundances.SUMMARY_COLUMNS) - {"sample", "volume_l"}
+    assert computed <= samples.COMPUTED_COLUMNS
 
 
 def test_progress_names_each_sample_once_its_last_image_is_through():
@@ -109,6 +114,8 @@ def test_the_axis_follows_time_or_station():
     assert report_cruise.axis_order(summary) == (["y", "x", "z"], "time (date)")
     summary = pd.DataFrame({"sample": ["x", "y", "z"], "station": ["10", "9", "11"]})
     assert report_cruise.axis_order(summary) == (["y", "x", "z"], "station (station)")
+    mixed = pd.DataFrame({"sample": ["a", "b", "c", "d"], "station": ["S3", "2", "surface", "1"]})
+    assert report_cruise.axis_order(mixed)[0] == ["d", "b", "a", "c"]  # numbers in order, then text
     assert report_cruise.axis_order(summary[["sample"]])[0] == ["x", "y", "z"]
 
 
