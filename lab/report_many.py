@@ -16,7 +16,8 @@ from lab import artifacts, report_tables
 
 MANY = 20  # classes: past this many, the layout for many classes
 MIN_SUPPORT_TO_RANK = 5  # test images: a class with fewer is listed after the ranked ones, never among the worst
-GALLERY_JPEG_QUALITY = 85
+GALLERY_JPEG_QUALITY = 70
+GALLERY_MAX_SIDE = 800  # px: a picked gallery is read one at a time on a screen; 110 of them keep the page < 25 MB
 # Sorting a table by a click on its header, in the page itself (no network): numbers as numbers, text as text.
 SORT_SCRIPT = """<script>
 function sortTable(th) {
@@ -112,12 +113,15 @@ def headline_html(metrics):
 
 
 def jpeg_figure(path, caption, made_by, element_id, hidden):
-    """A PNG figure inlined as JPEG (a photo gallery is several times smaller so), shown or hidden."""
+    """A PNG figure inlined as JPEG, at most GALLERY_MAX_SIDE px (a photo gallery is several times smaller so), shown
+    or hidden."""
     from PIL import Image
 
     with Image.open(artifacts.require(path, made_by, "figure")) as image:
+        image = image.convert("RGB")
+        image.thumbnail((GALLERY_MAX_SIDE, GALLERY_MAX_SIDE), Image.Resampling.LANCZOS)  # never enlarged
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=GALLERY_JPEG_QUALITY)
+        image.save(buffer, format="JPEG", quality=GALLERY_JPEG_QUALITY)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     style = ' style="display:none"' if hidden else ""
     return (
