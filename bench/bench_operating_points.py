@@ -38,7 +38,7 @@ from scipy.stats import binom  # noqa: E402
 import lab  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_abundances import draw_samples, lab_argv, train_model  # noqa: E402
-from lab import abundances, checkpoint, config, data_folders, embedding_files, runtime  # noqa: E402
+from lab import abundance_inputs, checkpoint, config, data_folders, embedding_files, runtime  # noqa: E402
 from lab import novelty_scores as ns  # noqa: E402
 from lab import operating_points as op  # noqa: E402
 
@@ -113,6 +113,13 @@ def shortfall_summary(outcomes, target, confidence):
 
 
 # --------------------------------------------------------------------------- the measurement
+def shifted_samples(labels, samples, sample_size, seed):
+    """UPP samples (bench_abundances.draw_samples) over the classes the evaluation half holds: at 100+ classes a rare
+    class can have no image in a half, and QuaPy cannot draw a prevalence of a class without images."""
+    present, compact = np.unique(labels, return_inverse=True)
+    return draw_samples(compact, len(present), samples, sample_size, seed)
+
+
 def measure(outputs, n_classes, target, confidence, redraws, samples, sample_size, unseen_share, seed):
     """outputs: {split: (probabilities, labels, flagged)} of val, test and unseen. Returns per rule the summaries."""
     labelled = [np.concatenate([outputs[s][j] for s in ("val", "test")]) for j in range(3)]
@@ -127,7 +134,7 @@ def measure(outputs, n_classes, target, confidence, redraws, samples, sample_siz
         fit_rows, eval_rows = order[: len(order) // 2], order[len(order) // 2 :]
         n_unseen = min(len(unseen_p), int(round(unseen_share / (1 - unseen_share) * len(eval_rows))))
         unseen_rows = rng.choice(len(unseen_p), n_unseen, replace=False)
-        shifted = draw_samples(labels[eval_rows], n_classes, samples, sample_size, [seed, draw]) if samples else []
+        shifted = shifted_samples(labels[eval_rows], samples, sample_size, [seed, draw]) if samples else []
         for rule in RULES:
             cal = (predicted[fit_rows], top[fit_rows], labels[fit_rows])
             thresholds, scopes = FITS[rule](classes, *cal, target, confidence)
@@ -178,7 +185,7 @@ def model_outputs(argv):
         frame, vectors = embedding_files.load_embeddings(trained.cfg, split)
         flagged = scorer.scores(vectors, (name,))[name] > threshold
         labels = frame["label_idx"].to_numpy() if split != "unseen" else np.full(len(frame), -1)
-        out[split] = (abundances.probabilities_from_embeddings(scorer, vectors), labels, flagged)
+        out[split] = (abundance_inputs.probabilities_from_embeddings(scorer, vectors), labels, flagged)
     return trained.cfg, out
 
 
