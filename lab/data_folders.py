@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, config, image_io, label_tables
+from lab import artifacts, config, image_io, label_tables, progress
 
 # --------------------------------------------------------------------------- scanning
 SYSTEM_NAMES = {"thumbs.db", "desktop.ini", "__macosx", "icon\r"}  # made by file managers, never data
@@ -219,9 +219,9 @@ def inspect_all(cfg, root, paths):
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
     if workers > 1 and len(present) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(check, present, chunksize=256))
+            results = list(progress.progress(pool.map(check, present, chunksize=256), len(present), "scan", "images"))
     else:
-        results = [check(p) for p in present]
+        results = list(progress.progress(map(check, present), len(present), "scan", "images"))
     if present is absolute:
         return results
     found = dict(zip(present, results))

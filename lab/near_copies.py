@@ -56,6 +56,7 @@ PAIR_COLUMNS = [
     "shift_x",
 ]
 SIDE = CANVAS + 2 * MARGIN
+SAYS = ("near-copy thumbnails", "images")  # the progress line of the thumbnails' pass
 THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept by any later run that fails
 
 
@@ -124,9 +125,9 @@ def thumbnails(cfg, abs_paths):
     todo = [abs_paths[i] for i in missing]
     if workers > 1 and len(todo) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            made = list(pool.map(_thumbnail_or_blank, todo, chunksize=256))
+            made = list(progress.progress(pool.map(_thumbnail_or_blank, todo, chunksize=256), len(todo), *SAYS))
     else:
-        made = [_thumbnail_or_blank(p) for p in todo]
+        made = list(progress.progress(map(_thumbnail_or_blank, todo), len(todo), *SAYS))
     for i, (p, s) in zip(missing, made):
         pixels[i], sizes[i] = p, s
     if missing or len(known) != len(keys):
