@@ -1,5 +1,6 @@
 """Training the head on cached trunk features: the class weights of the loss, one pass over a split (training
-when an optimizer is given) and the early-stopping rule (`EarlyStopping`). Shared by train.py, the benchmarks and
+when an optimizer is given), the early-stopping rule (`EarlyStopping`) and the average of the head's weights over
+epochs (`weight_average`). Shared by train.py, the benchmarks and
 every stage that retrains the head on the cache (no trunk pass is ever repeated). Reads and writes nothing.
 """
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lab import progress
 
@@ -102,3 +104,18 @@ class EarlyStopping:
             "best": self.best,
             "stale": self.stale,
         }
+
+
+# stopping="averaged": the share of the averaged weights kept at each epoch's end (0.7: the last ~3 epochs weigh 66 %).
+# Measured on ndsb9 with the other candidates in docs/training-recipe.md.
+WEIGHTS_DECAY = 0.7
+# How each `stopping` setting stops: the rule applied to the validation loss, and whether it is the loss of the
+# averaged weights (which best.pth then holds) or of the weights as trained.
+STOPPING = {"averaged": ("raw", True), "smoothed": ("ema", False), "raw": ("raw", False)}
+
+
+def weight_average(model, decay=WEIGHTS_DECAY):
+    """torch's AveragedModel of the model: after `update_parameters(model)` at each epoch's end, its `.module` holds
+    decay x the previous average + (1 - decay) x the weights (the first call copies them); BatchNorm's statistics are
+    averaged alike (use_buffers), so the averaged head is evaluated with statistics that belong to it."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
