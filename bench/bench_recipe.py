@@ -18,11 +18,16 @@ their rule alone, never by a different draw:
     ema            an exponential moving average of the validation loss (head_training.LOSS_SMOOTHING)
     ema50          the same, the newest epoch weighing 0.5
     noise_patience the raw loss, patience grown with its recent epoch-to-epoch noise (up to 3 x patience)
-    weights_ema    an exponential moving average of the head's weights (WEIGHTS_DECAY per epoch), stopped on its
-                   own raw validation loss
+    weights_ema    an exponential moving average of the head's weights (head_training.weight_average, decay
+                   WEIGHTS_DECAY per epoch), stopped on its own raw validation loss: train.py's stopping="averaged"
+
+("ema" is train.py's stopping="smoothed", "raw" its stopping="raw".)
 
     python bench/bench_recipe.py --seeds=5                  # ndsb9, random trunk offline
-    python bench/bench_recipe.py --seeds=5 --ndsb112=True --variants=constant
+    python bench/bench_recipe.py --seeds=3 --ndsb112=True --variants=constant --rules=raw,ema,weights_ema
+
+--rules=a,b scores only those candidates: the trajectory ends when they have all stopped (noise_patience's can run
+to 3 x patience epochs past its best).
 """
 
 import copy
@@ -58,7 +63,6 @@ from lab import (  # noqa: E402
 )
 
 TRUNK_SEED = 0  # the one trunk every seed's head trains on (a random trunk's seed is not what is measured)
-WEIGHTS_DECAY = 0.7  # weights_ema: the share of the average kept each epoch (about the last 3 epochs)
 VARIANTS = ("constant", "smoothing", "plateau")
 RULES = ("raw", "ema", "ema50", "noise_patience", "weights_ema")
 
@@ -84,14 +88,15 @@ class NoisePatience:
         return self.stale >= min(3 * self.patience, round(self.patience * (1 + 10 * noise)))
 
 
-def stopping_rules(patience):
-    return {
+def stopping_rules(patience, chosen=RULES):
+    every = {
         "raw": head_training.EarlyStopping("raw", patience),
         "ema": head_training.EarlyStopping("ema", patience),
         "ema50": head_training.EarlyStopping("ema", patience, smoothing=0.5),
         "noise_patience": NoisePatience(patience),
         "weights_ema": head_training.EarlyStopping("raw", patience),  # fed the averaged weights' loss
     }
+    return {name: every[name] for name in chosen}
 
 
 def draw_split(labels, cfg, seed):
@@ -107,17 +112,7 @@ def predictions(model, data, device, batch_size):
     return cached_features.head_outputs(model, data, device, batch_size)[0].argmax(1)
 
 
-def average_into(average, model, decay):
-    """average <- decay x average + (1 - decay) x model, weights and BatchNorm statistics alike."""
-    with torch.no_grad():
-        for mine, theirs in zip(average.state_dict().values(), model.state_dict().values()):
-            if mine.dtype.is_floating_point:
-                mine.mul_(decay).add_(theirs, alpha=1 - decay)
-            else:
-                mine.copy_(theirs)
-
-
-def train_variant(model, parts, cfg, device, dtype, variant, seed):
+def train_variant(model, parts, cfg, device, dtype, variant, seed, chosen=RULES):
     """One head trained from seed's initialisation until every candidate rule has stopped (or cfg.epochs). Returns
     {rule: (epoch stopped, epoch kept, its test predictions)} and the seconds per epoch."""
     train, val, test = parts
@@ -126,8 +121,9 @@ def train_variant(model, parts, cfg, device, dtype, variant, seed):
     optimizer = torch.optim.Adam(head, lr=cfg.lr)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     smoothing = 0.1 if variant == "smoothing" else 0.0
-    average = copy.deepcopy(model)
-    rules = stopping_rules(cfg.patience)
+    averaged = head_training.weight_average(model)
+    average = averaged.module
+    rules = stopping_rules(cfg.patience, chosen)
     kept = {name: (0, 0, None) for name in rules}  # (stopped at, kept epoch, kept predictions)
     stopped = {}
     start = time.perf_counter()
@@ -139,7 +135,7 @@ def train_variant(model, parts, cfg, device, dtype, variant, seed):
         val_loss, _ = head_training.run_epoch(model, val, device, cfg.batch_size, dtype=dtype)
         if variant == "plateau":
             plateau.step(val_loss)
-        average_into(average, model, WEIGHTS_DECAY if epoch > 1 else 0.0)
+        averaged.update_parameters(model)
         average_loss, _ = head_training.run_epoch(average, val, device, cfg.batch_size, dtype=dtype)
         if not (math.isfinite(val_loss) and math.isfinite(average_loss)):
             raise lab.LabError(f"The head diverged (seed {seed}, variant {variant}, epoch {epoch}).")
@@ -222,7 +218,7 @@ def earlier_rows(path, cfg, variants):
 
 
 def own_options(argv):
-    own = {"--seeds": "5", "--variants": ",".join(VARIANTS)}
+    own = {"--seeds": "5", "--variants": ",".join(VARIANTS), "--rules": ",".join(RULES)}
     rest = []
     for arg in argv:
         name, _, value = arg.partition("=")
@@ -232,10 +228,13 @@ def own_options(argv):
             own[name] = value
         else:
             rest.append(arg)
-    variants = own["--variants"].split(",")
-    if set(variants) - set(VARIANTS):
-        raise lab.LabError(f"--variants={own['--variants']} names unknown variants; choose among {VARIANTS}.")
-    return int(own["--seeds"]), variants, rest
+    variants, rules = own["--variants"].split(","), own["--rules"].split(",")
+    if set(variants) - set(VARIANTS) or set(rules) - set(RULES):
+        raise lab.LabError(
+            f"--variants={own['--variants']} or --rules={own['--rules']} names an unknown one; choose variants among "
+            f"{VARIANTS} and rules among {RULES}."
+        )
+    return int(own["--seeds"]), variants, rules, rest
 
 
 def configure(argv):
@@ -255,7 +254,7 @@ def configure(argv):
 
 
 def run(argv):
-    seeds, variants, rest = own_options(argv)
+    seeds, variants, rules, rest = own_options(argv)
     cfg, work = configure(rest)
     artifacts.ensure_output_dirs(cfg, ("results",))
     artifacts.ensure_output_dirs(work)
@@ -284,7 +283,7 @@ def run(argv):
     for seed in range(seeds):
         train, val, test = (pool.subset(p) for p in draw_split(labels, work, seed))
         for variant in variants:
-            outcome, seconds = train_variant(model, (train, val, test), work, device, dtype, variant, seed)
+            outcome, seconds = train_variant(model, (train, val, test), work, device, dtype, variant, seed, rules)
             for rule, (stopped, kept_epoch, predicted) in outcome.items():
                 row = {"seed": seed, "variant": variant, "rule": rule, "epochs_trained": stopped}
                 row |= {"epoch_kept": kept_epoch, "seconds_per_epoch": seconds}
