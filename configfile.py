@@ -54,11 +54,18 @@ batch_size = 64  # images per optimisation step, >= 1
 lr = 0.0014  # Adam learning rate, > 0
 epochs = 50  # maximum number of epochs, >= 1
 patience = 5  # stop after this many epochs without a better validation loss, >= 1
+# Early stopping: "averaged" (the head's weights averaged over epochs, an exponential moving average; the averaged
+# weights are validated, stopped on and kept, so one lucky or unlucky epoch of a small validation split does not
+# decide the model), "smoothed" (stops on a moving average of the validation loss) or "raw" (each epoch's own
+# validation loss, the lab's rule before issue 34). Measured over seeds: docs/training-recipe.md.
+stopping = "averaged"
 # "none" (the mission: plain cross-entropy) or "balanced" (each class weighted n / (classes x n_class) in the
 # training and validation loss, so a rare class counts as much as a common one; for strongly imbalanced data).
 class_weighting = "none"
 resume = False  # True: continue from checkpoints/last.pth (after a crash or Ctrl-C)
-seed = 42  # seeds random, numpy, torch, scikit-learn and UMAP; any int >= 0
+# Seeds random, numpy, torch (the head's initialisation and shuffles), the split, scikit-learn and UMAP; any int >= 0.
+# Not a random trunk's weights (backbone_weights=None): those are always the same (backbone.RANDOM_TRUNK_SEED).
+seed = 42
 
 # --- compute --------------------------------------------------------------------
 device = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps"

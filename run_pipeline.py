@@ -51,7 +51,7 @@ def weights_overrides(cfg):
     if cfg.backbone_weights is None:
         return []
     try:
-        backbone.build_trunk(cfg.backbone_weights, cfg.seed)
+        backbone.build_trunk(cfg.backbone_weights, backbone.RANDOM_TRUNK_SEED)
         return []
     except lab.LabError as exc:
         if not demo_data.is_demo_root(cfg):

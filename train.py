@@ -12,9 +12,14 @@ Reads data_root and results/split.csv (made here on first use, see dataloader.py
                                 belong to (written last: manifest.py)
 Cross-entropy (with class_weighting="balanced", each class weighted n / (classes x n_class) by its training
 count, in the training and the validation loss), Adam, batches of batch_size, at most `epochs` epochs, early
-stopping on the validation loss after `patience` epochs without improvement. The head's forward and backward
-passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32 elsewhere),
-recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
+stopping after `patience` epochs without a better validation loss. By default (stopping="averaged") the head's
+weights are averaged over epochs (an exponential moving average, lab/head_training.py), and it is the averaged
+weights that are validated, stopped on and kept in best.pth (history: their validation loss and accuracy): one
+lucky or unlucky epoch on a small validation split no longer decides the model. stopping="smoothed" stops on a moving
+average of the validation loss, stopping="raw" on each epoch's own (the rule before issue 34). Both checkpoints
+record the rule and its state; last.pth the average too, for --resume (docs/training-recipe.md). The head's
+forward and backward passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32
+elsewhere), recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
 `python train.py --resume=True`.
 """
 
@@ -51,13 +56,21 @@ def plot_history(history, path):
     for part, style in (("train", "-o"), ("val", "-s")):
         ax_loss.plot(history["epoch"], history[f"{part}_loss"], style, ms=3, label=part)
         ax_acc.plot(history["epoch"], history[f"{part}_acc"], style, ms=3, label=part)
-    best = history.loc[history["val_loss"].idxmin()]
+    if "val_loss_smoothed" in history and not history["val_loss_smoothed"].equals(history["val_loss"]):
+        ax_loss.plot(history["epoch"], history["val_loss_smoothed"], "--", label="val, smoothed (stopping)")
+    best = history.loc[history[kept_loss_column(history)].idxmin()]
     ax_loss.axvline(best["epoch"], color="grey", ls=":", label=f"best (epoch {int(best['epoch'])})")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     ax_loss.legend()
     ax_acc.legend()
     plotting.save_figure(path, fig)
+
+
+def kept_loss_column(history):
+    """The history's column whose lowest value marks the epoch kept in best.pth: the loss the stopping rule compared
+    (a history of a run before the rule was recorded has only the raw one)."""
+    return "val_loss_smoothed" if "val_loss_smoothed" in history else "val_loss"
 
 
 def save_summary(cfg, history):
@@ -123,8 +136,8 @@ class Run:
     trunk_dtype: torch.dtype | None
     head_dtype: torch.dtype | None
     history: list = field(default_factory=list)
-    best_loss: float = math.inf
-    stale: int = 0
+    stopping_state: dict | None = None  # head_training.EarlyStopping's, when resuming
+    average_state: dict | None = None  # the averaged weights' AveragedModel, when resuming stopping="averaged"
     first_epoch: int = 1
 
 
@@ -144,13 +157,15 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
     optimizer.load_state_dict(last["optimizer_state"])
     torch.set_rng_state(last["torch_rng"])
     print(f"[resume] continuing after epoch {last['epoch']} (best validation loss {last['best_loss']:.4f})")
+    # a last.pth from before the rule was recorded stopped on the raw loss: its best and stale go on as they were
+    stopping_state = last.get("stopping") or {"smoothed": None, "best": last["best_loss"], "stale": last["stale"]}
     # the same features and the same arithmetic as before, whatever "auto" says on this machine
     return Run(
         checkpoint.trunk_dtype(last, device),
         precision.PRECISIONS[last.get("head_precision", "fp32")],
         last["history"],
-        last["best_loss"],
-        last["stale"],
+        stopping_state,
+        last.get("average_state"),
         last["epoch"] + 1,
     )
 
@@ -195,24 +210,32 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     head_precision = precision.precision_name(run.head_dtype)
     print(
         f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
-        f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}) on {device}, head in {head_precision}"
+        f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}, stopping {cfg.stopping!r}) on {device}, head "
+        f"in {head_precision}"
     )
     weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:
         print("[train] class_weighting='balanced': loss weights " + weights_text(cfg.seen_classes, weights.tolist()))
-    history, best_loss, stale, epoch = run.history, run.best_loss, run.stale, run.first_epoch - 1
+    history, epoch = run.history, run.first_epoch - 1
+    rule, averaged = head_training.STOPPING[cfg.stopping]
+    stopping = head_training.EarlyStopping(rule, cfg.patience, state=run.stopping_state)
+    average = head_training.weight_average(model) if averaged else None
+    if average is not None and run.average_state is not None:
+        average.load_state_dict(run.average_state)
+    validated = average.module if average is not None else model  # the weights validated, stopped on and kept
 
-    def save(path, **extra):
+    def save(path, net, **extra):
         checkpoint.save(
             path,
             checkpoint.payload(
                 cfg,
-                model,
+                net,
                 trunk_weights,
                 split_digest,
                 trunk_precision,
                 epoch=epoch,
                 head_precision=head_precision,
+                stopping=stopping.state_dict(),
                 **extra,
             ),
         )
@@ -223,11 +246,13 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
             train_loss, train_acc = train_one_epoch(
                 model, data["train"], device, cfg, optimizer, epoch, weights, run.head_dtype
             )
-            val_loss, val_acc = evaluate(model, data["val"], device, cfg, weights, run.head_dtype)
+            if average is not None:
+                average.update_parameters(model)
+            val_loss, val_acc = evaluate(validated, data["val"], device, cfg, weights, run.head_dtype)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 kept = (
                     f"{best_path} keeps the best model so far"
-                    if best_loss < math.inf
+                    if stopping.best < math.inf
                     else "no model was saved (the previous run's checkpoints, if any, are in checkpoints/previous/)"
                 )
                 raise lab.LabError(
@@ -245,27 +270,28 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
                     "seconds": time.time() - t0,
                 }
             )
-            improved = val_loss < best_loss
+            improved = stopping.step(val_loss)
+            history[-1]["val_loss_smoothed"] = stopping.smoothed
             if improved:
-                best_loss, stale = val_loss, 0
-                save(best_path, val_loss=val_loss, val_acc=val_acc)
-            else:
-                stale += 1
+                save(best_path, validated, val_loss=val_loss, val_acc=val_acc)
             save(
                 last_path,
+                model,
+                average_state=None if average is None else average.state_dict(),
                 optimizer_state=optimizer.state_dict(),
                 torch_rng=torch.get_rng_state(),
                 history=history,
-                best_loss=best_loss,
-                stale=stale,
+                best_loss=stopping.best,
+                stale=stopping.stale,
             )
             print(
                 f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
                 f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)",
                 flush=True,
             )
-            if stale >= cfg.patience:
-                print(f"[train] early stop: no better validation loss for {cfg.patience} epochs")
+            if stopping.stop:
+                smoothed = {"averaged": " of the averaged weights", "smoothed": " (smoothed)"}.get(cfg.stopping, "")
+                print(f"[train] early stop: no better validation loss{smoothed} for {cfg.patience} epochs")
                 break
     except KeyboardInterrupt:
         with deferred_interrupts():  # a second Ctrl-C must not cut the summary being saved
@@ -280,10 +306,10 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
         save_summary(cfg, history)
         raise
     save_summary(cfg, history)
-    best = min(history, key=lambda h: h["val_loss"])
+    best = min(history, key=lambda h: h[kept_loss_column(h)])
     print(
-        f"[train] best validation loss {best['val_loss']:.4f} (accuracy {best['val_acc']:.3f}) at epoch "
-        f"{best['epoch']}, saved to {best_path}"
+        f"[train] best validation loss {best['val_loss']:.4f} (smoothed {best[kept_loss_column(best)]:.4f}, "
+        f"accuracy {best['val_acc']:.3f}) at epoch {best['epoch']}, saved to {best_path}"
     )
     return history
 
@@ -297,7 +323,7 @@ def main(argv=None):
     split = splitting.read_or_draw_split(cfg)
     split_digest = splitting.split_digest(cfg)
     model = backbone.build_model(cfg, len(cfg.seen_classes))
-    trunk_weights = backbone.describe_weights(cfg.backbone_weights, cfg.seed)
+    trunk_weights = backbone.describe_weights(cfg.backbone_weights)
     print(f"[trunk weights] {trunk_weights}")
     backbone.print_model_summary(model, cfg.image_size)
     model.to(device)
@@ -306,7 +332,7 @@ def main(argv=None):
     data = trunk_cache.prepare(cfg, device, split, model, trunk_weights, run.trunk_dtype)
     if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
         set_previous_run_aside(cfg)
-    if run.stale >= cfg.patience or run.first_epoch > cfg.epochs:
+    if (run.stopping_state or {}).get("stale", 0) >= cfg.patience or run.first_epoch > cfg.epochs:
         print("[resume] that run had already finished; nothing to do.")
         return run.history
     return fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)

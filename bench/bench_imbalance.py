@@ -6,8 +6,8 @@ seen classes keep 800, 400, 200, 100, 50 and 25 images (a 32-fold span, as FlowC
 magnitude), two unseen classes 20 each. Trains and evaluates once with class_weighting="none" and once with
 "balanced" on the same split, prints per-class recall and balanced accuracy, and writes
 results/imbalance.json under output_dir. With --repeats=N it does so for N seeds (seed, seed + 1, ...: each
-draws its own subset, split, initialisation and, offline, random trunk), since five test images of the rarest
-class make a single run's recall move in steps of 0.2.
+draws its own subset, split and initialisation; a random trunk is the same for all), since five test images of
+the rarest class make a single run's recall move in steps of 0.2.
 
     python bench/bench_imbalance.py                         # ndsb9 at 128 px, about 3 minutes on 2 cores
     python bench/bench_imbalance.py --repeats=3 --image_size=64   # and any setting of configfile.py

@@ -40,6 +40,7 @@ LABEL_STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's statuses of 
 NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # novelty_scores.py computes each
 ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # QuaPy's methods, lab/abundances.py
 AUDIT_MODELS = ("linear", "head")  # label_audit.py fits one per fold
+STOPPING_RULES = ("averaged", "smoothed", "raw")  # train.py's early stopping: head_training.STOPPING
 
 
 # --------------------------------------------------------------------------- config
@@ -261,6 +262,7 @@ RULES = {
     "lr": positive,
     "epochs": at_least(1),
     "patience": at_least(1),
+    "stopping": one_of(*STOPPING_RULES),
     "class_weighting": one_of("none", "balanced"),
     "seed": at_least(0),
     "device": a_device,

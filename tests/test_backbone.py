@@ -51,6 +51,21 @@ def test_random_trunk_is_reproducible_from_the_seed():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_a_random_trunk_is_the_same_whatever_the_seed_and_the_head_is_not(make_cfg):
+    """The seed varies the head (and the split), never a random trunk's features (issue 34); the default seed's
+    trunk is the one it always was."""
+    models = []
+    for seed in (1, 2):
+        cfg, _ = make_cfg(f"--seed={seed}")
+        torch.manual_seed(seed)  # as train.py seeds everything before building the model
+        models.append(backbone.build_model(cfg, 6))
+    trunks = [m.trunk.state_dict() for m in models]
+    assert all(torch.equal(trunks[0][k], trunks[1][k]) for k in trunks[0])
+    assert not torch.equal(models[0].classifier.weight, models[1].classifier.weight)
+    always = backbone.build_trunk(None, 42).state_dict()  # the trunk of seed 42 before the seed was fixed
+    assert all(torch.equal(always[k], trunks[0][k]) for k in always) and backbone.RANDOM_TRUNK_SEED == 42
+
+
 def _fake_imagenet_file(torch_home):
     """A state dict of the real architecture where torchvision looks for the downloaded weights."""
     weights = torchvision.models.EfficientNet_V2_S_Weights.IMAGENET1K_V1

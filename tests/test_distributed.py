@@ -229,7 +229,7 @@ def test_parts_assembled_in_rank_order_are_the_single_process_file(make_cfg):
     split = splitting.read_or_draw_split(cfg)
     rows = split[split["split"] == "val"].reset_index(drop=True).iloc[:5]
     paths = splitting.absolute_paths(cfg, rows["path"])
-    trunk = backbone.build_trunk(None, cfg.seed)
+    trunk = backbone.build_trunk(None, backbone.RANDOM_TRUNK_SEED)
     device = torch.device("cpu")
     single, _ = trunk_cache.trunk_features(cfg, trunk, rows, "val", "random", device, None)
     single_path = next(artifacts.out_path(cfg, "cache").glob("trunk_val_fp32_*[0-9a-f].npy"))

@@ -66,7 +66,7 @@ def test_stale_cleanup_deletes_only_this_splits_older_cache_files_of_one_precisi
 
 def test_trunk_features_are_cached_reused_and_equal_to_the_trunk(two_images, monkeypatch):
     cfg, rows, paths = two_images
-    trunk = backbone.build_trunk(None, cfg.seed)
+    trunk = backbone.build_trunk(None, backbone.RANDOM_TRUNK_SEED)
     device = torch.device("cpu")
     feats, ok = trunk_cache.trunk_features(cfg, trunk, rows, "train", "random", device, None)
     side = backbone.trunk_side(cfg.image_size)
