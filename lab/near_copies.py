@@ -56,6 +56,7 @@ PAIR_COLUMNS = [
     "shift_x",
 ]
 SIDE = CANVAS + 2 * MARGIN
+ANNOUNCE_FROM = 5000  # images: a search over more says when it starts (no silence over 10 s: DEVELOPERS.md)
 SAYS = ("near-copy thumbnails", "images")  # the progress line of the thumbnails' pass
 THUMBNAIL_CACHE = "near_copy_thumbnails.npz"  # under cache/: the split's, kept by any later run that fails
 
@@ -210,8 +211,10 @@ def coarse_candidates(pixels, sizes, classes=None):
 def indexed_candidates(pixels, sizes, classes=None):
     """(i, j, coarse similarity, {class: the index's statistics}) of the pairs the index proposes within each class
     (lab/near_copy_index.py): a subset of coarse_candidates', at most K_CONFIRM per image."""
-    sizes, grids, found, stats = np.asarray(sizes), coarse_grids(pixels), [], {}
     parts = _classes(len(pixels), classes)
+    if len(pixels) > ANNOUNCE_FROM:
+        print(f"[near-copy index] {len(parts)} classes: coarse grids of {len(pixels)} thumbnails, then each class")
+    sizes, grids, found, stats = np.asarray(sizes), coarse_grids(pixels), [], {}
     for c, idx in progress.progress(parts, len(parts), "near-copy index", "classes"):
         a, b, similarity, stats[str(c)] = near_copy_index.class_candidates(
             pixels[idx], sizes[idx], SIZE_SLACK, COARSE_MIN, functools.partial(pair_similarity, grids[idx])
@@ -272,6 +275,8 @@ def search(cfg, files):
     root = artifacts.resolve(cfg.data_root)
     paths = [(p, c) for c in cfg.seen_classes + cfg.unseen_classes for p in files[c]]
     abs_paths = [str(root / p) for p, _ in paths]
+    if len(paths) > ANNOUNCE_FROM:  # a long search says that it started: its stages' progress lines come later
+        print(f"[near-copies] searching {len(paths)} images: thumbnails, then an index per class, then the pairs")
     pixels, sizes = thumbnails(cfg, abs_paths)
     (i, j, texture, shape, noise, dy, dx), searched = find_pairs(abs_paths, pixels, sizes, [c for _, c in paths])
     component = groups(len(paths), i, j)
