@@ -240,6 +240,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
             ),
         )
 
+    epochs_saved = len(history)  # the epochs last.pth holds: an interrupt between two saves leaves the summary at them
     try:
         for epoch in range(run.first_epoch, cfg.epochs + 1):
             t0 = time.time()
@@ -284,6 +285,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
                 best_loss=stopping.best,
                 stale=stopping.stale,
             )
+            epochs_saved = len(history)
             print(
                 f"epoch {epoch:3d}  train loss {train_loss:.4f} acc {train_acc:.3f}  |  val loss {val_loss:.4f} "
                 f"acc {val_acc:.3f}  {'* saved best' if improved else ''}  ({time.time() - t0:.1f} s)",
@@ -295,7 +297,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
                 break
     except KeyboardInterrupt:
         with deferred_interrupts():  # a second Ctrl-C must not cut the summary being saved
-            save_summary(cfg, history)
+            save_summary(cfg, history[:epochs_saved])
         print(
             f"\nInterrupted during epoch {epoch}. {last_path} holds the state after the last finished epoch "
             f"and {best_path} the best model so far. Continue with `python train.py --resume=True`.",
