@@ -134,6 +134,16 @@ def novelty_ready(tiny_demo, tmp_path_factory):
 
 
 @pytest.fixture
+def novelty_ready_copy(novelty_ready, tmp_path):
+    """(cfg, argv) of a copy of novelty_ready's trained model folder (embeddings, thresholds), free to change."""
+    cfg, argv = novelty_ready
+    out = tmp_path / "out"
+    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
+    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
+    return config.load_config(argv), argv
+
+
+@pytest.fixture
 def make_cfg(tmp_path, tiny_demo):
     """make_cfg(*overrides) -> config on the tiny demo set, artifacts in this test's tmp folder."""
 

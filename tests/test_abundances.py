@@ -3,8 +3,6 @@ proportions of a synthetic classifier with a known confusion matrix, within thei
 count does not; the table adds up; the calibration reads the validation split and never a test image; a failed
 run leaves the previous files; the report's chart; the benchmark's measurement on arrays."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,14 +128,6 @@ def test_abundance_settings_are_validated(make_cfg):
 
 
 # --------------------------------------------------------------------------- with the lab's model
-@pytest.fixture
-def trained_copy(novelty_ready, tmp_path):
-    """(cfg, argv) of a copy of the session's trained model folder, free to change."""
-    cfg, argv = novelty_ready
-    out = tmp_path / "out"
-    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
-    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
-    return config.load_config(argv), argv
 
 
 def test_a_method_that_cannot_be_fitted_falls_back_to_pacc_and_says_so(synthetic, monkeypatch, capsys):
@@ -193,9 +183,9 @@ def test_quapy_refuses_calibration_sets_it_cannot_fit_by_the_errors_fit_errors_n
     assert {"acc", "emq_bcts", "emq_nbvs"} <= refused  # the refusals happen, and are of the kind caught
 
 
-def test_predict_writes_abundances_that_agree_with_its_counts(trained_copy, tiny_demo, capsys):
+def test_predict_writes_abundances_that_agree_with_its_counts(novelty_ready_copy, tiny_demo, capsys):
     """The validation images calibrate the table (the default abundance_calibration)."""
-    cfg, argv = trained_copy
+    cfg, argv = novelty_ready_copy
     sample = tiny_demo / "chainthin"
     counts = predict.main(argv + [f"--predict_dir={str(sample)!r}", "--abundance_bootstrap=20"])
     table = artifacts.read_csv(artifacts.out_path(cfg, "results", "abundances.csv"), ("class", "method"))
@@ -238,8 +228,8 @@ def scrambled_test_embeddings(monkeypatch):
     monkeypatch.setattr(embedding_files, "load_embeddings", scrambled)
 
 
-def test_the_calibration_reads_the_validation_split_and_never_a_test_image(trained_copy, monkeypatch):
-    cfg, _ = trained_copy
+def test_the_calibration_reads_the_validation_split_and_never_a_test_image(novelty_ready_copy, monkeypatch):
+    cfg, _ = novelty_ready_copy
     trained, inputs = calibration_inputs(cfg)
     read = []
     original = embedding_files.load_embeddings
@@ -262,13 +252,13 @@ def test_the_calibration_reads_the_validation_split_and_never_a_test_image(train
     assert (again.probabilities == probabilities).all() and again.paths == paths
 
 
-def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outputs(trained_copy, monkeypatch):
+def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outputs(novelty_ready_copy, monkeypatch):
     """abundance_calibration="out_of_fold": audit.py's heads (audit_model="head") never trained on a test image
     (tests/test_audit.py); the calibration takes their outputs of the training and validation images only, as the
     audit wrote them. No audit, a stale one or the linear model's names audit.py: never a silent fallback."""
     import audit
 
-    cfg, argv = trained_copy
+    cfg, argv = novelty_ready_copy
     trained, inputs = calibration_inputs(cfg)
     with pytest.raises(lab.LabError, match="Run `python audit.py --audit_model=head`"):
         abundance_inputs.calibration_from_artifacts(*inputs, "out_of_fold")
@@ -310,7 +300,7 @@ def test_the_out_of_fold_calibration_is_the_audits_training_and_validation_outpu
 
 @pytest.mark.slow  # three audits (one of them the head's) and a prediction: 6 s, kept out of make test-fast
 def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_it_once_replaced(
-    trained_copy, tiny_demo, monkeypatch
+    novelty_ready_copy, tiny_demo, monkeypatch
 ):
     """predict.py refuses abundance_calibration='out_of_fold' with a linear audit before its trunk pass (nothing to
     wait for); with the head's audit it calibrates on it; once audit.py has run again with another model, the
@@ -320,7 +310,7 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
 
     import audit
 
-    cfg, argv = trained_copy
+    cfg, argv = novelty_ready_copy
     sample = argv + [
         f"--predict_dir={str(tiny_demo / 'chainthin')!r}",
         "--abundance_bootstrap=20",
@@ -349,8 +339,8 @@ def test_an_out_of_fold_calibration_needs_the_heads_audit_and_the_report_drops_i
     assert "no complete audit" in report_optional.abundances_part(cfg, results, run)[0]
 
 
-def test_a_failed_run_leaves_the_previous_abundances_and_counts(trained_copy, tiny_demo, monkeypatch):
-    cfg, argv = trained_copy
+def test_a_failed_run_leaves_the_previous_abundances_and_counts(novelty_ready_copy, tiny_demo, monkeypatch):
+    cfg, argv = novelty_ready_copy
     predict.main(argv + [f"--predict_dir={str(tiny_demo / 'chainthin')!r}", "--abundance_bootstrap=20"])
     kept = {
         name: artifacts.out_path(cfg, "results", name).read_bytes()

@@ -151,8 +151,8 @@ def results(cfg, name, text=("sample", "class", "path", "note", "predicted", "im
     return artifacts.read_csv(artifacts.out_path(cfg, "results", name), text)
 
 
-def test_a_cruise_in_one_run(trained_copy, cruise, monkeypatch):
-    cfg, argv = trained_copy
+def test_a_cruise_in_one_run(novelty_ready_copy, cruise, monkeypatch):
+    cfg, argv = novelty_ready_copy
     root, metadata = cruise
     through_trunk, loads, fits = [], [], []
     real_outputs, real_load, real_fits = trunk_cache.image_outputs, checkpoint.load_trained, abundances.Fits.__init__
@@ -217,10 +217,10 @@ def test_a_cruise_in_one_run(trained_copy, cruise, monkeypatch):
     assert not written & {"st01", "st02", "empty", "broken", "ghost", NOT_UTF8}
 
 
-def test_each_sample_is_its_images_through_the_runs_one_calibration(trained_copy, cruise, monkeypatch):
+def test_each_sample_is_its_images_through_the_runs_one_calibration(novelty_ready_copy, cruise, monkeypatch):
     """The brute-force reference: a sample's table equals abundance_frame on its own images alone, with the run's
     calibration and the sample's own bootstrap stream; samples named `..` and `a/b` (a table) write no file."""
-    cfg, argv = trained_copy
+    cfg, argv = novelty_ready_copy
     root, _ = cruise
     kept = []
     real_fits = abundances.Fits.__init__
@@ -256,8 +256,8 @@ def test_each_sample_is_its_images_through_the_runs_one_calibration(trained_copy
         pd.testing.assert_frame_equal(got, expected.astype(got.dtypes.to_dict()), check_exact=False, rtol=1e-9)
 
 
-def test_a_cruise_resumed_after_a_crash_equals_an_uninterrupted_run(trained_copy, cruise, monkeypatch):
-    cfg, argv = trained_copy
+def test_a_cruise_resumed_after_a_crash_equals_an_uninterrupted_run(novelty_ready_copy, cruise, monkeypatch):
+    cfg, argv = novelty_ready_copy
     root, metadata = cruise
     monkeypatch.setattr(predict, "CHUNK", 3)  # 10 image files: 4 chunks
     real_run_trunk, calls = trunk_cache.run_trunk, []
@@ -311,11 +311,3 @@ def predict_outputs():
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def trained_copy(novelty_ready, tmp_path):
-    """(cfg, argv) of a copy of the session's trained model folder, free to change."""
-    cfg, argv = novelty_ready
-    out = tmp_path / "out"
-    shutil.copytree(artifacts.resolve(cfg.output_dir), out)
-    argv = [a for a in argv if not a.startswith("--output_dir=")] + [f"--output_dir={str(out)!r}"]
-    return config.load_config(argv), argv
