@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, config, embedding_files, image_io, manifest, plotting, runtime
+from lab import artifacts, class_matrices, config, embedding_files, image_io, manifest, plotting, runtime
 
 SPLITS = ("train", "test", "unseen")
 PREDICT = "predict"  # the split of embeddings_predict.pkl, made by predict.py
@@ -142,7 +142,7 @@ class Prefixed(io.TextIOBase):
         return len(text)
 
 
-LEGEND_IN_PANEL_UP_TO = 20  # classes: up to this many each panel has its legend, as always; past it, numbers
+LEGEND_IN_PANEL_UP_TO = class_matrices.NUMBERED_UP_TO  # classes: a legend in each panel up to this many
 
 
 def class_colours(seen, unseen):

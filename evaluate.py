@@ -30,7 +30,7 @@ from scipy.special import softmax
 from lab import artifacts, cached_features, checkpoint, class_matrices, config, manifest, plotting, runtime, trunk_cache
 from lab import operating_points as op
 
-MIN_SUPPORT_TO_RANK = 5  # test images: a class with fewer is never ranked among the worst (one error is 20 points)
+MIN_SUPPORT_TO_RANK = class_matrices.MIN_SUPPORT_TO_RANK
 WORST_SHOWN = 10  # classes printed past class_matrices.NUMBERED_UP_TO classes
 CATCH_ALL = re.compile(r"(^|[^a-z])(artifacts?|artefacts?|detritus|unknown|junk|bubbles?|badfocus|blurry)([^a-z]|$)")
 

@@ -8,7 +8,9 @@ Reads and writes nothing: the scripts hand in matrices and an Axes.
 
 import numpy as np
 
-NUMBERED_UP_TO = 20  # classes: up to this many, every cell is numbered and the order is the classes' own
+NUMBERED_UP_TO = 20  # classes: up to this many, every cell is numbered and the order is the classes' own; past it,
+# every output's layout for many classes (the report's tables and galleries, the static map's legend) too
+MIN_SUPPORT_TO_RANK = 5  # test images: a class with fewer is never ranked among the worst (one error is 20 points)
 INCHES_PER_CLASS = 0.7  # up to NUMBERED_UP_TO classes (room for a number in each cell)
 INCHES_PER_CLASS_LARGE = 0.25  # past it: room for an 8-pt class name per row
 MAX_MATRIX_INCHES = 26.0  # the matrix's side at most: with names, colour bar and title, under MAX_SIDE_PX at 110 dpi

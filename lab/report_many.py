@@ -12,10 +12,10 @@ import io
 
 import pandas as pd
 
-from lab import artifacts, report_tables
+from lab import artifacts, class_matrices, report_tables
 
-MANY = 20  # classes: past this many, the layout for many classes
-MIN_SUPPORT_TO_RANK = 5  # test images: a class with fewer is listed after the ranked ones, never among the worst
+MANY = class_matrices.NUMBERED_UP_TO  # classes: past this many, the layout for many classes (as the figures')
+MIN_SUPPORT_TO_RANK = class_matrices.MIN_SUPPORT_TO_RANK  # a class with fewer test images follows the ranked ones
 GALLERY_JPEG_QUALITY = 70
 GALLERY_MAX_SIDE = 800  # px: a picked gallery is read one at a time on a screen; 110 of them keep the page < 25 MB
 # Sorting a table by a click on its header, in the page itself (no network): numbers as numbers, text as text.
