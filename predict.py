@@ -362,7 +362,14 @@ def main(argv=None):
     audit = abundance_inputs.out_of_fold_audit(cfg, digest) if cfg.abundance_calibration == "out_of_fold" else None
     dtype = trained.trunk_dtype
     if cruise:
-        print(f"[predict] a cruise of {plural(len(cruise.samples), 'sample')} ({cruise.source})")
+        empty = len(cruise.empty)
+        with_images = len(cruise.samples) - empty
+        # the per-sample progress below counts only samples with image files: say so here, so that "sample 1/2" of
+        # a cruise of 3 does not read as a miscount
+        print(
+            f"[predict] a cruise of {plural(len(cruise.samples), 'sample')} ({cruise.source})"
+            + (f"; {with_images} with image files, {empty} without (named at the end)" if empty else "")
+        )
     done = samples.SampleProgress(cruise.sample_of).reached if cruise else None
     abs_paths = [str(folder / p) for p in images]
     chunk_files = run_chunks(cfg, model, device, dtype, digest, ckpt["weights"], abs_paths, done)

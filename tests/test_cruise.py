@@ -151,7 +151,7 @@ def results(cfg, name, text=("sample", "class", "path", "note", "predicted", "im
     return artifacts.read_csv(artifacts.out_path(cfg, "results", name), text)
 
 
-def test_a_cruise_in_one_run(novelty_ready_copy, cruise, monkeypatch):
+def test_a_cruise_in_one_run(novelty_ready_copy, cruise, monkeypatch, capsys):
     cfg, argv = novelty_ready_copy
     root, metadata = cruise
     through_trunk, loads, fits = [], [], []
@@ -165,7 +165,12 @@ def test_a_cruise_in_one_run(novelty_ready_copy, cruise, monkeypatch):
     monkeypatch.setattr(abundances.Fits, "__init__", lambda self, *a: (fits.append(1), real_fits(self, *a))[1])
     evaluate.main(argv)  # operating_points.csv: the accepted and to_review counts
     through_trunk.clear(), loads.clear()
+    capsys.readouterr()
     predict_cruise(argv, root, metadata, "--abundance_bootstrap=20", "--ecotaxa=True")
+    said = capsys.readouterr().out
+    # the header counts the samples the per-sample progress will count ("sample i/4"), and the one without images
+    assert "a cruise of 5 samples (" in said and "; 4 with image files, 1 without (named at the end)" in said
+    assert "[predict] sample 4/4 " in said and "sample 5/" not in said
 
     # one model load, one trunk pass (every image of a sample once, nothing else), one calibration
     assigned = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.parent != root)
