@@ -37,6 +37,7 @@ from lab import (
     label_audit,
     manifest,
     plotting,
+    progress,
     runtime,
     splitting,
     trunk_cache,
@@ -153,7 +154,8 @@ def main(argv=None):
     issues = label_audit.audit_labels(
         trained.model, data, ckpt["classes"], training, cfg.audit_folds, trained.device, audit_model=cfg.audit_model
     )
-    with manifest.OutputSet(cfg, "audit") as out:  # the three files together, or the previous three
+    print(f"[audit] writing label_issues.csv ({len(issues)} rows x {issues.shape[1]} columns), the EcoTaxa table")
+    with manifest.OutputSet(cfg, "audit") as out, progress.heartbeat("audit: writing"):  # the three files, or none
         out.save_csv("results", "label_issues.csv", issues)
         out.write(
             "results",

@@ -41,7 +41,7 @@ def main(argv=None):
     frames = {}
     for name in SPLITS:
         names = ckpt["classes"] if name != "unseen" else cfg.unseen_classes
-        vectors = cached_features.head_outputs(model, data[name], device, cfg.batch_size)[1]
+        vectors = cached_features.head_outputs(model, data[name], device, cfg.batch_size, desc=f"embed {name}")[1]
         frames[name] = embedding_files.embedding_frame(cfg, data[name].rows, vectors, names)
     meta = {
         "checkpoint": str(artifacts.out_path(cfg, "checkpoints", "best.pth")),

@@ -37,10 +37,13 @@ from lab import (
 def build(cfg, explicit_root=None):
     """The page: sections 1 to 7, then the optional ones (numbered on from 8), around the interactive map."""
     run = report_run.the_run(cfg, explicit_root)
+    print("[report] sections 1 to 4: data, training, test metrics, distances")
     results, figs = artifacts.out_path(cfg, "results"), artifacts.out_path(cfg, "figs")
     sections = report_sections
     before = sections.first_sections(cfg, results, figs, run) + [sections.distances_section(results, figs)]
+    print("[report] 5: the interactive map")
     intro, layout, static_map = sections.map_section(cfg, results, figs, run)
+    print("[report] 6 on: galleries, transfer learning and the optional sections")
     after = [static_map, sections.galleries_section(results, figs), sections.transfer_section(results, figs)]
     extra = report_optional.optional_sections(cfg, results, figs, run)
     after += [part.replace("<h2>", f"<h2>{8 + i}. ", 1) for i, part in enumerate(extra)]

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lab import progress
+
 
 class CachedSplit:
     """Trunk features (memory-mapped float16), labels and split.csv rows of the images that decoded,
@@ -80,11 +82,15 @@ class PooledSplit:
 
 
 @torch.no_grad()
-def head_outputs(model, data, device, batch_size):
-    """(logits, embeddings) as numpy arrays for every image of a CachedSplit, model in eval mode."""
+def head_outputs(model, data, device, batch_size, desc=None):
+    """(logits, embeddings) as numpy arrays for every image of a CachedSplit, model in eval mode; with desc, a
+    progress line every few seconds (lab/progress.py)."""
     model.eval()
     logits, embeddings = [], []
-    for x, _ in data.batches(batch_size):
+    batches = data.batches(batch_size)
+    if desc is not None:
+        batches = progress.progress(batches, -(-len(data) // batch_size), desc, unit="batches")
+    for x, _ in batches:
         out, emb = model.head(x.to(device))
         logits.append(out.float().cpu())
         embeddings.append(emb.float().cpu())

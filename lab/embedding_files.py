@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import lab
-from lab import artifacts, manifest, splitting
+from lab import artifacts, manifest, progress, splitting
 
 
 # --------------------------------------------------------------------------- embedding DataFrames
@@ -62,7 +62,8 @@ def save_embedding_set(cfg, frames, meta, meta_name=EMBEDDINGS_META, out=None):
     with out if own else contextlib.nullcontext():
         digests = {}
         for name, frame in frames.items():
-            digests[name] = manifest.digest(out.write("embeddings", f"embeddings_{name}.pkl", frame.to_pickle))
+            with progress.heartbeat(f"embed {name}: writing {len(frame)} rows"):
+                digests[name] = manifest.digest(out.write("embeddings", f"embeddings_{name}.pkl", frame.to_pickle))
             print(
                 f"[embed] {name}: {len(frame)} images x {len(embedding_columns(frame))} dims -> "
                 f"{artifacts.out_path(cfg, 'embeddings', f'embeddings_{name}.pkl')}"

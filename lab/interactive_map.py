@@ -17,7 +17,7 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-from lab import artifacts, image_io, plotting
+from lab import artifacts, image_io, plotting, progress
 
 THUMBNAIL_PX = 64
 THUMBNAIL_JPEG_QUALITY = 80  # 1.3-1.7 kB of base64 a thumbnail (demo, ndsb9 and FlowCam images)
@@ -137,7 +137,7 @@ def map_points(coords, test_predictions=None, predictions=None, issues=None):
     points["label"] = points["label"].fillna(NO_LABEL)
     points["prediction"] = [prediction_text(row) for row in points.to_dict("records")]
     points["file"] = [artifacts.printable(PurePath(str(p)).name) for p in points["path"]]  # shown: never raw bytes
-    points["thumbnail"] = [thumbnail_uri(p) for p in images]
+    points["thumbnail"] = [thumbnail_uri(p) for p in progress.progress(images, len(images), "map thumbnails", "images")]
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     order = points["split"].map(rank).fillna(len(rank)).to_numpy()
     return points.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)  # test drawn over train
@@ -349,10 +349,11 @@ def standalone_page(layout, title, style, before, after):
     from bokeh.resources import INLINE
     from jinja2 import Template
 
-    return file_html(
-        layout,
-        INLINE,
-        title,
-        template=Template(PAGE),
-        template_variables={"style": style, "before": before, "after": after},
-    )
+    with progress.heartbeat("page: bokeh writing the map's data"):
+        return file_html(
+            layout,
+            INLINE,
+            title,
+            template=Template(PAGE),
+            template_variables={"style": style, "before": before, "after": after},
+        )

@@ -37,7 +37,7 @@ import torch
 from scipy.special import softmax
 
 import lab
-from lab import cached_features, config, head_training, precision
+from lab import cached_features, config, head_training, precision, progress
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
 AUDIT_MODELS = config.AUDIT_MODELS  # the choices of audit_model, defined once in config.py
@@ -270,9 +270,8 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
 def pooled_features(data, batch_size=1024):
     """(images x channels * POOL_GRID**2) float32: each image's cached trunk features averaged over a POOL_GRID x
     POOL_GRID grid, read from the cache in batches (never the whole cache in memory)."""
-    parts = [
-        torch.nn.functional.adaptive_avg_pool2d(x, POOL_GRID).flatten(1).numpy() for x, _ in data.batches(batch_size)
-    ]
+    batches = progress.progress(data.batches(batch_size), -(-len(data) // batch_size), "audit features", "batches")
+    parts = [torch.nn.functional.adaptive_avg_pool2d(x, POOL_GRID).flatten(1).numpy() for x, _ in batches]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
@@ -306,7 +305,7 @@ def linear_out_of_fold_probabilities(features, labels, fold, class_weighting, n_
         if len(present) == 1:  # nothing to tell apart: certain of the one class it saw
             probabilities[np.ix_(held_out, present)] = 1.0
         else:
-            with one_blas_thread():
+            with one_blas_thread(), progress.heartbeat(f"audit fold {k + 1}/{folds}: fitting on {len(trained_on)}"):
                 model = fit_linear(features[trained_on], labels[trained_on], class_weighting)
                 probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(features[held_out])
         log(f"[audit] fold {k + 1}/{folds}: fitted on {len(trained_on)} images, scored {len(held_out)}")
@@ -327,5 +326,6 @@ def audit_labels(model, data, classes, training, folds, device, log=print, audit
         probabilities = out_of_fold_probabilities(model, data, fold, training, device, len(classes), log, trains)
     else:
         raise ValueError(f"audit_model={audit_model!r} is not one of {AUDIT_MODELS}")
-    quality, flagged, rank = rank_labels(labels, probabilities)
+    with progress.heartbeat("audit: cleanlab ranking the labels"):
+        quality, flagged, rank = rank_labels(labels, probabilities)
     return issue_table(rows, classes, probabilities, quality, flagged, rank, fold)

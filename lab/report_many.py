@@ -12,7 +12,7 @@ import io
 
 import pandas as pd
 
-from lab import artifacts, class_matrices, report_tables
+from lab import artifacts, class_matrices, progress, report_tables
 
 MANY = class_matrices.NUMBERED_UP_TO  # classes: past this many, the layout for many classes (as the figures')
 MIN_SUPPORT_TO_RANK = class_matrices.MIN_SUPPORT_TO_RANK  # a class with fewer test images follows the ranked ones
@@ -133,7 +133,7 @@ def jpeg_figure(path, caption, made_by, element_id, hidden):
 def gallery_picker(figs, tiles):
     """6. Galleries past MANY classes: a list to pick one class's gallery from, the first one shown."""
     options, figures = [], []
-    for i, (cls, set_name, figure) in enumerate(tiles):
+    for i, (cls, set_name, figure) in progress.progress(enumerate(tiles), len(tiles), "galleries", "figures"):
         element_id = f"gallery-{i}"
         options.append(f'<option value="{element_id}">{html.escape(f"{cls} ({set_name})")}</option>')
         figures.append(jpeg_figure(figs / figure, f"{cls} ({set_name})", "dimensionality_reduction.py", element_id, i))

@@ -261,3 +261,22 @@ def test_progress_speaks_in_a_log_at_most_every_few_seconds(monkeypatch):
     assert list(progress.progress(range(6), 6, "trunk train", unit="batches", stream=log)) == list(range(6))
     lines = log.getvalue().splitlines()
     assert lines == ["[trunk train] 2/6 batches, 6 s", "[trunk train] 4/6 batches, 12 s"]
+
+
+def test_heartbeat_speaks_while_a_silent_step_runs_and_not_after_it():
+    import io
+    import time
+
+    from lab import progress
+
+    log = io.StringIO()
+    with progress.heartbeat("audit fold 1/5", every=0.02, stream=log):
+        time.sleep(0.2)  # a step that says nothing of itself
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.startswith("[audit fold 1/5] still working, ") for line in lines)
+    time.sleep(0.1)
+    assert log.getvalue().splitlines() == lines  # the thread stopped with the step
+    quiet = io.StringIO()
+    with progress.heartbeat("fast", every=60, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""
