@@ -267,6 +267,11 @@ def main(argv=None):
         plot_confusion(matrix, classes, out.file("figs", "confusion_matrix.png"))
         out.publish(checkpoint=trained.digest, split=ckpt["split_digest"])
     print_per_class(metrics, table)
+    if cfg.accept_precision is not None:
+        print(
+            op.summary(points, (y_pred, probabilities.max(1), y_true))
+            + f" ({artifacts.out_path(cfg, 'results', op.FILE)})"
+        )
     print(f"Accuracy of the network on the {metrics['n_test']} test images: {100 * metrics['accuracy']:.2f} %")
     print(f"Balanced accuracy {100 * metrics['balanced_accuracy']:.2f} %, macro F1 {metrics['macro_f1']:.4f}")
     if taxa_only:

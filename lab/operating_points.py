@@ -186,6 +186,24 @@ def operating_points(classes, calibration, test, target, confidence, checkpoint_
     return table[list(COLUMNS)]
 
 
+def summary(table, test):
+    """One line for evaluate.py's print-out: how many classes are accepted on their own bound, pooled or not at all,
+    and on the test split (predicted class index, its probability, true class index) the share of its images
+    accepted under their right class (coverage) and the precision of everything accepted."""
+    predicted, probability, labels = (np.asarray(a) for a in test)
+    accepted = accept(predicted, probability, table["threshold"].to_numpy(float))
+    right = accepted & (predicted == labels)
+    scopes = table["scope"].value_counts()
+    precision = f"{right.sum() / accepted.sum():.3f}" if accepted.any() else "none accepted"
+    target, confidence = float(table["accept_precision"].iloc[0]), float(table["accept_confidence"].iloc[0])
+    return (
+        f"[operating points] precision >= {target:g} at confidence {confidence:g}: {int(scopes.get('class', 0))} "
+        f"classes on their own bound, {int(scopes.get('pooled', 0))} pooled, {int(scopes.get('none', 0))} never "
+        f"accepted; on the test split {right.sum()} of {len(labels)} images accepted under their right class "
+        f"(coverage {right.sum() / max(len(labels), 1):.3f}), precision of the accepted {precision}"
+    )
+
+
 # --------------------------------------------------------------------------- predict.py's side
 def command(cfg):
     return f"python {MADE_BY}" + (f" --output_dir={cfg.output_dir}" if str(cfg.output_dir) != "." else "")

@@ -10,22 +10,49 @@ import time
 from tqdm import tqdm
 
 LOG_EVERY_S = 5.0  # in a log: one line per this many seconds at most; no step stays silent for longer
+WATCH_EVERY_S = 1.0  # a loop's watcher looks this often; it speaks after LOG_EVERY_S + this without a line
 
 
 def progress(iterable, total, desc, unit="items", stream=None):
-    """Iterate over iterable, showing how far it got: tqdm where stdout is a terminal, lines otherwise."""
+    """Iterate over iterable, showing how far it got: tqdm where stdout is a terminal, lines otherwise. In a log, a
+    watcher thread also speaks when one item takes longer than LOG_EVERY_S (a large class, a slow file), so the loop
+    is never silent for longer, however uneven its items."""
     stream = stream or sys.stdout
     if stream.isatty():
         yield from tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=stream)
         return
     started = last = time.perf_counter()
-    for done, item in enumerate(iterable, 1):
-        yield item
-        now = time.perf_counter()
-        if now - last >= LOG_EVERY_S and done < total:
-            stream.write(f"[{desc}] {done}/{total} {unit}, {now - started:.0f} s\n")
+    state = {"done": 0, "said": time.monotonic(), "watcher_spoke": False}
+    lock, stop = threading.Lock(), threading.Event()
+
+    def say(text):
+        with lock:
+            stream.write(text + "\n")
             stream.flush()
-            last = now
+            state["said"] = time.monotonic()
+
+    def watch():  # its own clock (monotonic): the loop's lines keep theirs
+        while not stop.wait(WATCH_EVERY_S):
+            quiet = time.monotonic() - state["said"]
+            if quiet >= LOG_EVERY_S + WATCH_EVERY_S:  # later than the loop's own line would have come
+                say(f"[{desc}] {state['done']}/{total} {unit}, the next one still running ({quiet:.0f} s)")
+                state["watcher_spoke"] = True
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for done, item in enumerate(iterable, 1):
+            yield item
+            state["done"] = done
+            now = time.perf_counter()
+            if state["watcher_spoke"]:  # it just spoke: the loop's next line comes LOG_EVERY_S after it
+                state["watcher_spoke"], last = False, now
+            elif now - last >= LOG_EVERY_S and done < total:
+                say(f"[{desc}] {done}/{total} {unit}, {now - started:.0f} s")
+                last = now
+    finally:
+        stop.set()
+        watcher.join()
 
 
 @contextlib.contextmanager

@@ -95,3 +95,42 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     for by_size in saved["scale"].values():
         assert len(by_size) == 2 and all(m["cpu_seconds"] > 0 and m["peak_rss_mb"] > 100 for m in by_size.values())
     assert set(saved["pipeline"]) == {"split", "train", "evaluate", "embed"}  # not the whole pipeline
+
+
+def test_operating_points_benchmark_measures_every_rule_on_a_trained_folder(novelty_ready, tmp_path):
+    """bench_operating_points.py at tiny sizes on the tiny demo's trained model: it reads the folder, fits on halves
+    and writes its JSON, with every rule and setting, the labelled images of val + test, coverage per class."""
+    import pandas as pd
+
+    from bench import bench_operating_points
+    from lab import artifacts
+
+    cfg, argv = novelty_ready
+    trained = artifacts.resolve(cfg.output_dir)
+    rest = [a for a in argv if not a.startswith("--output_dir=")]
+    bench_operating_points.main(
+        [
+            *rest,
+            f"--trained_dir={str(trained)!r}",
+            f"--output_dir={str(tmp_path)!r}",
+            "--redraws=3",
+            "--samples=2",
+            "--sample_size=20",
+        ]
+    )
+    saved = json.loads((tmp_path / "results" / "operating_points_benchmark.json").read_text())
+    assert saved["redraws"] == 3 and set(saved["summary"]) == set(bench_operating_points.RULES)
+    split = pd.read_csv(trained / "results" / "split.csv")
+    labelled = split[split["label"].isin(cfg.seen_classes) & split["split"].isin(["val", "test"])]
+    assert saved["labelled_images"] == len(labelled) and 0 <= saved["accuracy"] <= 1
+    for rule, summary in saved["summary"].items():
+        assert set(summary) >= {"plain", "prior_shift", "unseen_mixed_in", "coverage_per_class", "scope_shares"}
+        coverage = [c for c in summary["coverage_per_class"] if c == c]  # NaN: no image of the class in a half
+        assert len(summary["coverage_per_class"]) == len(cfg.seen_classes)
+        assert all(0 <= c <= 1 for c in coverage), rule
+        assert sum(summary["scope_shares"].values()) == pytest.approx(1.0)
+        for setting in ("plain", "prior_shift", "unseen_mixed_in"):
+            r = summary[setting]
+            assert r["groups_with_acceptances"] == 0 or 0 <= r["shortfall"] <= 1 <= r["groups_with_acceptances"]
+    # the tiny demo has a handful of validation images a class: the certified rule can certify nothing
+    assert saved["summary"]["certified"]["scope_shares"] == {"none": 1.0}

@@ -280,3 +280,25 @@ def test_heartbeat_speaks_while_a_silent_step_runs_and_not_after_it():
     with progress.heartbeat("fast", every=60, stream=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_progress_speaks_in_a_log_while_one_item_takes_long(monkeypatch):
+    import io
+    import time
+
+    from lab import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.1)
+    monkeypatch.setattr(progress, "WATCH_EVERY_S", 0.02)
+
+    def items():
+        yield "quick"
+        time.sleep(0.5)  # the second item is slow: the loop cannot speak until it comes
+        yield "slow"
+
+    log = io.StringIO()
+    assert list(progress.progress(items(), 2, "near-copy index", unit="classes", stream=log)) == ["quick", "slow"]
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.startswith("[near-copy index] 1/2 classes, the next one still running") for line in lines)
+    time.sleep(0.1)
+    assert log.getvalue().splitlines() == lines  # the watcher stopped with the loop

@@ -123,6 +123,14 @@ def test_the_test_columns_are_measured_and_never_fitted():
         else:
             assert row["test_precision"] == pytest.approx(sum(right) / sum(accepted))
         assert row["test_coverage"] == pytest.approx(sum(right) / sum(labels == i))
+    # evaluate.py's summary line: the scopes counted, and the whole test split's coverage and precision, image by image
+    accepted = [q >= two["threshold"].iloc[p] for p, q in zip(predicted, probability)]
+    right = [a and p == t for a, p, t in zip(accepted, predicted, labels)]
+    line = op.summary(two, other_test)
+    scopes = two["scope"].value_counts()
+    assert f"{scopes.get('class', 0)} classes on their own bound, {scopes.get('pooled', 0)} pooled" in line
+    assert f"{sum(right)} of 300 images accepted under their right class (coverage {sum(right) / 300:.3f})" in line
+    assert line.endswith(f"precision of the accepted {sum(right) / sum(accepted):.3f}")
 
 
 def own_copy(novelty_ready, tmp_path):
@@ -134,7 +142,7 @@ def own_copy(novelty_ready, tmp_path):
     return evaluate.config.load_config(argv), argv
 
 
-def test_evaluate_fits_on_the_validation_split_only(novelty_ready, tmp_path, monkeypatch):
+def test_evaluate_fits_on_the_validation_split_only(novelty_ready, tmp_path, monkeypatch, capsys):
     cfg, argv = own_copy(novelty_ready, tmp_path)
     out = tmp_path / "out"
     seen = {}
@@ -156,6 +164,7 @@ def test_evaluate_fits_on_the_validation_split_only(novelty_ready, tmp_path, mon
     assert table["calibration_images"].sum() == seen["calibration_images"]
     # the tiny demo has a handful of validation images: nothing can be certified, which the table says
     assert (table["scope"] == "none").all() and table["threshold"].isna().all()
+    assert f"0 classes on their own bound, 0 pooled, {len(cfg.seen_classes)} never accepted" in capsys.readouterr().out
     assert (
         "results/operating_points.csv"
         in artifacts.read_json(out / "results" / "evaluate_manifest.json", "x")["outputs"]
