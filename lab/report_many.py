@@ -121,7 +121,7 @@ def jpeg_figure(path, caption, made_by, element_id, hidden):
         image = image.convert("RGB")
         image.thumbnail((GALLERY_MAX_SIDE, GALLERY_MAX_SIDE), Image.Resampling.LANCZOS)  # never enlarged
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=GALLERY_JPEG_QUALITY)
+        image.save(buffer, format="JPEG", quality=GALLERY_JPEG_QUALITY, optimize=True)  # the same pixels, fewer bytes
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     style = ' style="display:none"' if hidden else ""
     return (

@@ -162,9 +162,12 @@ def test_a_110_class_map_has_distinct_colours_and_stays_within_the_size_bound(tm
 
 @pytest.mark.slow
 def test_the_interactive_map_finds_one_class_among_110_in_chromium(chromium, tmp_path):
+    """The report's parts for many classes, in one page as report.py puts them: the map's class filter, the gallery
+    picker (one class's gallery shown at a time) and the per-class table sorted by a click."""
+    from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    from lab import interactive_map
+    from lab import interactive_map, report_many
 
     rng = np.random.default_rng(9)
     names = [f"taxon_{i:03d}" for i in range(110)]
@@ -183,7 +186,14 @@ def test_the_interactive_map_finds_one_class_among_110_in_chromium(chromium, tmp
         for _ in range(3)
     ]
     layout = interactive_map.build_map(pd.DataFrame(rows))
-    page_html = interactive_map.standalone_page(layout, "map", "", "", "")
+    tiles = []
+    for i, n in enumerate(names):
+        Image.new("RGB", (40, 30), (i, 255 - i, 128)).save(tmp_path / f"gallery_{n}.png")
+        tiles.append((n, "test", f"gallery_{n}.png"))
+    per_class = pd.DataFrame({"class": names, "f1": rng.uniform(size=110), "support": rng.integers(5, 50, 110)})
+    after = report_many.gallery_picker(tmp_path, tiles) + report_many.sortable_table(per_class, "per class")
+    after += report_many.SORT_SCRIPT
+    page_html = interactive_map.standalone_page(layout, "map", report_many.STYLE, "", after)
     (tmp_path / "map.html").write_text(page_html, encoding="utf-8")
     visible = """() => Bokeh.documents[0].get_model_by_name("embedding_map").renderers
         .filter((r) => r.name && r.name !== "hover_layer" && r.visible).map((r) => r.name)"""
@@ -202,6 +212,14 @@ def test_the_interactive_map_finds_one_class_among_110_in_chromium(chromium, tmp
             assert page.evaluate(visible) == [f"taxon_{i}" for i in range(100, 110)]
             box.fill("")
             page.wait_for_function(f"() => ({visible})().length === 110", timeout=10_000)
+            shown = """() => [...document.querySelectorAll(".gallery")].filter((g) => g.style.display !== "none")
+                .map((g) => g.querySelector("figcaption").innerText)"""
+            assert page.evaluate(shown) == ["taxon_000 (test)"]  # the first class's gallery, alone
+            page.select_option("select[onchange]", label="taxon_057 (test)")
+            assert page.evaluate(shown) == ["taxon_057 (test)"]
+            page.click("th:has-text('f1')")
+            first = page.evaluate("() => parseFloat(document.querySelector('tbody tr').cells[1].innerText)")
+            assert first == pytest.approx(per_class["f1"].min(), abs=1e-3)  # sorted by F1, lowest first
         finally:
             browser.close()
     assert not errors, errors

@@ -370,3 +370,19 @@ def test_the_tooltip_of_a_predicted_image_shows_its_novelty_score_and_flag(tiny_
     points = interactive_map.map_points(coords, None, predictions).set_index("file")
     assert "<b>possibly new</b>: novelty mahalanobis_knn = 2.5" in points.loc["img_0000.png", "prediction"]
     assert "not flagged as new: novelty mahalanobis_knn = -0.25" in points.loc["img_0001.png", "prediction"]
+
+
+def test_a_grey_thumbnail_is_stored_grey_and_a_colour_one_in_colour(tmp_path):
+    """Grey images (most plankton cameras) lose nothing stored as one channel; a colour image keeps its colours."""
+    rng = np.random.default_rng(2)
+    grey = np.add.outer(np.arange(80) * 3, np.arange(50) * 2).astype(np.uint8)  # smooth, as a particle's shading
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (80, 50, 3), dtype=np.uint8)).save(tmp_path / "colour.png")
+    decoded = {}
+    for name in ("grey", "colour"):
+        uri = interactive_map.thumbnail_uri(tmp_path / f"{name}.png")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
+            decoded[name] = (thumb.mode, thumb.size, np.asarray(thumb.convert("RGB"), dtype=float))
+    assert decoded["grey"][:2] == ("L", (64, 64)) and decoded["colour"][:2] == ("RGB", (64, 64))
+    reference = np.asarray(lab.image_io.letterbox(lab.image_io.load_rgb(tmp_path / "grey.png"), 64), dtype=float)
+    assert np.abs(decoded["grey"][2] - reference).mean() < 3  # the picture itself, up to JPEG's loss
