@@ -79,9 +79,9 @@ def ecotaxa_frame(issues, classes):
             "object_audit_rank": flagged["rank"].values.astype(int),
         }
     )
-    for c, name in ecotaxa.probability_columns(classes).items():
-        frame[name] = flagged[f"p_{c}"].values.astype(float)
-    return frame
+    names = ecotaxa.probability_columns(classes)  # at once: 100+ columns added one by one fragment the frame
+    probabilities = pd.DataFrame({name: flagged[f"p_{c}"].values.astype(float) for c, name in names.items()})
+    return pd.concat([frame, probabilities], axis=1)
 
 
 def plot_suspects(cfg, issues, path):

@@ -262,8 +262,8 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
             "fold": fold + 1,
         }
     )
-    for i, c in enumerate(classes):
-        frame[f"p_{c}"] = probabilities[:, i]
+    columns = pd.DataFrame(probabilities, columns=[f"p_{c}" for c in classes])  # at once: 100+ columns one by one
+    frame = pd.concat([frame, columns], axis=1)  # fragment the frame (pandas warns)
     return frame.sort_values("rank", kind="stable").reset_index(drop=True)
 
 
