@@ -3,6 +3,7 @@ a plain line at most every few seconds, so that no long step is silent. Reads an
 """
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -11,6 +12,17 @@ from tqdm import tqdm
 
 LOG_EVERY_S = 5.0  # in a log: one line per this many seconds at most; no step stays silent for longer
 WATCH_EVERY_S = 1.0  # a loop's watcher looks this often; it speaks after LOG_EVERY_S + this without a line
+# Every line of this module is written holding this lock, and a fork (a DataLoader starting its workers inside a
+# watched loop) waits for it: a child never starts with a watcher thread caught halfway through writing to stdout,
+# whose own lock it would then inherit held.
+_SAYING = threading.Lock()
+os.register_at_fork(before=_SAYING.acquire, after_in_parent=_SAYING.release, after_in_child=_SAYING.release)
+
+
+def _say(stream, text):
+    with _SAYING:
+        stream.write(text + "\n")
+        stream.flush()
 
 
 def progress(iterable, total, desc, unit="items", stream=None):
@@ -23,13 +35,11 @@ def progress(iterable, total, desc, unit="items", stream=None):
         return
     started = last = time.perf_counter()
     state = {"done": 0, "said": time.monotonic(), "watcher_spoke": False}
-    lock, stop = threading.Lock(), threading.Event()
+    stop = threading.Event()
 
     def say(text):
-        with lock:
-            stream.write(text + "\n")
-            stream.flush()
-            state["said"] = time.monotonic()
+        _say(stream, text)
+        state["said"] = time.monotonic()
 
     def watch():  # its own clock (monotonic): the loop's lines keep theirs
         while not stop.wait(WATCH_EVERY_S):
@@ -66,8 +76,7 @@ def heartbeat(desc, every=LOG_EVERY_S, stream=None):
 
     def beat():
         while not stop.wait(every):
-            stream.write(f"[{desc}] still working, {time.perf_counter() - started:.0f} s\n")
-            stream.flush()
+            _say(stream, f"[{desc}] still working, {time.perf_counter() - started:.0f} s")
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

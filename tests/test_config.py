@@ -302,3 +302,30 @@ def test_progress_speaks_in_a_log_while_one_item_takes_long(monkeypatch):
     assert lines and all(line.startswith("[near-copy index] 1/2 classes, the next one still running") for line in lines)
     time.sleep(0.1)
     assert log.getvalue().splitlines() == lines  # the watcher stopped with the loop
+
+
+@pytest.mark.slow
+def test_a_watched_loop_over_a_dataloader_with_workers_runs_and_speaks(monkeypatch, capfd):
+    """DataLoader workers are forked inside the watched loop (its first item): they start, deliver every batch, and the
+    watcher speaks while a slow batch is on its way."""
+    import time
+
+    import torch
+
+    from lab import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.1)
+    monkeypatch.setattr(progress, "WATCH_EVERY_S", 0.02)
+
+    class Slow(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            time.sleep(0.3)
+            return torch.tensor(i)
+
+    loader = torch.utils.data.DataLoader(Slow(), batch_size=1, num_workers=2)
+    got = [int(x) for x in progress.progress(loader, len(loader), "trunk test", unit="batches")]
+    assert got == [0, 1, 2, 3]
+    assert "[trunk test] " in capfd.readouterr().out
