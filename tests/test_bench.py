@@ -111,7 +111,7 @@ def test_operating_points_benchmark_measures_every_rule_on_a_trained_folder(nove
     bench_operating_points.main(
         [
             *rest,
-            f"--trained_dir={str(trained)!r}",
+            f"--trained_dir={trained}",  # a plain path, as on the command line (not a Python literal)
             f"--output_dir={str(tmp_path)!r}",
             "--redraws=3",
             "--samples=2",
