@@ -34,7 +34,8 @@ def progress(iterable, total, desc, unit="items", stream=None):
         yield from tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=stream)
         return
     started = last = time.perf_counter()
-    state = {"done": 0, "said": time.monotonic(), "watcher_spoke": False}
+    begun = time.monotonic()
+    state = {"done": 0, "said": begun, "item_at": begun, "watcher_spoke": False}
     stop = threading.Event()
 
     def say(text):
@@ -43,9 +44,10 @@ def progress(iterable, total, desc, unit="items", stream=None):
 
     def watch():  # its own clock (monotonic): the loop's lines keep theirs
         while not stop.wait(WATCH_EVERY_S):
-            quiet = time.monotonic() - state["said"]
-            if quiet >= LOG_EVERY_S + WATCH_EVERY_S:  # later than the loop's own line would have come
-                say(f"[{desc}] {state['done']}/{total} {unit}, the next one still running ({quiet:.0f} s)")
+            now = time.monotonic()
+            if now - state["said"] >= LOG_EVERY_S + WATCH_EVERY_S:  # later than the loop's own line would have come
+                running = now - state["item_at"]
+                say(f"[{desc}] {state['done']}/{total} {unit}, {now - begun:.0f} s; the next one for {running:.0f} s")
                 state["watcher_spoke"] = True
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -53,7 +55,7 @@ def progress(iterable, total, desc, unit="items", stream=None):
     try:
         for done, item in enumerate(iterable, 1):
             yield item
-            state["done"] = done
+            state["done"], state["item_at"] = done, time.monotonic()
             now = time.perf_counter()
             if state["watcher_spoke"]:  # it just spoke: the loop's next line comes LOG_EVERY_S after it
                 state["watcher_spoke"], last = False, now
