@@ -166,7 +166,7 @@ def measure(outputs, n_classes, target, confidence, redraws, samples, sample_siz
             "unseen_mixed_in": shortfall_summary(f["unseen"], target, confidence),
             "coverage_per_class": coverage.tolist(),
             "coverage_mean": float(np.nanmean(coverage)),
-            "scope_shares": {s: float((scopes == s).mean()) for s in np.unique(scopes)},
+            "scope_shares": {str(s): float((scopes == s).mean()) for s in np.unique(scopes)},
         }
     return summary
 
