@@ -3,7 +3,8 @@ lab's stages at FlowCamNet size.
 
 Reads a data root (default ../shared/data/ndsb9, the 5,665 real plankton images beside the repository) and runs
 the pipeline on it in a scratch folder (your own artifacts are not touched); the scale section writes synthetic
-files there too (bench/scale.py). Prints a table and writes results/benchmark.json under output_dir. The
+files there too (bench/scale.py). Prints a table and writes results/benchmark.json under output_dir, rewritten
+after each measurement, so a stopped run keeps the rows it measured (`finished` says whether it ran to the end). The
 machine's CPU features (AVX2, AVX512-BF16, AMX) are named, and each target is applied where it holds: a row
 reads met, MISSED (with its reason), n/a here (with the reason it does not apply) or info.
 
@@ -997,22 +998,37 @@ def configure(argv):
 
 def run(argv):
     quick, only, argv, base = configure(argv)
-    raw, rows = {"machine": common.machine(), "quick": quick, "argv": argv}, []
+    chosen = [name for name, _ in MEASUREMENTS if only is None or name in only]
+    raw = {"machine": common.machine(), "quick": quick, "argv": argv, "measurements": chosen, "finished": False}
+    raw["rows"], raw["seconds"] = [], {}
     print(f"[bench] machine: {raw['machine']}")
-    with tempfile.TemporaryDirectory(prefix="plankton-bench-") as scratch:
-        bench = Run(argv, quick, scratch)
-        raw["seconds"] = {}
-        for name, measure in MEASUREMENTS:
-            if only is None or name in only:
-                (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
-                rows += new_rows
-        output_lock.release_locks()
-    raw["rows"] = rows
-    artifacts.ensure_output_dirs(base, ("results",))
-    path = artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
-    print_table(rows, raw)
+    path = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="plankton-bench-") as scratch:
+            bench = Run(argv, quick, scratch)
+            for name, measure in MEASUREMENTS:
+                if name in chosen:
+                    (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
+                    raw["rows"] += new_rows
+                    path = save_rows(base, raw)  # a stopped run keeps every row measured so far
+            output_lock.release_locks()
+        raw["finished"] = True
+        path = save_rows(base, raw)
+    except BaseException:
+        if raw["rows"]:  # Ctrl-C or a failure: show what was measured before the error is reported
+            print_table(raw["rows"], raw)
+            print(f"\n[bench] stopped before the end: the {len(raw['rows'])} rows above are in {path}", flush=True)
+        raise
+    print_table(raw["rows"], raw)
     print(f"\nwritten to {path}")
     return raw
+
+
+def save_rows(base, raw):
+    """Rewrite results/benchmark.json whole (atomically) with the rows measured so far; `finished` says whether
+    every chosen measurement ran. The scratch runs release every lock they hold, so the folder is taken again."""
+    artifacts.ensure_output_dirs(base, ("results",))
+    return artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
 
 
 def print_table(rows, raw):

@@ -95,3 +95,33 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     for by_size in saved["scale"].values():
         assert len(by_size) == 2 and all(m["cpu_seconds"] > 0 and m["peak_rss_mb"] > 100 for m in by_size.values())
     assert set(saved["pipeline"]) == {"split", "train", "evaluate", "embed"}  # not the whole pipeline
+
+
+def test_a_stopped_benchmark_keeps_the_rows_measured_before_it_stopped(tmp_path, monkeypatch):
+    from bench import bench_pipeline, common
+
+    def first(run):
+        return {"value": 1}, [common.information("first row", "measured before the stop", 1.0, "x")]
+
+    def stopped(run):
+        raise KeyboardInterrupt  # Ctrl-C in the second measurement
+
+    monkeypatch.setattr(bench_pipeline, "MEASUREMENTS", (("first", first), ("stopped", stopped)))
+    argv = [
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        f"--data_root={str(tmp_path)!r}",
+        "--seen_classes=['a', 'b']",
+        "--unseen_classes=['c', 'd']",
+        "--backbone_weights=None",
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        bench_pipeline.main(argv)
+    saved = json.loads((tmp_path / "out" / "results" / "benchmark.json").read_text())
+    assert [row["what"] for row in saved["rows"]] == ["first row"]
+    assert saved["first"] == {"value": 1} and saved["finished"] is False
+    assert saved["measurements"] == ["first", "stopped"] and list(saved["seconds"]) == ["first"]
+
+    monkeypatch.setattr(bench_pipeline, "MEASUREMENTS", (("first", first),))
+    bench_pipeline.main(argv)  # a finished run says so
+    saved = json.loads((tmp_path / "out" / "results" / "benchmark.json").read_text())
+    assert saved["finished"] is True and [row["what"] for row in saved["rows"]] == ["first row"]
