@@ -31,11 +31,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import lab  # before torch: lab sets OpenMP's wait policy, which torch reads once, when it loads (lab/__init__.py)
+
+# isort: split
 import pandas as pd
 import torch
 
 import backbone
-import lab
 from lab import (
     artifacts,
     checkpoint,
