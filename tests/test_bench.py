@@ -8,6 +8,7 @@ import math
 import pytest
 from conftest import shared_dataset
 
+import lab
 from bench import scale, targets
 from lab import hardware, precision
 
@@ -64,6 +65,7 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
         "trunk pass accuracy",
         "trunk efficiency",
         "head training epoch",
+        "head under load",
         "data loading",
         "2-D map stage",
         "average distances",
@@ -125,3 +127,16 @@ def test_a_stopped_benchmark_keeps_the_rows_measured_before_it_stopped(tmp_path,
     bench_pipeline.main(argv)  # a finished run says so
     saved = json.loads((tmp_path / "out" / "results" / "benchmark.json").read_text())
     assert saved["finished"] is True and [row["what"] for row in saved["rows"]] == ["first row"]
+
+
+def test_headline_mode_runs_the_headline_rows_at_real_sizes_and_is_not_the_smoke_test(tmp_path):
+    from bench import bench_pipeline
+
+    own = [f"--data_root={str(tmp_path)!r}", "--seen_classes=['a', 'b']", "--unseen_classes=['c', 'd']"]
+    own += ["--backbone_weights=None"]
+    quick, only, _, _, headline = bench_pipeline.configure(["--headline", *own])
+    assert headline and not quick and only == bench_pipeline.HEADLINE
+    assert set(bench_pipeline.HEADLINE) <= {name for name, _ in bench_pipeline.MEASUREMENTS}
+    for other in ("--quick", "--only=trunk"):
+        with pytest.raises(lab.LabError, match="--headline"):
+            bench_pipeline.configure(["--headline", other, *own])
