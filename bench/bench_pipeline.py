@@ -638,7 +638,9 @@ def labs_setting(settings):
 @contextlib.contextmanager
 def busy_processes(n):
     """n processes each spinning a Python loop on a core (another job on a shared machine), killed when the block
-    ends, however it ends."""
+    ends, however it ends. They stay in the benchmark's session: where Linux groups processes by session for
+    fairness (autogroup), a job of another session would get the same share of the CPU as the benchmark's whole
+    session, whatever its nice value; in one session, the benchmark's threads and the load meet as equals."""
     procs = []
     try:
         for _ in range(n):
