@@ -41,7 +41,7 @@ test-fast: $(VENV)/.installed lint
 	$(PYTEST) -m "not slow" tests
 
 # The benchmark (docs/performance.md), at real sizes: `make bench` runs every measurement (about 25 minutes on 2
-# cores), `make bench-quick` the headline rows (pipeline, trunk pass, head epoch, head under load; about 4 minutes).
+# cores), `make bench-quick` the headline rows (pipeline, trunk pass, head epoch, head under load).
 # Both write results/benchmark.json row by row. Not to be confused with `bench/bench_pipeline.py --quick`: tiny
 # sizes, a smoke test of every measurement (the tests run it), whose figures mean nothing.
 bench: $(VENV)/.installed

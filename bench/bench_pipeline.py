@@ -1129,7 +1129,7 @@ MEASUREMENTS = (
     ("flowcamnet", measure_flowcamnet),
 )
 
-# make bench-quick (--headline): the rows a reader looks at first, at the full run's sizes, in about 4 minutes
+# make bench-quick (--headline): the rows a reader looks at first, at the full run's sizes
 HEADLINE = ("pipeline", "trunk", "head_training", "head_load")
 
 
