@@ -35,15 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import lab  # noqa: E402  (first: it sets OpenMP's wait policy, read once when torch loads)
-
-# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import audit  # noqa: E402
 import dataloader  # noqa: E402
 import evaluate  # noqa: E402
+import lab  # noqa: E402
 import run_pipeline  # noqa: E402
 import train  # noqa: E402
 from bench import common  # noqa: E402

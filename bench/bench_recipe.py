@@ -40,15 +40,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import lab  # noqa: E402  (first: it sets OpenMP's wait policy, read once when torch loads)
-
-# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score, f1_score  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import backbone  # noqa: E402
+import lab  # noqa: E402
 from bench import common  # noqa: E402
 from bench.bench_operating_points import ndsb112_classes  # noqa: E402
 from bench.bench_pipeline import NDSB9, NDSB9_SEEN, NDSB9_UNSEEN  # noqa: E402

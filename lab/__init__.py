@@ -10,19 +10,9 @@ progress lines (progress), torchrun (distributed), the CPU's bf16 (hardware), th
 data. Scripts import these modules, `backbone` and `configfile`, never another script; no module imports another in
 a circle, and every import points down the layers of docs/layout.md (tests/test_layout.py). This file holds only
 what every module shares, and imports none of them.
-
-It also sets one default of the process's environment, before torch can load: OMP_WAIT_POLICY=PASSIVE, so that
-torch's OpenMP threads sleep while they wait for work instead of spinning. Beside any other busy process, spinning
-threads take turns with it, and the head trained at a fraction of its idle speed (docs/performance.md, "The head
-under load"). libgomp reads the variable once, when torch loads: every script imports lab before torch for this
-(train.py and the benchmarks explicitly, the others through their first `from lab import`; tested). A value the
-user set is kept.
 """
 
-import os
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: every relative path hangs on it (tested)
 

@@ -91,71 +91,23 @@ def test_sensitive_tests_pass_on_a_cpu_held_to(setting):
     assert "passed" in summary and "skipped" not in summary, summary  # every sensitive test ran, none skipped
 
 
-# --------------------------------------------------------------------------- OpenMP's wait policy (issue 30)
-# A fresh process imports an entry point; at torch's first import (where libgomp loads and reads OMP_WAIT_POLICY,
-# once) it prints the variable as it stands, and stops: what torch's OpenMP will do is settled by then.
-WATCH_TORCH = """
-import os, sys
-sys.path.insert(0, {root!r})
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            print("at torch:", repr(os.environ.get("OMP_WAIT_POLICY")))
-            raise SystemExit(0)
-
-sys.meta_path.insert(0, Watch())
-import {module}
-print("no torch")
-"""
-
-
-def entry_points():
-    """Every script a user runs (a file at the top or in bench/ with `if __name__ == "__main__":`), as a module."""
-    files = sorted(lab.ROOT.glob("*.py")) + sorted((lab.ROOT / "bench").glob("*.py"))
-    return [
-        ".".join(path.relative_to(lab.ROOT).with_suffix("").parts)
-        for path in files
-        if 'if __name__ == "__main__":' in path.read_text()
-    ] + ["lab.demo_data"]
-
-
-def policy_at_torch(module, **environ):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | environ
-    result = subprocess.run(
-        [sys.executable, "-c", WATCH_TORCH.format(root=str(lab.ROOT), module=module)],
-        cwd=lab.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.mark.slow
-def test_every_entry_point_sets_openmps_passive_wait_before_torch_loads():
-    """Spinning OpenMP threads lose most of their speed beside any other busy process (docs/performance.md): every
-    script must import lab, which sets OMP_WAIT_POLICY, before anything loads torch."""
-    modules = entry_points()
-    assert {"train", "run_pipeline", "predict", "bench.bench_pipeline"} <= set(modules)
-    seen = {module: policy_at_torch(module) for module in modules}
-    assert {module: line for module, line in seen.items() if line not in ("at torch: 'PASSIVE'", "no torch")} == {}
-    assert seen["train"] == seen["embed"] == "at torch: 'PASSIVE'"
-
-
-@pytest.mark.slow
-def test_a_users_own_wait_policy_is_kept():
-    assert policy_at_torch("train", OMP_WAIT_POLICY="ACTIVE") == "at torch: 'ACTIVE'"
-    assert os.environ.get("OMP_WAIT_POLICY") is not None  # this process imported lab too: the default is set
-
-
+# --------------------------------------------------------------------------- the head's threads (issue 30)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_thread_setting_is_as_it_was_after_the_head_trains(threads, make_cfg):
-    """The head's training leaves torch's thread count as it found it (the stages after it in run_pipeline.py
-    compute as they do alone), as torch_threads_kept does for the map."""
+def test_the_head_trains_on_one_thread_and_gives_torch_its_thread_count_back(threads, make_cfg, monkeypatch):
+    """The head trains on one thread (docs/performance.md, "The head under load"), and leaves torch's thread count
+    as it found it (the stages after it in run_pipeline.py compute as they do alone), as torch_threads_kept does for
+    the map."""
     import train
+    from lab import head_training
 
+    seen = []
+    run_epoch = head_training.run_epoch
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(head_training, "run_epoch", counting)
     _, argv = make_cfg()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -164,3 +116,4 @@ def test_the_thread_setting_is_as_it_was_after_the_head_trains(threads, make_cfg
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+    assert seen and set(seen) == {head_training.HEAD_THREADS}
