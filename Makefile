@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench constraints clean-artifacts
+.PHONY: demo test test-fast lint bench bench-quick constraints clean-artifacts
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	@echo "make: installing the lab's packages into $(VENV) (torch, torchvision, umap-learn, bokeh, ... from"
@@ -40,8 +40,15 @@ test: $(VENV)/.installed lint
 test-fast: $(VENV)/.installed lint
 	$(PYTEST) -m "not slow" tests
 
+# The benchmark (docs/performance.md), at real sizes: `make bench` runs every measurement (about 25 minutes on 2
+# cores), `make bench-quick` the headline rows (pipeline, trunk pass, head epoch, head under load).
+# Both write results/benchmark.json row by row. Not to be confused with `bench/bench_pipeline.py --quick`: tiny
+# sizes, a smoke test of every measurement (the tests run it), whose figures mean nothing.
 bench: $(VENV)/.installed
 	$(PY) bench/bench_pipeline.py
+
+bench-quick: $(VENV)/.installed
+	$(PY) bench/bench_pipeline.py --headline
 
 # Re-resolve requirements.txt in a fresh environment and write the exact versions to constraints.txt; then run
 # `make test` and commit both files. Do it whenever a package is added to requirements.txt.

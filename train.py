@@ -337,7 +337,8 @@ def main(argv=None):
     if (run.stopping_state or {}).get("stale", 0) >= cfg.patience or run.first_epoch > cfg.epochs:
         print("[resume] that run had already finished; nothing to do.")
         return run.history
-    return fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
+    with head_training.head_threads():  # the head on its own thread count; torch's own after it
+        return fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ lab's stages at FlowCamNet size.
 
 Reads a data root (default ../shared/data/ndsb9, the 5,665 real plankton images beside the repository) and runs
 the pipeline on it in a scratch folder (your own artifacts are not touched); the scale section writes synthetic
-files there too (bench/scale.py). Prints a table and writes results/benchmark.json under output_dir. The
+files there too (bench/scale.py). Prints a table and writes results/benchmark.json under output_dir, rewritten
+after each measurement, so a stopped run keeps the rows it measured (`finished` says whether it ran to the end). The
 machine's CPU features (AVX2, AVX512-BF16, AMX) are named, and each target is applied where it holds: a row
 reads met, MISSED (with its reason), n/a here (with the reason it does not apply) or info.
 
     python bench/bench_pipeline.py                                   # ndsb9, about 25 minutes on 2 cores
     python bench/bench_pipeline.py --data_root=/data/imgs --seen_classes="[...]" --unseen_classes="[...]"
     python bench/bench_pipeline.py --only=map,head_precision         # some measurements (names: MEASUREMENTS)
+    python bench/bench_pipeline.py --headline                        # headline rows, real sizes (make bench-quick)
     python bench/bench_pipeline.py --quick                           # tiny sizes: a smoke test, not a benchmark
 """
 
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,6 +122,7 @@ class Run:
         self.argv = argv + [f"--output_dir={str(scratch)!r}"]
         self.pipeline_seconds = None
         self.measured = {}  # raw results of earlier measurements, for the extrapolation
+        self.headline = False  # make bench-quick: some measurements shorten themselves
 
     def run_stages(self, names):
         seconds = {}
@@ -489,7 +493,8 @@ def measure_head_training(run):
     def epoch():
         return head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head)
 
-    ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
+    with head_training.head_threads():  # as train.py trains it
+        ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
     original = legacy.original_training_steps(
         checkpoint.model_from_checkpoint(t.ckpt, t.cfg), t.paths, labels, t.cfg, t.device, run.sizes["original_batches"]
@@ -601,6 +606,166 @@ def measure_head_precision(run):
             TARGETS["head bf16 accuracy"].met(points),
             "points",
             "bf16 rounding changes what the head learns",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- 5b. the head under load
+LABS = " (the lab's)"
+
+
+def thread_settings():
+    """{name: OpenMP environment} of the alternatives, each fixed before torch loads in a fresh process: one
+    thread, and torch's own thread count with OpenMP's threads spinning while they wait (libgomp's default when
+    OMP_WAIT_POLICY is unset: None here) or asleep (passive)."""
+    cores = str(torch.get_num_threads())
+    return {
+        "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None},
+        f"{cores} threads, spinning": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": None},
+        f"{cores} threads, passive": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": "PASSIVE"},
+    }
+
+
+def labs_setting(settings):
+    """The name of the setting the lab's head trains with here (head_training.HEAD_THREADS threads, at most
+    torch's; OpenMP's wait policy as the user left it)."""
+    threads = min(head_training.HEAD_THREADS, torch.get_num_threads())
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    for name, env in settings.items():
+        if env["OMP_NUM_THREADS"] == str(threads) and (
+            threads == 1 or (env["OMP_WAIT_POLICY"] == "PASSIVE") == passive
+        ):
+            return name
+    return None
+
+
+@contextlib.contextmanager
+def busy_processes(n):
+    """n processes each spinning a Python loop on a core (another job on a shared machine), killed when the block
+    ends, however it ends. They stay in the benchmark's session: where Linux groups processes by session for
+    fairness (autogroup), a job of another session would get the same share of the CPU as the benchmark's whole
+    session, whatever its nice value; in one session, the benchmark's threads and the load meet as equals."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def with_openmp(env, code):
+    """Python code that sets the OpenMP environment `env` (None: unset) and then runs `code`, for a fresh process:
+    after lab/__init__.py has set its default and before anything loads torch (libgomp reads it then, once)."""
+    sets = "; ".join(
+        f"os.environ.pop({name!r}, None)" if value is None else f"os.environ[{name!r}] = {value!r}"
+        for name, value in env.items()
+    )
+    return f"import os; import lab; {sets}; {code}"
+
+
+def under_load_child(argv, quick, scratch, rounds):
+    """In a fresh process started by with_openmp: median images/s of the head's epoch (cached features, its
+    automatic precision, as in head_training) and of the trunk pass (its automatic precision), on the threads
+    and wait policy that process's OpenMP environment gives."""
+    bench = Run(argv, quick, scratch)
+    bench.pipeline_seconds = {}  # the parent trained the model and cached the features: only read them here
+    t = bench.trained
+    data = cached_train(t)
+    head = precision.head_dtype(t.cfg.head_precision, t.device)
+    model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+    work = {
+        "head": (
+            len(data),
+            lambda: head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head),
+        ),
+        "trunk": (
+            sum(len(b) for b in t.batches),
+            trunk_pass(backbone.inference_trunk(t.model.trunk).to(t.device), t.batches, t.device, t.auto_dtype),
+        ),
+    }
+    rates = {name: [] for name in work}
+    for fn in (fn for _, fn in work.values()):
+        fn()  # warm-up: oneDNN picks and caches its kernels
+    for _ in range(rounds):
+        for name, (items, fn) in work.items():
+            start = time.perf_counter()
+            fn()
+            rates[name].append(items / (time.perf_counter() - start))
+    medians = {name: float(np.median(r)) for name, r in rates.items()}  # a steady load: the typical epoch, not the best
+    print(json.dumps({**medians, "threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+
+
+def measure_head_load(run):
+    """The head's epoch and the trunk pass, idle and beside one and two busy processes, in each thread setting
+    (thread_settings): wall clock, as a user waits for it. Every setting meets each load in turn."""
+    t = run.trained
+    cached_train(t)  # the children read the cached features
+    settings = thread_settings()
+    loads = (0, 1) if run.quick or run.headline else (0, 1, 2)  # make bench-quick: idle and one busy process
+    rounds = 1 if run.quick else 3 if run.headline else 5
+    measured = {name: {} for name in settings}
+    for load in loads:
+        print(f"[bench] head under load: {load} busy process(es) beside it, {len(settings)} settings", flush=True)
+        with busy_processes(load):
+            for name, env in settings.items():
+                code = (
+                    "from bench.bench_pipeline import under_load_child; "
+                    f"under_load_child({run.argv[:-1]!r}, {run.quick!r}, {str(run.scratch)!r}, {rounds})"
+                )
+                measured[name][load] = common.run_child(with_openmp(env, code))
+    ours = labs_setting(settings)
+    one = "1 thread"
+    table = "; ".join(
+        f"{name}{LABS if name == ours else ''} " + " / ".join(f"{by_load[load]['head']:.0f}" for load in loads)
+        for name, by_load in measured.items()
+    )
+    trunk = "; ".join(
+        f"{name} " + " / ".join(f"{by_load[load]['trunk']:.0f}" for load in loads[:2])
+        for name, by_load in measured.items()
+    )
+    loads_text = " / ".join({0: "idle", 1: "1 busy", 2: "2 busy"}[load] for load in loads)
+    raw = {"loads": list(loads), "rounds": rounds, "settings": settings, "labs_setting": ours, "measured": measured}
+    if ours is None or run.quick:
+        why = "--quick: tiny sizes" if run.quick else "OMP_NUM_THREADS or OMP_WAIT_POLICY set to none of these"
+        return raw, [
+            not_here("head under load", f"head images/s, {loads_text}: {table}", None, "(information)", "", why)
+        ]
+    spinning = next(name for name, env in settings.items() if env["OMP_WAIT_POLICY"] is None and name != one)
+    busy_ratio = measured[ours][1]["head"] / measured[one][0]["head"]
+    idle_ratio = measured[ours][0]["head"] / measured[spinning][0]["head"]
+    target, idle_target = TARGETS["head under load"], TARGETS["head under load: idle"]
+    return raw, [
+        verdict(
+            "head under load",
+            f"the lab's setting ({ours}) beside 1 busy process vs 1 thread idle; head images/s, median of "
+            f"{rounds} epochs, {loads_text}: {table}",
+            round(busy_ratio, 2),
+            str(target),
+            target.met(busy_ratio),
+            "x",
+            "the head's threads lose their turns to the busy process",
+        ),
+        verdict(
+            "head idle",
+            f"the lab's setting ({ours}) vs {spinning} (before issue 30), idle, head images/s "
+            f"({measured[ours][0]['head']:.0f} vs {measured[spinning][0]['head']:.0f})",
+            round(idle_ratio, 2),
+            str(idle_target),
+            idle_target.met(idle_ratio),
+            "x",
+            "the idle head is slower than on torch's threads spinning, as before issue 30",
+        ),
+        information(
+            "trunk under load",
+            f"trunk pass images/s (its automatic precision), idle / 1 busy: {trunk}",
+            round(measured[spinning][1]["trunk"] / measured[spinning][0]["trunk"], 2),
+            "x",
+            f"the trunk keeps torch's threads: {spinning} beside 1 busy process vs idle",
         ),
     ]
 
@@ -958,6 +1123,7 @@ MEASUREMENTS = (
     ("trunk_settings", measure_trunk_settings),
     ("head_training", measure_head_training),
     ("head_precision", measure_head_precision),
+    ("head_load", measure_head_load),
     ("loader", measure_loader),
     ("map", measure_map),
     ("distances", measure_distances),
@@ -967,10 +1133,20 @@ MEASUREMENTS = (
     ("flowcamnet", measure_flowcamnet),
 )
 
+# make bench-quick (--headline): the rows a reader looks at first, at the full run's sizes
+HEADLINE = ("pipeline", "trunk", "head_training", "head_load")
+
 
 # --------------------------------------------------------------------------- the run
 def configure(argv):
-    quick, only, argv = common.measurement_options(argv, MEASUREMENTS)
+    headline = "--headline" in argv
+    quick, only, argv = common.measurement_options([a for a in argv if a != "--headline"], MEASUREMENTS)
+    if headline and (quick or only):
+        raise lab.LabError(
+            "--headline chooses its own measurements at real sizes (make bench-quick); it cannot be combined with "
+            "--quick (tiny sizes, a smoke test) or --only=... . Give one of the three."
+        )
+    only = HEADLINE if headline else only
     names = {a.split("=", 1)[0] for a in argv}
     base = config.load_config(argv)
     if "--data_root" not in names:
@@ -992,27 +1168,44 @@ def configure(argv):
                 file=sys.stderr,
             )
             argv += ["--backbone_weights=None"]
-    return quick, only, argv + (QUICK_OVERRIDES if quick else []), base
+    return quick, only, argv + (QUICK_OVERRIDES if quick else []), base, headline
 
 
 def run(argv):
-    quick, only, argv, base = configure(argv)
-    raw, rows = {"machine": common.machine(), "quick": quick, "argv": argv}, []
+    quick, only, argv, base, headline = configure(argv)
+    chosen = [name for name, _ in MEASUREMENTS if only is None or name in only]
+    raw = {"machine": common.machine(), "quick": quick, "headline": headline, "argv": argv, "measurements": chosen}
+    raw["finished"] = False
+    raw["rows"], raw["seconds"] = [], {}
     print(f"[bench] machine: {raw['machine']}")
-    with tempfile.TemporaryDirectory(prefix="plankton-bench-") as scratch:
-        bench = Run(argv, quick, scratch)
-        raw["seconds"] = {}
-        for name, measure in MEASUREMENTS:
-            if only is None or name in only:
-                (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
-                rows += new_rows
-        output_lock.release_locks()
-    raw["rows"] = rows
-    artifacts.ensure_output_dirs(base, ("results",))
-    path = artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
-    print_table(rows, raw)
+    path = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="plankton-bench-") as scratch:
+            bench = Run(argv, quick, scratch)
+            bench.headline = headline
+            for name, measure in MEASUREMENTS:
+                if name in chosen:
+                    (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
+                    raw["rows"] += new_rows
+                    path = save_rows(base, raw)  # a stopped run keeps every row measured so far
+            output_lock.release_locks()
+        raw["finished"] = True
+        path = save_rows(base, raw)
+    except BaseException:
+        if raw["rows"]:  # Ctrl-C or a failure: show what was measured before the error is reported
+            print_table(raw["rows"], raw)
+            print(f"\n[bench] stopped before the end: the {len(raw['rows'])} rows above are in {path}", flush=True)
+        raise
+    print_table(raw["rows"], raw)
     print(f"\nwritten to {path}")
     return raw
+
+
+def save_rows(base, raw):
+    """Rewrite results/benchmark.json whole (atomically) with the rows measured so far; `finished` says whether
+    every chosen measurement ran. The scratch runs release every lock they hold, so the folder is taken again."""
+    artifacts.ensure_output_dirs(base, ("results",))
+    return artifacts.save_json(artifacts.out_path(base, "results", "benchmark.json"), raw)
 
 
 def print_table(rows, raw):
@@ -1021,6 +1214,7 @@ def print_table(rows, raw):
         f"\nBenchmark on {m['cpu']} ({m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads; CPU "
         f"features: {common.feature_summary(m['cpu_features'])}; {m['precision_rule']})"
         + ("  [--quick: tiny sizes, the figures mean nothing]" if raw["quick"] else "")
+        + ("  [--headline: the headline rows only, at real sizes]" if raw.get("headline") else "")
     )
     print(f"{'what':<28} {'measured':>20}  {'target':<30} {'':<7} compared")
     for r in rows:

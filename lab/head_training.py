@@ -15,6 +15,24 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lab import progress
 
+# The head trains on one thread (docs/performance.md, "The head under load"). Its products are small: on the
+# project's 2-core Xeon a second thread gained 1.4x idle but lost 3x beside one busy process, OpenMP's threads
+# waiting for each other at every product, while one thread kept its idle rate. Fixed, not chosen by the load:
+# the thread count changes the order of the sums, and so the trained head.
+HEAD_THREADS = 1
+
+
+@contextlib.contextmanager
+def head_threads():
+    """Train the head on HEAD_THREADS torch threads (at most torch's own), then give torch back the count it had:
+    the trunk pass and the stages after it keep theirs, as runtime.torch_threads_kept does for the map."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(HEAD_THREADS, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 def class_weights(labels, n_classes, weighting):
     """None for plain cross-entropy; for "balanced", scikit-learn's compute_class_weight, n / (classes x n_class)

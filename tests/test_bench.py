@@ -8,6 +8,7 @@ import math
 import pytest
 from conftest import shared_dataset
 
+import lab
 from bench import scale, targets
 from lab import hardware, precision
 
@@ -64,6 +65,7 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
         "trunk pass accuracy",
         "trunk efficiency",
         "head training epoch",
+        "head under load",
         "data loading",
         "2-D map stage",
         "average distances",
@@ -134,3 +136,46 @@ def test_operating_points_benchmark_measures_every_rule_on_a_trained_folder(nove
             assert r["groups_with_acceptances"] == 0 or 0 <= r["shortfall"] <= 1 <= r["groups_with_acceptances"]
     # the tiny demo has a handful of validation images a class: the certified rule can certify nothing
     assert saved["summary"]["certified"]["scope_shares"] == {"none": 1.0}
+
+
+def test_a_stopped_benchmark_keeps_the_rows_measured_before_it_stopped(tmp_path, monkeypatch):
+    from bench import bench_pipeline, common
+
+    def first(run):
+        return {"value": 1}, [common.information("first row", "measured before the stop", 1.0, "x")]
+
+    def stopped(run):
+        raise KeyboardInterrupt  # Ctrl-C in the second measurement
+
+    monkeypatch.setattr(bench_pipeline, "MEASUREMENTS", (("first", first), ("stopped", stopped)))
+    argv = [
+        f"--output_dir={str(tmp_path / 'out')!r}",
+        f"--data_root={str(tmp_path)!r}",
+        "--seen_classes=['a', 'b']",
+        "--unseen_classes=['c', 'd']",
+        "--backbone_weights=None",
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        bench_pipeline.main(argv)
+    saved = json.loads((tmp_path / "out" / "results" / "benchmark.json").read_text())
+    assert [row["what"] for row in saved["rows"]] == ["first row"]
+    assert saved["first"] == {"value": 1} and saved["finished"] is False
+    assert saved["measurements"] == ["first", "stopped"] and list(saved["seconds"]) == ["first"]
+
+    monkeypatch.setattr(bench_pipeline, "MEASUREMENTS", (("first", first),))
+    bench_pipeline.main(argv)  # a finished run says so
+    saved = json.loads((tmp_path / "out" / "results" / "benchmark.json").read_text())
+    assert saved["finished"] is True and [row["what"] for row in saved["rows"]] == ["first row"]
+
+
+def test_headline_mode_runs_the_headline_rows_at_real_sizes_and_is_not_the_smoke_test(tmp_path):
+    from bench import bench_pipeline
+
+    own = [f"--data_root={str(tmp_path)!r}", "--seen_classes=['a', 'b']", "--unseen_classes=['c', 'd']"]
+    own += ["--backbone_weights=None"]
+    quick, only, _, _, headline = bench_pipeline.configure(["--headline", *own])
+    assert headline and not quick and only == bench_pipeline.HEADLINE
+    assert set(bench_pipeline.HEADLINE) <= {name for name, _ in bench_pipeline.MEASUREMENTS}
+    for other in ("--quick", "--only=trunk"):
+        with pytest.raises(lab.LabError, match="--headline"):
+            bench_pipeline.configure(["--headline", other, *own])

@@ -89,3 +89,31 @@ def test_sensitive_tests_pass_on_a_cpu_held_to(setting):
     assert result.returncode == 0, f"under {environ}:\n{result.stdout[-4000:]}"
     summary = result.stdout.strip().splitlines()[-1]
     assert "passed" in summary and "skipped" not in summary, summary  # every sensitive test ran, none skipped
+
+
+# --------------------------------------------------------------------------- the head's threads (issue 30)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_head_trains_on_one_thread_and_gives_torch_its_thread_count_back(threads, make_cfg, monkeypatch):
+    """The head trains on one thread (docs/performance.md, "The head under load"), and leaves torch's thread count
+    as it found it (the stages after it in run_pipeline.py compute as they do alone), as torch_threads_kept does for
+    the map."""
+    import train
+    from lab import head_training
+
+    seen = []
+    run_epoch = head_training.run_epoch
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(head_training, "run_epoch", counting)
+    _, argv = make_cfg()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train.main(argv)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {head_training.HEAD_THREADS}
