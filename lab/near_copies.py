@@ -300,18 +300,20 @@ def search(cfg, files):
 
 
 def index_summary(searched):
-    """near_copies.json's account of the index: its constants, the pairs it proposed, those ranked out (beyond an
-    image's K_CONFIRM best), and the classes with images at its limit (all K_INDEX neighbours passed the size and
-    coarse checks, so that more candidates may have existed: raise K_INDEX if a class is listed)."""
+    """near_copies.json's account of the index: its constants, the pairs it proposed, those ranked out (candidates
+    beyond an image's K_CONFIRM best, dropped), the images whose neighbours were extended past K_INDEX (every one
+    passed the size and coarse checks: near_copy_index.neighbour_rounds) and the classes with images at the cap
+    (still every neighbour passing at K_INDEX x ceil(log2 n): more candidates may have existed)."""
     per_class = searched.get("classes", {})
-    total = {key: sum(s[key] for s in per_class.values()) for key in ("index_pairs", "coarse_pairs", "ranked_out")}
+    keys = ("index_pairs", "coarse_pairs", "ranked_out", "images_extended")
+    total = {key: sum(s[key] for s in per_class.values()) for key in keys}
     return {
         "k_index": near_copy_index.K_INDEX,
         "k_confirm": near_copy_index.K_CONFIRM,
+        "cap": "k_index x ceil(log2 of the class's images) neighbours per image",
         **total,
-        "classes_at_index_limit": {
-            c: s["images_at_index_limit"] for c, s in per_class.items() if s["images_at_index_limit"]
-        },
+        "most_neighbours": max((s["most_neighbours"] for s in per_class.values()), default=0),
+        "classes_at_cap": {c: s["images_at_cap"] for c, s in per_class.items() if s["images_at_cap"]},
     }
 
 
