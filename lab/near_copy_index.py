@@ -107,9 +107,18 @@ def fine_scores(centred, i, j):
     for start, stop in zip(starts, [*starts[1:], len(i)]):
         rows = order[start:stop]
         padded = np.pad(centred[i[rows[0]]], FINE_SHIFT)  # zero darkness around: a shift brings in background
-        query = sliding_window_view(padded, (WINDOW, WINDOW)).reshape(side * side, -1)
+        query = sliding_window_view(padded, centred.shape[1:]).reshape(side * side, -1)
         scores[rows] = (query @ centred[j[rows]].reshape(len(rows), -1).T).max(0)
     return scores
+
+
+def support(centred):
+    """The centred canvases cut to the box where any of them has darkness: outside it every canvas is zero, so the
+    fine score is the same, and a class of small particles is scored on a fraction of the WINDOW x WINDOW pixels."""
+    rows, cols = np.flatnonzero(centred.any((0, 2))), np.flatnonzero(centred.any((0, 1)))
+    if not len(rows):
+        return centred
+    return np.ascontiguousarray(centred[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
 
 
 def best_per_image(i, j, scores, keep):
@@ -196,6 +205,6 @@ def class_candidates(pixels, sizes, size_slack, coarse_min, pair_similarity):
     passed = coarse >= coarse_min
     i, j, coarse = i[passed], j[passed], coarse[passed]
     stats["coarse_pairs"] = len(i)
-    kept = best_per_image(i, j, fine_scores(centred, i, j), K_CONFIRM)
+    kept = best_per_image(i, j, fine_scores(support(centred), i, j), K_CONFIRM)
     stats["ranked_out"] = int((~kept).sum())
     return i[kept], j[kept], coarse[kept].astype(np.float32), stats

@@ -435,3 +435,13 @@ def test_the_index_asks_again_while_every_neighbour_passes_and_says_when_it_stop
     monkeypatch.setattr(near_copy_index, "K_INDEX", 2)  # cap 2 x 8 = 16 neighbours, under the run's 99
     *_, stats = near_copy_index.neighbour_rounds(points, sizes, 4, 0.75, pair_similarity)
     assert stats["images_at_cap"] == 100 and stats["most_neighbours"] == 16
+
+
+def test_the_fine_score_on_the_canvases_cut_to_their_support_is_the_same():
+    rng = np.random.default_rng(1)
+    centred = np.zeros((5, near_copy_index.WINDOW, near_copy_index.WINDOW), np.float32)
+    centred[:, 30:60, 40:55] = rng.random((5, 30, 15))
+    i, j = np.array([0, 0, 1, 3]), np.array([1, 2, 4, 4])
+    cut = near_copy_index.support(centred)
+    assert cut.shape == (5, 30, 15)
+    assert np.allclose(near_copy_index.fine_scores(cut, i, j), near_copy_index.fine_scores(centred, i, j), rtol=1e-6)
