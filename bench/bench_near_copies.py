@@ -14,7 +14,8 @@ end). Measures:
   timing   the indexed search over --timing_root (default ../shared/data/ndsb112; thumbnails apart)
   big      --big_class=N (default 0: off): one class of N images drawn by lab/demo_data (--big_class_name, default
            darksphere: featureless look-alikes), 1 % of them planted copies (shift, re-crop, brightened); the
-           indexed search at N/10, N/3 and N, its time, the growth exponent and the planted copies found
+           indexed search at N/8, N/4, N/2 and N, its time, the growth exponent (least squares of log time on
+           log n), the index's rounds and cap, and the planted copies found
 Prints progress lines and a table; writes results/near_copies_benchmark.json under --output_dir (default: the current
 folder's results/, created when missing).
 
@@ -213,7 +214,7 @@ def searched_root(root, reference):
 
 
 def big_class(n, name, seed, scratch):
-    """One class of n drawn images, 1 % of them planted copies: the indexed search at n/10, n/3 and n."""
+    """One class of n drawn images, 1 % of them planted copies: the indexed search at n/8, n/4, n/2 and n."""
     planted = max(n // 100, len(PLANTED))
     rng = np.random.default_rng(seed)
     paths = []
@@ -226,7 +227,7 @@ def big_class(n, name, seed, scratch):
         synthetic_copies(Image.open(paths[r]))[PLANTED[r % len(PLANTED)]].save(copies[-1])
     pixels, sizes = thumbnails_of(paths + copies, f"thumbnails {name}")
     runs = []
-    for size in (n // 10, n // 3, n):
+    for size in (n // 8, n // 4, n // 2, n):
         keep = planted * size // n
         chosen = list(range(size - keep)) + list(range(n - planted, n - planted + keep))
         sub_paths = [(paths + copies)[k] for k in chosen]
@@ -245,6 +246,13 @@ def big_class(n, name, seed, scratch):
                 "planted": keep,
                 **{kind: float(np.mean(hits[k :: len(PLANTED)])) for k, kind in enumerate(PLANTED)},
             }
+        )
+        index = runs[-1]["index"]
+        print(
+            f"[big class] {size} images: {seconds:.1f} s, {len(found)} pairs, planted found "
+            f"{sum(hits)}/{keep}; {index['images_extended']} images asked again (up to {index['most_neighbours']} "
+            f"neighbours), at the cap: {sum(index['classes_at_cap'].values())}",
+            flush=True,
         )
     sizes_, times = np.log([r["images"] for r in runs]), np.log([max(r["seconds"], 0.1) for r in runs])
     return {"class": name, "runs": runs, "growth_exponent": round(float(np.polyfit(sizes_, times, 1)[0]), 2)}
@@ -293,7 +301,11 @@ def rows(result):
                 "growth exponent of the indexed search's time, one class",
                 big["growth_exponent"],
                 "",
-                "; ".join(f"{r['images']}: {r['seconds']} s" for r in big["runs"]),
+                "; ".join(
+                    f"{r['images']}: {r['seconds']} s, at the cap {sum(r['index']['classes_at_cap'].values())}, "
+                    f"planted found {', '.join(f'{k} {100 * r[k]:.0f} %' for k in PLANTED)}"
+                    for r in big["runs"]
+                ),
             )
         )
     return out

@@ -1069,51 +1069,36 @@ def measure_predict_memory(run):
 
 # --------------------------------------------------------------------------- 10. FlowCamNet size
 def measure_scale(run):
-    results = scale.measure(run.scratch / "scale", run.quick, config.load_config(run.argv).num_workers)
+    cfg = config.load_config(run.argv)
+    results = scale.measure(run.scratch / "scale", run.quick, cfg.num_workers)
     run.measured["scale"] = results
-    return {stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()}, scale.rows(
-        results, run.quick
-    )
+    run.measured["rates"] = scale.measure_rates(cfg, (scale.QUICK if run.quick else scale.FULL)["classes"], run.quick)
+    return {
+        **{stage: {str(n): v for n, v in by_size.items()} for stage, by_size in results.items()},
+        "rates": run.measured["rates"],
+    }, scale.rows(results, run.quick)
+
+
+def measure_datasets(run):
+    """Every pipeline stage on ndsb9, on ndsb112 at 60 images per class and on all of ndsb112 (bench/scale.py):
+    opt-in (--only=datasets), as it runs the pipeline three times."""
+    run.measured["datasets"] = scale.measure_datasets(run.scratch / "datasets")
+    return run.measured["datasets"], scale.dataset_rows(run.measured["datasets"])
 
 
 def measure_flowcamnet(run):
-    """A full FlowCamNet run (301,247 images) on this machine, extrapolated from the rates measured above: the
-    scan, the trunk pass (once per image, cached), the head's epochs (at most `epochs`; early stopping ends most
-    runs sooner) and the analysis stages at 300,000 embeddings (their CPU time on one thread)."""
-    t, measured, n = run.trained, run.measured, scale.FLOWCAMNET_IMAGES
-    if not {"trunk_images_per_s", "head_epoch_images_per_s", "scale"} <= set(measured):
-        return {}, [
-            not_here(
-                "FlowCamNet run",
-                "extrapolation",
-                None,
-                "(information)",
-                "",
-                "needs the trunk, head_training and scale measurements",
-            )
-        ]
-    files = max(measured["scale"]["scan and split"])
-    embeddings = max(measured["scale"]["distances"])
-    seconds = {
-        "scan and split": n / files * measured["scale"]["scan and split"][files]["seconds"],
-        "trunk pass": n / measured["trunk_images_per_s"],
-        f"head ({t.cfg.epochs} epochs at most)": n
-        * (1 - t.cfg.val_fraction - t.cfg.test_fraction)
-        * t.cfg.epochs
-        / measured["head_epoch_images_per_s"],
-        "analysis (1 thread)": n
-        / embeddings
-        * sum(measured["scale"][stage][embeddings]["cpu_seconds"] for stage in scale.EMBEDDING_STAGES),
-    }
-    summary = ", ".join(f"{k} {v / 3600:.2f} h" for k, v in seconds.items())
-    return seconds, [
-        information(
-            "FlowCamNet run",
-            f"{n:,} images on this machine, from the rates measured here: {summary}",
-            round(sum(seconds.values()) / 3600, 1),
-            "h",
-        )
-    ]
+    """A full FlowCamNet run (301,247 images) with every default stage, on this CPU and on the AVX2 stand-in,
+    projected from the rates measured above (bench/scale.py's flowcamnet_rows)."""
+    measured = run.measured
+    if not {"scale", "rates"} <= set(measured):
+        return {}, [not_here("FlowCamNet run", "projection", None, "(information)", "", "needs the scale measurements")]
+    cfg, pipeline = config.load_config(run.argv), None
+    if run.pipeline_seconds and "report" in run.pipeline_seconds:  # the whole pipeline ran here: its images
+        images = len(artifacts.read_csv(artifacts.out_path(cfg, "results", "split.csv"), ("path",)))
+        pipeline = {"seconds": run.pipeline_seconds, "images": images}
+    datasets = measured.get("datasets")
+    rows = scale.flowcamnet_rows(measured["scale"], measured["rates"], cfg, datasets, pipeline, run.quick)
+    return {r["what"]: r["compared"] for r in rows}, rows
 
 
 MEASUREMENTS = (
@@ -1130,8 +1115,10 @@ MEASUREMENTS = (
     ("cache_memory", measure_cache_memory),
     ("predict_memory", measure_predict_memory),
     ("scale", measure_scale),
+    ("datasets", measure_datasets),
     ("flowcamnet", measure_flowcamnet),
 )
+OPT_IN = {"datasets"}  # run only when --only names them (the pipeline three times over: about 10 minutes)
 
 # make bench-quick (--headline): the rows a reader looks at first, at the full run's sizes
 HEADLINE = ("pipeline", "trunk", "head_training", "head_load")
@@ -1173,7 +1160,7 @@ def configure(argv):
 
 def run(argv):
     quick, only, argv, base, headline = configure(argv)
-    chosen = [name for name, _ in MEASUREMENTS if only is None or name in only]
+    chosen = [name for name, _ in MEASUREMENTS if (name in only if only is not None else name not in OPT_IN)]
     raw = {"machine": common.machine(), "quick": quick, "headline": headline, "argv": argv, "measurements": chosen}
     raw["finished"] = False
     raw["rows"], raw["seconds"] = [], {}

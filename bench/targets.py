@@ -44,6 +44,7 @@ TARGETS = {
     "cache memory": Target("<=", 100, " MB growth", "the trunk pass streams its features to disk"),
     "predict memory": Target("<=", 100, " MB growth", "beyond file names and embeddings"),
     "scale: memory": Target("<=", 4000, " MB", "FlowCamNet size (300,000 images) on a 24 GB machine"),
+    "FlowCamNet run": Target("<=", 1, " h", "every default stage at 301,247 images on 2 cores (issue 30)"),
     "similar search": Target("<=", 50, " ms", "one query among 300,000 embeddings (FlowCamNet size), exact"),
     "abundance error": Target("<=", 0.5, "x", "the correction must halve classify-and-count's error (issue 24)"),
     "abundance coverage": Target(">=", 0.9, "", "a 95 % interval that holds the truth less often misleads"),

@@ -191,6 +191,27 @@ def pair_similarity(grids, i, j):
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def grouped_similarity(grids, i, j):
+    """pair_similarity's values, computed for many pairs per image: the pairs grouped by their first image, whose
+    (2 COARSE_SHIFT + 1)^2 shifted grids meet all its partners in one matrix product (the shift moved from the
+    second grid to the first, which gives the same correlations: np.roll is a permutation of both alike). The
+    index's rounds give an image up to hundreds of partners, where this is several times faster."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    scores = np.empty(len(i), np.float32)
+    if not len(i):
+        return scores
+    cells = grids.shape[1]
+    order = np.argsort(i, kind="stable")
+    starts = np.flatnonzero(np.r_[True, i[order][1:] != i[order][:-1]])
+    for start, stop in zip(starts, [*starts[1:], len(i)]):
+        rows = order[start:stop]
+        wrapped = np.pad(grids[i[rows[0]]], COARSE_SHIFT, mode="wrap")  # np.roll's wrap, as coarse_similarity's
+        shifted = sliding_window_view(wrapped, (cells, cells)).reshape(-1, cells * cells)
+        scores[rows] = (shifted @ grids[j[rows]].reshape(len(rows), -1).T).max(0)
+    return scores
+
+
 def _classes(n, classes):
     classes = np.zeros(n, int) if classes is None else np.asarray(classes)
     return [(c, np.flatnonzero(classes == c)) for c in np.unique(classes)]
@@ -219,7 +240,7 @@ def indexed_candidates(pixels, sizes, classes=None):
     sizes, found, stats = np.asarray(sizes), [], {}
     for c, idx in progress.progress(parts, len(parts), "near-copy index", "classes"):
         a, b, similarity, stats[str(c)] = near_copy_index.class_candidates(
-            pixels[idx], sizes[idx], SIZE_SLACK, COARSE_MIN, functools.partial(pair_similarity, grids[idx])
+            pixels[idx], sizes[idx], SIZE_SLACK, COARSE_MIN, functools.partial(grouped_similarity, grids[idx])
         )
         found.append((idx[a], idx[b], similarity))
     return (*(np.concatenate([f[k] for f in found]) for k in range(3)), stats)
@@ -302,18 +323,20 @@ def search(cfg, files):
 
 
 def index_summary(searched):
-    """near_copies.json's account of the index: its constants, the pairs it proposed, those ranked out (beyond an
-    image's K_CONFIRM best), and the classes with images at its limit (all K_INDEX neighbours passed the size and
-    coarse checks, so that more candidates may have existed: raise K_INDEX if a class is listed)."""
+    """near_copies.json's account of the index: its constants, the pairs it proposed, those ranked out (candidates
+    beyond an image's K_CONFIRM best, dropped), the images whose neighbours were extended past K_INDEX (every one
+    passed the size and coarse checks: near_copy_index.neighbour_rounds) and the classes with images at the cap
+    (still every neighbour passing at K_INDEX x ceil(log2 n): more candidates may have existed)."""
     per_class = searched.get("classes", {})
-    total = {key: sum(s[key] for s in per_class.values()) for key in ("index_pairs", "coarse_pairs", "ranked_out")}
+    keys = ("index_pairs", "coarse_pairs", "ranked_out", "images_extended")
+    total = {key: sum(s[key] for s in per_class.values()) for key in keys}
     return {
         "k_index": near_copy_index.K_INDEX,
         "k_confirm": near_copy_index.K_CONFIRM,
+        "cap": "k_index x ceil(log2 of the class's images) neighbours per image",
         **total,
-        "classes_at_index_limit": {
-            c: s["images_at_index_limit"] for c, s in per_class.items() if s["images_at_index_limit"]
-        },
+        "most_neighbours": max((s["most_neighbours"] for s in per_class.values()), default=0),
+        "classes_at_cap": {c: s["images_at_cap"] for c, s in per_class.items() if s["images_at_cap"]},
     }
 
 

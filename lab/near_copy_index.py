@@ -10,17 +10,23 @@ Within one class, from the cached 64-px thumbnails (near_copies.thumbnails):
              principal components, with the decoded width and height (SIZE_WEIGHT per pixel) appended;
              scikit-learn's KDTree gives each image its K_INDEX nearest; those within SIZE_SLACK in size and at or
              above the coarse floor (COARSE_MIN, the all-pairs search's own score) stay candidates
+  rounds     an image whose every neighbour passed the size and coarse checks sits among look-alikes that may go
+             on past them (a class of small round particles): it is asked again for twice as many, until one of its
+             neighbours fails a check, or up to the cap, K_INDEX x ceil(log2 n) neighbours (neighbour_cap)
   ranking    each candidate pair's fine score: the best correlation of the centred darkness, pixel for pixel, over
              offsets of up to FINE_SHIFT px (the centroid's rounding); each image keeps its K_CONFIRM best, and a
              pair goes on when either image keeps it
-The work is then at most K_INDEX pairs per image to score and K_CONFIRM to confirm, whatever the class's size: the
-index is what makes it grow with n log n rather than n^2. The fine score ranks a copy first because it shares the
-particle's pixel noise, which a look-alike of one shape does not (measured on ndsb9's copies: docs/similar.md).
-An image whose K_INDEX neighbours all pass the size and coarse checks may have had more candidates than the index
-gave: counted per class as "at the index's limit" (near_copies.json).
+The work is then at most K_INDEX x log2 n pairs per image to score and K_CONFIRM to confirm: the index is what makes
+it grow with n log n rather than n^2. The fine score ranks a copy first because it shares the particle's pixel noise,
+which a look-alike of one shape does not (measured on ndsb9's copies: docs/similar.md). An image still saturated at
+the cap may have had more candidates: counted per class as "at the cap" (near_copies.json). With a fixed K_INDEX
+(before the rounds) 640 images of 12 ndsb112 classes were; the longest run of passing neighbours there is 144, under
+the cap of every class.
 
 Reads nothing (the thumbnails are given); writes nothing.
 """
+
+import math
 
 import numpy as np
 
@@ -101,9 +107,18 @@ def fine_scores(centred, i, j):
     for start, stop in zip(starts, [*starts[1:], len(i)]):
         rows = order[start:stop]
         padded = np.pad(centred[i[rows[0]]], FINE_SHIFT)  # zero darkness around: a shift brings in background
-        query = sliding_window_view(padded, (WINDOW, WINDOW)).reshape(side * side, -1)
+        query = sliding_window_view(padded, centred.shape[1:]).reshape(side * side, -1)
         scores[rows] = (query @ centred[j[rows]].reshape(len(rows), -1).T).max(0)
     return scores
+
+
+def support(centred):
+    """The centred canvases cut to the box where any of them has darkness: outside it every canvas is zero, so the
+    fine score is the same, and a class of small particles is scored on a fraction of the WINDOW x WINDOW pixels."""
+    rows, cols = np.flatnonzero(centred.any((0, 2))), np.flatnonzero(centred.any((0, 1)))
+    if not len(rows):
+        return centred
+    return np.ascontiguousarray(centred[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
 
 
 def best_per_image(i, j, scores, keep):
@@ -118,37 +133,78 @@ def best_per_image(i, j, scores, keep):
     return kept
 
 
-def class_candidates(pixels, sizes, size_slack, coarse_min, pair_similarity):
-    """(i, j, coarse similarity, statistics) of the candidate pairs within one class: the index's neighbours that
-    pass the size and coarse checks, each image's K_CONFIRM best by the fine score. pair_similarity(i, j) is the
-    all-pairs search's own coarse score (near_copies passes it in), so the candidates are a subset of the all-pairs
-    search's."""
+def neighbour_cap(n):
+    """The most neighbours any image of a class of n is given: K_INDEX x ceil(log2 n), so that the work of a class
+    is at most n log n pairs (and the whole class when that is smaller)."""
+    return min(n - 1, K_INDEX * max(1, math.ceil(math.log2(max(n, 2)))))
+
+
+def neighbour_rounds(points, sizes, size_slack, coarse_min, pair_similarity):
+    """(i, j, coarse similarity) of the unique pairs (i < j) the index asked about, and the statistics of its rounds.
+    Every image is first given its K_INDEX nearest. An image whose every neighbour passed the size and coarse checks
+    sits in a run of look-alikes that may go on past them: it is asked again with twice as many, and so on, until one
+    of its neighbours fails a check or it has neighbour_cap(n). Those still saturated then are at the cap."""
     from sklearn.neighbors import KDTree
 
+    n, tree = len(points), KDTree(points)
+    cap = neighbour_cap(n)
+    todo, asked, k = np.arange(n), 0, min(K_INDEX, cap)
+    keys, similarity = [], []
+    stats = {"images_extended": 0, "most_neighbours": k, "images_at_cap": 0}
+    while True:
+        _, neighbours = tree.query(points[todo], k=k + 1)  # +1: an image is its own nearest
+        new = neighbours[:, asked + 1 :] if asked else neighbours
+        rows, cols = np.repeat(todo, new.shape[1]), new.ravel()
+        fits = (
+            (np.abs(sizes[rows] - sizes[cols]).max(1) <= size_slack)
+            & (sizes[rows].min(1) > 0)
+            & (sizes[cols].min(1) > 0)
+            & (rows != cols)
+        )
+        pair_keys = np.minimum(rows, cols) * n + np.maximum(rows, cols)
+        unique, back = np.unique(pair_keys[fits], return_inverse=True)
+        coarse = pair_similarity(unique // n, unique % n) if len(unique) else np.zeros(0, np.float32)
+        passed = np.zeros(len(rows), bool)
+        passed[fits] = coarse[back] >= coarse_min
+        keys.append(unique)
+        similarity.append(coarse)
+        saturated = (passed | (rows == cols)).reshape(len(todo), -1).all(1)
+        if k >= cap or not saturated.any():
+            stats["images_at_cap"] = int(saturated.sum()) if k < n - 1 else 0  # k = n - 1: the whole class was asked
+            break
+        todo, asked, k = todo[saturated], k, min(2 * k, cap)
+        stats["images_extended"] += 0 if asked > K_INDEX else len(todo)
+        stats["most_neighbours"] = k
+    unique, first = np.unique(np.concatenate(keys), return_index=True)
+    return unique // n, unique % n, np.concatenate(similarity)[first], stats
+
+
+def class_candidates(pixels, sizes, size_slack, coarse_min, pair_similarity):
+    """(i, j, coarse similarity, statistics) of the candidate pairs within one class: the index's neighbours that
+    pass the size and coarse checks (neighbour_rounds), each image's K_CONFIRM best by the fine score.
+    pair_similarity(i, j) is the all-pairs search's own coarse score (near_copies passes it in), so the candidates
+    are a subset of the all-pairs search's."""
     n = len(pixels)
     empty = np.zeros(0, np.int64)
-    stats = {"images": n, "index_pairs": 0, "coarse_pairs": 0, "images_at_index_limit": 0, "ranked_out": 0}
+    stats = {
+        "images": n,
+        "index_pairs": 0,
+        "coarse_pairs": 0,
+        "images_extended": 0,
+        "most_neighbours": 0,
+        "images_at_cap": 0,
+        "ranked_out": 0,
+    }
     if n < 2:
         return empty, empty, np.zeros(0, np.float32), stats
-    sizes = np.asarray(sizes)
     centred = centred_darkness(pixels)
-    k = min(K_INDEX + 1, n)  # +1: an image is its own nearest
-    points = index_points(centred, sizes)
-    _, neighbours = KDTree(points).query(points, k=k)
-    rows, cols = np.repeat(np.arange(n), k), neighbours.ravel()
-    fits = (
-        (np.abs(sizes[rows] - sizes[cols]).max(1) <= size_slack) & (sizes[rows].min(1) > 0) & (sizes[cols].min(1) > 0)
+    i, j, coarse, rounds = neighbour_rounds(
+        index_points(centred, sizes), np.asarray(sizes), size_slack, coarse_min, pair_similarity
     )
-    rows, cols = rows[fits & (rows != cols)], cols[fits & (rows != cols)]
-    unique, back = np.unique(np.minimum(rows, cols) * n + np.maximum(rows, cols), return_inverse=True)
-    i, j = unique // n, unique % n
-    stats["index_pairs"] = len(i)
-    coarse = pair_similarity(i, j) if len(i) else np.zeros(0, np.float32)
+    stats.update(rounds, index_pairs=len(i))
     passed = coarse >= coarse_min
-    if k < n:  # every neighbour the index gave an image passed the size and coarse checks: it may have had more
-        stats["images_at_index_limit"] = int((np.bincount(rows[passed[back]], minlength=n) >= K_INDEX).sum())
     i, j, coarse = i[passed], j[passed], coarse[passed]
     stats["coarse_pairs"] = len(i)
-    kept = best_per_image(i, j, fine_scores(centred, i, j), K_CONFIRM)
+    kept = best_per_image(i, j, fine_scores(support(centred), i, j), K_CONFIRM)
     stats["ranked_out"] = int((~kept).sum())
     return i[kept], j[kept], coarse[kept].astype(np.float32), stats

@@ -51,6 +51,104 @@ def test_scale_rows_apply_the_growth_and_memory_targets():
     assert {row["status"] for row in scale.rows(results, quick=True)} == {"n/a"}
 
 
+def test_scale_growth_is_fitted_over_every_size_and_projected_at_least_linearly():
+    by_size = {n: {"cpu_seconds": 2.0 * (n / 1000) ** 1.5} for n in (1000, 2000, 4000)}
+    assert scale.growth(sorted(by_size), [by_size[n]["cpu_seconds"] for n in sorted(by_size)]) == pytest.approx(1.5)
+    assert scale.projected(by_size, 8000) == pytest.approx(2.0 * 8**1.5)
+    sublinear = {n: {"cpu_seconds": 10.0 + n / 1000} for n in (1000, 4000)}
+    assert scale.projected(sublinear, 8000) == pytest.approx(14.0 * 2)  # never less than linear
+
+
+def test_flowcamnet_rows_add_every_default_stage_on_each_cpu_kind():
+    from lab import config
+
+    cfg = config.load_config(["--epochs=10"])
+    one = {n: {"cpu_seconds": n / 1000} for n in (30_000, 100_000, 300_000)}  # 1 ms per image, linear
+    results = {"scan and split": one, **{stage: one for stage in scale.EMBEDDING_STAGES}}
+    rates = {
+        "this CPU": {
+            "trunk_images_per_s": 1000.0,
+            "head_epoch_images_per_s": 10000.0,
+            "trunk_precision": "bf16",
+            "head_precision": "bf16",
+            "torch_threads": 2,
+        },
+        "AVX2 stand-in": {
+            "trunk_images_per_s": 100.0,
+            "head_epoch_images_per_s": 1000.0,
+            "trunk_precision": "fp32",
+            "head_precision": "fp32",
+            "torch_threads": 2,
+        },
+    }
+    pipeline = {"seconds": {"evaluate": 1.0, "embed": 2.0, "report": 3.0}, "images": 1000}
+    n, train = scale.FLOWCAMNET_IMAGES, 1 - cfg.val_fraction - cfg.test_fraction
+    seconds = scale.flowcamnet_seconds(results, rates["this CPU"], cfg, pipeline=pipeline)
+    assert seconds["trunk pass"] == pytest.approx(n / 1000)
+    assert seconds["head training (10 epochs)"] == pytest.approx(n * train * 10 / 10000)
+    assert seconds["label audit"] == pytest.approx(n / 1000) and seconds["report"] == pytest.approx(3 * n / 1000)
+    assert len(seconds) == 3 + len(scale.EMBEDDING_STAGES) + 3
+    rows = {r["what"]: r for r in scale.flowcamnet_rows(results, rates, cfg, pipeline=pipeline)}
+    assert set(rows) == {"FlowCamNet run", "FlowCamNet run, AVX2 stand-in"}
+    assert rows["FlowCamNet run"]["measured"] == pytest.approx(sum(seconds.values()) / 3600, abs=0.01)
+    assert (
+        rows["FlowCamNet run, AVX2 stand-in"]["status"] == "MISSED"
+        and "head" in rows["FlowCamNet run, AVX2 stand-in"]["reason"]
+    )
+
+
+def test_dataset_rows_tell_growth_in_classes_from_growth_in_images():
+    names = ("ndsb9", "ndsb112 at 60 per class", "ndsb112")
+    images, classes = dict(zip(names, (5000, 5000, 20000))), dict(zip(names, (9, 90, 90)))
+
+    def stage(*cpu):
+        row = {"cpu_seconds": dict(zip(names, cpu)), "seconds": dict(zip(names, cpu))}
+        row["peak_rss_mb"] = dict(zip(names, (500, 500, 600)))
+        row["ratio"], row["memory_ratio"] = cpu[2] / cpu[0], 1.2
+        row["exponent_classes"] = scale.exponent(cpu[0], cpu[1], 9, 90)
+        row["exponent_images"] = scale.exponent(cpu[1], cpu[2], 5000, 20000)
+        return row
+
+    datasets = {
+        "images": images,
+        "classes": classes,
+        "stages": {"linear": stage(2.0, 20.0, 80.0), "squared in classes": stage(2.0, 200.0, 800.0)},
+    }
+    status = {r["what"]: r["status"] for r in scale.dataset_rows(datasets)}
+    assert status == {"scale: ndsb112 linear": "met", "scale: ndsb112 squared in classes": "MISSED"}
+    assert datasets["stages"]["squared in classes"]["exponent_classes"] == pytest.approx(2.0)
+    assert scale.dataset_rows({"skipped": ["ndsb112"]})[0]["status"] == "n/a"
+
+
+@pytest.mark.slow
+def test_the_datasets_runner_measures_every_stage_in_its_own_process(tiny_demo, tmp_path):
+    unseen = ["Retaria", "Thalassionematales", "Chaetoceros"]
+    fast = ["--epochs=1", "--backbone_weights=None", "--image_size=64", "--num_workers=0"]
+    sets = {  # seen_classes="all": the tiny demo's 9 classes each time; the images grow
+        "12 per class": (tiny_demo, unseen, ["--max_images_per_class=12"]),
+        "24 per class": (tiny_demo, unseen, ["--max_images_per_class=24"]),
+        "all": (tiny_demo, unseen, []),
+    }
+    result = scale.measure_datasets(tmp_path, sets, fast)
+    assert set(result["classes"].values()) == {9}
+    assert result["images"]["12 per class"] < result["images"]["24 per class"] < result["images"]["all"]
+    assert set(result["stages"]) == {
+        "split",
+        "train",
+        "evaluate",
+        "embed",
+        "distances",
+        "reduction",
+        "transfer",
+        "novelty",
+        "audit",
+        "report",
+    }
+    for row in result["stages"].values():
+        assert all(v > 0 for v in row["cpu_seconds"].values()) and all(v > 100 for v in row["peak_rss_mb"].values())
+    assert len(scale.dataset_rows(result)) == 10
+
+
 @pytest.mark.slow
 def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hold(tmp_path):
     shared_dataset("ndsb9")
@@ -72,6 +170,7 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
         "distance memory",
         "cache memory",
         "FlowCamNet run",
+        "FlowCamNet run, AVX2 stand-in",
         "predict memory",
         *(f"scale: {stage}" for stage in ("scan and split", *scale.EMBEDDING_STAGES)),
     ):
@@ -94,8 +193,11 @@ def test_benchmark_quick_run_writes_every_row_and_applies_targets_where_they_hol
     assert (rows["trunk efficiency"]["status"] == "info") == hardware.cpu_features()["amx_bf16"]
     assert saved["distances"]["agree_with_cdist"] and raw["trunk"]["embedding_cosine"] > 0.9
     assert saved["map"]["demo_size"]["ours"]["points"] > 0 and 0 < saved["map"]["demo_size"]["ours"]["seconds"]
+    rates = saved["scale"].pop("rates")
+    assert set(rates) == set(scale.CPU_KINDS) and all(r["trunk_images_per_s"] > 0 for r in rates.values())
     for by_size in saved["scale"].values():
         assert len(by_size) == 2 and all(m["cpu_seconds"] > 0 and m["peak_rss_mb"] > 100 for m in by_size.values())
+    assert "datasets" not in saved  # opt-in: --only=datasets
     assert set(saved["pipeline"]) == {"split", "train", "evaluate", "embed"}  # not the whole pipeline
 
 

@@ -311,7 +311,7 @@ def test_the_split_lists_a_resaved_copy_and_group_keeps_it_with_its_original(mak
         assert len(copies) == 1 and {copies["path_a"][0], copies["path_b"][0]} == pair
         assert "results/near_copies.csv" in manifest.complete(cfg, "split")["outputs"]
         index = json.loads(artifacts.out_path(cfg, "results", "near_copies.json").read_text())["index"]
-        assert index["classes_at_index_limit"] == {} and index["k_index"] == near_copy_index.K_INDEX
+        assert index["classes_at_cap"] == {} and index["k_index"] == near_copy_index.K_INDEX
         if mode == "group":
             assert split[sorted(pair)].nunique() == 1
         out = capsys.readouterr()
@@ -376,6 +376,8 @@ def test_the_indexed_search_finds_every_pair_the_all_pairs_search_finds_among_th
     assert len(reference) >= 20 and indexed == reference  # the drawings' copies, found alike
     (_, _, _, stats) = near_copies.indexed_candidates(pixels, sizes, classes)
     assert sum(s["ranked_out"] for s in stats.values()) > 0  # the ranking did leave candidates out
+    assert sum(s["images_extended"] for s in stats.values()) > 0  # some were asked again, for more neighbours
+    assert not any(s["images_at_cap"] for s in stats.values())  # and none was left at the cap
 
 
 @pytest.mark.slow
@@ -411,3 +413,35 @@ def test_the_fine_score_and_the_ranking_equal_a_brute_force_reference():
     for p in range(40):  # kept when among the 2 best of either of its images
         best_of = [sorted(scores[(i == x) | (j == x)], reverse=True)[:2] for x in (i[p], j[p])]
         assert kept[p] == any(scores[p] in best for best in best_of)
+
+
+def test_the_index_asks_again_while_every_neighbour_passes_and_says_when_it_stops_at_the_cap(monkeypatch):
+    """A run of 100 look-alikes (every pair passes) among 100 distinct images: each look-alike is asked for more
+    neighbours until it has met all the others, as the all-pairs search would; with a cap smaller than the run, the
+    look-alikes are counted at the cap."""
+    rng = np.random.default_rng(0)
+    points = np.vstack([rng.normal(0, 0.01, (100, 3)), rng.normal(0, 0.01, (100, 3)) + np.arange(1, 101)[:, None]])
+    sizes = np.full((200, 2), 40)
+    alike = np.arange(200) < 100
+
+    def pair_similarity(i, j):
+        return (alike[i] & alike[j]).astype(np.float32)
+
+    i, j, similarity, stats = near_copy_index.neighbour_rounds(points, sizes, 4, 0.75, pair_similarity)
+    passing = {(a, b) for a, b, s in zip(i.tolist(), j.tolist(), similarity) if s >= 0.75}
+    assert passing == {(a, b) for a in range(100) for b in range(a + 1, 100)}  # brute force: every pair of the run
+    assert stats["images_extended"] == 100 and stats["images_at_cap"] == 0
+    assert stats["most_neighbours"] < near_copy_index.neighbour_cap(200)  # stopped before the cap
+    monkeypatch.setattr(near_copy_index, "K_INDEX", 2)  # cap 2 x 8 = 16 neighbours, under the run's 99
+    *_, stats = near_copy_index.neighbour_rounds(points, sizes, 4, 0.75, pair_similarity)
+    assert stats["images_at_cap"] == 100 and stats["most_neighbours"] == 16
+
+
+def test_the_fine_score_on_the_canvases_cut_to_their_support_is_the_same():
+    rng = np.random.default_rng(1)
+    centred = np.zeros((5, near_copy_index.WINDOW, near_copy_index.WINDOW), np.float32)
+    centred[:, 30:60, 40:55] = rng.random((5, 30, 15))
+    i, j = np.array([0, 0, 1, 3]), np.array([1, 2, 4, 4])
+    cut = near_copy_index.support(centred)
+    assert cut.shape == (5, 30, 15)
+    assert np.allclose(near_copy_index.fine_scores(cut, i, j), near_copy_index.fine_scores(centred, i, j), rtol=1e-6)
