@@ -93,6 +93,11 @@ def train_with_views(model, train, val, cfg, device, dtype, seed):
             raise lab.LabError(f"The head diverged (seed {seed}, {train.views} views, epoch {epoch}).")
         if stopping.step(val_loss):
             kept = {k: v.clone() for k, v in average.module.state_dict().items()}
+        print(
+            f"[views]   seed {seed}, {train.views} views, epoch {epoch}: averaged weights' val loss {val_loss:.4f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         if stopping.stop:
             break
     average.module.load_state_dict(kept)
