@@ -20,9 +20,10 @@ seconds of each view computed in this run and the cache's bytes per view.
     python bench/bench_views.py --seeds=2 --data_root=../shared/data/ndsb112 --seen_classes=all \\
         --unseen_classes="[...]" --max_images_per_class=60
 
---timing_images=N instead times the trunk pass alone on the first N seen images, in 1 and in 8 views, side by side
-in a fresh cache folder (removed afterwards), and writes results/views_timing_<data folder>.json: run it under
-`flock /tmp/lab-timing.lock`.
+--first_seed=s starts the seeds at s (seeds s .. s+N-1: several processes can share the seeds, each with its own
+output_dir). --timing_images=N instead times the trunk pass alone on the first N seen images, in 1 and in 8 views,
+side by side in a fresh cache folder (removed afterwards), and writes results/views_timing_<data folder>.json: run
+it under `flock /tmp/lab-timing.lock`.
 """
 
 import copy
@@ -59,7 +60,7 @@ KINDS = ("averaged", "upright", "all_8_views")
 
 
 def own_options(argv):
-    own = {"--seeds": "3", "--views": "1,4,8", "--timing_images": "0"}
+    own = {"--seeds": "3", "--first_seed": "0", "--views": "1,4,8", "--timing_images": "0"}
     rest = []
     for arg in argv:
         name, _, value = arg.partition("=")
@@ -70,7 +71,8 @@ def own_options(argv):
     views = [int(v) for v in own["--views"].split(",")]
     if set(views) - set(config.TRUNK_VIEWS):
         raise lab.LabError(f"--views={own['--views']}: each must be one of {config.TRUNK_VIEWS}.")
-    return int(own["--seeds"]), views, int(own["--timing_images"]), rest
+    first = int(own["--first_seed"])
+    return range(first, first + int(own["--seeds"])), views, int(own["--timing_images"]), rest
 
 
 def train_with_views(model, train, val, cfg, device, dtype, seed):
@@ -215,8 +217,8 @@ def run(argv):
         "command": command,
         "rows": [],
     }
-    print(f"[views] {len(pool)} images of {len(work.seen_classes)} classes; {seeds} seeds x trunk_views {views}")
-    for seed in range(seeds):
+    print(f"[views] {len(pool)} images of {len(work.seen_classes)} classes; seeds {list(seeds)} x trunk_views {views}")
+    for seed in seeds:
         train, val, test = (pool.subset(p) for p in draw_split(labels, work, seed))
         for k in views:
             head, epochs, per_epoch = train_with_views(

@@ -68,6 +68,7 @@ def test_the_views_summary_is_the_mean_and_sample_standard_deviation_of_each_k()
 
 
 def test_the_views_benchmark_takes_only_the_settings_views():
-    assert bench_views.own_options(["--views=1,8", "--seeds=2", "--lr=0.1"]) == (2, [1, 8], 0, ["--lr=0.1"])
+    expected = (range(3, 5), [1, 8], 0, ["--lr=0.1"])
+    assert bench_views.own_options(["--views=1,8", "--seeds=2", "--first_seed=3", "--lr=0.1"]) == expected
     with pytest.raises(lab.LabError, match="--views=1,3"):
         bench_views.own_options(["--views=1,3"])
