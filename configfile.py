@@ -59,6 +59,12 @@ patience = 5  # stop after this many epochs without a better validation loss, >=
 # decide the model), "smoothed" (stops on a moving average of the validation loss) or "raw" (each epoch's own
 # validation loss, the lab's rule before issue 34). Measured over seeds: docs/training-recipe.md.
 stopping = "averaged"
+# Dihedral views (plankton have no up or down): the frozen trunk's output is cached for the first trunk_views of
+# the 8 flips and quarter turns of each image (1: the image as it is; 2: and its half turn; 4: its four turns; 8:
+# and their mirror images), the head trains on a random view of each image per epoch, and every prediction
+# averages the views. The trunk's time and the cache's size grow trunk_views times. 1, 2, 4 or 8; measured:
+# docs/training-recipe.md.
+trunk_views = 1
 # "none" (the mission: plain cross-entropy) or "balanced" (each class weighted n / (classes x n_class) in the
 # training and validation loss, so a rare class counts as much as a common one; for strongly imbalanced data).
 class_weighting = "none"

@@ -133,7 +133,15 @@ def chunk_path(cfg, abs_paths, weights_id, dtype, checkpoint_digest):
 def compute_chunk(cfg, model, device, dtype, abs_paths):
     """Logits, embeddings and decoded flags of a chunk (shared by every rank under torchrun)."""
     return trunk_cache.image_outputs(
-        model, abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device, dtype, desc="chunk"
+        model,
+        abs_paths,
+        cfg.image_size,
+        cfg.batch_size,
+        cfg.num_workers,
+        device,
+        dtype,
+        desc="chunk",
+        views=cfg.trunk_views,  # the checkpoint's: the views its head was trained on, averaged as evaluate.py does
     )
 
 

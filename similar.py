@@ -192,7 +192,15 @@ def main(argv=None):
     for i, p in enumerate(rows["path"]):
         where.setdefault(os.path.realpath(p), []).append(i)
     outputs = trunk_cache.image_outputs(
-        model, queries, cfg.image_size, cfg.batch_size, cfg.num_workers, device, trained.trunk_dtype, desc="queries"
+        model,
+        queries,
+        cfg.image_size,
+        cfg.batch_size,
+        cfg.num_workers,
+        device,
+        trained.trunk_dtype,
+        desc="queries",
+        views=cfg.trunk_views,  # the checkpoint's, as embed.py's vectors averaged them
     )
     table, taken = [], set()
     # the CSV and its figures as one set: a new query never leaves an older query's figures beside its table

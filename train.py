@@ -16,7 +16,9 @@ stopping after `patience` epochs without a better validation loss. By default (s
 weights are averaged over epochs (an exponential moving average, lab/head_training.py), and it is the averaged
 weights that are validated, stopped on and kept in best.pth (history: their validation loss and accuracy): one
 lucky or unlucky epoch on a small validation split no longer decides the model. stopping="smoothed" stops on a moving
-average of the validation loss, stopping="raw" on each epoch's own (the rule before issue 34). Both checkpoints
+average of the validation loss, stopping="raw" on each epoch's own (the rule before issue 34). With trunk_views=k >
+1 the trunk's output is cached in k dihedral views of each image; each epoch trains on a random view of each image
+(seeded), and the validation averages the views, as every later prediction does. Both checkpoints
 record the rule and its state; last.pth the average too, for --resume (docs/training-recipe.md). The head's
 forward and backward passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32
 elsewhere), recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
@@ -38,6 +40,7 @@ import backbone
 import lab
 from lab import (
     artifacts,
+    cached_features,
     checkpoint,
     config,
     head_training,
@@ -171,9 +174,11 @@ def start_or_resume(cfg, device, model, optimizer, split_digest):
 
 
 def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dtype):
-    """One pass over the training images in this epoch's seeded order (resumable: one seed per epoch)."""
+    """One pass over the training images in this epoch's seeded order, each image in a random one of its cached
+    dihedral views when trunk_views > 1 (resumable: one seed per epoch for both)."""
     shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     order = torch.randperm(len(data), generator=shuffle)
+    views = cached_features.draw_views(data, shuffle)
     return head_training.run_epoch(
         model,
         data,
@@ -184,6 +189,7 @@ def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dt
         desc=f"epoch {epoch}/{cfg.epochs}",
         weights=weights,
         dtype=head_dtype,
+        views=views,
     )
 
 
@@ -211,7 +217,7 @@ def fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest):
     print(
         f"[train] {len(data['train'])} train / {len(data['val'])} validation images, {len(cfg.seen_classes)} "
         f"classes, up to {cfg.epochs} epochs (patience {cfg.patience}, stopping {cfg.stopping!r}) on {device}, head "
-        f"in {head_precision}"
+        f"in {head_precision}" + (f", {cfg.trunk_views} dihedral views of each image" if cfg.trunk_views > 1 else "")
     )
     weights = head_training.class_weights(data["train"].labels.numpy(), len(cfg.seen_classes), cfg.class_weighting)
     if weights is not None:

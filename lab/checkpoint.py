@@ -40,7 +40,10 @@ MODEL_KEYS = (
     "labels_statuses",
     "labels_map",
     "near_copies",
+    "trunk_views",
 )
+# Model settings a checkpoint of an earlier lab lacks, and the value it was trained with.
+BEFORE_THE_SETTING = {"trunk_views": 1}
 # Settings that may differ when resuming; everything else must match the interrupted run.
 RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "output_dir", "rebuild_split"}
 
@@ -117,8 +120,8 @@ def config_from_checkpoint(ckpt, cfg):
     data_root that holds the very files of the split (the data moved): that one is used, and said so."""
     merged = SimpleNamespace(**vars(cfg))
     for key in MODEL_KEYS:
-        if key in ckpt["config"]:
-            theirs, ours = ckpt["config"][key], getattr(cfg, key)
+        if key in ckpt["config"] or key in BEFORE_THE_SETTING:
+            theirs, ours = ckpt["config"].get(key, BEFORE_THE_SETTING.get(key)), getattr(cfg, key)
             if theirs != ours and key == "data_root" and _holds_the_split(cfg):
                 print(
                     f"[checkpoint] data_root: the split's files are in {artifacts.resolve(ours)}, unchanged (the "

@@ -41,6 +41,7 @@ NOVELTY_SCORES = ("msp", "energy", "knn", "mahalanobis", "mahalanobis_knn")  # n
 ABUNDANCE_METHODS = ("cc", "acc", "pcc", "pacc", "emq", "emq_bcts", "emq_nbvs")  # QuaPy's methods, lab/abundances.py
 AUDIT_MODELS = ("linear", "head")  # label_audit.py fits one per fold
 STOPPING_RULES = ("averaged", "smoothed", "raw")  # train.py's early stopping: head_training.STOPPING
+TRUNK_VIEWS = (1, 2, 4, 8)  # the first k dihedral views of image_io.VIEW_TURNS, each a group of transforms
 
 
 # --------------------------------------------------------------------------- config
@@ -263,6 +264,7 @@ RULES = {
     "epochs": at_least(1),
     "patience": at_least(1),
     "stopping": one_of(*STOPPING_RULES),
+    "trunk_views": one_of(*TRUNK_VIEWS),
     "class_weighting": one_of("none", "balanced"),
     "seed": at_least(0),
     "device": a_device,

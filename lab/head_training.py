@@ -13,7 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lab import progress
+from lab import cached_features, progress
 
 # The head trains on one thread (docs/performance.md, "The head under load"). Its products are small: on the
 # project's 2-core Xeon a second thread gained 1.4x idle but lost 3x beside one busy process, OpenMP's threads
@@ -51,25 +51,38 @@ def class_weights(labels, n_classes, weighting):
 
 
 def run_epoch(
-    model, data, device, batch_size, optimizer=None, order=None, desc=None, weights=None, dtype=None, smoothing=0.0
+    model,
+    data,
+    device,
+    batch_size,
+    optimizer=None,
+    order=None,
+    desc=None,
+    weights=None,
+    dtype=None,
+    smoothing=0.0,
+    views=None,
 ):
     """One pass; trains when an optimizer is given. Returns (mean loss, accuracy). weights: per-class loss weights;
     dtype: the head's autocast dtype (precision.head_dtype), or None for fp32; smoothing: label smoothing of the loss
-    (the benchmark's candidate; train.py's loss has none)."""
+    (the benchmark's candidate; train.py's loss has none). Data cached in several dihedral views (trunk_views):
+    training reads each image in its view of `views` (cached_features.draw_views; None: the first view), an
+    evaluation averages every view's output, as the model's predictions do (cached_features.head_of_views)."""
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), reduction="sum", label_smoothing=smoothing
     )
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     model.train(optimizer is not None)
     total_loss, correct = 0.0, 0
-    batches = data.batches(batch_size, order)
+    views = views if optimizer is not None else cached_features.every_view(data)
+    batches = data.batches(batch_size, order, views)
     if desc:
         batches = progress.progress(batches, math.ceil(len(data) / batch_size), desc, unit="batches")
     with torch.set_grad_enabled(optimizer is not None):
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
-                logits, _ = model.head(x)
+                logits, _ = cached_features.head_of_views(model, x)
                 loss = criterion(logits, y)
             if not torch.isfinite(loss):
                 return float("nan"), 0.0

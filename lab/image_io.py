@@ -1,6 +1,7 @@
 """Images: decoding any common format and mode (16-bit, transparency, EXIF orientation, multi-frame, huge
 JPEGs in bounded memory), the letterbox to a square, uint8 pixels normalised on the device with the ImageNet
-statistics, and the Dataset of the trunk pass. Reads image files; writes nothing.
+statistics, the dihedral views of a batch (`dihedral_view`: the trunk_views setting's flips and quarter turns), and
+the Dataset of the trunk pass. Reads image files; writes nothing.
 """
 
 import hashlib
@@ -202,6 +203,24 @@ def normalise(pixels):
     """uint8 batch (n x 3 x h x w, on any device) -> float32, scaled to [0, 1] and standardised by the ImageNet
     statistics the trunk was trained with; done on the trunk's device, in one pass over the batch."""
     return torch.addcmul(_SHIFT.to(pixels.device), pixels.float(), _SCALE.to(pixels.device))
+
+
+# The 8 dihedral views of a square image (plankton have no up or down), in the one order the lab uses: view v is
+# VIEW_TURNS[v % 4] quarter turns counter-clockwise (torch.rot90), then, for v >= 4, a left-right flip. Identity,
+# half turn, quarter turn, three-quarter turn, then the flip of each: so the first 1, 2, 4 and 8 views (the values
+# of trunk_views) are each a group, closed under composition, and averaging a model's outputs over them gives the
+# same answer for an image and for any of its views in the group.
+VIEW_TURNS = (0, 2, 1, 3)
+VIEWS = 2 * len(VIEW_TURNS)
+
+
+def dihedral_view(images, view):
+    """The view-th dihedral transform (VIEW_TURNS) of a batch of square images (..., H, W); view 0 is the batch
+    itself, untouched."""
+    if view == 0:
+        return images
+    turned = torch.rot90(images, VIEW_TURNS[view % 4], dims=(-2, -1))
+    return torch.flip(turned, dims=(-1,)) if view >= 4 else turned
 
 
 def image_tensor(img, size):

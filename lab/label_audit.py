@@ -11,10 +11,12 @@ out-of-fold probabilities. No trunk pass is run, and nothing is chosen on the im
                           standardised: cleanlab's own recipe for images (a simple classifier on a pretrained
                           network's features, cross-validated).
   "head"                  a fresh lab head (each layer initialised anew, seeded) trained by the main run's rules
-                          (`FoldTraining`: its learning rate, batch size, class weighting, head precision, epochs and
-                          patience), stopped on an inner validation part of its own training images (INNER_SHARE,
-                          stratified, seeded) as train.py stops on the validation split, the best epoch kept: about
-                          audit_folds - 1 times the main run's training. Its
+                          (`FoldTraining`: its learning rate, batch size, class weighting, head precision, epochs,
+                          patience and stopping rule, its dihedral views too), stopped on an inner validation part of
+                          its own training images (INNER_SHARE, stratified, seeded) as train.py stops on the
+                          validation split, the weights its rule keeps kept (with stopping="averaged", the default,
+                          the head's weights averaged over epochs): about audit_folds - 1 times the main run's
+                          training. Its
                           out-of-fold outputs are the head's own, which the abundances' out-of-fold calibration
                           needs.
 How many planted label errors each model finds, and at what cost, measured: docs/label-audit.md.
@@ -50,7 +52,9 @@ LINEAR_C = 0.1
 LINEAR_MAX_ITER = 1000
 HEAD_PARTS = ("head_conv", "embedding", "classifier")  # the trainable layers of backbone.PlanktonNet
 # Settings of the main run: each fold's head is trained with them.
-TRAINING_KEYS = ("lr", "batch_size", "class_weighting", "head_precision", "epochs", "patience")
+TRAINING_KEYS = ("lr", "batch_size", "class_weighting", "head_precision", "epochs", "patience", "stopping")
+# A checkpoint of before the stopping setting was trained with the raw rule.
+STOPPING_BEFORE_THE_SETTING = "raw"
 # The share of a fold's training images set apart to stop its head on. Heads trained for the main run's best epoch
 # count instead reached 0.58 to 0.92 on their held-out ndsb9 images (the random trunk's validation accuracy swings
 # from epoch to epoch); stopped on this inner part, 0.89 to 0.94 (docs/label-audit.md).
@@ -71,6 +75,7 @@ class FoldTraining:
     seed: int
     patience: int | None = None
     best_epoch: int | None = None  # the main run's: for a fold too small to set an inner part apart
+    stopping: str = "raw"  # the main run's rule (head_training.STOPPING); the benchmarks' fold heads keep "raw"
 
     def with_epochs(self, epochs):
         """Exactly `epochs` epochs, no stopping (the benchmark's growth measurement)."""
@@ -82,6 +87,7 @@ def fold_training(ckpt, cfg, device):
     epochs and patience it was trained with (the current config's, for a checkpoint that lacks one), the head
     precision resolved on this device as train.py resolves it."""
     trained_with = {key: ckpt.get("config", {}).get(key, getattr(cfg, key)) for key in TRAINING_KEYS}
+    trained_with["stopping"] = ckpt.get("config", {}).get("stopping", STOPPING_BEFORE_THE_SETTING)
     return FoldTraining(
         epochs=int(trained_with["epochs"]),
         lr=float(trained_with["lr"]),
@@ -91,6 +97,7 @@ def fold_training(ckpt, cfg, device):
         seed=cfg.seed,
         patience=int(trained_with["patience"]),
         best_epoch=int(ckpt["epoch"]),
+        stopping=trained_with["stopping"],
     )
 
 
@@ -151,10 +158,12 @@ def head_state(model):
 
 
 def train_fold(model, data, training, device, fold, n_classes):
-    """Train a fresh head on data (the other folds' images), each epoch in its seeded order: stopped on an inner
-    validation part of data and its best epoch's weights kept (training.patience), or for exactly training.epochs
-    epochs on all of data (patience None; also for a fold too small to set an inner part apart, then for the main
-    run's best epoch count). Returns (the epoch kept, the images trained on, the inner images)."""
+    """Train a fresh head on data (the other folds' images), each epoch in its seeded order (each image in a random
+    one of its cached views, as train.py draws them): stopped on an inner validation part of data by the main run's
+    rule (training.stopping, training.patience) and the weights it keeps kept (with "averaged", the weights averaged
+    over epochs), or for exactly training.epochs epochs on all of data (patience None; also for a fold too small to
+    set an inner part apart, then for the main run's best epoch count; with "averaged", the average at the end is
+    kept). Returns (the epoch kept, the images trained on, the inner images)."""
     reset_head(model, training.seed * 1009 + fold)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
     epochs, inner = training.epochs, np.zeros(0, dtype=np.int64)
@@ -166,23 +175,31 @@ def train_fold(model, data, training, device, fold, n_classes):
             epochs = training.best_epoch or training.epochs
     stopping = len(inner) > 0
     weights = head_training.class_weights(data.labels.numpy(), n_classes, training.class_weighting)
-    best_loss, best_epoch, best_state, stale = math.inf, epochs, None, 0
+    rule, averaged = head_training.STOPPING[training.stopping]
+    early = head_training.EarlyStopping(rule, training.patience or 1)
+    average = head_training.weight_average(model) if averaged else None
+    scored = average.module if average is not None else model  # the weights validated and kept
+    best_epoch, best_state = epochs, None
     for epoch in range(1, epochs + 1):
         shuffle = torch.Generator().manual_seed(training.seed * 100003 + 1000 * (fold + 1) + epoch)
+        order = torch.randperm(len(data), generator=shuffle)
         loss, _ = head_training.run_epoch(
             model,
             data,
             device,
             training.batch_size,
             optimizer,
-            torch.randperm(len(data), generator=shuffle),
+            order,
             desc=f"audit fold {fold + 1} epoch {epoch}/{epochs}",
             weights=weights,
             dtype=training.head_dtype,
+            views=cached_features.draw_views(data, shuffle),
         )
+        if average is not None:
+            average.update_parameters(model)
         if stopping:
             inner_loss, _ = head_training.run_epoch(
-                model, inner_data, device, training.batch_size, weights=weights, dtype=training.head_dtype
+                scored, inner_data, device, training.batch_size, weights=weights, dtype=training.head_dtype
             )
             loss = loss + inner_loss  # either one non-finite: diverged
         if not math.isfinite(loss):
@@ -193,12 +210,12 @@ def train_fold(model, data, training, device, fold, n_classes):
             )
         if not stopping:
             continue
-        if inner_loss < best_loss:
-            best_loss, best_epoch, best_state, stale = inner_loss, epoch, head_state(model), 0
-        else:
-            stale += 1
-            if stale >= training.patience:
-                break
+        if early.step(inner_loss):
+            best_epoch, best_state = epoch, head_state(scored)
+        if early.stop:
+            break
+    if best_state is None and average is not None:  # no inner part to stop on: the average at the end
+        best_state = head_state(average.module)
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     return best_epoch, len(data), len(inner)
@@ -269,7 +286,8 @@ def issue_table(rows, classes, probabilities, quality, flagged, rank, fold):
 
 def pooled_features(data, batch_size=1024):
     """(images x channels * POOL_GRID**2) float32: each image's cached trunk features averaged over a POOL_GRID x
-    POOL_GRID grid, read from the cache in batches (never the whole cache in memory)."""
+    POOL_GRID grid, read from the cache in batches (never the whole cache in memory). The images as they are (the
+    first view), whatever trunk_views: the linear model was chosen and measured on them (docs/label-audit.md)."""
     batches = progress.progress(data.batches(batch_size), -(-len(data) // batch_size), "audit features", "batches")
     parts = [torch.nn.functional.adaptive_avg_pool2d(x, POOL_GRID).flatten(1).numpy() for x, _ in batches]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -7,9 +7,12 @@ flat as the data grows) and `..._<key>.ok.npy` (images that decoded), and
 lists images that fail to decode here in results/skipped_files.csv. The key covers the image list (paths,
 sizes, modification times and a fingerprint of each file's content), the image size, the trunk weights and
 the precision, so a change to any of them recomputes; features of another precision are kept apart. The
-folder can be deleted at any time. Both files are written under temporary names (`.npy.tmp<pid>`) and renamed
-when whole. Under torchrun (distributed.py) each rank writes its contiguous shard to `..._<key>.npy.part<rank>`
-and rank 0 assembles them, in order, into the same two files.
+folder can be deleted at any time. With trunk_views=k > 1 (the first k dihedral views of image_io.VIEW_TURNS) each
+view has its own pair of files, `cache/trunk_<split>_<precision>_view<v>_<view key>.npy` for views 1 .. k-1, the
+view key a digest of the images' key and the view: view 0's files are the cache of a run without views, named and
+keyed as before, and a cache of one view is never read as another's. Both files are written under temporary names
+(`.npy.tmp<pid>`) and renamed when whole. Under torchrun (distributed.py) each rank writes its contiguous shard to
+`..._<key>.npy.part<rank>` and rank 0 assembles them, in order, into the same two files.
 """
 
 import contextlib
@@ -28,7 +31,7 @@ import torch
 
 import backbone
 import lab
-from lab import artifacts, distributed, image_io, progress, runtime, splitting
+from lab import artifacts, cached_features, distributed, image_io, progress, runtime, splitting
 from lab.cached_features import CachedSplit
 from lab.precision import PRECISIONS, precision_name
 
@@ -58,6 +61,12 @@ def cache_key(cfg, abs_paths, weights_id, dtype):
     return h.hexdigest()[:16]
 
 
+def view_key(key, view):
+    """The cache key of a view's features: the images' key itself for view 0 (the upright images: the cache of a
+    run without views, unchanged), else a digest of it and the view's number."""
+    return key if view == 0 else hashlib.sha256(f"{key}:view {view}".encode()).hexdigest()[:16]
+
+
 def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
     """Batches of uint8 pixels and ok flags, in order. The loader has a generator of its own: iterating a
     DataLoader draws its workers' base seed from the generator it is given, by default torch's global one, and
@@ -75,15 +84,21 @@ def trunk_loader(abs_paths, image_size, batch_size, num_workers, device):
 
 
 @torch.no_grad()
-def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass"):
-    """Feed every batch through the trunk (BN folded, channels-last, autocast to dtype); hand its output to write."""
+def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass", views=(0,)):
+    """Feed every batch through the trunk (BN folded, channels-last, autocast to dtype), in each of the dihedral
+    views given (image_io.dihedral_view); hand its output to write: (batch, ...) for one view, (views, batch, ...)
+    for several (each image decoded once)."""
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in progress.progress(loader, len(loader), desc, unit="batches"):
-        images = image_io.normalise(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            out = trunk(images)
-        write(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16), ok.numpy())
+        images = image_io.normalise(images.to(device, non_blocking=True))
+        outs = []
+        for view in views:
+            viewed = image_io.dihedral_view(images, view).contiguous(memory_format=torch.channels_last)
+            with autocast:
+                out = trunk(viewed)
+            outs.append(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16))
+        write(outs[0] if len(views) == 1 else np.stack(outs), ok.numpy())
 
 
 def _stream_features(target, n, shape, fill):
@@ -157,8 +172,10 @@ def trunk_shard(
     device_type,
     data_root,
     desc,
+    view=0,
 ):
-    """On one torchrun rank: the trunk's output for abs_paths[start:stop], written to part_path(cache_path, rank);
+    """On one torchrun rank: the trunk's output (in one dihedral view) for abs_paths[start:stop], written to
+    part_path(cache_path, rank);
     returns their ok flags. The part is removed if this fails."""
     if not os.path.isdir(data_root):
         raise lab.LabError(
@@ -183,7 +200,7 @@ def trunk_shard(
             part,
             len(paths),
             (backbone.TRUNK_CHANNELS, side, side),
-            lambda write: run_trunk(trunk, loader, device, dtype, write, desc),
+            lambda write: run_trunk(trunk, loader, device, dtype, write, desc, (view,)),
         )
     except BaseException:
         with contextlib.suppress(OSError):
@@ -223,7 +240,7 @@ def assemble_parts(path, ok_path, n, shape, oks):
     _publish(tmp, path, ok_path, np.concatenate(oks))
 
 
-def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name):
+def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name, view=0):
     """torchrun: every rank computes a contiguous shard and writes it beside the cache file; rank 0 assembles the
     file a single process would write. On any failure, no part and no temporary file is left behind."""
     job = {
@@ -237,6 +254,7 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
         "precision": precision_name(dtype),
         "data_root": str(artifacts.resolve(cfg.data_root)),
         "desc": f"trunk {split_name}",
+        "view": view,
     }
     try:
         oks = distributed.map_shards(
@@ -250,10 +268,12 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
         raise
 
 
-def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device, dtype, desc="images"):
+def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device, dtype, desc="images", views=1):
     """Logits, embeddings and decoded flags of images that have no trunk cache (predict.py's new sample): the
     trunk's float16 output goes through the head exactly as it does from the cache, so the results equal
-    evaluate.py's and embed.py's. Under torchrun every rank computes a contiguous shard; rank 0 joins them."""
+    evaluate.py's and embed.py's; with views > 1 (the checkpoint's trunk_views) the trunk sees each image in its
+    first `views` dihedral views and the outputs are their average, as cached_features.head_outputs averages
+    them. Under torchrun every rank computes a contiguous shard; rank 0 joins them."""
     job = {
         "model": copy.deepcopy(model).cpu(),
         "abs_paths": abs_paths,
@@ -263,6 +283,7 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
         "device_type": device.type,
         "precision": precision_name(dtype),
         "desc": desc,
+        "views": views,
     }
     parts = distributed.map_shards(
         image_outputs_shard, len(abs_paths), f"the pass over {desc}", align=batch_size, **job
@@ -271,7 +292,7 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
 
 
 def image_outputs_shard(
-    rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type, precision, desc
+    rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type, precision, desc, views=1
 ):
     """On one rank (or the single process): image_outputs of abs_paths[start:stop]."""
     device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
@@ -283,9 +304,9 @@ def image_outputs_shard(
     }
 
     def head(trunk_out, ok):
-        x = torch.from_numpy(trunk_out.astype(np.float32)).to(device).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(trunk_out.astype(np.float32)).to(device)
         with torch.no_grad():
-            logits, embedding = model.head(x)
+            logits, embedding = cached_features.head_of_views(model, x)
         outputs["logits"].append(logits.float().cpu().numpy())
         outputs["embeddings"].append(embedding.float().cpu().numpy())
         outputs["ok"].append(ok)
@@ -293,50 +314,57 @@ def image_outputs_shard(
     paths = abs_paths[start:stop]
     if paths:
         loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
-        run_trunk(model.trunk, loader, device, PRECISIONS[precision], head, desc)
+        run_trunk(model.trunk, loader, device, PRECISIONS[precision], head, desc, tuple(range(views)))
     return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
-def cache_prefix(split_name, dtype):
-    return f"trunk_{split_name}_{precision_name(dtype)}_"
+def cache_prefix(split_name, dtype, view=0):
+    """The cache files' names before their key: view 0's as the lab named them before views, a view's own after."""
+    return f"trunk_{split_name}_{precision_name(dtype)}_" + (f"view{view}_" if view else "")
 
 
-def remove_stale_caches(folder, split_name, dtype):
-    """Delete this split's cache files of older keys in this precision (its images, size or weights changed);
-    only files named exactly as this module names them, so nothing else in the folder is ever touched, and
-    never the features of another precision, which another checkpoint may have been trained on."""
-    prefix = cache_prefix(split_name, dtype)
-    pattern = re.compile(rf"{re.escape(prefix)}[0-9a-f]{{16}}(\.ok)?\.npy")
+def remove_stale_caches(folder, split_name, dtype, current=None):
+    """Delete this split's cache files, in this precision and in every view, whose key is not the current one of
+    their view (current: the images' cache_key; None: every one): their images, size or weights changed. Only
+    files named exactly as this module names them, so nothing else in the folder is ever touched, and never the
+    features of another precision, which another checkpoint may have been trained on."""
     removed = []
-    for stale in folder.glob(f"{glob.escape(prefix)}*.npy"):
-        if pattern.fullmatch(stale.name):
-            stale.unlink()
-            removed.append(stale.name)
+    for view in range(image_io.VIEWS):
+        prefix = cache_prefix(split_name, dtype, view)
+        pattern = re.compile(rf"{re.escape(prefix)}([0-9a-f]{{16}})(\.ok)?\.npy")
+        keep = None if current is None else view_key(current, view)
+        for stale in folder.glob(f"{glob.escape(prefix)}*.npy"):
+            found = pattern.fullmatch(stale.name)
+            if found and found.group(1) != keep:
+                stale.unlink()
+                removed.append(stale.name)
     return removed
 
 
-def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype):
-    """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, cached; under
-    torchrun the pass is shared by every rank and the file is the same."""
+def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype, view=0, key=None):
+    """(features memmap float16 [N, channels, s, s], ok bool [N]) for the rows of split.csv given, in one dihedral
+    view (image_io.dihedral_view; 0: the images as they are), cached; under torchrun the pass is shared by every
+    rank and the file is the same. key: the images' cache_key, when the caller has it already."""
     abs_paths = splitting.absolute_paths(cfg, split_rows["path"])
-    key = cache_key(cfg, abs_paths, weights_id, dtype)
+    key = key or cache_key(cfg, abs_paths, weights_id, dtype)
     folder = artifacts.out_path(cfg, "cache")
-    prefix = cache_prefix(split_name, dtype)
-    path, ok_path = folder / f"{prefix}{key}.npy", folder / f"{prefix}{key}.ok.npy"
+    prefix, own_key = cache_prefix(split_name, dtype, view), view_key(key, view)
+    path, ok_path = folder / f"{prefix}{own_key}.npy", folder / f"{prefix}{own_key}.ok.npy"
     if not (path.exists() and ok_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_caches(folder, split_name, dtype)
+        remove_stale_caches(folder, split_name, dtype, key)
         side = backbone.trunk_side(cfg.image_size)
         shared = f", shared by {distributed.world_size()} ranks" if distributed.active() else ""
+        in_view = f" in dihedral view {view}" if view else ""
         print(
-            f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images "
+            f"[trunk] computing the frozen trunk's output for {len(abs_paths)} {split_name} images{in_view} "
             f"({precision_name(dtype)}{shared}, cached in {folder})"
         )
         shape = (backbone.TRUNK_CHANNELS, side, side)
         started = time.perf_counter()
         try:
             if distributed.active():
-                _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name)
+                _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name, view)
             else:
                 loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
                 _write_cache(
@@ -344,7 +372,9 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
                     ok_path,
                     len(abs_paths),
                     shape,
-                    lambda write: run_trunk(trunk, loader, device, dtype, write, f"trunk {split_name}"),
+                    lambda write: run_trunk(
+                        trunk, loader, device, dtype, write, f"trunk {split_name}{in_view}", (view,)
+                    ),
                 )
         except OSError as exc:
             raise lab.LabError(
@@ -354,21 +384,27 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
             ) from None
         seconds = time.perf_counter() - started
         print(
-            f"[trunk] {split_name}: {len(abs_paths)} images in {seconds:.1f} s "
+            f"[trunk] {split_name}{in_view}: {len(abs_paths)} images in {seconds:.1f} s "
             f"({len(abs_paths) / max(seconds, 1e-9):.0f} images/s)"
         )
     features = np.load(path, mmap_mode="r")
     ok = np.load(ok_path)
-    splitting.record_trunk_failures(cfg, split_rows, ok)
+    if view == 0:  # the decoding is the same in every view
+        splitting.record_trunk_failures(cfg, split_rows, ok)
     return features, ok
 
 
-def prepare(cfg, device, split, model, weights_id, dtype, names=("train", "val")):
-    """CachedSplit per split name, computing the trunk pass (in dtype) where the cache misses."""
+def prepare(cfg, device, split, model, weights_id, dtype, names=("train", "val"), views=None):
+    """CachedSplit per split name, computing the trunk pass (in dtype) where the cache misses, in the first `views`
+    dihedral views (default: cfg.trunk_views)."""
+    views = getattr(cfg, "trunk_views", 1) if views is None else views
     class_index = {c: i for i, c in enumerate(cfg.seen_classes)}
     out = {}
     for name in names:
         rows = split[split["split"] == name].reset_index(drop=True)
-        feats, ok = trunk_features(cfg, model.trunk, rows, name, weights_id, device, dtype)
-        out[name] = CachedSplit(feats, ok, [class_index.get(label, -1) for label in rows["label"]], rows)
+        key = cache_key(cfg, splitting.absolute_paths(cfg, rows["path"]), weights_id, dtype)
+        feats, ok = zip(
+            *(trunk_features(cfg, model.trunk, rows, name, weights_id, device, dtype, v, key) for v in range(views))
+        )
+        out[name] = CachedSplit(list(feats), ok[0], [class_index.get(label, -1) for label in rows["label"]], rows)
     return out

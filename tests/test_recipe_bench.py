@@ -1,12 +1,12 @@
 """The recipe and views benchmarks' own arithmetic (issue 34): the split each seed draws, the spread they report,
-and the 8 dihedral views of an image."""
+and the views benchmark's summary and options (the 8 dihedral views themselves: test_views.py)."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
+import lab
 from bench import bench_recipe, bench_views
 
 
@@ -47,11 +47,28 @@ def test_noise_patience_waits_longer_when_the_loss_jumps():
     assert steady.stale == noisy.stale == 5 and steady.stop and not noisy.stop
 
 
-def test_the_views_of_an_image_are_its_eight_dihedral_transforms():
-    image = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)  # no symmetry: 8 distinct views
-    views = [bench_views.dihedral(image, v)[0].numpy() for v in range(bench_views.VIEWS)]
-    plain = image[0].numpy()
-    brute_force = [np.rot90(plain, k, axes=(1, 2)) for k in range(4)]
-    brute_force += [np.flip(np.rot90(plain, k, axes=(1, 2)), axis=2) for k in range(4)]
-    assert all(np.array_equal(v, b) for v, b in zip(views, brute_force))
-    assert len({v.tobytes() for v in views}) == 8 and np.array_equal(views[0], plain)
+def test_the_views_summary_is_the_mean_and_sample_standard_deviation_of_each_k():
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in (1, 8):
+        for s in range(3):
+            row = {"seed": s, "trunk_views": k, "epochs": int(rng.integers(6, 50)), "seconds_per_epoch": 1.0 + s}
+            for kind in bench_views.KINDS:
+                a = float(rng.uniform(0.8, 1))
+                row[kind] = {"accuracy": a, "balanced_accuracy": a - 0.01, "macro_f1": a - 0.02}
+            rows.append(row)
+    summary = bench_views.summary_of(rows)
+    for k in (1, 8):
+        mine = [r for r in rows if r["trunk_views"] == k]
+        entry = summary[str(k)]
+        balanced = [r["averaged"]["balanced_accuracy"] for r in mine]
+        assert entry["seeds"] == 3 and entry["averaged/balanced_accuracy"]["mean"] == pytest.approx(np.mean(balanced))
+        assert entry["averaged/balanced_accuracy"]["sd"] == pytest.approx(np.std(balanced, ddof=1))
+        assert entry["epochs"]["mean"] == pytest.approx(np.mean([r["epochs"] for r in mine]))
+
+
+def test_the_views_benchmark_takes_only_the_settings_views():
+    expected = (range(3, 5), [1, 8], 0, ["--lr=0.1"])
+    assert bench_views.own_options(["--views=1,8", "--seeds=2", "--first_seed=3", "--lr=0.1"]) == expected
+    with pytest.raises(lab.LabError, match="--views=1,3"):
+        bench_views.own_options(["--views=1,3"])
