@@ -659,12 +659,12 @@ def busy_processes(n):
 
 def with_openmp(env, code):
     """Python code that sets the OpenMP environment `env` (None: unset) and then runs `code`, for a fresh process:
-    after lab/__init__.py has set its default and before anything loads torch (libgomp reads it then, once)."""
+    before anything loads torch (libgomp reads it then, once)."""
     sets = "; ".join(
         f"os.environ.pop({name!r}, None)" if value is None else f"os.environ[{name!r}] = {value!r}"
         for name, value in env.items()
     )
-    return f"import os; import lab; {sets}; {code}"
+    return f"import os; {sets}; {code}"
 
 
 def under_load_child(argv, quick, scratch, rounds):
