@@ -163,7 +163,13 @@ def train_fold(model, data, training, device, fold, n_classes):
     rule (training.stopping, training.patience) and the weights it keeps kept (with "averaged", the weights averaged
     over epochs), or for exactly training.epochs epochs on all of data (patience None; also for a fold too small to
     set an inner part apart, then for the main run's best epoch count; with "averaged", the average at the end is
-    kept). Returns (the epoch kept, the images trained on, the inner images)."""
+    kept). Returns (the epoch kept, the images trained on, the inner images). On the head's own thread count, as
+    train.py trains the head (head_training.head_threads)."""
+    with head_training.head_threads():
+        return _train_fold(model, data, training, device, fold, n_classes)
+
+
+def _train_fold(model, data, training, device, fold, n_classes):
     reset_head(model, training.seed * 1009 + fold)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
     epochs, inner = training.epochs, np.zeros(0, dtype=np.int64)
