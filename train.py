@@ -178,8 +178,6 @@ def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dt
     dihedral views when trunk_views > 1 (resumable: one seed per epoch for both)."""
     shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     order = torch.randperm(len(data), generator=shuffle)
-    views = cached_features.draw_views(data, shuffle)
-    with_views = {} if views is None else {"views": views}  # one view: run_epoch is called as before views existed
     return head_training.run_epoch(
         model,
         data,
@@ -190,7 +188,7 @@ def train_one_epoch(model, data, device, cfg, optimizer, epoch, weights, head_dt
         desc=f"epoch {epoch}/{cfg.epochs}",
         weights=weights,
         dtype=head_dtype,
-        **with_views,
+        views=cached_features.draw_views(data, shuffle),  # None (nothing drawn) with one view
     )
 
 
