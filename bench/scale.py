@@ -516,18 +516,14 @@ DATASETS = {
     "ndsb112": (SHARED / "ndsb112", NDSB112_UNSEEN, []),
 }
 DATASET_SETTINGS = ["--epochs=3", "--backbone_weights=None"]  # the same for every data set: only the data differ
-STAGE_SCRIPTS = (
-    "dataloader",
-    "train",
-    "evaluate",
-    "embed",
-    "compute_average_distances",
-    "dimensionality_reduction",
-    "transfer_learning",
-    "novelty",
-    "audit",
-    "report",
-)  # run_pipeline.STAGES, in its order
+
+
+def stage_scripts():
+    """The pipeline's stage scripts, in run_pipeline.STAGES' order (imported here, not at the top: the scale
+    section's other measurements need no torch in this parent process)."""
+    import run_pipeline
+
+    return tuple(module.__name__ for _, module in run_pipeline.STAGES)
 
 
 def stage_process(script, argv, label):
@@ -583,8 +579,9 @@ def measure_datasets(scratch, datasets=None, settings=DATASET_SETTINGS):
     present = {k: v for k, v in datasets.items() if Path(v[0]).is_dir()}
     if len(present) < len(datasets):
         return {"skipped": sorted(set(datasets) - set(present))}
-    result = {"images": {}, "classes": {}, "stages": {s: {} for s in STAGE_SCRIPTS}, "imports": {}}
-    for script in STAGE_SCRIPTS:
+    scripts = stage_scripts()
+    result = {"images": {}, "classes": {}, "stages": {s: {} for s in scripts}, "imports": {}}
+    for script in scripts:
         result["imports"][script] = stage_process(script, ["--help"], f"{script} --help")["cpu_seconds"]
     for name, (folder, unseen, extra) in present.items():
         out = Path(scratch) / name.replace(" ", "_")
@@ -596,7 +593,7 @@ def measure_datasets(scratch, datasets=None, settings=DATASET_SETTINGS):
             *settings,
             *extra,
         ]
-        for script in STAGE_SCRIPTS:
+        for script in scripts:
             took = stage_process(script, argv, f"{name}: {script}")
             took["cpu_seconds"] = max(took["cpu_seconds"] - result["imports"][script], 0.01)
             for key, value in took.items():
