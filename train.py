@@ -21,8 +21,9 @@ average of the validation loss, stopping="raw" on each epoch's own (the rule bef
 (seeded), and the validation averages the views, as every later prediction does. Both checkpoints
 record the rule and its state; last.pth the average too, for --resume (docs/training-recipe.md). The head's
 forward and backward passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32
-elsewhere), recorded in the checkpoints. Ctrl-C stops after the last finished epoch; resume with
-`python train.py --resume=True`.
+elsewhere), recorded in the checkpoints, on the threads head_threads says ("auto": the faster of one thread and
+torch's count, timed as it trains; docs/performance.md, "The head under load"). Ctrl-C stops after the last
+finished epoch; resume with `python train.py --resume=True`.
 """
 
 import contextlib
@@ -342,8 +343,11 @@ def main(argv=None):
     if (run.stopping_state or {}).get("stale", 0) >= cfg.patience or run.first_epoch > cfg.epochs:
         print("[resume] that run had already finished; nothing to do.")
         return run.history
-    with head_training.head_threads():  # the head on its own thread count; torch's own after it
-        return fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
+    with head_training.head_threads(cfg.head_threads) as threads:  # the head's thread count; torch's own after it
+        history = fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
+    if device.type == "cpu":
+        print(f"[train] the head trained on {threads.describe()} (head_threads={cfg.head_threads!r})")
+    return history
 
 
 if __name__ == "__main__":

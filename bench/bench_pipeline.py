@@ -55,6 +55,7 @@ from lab import (  # noqa: E402
     precision,
     runtime,
     splitting,
+    thread_choice,
     trunk_cache,
 )
 
@@ -493,7 +494,7 @@ def measure_head_training(run):
     def epoch():
         return head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head)
 
-    with head_training.head_threads():  # as train.py trains it
+    with head_training.head_threads(t.cfg.head_threads):  # as train.py trains it
         ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
     original = legacy.original_training_steps(
@@ -614,29 +615,39 @@ def measure_head_precision(run):
 LABS = " (the lab's)"
 
 
+AUTO = "auto (head_threads='auto')"
+
+
 def thread_settings():
-    """{name: OpenMP environment} of the alternatives, each fixed before torch loads in a fresh process: one
-    thread, and torch's own thread count with OpenMP's threads spinning while they wait (libgomp's default when
-    OMP_WAIT_POLICY is unset: None here) or asleep (passive)."""
-    cores = str(torch.get_num_threads())
+    """{name: (OpenMP environment, head_threads)} of the alternatives, the environment fixed before torch loads in
+    a fresh process: one thread; torch's own thread count with OpenMP's threads spinning while they wait
+    (libgomp's default when OMP_WAIT_POLICY is unset: None here) or asleep (passive); and head_threads="auto",
+    which times one thread against torch's count as the head trains (lab/thread_choice.py)."""
+    cores = torch.get_num_threads()
     return {
-        "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None},
-        f"{cores} threads, spinning": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": None},
-        f"{cores} threads, passive": {"OMP_NUM_THREADS": cores, "OMP_WAIT_POLICY": "PASSIVE"},
+        "1 thread": ({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None}, 1),
+        f"{cores} threads, spinning": ({"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": None}, cores),
+        f"{cores} threads, passive": ({"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"}, cores),
+        AUTO: ({"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": None}, "auto"),
     }
 
 
-def labs_setting(settings):
-    """The name of the setting the lab's head trains with here (head_training.HEAD_THREADS threads, at most
-    torch's; OpenMP's wait policy as the user left it)."""
-    threads = min(head_training.HEAD_THREADS, torch.get_num_threads())
+def labs_setting(settings, head_setting):
+    """The name of the setting the lab's head trains with here: head_threads (the config's) and OpenMP's wait
+    policy as the user left it; None where that is none of them."""
     passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
-    for name, env in settings.items():
-        if env["OMP_NUM_THREADS"] == str(threads) and (
-            threads == 1 or (env["OMP_WAIT_POLICY"] == "PASSIVE") == passive
-        ):
+    threads = head_setting if head_setting == "auto" else min(int(head_setting), torch.get_num_threads())
+    for name, (env, setting) in settings.items():
+        if setting == threads and (threads == 1 or (env["OMP_WAIT_POLICY"] == "PASSIVE") == passive):
             return name
     return None
+
+
+def probe_cost(fast, slow):
+    """The share of a run that head_threads="auto" spends timing the slower count, from two measured rates
+    (images/s): every KEEP_SECONDS, PROBE_BATCHES + 1 batches of 64 run on the slower count."""
+    images = (thread_choice.PROBE_BATCHES + 1) * 64
+    return images * (1 / slow - 1 / fast) / thread_choice.KEEP_SECONDS
 
 
 @contextlib.contextmanager
@@ -667,10 +678,11 @@ def with_openmp(env, code):
     return f"import os; {sets}; {code}"
 
 
-def under_load_child(argv, quick, scratch, rounds):
+def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True):
     """In a fresh process started by with_openmp: median images/s of the head's epoch (cached features, its
-    automatic precision, as in head_training) and of the trunk pass (its automatic precision), on the threads
-    and wait policy that process's OpenMP environment gives."""
+    automatic precision, as in head_training, on head_threads=head_setting) and, with_trunk, of the trunk pass (its
+    automatic precision, on torch's threads), with the wait policy that process's OpenMP environment gives. With "auto",
+    the warm-up epoch holds the first probe, and the measured epochs (well within KEEP_SECONDS) the choice."""
     bench = Run(argv, quick, scratch)
     bench.pipeline_seconds = {}  # the parent trained the model and cached the features: only read them here
     t = bench.trained
@@ -683,43 +695,68 @@ def under_load_child(argv, quick, scratch, rounds):
             len(data),
             lambda: head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head),
         ),
-        "trunk": (
+    }
+    if with_trunk:
+        work["trunk"] = (
             sum(len(b) for b in t.batches),
             trunk_pass(backbone.inference_trunk(t.model.trunk).to(t.device), t.batches, t.device, t.auto_dtype),
-        ),
-    }
+        )
     rates = {name: [] for name in work}
-    for fn in (fn for _, fn in work.values()):
-        fn()  # warm-up: oneDNN picks and caches its kernels
-    for _ in range(rounds):
-        for name, (items, fn) in work.items():
-            start = time.perf_counter()
-            fn()
-            rates[name].append(items / (time.perf_counter() - start))
+    threads = torch.get_num_threads()
+    with head_training.head_threads(head_setting) as choice:  # the head's batches set their own count in it
+        for _ in range(rounds + 1):  # the first round a warm-up: oneDNN picks and caches its kernels
+            for name, (items, fn) in work.items():
+                torch.set_num_threads(threads)  # the trunk on torch's threads, whatever the head's last batch ran on
+                start = time.perf_counter()
+                fn()
+                rates[name].append(items / (time.perf_counter() - start))
+    rates = {name: r[1:] for name, r in rates.items()}
     medians = {name: float(np.median(r)) for name, r in rates.items()}  # a steady load: the typical epoch, not the best
-    print(json.dumps({**medians, "threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+    print(
+        json.dumps(
+            {
+                **medians,
+                "threads": torch.get_num_threads(),
+                "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                "head_threads": choice.describe(),
+            }
+        )
+    )
 
 
 def measure_head_load(run):
     """The head's epoch and the trunk pass, idle and beside one and two busy processes, in each thread setting
-    (thread_settings): wall clock, as a user waits for it. Every setting meets each load in turn."""
+    (thread_settings): wall clock, as a user waits for it. Every setting meets each load in turn. make bench-quick
+    (--headline) leaves out two busy processes and the passive wait."""
     t = run.trained
     cached_train(t)  # the children read the cached features
     settings = thread_settings()
-    loads = (0, 1) if run.quick or run.headline else (0, 1, 2)  # make bench-quick: idle and one busy process
+    short = run.quick or run.headline
+    if short:
+        settings = {name: value for name, value in settings.items() if value[0]["OMP_WAIT_POLICY"] is None}
+    loads = (0, 1) if short else (0, 1, 2)
     rounds = 1 if run.quick else 3 if run.headline else 5
     measured = {name: {} for name in settings}
     for load in loads:
         print(f"[bench] head under load: {load} busy process(es) beside it, {len(settings)} settings", flush=True)
         with busy_processes(load):
-            for name, env in settings.items():
+            for name, (env, head_setting) in settings.items():
+                trunk = name != AUTO  # the trunk keeps torch's threads: under "auto" as on its threads spinning
                 code = (
                     "from bench.bench_pipeline import under_load_child; "
-                    f"under_load_child({run.argv[:-1]!r}, {run.quick!r}, {str(run.scratch)!r}, {rounds})"
+                    f"under_load_child({run.argv[:-1]!r}, {run.quick!r}, {str(run.scratch)!r}, {rounds}, "
+                    f"{head_setting!r}, {trunk!r})"
                 )
                 measured[name][load] = common.run_child(with_openmp(env, code))
-    ours = labs_setting(settings)
+    return head_load_rows(run, settings, loads, rounds, measured)
+
+
+def head_load_rows(run, settings, loads, rounds, measured):
+    ours = labs_setting(settings, run.trained.cfg.head_threads)
     one = "1 thread"
+    spinning = next(
+        name for name, (env, value) in settings.items() if value not in (1, "auto") and not env["OMP_WAIT_POLICY"]
+    )
     table = "; ".join(
         f"{name}{LABS if name == ours else ''} " + " / ".join(f"{by_load[load]['head']:.0f}" for load in loads)
         for name, by_load in measured.items()
@@ -727,6 +764,7 @@ def measure_head_load(run):
     trunk = "; ".join(
         f"{name} " + " / ".join(f"{by_load[load]['trunk']:.0f}" for load in loads[:2])
         for name, by_load in measured.items()
+        if "trunk" in by_load[0]
     )
     loads_text = " / ".join({0: "idle", 1: "1 busy", 2: "2 busy"}[load] for load in loads)
     raw = {"loads": list(loads), "rounds": rounds, "settings": settings, "labs_setting": ours, "measured": measured}
@@ -735,11 +773,10 @@ def measure_head_load(run):
         return raw, [
             not_here("head under load", f"head images/s, {loads_text}: {table}", None, "(information)", "", why)
         ]
-    spinning = next(name for name, env in settings.items() if env["OMP_WAIT_POLICY"] is None and name != one)
     busy_ratio = measured[ours][1]["head"] / measured[one][0]["head"]
     idle_ratio = measured[ours][0]["head"] / measured[spinning][0]["head"]
     target, idle_target = TARGETS["head under load"], TARGETS["head under load: idle"]
-    return raw, [
+    rows = [
         verdict(
             "head under load",
             f"the lab's setting ({ours}) beside 1 busy process vs 1 thread idle; head images/s, median of "
@@ -768,6 +805,22 @@ def measure_head_load(run):
             f"the trunk keeps torch's threads: {spinning} beside 1 busy process vs idle",
         ),
     ]
+    if AUTO in measured:
+        by_load = {load: sorted((measured[one][load]["head"], measured[spinning][load]["head"])) for load in loads}
+        costs = " / ".join(f"{100 * probe_cost(by_load[load][1], by_load[load][0]):.1f} %" for load in loads)
+        chosen = " / ".join(measured[AUTO][load].get("head_threads", "?") for load in loads)
+        rows.append(
+            information(
+                "head threads: auto",
+                f"what head_threads='auto' ran on, {loads_text}: {chosen}; the share of a run it spends timing the "
+                f"slower count ({thread_choice.PROBE_BATCHES + 1} batches every {thread_choice.KEEP_SECONDS:.0f} s), "
+                f"from the 1-thread and {spinning} rates: {costs}",
+                f"{100 * probe_cost(*reversed(by_load[max(loads[:2])])):.1f} %",
+                "",
+                "beside 1 busy process",
+            )
+        )
+    return raw, rows
 
 
 # --------------------------------------------------------------------------- 6. data loading

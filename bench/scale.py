@@ -376,10 +376,11 @@ CPU_KINDS = {"this CPU": {}, "AVX2 stand-in": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 RATE_IMAGES = {"trunk": 256, "head": 4096}  # images of the rates child's trunk pass and head epoch (quick: fewer)
 
 
-def rates_child(image_size, batch_size, n_classes, trunk_images, head_images, rounds):
-    """In a fresh process (oneDNN's instruction set is fixed when it loads): the trunk pass's and a head epoch's
-    images/s on this process's torch threads, wall clock, best of `rounds`, each in the precision that "auto" picks
-    here (lab/precision.py: bf16 where native, fp32 where oneDNN is held to AVX2); prints them as JSON."""
+def rates_child(image_size, batch_size, n_classes, trunk_images, head_images, rounds, head_setting="auto"):
+    """In a fresh process (oneDNN's instruction set is fixed when it loads): the trunk pass's images/s on this
+    process's torch threads and a head epoch's on head_threads=head_setting (as train.py trains it), wall clock,
+    best of `rounds`, each in the precision that "auto" picks here (lab/precision.py: bf16 where native, fp32
+    where oneDNN is held to AVX2); prints them as JSON."""
     import contextlib
 
     import torch
@@ -408,7 +409,9 @@ def rates_child(image_size, batch_size, n_classes, trunk_images, head_images, ro
     def epoch():
         head_training.run_epoch(model, data, cpu, batch_size, optimizer, dtype=head_dtype)
 
-    head_rate = common.best_rates({"head": epoch}, head_images, rounds)["head"]
+    threads = torch.get_num_threads()
+    with head_training.head_threads(head_setting) as choice:
+        head_rate = common.best_rates({"head": epoch}, head_images, rounds)["head"]
     print(
         json.dumps(
             {
@@ -416,7 +419,8 @@ def rates_child(image_size, batch_size, n_classes, trunk_images, head_images, ro
                 "head_epoch_images_per_s": head_rate,
                 "trunk_precision": precision.precision_name(trunk_dtype),
                 "head_precision": precision.precision_name(head_dtype),
-                "torch_threads": torch.get_num_threads(),
+                "torch_threads": threads,
+                "head_threads": choice.describe(),
             }
         )
     )
@@ -430,7 +434,7 @@ def measure_rates(cfg, classes, quick=False):
     for kind, env in CPU_KINDS.items():
         print(f"[scale] trunk pass and head epoch rates, {kind}", flush=True)
         out[kind] = common.run_child(
-            f"from bench import scale; scale.rates_child(*{(*args, 1 if quick else 2)!r})", env
+            f"from bench import scale; scale.rates_child(*{(*args, 1 if quick else 2, cfg.head_threads)!r})", env
         )
     return out
 
@@ -479,7 +483,8 @@ def flowcamnet_rows(results, rates, cfg, datasets=None, pipeline=None, quick=Fal
         compared = (
             f"{FLOWCAMNET_IMAGES:,} images on {kind} (trunk {rate['trunk_precision']} "
             f"{rate['trunk_images_per_s']:.0f} images/s, head {rate['head_precision']} "
-            f"{rate['head_epoch_images_per_s']:.0f} images/s, {rate['torch_threads']} threads): {parts}; {source}"
+            f"{rate['head_epoch_images_per_s']:.0f} images/s on {rate.get('head_threads', '?')}, "
+            f"{rate['torch_threads']} torch threads): {parts}; {source}"
         )
         name = "FlowCamNet run" + ("" if kind == "this CPU" else f", {kind}")
         target = TARGETS["FlowCamNet run"]

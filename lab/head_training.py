@@ -13,25 +13,34 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lab import cached_features, progress
+from lab import cached_features, progress, thread_choice
 
-# The head trains on one thread (docs/performance.md, "The head under load"). Its products are small: on the
-# project's 2-core Xeon a second thread gained 1.4x idle but lost 3x beside one busy process, OpenMP's threads
-# waiting for each other at every product, while one thread kept its idle rate. Fixed, not chosen by the load:
-# the thread count changes the order of the sums, and so the trained head.
-HEAD_THREADS = 1
+# The thread choice of the head's batches while a `head_threads` block runs (None: torch's count as it is).
+_choice = None
 
 
 @contextlib.contextmanager
-def head_threads():
-    """Train the head on HEAD_THREADS torch threads (at most torch's own), then give torch back the count it had:
-    the trunk pass and the stages after it keep theirs, as runtime.torch_threads_kept does for the map."""
+def head_threads(setting):
+    """Train the head on the setting head_threads (lab/thread_choice.py: a number of threads, at most torch's own,
+    or "auto", the faster of one thread and torch's count, measured as it trains), then give torch back the count
+    it had: the trunk pass and the stages after it keep theirs, as runtime.torch_threads_kept does for the map.
+    Yields the ThreadChoice (its `describe()` says which counts ran)."""
+    global _choice
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(HEAD_THREADS, threads))
+    choice = thread_choice.ThreadChoice(thread_choice.thread_counts(setting, threads))
+    outer, _choice = _choice, choice
     try:
-        yield
+        yield choice
     finally:
+        _choice = outer
         torch.set_num_threads(threads)
+
+
+def _batch_threads(device, kind, images):
+    """The block of one batch: on the CPU inside a head_threads block, on the thread count chosen for it."""
+    if _choice is None or device.type != "cpu":
+        return contextlib.nullcontext()
+    return _choice.batch(kind, images)
 
 
 def class_weights(labels, n_classes, weighting):
@@ -80,18 +89,19 @@ def run_epoch(
         batches = progress.progress(batches, math.ceil(len(data) / batch_size), desc, unit="batches")
     with torch.set_grad_enabled(optimizer is not None):
         for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
-                logits, _ = cached_features.head_of_views(model, x)
-                loss = criterion(logits, y)
-            if not torch.isfinite(loss):
-                return float("nan"), 0.0
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                (loss / len(y)).backward()
-                optimizer.step()
-            total_loss += loss.item()
-            correct += (logits.argmax(1) == y).sum().item()
+            with _batch_threads(device, "train" if optimizer is not None else "eval", len(y)):
+                x, y = x.to(device), y.to(device)
+                with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
+                    logits, _ = cached_features.head_of_views(model, x)
+                    loss = criterion(logits, y)
+                if not torch.isfinite(loss):
+                    return float("nan"), 0.0
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss / len(y)).backward()
+                    optimizer.step()
+                total_loss += loss.item()
+                correct += (logits.argmax(1) == y).sum().item()
     return total_loss / max(len(data), 1), correct / max(len(data), 1)
 
 

@@ -76,6 +76,7 @@ class FoldTraining:
     patience: int | None = None
     best_epoch: int | None = None  # the main run's: for a fold too small to set an inner part apart
     stopping: str = "raw"  # the main run's rule (head_training.STOPPING); the benchmarks' fold heads keep "raw"
+    head_threads: str | int = "auto"  # the setting head_threads (a compute setting: the current config's)
 
     def with_epochs(self, epochs):
         """Exactly `epochs` epochs, no stopping (the benchmark's growth measurement)."""
@@ -98,6 +99,7 @@ def fold_training(ckpt, cfg, device):
         patience=int(trained_with["patience"]),
         best_epoch=int(ckpt["epoch"]),
         stopping=trained_with["stopping"],
+        head_threads=cfg.head_threads,
     )
 
 
@@ -163,9 +165,9 @@ def train_fold(model, data, training, device, fold, n_classes):
     rule (training.stopping, training.patience) and the weights it keeps kept (with "averaged", the weights averaged
     over epochs), or for exactly training.epochs epochs on all of data (patience None; also for a fold too small to
     set an inner part apart, then for the main run's best epoch count; with "averaged", the average at the end is
-    kept). Returns (the epoch kept, the images trained on, the inner images). On the head's own thread count, as
+    kept). Returns (the epoch kept, the images trained on, the inner images). On the setting head_threads, as
     train.py trains the head (head_training.head_threads)."""
-    with head_training.head_threads():
+    with head_training.head_threads(training.head_threads):
         return _train_fold(model, data, training, device, fold, n_classes)
 
 

@@ -92,23 +92,26 @@ def test_sensitive_tests_pass_on_a_cpu_held_to(setting):
 
 
 # --------------------------------------------------------------------------- the head's threads (issue 30)
-@pytest.mark.parametrize("threads", [1, 2])
-def test_the_head_trains_on_one_thread_and_gives_torch_its_thread_count_back(threads, make_cfg, monkeypatch):
-    """The head trains on one thread (docs/performance.md, "The head under load"), and leaves torch's thread count
-    as it found it (the stages after it in run_pipeline.py compute as they do alone), as torch_threads_kept does for
-    the map."""
+@pytest.mark.parametrize(("threads", "setting", "expected"), [(1, "auto", {1}), (2, 1, {1}), (2, "auto", {1, 2})])
+def test_the_head_trains_on_its_setting_and_gives_torch_its_thread_count_back(
+    threads, setting, expected, make_cfg, monkeypatch
+):
+    """The head's batches run on the setting head_threads (docs/performance.md, "The head under load"): a number
+    fixes the count; "auto" times one thread and torch's count (both run) where torch has two. After training,
+    torch has the count it had (the stages after it in run_pipeline.py compute as they do alone), as
+    torch_threads_kept does for the map."""
     import train
-    from lab import head_training
+    from lab import thread_choice
 
     seen = []
-    run_epoch = head_training.run_epoch
+    record = thread_choice.ThreadChoice.record
 
-    def counting(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return run_epoch(*args, **kwargs)
+    def counting(self, kind, count, seconds, images):
+        seen.append((count, torch.get_num_threads()))
+        return record(self, kind, count, seconds, images)
 
-    monkeypatch.setattr(head_training, "run_epoch", counting)
-    _, argv = make_cfg()
+    monkeypatch.setattr(thread_choice.ThreadChoice, "record", counting)
+    _, argv = make_cfg(f"--head_threads={setting!r}", "--epochs=2", "--batch_size=8")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -116,4 +119,5 @@ def test_the_head_trains_on_one_thread_and_gives_torch_its_thread_count_back(thr
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
-    assert seen and set(seen) == {head_training.HEAD_THREADS}
+    assert {count for count, _ in seen} == expected
+    assert all(count == running for count, running in seen)  # each batch ran on the count it was recorded under

@@ -77,6 +77,7 @@ LAYERS = (
             "lab.progress",
             "lab.runtime",
             "lab.settings_help",
+            "lab.thread_choice",
         ),
     ),
     ("lab/__init__", ("lab",)),

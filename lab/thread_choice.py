@@ -1,0 +1,112 @@
+"""How many torch threads the head trains on (the setting head_threads): a number, fixed, or "auto", the faster of
+one thread and torch's own count, measured on the head's own batches while it trains. Reads and writes nothing.
+
+Why measured and not fixed (docs/performance.md, "The head under load"): the head's products are small, so
+torch's OpenMP threads meet at a barrier hundreds of times per batch. On an idle 2-core machine a second thread
+makes an epoch about 1.4x faster; beside one other busy process the two threads wait for each other's turns on
+the cores and the epoch is about 3x slower than on one thread. Which of the two holds changes while a long run
+trains (a laptop, a shared server), so "auto" times a few batches on each count, keeps the faster for
+KEEP_SECONDS and then times them again. The price: the thread count changes the order of the sums, so an "auto"
+run does not repeat bit for bit; a fixed number does (on one machine).
+"""
+
+import contextlib
+import statistics
+import time
+
+import torch
+
+AUTO = "auto"
+# Batches timed per thread count in each probe, after one warm-up batch on it (the first batch after a change of
+# count pays for waking threads and oneDNN's kernels for that count): the median of 5 is steady to a few percent.
+PROBE_BATCHES = 5
+# How long a choice holds before both counts are timed again: probing the slower count costs at most about one
+# percent of the run at this interval (12 batches of 64 every 30 s; docs/performance.md has the measured figure).
+KEEP_SECONDS = 30.0
+
+
+def thread_counts(setting, available):
+    """The counts a setting chooses among: a number, at most torch's `available` threads; "auto", torch's count
+    and one thread (one count alone where torch has one thread: then nothing is timed)."""
+    if setting == AUTO:
+        return sorted({available, 1}, reverse=True)
+    return [max(1, min(int(setting), available))]
+
+
+class _Pass:
+    """The choice for one kind of pass (training batches and evaluation batches differ in cost per image, so
+    each is timed against its own kind): the counts still to time, the seconds per image seen, the choice."""
+
+    def __init__(self, counts):
+        self.to_time, self.seen, self.warming = list(counts), {c: [] for c in counts}, True
+        self.chosen, self.until = counts[0], -float("inf")
+
+
+class ThreadChoice:
+    """The thread count per batch. `batch(kind, images)` is a context manager around one batch's work: it sets
+    torch's thread count for it and, while a probe runs, times it. `batches` counts the batches run on each count
+    (train.py reports the shares). clock: a monotonic clock in seconds (the tests pass a fake one)."""
+
+    def __init__(self, counts, probe_batches=PROBE_BATCHES, keep_seconds=KEEP_SECONDS, clock=time.perf_counter):
+        self.counts, self.probe_batches, self.keep_seconds, self.clock = (
+            list(counts),
+            probe_batches,
+            keep_seconds,
+            clock,
+        )
+        self.passes = {}
+        self.batches = {c: 0 for c in self.counts}
+
+    def count_for(self, kind):
+        """The count the next batch of this kind runs on: the one being timed during a probe, else the choice
+        (a probe starts when the choice has held KEEP_SECONDS)."""
+        if len(self.counts) == 1:
+            return self.counts[0]
+        state = self.passes.setdefault(kind, _Pass(self.counts))
+        if not state.to_time and self.clock() >= state.until:
+            state.to_time, state.seen, state.warming = list(self.counts), {c: [] for c in self.counts}, True
+        return state.to_time[0] if state.to_time else state.chosen
+
+    def record(self, kind, count, seconds, images):
+        """One batch of `images` on `count` threads took `seconds`: a sample of the probe, if one runs on it."""
+        self.batches[count] += 1
+        state = self.passes.get(kind)
+        if state is None or not state.to_time or state.to_time[0] != count or images == 0:
+            return
+        if state.warming:
+            state.warming = False
+            return
+        state.seen[count].append(seconds / images)
+        if len(state.seen[count]) < self.probe_batches:
+            return
+        state.to_time.pop(0)
+        state.warming = True
+        if not state.to_time:  # every count timed: keep the fastest (ties to the most threads, first in counts)
+            state.chosen = min(self.counts, key=lambda c: statistics.median(state.seen[c]))
+            state.until = self.clock() + self.keep_seconds
+
+    @contextlib.contextmanager
+    def batch(self, kind, images):
+        count = self.count_for(kind)
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+        start = self.clock()
+        yield
+        self.record(kind, count, self.clock() - start, images)
+
+    def shares(self):
+        """{count: share of the batches run on it}, for the counts used."""
+        total = sum(self.batches.values())
+        return {c: n / total for c, n in self.batches.items() if n} if total else {}
+
+    def describe(self):
+        """One phrase on the counts used: '1 thread' or 'auto: 2 threads for 80 % of batches, 1 thread for 20 %'."""
+        if len(self.counts) == 1:
+            return threads_text(self.counts[0])
+        shares = sorted(self.shares().items(), key=lambda item: -item[1])
+        parts = [f"{threads_text(c)} for {100 * s:.0f} % of batches" for c, s in shares]
+        return "auto: " + (", ".join(parts) if parts else "no batch yet")
+
+
+def threads_text(count):
+    return f"{count} thread{'s' if count != 1 else ''}"
