@@ -645,9 +645,10 @@ def labs_setting(settings, head_setting):
 
 def probe_cost(fast, slow):
     """The share of a run that head_threads="auto" spends timing the slower count, from two measured rates
-    (images/s): every KEEP_SECONDS, PROBE_BATCHES + 1 batches of 64 run on the slower count."""
-    images = (thread_choice.PROBE_BATCHES + 1) * 64
-    return images * (1 / slow - 1 / fast) / thread_choice.KEEP_SECONDS
+    (images/s): PROBE_BATCHES + 1 batches of 64 on the slower count, every KEEP_SECONDS or as long as the rule
+    of lab/thread_choice.py holds the choice."""
+    lost = (thread_choice.PROBE_BATCHES + 1) * 64 * (1 / slow - 1 / fast)
+    return lost / thread_choice.keep_seconds_after(lost)
 
 
 @contextlib.contextmanager
@@ -735,13 +736,14 @@ def measure_head_load(run):
     if short:
         settings = {name: value for name, value in settings.items() if value[0]["OMP_WAIT_POLICY"] is None}
     loads = (0, 1) if short else (0, 1, 2)
-    rounds = 1 if run.quick else 3 if run.headline else 5
+    rounds = 1 if run.quick else 3
     measured = {name: {} for name in settings}
     for load in loads:
         print(f"[bench] head under load: {load} busy process(es) beside it, {len(settings)} settings", flush=True)
         with busy_processes(load):
             for name, (env, head_setting) in settings.items():
-                trunk = name != AUTO  # the trunk keeps torch's threads: under "auto" as on its threads spinning
+                # the trunk keeps torch's threads (under "auto" as on its threads spinning); idle and 1 busy
+                trunk = name != AUTO and load < 2
                 code = (
                     "from bench.bench_pipeline import under_load_child; "
                     f"under_load_child({run.argv[:-1]!r}, {run.quick!r}, {str(run.scratch)!r}, {rounds}, "
@@ -754,8 +756,8 @@ def measure_head_load(run):
 def head_load_rows(run, settings, loads, rounds, measured):
     ours = labs_setting(settings, run.trained.cfg.head_threads)
     one = "1 thread"
-    spinning = next(
-        name for name, (env, value) in settings.items() if value not in (1, "auto") and not env["OMP_WAIT_POLICY"]
+    spinning = next(  # torch's threads, spinning: the setting before issue 30
+        name for name, (env, value) in settings.items() if name not in (one, AUTO) and not env["OMP_WAIT_POLICY"]
     )
     table = "; ".join(
         f"{name}{LABS if name == ours else ''} " + " / ".join(f"{by_load[load]['head']:.0f}" for load in loads)
@@ -813,7 +815,8 @@ def head_load_rows(run, settings, loads, rounds, measured):
             information(
                 "head threads: auto",
                 f"what head_threads='auto' ran on, {loads_text}: {chosen}; the share of a run it spends timing the "
-                f"slower count ({thread_choice.PROBE_BATCHES + 1} batches every {thread_choice.KEEP_SECONDS:.0f} s), "
+                f"slower count ({thread_choice.PROBE_BATCHES + 1} batches every {thread_choice.KEEP_SECONDS:.0f} s, "
+                f"or less often where they would cost over {100 * thread_choice.MAX_PROBE_SHARE:.0f} %), "
                 f"from the 1-thread and {spinning} rates: {costs}",
                 f"{100 * probe_cost(*reversed(by_load[max(loads[:2])])):.1f} %",
                 "",

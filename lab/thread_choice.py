@@ -2,12 +2,13 @@
 one thread and torch's own count, measured on the head's own batches while it trains. Reads and writes nothing.
 
 Why measured and not fixed (docs/performance.md, "The head under load"): the head's products are small, so
-torch's OpenMP threads meet at a barrier hundreds of times per batch. On an idle 2-core machine a second thread
-makes an epoch about 1.4x faster; beside one other busy process the two threads wait for each other's turns on
-the cores and the epoch is about 3x slower than on one thread. Which of the two holds changes while a long run
+torch's OpenMP threads meet at a barrier hundreds of times per batch. On the project's idle 2-core machine a second
+thread made an epoch 1.5x faster; beside one other busy process the two threads waited for each other's turns on
+the cores and the epoch was 3-12x slower than on one thread. Which of the two holds changes while a long run
 trains (a laptop, a shared server), so "auto" times a few batches on each count, keeps the faster for
-KEEP_SECONDS and then times them again. The price: the thread count changes the order of the sums, so an "auto"
-run does not repeat bit for bit; a fixed number does (on one machine).
+KEEP_SECONDS (longer where timing the slower count is costly: MAX_PROBE_SHARE) and then times them again. The
+price: the thread count changes the order of the sums, so an "auto" run does not repeat bit for bit; a fixed
+number does (on one machine).
 """
 
 import contextlib
@@ -20,9 +21,12 @@ AUTO = "auto"
 # Batches timed per thread count in each probe, after one warm-up batch on it (the first batch after a change of
 # count pays for waking threads and oneDNN's kernels for that count): the median of 5 is steady to a few percent.
 PROBE_BATCHES = 5
-# How long a choice holds before both counts are timed again: probing the slower count costs at most about one
-# percent of the run at this interval (12 batches of 64 every 30 s; docs/performance.md has the measured figure).
+# How long a choice holds at least before both counts are timed again (so a load that comes or goes is followed
+# within about half a minute), and the most of a run that timing the slower count may cost: where it is far
+# slower (two threads beside a busy process: 10x on the project's machine), the choice holds longer, as long as
+# it takes for the time lost in the probe to be MAX_PROBE_SHARE of the time between probes.
 KEEP_SECONDS = 30.0
+MAX_PROBE_SHARE = 0.01
 
 
 def thread_counts(setting, available):
@@ -38,8 +42,18 @@ class _Pass:
     each is timed against its own kind): the counts still to time, the seconds per image seen, the choice."""
 
     def __init__(self, counts):
-        self.to_time, self.seen, self.warming = list(counts), {c: [] for c in counts}, True
         self.chosen, self.until = counts[0], -float("inf")
+        self.start(counts)
+
+    def start(self, counts):
+        self.to_time, self.warming = list(counts), True
+        self.seen = {c: [] for c in counts}  # seconds per image of the timed batches
+        self.spent = {c: [0.0, 0] for c in counts}  # seconds and images of every probe batch, warm-up included
+
+    def lost(self):
+        """The seconds the probe lost against running every probe batch at the chosen count's median rate."""
+        per_image = statistics.median(self.seen[self.chosen])
+        return sum(seconds - images * per_image for seconds, images in self.spent.values())
 
 
 class ThreadChoice:
@@ -64,7 +78,7 @@ class ThreadChoice:
             return self.counts[0]
         state = self.passes.setdefault(kind, _Pass(self.counts))
         if not state.to_time and self.clock() >= state.until:
-            state.to_time, state.seen, state.warming = list(self.counts), {c: [] for c in self.counts}, True
+            state.start(self.counts)
         return state.to_time[0] if state.to_time else state.chosen
 
     def record(self, kind, count, seconds, images):
@@ -73,6 +87,8 @@ class ThreadChoice:
         state = self.passes.get(kind)
         if state is None or not state.to_time or state.to_time[0] != count or images == 0:
             return
+        state.spent[count][0] += seconds
+        state.spent[count][1] += images
         if state.warming:
             state.warming = False
             return
@@ -83,7 +99,7 @@ class ThreadChoice:
         state.warming = True
         if not state.to_time:  # every count timed: keep the fastest (ties to the most threads, first in counts)
             state.chosen = min(self.counts, key=lambda c: statistics.median(state.seen[c]))
-            state.until = self.clock() + self.keep_seconds
+            state.until = self.clock() + keep_seconds_after(state.lost(), self.keep_seconds)
 
     @contextlib.contextmanager
     def batch(self, kind, images):
@@ -106,6 +122,12 @@ class ThreadChoice:
         shares = sorted(self.shares().items(), key=lambda item: -item[1])
         parts = [f"{threads_text(c)} for {100 * s:.0f} % of batches" for c, s in shares]
         return "auto: " + (", ".join(parts) if parts else "no batch yet")
+
+
+def keep_seconds_after(lost, keep_seconds=KEEP_SECONDS):
+    """How long a choice holds after a probe that lost `lost` seconds: KEEP_SECONDS, or longer where the probe's
+    loss would otherwise be more than MAX_PROBE_SHARE of the run."""
+    return max(keep_seconds, lost / MAX_PROBE_SHARE)
 
 
 def threads_text(count):

@@ -103,3 +103,19 @@ def test_head_threads_gives_torch_its_count_back_and_ends_the_choice(two_threads
         with choice.batch("train", 64):
             assert torch.get_num_threads() in (1, 2)
     assert torch.get_num_threads() == 2 and head_training._choice is None
+
+
+def test_a_costly_probe_holds_the_choice_longer(two_threads):
+    """Where the slower count is far slower (two threads beside a busy process), timing it every 30 s would cost
+    several percent: the choice then holds until the probe's loss is MAX_PROBE_SHARE of the time between probes."""
+    machine = FakeMachine({1: 3e-4, 2: 3e-3})
+    choice = thread_choice.ThreadChoice([2, 1], probe_batches=5, keep_seconds=30, clock=machine.clock)
+    machine.run(choice, batches=12)
+    lost = 6 * 64 * (3e-3 - 3e-4)  # the 6 batches on 2 threads, against the same images on 1
+    keep = lost / thread_choice.MAX_PROBE_SHARE
+    assert keep > 60
+    end_of_probe = machine.now
+    machine.now = end_of_probe + keep - 1
+    assert machine.run(choice, batches=3) == [1, 1, 1]
+    machine.now = end_of_probe + keep + 1
+    assert machine.run(choice, batches=2) == [2, 2]  # a new probe, most threads first
