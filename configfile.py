@@ -78,11 +78,12 @@ device = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "
 precision = "auto"  # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
 head_precision = "auto"  # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
 num_workers = 2  # image-decoding worker processes for the trunk pass, >= 0
-# Torch threads for the head's epochs: "auto" times one thread against torch's count on the head's own batches
-# every 30 s and keeps the faster (idle, two threads were 1.4x faster on the project's 2-core machine; beside
-# one other busy process, one thread was 3x faster: docs/performance.md, "The head under load"), or a number
-# (at most torch's count, OMP_NUM_THREADS or the cores): then the trained head repeats bit for bit on one machine.
-head_threads = "auto"
+# Torch threads on a CPU for the trunk pass and the head's epochs: "auto" times one thread against torch's count
+# on their own batches every 30 s or so and keeps the faster (idle, two threads were 1.5x faster for the head on the
+# project's 2-core machine; beside one other busy process, one thread was 4x faster: docs/performance.md, "The head
+# under load"), or a number (at most torch's count: OMP_NUM_THREADS or the cores), with which the trained head
+# repeats bit for bit on one machine.
+cpu_threads = "auto"
 output_dir = "."  # root of checkpoints/, results/, figs/, embeddings/, cache/
 
 # --- analysis -------------------------------------------------------------------

@@ -142,6 +142,7 @@ def compute_chunk(cfg, model, device, dtype, abs_paths):
         dtype,
         desc="chunk",
         views=cfg.trunk_views,  # the checkpoint's: the views its head was trained on, averaged as evaluate.py does
+        cpu_threads=cfg.cpu_threads,
     )
 
 

@@ -201,6 +201,7 @@ def main(argv=None):
         trained.trunk_dtype,
         desc="queries",
         views=cfg.trunk_views,  # the checkpoint's, as embed.py's vectors averaged them
+        cpu_threads=cfg.cpu_threads,
     )
     table, taken = [], set()
     # the CSV and its figures as one set: a new query never leaves an older query's figures beside its table

@@ -21,9 +21,9 @@ average of the validation loss, stopping="raw" on each epoch's own (the rule bef
 (seeded), and the validation averages the views, as every later prediction does. Both checkpoints
 record the rule and its state; last.pth the average too, for --resume (docs/training-recipe.md). The head's
 forward and backward passes run in bf16 autocast where the hardware has bf16 natively (head_precision="auto"; fp32
-elsewhere), recorded in the checkpoints, on the threads head_threads says ("auto": the faster of one thread and
-torch's count, timed as it trains; docs/performance.md, "The head under load"). Ctrl-C stops after the last
-finished epoch; resume with `python train.py --resume=True`.
+elsewhere), recorded in the checkpoints, on the threads cpu_threads says ("auto", as for the trunk pass: the faster
+of one thread and torch's count, timed as it trains; docs/performance.md, "The head under load"). Ctrl-C stops
+after the last finished epoch; resume with `python train.py --resume=True`.
 """
 
 import contextlib
@@ -50,6 +50,7 @@ from lab import (
     precision,
     runtime,
     splitting,
+    thread_choice,
     trunk_cache,
 )
 
@@ -335,7 +336,7 @@ def main(argv=None):
     print(f"[trunk weights] {trunk_weights}")
     backbone.print_model_summary(model, cfg.image_size)
     model.to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = head_training.adam(model, cfg.lr)
     run = start_or_resume(cfg, device, model, optimizer, split_digest)
     data = trunk_cache.prepare(cfg, device, split, model, trunk_weights, run.trunk_dtype)
     if not cfg.resume:  # only now: a run stopped during its trunk pass leaves the previous model in place
@@ -343,10 +344,10 @@ def main(argv=None):
     if (run.stopping_state or {}).get("stale", 0) >= cfg.patience or run.first_epoch > cfg.epochs:
         print("[resume] that run had already finished; nothing to do.")
         return run.history
-    with head_training.head_threads(cfg.head_threads) as threads:  # the head's thread count; torch's own after it
+    with thread_choice.chosen(cfg.cpu_threads) as threads:  # the head's thread count; torch's own after it
         history = fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
     if device.type == "cpu":
-        print(f"[train] the head trained on {threads.describe()} (head_threads={cfg.head_threads!r})")
+        print(f"[train] the head trained on {threads.describe()} (cpu_threads={cfg.cpu_threads!r})")
     return history
 
 

@@ -489,12 +489,12 @@ def measure_head_training(run):
     data = cached_train(t)
     head = precision.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+    optimizer = head_training.adam(model, t.cfg.lr)
 
     def epoch():
         return head_training.run_epoch(model, data, t.device, t.cfg.batch_size, optimizer, dtype=head)
 
-    with head_training.head_threads(t.cfg.head_threads):  # as train.py trains it
+    with thread_choice.chosen(t.cfg.cpu_threads):  # as train.py trains it
         ours = common.best_rates({"cached": epoch}, len(data), run.sizes["rounds"])["cached"]
     labels = [t.cfg.seen_classes.index(c) for c in t.split[t.split["split"] == "train"]["label"]]
     original = legacy.original_training_steps(
@@ -528,7 +528,7 @@ def fresh_head(t, seed):
     )
     model.trunk.load_state_dict(t.model.trunk.state_dict())
     model.to(t.device)
-    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+    return model, head_training.adam(model, t.cfg.lr)
 
 
 def train_heads_side_by_side(t, dtypes, epochs, data, seed):
@@ -615,13 +615,13 @@ def measure_head_precision(run):
 LABS = " (the lab's)"
 
 
-AUTO = "auto (head_threads='auto')"
+AUTO = "auto (cpu_threads='auto')"
 
 
 def thread_settings():
-    """{name: (OpenMP environment, head_threads)} of the alternatives, the environment fixed before torch loads in
+    """{name: (OpenMP environment, cpu_threads)} of the alternatives, the environment fixed before torch loads in
     a fresh process: one thread; torch's own thread count with OpenMP's threads spinning while they wait
-    (libgomp's default when OMP_WAIT_POLICY is unset: None here) or asleep (passive); and head_threads="auto",
+    (libgomp's default when OMP_WAIT_POLICY is unset: None here) or asleep (passive); and cpu_threads="auto",
     which times one thread against torch's count as the head trains (lab/thread_choice.py)."""
     cores = torch.get_num_threads()
     return {
@@ -633,7 +633,7 @@ def thread_settings():
 
 
 def labs_setting(settings, head_setting):
-    """The name of the setting the lab's head trains with here: head_threads (the config's) and OpenMP's wait
+    """The name of the setting the lab's head trains with here: cpu_threads (the config's) and OpenMP's wait
     policy as the user left it; None where that is none of them."""
     passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
     threads = head_setting if head_setting == "auto" else min(int(head_setting), torch.get_num_threads())
@@ -644,7 +644,7 @@ def labs_setting(settings, head_setting):
 
 
 def probe_cost(fast, slow):
-    """The share of a run that head_threads="auto" spends timing the slower count, from two measured rates
+    """The share of a run that cpu_threads="auto" spends timing the slower count, from two measured rates
     (images/s): PROBE_BATCHES + 1 batches of 64 on the slower count, every KEEP_SECONDS or as long as the rule
     of lab/thread_choice.py holds the choice."""
     lost = (thread_choice.PROBE_BATCHES + 1) * 64 * (1 / slow - 1 / fast)
@@ -681,7 +681,7 @@ def with_openmp(env, code):
 
 def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True):
     """In a fresh process started by with_openmp: median images/s of the head's epoch (cached features, its
-    automatic precision, as in head_training, on head_threads=head_setting) and, with_trunk, of the trunk pass (its
+    automatic precision, as in head_training, on cpu_threads=head_setting) and, with_trunk, of the trunk pass (its
     automatic precision, on torch's threads), with the wait policy that process's OpenMP environment gives. With "auto",
     the warm-up epoch holds the first probe, and the measured epochs (well within KEEP_SECONDS) the choice."""
     bench = Run(argv, quick, scratch)
@@ -690,7 +690,7 @@ def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True
     data = cached_train(t)
     head = precision.head_dtype(t.cfg.head_precision, t.device)
     model = checkpoint.model_from_checkpoint(t.ckpt, t.cfg).to(t.device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.cfg.lr)
+    optimizer = head_training.adam(model, t.cfg.lr)
     work = {
         "head": (
             len(data),
@@ -704,7 +704,7 @@ def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True
         )
     rates = {name: [] for name in work}
     threads = torch.get_num_threads()
-    with head_training.head_threads(head_setting) as choice:  # the head's batches set their own count in it
+    with thread_choice.chosen(head_setting) as choice:  # the head's batches set their own count in it
         for _ in range(rounds + 1):  # the first round a warm-up: oneDNN picks and caches its kernels
             for name, (items, fn) in work.items():
                 torch.set_num_threads(threads)  # the trunk on torch's threads, whatever the head's last batch ran on
@@ -719,7 +719,7 @@ def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True
                 **medians,
                 "threads": torch.get_num_threads(),
                 "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                "head_threads": choice.describe(),
+                "cpu_threads": choice.describe(),
             }
         )
     )
@@ -749,12 +749,14 @@ def measure_head_load(run):
                     f"under_load_child({run.argv[:-1]!r}, {run.quick!r}, {str(run.scratch)!r}, {rounds}, "
                     f"{head_setting!r}, {trunk!r})"
                 )
-                measured[name][load] = common.run_child(with_openmp(env, code))
+                what = f"head under load: {name}, {load} busy"
+                measured[name][load] = common.run_child(with_openmp(env, code), what=what)
+                print(f"[bench] {what}: head {measured[name][load]['head']:.0f} images/s", flush=True)
     return head_load_rows(run, settings, loads, rounds, measured)
 
 
 def head_load_rows(run, settings, loads, rounds, measured):
-    ours = labs_setting(settings, run.trained.cfg.head_threads)
+    ours = labs_setting(settings, run.trained.cfg.cpu_threads)
     one = "1 thread"
     spinning = next(  # torch's threads, spinning: the setting before issue 30
         name for name, (env, value) in settings.items() if name not in (one, AUTO) and not env["OMP_WAIT_POLICY"]
@@ -810,11 +812,11 @@ def head_load_rows(run, settings, loads, rounds, measured):
     if AUTO in measured:
         by_load = {load: sorted((measured[one][load]["head"], measured[spinning][load]["head"])) for load in loads}
         costs = " / ".join(f"{100 * probe_cost(by_load[load][1], by_load[load][0]):.1f} %" for load in loads)
-        chosen = " / ".join(measured[AUTO][load].get("head_threads", "?") for load in loads)
+        chosen = " / ".join(measured[AUTO][load].get("cpu_threads", "?") for load in loads)
         rows.append(
             information(
                 "head threads: auto",
-                f"what head_threads='auto' ran on, {loads_text}: {chosen}; the share of a run it spends timing the "
+                f"what cpu_threads='auto' ran on, {loads_text}: {chosen}; the share of a run it spends timing the "
                 f"slower count ({thread_choice.PROBE_BATCHES + 1} batches every {thread_choice.KEEP_SECONDS:.0f} s, "
                 f"or less often where they would cost over {100 * thread_choice.MAX_PROBE_SHARE:.0f} %), "
                 f"from the 1-thread and {spinning} rates: {costs}",

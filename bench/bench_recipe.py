@@ -117,8 +117,7 @@ def train_variant(model, parts, cfg, device, dtype, variant, seed, chosen=RULES)
     {rule: (epoch stopped, epoch kept, its test predictions)} and the seconds per epoch."""
     train, val, test = parts
     label_audit.reset_head(model, seed)
-    head = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(head, lr=cfg.lr)
+    optimizer = head_training.adam(model, cfg.lr)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     smoothing = 0.1 if variant == "smoothing" else 0.0
     averaged = head_training.weight_average(model)

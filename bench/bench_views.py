@@ -80,7 +80,7 @@ def train_with_views(model, train, val, cfg, device, dtype, seed):
     order and a random view per image, the averaged weights validated on the views' average, stopped on and
     kept. Returns (the kept head, epochs trained, seconds per epoch)."""
     label_audit.reset_head(model, seed)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = head_training.adam(model, cfg.lr)
     average = head_training.weight_average(model)
     stopping = head_training.EarlyStopping("raw", cfg.patience)
     kept, start = None, time.perf_counter()

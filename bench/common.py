@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import lab
-from lab import hardware
+from lab import hardware, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,26 +119,30 @@ def children_peak_mb():
 
 
 # --------------------------------------------------------------------------- child processes
-def run_child(code, env=None):
-    """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON."""
-    proc = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+def run_child(code, env=None, what="benchmark child"):
+    """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON. Its output is
+    captured, so a line `[what] still working, N s` says every few seconds that it runs (lab/progress.py)."""
+    with progress.heartbeat(what):
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({code[:120]}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def wall_of_child(args, env=None):
-    """Seconds a fresh process running `python args...` at the repository root takes, start to exit."""
+def wall_of_child(args, env=None, what="benchmark child"):
+    """Seconds a fresh process running `python args...` at the repository root takes, start to exit (with
+    run_child's heartbeat)."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
-    )
+    with progress.heartbeat(what):
+        proc = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({' '.join(args)[:200]}):\n{proc.stderr[-3000:]}")

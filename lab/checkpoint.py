@@ -45,7 +45,7 @@ MODEL_KEYS = (
 # Model settings a checkpoint of an earlier lab lacks, and the value it was trained with.
 BEFORE_THE_SETTING = {"trunk_views": 1}
 # Settings that may differ when resuming; everything else must match the interrupted run.
-RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "head_threads", "output_dir", "rebuild_split"}
+RESUMABLE = {"epochs", "patience", "resume", "device", "num_workers", "cpu_threads", "output_dir", "rebuild_split"}
 
 
 def payload(cfg, model, weights_id, split_digest, trunk_precision, **extra):

@@ -88,7 +88,7 @@ def _check_type(name, value, default):
         return None
     if name == "seen_classes" and value == ALL_CLASSES:
         return value
-    if name == "head_threads" and value != "auto":  # "auto" or a number
+    if name == "cpu_threads" and value != "auto":  # "auto" or a number
         return value if isinstance(value, int) and not isinstance(value, bool) else fail("'auto' or an integer")
     if name in NULLABLE_NUMBERS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -277,7 +277,7 @@ RULES = {
     "precision": one_of("auto", "fp32", "bf16", "fp16"),
     "head_precision": one_of("auto", "fp32", "bf16"),
     "num_workers": at_least(0),
-    "head_threads": auto_or_at_least(1),
+    "cpu_threads": auto_or_at_least(1),
     "umap_samples_per_split": at_least(10),
     "reduction_method": one_of("umap", "tsne", "pca"),
     "umap_n_neighbors": at_least(2),

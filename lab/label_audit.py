@@ -39,7 +39,7 @@ import torch
 from scipy.special import softmax
 
 import lab
-from lab import cached_features, config, head_training, precision, progress
+from lab import cached_features, config, head_training, precision, progress, thread_choice
 
 QUALITY_METHOD = "self_confidence"  # cleanlab's default score: the probability of the given label
 AUDIT_MODELS = config.AUDIT_MODELS  # the choices of audit_model, defined once in config.py
@@ -76,7 +76,7 @@ class FoldTraining:
     patience: int | None = None
     best_epoch: int | None = None  # the main run's: for a fold too small to set an inner part apart
     stopping: str = "raw"  # the main run's rule (head_training.STOPPING); the benchmarks' fold heads keep "raw"
-    head_threads: str | int = "auto"  # the setting head_threads (a compute setting: the current config's)
+    cpu_threads: str | int = "auto"  # the setting cpu_threads (a compute setting: the current config's)
 
     def with_epochs(self, epochs):
         """Exactly `epochs` epochs, no stopping (the benchmark's growth measurement)."""
@@ -99,7 +99,7 @@ def fold_training(ckpt, cfg, device):
         patience=int(trained_with["patience"]),
         best_epoch=int(ckpt["epoch"]),
         stopping=trained_with["stopping"],
-        head_threads=cfg.head_threads,
+        cpu_threads=cfg.cpu_threads,
     )
 
 
@@ -165,15 +165,15 @@ def train_fold(model, data, training, device, fold, n_classes):
     rule (training.stopping, training.patience) and the weights it keeps kept (with "averaged", the weights averaged
     over epochs), or for exactly training.epochs epochs on all of data (patience None; also for a fold too small to
     set an inner part apart, then for the main run's best epoch count; with "averaged", the average at the end is
-    kept). Returns (the epoch kept, the images trained on, the inner images). On the setting head_threads, as
-    train.py trains the head (head_training.head_threads)."""
-    with head_training.head_threads(training.head_threads):
+    kept). Returns (the epoch kept, the images trained on, the inner images). On the setting cpu_threads, as
+    train.py trains the head (thread_choice.chosen)."""
+    with thread_choice.chosen(training.cpu_threads):
         return _train_fold(model, data, training, device, fold, n_classes)
 
 
 def _train_fold(model, data, training, device, fold, n_classes):
     reset_head(model, training.seed * 1009 + fold)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
+    optimizer = head_training.adam(model, training.lr)
     epochs, inner = training.epochs, np.zeros(0, dtype=np.int64)
     if training.patience is not None:
         part, inner = inner_split(data.labels.numpy(), training.seed * 7919 + fold)

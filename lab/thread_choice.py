@@ -1,10 +1,12 @@
-"""How many torch threads the head trains on (the setting head_threads): a number, fixed, or "auto", the faster of
-one thread and torch's own count, measured on the head's own batches while it trains. Reads and writes nothing.
+"""How many torch threads the trunk pass and the head's epochs run on (the setting cpu_threads): a number, fixed,
+or "auto", the faster of one thread and torch's own count, measured on their own batches as they run. Reads and
+writes nothing.
 
 Why measured and not fixed (docs/performance.md, "The head under load"): the head's products are small, so
 torch's OpenMP threads meet at a barrier hundreds of times per batch. On the project's idle 2-core machine a second
 thread made an epoch 1.5x faster; beside one other busy process the two threads waited for each other's turns on
-the cores and the epoch was 3-12x slower than on one thread. Which of the two holds changes while a long run
+the cores and the epoch was 3-12x slower than on one thread. The trunk pass, beside its own decoding workers,
+lost 2x likewise. Which of the two holds changes while a long run
 trains (a laptop, a shared server), so "auto" times a few batches on each count, keeps the faster for
 KEEP_SECONDS (longer where timing the slower count is costly: MAX_PROBE_SHARE) and then times them again. The
 price: the thread count changes the order of the sums, so an "auto" run does not repeat bit for bit; a fixed
@@ -132,3 +134,34 @@ def keep_seconds_after(lost, keep_seconds=KEEP_SECONDS):
 
 def threads_text(count):
     return f"{count} thread{'s' if count != 1 else ''}"
+
+
+# The choice in force while a `chosen` block runs (None: torch's count as it is, as outside the lab's loops).
+_active = None
+
+
+@contextlib.contextmanager
+def chosen(setting):
+    """Run the block's batches (those inside `batch_threads`) on the setting's thread counts, then give torch back
+    the count it had: the stages after it keep theirs, as runtime.torch_threads_kept does for the map. Inside a
+    block already running, the outer choice goes on (its counts, its timings). Yields the ThreadChoice (its
+    `describe()` says which counts ran)."""
+    global _active
+    if _active is not None:
+        yield _active
+        return
+    threads = torch.get_num_threads()
+    _active = ThreadChoice(thread_counts(setting, threads))
+    try:
+        yield _active
+    finally:
+        _active = None
+        torch.set_num_threads(threads)
+
+
+def batch_threads(device, kind, images):
+    """The block of one batch of `kind` ("trunk", "train", "eval"): on the CPU inside a `chosen` block, on the
+    thread count chosen for it; elsewhere (a GPU, or no block) as it is."""
+    if _active is None or device.type != "cpu":
+        return contextlib.nullcontext()
+    return _active.batch(kind, images)

@@ -31,7 +31,7 @@ import torch
 
 import backbone
 import lab
-from lab import artifacts, cached_features, distributed, image_io, progress, runtime, splitting
+from lab import artifacts, cached_features, distributed, image_io, progress, runtime, splitting, thread_choice
 from lab.cached_features import CachedSplit
 from lab.precision import PRECISIONS, precision_name
 
@@ -91,13 +91,14 @@ def run_trunk(trunk, loader, device, dtype, write, desc="trunk pass", views=(0,)
     trunk = backbone.inference_trunk(trunk).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for images, ok in progress.progress(loader, len(loader), desc, unit="batches"):
-        images = image_io.normalise(images.to(device, non_blocking=True))
-        outs = []
-        for view in views:
-            viewed = image_io.dihedral_view(images, view).contiguous(memory_format=torch.channels_last)
-            with autocast:
-                out = trunk(viewed)
-            outs.append(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16))
+        with thread_choice.batch_threads(device, "trunk", len(ok)):  # the count chosen (thread_choice.chosen)
+            images = image_io.normalise(images.to(device, non_blocking=True))
+            outs = []
+            for view in views:
+                viewed = image_io.dihedral_view(images, view).contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    out = trunk(viewed)
+                outs.append(out.float().clamp_(-FP16_MAX, FP16_MAX).cpu().numpy().astype(np.float16))
         write(outs[0] if len(views) == 1 else np.stack(outs), ok.numpy())
 
 
@@ -268,12 +269,15 @@ def _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dt
         raise
 
 
-def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device, dtype, desc="images", views=1):
+def image_outputs(
+    model, abs_paths, image_size, batch_size, num_workers, device, dtype, desc="images", views=1, cpu_threads="auto"
+):
     """Logits, embeddings and decoded flags of images that have no trunk cache (predict.py's new sample): the
     trunk's float16 output goes through the head exactly as it does from the cache, so the results equal
     evaluate.py's and embed.py's; with views > 1 (the checkpoint's trunk_views) the trunk sees each image in its
     first `views` dihedral views and the outputs are their average, as cached_features.head_outputs averages
-    them. Under torchrun every rank computes a contiguous shard; rank 0 joins them."""
+    them. On a CPU, on cpu_threads (thread_choice.chosen). Under torchrun every rank computes a contiguous shard;
+    rank 0 joins them."""
     job = {
         "model": copy.deepcopy(model).cpu(),
         "abs_paths": abs_paths,
@@ -284,6 +288,7 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
         "precision": precision_name(dtype),
         "desc": desc,
         "views": views,
+        "cpu_threads": cpu_threads,
     }
     parts = distributed.map_shards(
         image_outputs_shard, len(abs_paths), f"the pass over {desc}", align=batch_size, **job
@@ -292,7 +297,20 @@ def image_outputs(model, abs_paths, image_size, batch_size, num_workers, device,
 
 
 def image_outputs_shard(
-    rank, start, stop, *, model, abs_paths, image_size, batch_size, num_workers, device_type, precision, desc, views=1
+    rank,
+    start,
+    stop,
+    *,
+    model,
+    abs_paths,
+    image_size,
+    batch_size,
+    num_workers,
+    device_type,
+    precision,
+    desc,
+    views=1,
+    cpu_threads="auto",
 ):
     """On one rank (or the single process): image_outputs of abs_paths[start:stop]."""
     device = runtime.select_device(device_type)  # this rank's own GPU under torchrun
@@ -314,7 +332,8 @@ def image_outputs_shard(
     paths = abs_paths[start:stop]
     if paths:
         loader = trunk_loader(paths, image_size, batch_size, num_workers, device)
-        run_trunk(model.trunk, loader, device, PRECISIONS[precision], head, desc, tuple(range(views)))
+        with thread_choice.chosen(cpu_threads):
+            run_trunk(model.trunk, loader, device, PRECISIONS[precision], head, desc, tuple(range(views)))
     return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
@@ -367,15 +386,16 @@ def trunk_features(cfg, trunk, split_rows, split_name, weights_id, device, dtype
                 _write_sharded_cache(cfg, trunk, path, ok_path, abs_paths, shape, device, dtype, split_name, view)
             else:
                 loader = trunk_loader(abs_paths, cfg.image_size, cfg.batch_size, cfg.num_workers, device)
-                _write_cache(
-                    path,
-                    ok_path,
-                    len(abs_paths),
-                    shape,
-                    lambda write: run_trunk(
-                        trunk, loader, device, dtype, write, f"trunk {split_name}{in_view}", (view,)
-                    ),
-                )
+                with thread_choice.chosen(cfg.cpu_threads):
+                    _write_cache(
+                        path,
+                        ok_path,
+                        len(abs_paths),
+                        shape,
+                        lambda write: run_trunk(
+                            trunk, loader, device, dtype, write, f"trunk {split_name}{in_view}", (view,)
+                        ),
+                    )
         except OSError as exc:
             raise lab.LabError(
                 f"Could not write the trunk cache in {folder} ({exc.strerror or exc}). Free some "

@@ -71,7 +71,9 @@ device = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "
 precision = "auto"  # frozen-trunk pass: "auto", "fp32", "bf16", "fp16" ("auto": bf16/fp16 where native)
 head_precision = "auto"  # head training: "auto" (bf16 where native: GPU, AVX512-BF16/AMX CPU), "fp32", "bf16"
 num_workers = 2  # image-decoding worker processes for the trunk pass, >= 0
-head_threads = "auto"  # torch threads for the head's epochs: "auto" (the faster of 1 and torch's, timed) or a number
+cpu_threads = (
+    "auto"  # torch threads of the trunk pass and head: "auto" (the faster of 1 and torch's, timed) or a number
+)
 output_dir = "."  # root of checkpoints/, results/, figs/, embeddings/, cache/
 
 # --- analysis -------------------------------------------------------------------

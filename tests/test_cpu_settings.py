@@ -96,7 +96,7 @@ def test_sensitive_tests_pass_on_a_cpu_held_to(setting):
 def test_the_head_trains_on_its_setting_and_gives_torch_its_thread_count_back(
     threads, setting, expected, make_cfg, monkeypatch
 ):
-    """The head's batches run on the setting head_threads (docs/performance.md, "The head under load"): a number
+    """The head's batches run on the setting cpu_threads (docs/performance.md, "The head under load"): a number
     fixes the count; "auto" times one thread and torch's count (both run) where torch has two. After training,
     torch has the count it had (the stages after it in run_pipeline.py compute as they do alone), as
     torch_threads_kept does for the map."""
@@ -111,7 +111,7 @@ def test_the_head_trains_on_its_setting_and_gives_torch_its_thread_count_back(
         return record(self, kind, count, seconds, images)
 
     monkeypatch.setattr(thread_choice.ThreadChoice, "record", counting)
-    _, argv = make_cfg(f"--head_threads={setting!r}", "--epochs=2", "--batch_size=8")
+    _, argv = make_cfg(f"--cpu_threads={setting!r}", "--epochs=2", "--batch_size=8")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

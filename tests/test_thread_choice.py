@@ -1,12 +1,14 @@
-"""head_threads="auto" (lab/thread_choice.py): the faster of one thread and torch's count, timed on the head's own
+"""cpu_threads="auto" (lab/thread_choice.py): the faster of one thread and torch's count, timed on the head's own
 batches, kept for KEEP_SECONDS and timed again, so that a load that comes or goes while a run trains moves the
 choice. The batches' cost is simulated on a fake clock: seconds per image by thread count, as a machine would show
 them idle (two threads faster) or beside a busy process (one thread faster)."""
 
+import contextlib
+
 import pytest
 import torch
 
-from lab import head_training, thread_choice
+from lab import thread_choice
 
 
 class FakeMachine:
@@ -97,12 +99,16 @@ def test_one_count_is_never_timed(two_threads):
 
 
 @pytest.mark.parametrize("setting", ["auto", 1])
-def test_head_threads_gives_torch_its_count_back_and_ends_the_choice(two_threads, setting):
-    with head_training.head_threads(setting) as choice:
-        assert head_training._choice is choice
-        with choice.batch("train", 64):
-            assert torch.get_num_threads() in (1, 2)
-    assert torch.get_num_threads() == 2 and head_training._choice is None
+def test_chosen_gives_torch_its_count_back_and_ends_the_choice(two_threads, setting):
+    cpu = torch.device("cpu")
+    with thread_choice.chosen(setting) as choice:
+        with thread_choice.chosen(setting) as inner:  # a block inside another goes on with the outer choice
+            assert inner is choice
+        with thread_choice.batch_threads(cpu, "train", 64):
+            assert torch.get_num_threads() == thread_choice.thread_counts(setting, 2)[0]
+        torch.set_num_threads(1)  # as a batch on one thread leaves it
+    assert torch.get_num_threads() == 2 and thread_choice._active is None
+    assert isinstance(thread_choice.batch_threads(cpu, "train", 64), contextlib.nullcontext)  # outside: as it is
 
 
 def test_a_costly_probe_holds_the_choice_longer(two_threads):

@@ -264,7 +264,7 @@ def test_previous_run_folder_never_mixes_two_runs(make_cfg):
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_result(make_cfg, tmp_path, trained):
     _, trained_argv, _ = trained
-    opts = ["--epochs=10", "--patience=100", "--batch_size=8", "--head_threads=1"]  # "auto" may change the sums
+    opts = ["--epochs=10", "--patience=100", "--batch_size=8", "--cpu_threads=1"]  # "auto" may change the sums
     cfg_a, argv_a = make_cfg(*opts, output_dir=tmp_path / "a")
     train.main(argv_a)
     cfg_b, argv_b = make_cfg(*opts, output_dir=tmp_path / "b")
