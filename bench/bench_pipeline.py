@@ -424,7 +424,8 @@ def measure_trunk_settings(run):
             ]
             for dtype in (None, torch.bfloat16):
                 variants[(layout, size, precision.precision_name(dtype))] = trunk_pass(trunk, shaped, t.device, dtype)
-    rates = common.best_rates(variants, len(images), max(1, run.sizes["rounds"] // 2), single_thread=True)
+    # one round after the warm-up: 16 variants, information only (two rounds cost the full run 40 s more)
+    rates = common.best_rates(variants, len(images), 1, single_thread=True)
     table = {
         f"{layout} batch {size}": {"fp32": rates[(layout, size, "fp32")], "bf16": rates[(layout, size, "bf16")]}
         for layout, size, _ in variants
@@ -679,6 +680,9 @@ def with_openmp(env, code):
     return f"import os; {sets}; {code}"
 
 
+TRUNK_ROUNDS = 3  # the trunk's passes per child (a few seconds each), whatever the head's rounds
+
+
 def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True):
     """In a fresh process started by with_openmp: median images/s of the head's epoch (cached features, its
     automatic precision, as in head_training, on cpu_threads=head_setting) and, with_trunk, of the trunk pass (its
@@ -705,8 +709,10 @@ def under_load_child(argv, quick, scratch, rounds, head_setting, with_trunk=True
     rates = {name: [] for name in work}
     threads = torch.get_num_threads()
     with thread_choice.chosen(head_setting) as choice:  # the head's batches set their own count in it
-        for _ in range(rounds + 1):  # the first round a warm-up: oneDNN picks and caches its kernels
+        for round_ in range(rounds + 1):  # the first round a warm-up: oneDNN picks and caches its kernels
             for name, (items, fn) in work.items():
+                if name == "trunk" and round_ > TRUNK_ROUNDS:
+                    continue
                 torch.set_num_threads(threads)  # the trunk on torch's threads, whatever the head's last batch ran on
                 start = time.perf_counter()
                 fn()
@@ -736,7 +742,7 @@ def measure_head_load(run):
     if short:
         settings = {name: value for name, value in settings.items() if value[0]["OMP_WAIT_POLICY"] is None}
     loads = (0, 1) if short else (0, 1, 2)
-    rounds = 1 if run.quick else 3
+    rounds = 1 if run.quick else 3 if run.headline else 5  # head epochs (under a second each on ndsb9)
     measured = {name: {} for name in settings}
     for load in loads:
         print(f"[bench] head under load: {load} busy process(es) beside it, {len(settings)} settings", flush=True)

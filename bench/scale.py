@@ -66,6 +66,11 @@ FULL = {
 }
 QUICK = {"files": (90, 180), "embeddings": (900, 1_800), "classes": 9, "overrides": ["--transfer_repeats=1"]}
 EMBEDDING_STAGES = ("distances", "map sample", "galleries", "transfer", "novelty", "label audit")
+# Sizes of a stage measured at fewer than FULL's: transfer samples at most transfer_max_images per side, so at
+# 100,000 it costs what it costs at 300,000 (163 against 164 CPU s at commit 04de670); its two ends give its growth,
+# as before issue 30, and save the full benchmark about three minutes.
+SIZES = {"transfer": (30_000, 300_000)}
+COST_ORDER = ("map sample", "galleries", "novelty", "distances", "label audit", "transfer")  # cheapest first
 REASONS = {"novelty": "every image meets every training embedding: is novelty_bank_max 0 (no bound)?"}
 AUDIT_DIMS = 256  # the audit's pooled trunk features: 64 channels x a 2 x 2 grid (label_audit.POOL_GRID)
 GROWTH_SLACK = 1.15  # a growth exponent up to 1.15 counts as linear: caches and allocators wobble
@@ -322,7 +327,8 @@ def measure(scratch, quick=False, num_workers=2):
         shutil.rmtree(folder, ignore_errors=True)  # this section's own files: 100,000 of them take disk space
         said = results["scan and split"][n_files]
         print(f"[scale] scan and split, {n_files:,} files: {said['cpu_seconds']:.1f} CPU s", flush=True)
-    jobs = [] if quick else [(n, stage) for n in sizes["embeddings"] for stage in EMBEDDING_STAGES]
+    jobs = [] if quick else [(n, s) for s in EMBEDDING_STAGES for n in sizes["embeddings"] if n in SIZES.get(s, (n,))]
+    jobs.sort(key=lambda job: -job[0] * COST_ORDER.index(job[1]))  # the longest first, so the two end together
     with concurrent.futures.ThreadPoolExecutor(max_workers=SIDE_BY_SIDE) as pool:
         running = {
             pool.submit(in_child, "embeddings_child", n, classes, [stage], overrides): (n, stage) for n, stage in jobs

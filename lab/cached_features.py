@@ -61,18 +61,22 @@ class CachedSplit:
         return copy
 
     def _read_view(self, chosen, view):
+        """The features of `chosen` in one view, in the cache's own dtype (float16): converted once, by `read`."""
         rows = self.index[chosen]
         sort = np.argsort(rows)  # ascending reads are kinder to the memory map
-        x = torch.from_numpy(np.asarray(self.view_feats[view][rows[sort]], dtype=np.float32))
+        x = torch.from_numpy(np.asarray(self.view_feats[view][rows[sort]]))
         inverse = np.empty_like(sort)
         inverse[sort] = np.arange(len(sort))
         return x[inverse]
 
-    def read(self, chosen, views=None):
-        """The float32 features of the images at positions `chosen` (numpy), in that order: in the first view
-        (views None), in each image's own view (an integer array, one per chosen image), or in every view
-        (ALL_VIEWS: stacked, views first)."""
+    def read(self, chosen, views=None, dtype=torch.float32):
+        """The features of the images at positions `chosen` (numpy), in that order, as `dtype` (None: the cache's
+        own, float16): in the first view (views None), in each image's own view (an integer array, one per chosen
+        image), or in every view (ALL_VIEWS: stacked, views first)."""
         chosen = np.asarray(chosen, dtype=np.int64)
+        return self._read(chosen, views) if dtype is None else self._read(chosen, views).to(dtype)
+
+    def _read(self, chosen, views):
         if views is None:
             return self._read_view(chosen, 0)
         if isinstance(views, str):
@@ -87,18 +91,23 @@ class CachedSplit:
             x[torch.from_numpy(mine)] = part
         return x
 
-    def batches(self, batch_size, order=None, views=None):
-        """(features, labels) in batches of the images in `order` (default: as stored); views: see the module."""
+    def batches(self, batch_size, order=None, views=None, dtype=torch.float32):
+        """(features, labels) in batches of the images in `order` (default: as stored); views: see the module;
+        dtype: the features' (the head's autocast dtype saves a conversion: the cache's float16 becomes bf16 in
+        the same copy that lays the batch out)."""
         order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(self), batch_size):
             chosen = order[start : start + batch_size].numpy()
-            yield channels_last(self.read(chosen, view_of_batch(views, chosen))), self.labels[chosen]
+            x = self.read(chosen, view_of_batch(views, chosen), dtype=None)
+            yield as_batch(x, dtype), self.labels[chosen]
 
 
-def channels_last(x):
-    """The head's convolutions' fastest layout, for a batch of one view (4-d); a stack of views stays as it is
-    (head_of_views lays it out when it flattens it)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def as_batch(x, dtype):
+    """x as dtype, in one copy; a batch of one view (4-d) also in the head's convolutions' fastest layout
+    (channels last), a stack of views as it is (head_of_views lays it out when it flattens it)."""
+    if x.dim() == 4:
+        return x.to(dtype, memory_format=torch.channels_last)
+    return x.to(dtype)
 
 
 class PooledSplit:
@@ -131,7 +140,7 @@ class PooledSplit:
         frames = [part.rows for part in self.parts]
         return pd.concat(frames, ignore_index=True).iloc[self.positions].reset_index(drop=True)
 
-    def batches(self, batch_size, order=None, views=None):
+    def batches(self, batch_size, order=None, views=None, dtype=torch.float32):
         order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(self), batch_size):
             chosen = order[start : start + batch_size].numpy()
@@ -139,11 +148,11 @@ class PooledSplit:
             x = None
             for k in np.unique(part):
                 mine = part == k
-                features = self.parts[k].read(within[mine], view_of_batch(batch_views, mine))
+                features = self.parts[k].read(within[mine], view_of_batch(batch_views, mine), dtype=None)
                 if x is None:
                     x = torch.empty((*features.shape[:-4], len(chosen), *features.shape[-3:]), dtype=features.dtype)
                 x[..., torch.from_numpy(mine), :, :, :] = features
-            yield channels_last(x), self.labels[chosen]
+            yield as_batch(x, dtype), self.labels[chosen]
 
 
 def head_of_views(model, x):

@@ -67,7 +67,7 @@ def run_epoch(
     model.train(optimizer is not None)
     total_loss, correct = 0.0, 0
     views = views if optimizer is not None else cached_features.every_view(data)
-    batches = data.batches(batch_size, order, views)
+    batches = data.batches(batch_size, order, views, dtype=dtype or torch.float32)
     if desc:
         batches = progress.progress(batches, math.ceil(len(data) / batch_size), desc, unit="batches")
     with torch.set_grad_enabled(optimizer is not None):

@@ -147,11 +147,11 @@ def trained_with_views(make_cfg, monkeypatch):
     reads = []
     real_read = cached_features.CachedSplit.read
 
-    def read(self, chosen, views=None):
+    def read(self, chosen, views=None, dtype=torch.float32):
         reads.append(
             (len(self), np.array(chosen), views if isinstance(views, str) or views is None else np.array(views))
         )
-        return real_read(self, chosen, views)
+        return real_read(self, chosen, views, dtype)
 
     monkeypatch.setattr(cached_features.CachedSplit, "read", read)
     train.main(argv)
