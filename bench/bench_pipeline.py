@@ -53,6 +53,7 @@ from lab import (  # noqa: E402
     image_io,
     output_lock,
     precision,
+    progress,
     runtime,
     splitting,
     thread_choice,
@@ -1236,7 +1237,9 @@ def run(argv):
             bench.headline = headline
             for name, measure in MEASUREMENTS:
                 if name in chosen:
-                    (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
+                    print(f"[bench] {name} ({chosen.index(name) + 1}/{len(chosen)})", flush=True)
+                    with progress.heartbeat(f"bench: {name}"):  # a section that measures in-process is silent
+                        (raw[name], new_rows), raw["seconds"][name] = common.timed(measure, bench)
                     raw["rows"] += new_rows
                     path = save_rows(base, raw)  # a stopped run keeps every row measured so far
             output_lock.release_locks()

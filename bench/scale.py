@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 
 from bench import common
 from bench.targets import TARGETS
-from lab import config, output_lock
+from lab import config, output_lock, progress
 
 FLOWCAMNET_IMAGES = 301_247
 FULL = {
@@ -320,7 +320,8 @@ def measure(scratch, quick=False, num_workers=2):
     for k, n_files in enumerate(sizes["files"]):
         folder, out = Path(scratch) / f"files{n_files}", Path(scratch) / f"scan{n_files}"
         print(f"[scale] writing {n_files:,} image files, then scan and split with near-copies", flush=True)
-        write_image_files(folder, n_files, classes)
+        with progress.heartbeat(f"scale: writing {n_files:,} files"):
+            write_image_files(folder, n_files, classes)
         together = (sizes["embeddings"][k], list(EMBEDDING_STAGES), overrides) if quick else None
         for stage, value in in_child("files_child", str(folder), str(out), num_workers, classes, together).items():
             results[stage][n_files if stage == "scan and split" else sizes["embeddings"][k]] = value
