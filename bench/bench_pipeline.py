@@ -749,7 +749,7 @@ def measure_head_load(run):
         print(f"[bench] head under load: {load} busy process(es) beside it, {len(settings)} settings", flush=True)
         with busy_processes(load):
             for name, (env, head_setting) in settings.items():
-                # the trunk keeps torch's threads (under "auto" as on its threads spinning); idle and 1 busy
+                # the trunk alone, on the fixed settings (the "auto" child times the head only); idle and 1 busy
                 trunk = name != AUTO and load < 2
                 code = (
                     "from bench.bench_pipeline import under_load_child; "
@@ -813,7 +813,8 @@ def head_load_rows(run, settings, loads, rounds, measured):
             f"trunk pass images/s (its automatic precision), idle / 1 busy: {trunk}",
             round(measured[spinning][1]["trunk"] / measured[spinning][0]["trunk"], 2),
             "x",
-            f"the trunk keeps torch's threads: {spinning} beside 1 busy process vs idle",
+            f"the trunk alone on fixed settings: {spinning} beside 1 busy process vs idle (the lab's trunk pass runs "
+            "on cpu_threads as the head does)",
         ),
     ]
     if AUTO in measured:
