@@ -80,7 +80,7 @@ head_precision = "auto"  # head training: "auto" (bf16 where native: GPU, AVX512
 num_workers = 2  # image-decoding worker processes for the trunk pass, >= 0
 # Torch threads on a CPU for the trunk pass and the head's epochs: "auto" times one thread against torch's count
 # on their own batches every 30 s or so and keeps the faster (idle, two threads were 1.5x faster for the head on the
-# project's 2-core machine; beside one other busy process, one thread was 4x faster: docs/performance.md, "The head
+# project's 2-core machine; beside one other busy process, one thread was 7x faster: docs/performance.md, "The head
 # under load"), or a number (at most torch's count: OMP_NUM_THREADS or the cores), with which the trained head
 # repeats bit for bit on one machine.
 cpu_threads = "auto"

@@ -347,7 +347,7 @@ def main(argv=None):
     with thread_choice.chosen(cfg.cpu_threads) as threads:  # the head's thread count; torch's own after it
         history = fit(cfg, model, optimizer, data, device, run, trunk_weights, split_digest)
     if device.type == "cpu":
-        print(f"[train] the head trained on {threads.describe()} (cpu_threads={cfg.cpu_threads!r})")
+        print(f"[train] the head ran on {threads.describe(('train', 'eval'))} (cpu_threads={cfg.cpu_threads!r})")
     return history
 
 

@@ -5,9 +5,9 @@ writes nothing.
 Why measured and not fixed (docs/performance.md, "The head under load"): the head's products are small, so
 torch's OpenMP threads meet at a barrier hundreds of times per batch. On the project's idle 2-core machine a second
 thread made an epoch 1.5x faster; beside one other busy process the two threads waited for each other's turns on
-the cores and the epoch was 3-12x slower than on one thread. The trunk pass, beside its own decoding workers,
-lost 2x likewise. Which of the two holds changes while a long run
-trains (a laptop, a shared server), so "auto" times a few batches on each count, keeps the faster for
+the cores and the epoch was 3-7x slower than on one thread (docs/performance.md's table). The trunk pass, beside
+its own decoding workers, lost 2x likewise. Which of the two holds changes while a long run trains (a laptop, a
+shared server), so "auto" times a few batches on each count, keeps the faster for
 KEEP_SECONDS (longer where timing the slower count is costly: MAX_PROBE_SHARE) and then times them again. The
 price: the thread count changes the order of the sums, so an "auto" run does not repeat bit for bit; a fixed
 number does (on one machine).
@@ -29,6 +29,7 @@ PROBE_BATCHES = 5
 # it takes for the time lost in the probe to be MAX_PROBE_SHARE of the time between probes.
 KEEP_SECONDS = 30.0
 MAX_PROBE_SHARE = 0.01
+MAX_KEEP_SECONDS = 600.0  # but a load that leaves is followed within 10 minutes whatever the probe cost
 
 
 def thread_counts(setting, available):
@@ -55,7 +56,7 @@ class _Pass:
     def lost(self):
         """The seconds the probe lost against running every probe batch at the chosen count's median rate."""
         per_image = statistics.median(self.seen[self.chosen])
-        return sum(seconds - images * per_image for seconds, images in self.spent.values())
+        return sum(seconds - images * per_image for c, (seconds, images) in self.spent.items() if c != self.chosen)
 
 
 class ThreadChoice:
@@ -71,7 +72,7 @@ class ThreadChoice:
             clock,
         )
         self.passes = {}
-        self.batches = {c: 0 for c in self.counts}
+        self.batches = {}  # (kind, count): batches run
 
     def count_for(self, kind):
         """The count the next batch of this kind runs on: the one being timed during a probe, else the choice
@@ -85,7 +86,7 @@ class ThreadChoice:
 
     def record(self, kind, count, seconds, images):
         """One batch of `images` on `count` threads took `seconds`: a sample of the probe, if one runs on it."""
-        self.batches[count] += 1
+        self.batches[kind, count] = self.batches.get((kind, count), 0) + 1
         state = self.passes.get(kind)
         if state is None or not state.to_time or state.to_time[0] != count or images == 0:
             return
@@ -112,16 +113,20 @@ class ThreadChoice:
         yield
         self.record(kind, count, self.clock() - start, images)
 
-    def shares(self):
-        """{count: share of the batches run on it}, for the counts used."""
-        total = sum(self.batches.values())
-        return {c: n / total for c, n in self.batches.items() if n} if total else {}
+    def shares(self, kinds=None):
+        """{count: share of the batches (of `kinds`, default every kind) run on it}, for the counts used."""
+        counts = {}
+        for (kind, count), n in self.batches.items():
+            if kinds is None or kind in kinds:
+                counts[count] = counts.get(count, 0) + n
+        total = sum(counts.values())
+        return {c: n / total for c, n in counts.items()} if total else {}
 
-    def describe(self):
+    def describe(self, kinds=None):
         """One phrase on the counts used: '1 thread' or 'auto: 2 threads for 80 % of batches, 1 thread for 20 %'."""
         if len(self.counts) == 1:
             return threads_text(self.counts[0])
-        shares = sorted(self.shares().items(), key=lambda item: -item[1])
+        shares = sorted(self.shares(kinds).items(), key=lambda item: -item[1])
         parts = [f"{threads_text(c)} for {100 * s:.0f} % of batches" for c, s in shares]
         return "auto: " + (", ".join(parts) if parts else "no batch yet")
 
@@ -129,15 +134,19 @@ class ThreadChoice:
 def keep_seconds_after(lost, keep_seconds=KEEP_SECONDS):
     """How long a choice holds after a probe that lost `lost` seconds: KEEP_SECONDS, or longer where the probe's
     loss would otherwise be more than MAX_PROBE_SHARE of the run."""
-    return max(keep_seconds, lost / MAX_PROBE_SHARE)
+    return min(max(keep_seconds, lost / MAX_PROBE_SHARE), MAX_KEEP_SECONDS)
 
 
 def threads_text(count):
     return f"{count} thread{'s' if count != 1 else ''}"
 
 
-# The choice in force while a `chosen` block runs (None: torch's count as it is, as outside the lab's loops).
+# The choice in force while a `chosen` block runs (None: torch's count as it is, as outside the lab's loops), and
+# every choice made in this process, by (setting, torch's count): a block opened again (predict.py's next chunk of
+# 1,000 images, the next split's trunk pass, the audit's next fold) goes on with the timings it has, instead of
+# probing anew on a few batches.
 _active = None
+_made = {}
 
 
 @contextlib.contextmanager
@@ -145,13 +154,13 @@ def chosen(setting):
     """Run the block's batches (those inside `batch_threads`) on the setting's thread counts, then give torch back
     the count it had: the stages after it keep theirs, as runtime.torch_threads_kept does for the map. Inside a
     block already running, the outer choice goes on (its counts, its timings). Yields the ThreadChoice (its
-    `describe()` says which counts ran)."""
+    `describe(kinds)` says which counts ran), the same one each time for a setting in this process."""
     global _active
     if _active is not None:
         yield _active
         return
     threads = torch.get_num_threads()
-    _active = ThreadChoice(thread_counts(setting, threads))
+    _active = _made.setdefault((setting, threads), ThreadChoice(thread_counts(setting, threads)))
     try:
         yield _active
     finally:

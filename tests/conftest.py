@@ -45,6 +45,7 @@ FAST = [
     "--backbone_weights=None",
     "--image_size=64",
     "--num_workers=0",
+    "--cpu_threads=1",  # "auto" picks a count by timing it: results could differ run to run outside make's 1 thread
     "--batch_size=32",
     "--epochs=15",
     "--patience=4",

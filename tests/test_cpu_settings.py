@@ -111,6 +111,7 @@ def test_the_head_trains_on_its_setting_and_gives_torch_its_thread_count_back(
         return record(self, kind, count, seconds, images)
 
     monkeypatch.setattr(thread_choice.ThreadChoice, "record", counting)
+    monkeypatch.setattr(thread_choice, "_made", {})  # no choice made by an earlier test in this process
     _, argv = make_cfg(f"--cpu_threads={setting!r}", "--epochs=2", "--batch_size=8")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

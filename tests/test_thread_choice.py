@@ -99,7 +99,8 @@ def test_one_count_is_never_timed(two_threads):
 
 
 @pytest.mark.parametrize("setting", ["auto", 1])
-def test_chosen_gives_torch_its_count_back_and_ends_the_choice(two_threads, setting):
+def test_chosen_gives_torch_its_count_back_and_ends_the_choice(two_threads, setting, monkeypatch):
+    monkeypatch.setattr(thread_choice, "_made", {})
     cpu = torch.device("cpu")
     with thread_choice.chosen(setting) as choice:
         with thread_choice.chosen(setting) as inner:  # a block inside another goes on with the outer choice
@@ -125,3 +126,26 @@ def test_a_costly_probe_holds_the_choice_longer(two_threads):
     assert machine.run(choice, batches=3) == [1, 1, 1]
     machine.now = end_of_probe + keep + 1
     assert machine.run(choice, batches=2) == [2, 2]  # a new probe, most threads first
+
+
+def test_a_block_opened_again_goes_on_with_its_timings(two_threads, monkeypatch):
+    """predict.py opens a block per chunk of 1,000 images, the trunk pass one per split: each must not probe anew
+    (a small split would spend most of its batches probing)."""
+    monkeypatch.setattr(thread_choice, "_made", {})
+    with thread_choice.chosen("auto") as first:
+        pass
+    with thread_choice.chosen("auto") as again:
+        assert again is first
+    with thread_choice.chosen(1) as other:
+        assert other is not first
+
+
+def test_the_hold_is_capped_and_counts_only_the_slower_counts_loss(two_threads):
+    machine = FakeMachine({1: 3e-4, 2: 0.5})  # two threads absurdly slow: the loss alone would hold for hours
+    choice = thread_choice.ThreadChoice([2, 1], probe_batches=5, keep_seconds=30, clock=machine.clock)
+    machine.run(choice, batches=12)
+    end_of_probe = machine.now
+    machine.now = end_of_probe + thread_choice.MAX_KEEP_SECONDS + 1
+    assert machine.run(choice, batches=2) == [2, 2]  # probed again after at most MAX_KEEP_SECONDS
+    assert choice.describe(("train",)) == "auto: 2 threads for 57 % of batches, 1 thread for 43 % of batches"
+    assert choice.describe(("eval",)) == "auto: no batch yet"  # the shares count the kinds asked for
