@@ -19,13 +19,15 @@ import time
 
 import torch
 
+from lab import runtime
+
 AUTO = "auto"
 # Batches timed per thread count in each probe, after one warm-up batch on it (the first batch after a change of
 # count pays for waking threads and oneDNN's kernels for that count): the median of 5 is steady to a few percent.
 PROBE_BATCHES = 5
 # How long a choice holds at least before both counts are timed again (so a load that comes or goes is followed
 # within about half a minute), and the most of a run that timing the slower count may cost: where it is far
-# slower (two threads beside a busy process: 10x on the project's machine), the choice holds longer, as long as
+# slower (two threads beside a busy process: 7x on the project's machine), the choice holds longer, as long as
 # it takes for the time lost in the probe to be MAX_PROBE_SHARE of the time between probes.
 KEEP_SECONDS = 30.0
 MAX_PROBE_SHARE = 0.01
@@ -152,7 +154,7 @@ _made = {}
 @contextlib.contextmanager
 def chosen(setting):
     """Run the block's batches (those inside `batch_threads`) on the setting's thread counts, then give torch back
-    the count it had: the stages after it keep theirs, as runtime.torch_threads_kept does for the map. Inside a
+    the count it had (runtime.torch_threads_kept): the stages after it keep theirs. Inside a
     block already running, the outer choice goes on (its counts, its timings). Yields the ThreadChoice (its
     `describe(kinds)` says which counts ran), the same one each time for a setting in this process."""
     global _active
@@ -161,11 +163,11 @@ def chosen(setting):
         return
     threads = torch.get_num_threads()
     _active = _made.setdefault((setting, threads), ThreadChoice(thread_counts(setting, threads)))
-    try:
-        yield _active
-    finally:
-        _active = None
-        torch.set_num_threads(threads)
+    with runtime.torch_threads_kept():
+        try:
+            yield _active
+        finally:
+            _active = None
 
 
 def batch_threads(device, kind, images):
