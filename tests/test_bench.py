@@ -59,6 +59,41 @@ def test_scale_growth_is_fitted_over_every_size_and_projected_at_least_linearly(
     assert scale.projected(sublinear, 8000) == pytest.approx(14.0 * 2)  # never less than linear
 
 
+def test_head_under_load_rows_compare_the_labs_setting_with_one_thread_and_torchs_threads(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench import bench_pipeline
+
+    monkeypatch.setattr(bench_pipeline.torch, "get_num_threads", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    run = SimpleNamespace(quick=False, headline=False, trained=SimpleNamespace(cfg=SimpleNamespace(cpu_threads="auto")))
+    loads = (0, 1, 2)
+    rounds = {load: bench_pipeline.head_load_rounds(run, load) for load in loads}
+    assert rounds == {0: 5, 1: 3, 2: 3}  # idle medians of 5 for the 0.95x target; under load 3
+    head = {  # images/s idle / 1 busy / 2 busy, as measured on the AVX2 stand-in
+        "1 thread": (900, 880, 560),
+        "2 threads, spinning": (1600, 280, 530),
+        "2 threads, passive": (1480, 850, 780),
+        bench_pipeline.AUTO: (1520, 690, 460),
+    }
+    measured = {
+        name: {load: {"head": rates[load], "trunk": 100.0, "cpu_threads": "auto"} for load in loads}
+        for name, rates in head.items()
+    }
+    raw, rows = bench_pipeline.head_load_rows(run, bench_pipeline.thread_settings(), loads, rounds, measured)
+    rows = {row["what"]: row for row in rows}
+    assert raw["labs_setting"] == bench_pipeline.AUTO
+    busy, idle = rows["head under load"], rows["head idle"]
+    assert busy["measured"] == round(690 / 900, 2) and busy["status"] == "MISSED"  # 0.77 < 0.8
+    assert idle["measured"] == round(1520 / 1600, 2) and idle["status"] == "met"  # 0.95 >= 0.95
+    assert "median of 5 epochs idle, 3 under load" in busy["compared"]
+    assert rows["head threads: auto"]["status"] == "info"
+    run.headline = True
+    assert bench_pipeline.head_load_rounds(run, 0) == 3 and bench_pipeline.epochs_text({0: 3, 1: 3}, (0, 1)) == (
+        "median of 3 epochs"
+    )
+
+
 def test_flowcamnet_rows_add_every_default_stage_on_each_cpu_kind():
     from lab import config
 
