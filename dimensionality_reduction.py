@@ -207,13 +207,20 @@ def legend_below(fig, colours, numbers, shown, unseen):
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=columns, fontsize=7, frameon=False)
 
 
-def distances_to(vectors, centre, block=8192):
-    """Euclidean distance of every row to centre, a block of rows at a time: the temporaries stay in the CPU's
-    cache, so 300,000 embeddings cost ten times 30,000, not more (README, Performance)."""
-    out = np.empty(len(vectors))
+def distances_to(vectors, centres, block=512):
+    """Euclidean distance of every row to every centre (rows x centres), in the rows' precision. Each block of rows
+    (256 KB of float32 embeddings) meets every centre while it sits in the CPU's cache, and each row's distance is
+    the same sum as for one centre alone. The galleries of 93 classes over 300,000 rows took 10.4 times the CPU
+    time of 30,000 (1.73 s), where a pass over all rows per centre took 12.3 times (2.82 s; /tmp script, one thread,
+    the project's Xeon): at 30,000 the rows stayed in the cache between passes, at 300,000 not."""
+    centres = np.atleast_2d(centres)
+    # column-major: a class's distances to every row lie together, for class_galleries' picks
+    out = np.empty((len(vectors), len(centres)), dtype=np.result_type(vectors.dtype, centres.dtype), order="F")
     for start in range(0, len(vectors), block):
-        diff = vectors[start : start + block] - centre
-        out[start : start + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        rows = vectors[start : start + block]
+        for j, centre in enumerate(centres):
+            diff = rows - centre
+            out[start : start + block, j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
 
 
@@ -226,19 +233,25 @@ def k_smallest(values, k):
     return candidates[np.argsort(values[candidates], kind="stable")][:k]
 
 
-def gallery(vectors, labels, cls, k):
-    """{row: (indices, distances)} for class cls: nearest / furthest own images to its centre, nearest others."""
-    is_own = labels == cls
-    own, other = np.flatnonzero(is_own), np.flatnonzero(~is_own)
-    distance = distances_to(vectors, vectors[own].mean(0))
-    d_own, d_other = distance[own], distance[other]
-    order_own = np.argsort(d_own, kind="stable")
-    nearest_other = k_smallest(d_other, k)
-    return {
-        ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
-        ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
-        ROWS[2]: (other[nearest_other], d_other[nearest_other]),
-    }
+def class_galleries(vectors, labels, classes, k):
+    """{class: {row: (indices, distances)}}: per class, the k own images nearest to and furthest from its centre
+    and the k nearest images of other classes, from one pass over the rows for every centre (distances_to)."""
+    owns = [np.flatnonzero(labels == cls) for cls in classes]
+    distance = distances_to(vectors, np.stack([vectors[own].mean(0) for own in owns]))
+    picks = {}
+    for j, (cls, own) in enumerate(zip(classes, owns)):
+        is_own = np.zeros(len(vectors), bool)
+        is_own[own] = True
+        other = np.flatnonzero(~is_own)
+        d_own, d_other = distance[own, j], distance[other, j]
+        order_own = np.argsort(d_own, kind="stable")
+        nearest_other = k_smallest(d_other, k)
+        picks[cls] = {
+            ROWS[0]: (own[order_own[:k]], d_own[order_own[:k]]),
+            ROWS[1]: (own[order_own[::-1][:k]], d_own[order_own[::-1][:k]]),
+            ROWS[2]: (other[nearest_other], d_other[nearest_other]),
+        }
+    return picks
 
 
 def thumbnail(path, size=96):
@@ -275,9 +288,10 @@ def galleries(cfg, frames, out):
     for set_name, (frame, vectors) in (("train", frames["train"]), ("unseen", frames["unseen"])):
         labels = frame["label"].to_numpy()
         classes = list(dict.fromkeys(frame.sort_values("label_idx")["label"]))
+        every_pick = class_galleries(vectors, labels, classes, cfg.gallery_size)
         for number, cls in enumerate(classes, 1):
             print(f"[galleries] {set_name} {number}/{len(classes)}: {cls}", flush=True)
-            picks = gallery(vectors, labels, cls, cfg.gallery_size)
+            picks = every_pick[cls]
             figure = f"gallery_{plotting.figure_slug(cls, every_class)}.png"
             plot_gallery(cls, set_name, picks, frame, cfg.gallery_size, out.file("figs", figure))
             for row, (idx, dist) in picks.items():

@@ -10,7 +10,7 @@ folder it is given, and deletes nothing else. Measures, at 30,000, 100,000 and 3
   distances            the average distances (compute_average_distances) over every class
   map sample           the 2-D map's seeded sample of each split and its standardisation (the fit itself is on
                        at most 3 x umap_samples_per_split points, whatever the data size)
-  galleries            the 128-d nearest and furthest images of every class (dimensionality_reduction.gallery)
+  galleries            the 128-d nearest and furthest images of every class (dimensionality_reduction.class_galleries)
   transfer             transfer learning (transfer_learning.transfer_curves) with all 93 classes unseen
   novelty              novelty.py's scorer (novelty_scores.NoveltyScorer: class Gaussians, the kNN bank of at most
                        novelty_bank_max embeddings, the validation standardisation) fitted on 70 % of the
@@ -152,8 +152,7 @@ def map_sample(x, y, cfg):
 def galleries(x, y, cfg):
     import dimensionality_reduction
 
-    for c in np.unique(y):
-        dimensionality_reduction.gallery(x, y, c, cfg.gallery_size)
+    dimensionality_reduction.class_galleries(x, y, np.unique(y), cfg.gallery_size)
 
 
 def transfer(x, y, cfg):

@@ -91,7 +91,8 @@ def test_gallery_rows_are_truly_closest_and_furthest():
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(200, 128))
     labels = np.array(["a"] * 80 + ["b"] * 70 + ["c"] * 50)
-    picks = reduction.gallery(vectors, labels, "b", 5)
+    every = reduction.class_galleries(vectors, labels, ["a", "b", "c"], 5)
+    picks = every["b"]
     centre = vectors[labels == "b"].mean(0)
     d = np.linalg.norm(vectors - centre, axis=1)
     own, other = np.flatnonzero(labels == "b"), np.flatnonzero(labels != "b")
@@ -99,6 +100,10 @@ def test_gallery_rows_are_truly_closest_and_furthest():
     assert list(picks[reduction.ROWS[1]][0]) == list(own[np.argsort(-d[own])[:5]])
     assert list(picks[reduction.ROWS[2]][0]) == list(other[np.argsort(d[other])[:5]])
     np.testing.assert_allclose(picks[reduction.ROWS[2]][1], np.sort(d[other])[:5])
+    for cls in "ac":  # every class's centre, in the same pass, as if computed alone
+        own = np.flatnonzero(labels == cls)
+        d = np.linalg.norm(vectors - vectors[own].mean(0), axis=1)
+        assert list(every[cls][reduction.ROWS[0]][0]) == list(own[np.argsort(d[own])[:5]])
 
 
 def test_gallery_ties_and_blocks_give_a_stable_sorts_picks():
@@ -107,10 +112,13 @@ def test_gallery_ties_and_blocks_give_a_stable_sorts_picks():
     vectors[[7, 40, 41, 42]] = vectors[:7].mean(0) + 0.01  # copies nearest to a's centre: equal distances, to be
     labels = np.array(["a"] * 7 + ["b"] * 493)  # taken in index order, as a stable sort would
     d = np.linalg.norm(vectors - vectors[:7].mean(0), axis=1)
-    np.testing.assert_allclose(reduction.distances_to(vectors, vectors[:7].mean(0), block=64), d, rtol=1e-12)
+    centres = np.stack([vectors[:7].mean(0), vectors[7:].mean(0)])
+    blocked = reduction.distances_to(vectors, centres, block=64)
+    np.testing.assert_allclose(blocked[:, 0], d, rtol=1e-12)
+    np.testing.assert_array_equal(blocked, reduction.distances_to(vectors, centres, block=len(vectors)))
     for k in (1, 3, 5, 600):
         assert list(reduction.k_smallest(d[7:], k)) == list(np.argsort(d[7:], kind="stable")[:k])
-    picks = reduction.gallery(vectors, labels, "a", 5)
+    picks = reduction.class_galleries(vectors, labels, ["a"], 5)["a"]
     assert list(picks[reduction.ROWS[2]][0])[:4] == [7, 40, 41, 42]
     assert list(picks[reduction.ROWS[2]][0]) == list(7 + np.argsort(d[7:], kind="stable")[:5])
 
