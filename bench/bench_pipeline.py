@@ -647,11 +647,11 @@ def labs_setting(settings, head_setting):
     return None
 
 
-def probe_cost(fast, slow):
+def probe_cost(fast, slow, batch_size):
     """The share of a run that cpu_threads="auto" spends timing the slower count, from two measured rates
-    (images/s): PROBE_BATCHES + 1 batches of 64 on the slower count, every KEEP_SECONDS or as long as the rule
-    of lab/thread_choice.py holds the choice."""
-    lost = (thread_choice.PROBE_BATCHES + 1) * 64 * (1 / slow - 1 / fast)
+    (images/s): PROBE_BATCHES + 1 batches on the slower count, every KEEP_SECONDS or as long as the rule of
+    lab/thread_choice.py holds the choice."""
+    lost = (thread_choice.PROBE_BATCHES + 1) * batch_size * (1 / slow - 1 / fast)
     return lost / thread_choice.keep_seconds_after(lost)
 
 
@@ -837,7 +837,8 @@ def head_load_rows(run, settings, loads, rounds, measured):
     ]
     if AUTO in measured:
         by_load = {load: sorted((measured[one][load]["head"], measured[spinning][load]["head"])) for load in loads}
-        costs = " / ".join(f"{100 * probe_cost(by_load[load][1], by_load[load][0]):.1f} %" for load in loads)
+        batch = run.trained.cfg.batch_size
+        costs = " / ".join(f"{100 * probe_cost(by_load[load][1], by_load[load][0], batch):.1f} %" for load in loads)
         chosen = " / ".join(measured[AUTO][load].get("cpu_threads", "?") for load in loads)
         rows.append(
             information(
@@ -846,7 +847,7 @@ def head_load_rows(run, settings, loads, rounds, measured):
                 f"slower count ({thread_choice.PROBE_BATCHES + 1} batches every {thread_choice.KEEP_SECONDS:.0f} s, "
                 f"or less often where they would cost over {100 * thread_choice.MAX_PROBE_SHARE:.0f} %), "
                 f"from the 1-thread and {spinning} rates: {costs}",
-                f"{100 * probe_cost(*reversed(by_load[max(loads[:2])])):.1f} %",
+                f"{100 * probe_cost(*reversed(by_load[max(loads[:2])]), batch):.1f} %",
                 "",
                 "beside 1 busy process",
             )

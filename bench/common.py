@@ -119,34 +119,29 @@ def children_peak_mb():
 
 
 # --------------------------------------------------------------------------- child processes
-def run_child(code, env=None, what="benchmark child"):
-    """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON. Its output is
-    captured, so a line `[what] still working, N s` says every few seconds that it runs (lab/progress.py)."""
-    with progress.heartbeat(what):
-        proc = subprocess.run(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
-    if proc.returncode:
-        raise RuntimeError(f"benchmark child failed ({code[:120]}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def wall_of_child(args, env=None, what="benchmark child"):
-    """Seconds a fresh process running `python args...` at the repository root takes, start to exit (with
-    run_child's heartbeat)."""
-    start = time.perf_counter()
+def _child(args, env, what, failed):
+    """Run `python args...` at the repository root with its output captured, under a heartbeat (a line `[what]
+    still working, N s` every few seconds, lab/progress.py); raise naming `failed` where it exits non-zero."""
     with progress.heartbeat(what):
         proc = subprocess.run(
             [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
         )
-    seconds = time.perf_counter() - start
     if proc.returncode:
-        raise RuntimeError(f"benchmark child failed ({' '.join(args)[:200]}):\n{proc.stderr[-3000:]}")
-    return seconds
+        raise RuntimeError(f"benchmark child failed ({failed[:200]}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_child(code, env=None, what="benchmark child"):
+    """Run `code` in a fresh Python process at the repository root; its last stdout line, as JSON."""
+    proc = _child(["-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"], env, what, code)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def wall_of_child(args, env=None, what="benchmark child"):
+    """Seconds a fresh process running `python args...` at the repository root takes, start to exit."""
+    start = time.perf_counter()
+    _child(args, env, what, " ".join(args))
+    return time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- the command line
