@@ -14,7 +14,6 @@ number does (on one machine).
 """
 
 import contextlib
-import statistics
 import time
 
 import torch
@@ -23,7 +22,11 @@ from lab import runtime
 
 AUTO = "auto"
 # Batches timed per thread count in each probe, after one warm-up batch on it (the first batch after a change of
-# count pays for waking threads and oneDNN's kernels for that count): the median of 5 is steady to a few percent.
+# count pays for waking threads and oneDNN's kernels for that count). The counts are compared by throughput, the
+# timed batches' images over their seconds, not by the median batch: beside busy processes two threads' batches
+# have a heavy tail (one thread descheduled, its partner spinning at the barrier). Beside two busy processes on the
+# project's Xeon, the median of 5 batches put two threads at 1,613 images/s against one's 1,152, their mean at
+# 1,119 against 1,276, and 50 batches ran at 831 against 1,816 (`/tmp` script, commit c6e139a).
 PROBE_BATCHES = 5
 # How long a choice holds at least before both counts are timed again (so a load that comes or goes is followed
 # within about half a minute), and the most of a run that timing the slower count may cost: where it is far
@@ -52,12 +55,16 @@ class _Pass:
 
     def start(self, counts):
         self.to_time, self.warming = list(counts), True
-        self.seen = {c: [] for c in counts}  # seconds per image of the timed batches
+        self.timed = {c: [0.0, 0, 0] for c in counts}  # seconds, images and batches of the timed batches
         self.spent = {c: [0.0, 0] for c in counts}  # seconds and images of every probe batch, warm-up included
 
+    def seconds_per_image(self, count):
+        seconds, images, _ = self.timed[count]
+        return seconds / images
+
     def lost(self):
-        """The seconds the probe lost against running every probe batch at the chosen count's median rate."""
-        per_image = statistics.median(self.seen[self.chosen])
+        """The seconds the probe lost against running every probe batch at the chosen count's rate."""
+        per_image = self.seconds_per_image(self.chosen)
         return sum(seconds - images * per_image for c, (seconds, images) in self.spent.items() if c != self.chosen)
 
 
@@ -97,13 +104,14 @@ class ThreadChoice:
         if state.warming:
             state.warming = False
             return
-        state.seen[count].append(seconds / images)
-        if len(state.seen[count]) < self.probe_batches:
+        timed = state.timed[count]
+        timed[0], timed[1], timed[2] = timed[0] + seconds, timed[1] + images, timed[2] + 1
+        if timed[2] < self.probe_batches:
             return
         state.to_time.pop(0)
         state.warming = True
         if not state.to_time:  # every count timed: keep the fastest (ties to the most threads, first in counts)
-            state.chosen = min(self.counts, key=lambda c: statistics.median(state.seen[c]))
+            state.chosen = min(self.counts, key=state.seconds_per_image)
             state.until = self.clock() + keep_seconds_after(state.lost(), self.keep_seconds)
 
     @contextlib.contextmanager

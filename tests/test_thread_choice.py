@@ -56,6 +56,19 @@ def test_auto_times_each_count_then_keeps_the_faster(two_threads, cost, faster):
     assert choice.describe().startswith(f"auto: {thread_choice.threads_text(faster)} for ")
 
 
+def test_auto_compares_throughput_so_a_heavy_tail_under_load_decides(two_threads):
+    """Beside busy processes most two-thread batches are fast and a few stall (one thread descheduled, its partner
+    spinning): the median batch would pick two threads, the images per second of the whole probe picks one."""
+    machine = FakeMachine({1: 3e-4, 2: 1e-4})
+    choice = thread_choice.ThreadChoice([2, 1], probe_batches=5, keep_seconds=30, clock=machine.clock)
+    two_thread_costs = [1e-4, 1e-4, 1e-4, 2e-3, 1e-4, 1e-4]  # warm-up, then 5 timed: median 1e-4, mean 4.8e-4
+    for cost in two_thread_costs:
+        machine.cost[2] = cost
+        assert machine.run(choice) == [2]
+    assert machine.run(choice, batches=6) == [1] * 6  # one thread: 3e-4 s per image, every batch
+    assert set(machine.run(choice, batches=20)) == {1}
+
+
 def test_the_warm_up_batch_of_each_count_is_not_timed(two_threads):
     """The first batch after a change of count pays for waking threads: a slow one must not decide."""
     machine = FakeMachine({1: 3e-4, 2: 2e-4})
