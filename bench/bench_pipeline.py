@@ -85,7 +85,7 @@ FULL = {
     "cache_large": 20000,
     "cache_image_size": 64,
     # predict.py's chunks are 1,000 images: 2 against 10 chunks shows what grows with the folder; larger samples
-    # cost minutes more on a CPU without native bf16 (the fp32 trunk, about 100 images/s on 2 cores)
+    # cost minutes more on a CPU without native bf16 (predict.py ran 99-116 images/s on the AVX2 stand-in)
     "predict_small": 2000,
     "predict_large": 10000,
 }
@@ -767,16 +767,16 @@ def measure_head_load(run):
 def head_load_rounds(run, load):
     """The head's measured epochs per child (after a warm-up epoch). Idle, 5: the idle target (0.95x) compares two
     settings within a few per cent, and medians of 3 were seen 7 % apart. Under load, 3: the busy target (0.8x) is
-    met or missed by far more than their noise, and a loaded epoch is slow (up to 11 s in fp32)."""
+    met or missed by far more than their noise, and a loaded epoch is slow (up to 11 s in fp32). make bench-quick
+    (--headline): 3 at every load."""
     if run.quick:
         return 1
     return 3 if run.headline or load > 0 else 5
 
 
 def epochs_text(rounds, loads):
-    counts = sorted({rounds[load] for load in loads})
-    if len(counts) == 1:
-        return f"median of {counts[0]} epochs"
+    if len({rounds[load] for load in loads}) == 1:
+        return f"median of {rounds[loads[0]]} epochs"
     return f"median of {rounds[loads[0]]} epochs idle, {rounds[loads[-1]]} under load"
 
 

@@ -25,7 +25,7 @@ AUTO = "auto"
 # count pays for waking threads and oneDNN's kernels for that count). The counts are compared by throughput, the
 # timed batches' images over their seconds, not by the median batch: beside busy processes two threads' batches
 # have a heavy tail (one thread descheduled, its partner spinning at the barrier). Beside two busy processes on the
-# project's Xeon, the median of 5 batches put two threads at 1,613 images/s against one's 1,152, their mean at
+# project's Xeon, the median of 5 batches put two threads at 1,613 images/s against one's 1,152, their throughput at
 # 1,119 against 1,276, and 50 batches ran at 831 against 1,816 (`/tmp` script, commit c6e139a).
 PROBE_BATCHES = 5
 # How long a choice holds at least before both counts are timed again (so a load that comes or goes is followed

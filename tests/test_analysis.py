@@ -100,10 +100,12 @@ def test_gallery_rows_are_truly_closest_and_furthest():
     assert list(picks[reduction.ROWS[1]][0]) == list(own[np.argsort(-d[own])[:5]])
     assert list(picks[reduction.ROWS[2]][0]) == list(other[np.argsort(d[other])[:5]])
     np.testing.assert_allclose(picks[reduction.ROWS[2]][1], np.sort(d[other])[:5])
-    for cls in "ac":  # every class's centre, in the same pass, as if computed alone
-        own = np.flatnonzero(labels == cls)
+    for cls in ["a", "c"]:  # every class's centre, in the same pass, as if computed alone
+        own, other = np.flatnonzero(labels == cls), np.flatnonzero(labels != cls)
         d = np.linalg.norm(vectors - vectors[own].mean(0), axis=1)
         assert list(every[cls][reduction.ROWS[0]][0]) == list(own[np.argsort(d[own])[:5]])
+        assert list(every[cls][reduction.ROWS[1]][0]) == list(own[np.argsort(-d[own])[:5]])
+        assert list(every[cls][reduction.ROWS[2]][0]) == list(other[np.argsort(d[other])[:5]])
 
 
 def test_gallery_ties_and_blocks_give_a_stable_sorts_picks():
