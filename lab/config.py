@@ -78,11 +78,10 @@ def default_of(name):
 
 def _check_type(name, value, default):
     def fail(expected):
-        raise lab.LabError(
-            f"--{name}={value!r} has the wrong type: expected {expected} (the default is "
-            f"{default!r}). Strings need quotes inside the shell, e.g. --{name}=\"'text'\" "
-            f"or a bare word, lists look like --{name}=\"['a', 'b']\"."
-        )
+        words = (isinstance(default, (str, list)) or name in NULLABLE_LISTS) and name != "cpu_threads"  # how to quote
+        quote = f" In the shell, quote a string (--{name}=\"'text'\" or a bare word), a list: --{name}=\"['a', 'b']\"."
+        said = f"--{name}={value!r} has the wrong type: expected {expected} (the default is {default!r})."
+        raise lab.LabError(said + (quote if words else ""))
 
     if name in NULLABLE and value is None:
         return None

@@ -126,6 +126,16 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
         config.load_config([arg])
 
 
+@pytest.mark.parametrize(
+    ("arg", "quoting"),
+    [("--seen_classes='a'", True), ("--device=3", True), ("--batch_size=2.5", False), ("--cpu_threads='fast'", False)],
+)
+def test_a_wrong_type_explains_shell_quoting_only_where_a_string_or_list_is_expected(arg, quoting):
+    with pytest.raises(lab.LabError) as error:
+        config.load_config([arg])
+    assert ("quote a string" in str(error.value)) == quoting
+
+
 def help_of(argv, capsys):
     """What --help prints, its whitespace (wrapping, indents) made single spaces."""
     with pytest.raises(SystemExit) as stop:
