@@ -77,8 +77,7 @@ def default_of(name):
 
 
 def _check_type(name, value, default):
-    def fail(expected):
-        words = (isinstance(default, (str, list)) or name in NULLABLE_LISTS) and name != "cpu_threads"  # how to quote
+    def fail(expected, words=False):  # words: a string or a list is expected, so say how the shell passes one
         quote = f" In the shell, quote a string (--{name}=\"'text'\" or a bare word), a list: --{name}=\"['a', 'b']\"."
         said = f"--{name}={value!r} has the wrong type: expected {expected} (the default is {default!r})."
         raise lab.LabError(said + (quote if words else ""))
@@ -97,7 +96,7 @@ def _check_type(name, value, default):
         if isinstance(value, str) and name == "labels_file":
             return value
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            fail(NULLABLE_LISTS[name] + " or None")
+            fail(NULLABLE_LISTS[name] + " or None", words=True)
         return list(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -113,11 +112,11 @@ def _check_type(name, value, default):
         return float(value)
     if isinstance(default, str) or default is None:
         if not isinstance(value, str):
-            fail("a string" + (" or None" if name in NULLABLE else ""))
+            fail("a string" + (" or None" if name in NULLABLE else ""), words=True)
         return value
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            fail("a list of strings")
+            fail("a list of strings", words=True)
         return list(value)
     return value
 

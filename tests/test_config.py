@@ -128,7 +128,14 @@ def test_bad_overrides_are_rejected_before_work(arg, fragment):
 
 @pytest.mark.parametrize(
     ("arg", "quoting"),
-    [("--seen_classes='a'", True), ("--device=3", True), ("--batch_size=2.5", False), ("--cpu_threads='fast'", False)],
+    [
+        ("--seen_classes='a'", True),
+        ("--device=3", True),
+        ("--predict_dir=3", True),  # a string or None: the default None is no string, the hint still applies
+        ("--labels_columns=3", True),
+        ("--batch_size=2.5", False),
+        ("--cpu_threads='fast'", False),
+    ],
 )
 def test_a_wrong_type_explains_shell_quoting_only_where_a_string_or_list_is_expected(arg, quoting):
     with pytest.raises(lab.LabError) as error:
