@@ -74,7 +74,8 @@ class CachedSplit:
         own, float16): in the first view (views None), in each image's own view (an integer array, one per chosen
         image), or in every view (ALL_VIEWS: stacked, views first)."""
         chosen = np.asarray(chosen, dtype=np.int64)
-        return self._read(chosen, views) if dtype is None else self._read(chosen, views).to(dtype)
+        x = self._read(chosen, views)
+        return x if dtype is None else x.to(dtype)
 
     def _read(self, chosen, views):
         if views is None:
